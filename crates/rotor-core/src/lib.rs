@@ -1,0 +1,1 @@
+//! Sans-IO rotation core (placeholder; see issue 3).

@@ -1,0 +1,1 @@
+//! XFRM netlink layer (placeholder; see issue 2).
