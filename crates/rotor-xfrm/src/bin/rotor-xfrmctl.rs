@@ -1,0 +1,588 @@
+//! `rotor-xfrmctl`: drives rotor's XFRM layer by hand, for the real-kernel
+//! tests in `netns-tests/` and for operators debugging a host.
+//!
+//! It takes keys on the command line (`--key HEX`), which other local users can
+//! read from /proc: use it with test keys only. The daemon never does this.
+
+use std::io::Read;
+use std::net::IpAddr;
+use std::process::ExitCode;
+use std::time::Instant;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use rotor_xfrm::{
+    AeadKey, Capability, IpNet, Lifetimes, Mode, Op, OpResult, Ownership, PolicyDir, PolicyId,
+    PolicySelector, PolicySpec, SaId, SaSpec, UdpEncap, Xfrm, probe_esp,
+};
+
+#[derive(Parser)]
+#[command(
+    name = "rotor-xfrmctl",
+    about = "Install, switch, read back and remove rotor-owned ESP SAs and policies (test and debug tool)",
+    long_about = "Drives rotor's batched XFRM netlink layer directly. Every object it installs \
+                  carries a reqid from rotor's range (base + --peer), so `remove-owned` finds it \
+                  again and leaves other software's SAs and policies alone. Keys given with --key \
+                  are visible to other local users: use test keys only."
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Add, update or delete one SA.
+    Sa {
+        #[command(subcommand)]
+        op: SaCmd,
+    },
+    /// Add, update or delete one policy.
+    Policy {
+        #[command(subcommand)]
+        op: PolicyCmd,
+    },
+    /// Apply every line of FILE (or stdin with "-") as one batch; each line is
+    /// an `sa ...` or `policy ...` command as on this command line.
+    Batch {
+        /// File with one command per line; `#` starts a comment.
+        file: String,
+    },
+    /// Print the kernel's SAs (`sa`) or policies (`policy`), one per line.
+    Dump {
+        /// What to dump.
+        what: DumpWhat,
+        /// Only rotor-owned objects.
+        #[arg(long)]
+        owned: bool,
+    },
+    /// Delete every rotor-owned SA and policy in this namespace, nothing else.
+    RemoveOwned,
+    /// Check that this kernel can create rotor's ESP SAs (changes nothing).
+    Probe,
+    /// Install COUNT SAs in batched writes, dump them back, delete them; print
+    /// SAs/second for each step.
+    Bench {
+        /// Number of SAs.
+        #[arg(long, default_value_t = 10_000)]
+        count: u32,
+        /// Outer source address.
+        #[arg(long)]
+        src: IpAddr,
+        /// Outer destination address.
+        #[arg(long)]
+        dst: IpAddr,
+        /// First SPI.
+        #[arg(long, default_value = "0x10000", value_parser = parse_u32)]
+        first_spi: u32,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DumpWhat {
+    Sa,
+    Policy,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum ModeArg {
+    Transport,
+    Tunnel,
+}
+
+impl From<ModeArg> for Mode {
+    fn from(m: ModeArg) -> Mode {
+        match m {
+            ModeArg::Transport => Mode::Transport,
+            ModeArg::Tunnel => Mode::Tunnel,
+        }
+    }
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum DirArg {
+    In,
+    Out,
+    Fwd,
+}
+
+impl From<DirArg> for PolicyDir {
+    fn from(d: DirArg) -> PolicyDir {
+        match d {
+            DirArg::In => PolicyDir::In,
+            DirArg::Out => PolicyDir::Out,
+            DirArg::Fwd => PolicyDir::Fwd,
+        }
+    }
+}
+
+#[derive(Subcommand)]
+enum SaCmd {
+    /// Add an SA (fails if dst+spi exists).
+    Add(SaArgs),
+    /// Add or replace an SA.
+    Update(SaArgs),
+    /// Delete an SA.
+    Del {
+        /// Outer destination address.
+        #[arg(long)]
+        dst: IpAddr,
+        /// SPI (decimal or 0x-hex).
+        #[arg(long, value_parser = parse_u32)]
+        spi: u32,
+    },
+}
+
+#[derive(Args)]
+struct SaArgs {
+    /// Outer source address.
+    #[arg(long)]
+    src: IpAddr,
+    /// Outer destination address.
+    #[arg(long)]
+    dst: IpAddr,
+    /// SPI (decimal or 0x-hex), > 255.
+    #[arg(long, value_parser = parse_u32)]
+    spi: u32,
+    /// Peer number: the reqid is rotor's base + PEER.
+    #[arg(long, default_value_t = 0)]
+    peer: u32,
+    /// AES key + 4-byte salt in hex (40 or 72 hex digits). Test keys only.
+    #[arg(long)]
+    key: String,
+    /// Transport or tunnel.
+    #[arg(long, value_enum, default_value = "transport")]
+    mode: ModeArg,
+    /// Anti-replay window (packets, <= 4096).
+    #[arg(long, default_value_t = 1024)]
+    replay_window: u32,
+    /// Disable extended sequence numbers.
+    #[arg(long)]
+    no_esn: bool,
+    /// ESP-in-UDP encapsulation as SPORT:DPORT.
+    #[arg(long)]
+    encap: Option<String>,
+    /// Hard lifetime in seconds (soft = 90 % of it).
+    #[arg(long)]
+    lifetime: Option<u64>,
+}
+
+#[derive(Subcommand)]
+enum PolicyCmd {
+    /// Add a policy (fails if it exists).
+    Add(PolicyArgs),
+    /// Add or atomically replace a policy (e.g. to switch the outbound SPI).
+    Update(PolicyArgs),
+    /// Delete a policy.
+    Del {
+        /// Direction.
+        #[arg(long, value_enum)]
+        dir: DirArg,
+        /// Source prefix.
+        #[arg(long, value_parser = parse_net)]
+        src: IpNet,
+        /// Destination prefix.
+        #[arg(long, value_parser = parse_net)]
+        dst: IpNet,
+        /// IP protocol number.
+        #[arg(long)]
+        proto: Option<u8>,
+    },
+}
+
+#[derive(Args)]
+struct PolicyArgs {
+    /// Direction.
+    #[arg(long, value_enum)]
+    dir: DirArg,
+    /// Source prefix of the traffic.
+    #[arg(long, value_parser = parse_net)]
+    src: IpNet,
+    /// Destination prefix of the traffic.
+    #[arg(long, value_parser = parse_net)]
+    dst: IpNet,
+    /// IP protocol number (default: any).
+    #[arg(long)]
+    proto: Option<u8>,
+    /// SPI the template pins (0 = any SA with the reqid).
+    #[arg(long, default_value = "0", value_parser = parse_u32)]
+    spi: u32,
+    /// Peer number: the reqid is rotor's base + PEER.
+    #[arg(long, default_value_t = 0)]
+    peer: u32,
+    /// Transport or tunnel.
+    #[arg(long, value_enum, default_value = "transport")]
+    mode: ModeArg,
+    /// Tunnel outer source address.
+    #[arg(long)]
+    tmpl_src: Option<IpAddr>,
+    /// Tunnel outer destination address.
+    #[arg(long)]
+    tmpl_dst: Option<IpAddr>,
+    /// Priority (lower wins).
+    #[arg(long, default_value_t = 1000)]
+    priority: u32,
+}
+
+fn parse_u32(s: &str) -> Result<u32, String> {
+    let r = match s.strip_prefix("0x") {
+        Some(h) => u32::from_str_radix(h, 16),
+        None => s.parse(),
+    };
+    r.map_err(|e| format!("{s:?} is not a 32-bit number: {e}"))
+}
+
+fn parse_net(s: &str) -> Result<IpNet, String> {
+    IpNet::parse(s).ok_or_else(|| format!("{s:?} is not ADDRESS[/PREFIX]"))
+}
+
+fn hex_key(s: &str) -> Result<AeadKey, String> {
+    let s = s.strip_prefix("0x").unwrap_or(s);
+    if !s.len().is_multiple_of(2) || !s.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err("--key must be hex digits".into());
+    }
+    let bytes: Vec<u8> = (0..s.len())
+        .step_by(2)
+        .map(|i| u8::from_str_radix(&s[i..i + 2], 16).unwrap_or(0))
+        .collect();
+    let n = bytes.len();
+    AeadKey::new(bytes)
+        .ok_or_else(|| format!("--key must be 20 or 36 bytes (AES key + 4-byte salt), got {n}"))
+}
+
+fn reqid(own: &Ownership, peer: u32) -> Result<u32, String> {
+    own.reqid_for(peer).ok_or_else(|| {
+        format!(
+            "--peer {peer} is outside rotor's reqid range ({} peers)",
+            own.len()
+        )
+    })
+}
+
+fn sa_spec(own: &Ownership, a: &SaArgs) -> Result<SaSpec, String> {
+    let encap = match &a.encap {
+        None => None,
+        Some(s) => {
+            let (sp, dp) = s.split_once(':').ok_or("--encap must be SPORT:DPORT")?;
+            Some(UdpEncap {
+                sport: sp.parse().map_err(|_| "bad --encap source port")?,
+                dport: dp.parse().map_err(|_| "bad --encap destination port")?,
+            })
+        }
+    };
+    Ok(SaSpec {
+        src: a.src,
+        dst: a.dst,
+        spi: a.spi,
+        reqid: reqid(own, a.peer)?,
+        mode: a.mode.into(),
+        key: hex_key(&a.key)?,
+        replay_window: a.replay_window,
+        esn: !a.no_esn,
+        encap,
+        lifetimes: Lifetimes {
+            add_seconds: a.lifetime.map(|h| (h * 9 / 10, h)),
+            ..Lifetimes::default()
+        },
+        selector: None,
+    })
+}
+
+fn policy_spec(own: &Ownership, a: &PolicyArgs) -> Result<PolicySpec, String> {
+    let tmpl_endpoints = match (a.tmpl_src, a.tmpl_dst) {
+        (Some(s), Some(d)) => Some((s, d)),
+        (None, None) => None,
+        _ => return Err("--tmpl-src and --tmpl-dst go together".into()),
+    };
+    Ok(PolicySpec {
+        id: PolicyId {
+            dir: a.dir.into(),
+            selector: PolicySelector {
+                src: a.src,
+                dst: a.dst,
+                proto: a.proto,
+            },
+        },
+        priority: a.priority,
+        tmpl_endpoints,
+        spi: a.spi,
+        reqid: reqid(own, a.peer)?,
+        mode: a.mode.into(),
+    })
+}
+
+/// Turns an `sa`/`policy` command into an operation.
+fn to_op(own: &Ownership, cmd: &Cmd) -> Result<Op, String> {
+    Ok(match cmd {
+        Cmd::Sa { op: SaCmd::Add(a) } => Op::AddSa(sa_spec(own, a)?),
+        Cmd::Sa {
+            op: SaCmd::Update(a),
+        } => Op::UpdateSa(sa_spec(own, a)?),
+        Cmd::Sa {
+            op: SaCmd::Del { dst, spi },
+        } => Op::DeleteSa(SaId {
+            dst: *dst,
+            spi: *spi,
+        }),
+        Cmd::Policy {
+            op: PolicyCmd::Add(a),
+        } => Op::AddPolicy(policy_spec(own, a)?),
+        Cmd::Policy {
+            op: PolicyCmd::Update(a),
+        } => Op::UpdatePolicy(policy_spec(own, a)?),
+        Cmd::Policy {
+            op:
+                PolicyCmd::Del {
+                    dir,
+                    src,
+                    dst,
+                    proto,
+                },
+        } => Op::DeletePolicy(PolicyId {
+            dir: (*dir).into(),
+            selector: PolicySelector {
+                src: *src,
+                dst: *dst,
+                proto: *proto,
+            },
+        }),
+        _ => return Err("only `sa` and `policy` commands can be batched".into()),
+    })
+}
+
+fn report(ops: &[Op], results: &[OpResult]) -> bool {
+    let mut ok = true;
+    for (op, r) in ops.iter().zip(results) {
+        match r {
+            OpResult::Done => {}
+            OpResult::Failed(e) => {
+                eprintln!("rotor-xfrmctl: {e}");
+                ok = false;
+            }
+            OpResult::Invalid(e) => {
+                eprintln!("rotor-xfrmctl: {op}: {e}");
+                ok = false;
+            }
+            OpResult::Unknown => {
+                eprintln!("rotor-xfrmctl: {op}: outcome unknown (reply lost)");
+                ok = false;
+            }
+        }
+    }
+    ok
+}
+
+fn random_key() -> std::io::Result<AeadKey> {
+    let mut b = vec![0u8; 20];
+    std::fs::File::open("/dev/urandom")?.read_exact(&mut b)?;
+    AeadKey::new(b).ok_or_else(|| std::io::Error::other("key length"))
+}
+
+fn bench(x: &mut Xfrm, count: u32, src: IpAddr, dst: IpAddr, first_spi: u32) -> Result<(), String> {
+    let own = *x.ownership();
+    let reqid = own.base();
+    let mut ops = Vec::with_capacity(count as usize);
+    for i in 0..count {
+        ops.push(Op::AddSa(SaSpec {
+            src,
+            dst,
+            spi: first_spi + i,
+            reqid,
+            mode: Mode::Transport,
+            key: random_key().map_err(|e| format!("reading /dev/urandom: {e}"))?,
+            replay_window: 1024,
+            esn: true,
+            encap: None,
+            lifetimes: Lifetimes::default(),
+            selector: None,
+        }));
+    }
+    let t = Instant::now();
+    let results = x.apply(&ops).map_err(|e| e.to_string())?;
+    let add_s = t.elapsed().as_secs_f64();
+    if !report(&ops, &results) {
+        return Err("some SAs were not installed".into());
+    }
+    let t = Instant::now();
+    let dumped = x.dump_sas().map_err(|e| e.to_string())?;
+    let dump_s = t.elapsed().as_secs_f64();
+    let ours = dumped
+        .iter()
+        .filter(|s| s.reqid == reqid && s.id.spi >= first_spi && s.id.spi < first_spi + count)
+        .count();
+    let dels: Vec<Op> = (0..count)
+        .map(|i| {
+            Op::DeleteSa(SaId {
+                dst,
+                spi: first_spi + i,
+            })
+        })
+        .collect();
+    let t = Instant::now();
+    let results = x.apply(&dels).map_err(|e| e.to_string())?;
+    let del_s = t.elapsed().as_secs_f64();
+    if !report(&dels, &results) {
+        return Err("some SAs were not deleted".into());
+    }
+    println!(
+        "bench add count={count} seconds={add_s:.4} rate={:.0}",
+        f64::from(count) / add_s
+    );
+    println!(
+        "bench dump count={ours} seconds={dump_s:.4} rate={:.0}",
+        ours as f64 / dump_s
+    );
+    println!(
+        "bench delete count={count} seconds={del_s:.4} rate={:.0}",
+        f64::from(count) / del_s
+    );
+    if ours != count as usize {
+        return Err(format!("dumped back {ours} of {count} SAs"));
+    }
+    Ok(())
+}
+
+fn run(cli: Cli) -> Result<(), String> {
+    if let Cmd::Probe = cli.cmd {
+        return match probe_esp() {
+            Capability::Ok => {
+                println!("probe ok: ESP with rfc4106(gcm(aes)) and ESN, IPv4 and IPv6");
+                Ok(())
+            }
+            Capability::NotPermitted(m) => Err(format!("not permitted: {m}")),
+            Capability::Refused(e) => Err(format!("kernel refused the probe SA: {e}")),
+            Capability::Failed(m) => Err(format!("probe failed: {m}")),
+        };
+    }
+    let own = Ownership::default();
+    let mut x = Xfrm::open(own).map_err(|e| e.to_string())?;
+    match &cli.cmd {
+        Cmd::Sa { .. } | Cmd::Policy { .. } => {
+            let ops = vec![to_op(&own, &cli.cmd)?];
+            let results = x.apply(&ops).map_err(|e| e.to_string())?;
+            if !report(&ops, &results) {
+                return Err("operation failed".into());
+            }
+        }
+        Cmd::Batch { file } => {
+            let text = if file == "-" {
+                let mut s = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut s)
+                    .map_err(|e| format!("reading stdin: {e}"))?;
+                s
+            } else {
+                std::fs::read_to_string(file).map_err(|e| format!("reading {file}: {e}"))?
+            };
+            let mut ops = Vec::new();
+            for (n, line) in text.lines().enumerate() {
+                let line = line.split('#').next().unwrap_or("").trim();
+                if line.is_empty() {
+                    continue;
+                }
+                let args = std::iter::once("rotor-xfrmctl").chain(line.split_whitespace());
+                let sub =
+                    Cli::try_parse_from(args).map_err(|e| format!("{file}:{}: {e}", n + 1))?;
+                ops.push(to_op(&own, &sub.cmd).map_err(|e| format!("{file}:{}: {e}", n + 1))?);
+            }
+            let t = Instant::now();
+            let results = x.apply(&ops).map_err(|e| e.to_string())?;
+            let ok = report(&ops, &results);
+            println!(
+                "batch ops={} ok={} seconds={:.4}",
+                ops.len(),
+                results.iter().filter(|r| r.is_done()).count(),
+                t.elapsed().as_secs_f64()
+            );
+            if !ok {
+                return Err("batch had failures".into());
+            }
+        }
+        Cmd::Dump {
+            what: DumpWhat::Sa,
+            owned,
+        } => {
+            for s in x.dump_sas().map_err(|e| e.to_string())? {
+                if *owned && !own.owns(s.reqid) {
+                    continue;
+                }
+                println!(
+                    "sa spi={:#010x} src={} dst={} reqid={:#x} owned={} mode={} packets={} bytes={} replay_window={} esn={} rfc4106={} key_bits={} integrity_failed={} replay_drops={}",
+                    s.id.spi,
+                    s.src,
+                    s.id.dst,
+                    s.reqid,
+                    if own.owns(s.reqid) { "yes" } else { "no" },
+                    s.mode
+                        .map(|m| m.to_string())
+                        .unwrap_or_else(|| "other".into()),
+                    s.packets,
+                    s.bytes,
+                    s.replay_window,
+                    s.esn,
+                    s.rfc4106,
+                    s.aead_key_bits,
+                    s.integrity_failed,
+                    s.replay_drops,
+                );
+            }
+        }
+        Cmd::Dump {
+            what: DumpWhat::Policy,
+            owned,
+        } => {
+            for p in x.dump_policies().map_err(|e| e.to_string())? {
+                if *owned && !p.owned_by(&own) {
+                    continue;
+                }
+                let (dir, sel) = match &p.id {
+                    Some(id) => (id.dir.to_string(), id.selector.to_string()),
+                    None => ("socket".into(), "-".into()),
+                };
+                let tmpls: Vec<String> = p
+                    .templates
+                    .iter()
+                    .map(|(spi, reqid, _)| format!("{spi:#010x}/{reqid:#x}"))
+                    .collect();
+                println!(
+                    "policy dir={dir} sel=\"{sel}\" priority={} owned={} tmpl={}",
+                    p.priority,
+                    if p.owned_by(&own) { "yes" } else { "no" },
+                    tmpls.join(",")
+                );
+            }
+        }
+        Cmd::RemoveOwned => {
+            let r = x.remove_owned().map_err(|e| e.to_string())?;
+            println!(
+                "removed sas={} policies={} failures={}",
+                r.sas,
+                r.policies,
+                r.failures.len()
+            );
+            for f in &r.failures {
+                eprintln!("rotor-xfrmctl: {f}");
+            }
+            if !r.failures.is_empty() {
+                return Err("some objects could not be removed".into());
+            }
+        }
+        Cmd::Bench {
+            count,
+            src,
+            dst,
+            first_spi,
+        } => bench(&mut x, *count, *src, *dst, *first_spi)?,
+        Cmd::Probe => {}
+    }
+    Ok(())
+}
+
+fn main() -> ExitCode {
+    match run(Cli::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("rotor-xfrmctl: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
