@@ -5,14 +5,14 @@
 //! read from /proc: use it with test keys only. The daemon never does this.
 
 use std::io::Read;
-use std::net::IpAddr;
+use std::net::{IpAddr, UdpSocket};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use rotor_xfrm::{
-    AeadKey, Capability, IpNet, Lifetimes, Mode, Op, OpResult, Ownership, PolicyDir, PolicyId,
-    PolicySelector, PolicySpec, SaId, SaSpec, UdpEncap, Xfrm, probe_esp,
+    AeadKey, Capability, Family, IpNet, Lifetimes, Mode, Op, OpResult, Ownership, PolicyDir,
+    PolicyId, PolicySelector, PolicySpec, SaId, SaSpec, UdpEncap, Xfrm, bypass_ipsec, probe_esp,
 };
 
 #[derive(Parser)]
@@ -59,6 +59,35 @@ enum Cmd {
     RemoveOwned,
     /// Check that this kernel can create rotor's ESP SAs (changes nothing).
     Probe,
+    /// Send COUNT small UDP datagrams to ADDR:PORT, optionally from a socket
+    /// exempted from IPsec (the control channel's bypass).
+    UdpSend {
+        /// Destination.
+        #[arg(long)]
+        to: std::net::SocketAddr,
+        /// Datagrams to send.
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// Exempt the socket from IPsec policies.
+        #[arg(long)]
+        bypass: bool,
+    },
+    /// Receive UDP datagrams on ADDR:PORT until COUNT arrive or TIMEOUT_MS
+    /// passes; print how many arrived.
+    UdpRecv {
+        /// Address and port to bind.
+        #[arg(long)]
+        bind: std::net::SocketAddr,
+        /// Stop after this many datagrams.
+        #[arg(long, default_value_t = 10)]
+        count: u32,
+        /// Give up after this many milliseconds.
+        #[arg(long, default_value_t = 3000)]
+        timeout_ms: u64,
+        /// Exempt the socket from IPsec policies.
+        #[arg(long)]
+        bypass: bool,
+    },
     /// Install COUNT SAs in batched writes, dump them back, delete them; print
     /// SAs/second for each step.
     Bench {
@@ -441,6 +470,63 @@ fn bench(x: &mut Xfrm, count: u32, src: IpAddr, dst: IpAddr, first_spi: u32) -> 
     Ok(())
 }
 
+fn family_of(addr: &std::net::SocketAddr) -> Family {
+    if addr.is_ipv4() {
+        Family::V4
+    } else {
+        Family::V6
+    }
+}
+
+fn udp_send(to: std::net::SocketAddr, count: u32, bypass: bool) -> Result<(), String> {
+    let any: std::net::SocketAddr = if to.is_ipv4() { "0.0.0.0:0" } else { "[::]:0" }
+        .parse()
+        .map_err(|e| format!("{e}"))?;
+    let sock = UdpSocket::bind(any).map_err(|e| format!("bind: {e}"))?;
+    if bypass {
+        bypass_ipsec(&sock, family_of(&to)).map_err(|e| format!("IPsec bypass: {e}"))?;
+    }
+    let mut sent = 0;
+    for i in 0..count {
+        // Errors (EPERM/EAGAIN from a blocking policy) are counted, not fatal:
+        // the test compares what arrived.
+        if sock.send_to(format!("probe {i}").as_bytes(), to).is_ok() {
+            sent += 1;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    println!("udp sent={sent} of={count}");
+    Ok(())
+}
+
+fn udp_recv(
+    bind: std::net::SocketAddr,
+    count: u32,
+    timeout_ms: u64,
+    bypass: bool,
+) -> Result<(), String> {
+    let sock = UdpSocket::bind(bind).map_err(|e| format!("bind {bind}: {e}"))?;
+    if bypass {
+        bypass_ipsec(&sock, family_of(&bind)).map_err(|e| format!("IPsec bypass: {e}"))?;
+    }
+    let deadline = Instant::now() + std::time::Duration::from_millis(timeout_ms);
+    let mut got = 0;
+    let mut buf = [0u8; 2048];
+    while got < count {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            break;
+        }
+        sock.set_read_timeout(Some(left))
+            .map_err(|e| format!("{e}"))?;
+        if sock.recv_from(&mut buf).is_ok() {
+            got += 1;
+        }
+    }
+    println!("udp received={got} of={count}");
+    Ok(())
+}
+
 fn run(cli: Cli) -> Result<(), String> {
     if let Cmd::Probe = cli.cmd {
         return match probe_esp() {
@@ -452,6 +538,18 @@ fn run(cli: Cli) -> Result<(), String> {
             Capability::Refused(e) => Err(format!("kernel refused the probe SA: {e}")),
             Capability::Failed(m) => Err(format!("probe failed: {m}")),
         };
+    }
+    match &cli.cmd {
+        Cmd::UdpSend { to, count, bypass } => return udp_send(*to, *count, *bypass),
+        Cmd::UdpRecv {
+            bind,
+            count,
+            timeout_ms,
+            bypass,
+        } => {
+            return udp_recv(*bind, *count, *timeout_ms, *bypass);
+        }
+        _ => {}
     }
     let own = Ownership::default();
     let mut x = Xfrm::open(own).map_err(|e| e.to_string())?;
@@ -572,7 +670,7 @@ fn run(cli: Cli) -> Result<(), String> {
             dst,
             first_spi,
         } => bench(&mut x, *count, *src, *dst, *first_spi)?,
-        Cmd::Probe => {}
+        Cmd::Probe | Cmd::UdpSend { .. } | Cmd::UdpRecv { .. } => {}
     }
     Ok(())
 }
