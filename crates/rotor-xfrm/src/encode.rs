@@ -113,34 +113,8 @@ fn sa_message(own: &Ownership, s: &SaSpec) -> Result<SaModify, SpecError> {
         alg_icv_len: AEAD_ICV_BITS,
         alg_key: key,
     })];
-    if s.esn {
-        // Windows above 255 (and ESN itself) only exist in the ESN attribute;
-        // the legacy u8 field must then be 0.
-        info.flags |= XFRM_STATE_ESN;
-        let bmp_len = s.replay_window.div_ceil(32);
-        nlas.push(XfrmAttrs::ReplayStateEsn(ReplayEsn {
-            bmp_len,
-            oseq: 0,
-            seq: 0,
-            oseq_hi: 0,
-            seq_hi: 0,
-            replay_window: s.replay_window,
-            bmp: vec![0; bmp_len as usize],
-        }));
-    } else if s.replay_window <= u32::from(u8::MAX) {
-        info.replay_window = s.replay_window as u8;
-    } else {
-        let bmp_len = s.replay_window.div_ceil(32);
-        nlas.push(XfrmAttrs::ReplayStateEsn(ReplayEsn {
-            bmp_len,
-            oseq: 0,
-            seq: 0,
-            oseq_hi: 0,
-            seq_hi: 0,
-            replay_window: s.replay_window,
-            bmp: vec![0; bmp_len as usize],
-        }));
-    }
+    // Attribute order follows iproute2 (AEAD, encap, replay) so the golden
+    // tests can compare bytes.
     if let Some(e) = &s.encap {
         nlas.push(XfrmAttrs::EncapsulationTemplate(EncapTmpl {
             encap_type: UDP_ENCAP_ESPINUDP,
@@ -148,6 +122,28 @@ fn sa_message(own: &Ownership, s: &SaSpec) -> Result<SaModify, SpecError> {
             encap_dport: e.dport,
             encap_oa: Address::default(),
         }));
+    }
+    // Windows above 255, and ESN itself, exist only in the ESN attribute; the
+    // legacy u8 field must then be 0. The attribute is sent without its bitmap,
+    // as iproute2 does: the kernel allocates a zeroed one of bmp_len words.
+    let esn_attr = |window: u32| {
+        XfrmAttrs::ReplayStateEsn(ReplayEsn {
+            bmp_len: window.div_ceil(32),
+            oseq: 0,
+            seq: 0,
+            oseq_hi: 0,
+            seq_hi: 0,
+            replay_window: window,
+            bmp: vec![],
+        })
+    };
+    if s.esn {
+        info.flags |= XFRM_STATE_ESN;
+        nlas.push(esn_attr(s.replay_window));
+    } else if s.replay_window <= u32::from(u8::MAX) {
+        info.replay_window = s.replay_window as u8;
+    } else {
+        nlas.push(esn_attr(s.replay_window));
     }
     Ok(SaModify {
         user_sa_info: info,
