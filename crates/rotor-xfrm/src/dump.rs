@@ -60,6 +60,8 @@ pub struct PolicyInfo {
     pub index: u32,
     /// (spi, reqid, mode) of each template.
     pub templates: Vec<(u32, u32, Option<Mode>)>,
+    /// Whether the policy drops its traffic (action block).
+    pub block: bool,
     /// Whether the policy carries a mark or interface id (it cannot be deleted
     /// by selector alone then; rotor never installs such policies).
     pub has_mark_or_ifid: bool,
@@ -183,6 +185,7 @@ pub(crate) fn parse_policy(kind: u16, payload: &[u8]) -> Option<PolicyInfo> {
                 id,
                 priority: i.priority,
                 index: i.index,
+                block: i.action == netlink_packet_xfrm::XFRM_POLICY_BLOCK,
                 templates,
                 has_mark_or_ifid,
             })
@@ -250,6 +253,7 @@ mod tests {
             spi: 0x3003,
             reqid: own.base(),
             mode: Mode::Transport,
+            block: false,
         };
         let msg = encode(&own, &Op::AddPolicy(spec.clone())).unwrap();
         let info = parse_policy(XFRM_MSG_NEWPOLICY, &emit(&msg)).unwrap();

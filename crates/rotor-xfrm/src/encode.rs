@@ -8,7 +8,8 @@ use std::net::IpAddr;
 
 use netlink_packet_xfrm::{
     Address, AlgAead, EncapTmpl, LifetimeConfig, ReplayEsn, Selector, UserPolicyId, UserPolicyInfo,
-    UserSaId, UserSaInfo, UserTemplate, XFRM_POLICY_ALLOW, XFRM_STATE_ESN, XfrmAttrs, XfrmMessage,
+    UserSaId, UserSaInfo, UserTemplate, XFRM_POLICY_ALLOW, XFRM_POLICY_BLOCK, XFRM_STATE_ESN,
+    XfrmAttrs, XfrmMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_ESP, UDP_ENCAP_ESPINUDP},
     policy::{DelGetMessage as PolicyDelGet, ModifyMessage as PolicyModify},
     state::{DelGetMessage as SaDelGet, ModifyMessage as SaModify},
@@ -163,7 +164,11 @@ fn policy_message(own: &Ownership, p: &PolicySpec) -> Result<PolicyModify, SpecE
     let mut info = UserPolicyInfo {
         selector: selector(&sel.src, &sel.dst, sel.proto),
         direction: p.id.dir.to_kernel(),
-        action: XFRM_POLICY_ALLOW,
+        action: if p.block {
+            XFRM_POLICY_BLOCK
+        } else {
+            XFRM_POLICY_ALLOW
+        },
         priority: p.priority,
         ..Default::default()
     };

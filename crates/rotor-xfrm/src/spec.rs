@@ -291,6 +291,11 @@ pub struct PolicySpec {
     pub reqid: u32,
     /// Transport or tunnel.
     pub mode: Mode,
+    /// Drop matching traffic instead of protecting it: how a peer whose
+    /// outbound SA does not exist yet fails closed (no clear-text leak, no
+    /// kernel ACQUIRE). The template is still sent, so the policy stays
+    /// recognisable as rotor's.
+    pub block: bool,
 }
 
 /// One kernel operation in a batch.

@@ -185,6 +185,7 @@ fn out_policy(spi: u32) -> PolicySpec {
         spi,
         reqid: 0x5254_0001,
         mode: Mode::Transport,
+        block: false,
     }
 }
 
@@ -218,6 +219,7 @@ fn policy_add_fwd_tunnel_matches_iproute2() {
         spi: 0,
         reqid: 0x5254_0002,
         mode: Mode::Tunnel,
+        block: false,
     }));
     assert_eq!(t, 0x13);
     assert_same(&b, &hex(POLICY_ADD_FWD_TUNNEL));

@@ -97,7 +97,8 @@ enum Cmd {
         /// Outer source address.
         #[arg(long)]
         src: IpAddr,
-        /// Outer destination address.
+        /// Outer destination address of the first SA; each further SA goes to
+        /// the next address, as a hub's SAs go to many nodes.
         #[arg(long)]
         dst: IpAddr,
         /// First SPI.
@@ -250,6 +251,9 @@ struct PolicyArgs {
     /// Priority (lower wins).
     #[arg(long, default_value_t = 1000)]
     priority: u32,
+    /// Drop matching traffic instead of protecting it (fail closed).
+    #[arg(long)]
+    block: bool,
 }
 
 fn parse_u32(s: &str) -> Result<u32, String> {
@@ -336,6 +340,7 @@ fn policy_spec(own: &Ownership, a: &PolicyArgs) -> Result<PolicySpec, String> {
         spi: a.spi,
         reqid: reqid(own, a.peer)?,
         mode: a.mode.into(),
+        block: a.block,
     })
 }
 
@@ -406,6 +411,14 @@ fn random_key() -> std::io::Result<AeadKey> {
     AeadKey::new(b).ok_or_else(|| std::io::Error::other("key length"))
 }
 
+/// The address `i` places after `base`.
+fn nth_addr(base: IpAddr, i: u32) -> IpAddr {
+    match base {
+        IpAddr::V4(a) => IpAddr::V4(u32::from(a).wrapping_add(i).into()),
+        IpAddr::V6(a) => IpAddr::V6(u128::from(a).wrapping_add(u128::from(i)).into()),
+    }
+}
+
 fn bench(x: &mut Xfrm, count: u32, src: IpAddr, dst: IpAddr, first_spi: u32) -> Result<(), String> {
     let own = *x.ownership();
     let reqid = own.base();
@@ -413,7 +426,7 @@ fn bench(x: &mut Xfrm, count: u32, src: IpAddr, dst: IpAddr, first_spi: u32) -> 
     for i in 0..count {
         ops.push(Op::AddSa(SaSpec {
             src,
-            dst,
+            dst: nth_addr(dst, i),
             spi: first_spi + i,
             reqid,
             mode: Mode::Transport,
@@ -436,12 +449,17 @@ fn bench(x: &mut Xfrm, count: u32, src: IpAddr, dst: IpAddr, first_spi: u32) -> 
     let dump_s = t.elapsed().as_secs_f64();
     let ours = dumped
         .iter()
-        .filter(|s| s.reqid == reqid && s.id.spi >= first_spi && s.id.spi < first_spi + count)
+        .filter(|s| {
+            s.reqid == reqid
+                && s.id.spi >= first_spi
+                && s.id.spi < first_spi + count
+                && s.id.dst == nth_addr(dst, s.id.spi - first_spi)
+        })
         .count();
     let dels: Vec<Op> = (0..count)
         .map(|i| {
             Op::DeleteSa(SaId {
-                dst,
+                dst: nth_addr(dst, i),
                 spi: first_spi + i,
             })
         })
@@ -642,8 +660,9 @@ fn run(cli: Cli) -> Result<(), String> {
                     .map(|(spi, reqid, _)| format!("{spi:#010x}/{reqid:#x}"))
                     .collect();
                 println!(
-                    "policy dir={dir} sel=\"{sel}\" priority={} owned={} tmpl={}",
+                    "policy dir={dir} sel=\"{sel}\" priority={} action={} owned={} tmpl={}",
                     p.priority,
+                    if p.block { "block" } else { "allow" },
                     if p.owned_by(&own) { "yes" } else { "no" },
                     tmpls.join(",")
                 );
@@ -676,6 +695,13 @@ fn run(cli: Cli) -> Result<(), String> {
 }
 
 fn main() -> ExitCode {
+    // Behave like a normal Unix tool when the reader of stdout goes away
+    // (`... | grep -q`): end quietly instead of panicking on EPIPE.
+    // SAFETY: resetting a signal disposition to its default has no
+    // preconditions; nothing else in this process handles SIGPIPE.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
     match run(Cli::parse()) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
