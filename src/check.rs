@@ -1,0 +1,83 @@
+//! `rotor check`: validates a configuration (keys included) and whether this
+//! kernel and process can run rotor, without changing anything the host can
+//! see (the ESP probe runs in a throwaway network namespace).
+
+use std::path::Path;
+
+use anyhow::{Context, bail};
+use rotor_xfrm::{Capability, probe_esp};
+
+use crate::config::{PeerMode, load_hub, load_node};
+
+/// Which role a config file is for, from its top-level table.
+fn role_of(file: &Path) -> anyhow::Result<&'static str> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("{}: cannot read", file.display()))?;
+    let v: toml::Table = toml::from_str(&text)
+        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
+    match (v.contains_key("hub"), v.contains_key("node")) {
+        (true, _) => Ok("hub"),
+        (false, true) => Ok("node"),
+        _ => bail!(
+            "{}: neither a [hub] nor a [node] table: not a rotor config",
+            file.display()
+        ),
+    }
+}
+
+/// Runs every check, prints one line per check, fails if any failed.
+pub fn run(file: &Path) -> anyhow::Result<()> {
+    let mut failed = 0;
+    match role_of(file)? {
+        "hub" => {
+            let c = load_hub(file)?;
+            println!(
+                "ok   config: hub {}:{} with {} node(s), rotate every {:?}, AES-{}",
+                c.address,
+                c.port,
+                c.nodes.len(),
+                c.rotate_interval,
+                c.key_bits
+            );
+            for n in &c.nodes {
+                let mode = match &n.mode {
+                    PeerMode::Transport => "transport".to_string(),
+                    PeerMode::Tunnel { local, remote } => format!(
+                        "tunnel ({} local, {} remote subnets)",
+                        local.len(),
+                        remote.len()
+                    ),
+                };
+                println!("ok   node {}: {} {mode}, key file 0600", n.name, n.address);
+            }
+        }
+        _ => {
+            let c = load_node(file)?;
+            println!(
+                "ok   config: node {} at {}, hub {}, hello every {:?}, key file 0600",
+                c.name, c.address, c.hub, c.hello_interval
+            );
+        }
+    }
+    match probe_esp() {
+        Capability::Ok => println!(
+            "ok   kernel: ESP SAs with rfc4106(gcm(aes)) and ESN can be created (IPv4 and IPv6)"
+        ),
+        Capability::NotPermitted(m) => {
+            failed += 1;
+            println!("FAIL privileges: {m} (rotor needs root or CAP_NET_ADMIN)");
+        }
+        Capability::Refused(e) => {
+            failed += 1;
+            println!("FAIL kernel: {e}");
+        }
+        Capability::Failed(m) => {
+            failed += 1;
+            println!("FAIL kernel probe: {m}");
+        }
+    }
+    if failed > 0 {
+        bail!("{failed} check(s) failed");
+    }
+    Ok(())
+}

@@ -1,0 +1,76 @@
+//! The command line: one binary, `rotor`, with the roles and tools of
+//! DESIGN.md §6. `--help` on each subcommand explains what it does and what it
+//! changes.
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// Rotates IPsec ESP keys in the Linux kernel for hub-and-spoke VPNs.
+#[derive(Parser, Debug)]
+#[command(
+    name = "rotor",
+    version,
+    about = "Rotates IPsec ESP keys in the Linux kernel for one-to-many (hub-and-spoke) VPNs",
+    long_about = "rotor replaces IKE in hub-and-spoke VPNs. The hub generates a fresh key for each \
+node every rotation and sends it over a small authenticated UDP channel; both ends install real \
+kernel ESP SAs through XFRM netlink. Each side keeps two key generations (the hub sends with N-1, \
+a node with N, both accept both), so neither a rotation nor a lost key message interrupts traffic.\n\n\
+Quick start:\n  rotor genkey > /etc/rotor/mn1.key && chmod 600 /etc/rotor/mn1.key   (copy it to the node too)\n  \
+rotor check --config /etc/rotor/hub.toml\n  rotor hub --config /etc/rotor/hub.toml        (on the hub)\n  \
+rotor node --config /etc/rotor/mn1.toml       (on the node)\n  rotor status\n\n\
+Durations are written like 500ms, 10s, 5m. See docs/configuration.md for every config key."
+)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub cmd: Command,
+}
+
+/// The subcommands.
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Run the hub in the foreground (SIGTERM/SIGINT: stop cleanly and remove rotor's SAs and policies).
+    #[command(visible_alias = "ha")]
+    Hub {
+        /// Hub configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Run a node in the foreground (SIGTERM/SIGINT: stop cleanly and remove rotor's SAs and policies).
+    #[command(visible_alias = "mn")]
+    Node {
+        /// Node configuration file (TOML).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Validate a configuration and this kernel (ESP, xfrm_user, privileges); changes nothing.
+    Check {
+        /// Hub or node configuration file (TOML); the role is read from its [hub] or [node] table.
+        #[arg(long, short)]
+        config: PathBuf,
+    },
+    /// Show the running daemon's key-SPI table, one row per peer.
+    Status {
+        /// The daemon's control socket.
+        #[arg(long, default_value = "/run/rotor/hub.sock")]
+        socket: PathBuf,
+        /// Print one JSON object (`peers` array) instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Rotate now (on the hub) or request a rotation (on a node).
+    Rotate {
+        /// The daemon's control socket.
+        #[arg(long, default_value = "/run/rotor/hub.sock")]
+        socket: PathBuf,
+        /// The node to rotate (hub only).
+        #[arg(long, conflicts_with = "all", required_unless_present = "all")]
+        node: Option<String>,
+        /// Rotate every node (hub), or this node's own keys (node).
+        #[arg(long)]
+        all: bool,
+    },
+    /// Print a fresh random 32-byte init key, base64 (like `wg genkey`); store it with mode 0600.
+    Genkey,
+}

@@ -1,0 +1,14 @@
+//! The `rotor` daemon and tools, as a library so the binary stays thin and the
+//! daemon can be driven from tests.
+//!
+//! Layout: [`config`] and [`keyfile`] read and validate what the operator
+//! wrote; [`check`] answers `rotor check`; [`cli`] is the command line. The
+//! protocol itself lives in `rotor-core` (sans-IO) and the kernel layer in
+//! `rotor-xfrm`.
+
+#![warn(missing_docs)]
+
+pub mod check;
+pub mod cli;
+pub mod config;
+pub mod keyfile;
