@@ -11,4 +11,6 @@
 pub mod check;
 pub mod cli;
 pub mod config;
+pub mod control;
 pub mod keyfile;
+pub mod peer_kernel;

@@ -303,7 +303,9 @@ pub struct PolicySpec {
 pub enum Op {
     /// Add an SA (`XFRM_MSG_NEWSA`); fails with EEXIST if (dst, spi) exists.
     AddSa(SaSpec),
-    /// Add or replace an SA (`XFRM_MSG_UPDSA`).
+    /// Update an existing SA (`XFRM_MSG_UPDSA`): its selector, lifetimes and
+    /// encapsulation only. The kernel never changes an SA's key in place
+    /// (ESRCH if the SA does not exist): a new key needs a new SPI.
     UpdateSa(SaSpec),
     /// Delete an SA (`XFRM_MSG_DELSA`).
     DeleteSa(SaId),

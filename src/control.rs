@@ -1,0 +1,197 @@
+//! The local control socket: `rotor status` and `rotor rotate` talk to a
+//! running daemon over a Unix stream socket (mode 0600, root only), one JSON
+//! request line and one JSON response line per connection.
+//!
+//! Requests: `{"cmd":"status"}`, `{"cmd":"rotate","node":"mn1"}`,
+//! `{"cmd":"rotate","all":true}`. Responses: `{"ok":true,...}` or
+//! `{"ok":false,"error":"..."}`. The status response carries the `peers`
+//! array documented in DESIGN.md §6. No response ever contains key material.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, bail};
+use serde::{Deserialize, Serialize};
+
+/// Largest request line the daemon reads.
+pub const MAX_REQUEST: usize = 4096;
+
+/// A request from `rotor status` / `rotor rotate`.
+#[derive(Debug, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(tag = "cmd", rename_all = "snake_case")]
+pub enum Request {
+    /// The key-SPI table.
+    Status,
+    /// Rotate one node (hub), all nodes (hub), or request a rotation (node).
+    Rotate {
+        /// The node's name.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        node: Option<String>,
+        /// Every node.
+        #[serde(default)]
+        all: bool,
+    },
+}
+
+/// One row of the key-SPI table.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct PeerStatus {
+    /// Peer name (the node's name; on a node, its own name).
+    pub name: String,
+    /// Latest generation N (0 before the first key).
+    pub generation: u64,
+    /// SPI this side sends on, if any.
+    pub tx_spi: Option<u32>,
+    /// SPIs this side accepts.
+    pub rx_spis: Vec<u32>,
+    /// `init`, `in_sync` or `awaiting_confirm`.
+    pub state: String,
+    /// Rotations completed.
+    pub rotations: u64,
+    /// Keys resent because the node missed one.
+    pub resends: u64,
+    /// (Re)initialisations.
+    pub inits: u64,
+    /// Milliseconds since the last authenticated message from the peer, if any.
+    pub last_seen_ms: Option<u64>,
+}
+
+/// The status response.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct Status {
+    /// `hub` or `node`.
+    pub role: String,
+    /// One row per peer.
+    pub peers: Vec<PeerStatus>,
+    /// Datagrams dropped, by reason.
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Kernel operations that failed (and were retried or reconciled).
+    pub kernel_errors: u64,
+}
+
+/// Sends one request and returns the parsed JSON response (or the daemon's error).
+pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
+    let mut s = UnixStream::connect(socket).with_context(|| {
+        format!(
+            "connecting to {} (is the daemon running? use --socket to name another)",
+            socket.display()
+        )
+    })?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    let mut line = serde_json::to_vec(req)?;
+    line.push(b'\n');
+    s.write_all(&line)
+        .with_context(|| format!("writing to {}", socket.display()))?;
+    let mut resp = String::new();
+    BufReader::new(&s)
+        .read_line(&mut resp)
+        .with_context(|| format!("reading the reply from {}", socket.display()))?;
+    let v: serde_json::Value = serde_json::from_str(&resp).with_context(|| {
+        format!(
+            "the daemon at {} sent something that is not JSON",
+            socket.display()
+        )
+    })?;
+    if v.get("ok") != Some(&serde_json::Value::Bool(true)) {
+        let e = v
+            .get("error")
+            .and_then(|e| e.as_str())
+            .unwrap_or("unknown error");
+        bail!("the daemon refused: {e}");
+    }
+    Ok(v)
+}
+
+/// Renders the status as an aligned table.
+pub fn table(st: &Status) -> String {
+    let mut out = format!(
+        "{:<16} {:>6} {:>12} {:<25} {:<17} {:>9} {:>7} {:>5} {:>10}\n",
+        "PEER", "GEN", "TX_SPI", "RX_SPIS", "STATE", "ROTATIONS", "RESENDS", "INITS", "LAST_SEEN"
+    );
+    for p in &st.peers {
+        let tx = p
+            .tx_spi
+            .map(|s| format!("{s:#010x}"))
+            .unwrap_or_else(|| "-".into());
+        let rx: Vec<String> = p.rx_spis.iter().map(|s| format!("{s:#x}")).collect();
+        let seen = p
+            .last_seen_ms
+            .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
+            .unwrap_or_else(|| "never".into());
+        out.push_str(&format!(
+            "{:<16} {:>6} {:>12} {:<25} {:<17} {:>9} {:>7} {:>5} {:>10}\n",
+            p.name,
+            p.generation,
+            tx,
+            rx.join(","),
+            p.state,
+            p.rotations,
+            p.resends,
+            p.inits,
+            seen
+        ));
+    }
+    if !st.drops.is_empty() {
+        let d: Vec<String> = st.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
+        out.push_str(&format!("drops: {}\n", d.join(" ")));
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn requests_have_the_documented_json_shape() {
+        assert_eq!(
+            serde_json::to_string(&Request::Status).unwrap(),
+            r#"{"cmd":"status"}"#
+        );
+        let r = Request::Rotate {
+            node: Some("mn1".into()),
+            all: false,
+        };
+        assert_eq!(
+            serde_json::to_string(&r).unwrap(),
+            r#"{"cmd":"rotate","node":"mn1","all":false}"#
+        );
+        let back: Request = serde_json::from_str(r#"{"cmd":"rotate","all":true}"#).unwrap();
+        assert_eq!(
+            back,
+            Request::Rotate {
+                node: None,
+                all: true
+            }
+        );
+        assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn table_prints_spis_and_state() {
+        let st = Status {
+            role: "hub".into(),
+            peers: vec![PeerStatus {
+                name: "mn1".into(),
+                generation: 7,
+                tx_spi: Some(0x1006),
+                rx_spis: vec![0x1006, 0x1007],
+                state: "awaiting_confirm".into(),
+                rotations: 6,
+                resends: 1,
+                inits: 1,
+                last_seen_ms: Some(1500),
+            }],
+            drops: [("replay".to_string(), 2)].into_iter().collect(),
+            kernel_errors: 0,
+        };
+        let t = table(&st);
+        assert!(t.contains("mn1"));
+        assert!(t.contains("0x00001006"));
+        assert!(t.contains("0x1006,0x1007"));
+        assert!(t.contains("awaiting_confirm"));
+        assert!(t.contains("drops: replay=2"));
+    }
+}

@@ -1,0 +1,226 @@
+//! What one peer's keys mean in the kernel: the SAs and policies for a
+//! (local, remote) pair in transport or tunnel mode, as `rotor-xfrm` operations.
+//!
+//! Conventions (also in docs/operations.md):
+//! * every object carries the peer's reqid (rotor's range + peer index);
+//! * inbound (and, in tunnel mode, forward) policies name no SPI, so both
+//!   accepted generations match; they are installed once per peer;
+//! * the outbound policy names exactly the SPI this side sends on, and is
+//!   switched with one atomic policy update; with no usable SA it blocks
+//!   (fails closed) instead of sending clear text;
+//! * SAs are added, never updated: the kernel cannot change an SA's key in
+//!   place, and every generation has a fresh SPI, so EEXIST on a retry after a
+//!   lost reply means the same SA is already there; policies use "update"
+//!   semantics, so re-sending one is harmless.
+
+use std::net::IpAddr;
+
+use rotor_xfrm::{
+    AeadKey, IpNet, Lifetimes, Mode, Op, PolicyDir, PolicyId, PolicySelector, PolicySpec, SaId,
+    SaSpec,
+};
+
+use crate::config::PeerMode;
+
+/// Kernel layout of one peer, seen from this host.
+#[derive(Debug, Clone)]
+pub struct PeerKernel {
+    /// The peer's reqid (ownership mark and SA/policy link).
+    pub reqid: u32,
+    /// This host's outer address.
+    pub local: IpAddr,
+    /// The peer's outer address.
+    pub remote: IpAddr,
+    /// Transport, or tunnel with local/remote subnets.
+    pub mode: PeerMode,
+    /// Policy priority.
+    pub priority: u32,
+    /// Inbound anti-replay window.
+    pub replay_window: u32,
+}
+
+impl PeerKernel {
+    fn xfrm_mode(&self) -> Mode {
+        match self.mode {
+            PeerMode::Transport => Mode::Transport,
+            PeerMode::Tunnel { .. } => Mode::Tunnel,
+        }
+    }
+
+    /// (src, dst) selector pairs of traffic from this side to the peer.
+    fn outbound_selectors(&self) -> Vec<(IpNet, IpNet)> {
+        match &self.mode {
+            PeerMode::Transport => vec![(IpNet::host(self.local), IpNet::host(self.remote))],
+            PeerMode::Tunnel { local, remote } => local
+                .iter()
+                .flat_map(|l| remote.iter().map(move |r| (*l, *r)))
+                .collect(),
+        }
+    }
+
+    fn sa(&self, src: IpAddr, dst: IpAddr, spi: u32, key: AeadKey) -> SaSpec {
+        SaSpec {
+            src,
+            dst,
+            spi,
+            reqid: self.reqid,
+            mode: self.xfrm_mode(),
+            key,
+            replay_window: self.replay_window,
+            esn: true,
+            encap: None,
+            lifetimes: Lifetimes::default(),
+            selector: None,
+        }
+    }
+
+    /// Installs the SA on which the peer sends to us.
+    pub fn add_inbound_sa(&self, spi: u32, key: AeadKey) -> Op {
+        Op::AddSa(self.sa(self.remote, self.local, spi, key))
+    }
+
+    /// Installs the SA on which we send to the peer (used once the outbound
+    /// policy names its SPI).
+    pub fn add_outbound_sa(&self, spi: u32, key: AeadKey) -> Op {
+        Op::AddSa(self.sa(self.local, self.remote, spi, key))
+    }
+
+    /// Deletes an inbound SA.
+    pub fn delete_inbound_sa(&self, spi: u32) -> Op {
+        Op::DeleteSa(SaId {
+            dst: self.local,
+            spi,
+        })
+    }
+
+    /// Deletes an outbound SA.
+    pub fn delete_outbound_sa(&self, spi: u32) -> Op {
+        Op::DeleteSa(SaId {
+            dst: self.remote,
+            spi,
+        })
+    }
+
+    fn policy(&self, dir: PolicyDir, src: IpNet, dst: IpNet, spi: u32, block: bool) -> PolicySpec {
+        let tmpl_endpoints = match (&self.mode, dir) {
+            (PeerMode::Transport, _) => None,
+            (PeerMode::Tunnel { .. }, PolicyDir::Out) => Some((self.local, self.remote)),
+            (PeerMode::Tunnel { .. }, _) => Some((self.remote, self.local)),
+        };
+        PolicySpec {
+            id: PolicyId {
+                dir,
+                selector: PolicySelector {
+                    src,
+                    dst,
+                    proto: None,
+                },
+            },
+            priority: self.priority,
+            tmpl_endpoints,
+            spi,
+            reqid: self.reqid,
+            mode: self.xfrm_mode(),
+            block,
+        }
+    }
+
+    /// The inbound (and forward, in tunnel mode) policies: installed once,
+    /// they accept any SA with this peer's reqid.
+    pub fn inbound_policies(&self) -> Vec<Op> {
+        let mut ops = Vec::new();
+        for (l, r) in self.outbound_selectors() {
+            ops.push(Op::UpdatePolicy(self.policy(PolicyDir::In, r, l, 0, false)));
+            if matches!(self.mode, PeerMode::Tunnel { .. }) {
+                ops.push(Op::UpdatePolicy(self.policy(
+                    PolicyDir::Fwd,
+                    r,
+                    l,
+                    0,
+                    false,
+                )));
+            }
+        }
+        ops
+    }
+
+    /// Points outbound traffic at `spi`, atomically per selector; `None`
+    /// blocks it (fail closed).
+    pub fn set_outbound(&self, spi: Option<u32>) -> Vec<Op> {
+        self.outbound_selectors()
+            .into_iter()
+            .map(|(l, r)| {
+                Op::UpdatePolicy(self.policy(PolicyDir::Out, l, r, spi.unwrap_or(0), spi.is_none()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn peer(mode: PeerMode) -> PeerKernel {
+        PeerKernel {
+            reqid: rotor_xfrm::DEFAULT_REQID_BASE + 1,
+            local: "10.9.0.1".parse().unwrap(),
+            remote: "10.9.0.2".parse().unwrap(),
+            mode,
+            priority: 1000,
+            replay_window: 1024,
+        }
+    }
+
+    #[test]
+    fn transport_directions_and_fail_closed() {
+        let p = peer(PeerMode::Transport);
+        let key = AeadKey::new(vec![1; 36]).unwrap();
+        match p.add_inbound_sa(0x1001, key.clone()) {
+            Op::AddSa(s) => {
+                assert_eq!(s.src, p.remote);
+                assert_eq!(s.dst, p.local);
+                assert!(s.esn);
+            }
+            o => panic!("{o:?}"),
+        }
+        match p.add_outbound_sa(0x1002, key) {
+            Op::AddSa(s) => assert_eq!((s.src, s.dst), (p.local, p.remote)),
+            o => panic!("{o:?}"),
+        }
+        match &p.set_outbound(None)[..] {
+            [Op::UpdatePolicy(pol)] => {
+                assert!(pol.block);
+                assert_eq!(pol.id.dir, PolicyDir::Out);
+            }
+            o => panic!("{o:?}"),
+        }
+        match &p.set_outbound(Some(0x1002))[..] {
+            [Op::UpdatePolicy(pol)] => assert!(!pol.block && pol.spi == 0x1002),
+            o => panic!("{o:?}"),
+        }
+        assert_eq!(p.inbound_policies().len(), 1);
+    }
+
+    #[test]
+    fn tunnel_covers_every_subnet_pair_with_fwd() {
+        let p = peer(PeerMode::Tunnel {
+            local: vec![IpNet::parse("10.1.0.0/24").unwrap()],
+            remote: vec![
+                IpNet::parse("10.2.0.0/24").unwrap(),
+                IpNet::parse("10.3.0.0/24").unwrap(),
+            ],
+        });
+        assert_eq!(p.set_outbound(Some(0x1000)).len(), 2);
+        let inb = p.inbound_policies();
+        assert_eq!(inb.len(), 4);
+        for op in inb {
+            match op {
+                Op::UpdatePolicy(pol) => {
+                    assert_eq!(pol.tmpl_endpoints, Some((p.remote, p.local)));
+                    assert_eq!(pol.spi, 0);
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+    }
+}
