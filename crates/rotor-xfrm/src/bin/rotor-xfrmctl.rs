@@ -149,7 +149,7 @@ impl From<DirArg> for PolicyDir {
 enum SaCmd {
     /// Add an SA (fails if dst+spi exists).
     Add(SaArgs),
-    /// Add or replace an SA.
+    /// Update an existing SA's lifetimes/encapsulation (the kernel never changes a key in place).
     Update(SaArgs),
     /// Delete an SA.
     Del {
