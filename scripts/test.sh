@@ -1,0 +1,85 @@
+#!/bin/bash
+# Runs every test rotor has: formatting, lints, the Rust tests (unit, golden
+# bytes, property tests, the seeded simulation), then each real-kernel scenario
+# in netns-tests/ inside User-Mode Linux. Installs the Debian packages it needs
+# when run as root. Exit status 0 only if everything passed.
+#
+#   scripts/test.sh              everything
+#   scripts/test.sh --quick      only the Rust checks (no UML)
+#   scripts/test.sh 10-xfrm      only the netns tests whose name matches
+set -u
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+
+QUICK=0
+FILTER=""
+for a in "$@"; do
+	case $a in
+	--quick) QUICK=1 ;;
+	-h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+	*) FILTER=$a ;;
+	esac
+done
+
+step() { printf '\n=== %s\n' "$*"; }
+die() { echo "test.sh: $*" >&2; exit 1; }
+
+command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.88 (https://rustup.rs) and retry"
+
+need_pkgs=()
+command -v linux.uml >/dev/null || need_pkgs+=(user-mode-linux)
+command -v ip >/dev/null || need_pkgs+=(iproute2)
+command -v iptables-legacy >/dev/null || need_pkgs+=(iptables)
+command -v modprobe >/dev/null || need_pkgs+=(kmod)
+command -v ping >/dev/null || need_pkgs+=(iputils-ping)
+command -v python3 >/dev/null || need_pkgs+=(python3)
+if [ "$QUICK" = 0 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
+	[ "$(id -u)" = 0 ] || die "missing packages ${need_pkgs[*]}: run as root, or apt-get install them"
+	step "installing ${need_pkgs[*]}"
+	apt-get update -qq || die "apt-get update failed"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need_pkgs[@]}" >/dev/null ||
+		die "apt-get install ${need_pkgs[*]} failed"
+fi
+
+PASSED=0
+FAILED=0
+FAILED_NAMES=()
+record() { # record NAME STATUS
+	if [ "$2" = 0 ]; then PASSED=$((PASSED + 1)); else FAILED=$((FAILED + 1)); FAILED_NAMES+=("$1"); fi
+}
+
+step "cargo fmt --check"
+cargo fmt --all -- --check
+record fmt $?
+
+step "cargo clippy --all-targets -- -D warnings"
+cargo clippy --workspace --all-targets --quiet -- -D warnings
+record clippy $?
+
+step "cargo test"
+cargo test --workspace 2>&1 | tee /tmp/rotor-cargo-test.$$ | grep -Ev '^test .* ok$'
+rc=${PIPESTATUS[0]}
+record cargo-test "$rc"
+awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo test: %d passed, %d failed\n", p, f }' /tmp/rotor-cargo-test.$$
+rm -f /tmp/rotor-cargo-test.$$
+
+if [ "$QUICK" = 0 ]; then
+	step "cargo build --release (binaries for the real-kernel tests)"
+	cargo build --workspace --release --quiet
+	record build $?
+	export ROTOR_BIN=$ROOT/target/release/rotor
+	export ROTOR_XFRMCTL=$ROOT/target/release/rotor-xfrmctl
+	for t in netns-tests/[0-9]*.sh; do
+		case $t in *"$FILTER"*) ;; *) continue ;; esac
+		step "UML: $t"
+		scripts/uml-run.sh "$t"
+		record "$t" $?
+	done
+fi
+
+echo
+if [ "$FAILED" -gt 0 ]; then
+	echo "failed: ${FAILED_NAMES[*]}"
+fi
+echo "$PASSED passed, $FAILED failed"
+[ "$FAILED" -eq 0 ]
