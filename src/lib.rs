@@ -14,3 +14,4 @@ pub mod config;
 pub mod control;
 pub mod keyfile;
 pub mod peer_kernel;
+pub mod sockets;
