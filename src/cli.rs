@@ -16,7 +16,7 @@ use clap::{Parser, Subcommand};
 node every rotation and sends it over a small authenticated UDP channel; both ends install real \
 kernel ESP SAs through XFRM netlink. Each side keeps two key generations (the hub sends with N-1, \
 a node with N, both accept both), so neither a rotation nor a lost key message interrupts traffic.\n\n\
-Quick start:\n  rotor genkey > /etc/rotor/mn1.key && chmod 600 /etc/rotor/mn1.key   (copy it to the node too)\n  \
+Quick start:\n  (umask 077; rotor genkey > /etc/rotor/mn1.key)   (copy it to the node too, mode 0600)\n  \
 rotor check --config /etc/rotor/hub.toml\n  rotor hub --config /etc/rotor/hub.toml        (on the hub)\n  \
 rotor node --config /etc/rotor/mn1.toml       (on the node)\n  rotor status\n\n\
 Durations are written like 500ms, 10s, 5m. See docs/configuration.md for every config key."
