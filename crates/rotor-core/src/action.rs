@@ -1,0 +1,182 @@
+//! What the core asks its caller to do, and the time it is given.
+//!
+//! The core never touches a socket, the kernel or a clock: each call returns
+//! [`Action`]s for the daemon (or the simulation) to execute **in order**.
+//! Within one step the order follows I3, make before break: inbound SAs are
+//! installed first, then the outbound SPI is switched, then old SAs are
+//! deleted (after their grace period, through [`Action::DeleteSa`] emitted by a
+//! later timeout).
+
+use std::fmt;
+
+use crate::secret::EspKey;
+use crate::wire::WireError;
+
+/// Monotonic time in milliseconds since an arbitrary origin chosen by the caller.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Time(pub u64);
+
+impl Time {
+    /// `self + ms`, saturating.
+    pub fn plus_ms(self, ms: u64) -> Time {
+        Time(self.0.saturating_add(ms))
+    }
+
+    /// Milliseconds from `earlier` to `self` (0 if `earlier` is later).
+    pub fn since(self, earlier: Time) -> u64 {
+        self.0.saturating_sub(earlier.0)
+    }
+}
+
+/// A peer: on the hub, the index of a node in its configuration; on a node,
+/// always `PeerId(0)` (the hub).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct PeerId(pub u32);
+
+/// Direction of an SA, seen from the side that installs it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum SaDir {
+    /// The peer sends on it to us.
+    In,
+    /// We send on it to the peer.
+    Out,
+}
+
+/// Something the caller must do.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Action {
+    /// Install an ESP SA (fresh SPI, fresh key).
+    InstallSa {
+        /// The peer.
+        peer: PeerId,
+        /// In or out.
+        dir: SaDir,
+        /// Its SPI.
+        spi: u32,
+        /// Its rfc4106 key + salt.
+        key: EspKey,
+    },
+    /// Point the peer's outbound traffic at `spi` (a policy update); `None`
+    /// blocks outbound traffic to the peer (fail closed).
+    SetOutbound {
+        /// The peer.
+        peer: PeerId,
+        /// The SA to send on.
+        spi: Option<u32>,
+    },
+    /// Delete an SA installed earlier.
+    DeleteSa {
+        /// The peer.
+        peer: PeerId,
+        /// In or out.
+        dir: SaDir,
+        /// Its SPI.
+        spi: u32,
+    },
+    /// Send a control datagram to the peer.
+    Send {
+        /// The peer.
+        peer: PeerId,
+        /// The datagram.
+        datagram: Vec<u8>,
+    },
+    /// Something worth a log line or a metric.
+    Event(Event),
+}
+
+/// Why a datagram was dropped without any state change.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum DropReason {
+    /// Framing error.
+    Wire(WireError),
+    /// The header names an SPI no key of ours has.
+    UnknownSpi,
+    /// Message type not expected from this side or in this state.
+    UnexpectedType,
+    /// Counter already seen or older than the window.
+    Replay,
+    /// Init timestamp not newer than the last accepted one.
+    InitReplay,
+    /// Init timestamp too far from the hub's clock.
+    InitClockSkew,
+    /// Ephemeral key gave an all-zero shared secret.
+    BadEphemeral,
+    /// Authenticated, but refers to a generation we cannot use.
+    StaleGeneration,
+}
+
+impl DropReason {
+    /// Short name for counters and logs.
+    pub fn name(self) -> &'static str {
+        match self {
+            DropReason::Wire(WireError::TooShort) => "too_short",
+            DropReason::Wire(WireError::BadVersion) => "bad_version",
+            DropReason::Wire(WireError::UnknownType) => "unknown_type",
+            DropReason::Wire(WireError::BadFlags) => "bad_flags",
+            DropReason::Wire(WireError::BadLength) => "bad_length",
+            DropReason::Wire(WireError::AuthFailed) => "auth_failed",
+            DropReason::UnknownSpi => "unknown_spi",
+            DropReason::UnexpectedType => "unexpected_type",
+            DropReason::Replay => "replay",
+            DropReason::InitReplay => "init_replay",
+            DropReason::InitClockSkew => "init_clock_skew",
+            DropReason::BadEphemeral => "bad_ephemeral",
+            DropReason::StaleGeneration => "stale_generation",
+        }
+    }
+}
+
+impl fmt::Display for DropReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Events for logs and metrics. None carries key material.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Event {
+    /// A new generation was created and its key sent (hub), or installed (node).
+    Rotated {
+        /// The peer.
+        peer: PeerId,
+        /// New generation.
+        generation: u64,
+        /// Its SPI.
+        spi: u32,
+        /// SPI now used for sending.
+        tx_spi: u32,
+    },
+    /// The hub sent the latest key again because the node still used the previous one.
+    Resent {
+        /// The node.
+        peer: PeerId,
+        /// Generation resent.
+        generation: u64,
+        /// Its SPI.
+        spi: u32,
+    },
+    /// A chain was (re)initialised.
+    Initialised {
+        /// The peer.
+        peer: PeerId,
+        /// Generation-1 SPI.
+        spi: u32,
+    },
+    /// The hub saw the node use its latest generation for the first time.
+    Confirmed {
+        /// The node.
+        peer: PeerId,
+        /// Generation confirmed.
+        generation: u64,
+    },
+    /// A node gave up on the hub and started init.
+    FallbackToInit {
+        /// Unanswered hellos.
+        unanswered: u32,
+    },
+    /// A datagram was dropped without any state change.
+    Dropped {
+        /// Why.
+        reason: DropReason,
+    },
+}

@@ -1,0 +1,430 @@
+//! A node's state machine.
+//!
+//! The node sends on its latest generation N and accepts N and N-1 (I1). It
+//! says `hello` under N every interval; the hub answers every hello (`ack`, or
+//! `key` for N+1). On `key` N+1 under N it installs N+1 inbound first, then
+//! outbound, switches to it, and confirms with a hello under N+1 (I3). After
+//! `retries` unanswered hellos it falls back to init, keeping its current SAs
+//! until the init reply gives it a new chain (make before break).
+
+use std::collections::{BTreeMap, VecDeque};
+
+use rand::{CryptoRng, RngCore};
+use x25519_dalek::{PublicKey, StaticSecret};
+
+use crate::action::{Action, DropReason, Event, PeerId, SaDir, Time};
+use crate::config::{ConfigError, NodeConfig};
+use crate::generation::Generation;
+use crate::key_schedule::{init_request_key, init_session_key, init_spi};
+use crate::secret::Secret32;
+use crate::status::{PeerState, PeerStatus};
+use crate::wire::{self, Body, FLAG_INIT_REPLY, Header, MsgType};
+
+/// The hub, as seen from a node.
+pub const HUB: PeerId = PeerId(0);
+
+/// An init request waiting for its reply.
+struct PendingInit {
+    nonce: [u8; 32],
+    eph: StaticSecret,
+}
+
+impl std::fmt::Debug for PendingInit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("PendingInit(<redacted>)")
+    }
+}
+
+/// The node.
+#[derive(Debug)]
+pub struct Node {
+    cfg: NodeConfig,
+    init_spi: u32,
+    latest: Option<Generation>,
+    previous: Option<Generation>,
+    pending: Option<PendingInit>,
+    init_attempts: u32,
+    last_init_ts: u64,
+    unanswered: u32,
+    rotate_requested: bool,
+    /// When to send the next hello (running) or init (initialising).
+    next_send: Time,
+    retire_queue: VecDeque<(Time, u32)>,
+    last_seen: Option<Time>,
+    rotations: u64,
+    inits: u64,
+    actions: VecDeque<Action>,
+    drops: BTreeMap<DropReason, u64>,
+}
+
+impl Node {
+    /// A node with no keys: its first timeout (at `now`) sends `init`.
+    pub fn new(cfg: NodeConfig, now: Time) -> Result<Node, ConfigError> {
+        cfg.validate()?;
+        Ok(Node {
+            init_spi: init_spi(&cfg.psk),
+            cfg,
+            latest: None,
+            previous: None,
+            pending: None,
+            init_attempts: 0,
+            last_init_ts: 0,
+            unanswered: 0,
+            rotate_requested: false,
+            next_send: now,
+            retire_queue: VecDeque::new(),
+            last_seen: None,
+            rotations: 0,
+            inits: 0,
+            actions: VecDeque::new(),
+            drops: BTreeMap::new(),
+        })
+    }
+
+    /// Next action to execute, in order.
+    pub fn poll_action(&mut self) -> Option<Action> {
+        self.actions.pop_front()
+    }
+
+    /// When [`Self::handle_timeout`] must next be called.
+    pub fn poll_timeout(&self) -> Option<Time> {
+        let g = self.retire_queue.front().map(|(t, _)| *t);
+        Some(g.map_or(self.next_send, |g| g.min(self.next_send)))
+    }
+
+    /// Datagrams dropped so far, by reason.
+    pub fn drops(&self) -> &BTreeMap<DropReason, u64> {
+        &self.drops
+    }
+
+    /// Asks the hub for a rotation with the next hello (sent at once).
+    pub fn request_rotation(&mut self, now: Time) {
+        self.rotate_requested = true;
+        if self.latest.is_some() && self.pending.is_none() {
+            self.next_send = now;
+        }
+    }
+
+    /// Latest generation number (0 = none), for invariant checks.
+    pub fn generation(&self) -> u64 {
+        self.latest.as_ref().map_or(0, |g| g.number)
+    }
+
+    /// SPI this node sends on.
+    pub fn tx_spi(&self) -> Option<u32> {
+        self.latest.as_ref().map(|g| g.spi)
+    }
+
+    /// The node's row of the key-SPI table.
+    pub fn status(&self, now: Time) -> PeerStatus {
+        PeerStatus {
+            name: self.cfg.name.clone(),
+            generation: self.generation(),
+            tx_spi: self.tx_spi(),
+            rx_spis: [self.previous.as_ref(), self.latest.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|g| g.spi)
+                .collect(),
+            state: if self.latest.is_none() || self.pending.is_some() {
+                PeerState::Init
+            } else {
+                PeerState::InSync
+            },
+            rotations: self.rotations,
+            resends: 0,
+            inits: self.inits,
+            last_seen_ms: self.last_seen.map(|t| now.since(t)),
+        }
+    }
+
+    fn drop_reason(&mut self, reason: DropReason) {
+        *self.drops.entry(reason).or_insert(0) += 1;
+        self.actions
+            .push_back(Action::Event(Event::Dropped { reason }));
+    }
+
+    /// Fires due timers: hello (or init) sends, and SA deletions after grace.
+    pub fn handle_timeout(
+        &mut self,
+        now: Time,
+        unix_ms: u64,
+        rng: &mut (impl RngCore + CryptoRng),
+    ) {
+        while let Some(&(t, spi)) = self.retire_queue.front() {
+            if t > now {
+                break;
+            }
+            self.retire_queue.pop_front();
+            self.actions.push_back(Action::DeleteSa {
+                peer: HUB,
+                dir: SaDir::In,
+                spi,
+            });
+            self.actions.push_back(Action::DeleteSa {
+                peer: HUB,
+                dir: SaDir::Out,
+                spi,
+            });
+        }
+        if now < self.next_send {
+            return;
+        }
+        let running = self.latest.is_some() && self.pending.is_none();
+        if running && self.unanswered < self.cfg.retries {
+            self.send_hello(now);
+        } else {
+            if running {
+                self.actions.push_back(Action::Event(Event::FallbackToInit {
+                    unanswered: self.unanswered,
+                }));
+            }
+            self.send_init(now, unix_ms, rng);
+        }
+    }
+
+    fn send_hello(&mut self, now: Time) {
+        let rotate = self.rotate_requested;
+        if let Some(g) = self.latest.as_mut() {
+            let header = Header {
+                kind: MsgType::Hello,
+                flags: 0,
+                spi: g.spi,
+                counter: g.next_counter(),
+            };
+            let body = Body::Hello {
+                generation: g.number,
+                rotate,
+            };
+            let datagram = wire::seal(&g.keys.ctl_n2h, header, &[], &body).unwrap_or_default();
+            self.actions.push_back(Action::Send {
+                peer: HUB,
+                datagram,
+            });
+            self.unanswered += 1;
+        }
+        self.next_send = now.plus_ms(self.cfg.hello_interval_ms);
+    }
+
+    /// Sends a fresh init request (new nonce, new ephemeral key, newer
+    /// timestamp), with backoff and jitter between attempts.
+    fn send_init(&mut self, now: Time, unix_ms: u64, rng: &mut (impl RngCore + CryptoRng)) {
+        let mut nonce = [0u8; 32];
+        rng.fill_bytes(&mut nonce);
+        let eph = StaticSecret::random_from_rng(&mut *rng);
+        let eph_pub = PublicKey::from(&eph);
+        let ts = unix_ms.max(self.last_init_ts + 1);
+        self.last_init_ts = ts;
+        let key = init_request_key(&self.cfg.psk, &self.cfg.name, &nonce);
+        let header = Header {
+            kind: MsgType::Init,
+            flags: 0,
+            spi: self.init_spi,
+            counter: 0,
+        };
+        let body = Body::Init {
+            timestamp_ms: ts,
+            eph_pub: *eph_pub.as_bytes(),
+        };
+        let datagram = wire::seal(&key, header, &nonce, &body).unwrap_or_default();
+        self.actions.push_back(Action::Send {
+            peer: HUB,
+            datagram,
+        });
+        self.pending = Some(PendingInit { nonce, eph });
+        self.init_attempts += 1;
+        // Backoff: 1, 2, 4, 4, ... hello intervals, +-25 % jitter so that many
+        // nodes restarting together do not init in lockstep.
+        let factor = 1u64 << self.init_attempts.saturating_sub(1).min(2);
+        let base = self.cfg.hello_interval_ms.saturating_mul(factor);
+        let jitter = if base >= 4 {
+            rng.next_u64() % (base / 2)
+        } else {
+            0
+        };
+        self.next_send = now.plus_ms(base - base / 4 + jitter);
+    }
+
+    /// Handles a datagram from the hub. Anything that is not a valid, fresh
+    /// message for this node changes nothing but the drop counters.
+    pub fn handle_datagram(&mut self, now: Time, data: &[u8]) {
+        if let Err(r) = self.datagram(now, data) {
+            self.drop_reason(r);
+        }
+    }
+
+    fn datagram(&mut self, now: Time, data: &[u8]) -> Result<(), DropReason> {
+        let dg = wire::parse(data).map_err(DropReason::Wire)?;
+        if dg.header.kind.from_node() {
+            return Err(DropReason::UnexpectedType);
+        }
+        if dg.header.spi == self.init_spi {
+            return self.init_reply(now, &dg);
+        }
+        let is_latest = self.latest.as_ref().is_some_and(|g| g.spi == dg.header.spi);
+        let is_previous = self
+            .previous
+            .as_ref()
+            .is_some_and(|g| g.spi == dg.header.spi);
+        let g = match (is_latest, is_previous) {
+            (true, _) => self.latest.as_mut(),
+            (_, true) => self.previous.as_mut(),
+            _ => None,
+        }
+        .ok_or(DropReason::UnknownSpi)?;
+        if dg.header.flags != 0 {
+            return Err(DropReason::UnexpectedType);
+        }
+        if !g.rx_window.check(dg.header.counter) {
+            return Err(DropReason::Replay);
+        }
+        let body = dg.open(&g.keys.ctl_h2n).map_err(DropReason::Wire)?;
+        match body {
+            Body::Ack { .. } => {
+                g.rx_window.commit(dg.header.counter);
+                self.answered(now);
+                Ok(())
+            }
+            Body::Key {
+                generation,
+                spi,
+                secret,
+            } => {
+                let latest = self.latest.as_ref().map(|l| (l.number, l.spi));
+                let prev_spi = self.previous.as_ref().map(|p| p.spi);
+                match latest {
+                    Some((n, lspi))
+                        if is_latest
+                            && generation == n + 1
+                            && spi != lspi
+                            && Some(spi) != prev_spi
+                            && spi > 0xff =>
+                    {
+                        if let Some(l) = self.latest.as_mut() {
+                            l.rx_window.commit(dg.header.counter);
+                        }
+                        self.answered(now);
+                        self.adopt_next(now, generation, spi, secret);
+                        Ok(())
+                    }
+                    Some((n, lspi)) if generation == n && spi == lspi => {
+                        // A resend of what we already have: confirm again.
+                        if let Some(g) = if is_latest {
+                            self.latest.as_mut()
+                        } else {
+                            self.previous.as_mut()
+                        } {
+                            g.rx_window.commit(dg.header.counter);
+                        }
+                        self.answered(now);
+                        self.send_hello(now);
+                        Ok(())
+                    }
+                    _ => Err(DropReason::StaleGeneration),
+                }
+            }
+            _ => Err(DropReason::UnexpectedType),
+        }
+    }
+
+    fn answered(&mut self, now: Time) {
+        self.unanswered = 0;
+        self.last_seen = Some(now);
+    }
+
+    /// Installs generation N+1 received under N: inbound first, then
+    /// outbound, then the switch (I3); retires N-1 after the grace period.
+    fn adopt_next(&mut self, now: Time, generation: u64, spi: u32, secret: Secret32) {
+        let g = Generation::new(generation, spi, secret, &self.cfg.name, self.cfg.key_bits);
+        self.install(&g);
+        if let Some(old) = self.previous.take() {
+            self.retire_queue
+                .push_back((now.plus_ms(self.cfg.grace_ms), old.spi));
+        }
+        self.previous = self.latest.take();
+        self.latest = Some(g);
+        self.rotations += 1;
+        self.rotate_requested = false;
+        self.actions.push_back(Action::Event(Event::Rotated {
+            peer: HUB,
+            generation,
+            spi,
+            tx_spi: spi,
+        }));
+        self.send_hello(now);
+    }
+
+    fn install(&mut self, g: &Generation) {
+        self.actions.push_back(Action::InstallSa {
+            peer: HUB,
+            dir: SaDir::In,
+            spi: g.spi,
+            key: g.keys.esp_h2n.clone(),
+        });
+        self.actions.push_back(Action::InstallSa {
+            peer: HUB,
+            dir: SaDir::Out,
+            spi: g.spi,
+            key: g.keys.esp_n2h.clone(),
+        });
+        self.actions.push_back(Action::SetOutbound {
+            peer: HUB,
+            spi: Some(g.spi),
+        });
+    }
+
+    fn init_reply(&mut self, now: Time, dg: &wire::Datagram<'_>) -> Result<(), DropReason> {
+        if dg.header.kind != MsgType::Key || dg.header.flags != FLAG_INIT_REPLY {
+            return Err(DropReason::UnexpectedType);
+        }
+        let p = self.pending.as_ref().ok_or(DropReason::StaleGeneration)?;
+        let mut hub_nonce = [0u8; 32];
+        hub_nonce.copy_from_slice(&dg.clear[..32]);
+        let mut hub_pub = [0u8; 32];
+        hub_pub.copy_from_slice(&dg.clear[32..64]);
+        let shared = p.eph.diffie_hellman(&PublicKey::from(hub_pub));
+        if !shared.was_contributory() {
+            return Err(DropReason::BadEphemeral);
+        }
+        let key = init_session_key(
+            &self.cfg.psk,
+            shared.as_bytes(),
+            &p.nonce,
+            &hub_nonce,
+            &self.cfg.name,
+        );
+        let Body::Key {
+            generation,
+            spi,
+            secret,
+        } = dg.open(&key).map_err(DropReason::Wire)?
+        else {
+            return Err(DropReason::UnexpectedType);
+        };
+        if generation != 1 || spi <= 0xff {
+            return Err(DropReason::StaleGeneration);
+        }
+        // Accepted: adopt the new chain, retire the old one after grace.
+        self.pending = None;
+        self.init_attempts = 0;
+        let grace_end = now.plus_ms(self.cfg.grace_ms);
+        for old in [self.previous.take(), self.latest.take()]
+            .into_iter()
+            .flatten()
+        {
+            if old.spi != spi {
+                self.retire_queue.push_back((grace_end, old.spi));
+            }
+        }
+        let g = Generation::new(1, spi, secret, &self.cfg.name, self.cfg.key_bits);
+        self.install(&g);
+        self.latest = Some(g);
+        self.inits += 1;
+        self.unanswered = 0;
+        self.last_seen = Some(now);
+        self.actions
+            .push_back(Action::Event(Event::Initialised { peer: HUB, spi }));
+        self.send_hello(now);
+        Ok(())
+    }
+}
