@@ -41,14 +41,25 @@ struct NodeState {
     confirmed: bool,
     /// SPI the hub sends on.
     outbound: Option<u32>,
+    /// Generations of the chain an init replaced: kept (the hub may still send
+    /// on one, the node may still send on them) until the node confirms the new
+    /// chain, then retired.
+    superseded: Vec<u32>,
     rotate_at: Time,
     force_rotate: bool,
     last_init_ts: u64,
+    /// Nonce of the last accepted init and the reply sent to it: a
+    /// retransmission of that init gets the same reply again (I4 for init).
+    last_init: Option<([u8; 32], Vec<u8>)>,
     last_seen: Option<Time>,
     rotations: u64,
     resends: u64,
     inits: u64,
 }
+
+/// Most replaced generations kept per node while a re-init is unconfirmed
+/// (bounds per-node state under repeated inits).
+pub const MAX_SUPERSEDED: usize = 6;
 
 /// An unknown node name or id was given to a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -90,9 +101,11 @@ impl Hub {
                 previous: None,
                 confirmed: false,
                 outbound: None,
+                superseded: Vec::new(),
                 rotate_at: now.plus_ms(n.rotate_interval_ms),
                 force_rotate: false,
                 last_init_ts: 0,
+                last_init: None,
                 last_seen: None,
                 rotations: 0,
                 resends: 0,
@@ -218,6 +231,17 @@ impl Hub {
         else {
             return Err(DropReason::UnexpectedType);
         };
+        if timestamp_ms == n.last_init_ts
+            && let Some((nonce, reply)) = &n.last_init
+            && *nonce == node_nonce
+        {
+            // The node did not get our reply: send the same one again.
+            let datagram = reply.clone();
+            let n = &mut self.nodes[id.0 as usize];
+            n.resends += 1;
+            self.actions.push_back(Action::Send { peer: id, datagram });
+            return Ok(());
+        }
         if timestamp_ms <= n.last_init_ts {
             return Err(DropReason::InitReplay);
         }
@@ -235,12 +259,19 @@ impl Hub {
         rng.fill_bytes(&mut hub_nonce);
         let session = init_session_key(&n.psk, shared.as_bytes(), &node_nonce, &hub_nonce, &n.name);
         let init_spi = n.init_spi;
-        let old: Vec<u32> = [n.previous.as_ref(), n.latest.as_ref()]
+        // Make before break across re-init: every replaced chain stays installed
+        // (and the hub keeps sending on the one it sends on) until the node
+        // confirms the new generation 1; the node may be using any of them.
+        let n = &mut self.nodes[id.0 as usize];
+        let replaced: Vec<u32> = [n.previous.take(), n.latest.take()]
             .into_iter()
             .flatten()
             .map(|g| g.spi)
             .collect();
-        for spi in old {
+        n.superseded.extend(replaced);
+        let excess = n.superseded.len().saturating_sub(MAX_SUPERSEDED);
+        let dropped: Vec<u32> = n.superseded.drain(..excess).collect();
+        for spi in dropped {
             self.retire(now, id, spi);
         }
         let gen1 = self.new_generation(rng, id, 1);
@@ -271,6 +302,7 @@ impl Hub {
         let spi = gen1.spi;
         n.latest = Some(gen1);
         let datagram = wire::seal(&session, header, &clear, &body).unwrap_or_default();
+        n.last_init = Some((node_nonce, datagram.clone()));
         self.actions.push_back(Action::Send { peer: id, datagram });
         self.actions
             .push_back(Action::Event(Event::Initialised { peer: id, spi }));
@@ -396,8 +428,13 @@ impl Hub {
                 generation: number,
             }));
             if first {
-                // The init exception: nothing to send on until now.
+                // The init exception: generation 1 is sent on from its
+                // confirmation; the chain it replaced can go now.
                 self.set_outbound(id, Some(spi));
+                let old = std::mem::take(&mut self.nodes[id.0 as usize].superseded);
+                for s in old {
+                    self.retire(now, id, s);
+                }
             }
         }
         let n = &self.nodes[id.0 as usize];

@@ -23,11 +23,20 @@ use crate::wire::{self, Body, FLAG_INIT_REPLY, Header, MsgType};
 /// The hub, as seen from a node.
 pub const HUB: PeerId = PeerId(0);
 
-/// An init request waiting for its reply.
+/// An init request waiting for its reply. Retransmissions send the same
+/// datagram, so the hub answers them with the same reply (one generation 1
+/// per attempt, never two competing chains).
 struct PendingInit {
     nonce: [u8; 32],
     eph: StaticSecret,
+    datagram: Vec<u8>,
+    created: Time,
 }
+
+/// An init attempt is retransmitted unchanged for this long, then replaced by
+/// a fresh one (new nonce, key and timestamp), well inside the hub's default
+/// 120 s timestamp skew.
+pub const INIT_REFRESH_MS: u64 = 30_000;
 
 impl std::fmt::Debug for PendingInit {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -43,6 +52,9 @@ pub struct Node {
     latest: Option<Generation>,
     previous: Option<Generation>,
     pending: Option<PendingInit>,
+    /// The chain an init reply replaced: kept until the hub is heard under the
+    /// new chain (proof it no longer sends on the old one), then retired.
+    superseded: Vec<u32>,
     init_attempts: u32,
     last_init_ts: u64,
     unanswered: u32,
@@ -67,6 +79,7 @@ impl Node {
             latest: None,
             previous: None,
             pending: None,
+            superseded: Vec::new(),
             init_attempts: 0,
             last_init_ts: 0,
             unanswered: 0,
@@ -206,9 +219,34 @@ impl Node {
         self.next_send = now.plus_ms(self.cfg.hello_interval_ms);
     }
 
-    /// Sends a fresh init request (new nonce, new ephemeral key, newer
-    /// timestamp), with backoff and jitter between attempts.
+    /// Sends the pending init request again, or a fresh one (new nonce, new
+    /// ephemeral key, newer timestamp) when there is none or it is old; with
+    /// backoff and jitter between sends.
     fn send_init(&mut self, now: Time, unix_ms: u64, rng: &mut (impl RngCore + CryptoRng)) {
+        match &self.pending {
+            Some(p) if now.since(p.created) < INIT_REFRESH_MS => {
+                let datagram = p.datagram.clone();
+                self.actions.push_back(Action::Send {
+                    peer: HUB,
+                    datagram,
+                });
+            }
+            _ => self.new_init(now, unix_ms, rng),
+        }
+        self.init_attempts += 1;
+        // Backoff: 1, 2, 4, 4, ... hello intervals, +-25 % jitter so that many
+        // nodes restarting together do not init in lockstep.
+        let factor = 1u64 << self.init_attempts.saturating_sub(1).min(2);
+        let base = self.cfg.hello_interval_ms.saturating_mul(factor);
+        let jitter = if base >= 4 {
+            rng.next_u64() % (base / 2)
+        } else {
+            0
+        };
+        self.next_send = now.plus_ms(base - base / 4 + jitter);
+    }
+
+    fn new_init(&mut self, now: Time, unix_ms: u64, rng: &mut (impl RngCore + CryptoRng)) {
         let mut nonce = [0u8; 32];
         rng.fill_bytes(&mut nonce);
         let eph = StaticSecret::random_from_rng(&mut *rng);
@@ -229,20 +267,14 @@ impl Node {
         let datagram = wire::seal(&key, header, &nonce, &body).unwrap_or_default();
         self.actions.push_back(Action::Send {
             peer: HUB,
-            datagram,
+            datagram: datagram.clone(),
         });
-        self.pending = Some(PendingInit { nonce, eph });
-        self.init_attempts += 1;
-        // Backoff: 1, 2, 4, 4, ... hello intervals, +-25 % jitter so that many
-        // nodes restarting together do not init in lockstep.
-        let factor = 1u64 << self.init_attempts.saturating_sub(1).min(2);
-        let base = self.cfg.hello_interval_ms.saturating_mul(factor);
-        let jitter = if base >= 4 {
-            rng.next_u64() % (base / 2)
-        } else {
-            0
-        };
-        self.next_send = now.plus_ms(base - base / 4 + jitter);
+        self.pending = Some(PendingInit {
+            nonce,
+            eph,
+            datagram,
+            created: now,
+        });
     }
 
     /// Handles a datagram from the hub. Anything that is not a valid, fresh
@@ -279,6 +311,16 @@ impl Node {
             return Err(DropReason::Replay);
         }
         let body = dg.open(&g.keys.ctl_h2n).map_err(DropReason::Wire)?;
+        if is_latest
+            && !self.superseded.is_empty()
+            && matches!(body, Body::Ack { .. } | Body::Key { .. })
+        {
+            // The hub answered under the new chain: it has switched to it.
+            let end = now.plus_ms(self.cfg.grace_ms);
+            for spi in std::mem::take(&mut self.superseded) {
+                self.retire_queue.push_back((end, spi));
+            }
+        }
         match body {
             Body::Ack { .. } => {
                 g.rx_window.commit(dg.header.counter);
@@ -407,14 +449,22 @@ impl Node {
         // Accepted: adopt the new chain, retire the old one after grace.
         self.pending = None;
         self.init_attempts = 0;
-        let grace_end = now.plus_ms(self.cfg.grace_ms);
-        for old in [self.previous.take(), self.latest.take()]
+        // Every replaced chain stays until the hub is heard under the new one
+        // (the hub keeps sending on an old one until it sees us use the new).
+        let replaced: Vec<u32> = [self.previous.take(), self.latest.take()]
             .into_iter()
             .flatten()
-        {
-            if old.spi != spi {
-                self.retire_queue.push_back((grace_end, old.spi));
-            }
+            .map(|g| g.spi)
+            .filter(|s| *s != spi)
+            .collect();
+        self.superseded.extend(replaced);
+        let excess = self
+            .superseded
+            .len()
+            .saturating_sub(crate::hub::MAX_SUPERSEDED);
+        let grace_end = now.plus_ms(self.cfg.grace_ms);
+        for old in self.superseded.drain(..excess).collect::<Vec<_>>() {
+            self.retire_queue.push_back((grace_end, old));
         }
         let g = Generation::new(1, spi, secret, &self.cfg.name, self.cfg.key_bits);
         self.install(&g);
