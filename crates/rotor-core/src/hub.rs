@@ -610,28 +610,33 @@ impl Hub {
 
     /// The key-SPI table, one row per node.
     pub fn status(&self, now: Time) -> Vec<PeerStatus> {
-        self.nodes
-            .iter()
-            .map(|n| PeerStatus {
-                name: n.name.clone(),
-                generation: n.latest.as_ref().map_or(0, |g| g.number),
-                tx_spi: n.outbound,
-                rx_spis: [n.previous.as_ref(), n.latest.as_ref()]
-                    .into_iter()
-                    .flatten()
-                    .map(|g| g.spi)
-                    .collect(),
-                state: match (&n.latest, n.confirmed) {
-                    (None, _) => PeerState::Init,
-                    (Some(_), true) => PeerState::InSync,
-                    (Some(_), false) => PeerState::AwaitingConfirm,
-                },
-                rotations: n.rotations,
-                resends: n.resends,
-                inits: n.inits,
-                last_seen_ms: n.last_seen.map(|t| now.since(t)),
-            })
+        (0..self.nodes.len())
+            .filter_map(|i| self.peer_status(PeerId(i as u32), now))
             .collect()
+    }
+
+    /// One node's row of the key-SPI table.
+    pub fn peer_status(&self, id: PeerId, now: Time) -> Option<PeerStatus> {
+        let n = self.nodes.get(id.0 as usize)?;
+        Some(PeerStatus {
+            name: n.name.clone(),
+            generation: n.latest.as_ref().map_or(0, |g| g.number),
+            tx_spi: n.outbound,
+            rx_spis: [n.previous.as_ref(), n.latest.as_ref()]
+                .into_iter()
+                .flatten()
+                .map(|g| g.spi)
+                .collect(),
+            state: match (&n.latest, n.confirmed) {
+                (None, _) => PeerState::Init,
+                (Some(_), true) => PeerState::InSync,
+                (Some(_), false) => PeerState::AwaitingConfirm,
+            },
+            rotations: n.rotations,
+            resends: n.resends,
+            inits: n.inits,
+            last_seen_ms: n.last_seen.map(|t| now.since(t)),
+        })
     }
 
     /// Latest generation number per node (0 before init), for invariant checks.

@@ -432,10 +432,11 @@ impl Sim {
     }
 
     fn update_outages(&mut self) {
-        let status = self.hub.status(self.now);
         for i in 0..self.nodes.len() {
             if let Some((start, inits_before)) = self.outage[i] {
-                let h = &status[i];
+                let Some(h) = self.hub.peer_status(PeerId(i as u32), self.now) else {
+                    continue;
+                };
                 let n = self.nodes[i].status(self.now);
                 // Over when both directions deliver again: each side sends on an
                 // SPI the other accepts, on the new chain.
