@@ -1,0 +1,29 @@
+//! Arbitrary datagrams fed to a hub with running chains: must never panic,
+//! and must never produce anything but a "dropped" event (no key, no SA, no
+//! send can be caused without the keys).
+#![no_main]
+
+use libfuzzer_sys::fuzz_target;
+use rand::SeedableRng;
+use rotor_core::{Action, Event, Hub, HubConfig, KeyBits, NodeSpec, Secret32, Time};
+
+fuzz_target!(|data: &[u8]| {
+    let cfg = HubConfig {
+        nodes: (0..4u8)
+            .map(|i| NodeSpec {
+                name: format!("mn{i}"),
+                psk: Secret32::new([i + 1; 32]),
+                rotate_interval_ms: 1000,
+            })
+            .collect(),
+        grace_ms: 1000,
+        key_bits: KeyBits::Aes128,
+        init_skew_ms: 120_000,
+    };
+    let Ok(mut hub) = Hub::new(cfg, Time(0)) else { return };
+    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
+    hub.handle_datagram(Time(1), 1_750_000_000_000, data, &mut rng);
+    while let Some(a) = hub.poll_action() {
+        assert!(matches!(a, Action::Event(Event::Dropped { .. })), "{a:?}");
+    }
+});
