@@ -12,6 +12,7 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
+pub mod daemon;
 pub mod keyfile;
 pub mod peer_kernel;
 pub mod sockets;

@@ -9,7 +9,7 @@ use rand::RngCore;
 use zeroize::Zeroizing;
 
 use rotor::cli::{Cli, Command};
-use rotor::{check, keyfile};
+use rotor::{check, control, keyfile};
 
 fn genkey() -> anyhow::Result<()> {
     let mut key = Zeroizing::new([0u8; keyfile::KEY_LEN]);
@@ -20,15 +20,54 @@ fn genkey() -> anyhow::Result<()> {
     Ok(())
 }
 
+fn init_logging() {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_env("ROTOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_target(false)
+        .init();
+}
+
+fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("starting the event loop")
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Genkey => genkey(),
         Command::Check { config } => check::run(&config),
-        Command::Hub { .. }
-        | Command::Node { .. }
-        | Command::Status { .. }
-        | Command::Rotate { .. } => {
-            anyhow::bail!("the daemons are not part of this build yet")
+        Command::Hub { config } => {
+            let cfg = rotor::config::load_hub(&config)?;
+            init_logging();
+            runtime()?.block_on(rotor::daemon::run_hub(cfg))
+        }
+        Command::Node { config } => {
+            let cfg = rotor::config::load_node(&config)?;
+            init_logging();
+            runtime()?.block_on(rotor::daemon::run_node(cfg))
+        }
+        Command::Status { socket, json } => {
+            let mut v = control::call(&socket, &control::Request::Status)?;
+            if json {
+                if let Some(o) = v.as_object_mut() {
+                    o.remove("ok");
+                }
+                println!("{v}");
+            } else {
+                let st: control::Status =
+                    serde_json::from_value(v).context("the daemon's status reply")?;
+                print!("{}", control::table(&st));
+            }
+            Ok(())
+        }
+        Command::Rotate { socket, node, all } => {
+            let v = control::call(&socket, &control::Request::Rotate { node, all })?;
+            println!("{v}");
+            Ok(())
         }
     }
 }

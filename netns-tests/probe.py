@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Sequence-numbered UDP probe stream, to prove that no data packet is lost.
+
+  probe.py send --to ADDR:PORT --rate 200 --duration 30
+  probe.py recv --bind ADDR:PORT --duration 35 --expect-from-file SENT_FILE
+
+The sender prints one JSON line {"sent": N}. The receiver stops after the
+duration and prints {"received": R, "missing": [...], "duplicates": D} where
+missing lists every sequence number below the highest one it saw (or below
+"sent" from --sent-file) that did not arrive.
+"""
+import argparse
+import json
+import socket
+import struct
+import sys
+import time
+
+
+def addr(s):
+    host, _, port = s.rpartition(":")
+    return host.strip("[]"), int(port)
+
+
+def family(host):
+    return socket.AF_INET6 if ":" in host else socket.AF_INET
+
+
+def send(a):
+    host, port = addr(a.to)
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    interval = 1.0 / a.rate
+    n = int(a.rate * a.duration)
+    start = time.monotonic()
+    sent = 0
+    for seq in range(n):
+        target = start + seq * interval
+        delay = target - time.monotonic()
+        if delay > 0:
+            time.sleep(delay)
+        try:
+            s.sendto(struct.pack("!Q", seq) + b"x" * 56, (host, port))
+        except OSError:
+            pass  # counted as missing by the receiver
+        sent += 1
+    print(json.dumps({"sent": sent}))
+
+
+def recv(a):
+    host, port = addr(a.bind)
+    s = socket.socket(family(host), socket.SOCK_DGRAM)
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
+    s.bind((host, port))
+    seen = set()
+    dups = 0
+    end = time.monotonic() + a.duration
+    while True:
+        left = end - time.monotonic()
+        if left <= 0:
+            break
+        s.settimeout(left)
+        try:
+            data, _ = s.recvfrom(2048)
+        except socket.timeout:
+            break
+        if len(data) < 8:
+            continue
+        (seq,) = struct.unpack("!Q", data[:8])
+        if seq in seen:
+            dups += 1
+        seen.add(seq)
+    total = max(seen) + 1 if seen else 0
+    if a.sent_file:
+        for _ in range(50):
+            try:
+                with open(a.sent_file) as f:
+                    total = json.loads(f.read())["sent"]
+                break
+            except (OSError, ValueError, KeyError):
+                time.sleep(0.1)
+    missing = [i for i in range(total) if i not in seen]
+    print(json.dumps({"received": len(seen), "expected": total, "missing": missing, "duplicates": dups}))
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = p.add_subparsers(dest="cmd", required=True)
+    ps = sub.add_parser("send")
+    ps.add_argument("--to", required=True)
+    ps.add_argument("--rate", type=float, default=200)
+    ps.add_argument("--duration", type=float, default=30)
+    pr = sub.add_parser("recv")
+    pr.add_argument("--bind", required=True)
+    pr.add_argument("--duration", type=float, default=35)
+    pr.add_argument("--sent-file")
+    a = p.parse_args()
+    send(a) if a.cmd == "send" else recv(a)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,579 @@
+//! The daemons: one event loop that feeds the sans-IO core (`rotor-core`)
+//! with datagrams, timeouts and operator commands, and executes the actions it
+//! returns: kernel changes in one batched netlink write per step (in the
+//! core's order, so inbound SAs exist before anything is sent on them), then
+//! the datagrams.
+//!
+//! Start-up removes rotor-owned SAs and policies a crashed run left behind,
+//! then installs each peer's inbound policies and a blocking outbound policy
+//! (fail closed until keys exist). SIGTERM/SIGINT stop the loop and remove
+//! everything rotor owns.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use rotor_core::{Action, Event, Hub, KeyBits, Node, PeerId, SaDir, Secret32, Time};
+use rotor_xfrm::{AeadKey, Op, OpResult, Ownership, Xfrm};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UdpSocket, UnixListener};
+use tokio::signal::unix::{SignalKind, signal};
+use tracing::{debug, info, warn};
+
+use crate::config::{HubConfig, NodeConfig};
+use crate::control::{self, Request, Status};
+use crate::peer_kernel::PeerKernel;
+use crate::sockets::{bind_control_udp, bind_control_unix};
+
+/// Monotonic and wall clocks, as the core wants them.
+struct Clock {
+    origin: Instant,
+}
+
+impl Clock {
+    fn now(&self) -> Time {
+        Time(self.origin.elapsed().as_millis() as u64)
+    }
+
+    fn unix_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0)
+    }
+
+    fn instant(&self, t: Time) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.origin + std::time::Duration::from_millis(t.0))
+    }
+}
+
+/// Executes kernel actions for a set of peers, batching each step.
+struct KernelExec {
+    xfrm: Xfrm,
+    peers: Vec<PeerKernel>,
+    names: Vec<String>,
+    errors: u64,
+}
+
+impl KernelExec {
+    fn open(peers: Vec<PeerKernel>, names: Vec<String>) -> anyhow::Result<Self> {
+        let xfrm = Xfrm::open(Ownership::default()).context("opening the XFRM netlink socket")?;
+        Ok(KernelExec {
+            xfrm,
+            peers,
+            names,
+            errors: 0,
+        })
+    }
+
+    /// Removes leftovers of a previous run, then sets every peer up fail-closed.
+    fn start(&mut self) -> anyhow::Result<()> {
+        let r = self
+            .xfrm
+            .remove_owned()
+            .context("removing SAs and policies left by an earlier run")?;
+        if r.sas + r.policies > 0 {
+            info!(
+                sas = r.sas,
+                policies = r.policies,
+                "removed state left by an earlier run"
+            );
+        }
+        let mut ops = Vec::new();
+        for p in &self.peers {
+            ops.extend(p.inbound_policies());
+            ops.extend(p.set_outbound(None));
+        }
+        let results = self.xfrm.apply(&ops).context("installing policies")?;
+        for (op, r) in ops.iter().zip(results) {
+            if !r.is_done() {
+                anyhow::bail!("installing policy failed: {op}: {r:?}");
+            }
+        }
+        Ok(())
+    }
+
+    fn op_for(&self, a: &Action) -> Vec<Op> {
+        match a {
+            Action::InstallSa {
+                peer,
+                dir,
+                spi,
+                key,
+            } => {
+                let Some(p) = self.peers.get(peer.0 as usize) else {
+                    return vec![];
+                };
+                let Some(k) = AeadKey::new(key.expose().to_vec()) else {
+                    return vec![];
+                };
+                match dir {
+                    SaDir::In => vec![p.add_inbound_sa(*spi, k)],
+                    SaDir::Out => vec![p.add_outbound_sa(*spi, k)],
+                }
+            }
+            Action::SetOutbound { peer, spi } => self
+                .peers
+                .get(peer.0 as usize)
+                .map(|p| p.set_outbound(*spi))
+                .unwrap_or_default(),
+            Action::DeleteSa { peer, dir, spi } => {
+                let Some(p) = self.peers.get(peer.0 as usize) else {
+                    return vec![];
+                };
+                match dir {
+                    SaDir::In => vec![p.delete_inbound_sa(*spi)],
+                    SaDir::Out => vec![p.delete_outbound_sa(*spi)],
+                }
+            }
+            _ => vec![],
+        }
+    }
+
+    /// Applies the kernel part of `actions` in one batch; failures are logged
+    /// with the peer, the errno and the kernel's text, and counted. One
+    /// peer's failure never stops the others' operations.
+    fn apply(&mut self, actions: &[Action]) {
+        let mut ops = Vec::new();
+        let mut owner = Vec::new();
+        for a in actions {
+            for op in self.op_for(a) {
+                owner.push(match a {
+                    Action::InstallSa { peer, .. }
+                    | Action::SetOutbound { peer, .. }
+                    | Action::DeleteSa { peer, .. } => *peer,
+                    _ => PeerId(0),
+                });
+                ops.push(op);
+            }
+        }
+        if ops.is_empty() {
+            return;
+        }
+        match self.xfrm.apply(&ops) {
+            Ok(results) => {
+                for ((op, r), peer) in ops.iter().zip(results).zip(owner) {
+                    let name = self
+                        .names
+                        .get(peer.0 as usize)
+                        .map(String::as_str)
+                        .unwrap_or("?");
+                    match r {
+                        OpResult::Done => {}
+                        // A deletion of something already gone is not an error.
+                        OpResult::Failed(e)
+                            if matches!(op, Op::DeleteSa(_)) && e.errno == libc::ESRCH => {}
+                        OpResult::Failed(e) => {
+                            self.errors += 1;
+                            warn!(peer = name, errno = e.errno, "kernel refused: {e}");
+                        }
+                        other => {
+                            self.errors += 1;
+                            warn!(peer = name, "{op}: {other:?}");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                self.errors += ops.len() as u64;
+                warn!("netlink batch of {} operations failed: {e}", ops.len());
+            }
+        }
+    }
+
+    fn remove_all(&mut self) {
+        match self.xfrm.remove_owned() {
+            Ok(r) => info!(
+                sas = r.sas,
+                policies = r.policies,
+                "removed rotor's SAs and policies"
+            ),
+            Err(e) => warn!("removing rotor's SAs and policies: {e}"),
+        }
+    }
+}
+
+fn log_event(e: &Event, names: &[String], role: &str) {
+    let name = |p: &PeerId| {
+        names
+            .get(p.0 as usize)
+            .cloned()
+            .unwrap_or_else(|| "hub".into())
+    };
+    match e {
+        Event::Rotated {
+            peer,
+            generation,
+            spi,
+            tx_spi,
+        } => {
+            info!(
+                role,
+                peer = name(peer),
+                generation,
+                spi = format!("{spi:#010x}"),
+                tx_spi = format!("{tx_spi:#010x}"),
+                "rotated"
+            )
+        }
+        Event::Resent {
+            peer,
+            generation,
+            spi,
+        } => {
+            info!(
+                role,
+                peer = name(peer),
+                generation,
+                spi = format!("{spi:#010x}"),
+                "resent key (peer still on the previous generation)"
+            )
+        }
+        Event::Initialised { peer, spi } => info!(
+            role,
+            peer = name(peer),
+            spi = format!("{spi:#010x}"),
+            "initialised"
+        ),
+        Event::Confirmed { peer, generation } => {
+            debug!(role, peer = name(peer), generation, "confirmed")
+        }
+        Event::FallbackToInit { unanswered } => warn!(
+            role,
+            unanswered, "no answer from the hub: falling back to init"
+        ),
+        Event::Dropped { reason } => {
+            debug!(role, reason = reason.name(), "dropped a control datagram")
+        }
+    }
+}
+
+/// Drains the core's actions: kernel changes first (one batch), then sends.
+async fn execute(
+    actions: Vec<Action>,
+    kernel: &mut KernelExec,
+    udp: &UdpSocket,
+    addr_of: &dyn Fn(PeerId) -> Option<SocketAddr>,
+    role: &str,
+) {
+    kernel.apply(&actions);
+    for a in actions {
+        match a {
+            Action::Send { peer, datagram } => {
+                if let Some(to) = addr_of(peer)
+                    && let Err(e) = udp.send_to(&datagram, to).await
+                {
+                    debug!(role, "sending to {to}: {e}");
+                }
+            }
+            Action::Event(e) => log_event(&e, &kernel.names, role),
+            _ => {}
+        }
+    }
+}
+
+fn key_bits(b: u16) -> KeyBits {
+    if b == 128 {
+        KeyBits::Aes128
+    } else {
+        KeyBits::Aes256
+    }
+}
+
+fn drops_map(
+    d: &std::collections::BTreeMap<rotor_core::DropReason, u64>,
+) -> std::collections::BTreeMap<String, u64> {
+    d.iter().map(|(k, v)| (k.name().to_string(), *v)).collect()
+}
+
+fn to_wire_status(p: rotor_core::PeerStatus) -> control::PeerStatus {
+    control::PeerStatus {
+        name: p.name,
+        generation: p.generation,
+        tx_spi: p.tx_spi,
+        rx_spis: p.rx_spis,
+        state: p.state.as_str().to_string(),
+        rotations: p.rotations,
+        resends: p.resends,
+        inits: p.inits,
+        last_seen_ms: p.last_seen_ms,
+    }
+}
+
+async fn answer(
+    stream: tokio::net::UnixStream,
+    handle: &mut dyn FnMut(Request) -> serde_json::Value,
+) {
+    let (r, mut w) = stream.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(r.take(control::MAX_REQUEST as u64));
+    let reply = match tokio::time::timeout(
+        std::time::Duration::from_secs(2),
+        reader.read_line(&mut line),
+    )
+    .await
+    {
+        Ok(Ok(_)) => match serde_json::from_str::<Request>(&line) {
+            Ok(req) => handle(req),
+            Err(e) => serde_json::json!({"ok": false, "error": format!("bad request: {e}")}),
+        },
+        _ => serde_json::json!({"ok": false, "error": "no request received"}),
+    };
+    let mut out = reply.to_string();
+    out.push('\n');
+    let _ = w.write_all(out.as_bytes()).await;
+}
+
+use tokio::io::AsyncReadExt;
+
+/// Signals that stop the daemon.
+struct Stop {
+    term: tokio::signal::unix::Signal,
+    int: tokio::signal::unix::Signal,
+}
+
+impl Stop {
+    fn new() -> anyhow::Result<Self> {
+        Ok(Stop {
+            term: signal(SignalKind::terminate()).context("installing the SIGTERM handler")?,
+            int: signal(SignalKind::interrupt()).context("installing the SIGINT handler")?,
+        })
+    }
+
+    async fn wait(&mut self) {
+        tokio::select! {
+            _ = self.term.recv() => {}
+            _ = self.int.recv() => {}
+        }
+    }
+}
+
+/// Runs the hub until SIGTERM/SIGINT.
+pub async fn run_hub(cfg: HubConfig) -> anyhow::Result<()> {
+    let own = Ownership::default();
+    let mut peers = Vec::new();
+    let mut names = Vec::new();
+    let mut specs = Vec::new();
+    for (i, n) in cfg.nodes.iter().enumerate() {
+        let reqid = own
+            .reqid_for(i as u32)
+            .with_context(|| format!("too many nodes for rotor's reqid range ({})", own.len()))?;
+        peers.push(PeerKernel {
+            reqid,
+            local: cfg.address,
+            remote: n.address,
+            mode: n.mode.clone(),
+            priority: cfg.priority,
+            replay_window: cfg.replay_window,
+        });
+        names.push(n.name.clone());
+        specs.push(rotor_core::NodeSpec {
+            name: n.name.clone(),
+            psk: Secret32::new(*n.psk),
+            rotate_interval_ms: n.rotate_interval.as_millis() as u64,
+        });
+    }
+    let addrs: Vec<SocketAddr> = cfg
+        .nodes
+        .iter()
+        .map(|n| SocketAddr::new(n.address, cfg.port))
+        .collect();
+    let clock = Clock {
+        origin: Instant::now(),
+    };
+    let mut hub = Hub::new(
+        rotor_core::HubConfig {
+            nodes: specs,
+            grace_ms: cfg.grace.as_millis() as u64,
+            key_bits: key_bits(cfg.key_bits),
+            init_skew_ms: cfg.init_skew.as_millis() as u64,
+        },
+        clock.now(),
+    )
+    .context("hub configuration")?;
+    hub.start();
+    let mut rng = StdRng::from_entropy();
+    let mut kernel = KernelExec::open(peers, names.clone())?;
+    kernel.start()?;
+    let udp = bind_control_udp(SocketAddr::new(cfg.address, cfg.port))?;
+    let ctl = bind_control_unix(&cfg.socket)?;
+    let mut stop = Stop::new()?;
+    info!(address = %cfg.address, port = cfg.port, nodes = cfg.nodes.len(), socket = %cfg.socket.display(), "hub running");
+    let addr_of = |p: PeerId| addrs.get(p.0 as usize).copied();
+    let result = hub_loop(
+        &mut hub,
+        &clock,
+        &mut rng,
+        &mut kernel,
+        &udp,
+        &ctl,
+        &mut stop,
+        &addr_of,
+    )
+    .await;
+    kernel.remove_all();
+    let _ = std::fs::remove_file(&cfg.socket);
+    info!("hub stopped");
+    result
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn hub_loop(
+    hub: &mut Hub,
+    clock: &Clock,
+    rng: &mut StdRng,
+    kernel: &mut KernelExec,
+    udp: &UdpSocket,
+    ctl: &UnixListener,
+    stop: &mut Stop,
+    addr_of: &dyn Fn(PeerId) -> Option<SocketAddr>,
+) -> anyhow::Result<()> {
+    let mut buf = vec![0u8; 2048];
+    loop {
+        let wake = hub.poll_timeout().map(|t| clock.instant(t));
+        tokio::select! {
+            _ = stop.wait() => return Ok(()),
+            r = udp.recv_from(&mut buf) => {
+                if let Ok((n, _from)) = r {
+                    hub.handle_datagram(clock.now(), clock.unix_ms(), &buf[..n], rng);
+                }
+            }
+            _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
+                hub.handle_timeout(clock.now(), rng);
+            }
+            c = ctl.accept() => {
+                if let Ok((stream, _)) = c {
+                    let errors = kernel.errors;
+                    let mut handle = |req: Request| -> serde_json::Value {
+                        let now = clock.now();
+                        match req {
+                            Request::Status => {
+                                let st = Status {
+                                    role: "hub".into(),
+                                    peers: hub.status(now).into_iter().map(to_wire_status).collect(),
+                                    drops: drops_map(hub.drops()),
+                                    kernel_errors: errors,
+                                };
+                                let mut v = serde_json::to_value(st).unwrap_or_default();
+                                v["ok"] = true.into();
+                                v
+                            }
+                            Request::Rotate { node, all } => {
+                                let ids: Vec<PeerId> = if all {
+                                    (0..hub.node_count()).map(|i| PeerId(i as u32)).collect()
+                                } else {
+                                    match node.as_deref().and_then(|n| hub.node_id(n)) {
+                                        Some(id) => vec![id],
+                                        None => return serde_json::json!({"ok": false, "error": format!("no node named {:?}", node.unwrap_or_default())}),
+                                    }
+                                };
+                                for id in &ids {
+                                    let _ = hub.rotate_now(now, *id, rng);
+                                }
+                                serde_json::json!({"ok": true, "rotating": ids.len()})
+                            }
+                        }
+                    };
+                    answer(stream, &mut handle).await;
+                }
+            }
+        }
+        let mut actions = Vec::new();
+        while let Some(a) = hub.poll_action() {
+            actions.push(a);
+        }
+        execute(actions, kernel, udp, addr_of, "hub").await;
+    }
+}
+
+/// Runs a node until SIGTERM/SIGINT.
+pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
+    let own = Ownership::default();
+    let peer = PeerKernel {
+        reqid: own.base(),
+        local: cfg.address,
+        remote: cfg.hub.ip(),
+        mode: cfg.mode.clone(),
+        priority: cfg.priority,
+        replay_window: cfg.replay_window,
+    };
+    let clock = Clock {
+        origin: Instant::now(),
+    };
+    let mut node = Node::new(
+        rotor_core::NodeConfig {
+            name: cfg.name.clone(),
+            psk: Secret32::new(*cfg.psk),
+            hello_interval_ms: cfg.hello_interval.as_millis() as u64,
+            retries: cfg.retries,
+            grace_ms: cfg.grace.as_millis() as u64,
+            key_bits: key_bits(cfg.key_bits),
+        },
+        clock.now(),
+    )
+    .context("node configuration")?;
+    let mut rng = StdRng::from_entropy();
+    let mut kernel = KernelExec::open(vec![peer], vec!["hub".into()])?;
+    kernel.start()?;
+    let udp = bind_control_udp(SocketAddr::new(cfg.address, cfg.hub.port()))?;
+    let ctl = bind_control_unix(&cfg.socket)?;
+    let mut stop = Stop::new()?;
+    info!(name = %cfg.name, address = %cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node running");
+    let hub_addr = cfg.hub;
+    let addr_of = move |_p: PeerId| Some(hub_addr);
+    let socket_path: PathBuf = cfg.socket.clone();
+    let mut buf = vec![0u8; 2048];
+    let result: anyhow::Result<()> = loop {
+        let wake = node.poll_timeout().map(|t| clock.instant(t));
+        tokio::select! {
+            _ = stop.wait() => break Ok(()),
+            r = udp.recv_from(&mut buf) => {
+                // Only the configured hub may talk to us.
+                if let Ok((n, from)) = r && from.ip() == hub_addr.ip() {
+                    node.handle_datagram(clock.now(), &buf[..n]);
+                }
+            }
+            _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
+                node.handle_timeout(clock.now(), clock.unix_ms(), &mut rng);
+            }
+            c = ctl.accept() => {
+                if let Ok((stream, _)) = c {
+                    let errors = kernel.errors;
+                    let mut handle = |req: Request| -> serde_json::Value {
+                        let now = clock.now();
+                        match req {
+                            Request::Status => {
+                                let st = Status {
+                                    role: "node".into(),
+                                    peers: vec![to_wire_status(node.status(now))],
+                                    drops: drops_map(node.drops()),
+                                    kernel_errors: errors,
+                                };
+                                let mut v = serde_json::to_value(st).unwrap_or_default();
+                                v["ok"] = true.into();
+                                v
+                            }
+                            Request::Rotate { .. } => {
+                                node.request_rotation(now);
+                                serde_json::json!({"ok": true, "requested": true})
+                            }
+                        }
+                    };
+                    answer(stream, &mut handle).await;
+                }
+            }
+        }
+        let mut actions = Vec::new();
+        while let Some(a) = node.poll_action() {
+            actions.push(a);
+        }
+        execute(actions, &mut kernel, &udp, &addr_of, "node").await;
+    };
+    kernel.remove_all();
+    let _ = std::fs::remove_file(&socket_path);
+    info!("node stopped");
+    result
+}
