@@ -154,3 +154,39 @@ raise SystemExit(1 if m or d['expected']==0 else 0)") || ok=1
 	done
 	return $ok
 }
+
+# control_loss PERCENT: drop that share of control datagrams both ways at the hub
+control_loss() {
+	local p
+	p=$(python3 -c "print($1 / 100)")
+	ip netns exec hub iptables-legacy -A INPUT -p udp --dport 4820 -m statistic --mode random --probability "$p" -j DROP
+	ip netns exec hub iptables-legacy -A OUTPUT -p udp --dport 4820 -m statistic --mode random --probability "$p" -j DROP
+}
+
+# control_dropped: packets the control-loss rules dropped so far
+control_dropped() {
+	ip netns exec hub iptables-legacy -L -v -n -x | awk '/DROP/ && /4820/ { s += $1 } END { print s + 0 }'
+}
+
+# status_table: the hub's key-SPI table
+status_table() { ip netns exec hub "$ROTOR" status --socket "$WORK/hub.sock"; }
+
+# totals: "rotations resends inits" summed over nodes
+totals() {
+	hub_status | python3 -c "
+import json,sys
+p=json.load(sys.stdin)['peers']
+print(sum(x['rotations'] for x in p), sum(x['resends'] for x in p), sum(x['inits'] for x in p))"
+}
+
+# probe_totals N: "sent lost" over every stream
+probe_totals() {
+	python3 -c "
+import json
+s=l=0
+for i in range(1, $1 + 1):
+    for d in ('up', 'down'):
+        j=json.load(open(f'$WORK/probe-{d}-{i}.json'))
+        s+=j['expected']; l+=len(j['missing'])
+print(s, l)"
+}
