@@ -41,9 +41,9 @@ topo_up() {
 	done
 }
 
-# configs N ROTATE HELLO: keys and config files in $WORK
+# configs N ROTATE HELLO [RETRIES]: keys and config files in $WORK
 configs() {
-	local n=$1 rotate=$2 hello=$3 i
+	local n=$1 rotate=$2 hello=$3 retries=${4:-3} i
 	cat >"$WORK/hub.toml" <<EOT
 [hub]
 address = "10.9.0.1"
@@ -68,6 +68,7 @@ address = "10.9.0.$((i + 1))"
 hub = "10.9.0.1:4820"
 psk_file = "$WORK/n$i.key"
 hello_interval = "$hello"
+retries = $retries
 grace = "3s"
 socket = "$WORK/n$i.sock"
 EOT
@@ -189,4 +190,41 @@ for i in range(1, $1 + 1):
         j=json.load(open(f'$WORK/probe-{d}-{i}.json'))
         s+=j['expected']; l+=len(j['missing'])
 print(s, l)"
+}
+
+# outage_report N RATE BOUND_MS: per stream, the runs of consecutive missing
+# sequence numbers as outages in ms; fails if any exceeds BOUND_MS or a stream
+# has more than MAX_RUNS_<name> runs (default 1).
+outage_report() {
+	local n=$1 rate=$2 bound=$3
+	python3 - "$WORK" "$n" "$rate" "$bound" <<'PY'
+import json, sys
+work, n, rate, bound = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
+bad = 0
+for i in range(1, n + 1):
+    for d in ("up", "down"):
+        j = json.load(open(f"{work}/probe-{d}-{i}.json"))
+        runs, start, prev = [], None, None
+        for s in j["missing"]:
+            if prev is None or s != prev + 1:
+                if start is not None:
+                    runs.append((start, prev))
+                start = s
+            prev = s
+        if start is not None:
+            runs.append((start, prev))
+        ms = [round((b - a + 1) * 1000 / rate) for a, b in runs]
+        print(f"  n{i} {d}: expected={j['expected']} lost={len(j['missing'])} outages_ms={ms}")
+        if j["expected"] == 0 or any(m > bound for m in ms):
+            bad = 1
+sys.exit(bad)
+PY
+}
+
+# runs_of NAME DIR: number of outages (runs of missing packets) in a stream
+runs_of() {
+	python3 -c "
+import json
+m=json.load(open('$WORK/probe-$2-$1.json'))['missing']
+print(sum(1 for k, s in enumerate(m) if k == 0 or s != m[k-1] + 1))"
 }
