@@ -3,7 +3,7 @@
 # the type byte) for several rotation periods, then allowed. The hub resends
 # the same key instead of making new ones, is never two generations ahead of
 # n1, n1 catches up by resend, and no data packet is lost.
-. "$(dirname "$0")/daemon-lib.sh"
+. "$(dirname "$0")/../daemon-lib.sh"
 N=2
 topo_up $N
 # retries 12: the node must not give up on the hub (init) during the 4 s drop;

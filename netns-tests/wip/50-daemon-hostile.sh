@@ -3,7 +3,7 @@
 # replays of captured genuine control messages, sent to the hub and to a node
 # while probes run: no crash, no state change (status before = after, apart
 # from last_seen), drop counters rise, zero data lost.
-. "$(dirname "$0")/daemon-lib.sh"
+. "$(dirname "$0")/../daemon-lib.sh"
 N=2
 topo_up $N
 configs $N 1h 500ms   # no rotation during the test: state must stay still

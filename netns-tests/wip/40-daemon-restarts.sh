@@ -6,7 +6,7 @@
 #  S5 kill -9 the hub, flush its SAs and policies (as a reboot would), start it
 #     again: every node re-initialises; each outage stays under
 #     retries x hello interval + 2 s.
-. "$(dirname "$0")/daemon-lib.sh"
+. "$(dirname "$0")/../daemon-lib.sh"
 N=3
 HELLO_MS=500
 RETRIES=3
