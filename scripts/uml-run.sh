@@ -1,148 +1,262 @@
 #!/bin/bash
 # Runs a test script as root inside User-Mode Linux: a real Linux kernel with
-# ESP, xfrm_user, veth, netem and iptables, booted as an ordinary process in a
-# few seconds, with the host's / mounted read-only as its root.
+# ESP, xfrm_user, veth, netem, bridge and iptables, booted as an ordinary
+# process in a few seconds, with the host's / mounted read-only as its root.
 #
-#   scripts/uml-run.sh [--timeout SECS] [--mem SIZE] SCRIPT [ARGS...]
+#   scripts/uml-run.sh [--timeout SECS] [--mem SIZE] [--boot-timeout SECS]
+#                      TEST_SCRIPT [ARGS...]
 #
-# SCRIPT runs with bash in the caller's working directory, with every ROTOR_*
-# variable of the caller's environment. Its output streams to our stdout; our
-# exit status is its exit status. Inside, /tmp is the host's /tmp (writable),
-# /run is a fresh tmpfs, and the modules of DESIGN.md §3 are loaded.
+#   --timeout SECS       the test's time limit inside UML (default 600)
+#   --mem SIZE           UML's memory, e.g. 512M, 2G (default 1G)
+#   --boot-timeout SECS  give up if the test has not started by then (default 60)
 #
-# Never hangs: SCRIPT runs under `timeout` inside (default 600 s), and UML
-# itself is killed from outside 60 s after that.
+# TEST_SCRIPT runs as root with ARGS, in the caller's working directory, with
+# the caller's ROTOR_* variables (and RUST_LOG, RUST_BACKTRACE, CI, NO_COLOR).
+# It is executed directly if executable, with bash otherwise; stdin is
+# /dev/null. Inside: /tmp is the host's /tmp (writable, shared), /run, /dev/shm
+# and /var/tmp are fresh tmpfs, everything else is the host's, read-only; the
+# modules of DESIGN.md §3 are loaded and lo is up. The in-UML side of the rig
+# is scripts/uml-init.sh.
+#
+# Its stdout+stderr stream to our stdout as they come; our exit status is its
+# exit status (124: it hit --timeout). Exit 2: bad usage; exit 3: the rig
+# failed (UML did not boot, a module did not load, ...), with the reason and
+# the tail of UML's console on stderr. One summary line goes to stderr:
+#   uml-run: boot 3.6s (kernel 1.9s, modules 1.7s), test 12.1s, shutdown 0.3s, exit 0
+#
+# Never hangs: the test runs under `timeout` inside; from outside, UML's whole
+# process group is killed when the test has not started after --boot-timeout,
+# at boot-timeout + timeout + 30 s, and when we exit for any reason (a
+# detached reaper covers even our being SIGKILLed). Installs user-mode-linux,
+# iproute2, iptables, kmod when missing (as root). Parallel runs are fine:
+# each has its own directory.
 set -u
 
+PROG=uml-run
 TIMEOUT=600
 MEM=1G
+BOOT_TIMEOUT=60
+MODULES="sha512_generic cryptomgr xfrm_user esp4 esp6 veth gcm ghash-generic ctr
+seqiv echainiv authenc hmac cbc drbg jitterentropy_rng sch_netem ip_tables
+iptable_filter ip6_tables ip6table_filter xt_tcpudp xt_multiport xt_statistic
+xt_u32 bridge"
+MODULES=$(tr -s '\n' ' ' <<<"$MODULES")
+
+usage() {
+	echo "usage: scripts/uml-run.sh [--timeout SECS] [--mem SIZE] [--boot-timeout SECS] TEST_SCRIPT [ARGS...]" >&2
+	exit 2
+}
+die() { echo "$PROG: $*" >&2; exit 3; }
+is_uint() { [[ $1 =~ ^[1-9][0-9]*$ ]]; }
+is_size() { [[ $1 =~ ^[1-9][0-9]*[KMG]?$ ]]; }
+
 while [ $# -gt 0 ]; do
 	case $1 in
-	--timeout) TIMEOUT=$2; shift 2 ;;
-	--mem) MEM=$2; shift 2 ;;
-	-h | --help) sed -n '2,15p' "$0"; exit 0 ;;
+	--timeout) is_uint "${2:-}" || usage; TIMEOUT=$2; shift 2 ;;
+	--timeout=*) TIMEOUT=${1#*=}; is_uint "$TIMEOUT" || usage; shift ;;
+	--mem) is_size "${2:-}" || usage; MEM=$2; shift 2 ;;
+	--mem=*) MEM=${1#*=}; is_size "$MEM" || usage; shift ;;
+	--boot-timeout) is_uint "${2:-}" || usage; BOOT_TIMEOUT=$2; shift 2 ;;
+	--boot-timeout=*) BOOT_TIMEOUT=${1#*=}; is_uint "$BOOT_TIMEOUT" || usage; shift ;;
+	-h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	--) shift; break ;;
-	-*) echo "uml-run: unknown option $1" >&2; exit 2 ;;
+	-*) echo "$PROG: unknown option $1" >&2; usage ;;
 	*) break ;;
 	esac
 done
-[ $# -ge 1 ] || { echo "usage: scripts/uml-run.sh [--timeout SECS] [--mem SIZE] SCRIPT [ARGS...]" >&2; exit 2; }
-SCRIPT=$(realpath "$1") || { echo "uml-run: no such script: $1" >&2; exit 2; }
+[ $# -ge 1 ] || usage
+[ -f "$1" ] || { echo "$PROG: no such test script: $1" >&2; exit 2; }
+SCRIPT=$(realpath "$1")
 shift
+WORKDIR=$(pwd -P)
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+for p in "$SCRIPT" "$WORKDIR"; do
+	case $p/ in /run/* | /proc/* | /sys/* | /dev/*)
+		die "$p is hidden inside UML (fresh /run, /proc, /sys, /dev there); use a path elsewhere" ;;
+	esac
+done
 
-MODULES="sha512_generic cryptomgr xfrm_user esp4 esp6 veth gcm ghash-generic ctr seqiv echainiv authenc hmac cbc drbg jitterentropy_rng sch_netem ip_tables iptable_filter ip6_tables ip6table_filter xt_tcpudp xt_multiport xt_statistic xt_u32 bridge"
-
+# --- host packages ------------------------------------------------------------
 install_missing() {
 	local pkgs=()
 	command -v linux.uml >/dev/null || pkgs+=(user-mode-linux)
 	command -v ip >/dev/null || pkgs+=(iproute2)
 	command -v iptables-legacy >/dev/null || pkgs+=(iptables)
 	command -v modprobe >/dev/null || pkgs+=(kmod)
-	command -v ping >/dev/null || pkgs+=(iputils-ping)
-	command -v python3 >/dev/null || pkgs+=(python3)
 	[ ${#pkgs[@]} -eq 0 ] && return 0
-	if [ "$(id -u)" != 0 ]; then
-		echo "uml-run: missing ${pkgs[*]}; run as root or apt-get install them" >&2
-		return 1
-	fi
-	echo "uml-run: installing ${pkgs[*]}" >&2
-	apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${pkgs[@]}" >/dev/null
+	[ "$(id -u)" = 0 ] || die "missing ${pkgs[*]}: run as root, or: sudo apt-get install ${pkgs[*]}"
+	command -v apt-get >/dev/null || die "missing ${pkgs[*]} and no apt-get to install them"
+	echo "$PROG: installing ${pkgs[*]}" >&2
+	apt-get update -qq >&2 || die "apt-get update failed"
+	# The full set: cheap when present, and iptables brings iptables-legacy.
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq user-mode-linux iproute2 iptables kmod >&2 ||
+		die "apt-get install user-mode-linux iproute2 iptables kmod failed"
+	command -v linux.uml >/dev/null || die "linux.uml still missing after installing user-mode-linux"
 }
-install_missing || exit 1
+install_missing
 
-KVER=$(ls /usr/lib/uml/modules 2>/dev/null | sort -V | tail -1)
-[ -n "$KVER" ] || { echo "uml-run: no UML modules in /usr/lib/uml/modules (package user-mode-linux)" >&2; exit 1; }
+# The module tree matching the kernel (linux.uml --version prints e.g. 6.1.176).
+KVER=$(linux.uml --version 2>/dev/null </dev/null | head -n1)
+if [ -z "$KVER" ] || [ ! -d "/usr/lib/uml/modules/$KVER" ]; then
+	# shellcheck disable=SC2012 # plain version directory names
+	KVER=$(ls /usr/lib/uml/modules 2>/dev/null | sort -V | tail -n1)
+fi
+if [ -z "$KVER" ] || [ ! -f "/usr/lib/uml/modules/$KVER/modules.dep" ]; then
+	die "no UML kernel modules in /usr/lib/uml/modules (package user-mode-linux)"
+fi
 
-RUN=$(mktemp -d /tmp/uml-run.XXXXXX)
+# --- the run directory, shared with UML through host /tmp ---------------------
+# Must be under /tmp: inside UML that is the only writable host directory.
+RUN=$(mktemp -d /tmp/uml-run.XXXXXX) || die "cannot create a directory in /tmp"
+UML_PID=""
+TAIL_PID=""
+REAPER_PID=""
+# shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
-	[ -n "${UML_PID:-}" ] && kill -9 -- -"$UML_PID" 2>/dev/null
+	# linux.uml makes itself a session and process group leader; its helper
+	# processes (I/O threads, one traced process per UML address space) share
+	# that group, so one group kill ends them all.
+	if [ -n "$UML_PID" ]; then
+		kill -9 -- "-$UML_PID" 2>/dev/null
+		kill -9 "$UML_PID" 2>/dev/null # before it made its own group
+	fi
+	[ -n "$REAPER_PID" ] && kill -9 -- "-$REAPER_PID" 2>/dev/null
+	[ -n "$TAIL_PID" ] && kill "$TAIL_PID" 2>/dev/null
+	wait 2>/dev/null # reap them, without "Killed" notices
 	rm -rf "$RUN"
 }
 trap cleanup EXIT
-trap 'exit 130' INT TERM
+trap 'echo "$PROG: interrupted" >&2; exit 130' INT
+trap 'exit 143' TERM
+trap 'exit 129' HUP
 
-# The environment the test sees: ROTOR_* from ours, quoted for the shell.
-env | grep '^ROTOR_[A-Za-z0-9_]*=' | while IFS= read -r kv; do
-	printf 'export %s=%q\n' "${kv%%=*}" "${kv#*=}"
-done >"$RUN/env"
+install -m 0755 "$HERE/uml-init.sh" "$RUN/init" || die "cannot copy $HERE/uml-init.sh"
 {
-	printf 'cd %q\n' "$(pwd)"
-	printf 'set -- '
-	printf '%q ' "$@"
-	printf '\n'
-} >"$RUN/args"
-
-cat >"$RUN/init" <<EOF
-#!/bin/bash
-# PID 1 inside UML.
-export PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
-export HOME=/root LANG=C.UTF-8
-mount -t proc proc /proc
-read -r up0 _ </proc/uptime
-mount -t sysfs sys /sys
-mount -t hostfs -o /tmp hostfs /tmp
-mount -t tmpfs tmpfs /run
-mount -t tmpfs tmpfs /var/tmp 2>/dev/null
-mkdir -p /run/netns /run/lock /run/mods/lib/modules/$KVER
-mount -t hostfs -o /usr/lib/uml/modules/$KVER hostfs /run/mods/lib/modules/$KVER
-out=$RUN/out
-ok=1
-# One modprobe for all (fast); on failure, one per module to name the culprit.
-if ! modprobe -a -d /run/mods $MODULES >/dev/null 2>&1; then
-	for m in $MODULES; do
-		if ! err=\$(modprobe -d /run/mods \$m 2>&1); then
-			echo "uml-run: module \$m failed to load: \$err" >>\$out
-			ok=0
-		fi
+	printf 'KVER=%q\n' "$KVER"
+	printf 'MODULES=%q\n' "$MODULES"
+	printf 'TIMEOUT=%q\n' "$TIMEOUT"
+	printf 'SCRIPT=%q\n' "$SCRIPT"
+	printf 'WORKDIR=%q\n' "$WORKDIR"
+	printf 'ARGS=('
+	[ $# -gt 0 ] && printf '%q ' "$@"
+	printf ')\n'
+	for v in $(compgen -e); do
+		case $v in
+		ROTOR_* | RUST_LOG | RUST_BACKTRACE | CI | NO_COLOR)
+			printf 'export %s=%q\n' "$v" "${!v}" ;;
+		esac
 	done
-fi
-ip link set lo up
-read -r up1 _ </proc/uptime
-echo "uml-run: init at \${up0}s, modules loaded at \${up1}s" >>\$out
-if [ \$ok = 1 ]; then
-	echo booted >$RUN/booted
-	source $RUN/env
-	source $RUN/args
-	timeout -k 5 $TIMEOUT bash "$SCRIPT" "\$@" >>\$out 2>&1 </dev/null
-	echo \$? >$RUN/rc
-else
-	echo 3 >$RUN/rc
-fi
-sync
-poweroff -f
-EOF
-chmod +x "$RUN/init"
+} >"$RUN/params"
 : >"$RUN/out"
 
-start=$(date +%s.%N)
-# UML maps its memory from a file in TMPDIR; con0 on /dev/null input and a log
-# file output, so a missing or closed stdin (CI) cannot disturb the console.
-TMPDIR=$RUN setsid timeout -k 5 $((TIMEOUT + 60)) linux.uml \
-	mem="$MEM" root=/dev/root rootfstype=hostfs rootflags=/ ro \
-	init="$RUN/init" uml_dir="$RUN" con=null con0=null,fd:1 \
+# UML maps its memory from an unlinked file in $TMPDIR, which must allow
+# PROT_EXEC mappings and hold all of --mem once touched (or UML dies of
+# SIGBUS). Prefer /dev/shm (tmpfs, no disk writeback) when it is roomy enough.
+mem_kib() {
+	local n=${MEM%[KMG]}
+	case $MEM in *K) echo "$n" ;; *M) echo $((n * 1024)) ;; *G) echo $((n * 1048576)) ;; *) echo $((n / 1024)) ;; esac
+}
+MEMDIR=$RUN
+if grep -qE '^[^ ]+ /dev/shm tmpfs ' /proc/mounts && ! grep -qE '^[^ ]+ /dev/shm [^ ]+ [^ ]*noexec' /proc/mounts; then
+	shm_free=$(df -Pk /dev/shm 2>/dev/null | awk 'NR == 2 { print $4 }')
+	[ -n "$shm_free" ] && [ "$shm_free" -gt $(($(mem_kib) + 262144)) ] && MEMDIR=/dev/shm
+fi
+
+# A process inside UML has its memory mapped page by page into a host process,
+# so the host's vm.max_map_count (default 65530) caps one UML process near
+# 256 MiB; beyond, it is killed ("UML ran out of memory on the host side" in
+# dmesg). `ip -batch` of 100,000 SAs needs more: raise it when we may.
+MAX_MAPS=1048576
+maps=$(cat /proc/sys/vm/max_map_count 2>/dev/null || echo "$MAX_MAPS")
+if [ "$maps" -lt "$MAX_MAPS" ]; then
+	if { echo "$MAX_MAPS" >/proc/sys/vm/max_map_count; } 2>/dev/null; then
+		echo "$PROG: raised vm.max_map_count from $maps to $MAX_MAPS (processes inside UML may use > 256 MiB)" >&2
+	else
+		echo "$PROG: note: vm.max_map_count is $maps: one process inside UML can use only ~$((maps / 256)) MiB" >&2
+	fi
+fi
+
+# --- boot ---------------------------------------------------------------------
+# con0 reads /dev/null and writes a log file: no stdin (CI), a closed stdin or
+# a terminal cannot disturb it, and the console never mixes with test output.
+HARD_LIMIT=$((BOOT_TIMEOUT + TIMEOUT + 30))
+t0=$(date +%s.%N)
+start=$SECONDS
+TMPDIR=$MEMDIR linux.uml \
+	mem="$MEM" uml_dir="$RUN" \
+	root=/dev/root rootfstype=hostfs rootflags=/ ro init="$RUN/init" UML_RUN="$RUN" \
+	con=null con0=null,fd:1 ssl=null \
 	</dev/null >"$RUN/console" 2>&1 &
 UML_PID=$!
 
-# Stream the test's output while UML runs.
-tail -n +1 -f "$RUN/out" --pid=$UML_PID 2>/dev/null &
-TAIL_PID=$!
-wait $UML_PID
-uml_rc=$?
-UML_PID=
-sleep 0.2
-kill $TAIL_PID 2>/dev/null
-wait $TAIL_PID 2>/dev/null
-end=$(date +%s.%N)
+# A reaper in its own session kills UML's group if we die without running our
+# EXIT trap (SIGKILL, or a CI runner killing our process group, which UML, in
+# its own session, would survive), and at the hard limit plus a margin.
+# shellcheck disable=SC2016 # $1.. expand in the reaper's shell
+setsid bash -c 'while kill -0 "$2" && kill -0 "$1" && [ "$SECONDS" -lt "$3" ]; do sleep 1; done
+	kill -9 -- "-$2"
+	kill -0 "$1" || { sleep 1; rm -rf "$4"; }' \
+	uml-run-reaper $$ "$UML_PID" $((HARD_LIMIT + 15)) "$RUN" </dev/null >/dev/null 2>&1 &
+REAPER_PID=$!
+disown "$REAPER_PID" # no "Killed" notice when we end it
 
-if [ ! -f "$RUN/rc" ]; then
-	echo "uml-run: UML did not complete the test (linux.uml exit $uml_rc; timeout ${TIMEOUT}s + 60s)." >&2
-	[ -f "$RUN/booted" ] || echo "uml-run: it never finished booting. Console tail:" >&2
-	tail -n 20 "$RUN/console" >&2
-	exit 1
+# Stream the test's output as it grows; tail exits by itself soon after UML.
+tail -s 0.2 -n +1 -f --pid="$UML_PID" "$RUN/out" 2>/dev/null &
+TAIL_PID=$!
+
+why=""
+while kill -0 "$UML_PID" 2>/dev/null; do
+	elapsed=$((SECONDS - start))
+	if [ ! -e "$RUN/booted" ] && [ ! -e "$RUN/fail" ] && [ "$elapsed" -ge "$BOOT_TIMEOUT" ]; then
+		why="the test had not started after ${BOOT_TIMEOUT}s (boot hung?); UML killed"
+	elif [ "$elapsed" -ge "$HARD_LIMIT" ]; then
+		why="still running after ${HARD_LIMIT}s (--timeout $TIMEOUT did not end it); UML killed"
+	fi
+	if [ -n "$why" ]; then
+		kill -9 -- "-$UML_PID" 2>/dev/null
+		kill -9 "$UML_PID" 2>/dev/null
+		break
+	fi
+	sleep 0.2
+done
+{ wait "$UML_PID"; } 2>/dev/null
+uml_rc=$?
+kill -9 -- "-$UML_PID" 2>/dev/null # any helper left behind
+UML_PID=""
+t_end=$(date +%s.%N)
+kill -9 -- "-$REAPER_PID" 2>/dev/null
+REAPER_PID=""
+wait "$TAIL_PID" 2>/dev/null
+TAIL_PID=""
+
+# --- verdict --------------------------------------------------------------------
+console_tail() {
+	echo "$PROG: last lines of UML's console:" >&2
+	tail -n 25 "$RUN/console" | sed 's/^/  | /' >&2
+}
+if [ -s "$RUN/fail" ]; then
+	echo "$PROG: UML could not run the test: $(tr '\n' ' ' <"$RUN/fail")" >&2
+	console_tail
+	exit 3
+fi
+if [ ! -s "$RUN/rc" ]; then
+	if [ -z "$why" ]; then
+		if [ -e "$RUN/booted" ]; then
+			why="UML exited (status $uml_rc) while the test was running"
+		else
+			why="UML exited (status $uml_rc) before the test started: it did not boot"
+		fi
+	fi
+	echo "$PROG: UML did not complete the test: $why" >&2
+	console_tail
+	exit 3
 fi
 rc=$(cat "$RUN/rc")
-[ "$rc" = 124 ] && echo "uml-run: $(basename "$SCRIPT") timed out after ${TIMEOUT}s" >&2
-[ "$rc" = 3 ] && [ ! -f "$RUN/booted" ] && echo "uml-run: kernel modules failed to load (see above); the test did not run" >&2
-printf 'uml-run: %s exit %s in %.1fs (kernel %s)\n' "$(basename "$SCRIPT")" "$rc" \
-	"$(python3 -c "print($end - $start)")" "$KVER" >&2
+[ "$rc" = 124 ] && echo "$PROG: $(basename "$SCRIPT") timed out after ${TIMEOUT}s" >&2
+awk -v t0="$t0" -v b="$(cat "$RUN/booted")" -v e="$(cat "$RUN/ended")" -v t1="$t_end" \
+	-v d="$(cat "$RUN/boot-detail" 2>/dev/null)" -v rc="$rc" 'BEGIN {
+	split(d, u, " ") # uptime inside UML when init started, when modules were in
+	printf "uml-run: boot %.1fs (kernel %.1fs, modules %.1fs), test %.1fs, shutdown %.1fs, exit %s\n",
+		b - t0, u[1], u[2] - u[1], e - b, t1 - e, rc
+}' >&2
 exit "$rc"
