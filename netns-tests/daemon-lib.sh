@@ -120,10 +120,15 @@ xfrm_clean() {
 probes() {
 	local n=$1 d=$2 r=$3 i
 	for i in $(seq 1 "$n"); do
-		ip netns exec hub $PROBE recv --bind 10.9.0.1:$((5000 + i)) --duration $((d + 5)) --sent-file "$WORK/sent-up-$i" >"$WORK/probe-up-$i.json" &
-		ip netns exec n$i $PROBE recv --bind 10.9.0.$((i + 1)):6000 --duration $((d + 5)) --sent-file "$WORK/sent-down-$i" >"$WORK/probe-down-$i.json" &
+		ip netns exec hub $PROBE recv --bind 10.9.0.1:$((5000 + i)) --duration $((d + 5)) --sent-file "$WORK/sent-up-$i" --ready-file "$WORK/ready-up-$i" >"$WORK/probe-up-$i.json" &
+		ip netns exec n$i $PROBE recv --bind 10.9.0.$((i + 1)):6000 --duration $((d + 5)) --sent-file "$WORK/sent-down-$i" --ready-file "$WORK/ready-down-$i" >"$WORK/probe-down-$i.json" &
 	done
-	sleep 0.5
+	# Start sending only when every receiver is bound (python start-up in UML
+	# can take over a second under load).
+	for _ in $(seq 1 100); do
+		[ "$(ls "$WORK"/ready-* 2>/dev/null | wc -l)" -ge $((2 * n)) ] && break
+		sleep 0.1
+	done
 	for i in $(seq 1 "$n"); do
 		(ip netns exec n$i $PROBE send --to 10.9.0.1:$((5000 + i)) --rate "$r" --duration "$d" >"$WORK/sent-up-$i.tmp" && mv "$WORK/sent-up-$i.tmp" "$WORK/sent-up-$i") &
 		(ip netns exec hub $PROBE send --to 10.9.0.$((i + 1)):6000 --rate "$r" --duration "$d" >"$WORK/sent-down-$i.tmp" && mv "$WORK/sent-down-$i.tmp" "$WORK/sent-down-$i") &

@@ -51,18 +51,25 @@ def recv(a):
     s = socket.socket(family(host), socket.SOCK_DGRAM)
     s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)
     s.bind((host, port))
+    if a.ready_file:
+        open(a.ready_file, "w").close()  # the sender waits for this: no start-up race
     seen = set()
     dups = 0
-    end = time.monotonic() + a.duration
-    while True:
-        left = end - time.monotonic()
-        if left <= 0:
-            break
-        s.settimeout(left)
+    import os
+    # Stop when the sender has finished (its --sent-file exists) and nothing
+    # arrived for a second; --duration is only a hard cap (x3).
+    end = time.monotonic() + a.duration * 3
+    last = time.monotonic()
+    while time.monotonic() < end:
+        s.settimeout(0.2)
         try:
             data, _ = s.recvfrom(2048)
         except socket.timeout:
-            break
+            done = a.sent_file and os.path.exists(a.sent_file)
+            if (done or not a.sent_file) and time.monotonic() - last > (1.0 if done else a.duration):
+                break
+            continue
+        last = time.monotonic()
         if len(data) < 8:
             continue
         (seq,) = struct.unpack("!Q", data[:8])
@@ -93,6 +100,7 @@ def main():
     pr.add_argument("--bind", required=True)
     pr.add_argument("--duration", type=float, default=35)
     pr.add_argument("--sent-file")
+    pr.add_argument("--ready-file")
     a = p.parse_args()
     send(a) if a.cmd == "send" else recv(a)
 
