@@ -3,7 +3,7 @@
 # replays of captured genuine control messages, sent to the hub and to a node
 # while probes run: no crash, no state change (status before = after, apart
 # from last_seen), drop counters rise, zero data lost.
-. "$(dirname "$0")/../daemon-lib.sh"
+. "$(dirname "$0")/daemon-lib.sh"
 N=2
 topo_up $N
 configs $N 1h 500ms   # no rotation during the test: state must stay still
@@ -11,7 +11,8 @@ start_hub
 for i in $(seq 1 $N); do start_node $i; done
 check "every node initialised and both sides send" wait_all_sending $N 20
 sleep 1
-ip netns exec hub python3 "$HERE/hostile.py" capture --iface veth0 --seconds 3 --out "$WORK/samples.json"
+captured=$(ip netns exec hub python3 "$HERE/hostile.py" capture --iface veth0 --seconds 3 --out "$WORK/samples.json" | python3 -c "import json,sys; print(json.load(sys.stdin)['captured'])")
+check "S6: genuine control messages captured for replay ($captured)" test "$captured" -ge 4
 snapshot() { # hub and node statuses without last_seen_ms
 	{
 		hub_status
@@ -43,5 +44,12 @@ check "S6: no state change in hub or nodes (status before = after)" test "$befor
 check "S6: hub drop counters rose by the attack (>= 1900 of 2000)" test $((hd1 - hd0)) -ge 1900
 check "S6: node drop counters rose by the attack (>= 950 of 1000)" test $((nd1 - nd0)) -ge 950
 check "S6: zero probe packets lost during the attack" probe_report $N
+reasons() { # the drop counters by reason, of the hub or of node I
+	if [ "$1" = hub ]; then hub_status; else ip netns exec n$1 "$ROTOR" status --socket "$WORK/n$1.sock" --json; fi |
+		python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)['drops'], sort_keys=True))"
+}
+echo "  hub drops by reason: $(reasons hub)"
+echo "  n1 drops by reason: $(reasons 1)"
+check "S6: the hub told >= 4 kinds of bad input apart" test "$(reasons hub | python3 -c "import json,sys; print(len(json.load(sys.stdin)))")" -ge 4
 echo "daemon hostile: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ] || { echo "before: $before"; echo "after: $after"; tail -n 30 "$WORK/hub.log"; exit 1; }
