@@ -3,7 +3,31 @@
 # Topology: namespace "lan" holds bridge br0; the hub (10.9.0.1) and nodes
 # n1..nN (10.9.0.(i+1)) each join it with a veth. Everything rotor writes goes
 # to $WORK (keys 0600, configs, logs, control sockets).
+#
+# Set before sourcing:
+#   FAMILY=6   outer addresses fd00:9::1 (hub), fd00:9::(i+1) (nodes)
+#   TUNNEL=1   (IPv4 only) tunnel mode: namespace hublan (10.1.0.2/24) sits behind the hub
+#              (10.1.0.1) and n<i>lan (10.2.<i>.2/24) behind node i
+#              (10.2.<i>.1); the gateways forward, and the probes run between
+#              the LAN namespaces, so they cross the fwd policies.
 set -u
+FAMILY=${FAMILY:-4}
+TUNNEL=${TUNNEL:-0}
+# outer I: the outer address of the hub (0) or of node I
+outer() { if [ "$FAMILY" = 6 ]; then echo "fd00:9::$(($1 + 1))"; else echo "10.9.0.$(($1 + 1))"; fi; }
+# endpoint ADDR PORT: ADDR:PORT, bracketed for IPv6
+endpoint() { case $1 in *:*) echo "[$1]:$2" ;; *) echo "$1:$2" ;; esac; }
+# data_ns I / data_addr I: where the probe streams of the hub (0) or node I run
+data_ns() {
+	if [ "$TUNNEL" = 1 ]; then
+		if [ "$1" = 0 ]; then echo hublan; else echo "n$1lan"; fi
+	elif [ "$1" = 0 ]; then echo hub; else echo "n$1"; fi
+}
+data_addr() {
+	if [ "$TUNNEL" = 1 ]; then
+		if [ "$1" = 0 ]; then echo 10.1.0.2; else echo "10.2.$1.2"; fi
+	else outer "$1"; fi
+}
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROTOR=${ROTOR_BIN:-$HERE/../target/debug/rotor}
 PROBE="python3 $HERE/probe.py"
@@ -14,7 +38,7 @@ FAILS=0
 PASSES=0
 pass() { echo "PASS: $*"; PASSES=$((PASSES + 1)); }
 fail() { echo "FAIL: $*"; FAILS=$((FAILS + 1)); }
-check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; fi; }
+check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; return 1; fi; }
 
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
@@ -26,6 +50,7 @@ trap cleanup EXIT
 # topo_up N: hub + N nodes on one bridge
 topo_up() {
 	local n=$1 i
+	NODES=$n
 	ip netns add lan
 	ip -n lan link add br0 type bridge
 	ip -n lan link set br0 up
@@ -37,8 +62,37 @@ topo_up() {
 		ip -n lan link set p$i master br0 up
 		ip -n $ns link set lo up
 		ip -n $ns link set veth0 up
-		ip -n $ns addr add 10.9.0.$((i + 1))/24 dev veth0
+		if [ "$FAMILY" = 6 ]; then
+			ip -n $ns addr add "$(outer $i)/64" dev veth0 nodad
+		else
+			ip -n $ns addr add "$(outer $i)/24" dev veth0
+		fi
+		[ "$TUNNEL" = 1 ] && lan_behind $i "$(outer 0)"
 	done
+	return 0
+}
+
+# lan_behind I: a LAN namespace behind the hub (0) or node I, routed through it
+lan_behind() {
+	local i=$1 gw=$2 ns lan inner
+	ns=hub; [ "$i" -gt 0 ] && ns=n$i
+	lan=$(data_ns "$i")
+	if [ "$i" = 0 ]; then inner=10.1.0; else inner=10.2.$i; fi
+	ip netns add "$lan"
+	ip link add veth1 netns "$ns" type veth peer name veth0 netns "$lan"
+	ip -n "$ns" addr add "$inner.1/24" dev veth1
+	ip -n "$ns" link set veth1 up
+	ip -n "$lan" link set lo up
+	ip -n "$lan" addr add "$inner.2/24" dev veth0
+	ip -n "$lan" link set veth0 up
+	ip -n "$lan" route add default via "$inner.1"
+	ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+	if [ "$i" = 0 ]; then
+		local k
+		for k in $(seq 1 "$NODES"); do ip -n hub route add "10.2.$k.0/24" via "$(outer "$k")"; done
+	else
+		ip -n "$ns" route add 10.1.0.0/24 via "$(outer 0)"
+	fi
 }
 
 # configs N ROTATE HELLO [RETRIES]: keys and config files in $WORK
@@ -46,7 +100,7 @@ configs() {
 	local n=$1 rotate=$2 hello=$3 retries=${4:-3} i
 	cat >"$WORK/hub.toml" <<EOT
 [hub]
-address = "10.9.0.1"
+address = "$(outer 0)"
 port = 4820
 rotate_interval = "$rotate"
 grace = "3s"
@@ -58,21 +112,32 @@ EOT
 
 [[node]]
 name = "n$i"
-address = "10.9.0.$((i + 1))"
+address = "$(outer $i)"
 psk_file = "$WORK/n$i.key"
+EOT
+		[ "$TUNNEL" = 1 ] && cat >>"$WORK/hub.toml" <<EOT
+mode = "tunnel"
+local_subnets = ["10.1.0.0/24"]
+remote_subnets = ["10.2.$i.0/24"]
 EOT
 		cat >"$WORK/n$i.toml" <<EOT
 [node]
 name = "n$i"
-address = "10.9.0.$((i + 1))"
-hub = "10.9.0.1:4820"
+address = "$(outer $i)"
+hub = "$(endpoint "$(outer 0)" 4820)"
 psk_file = "$WORK/n$i.key"
 hello_interval = "$hello"
 retries = $retries
 grace = "3s"
 socket = "$WORK/n$i.sock"
 EOT
+		[ "$TUNNEL" = 1 ] && cat >>"$WORK/n$i.toml" <<EOT
+mode = "tunnel"
+local_subnets = ["10.2.$i.0/24"]
+remote_subnets = ["10.1.0.0/24"]
+EOT
 	done
+	return 0
 }
 
 start_hub() {
@@ -109,6 +174,19 @@ sys.exit(0 if len(d['peers'])==$n and all(p['tx_spi'] and p['generation']>=1 for
 	return 1
 }
 
+# wait_all_in_sync N TIMEOUT_S: until the hub reports every node in_sync
+wait_all_in_sync() {
+	local n=$1 t=$2
+	for _ in $(seq 1 $((t * 10))); do
+		hub_status | python3 -c "
+import json,sys
+d=json.load(sys.stdin)
+sys.exit(0 if len(d['peers'])==$n and all(p['state']=='in_sync' for p in d['peers']) else 1)" 2>/dev/null && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 # xfrm_clean NS: no error counter in /proc/net/xfrm_stat
 xfrm_clean() {
 	local bad
@@ -120,8 +198,8 @@ xfrm_clean() {
 probes() {
 	local n=$1 d=$2 r=$3 i
 	for i in $(seq 1 "$n"); do
-		ip netns exec hub $PROBE recv --bind 10.9.0.1:$((5000 + i)) --duration $((d + 5)) --sent-file "$WORK/sent-up-$i" --ready-file "$WORK/ready-up-$i" >"$WORK/probe-up-$i.json" &
-		ip netns exec n$i $PROBE recv --bind 10.9.0.$((i + 1)):6000 --duration $((d + 5)) --sent-file "$WORK/sent-down-$i" --ready-file "$WORK/ready-down-$i" >"$WORK/probe-down-$i.json" &
+		ip netns exec "$(data_ns 0)" $PROBE recv --bind "$(endpoint "$(data_addr 0)" $((5000 + i)))" --duration $((d + 5)) --sent-file "$WORK/sent-up-$i" --ready-file "$WORK/ready-up-$i" >"$WORK/probe-up-$i.json" &
+		ip netns exec "$(data_ns $i)" $PROBE recv --bind "$(endpoint "$(data_addr $i)" 6000)" --duration $((d + 5)) --sent-file "$WORK/sent-down-$i" --ready-file "$WORK/ready-down-$i" >"$WORK/probe-down-$i.json" &
 	done
 	# Start sending only when every receiver is bound (python start-up in UML
 	# can take over a second under load).
@@ -130,9 +208,14 @@ probes() {
 		sleep 0.1
 	done
 	for i in $(seq 1 "$n"); do
-		(ip netns exec n$i $PROBE send --to 10.9.0.1:$((5000 + i)) --rate "$r" --duration "$d" >"$WORK/sent-up-$i.tmp" && mv "$WORK/sent-up-$i.tmp" "$WORK/sent-up-$i") &
-		(ip netns exec hub $PROBE send --to 10.9.0.$((i + 1)):6000 --rate "$r" --duration "$d" >"$WORK/sent-down-$i.tmp" && mv "$WORK/sent-down-$i.tmp" "$WORK/sent-down-$i") &
+		(ip netns exec "$(data_ns $i)" $PROBE send --to "$(endpoint "$(data_addr 0)" $((5000 + i)))" --rate "$r" --duration "$d" >"$WORK/sent-up-$i.tmp" && mv "$WORK/sent-up-$i.tmp" "$WORK/sent-up-$i") &
+		(ip netns exec "$(data_ns 0)" $PROBE send --to "$(endpoint "$(data_addr $i)" 6000)" --rate "$r" --duration "$d" >"$WORK/sent-down-$i.tmp" && mv "$WORK/sent-down-$i.tmp" "$WORK/sent-down-$i") &
 	done
+	# WIRE_SECONDS=S: capture S seconds of the hub's outgoing frames, from 1 s
+	# into the streams, into $WORK/wire.json (see wire_check.py)
+	if [ -n "${WIRE_SECONDS:-}" ]; then
+		(sleep 1; ip netns exec hub python3 "$HERE/wire_check.py" --iface veth0 --seconds "$WIRE_SECONDS" >"$WORK/wire.json") &
+	fi
 	wait_probes
 }
 
@@ -161,12 +244,50 @@ raise SystemExit(1 if m or d['expected']==0 else 0)") || ok=1
 	return $ok
 }
 
+# net_drops: every namespace's non-zero drop counters (UDP receive-buffer
+# overflows, IP discards, missing routes, neighbour failures), to tell where
+# missing probe packets went when the kernel's XFRM counters are clean
+net_drops() {
+	local ns
+	for ns in $(ip netns list | awk '{print $1}'); do
+		local c
+		c=$(ip netns exec "$ns" nstat -az 2>/dev/null | awk '$2 != 0 && $1 ~ /RcvbufErrors|SndbufErrors|InErrors|Discards|NoRoutes|InTooBig|OutDrop|FragFails/ { printf "%s=%s ", $1, $2 }')
+		[ -n "$c" ] && echo "  $ns: $c"
+	done
+	return 0
+}
+
 # control_loss PERCENT: drop that share of control datagrams both ways at the hub
 control_loss() {
 	local p
 	p=$(python3 -c "print($1 / 100)")
 	ip netns exec hub iptables-legacy -A INPUT -p udp --dport 4820 -m statistic --mode random --probability "$p" -j DROP
 	ip netns exec hub iptables-legacy -A OUTPUT -p udp --dport 4820 -m statistic --mode random --probability "$p" -j DROP
+}
+
+# control_netem NETEM_ARGS...: netem on control datagrams only (UDP port
+# 4820, both ways: on the hub's and every node's outer interface), through a
+# prio qdisc whose third band only the control traffic reaches; data (ESP)
+# takes the first band untouched
+control_netem() {
+	local ns
+	for ns in hub $(seq -f 'n%g' 1 "$NODES"); do
+		ip -n "$ns" link set veth0 txqueuelen 1000
+		tc -n "$ns" qdisc add dev veth0 root handle 1: prio bands 3 priomap 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0 0
+		tc -n "$ns" qdisc add dev veth0 parent 1:3 handle 30: netem "$@"
+		tc -n "$ns" filter add dev veth0 parent 1: protocol ip prio 1 u32 \
+			match ip protocol 17 0xff match ip dport 4820 0xffff flowid 1:3
+	done
+}
+
+# control_netem_sent: control datagrams that went through the netem bands
+control_netem_sent() {
+	local ns s=0 k
+	for ns in hub $(seq -f 'n%g' 1 "$NODES"); do
+		k=$(tc -n "$ns" -s qdisc show dev veth0 | awk '/qdisc netem/ { f = 1 } f && /Sent/ { print $4; exit }')
+		s=$((s + ${k:-0}))
+	done
+	echo "$s"
 }
 
 # control_dropped: packets the control-loss rules dropped so far
@@ -232,4 +353,33 @@ runs_of() {
 import json
 m=json.load(open('$WORK/probe-$2-$1.json'))['missing']
 print(sum(1 for k, s in enumerate(m) if k == 0 or s != m[k-1] + 1))"
+}
+
+# steady LABEL N DURATION: S1's checks. A hub and N nodes rotating every
+# second, a 200 packets/s probe stream each way per node through ESP: zero
+# missing sequence numbers, no XFRM errors in any namespace, >= DURATION-5
+# rotations per node, one init each.
+steady() {
+	local label=$1 n=$2 duration=$3 i ns
+	topo_up "$n"
+	configs "$n" 1s 500ms
+	start_hub
+	for i in $(seq 1 "$n"); do start_node "$i"; done
+	check "$label: every node initialised and both sides send" wait_all_sending "$n" 20
+	WIRE_SECONDS=10 probes "$n" "$duration" 200
+	echo "  hub's outer interface, 10 s of outgoing frames 1 s into the streams: $(cat "$WORK/wire.json")"
+	check "$label: the probe streams left the hub as ESP only" python3 -c "
+import json; d=json.load(open('$WORK/wire.json')); raise SystemExit(0 if d['esp'] > 1000 and d['plain_probe'] == 0 else 1)"
+	check "$label: zero probe packets lost, both directions, every node" probe_report "$n" || net_drops
+	for ns in $(ip netns list | awk '{print $1}'); do check "$label: no XFRM errors in $ns" xfrm_clean "$ns"; done
+	hub_status | python3 -c "
+import json,sys
+for p in json.load(sys.stdin)['peers']:
+    print(f\"  {p['name']}: generation={p['generation']} rotations={p['rotations']} resends={p['resends']} inits={p['inits']} state={p['state']}\")"
+	for i in $(seq 1 "$n"); do
+		local r
+		r=$(peer_field "n$i" rotations)
+		check "$label: n$i rotated at least $((duration - 5)) times (did $r)" test "$r" -ge $((duration - 5))
+		check "$label: n$i initialised once" test "$(peer_field "n$i" inits)" -eq 1
+	done
 }

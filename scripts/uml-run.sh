@@ -39,7 +39,7 @@ BOOT_TIMEOUT=60
 MODULES="sha512_generic cryptomgr xfrm_user esp4 esp6 veth gcm ghash-generic ctr
 seqiv echainiv authenc hmac cbc drbg jitterentropy_rng sch_netem ip_tables
 iptable_filter ip6_tables ip6table_filter xt_tcpudp xt_multiport xt_statistic
-xt_u32 xt_quota bridge"
+xt_u32 xt_quota bridge sch_prio cls_u32"
 MODULES=$(tr -s '\n' ' ' <<<"$MODULES")
 
 usage() {

@@ -84,6 +84,7 @@ impl KernelExec {
         }
         let mut ops = Vec::new();
         for p in &self.peers {
+            ops.extend(p.nd_bypass());
             ops.extend(p.inbound_policies());
             ops.extend(p.set_outbound(None));
         }
@@ -185,6 +186,27 @@ impl KernelExec {
     }
 
     fn remove_all(&mut self) {
+        // The ND bypass carries no reqid (no template): delete it by id.
+        let ops: Vec<Op> = self
+            .peers
+            .iter()
+            .flat_map(|p| p.nd_bypass_ids())
+            .map(Op::DeletePolicy)
+            .collect();
+        if !ops.is_empty() {
+            match self.xfrm.apply(&ops) {
+                Ok(results) => {
+                    for (op, r) in ops.iter().zip(results) {
+                        match r {
+                            OpResult::Done => {}
+                            OpResult::Failed(e) if e.errno == libc::ENOENT => {}
+                            other => warn!("{op}: {other:?}"),
+                        }
+                    }
+                }
+                Err(e) => warn!("removing the neighbour-discovery bypass policies: {e}"),
+            }
+        }
         match self.xfrm.remove_owned() {
             Ok(r) => info!(
                 sas = r.sas,

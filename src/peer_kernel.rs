@@ -11,7 +11,14 @@
 //! * SAs are added, never updated: the kernel cannot change an SA's key in
 //!   place, and every generation has a fresh SPI, so EEXIST on a retry after a
 //!   lost reply means the same SA is already there; policies use "update"
-//!   semantics, so re-sending one is harmless.
+//!   semantics, so re-sending one is harmless;
+//! * an IPv6 transport-mode pair also gets clear-text bypass policies for
+//!   neighbour solicitations and advertisements (ICMPv6 135/136) between the
+//!   two addresses, one priority step ahead of ours: our policies select all
+//!   traffic between the pair, and would otherwise block or encrypt the
+//!   unicast NS/NA of neighbour discovery, so the peers could never resolve
+//!   each other's link-layer address (strongSwan asks its users for the same
+//!   bypass by hand).
 
 use std::net::IpAddr;
 
@@ -21,6 +28,10 @@ use rotor_xfrm::{
 };
 
 use crate::config::PeerMode;
+
+const IPPROTO_ICMPV6: u8 = 58;
+const ND_NEIGHBOR_SOLICIT: u16 = 135;
+const ND_NEIGHBOR_ADVERT: u16 = 136;
 
 /// Kernel layout of one peer, seen from this host.
 #[derive(Debug, Clone)]
@@ -114,6 +125,7 @@ impl PeerKernel {
                     src,
                     dst,
                     proto: None,
+                    sport: None,
                 },
             },
             priority: self.priority,
@@ -123,6 +135,43 @@ impl PeerKernel {
             mode: self.xfrm_mode(),
             block,
         }
+    }
+
+    /// The neighbour-discovery bypass policies this pair needs: none for
+    /// IPv4 or tunnel mode; for IPv6 transport mode, NS and NA in both
+    /// directions.
+    pub fn nd_bypass_ids(&self) -> Vec<PolicyId> {
+        if !matches!(self.mode, PeerMode::Transport) || self.local.is_ipv4() {
+            return Vec::new();
+        }
+        let (l, r) = (IpNet::host(self.local), IpNet::host(self.remote));
+        let mut ids = Vec::new();
+        for icmp_type in [ND_NEIGHBOR_SOLICIT, ND_NEIGHBOR_ADVERT] {
+            for (dir, src, dst) in [(PolicyDir::Out, l, r), (PolicyDir::In, r, l)] {
+                ids.push(PolicyId {
+                    dir,
+                    selector: PolicySelector {
+                        src,
+                        dst,
+                        proto: Some(IPPROTO_ICMPV6),
+                        sport: Some(icmp_type),
+                    },
+                });
+            }
+        }
+        ids
+    }
+
+    /// Installs (or re-installs) the neighbour-discovery bypass, ahead of
+    /// this peer's own policies.
+    pub fn nd_bypass(&self) -> Vec<Op> {
+        self.nd_bypass_ids()
+            .into_iter()
+            .map(|id| Op::UpdateBypassPolicy {
+                id,
+                priority: self.priority.saturating_sub(1),
+            })
+            .collect()
     }
 
     /// The inbound (and forward, in tunnel mode) policies: installed once,
@@ -199,6 +248,49 @@ mod tests {
             o => panic!("{o:?}"),
         }
         assert_eq!(p.inbound_policies().len(), 1);
+        assert!(p.nd_bypass().is_empty(), "IPv4 needs no ND bypass");
+    }
+
+    #[test]
+    fn ipv6_transport_lets_neighbour_discovery_pass_ahead_of_our_policies() {
+        let mut p = peer(PeerMode::Transport);
+        p.local = "fd00:9::1".parse().unwrap();
+        p.remote = "fd00:9::2".parse().unwrap();
+        let ops = p.nd_bypass();
+        assert_eq!(ops.len(), 4);
+        let mut seen = Vec::new();
+        for op in &ops {
+            match op {
+                Op::UpdateBypassPolicy { id, priority } => {
+                    assert_eq!(*priority, p.priority - 1);
+                    assert_eq!(id.selector.proto, Some(58));
+                    let (from, to) = match id.dir {
+                        PolicyDir::Out => (p.local, p.remote),
+                        _ => (p.remote, p.local),
+                    };
+                    assert_eq!((id.selector.src.addr, id.selector.dst.addr), (from, to));
+                    assert_eq!(id.selector.src.prefix, 128);
+                    seen.push((id.dir, id.selector.sport));
+                }
+                o => panic!("{o:?}"),
+            }
+        }
+        for t in [135, 136] {
+            for d in [PolicyDir::In, PolicyDir::Out] {
+                assert!(seen.contains(&(d, Some(t))), "{d} type {t}");
+            }
+        }
+        let tunnel = PeerKernel {
+            mode: PeerMode::Tunnel {
+                local: vec![IpNet::parse("fd01::/64").unwrap()],
+                remote: vec![IpNet::parse("fd02::/64").unwrap()],
+            },
+            ..p
+        };
+        assert!(
+            tunnel.nd_bypass().is_empty(),
+            "tunnel selectors do not cover ND"
+        );
     }
 
     #[test]

@@ -95,6 +95,7 @@ fn policy_selector(sel: &Selector) -> PolicySelector {
         src: net(&sel.saddr, sel.prefixlen_s, sel.family),
         dst: net(&sel.daddr, sel.prefixlen_d, sel.family),
         proto: (sel.proto != 0).then_some(sel.proto),
+        sport: (sel.sport_mask != 0).then_some(sel.sport),
     }
 }
 
@@ -246,6 +247,7 @@ mod tests {
                     src: IpNet::parse("fd00::1").unwrap(),
                     dst: IpNet::parse("fd00::2").unwrap(),
                     proto: None,
+                    sport: None,
                 },
             },
             priority: 1000,

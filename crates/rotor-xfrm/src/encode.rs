@@ -32,13 +32,17 @@ fn family(addr: &IpAddr) -> u16 {
     if addr.is_ipv4() { AF_INET } else { AF_INET6 }
 }
 
-fn selector(src: &IpNet, dst: &IpNet, proto: Option<u8>) -> Selector {
+fn selector(src: &IpNet, dst: &IpNet, proto: Option<u8>, sport: Option<u16>) -> Selector {
     let mut sel = Selector::default();
     sel.source_prefix(&src.addr, src.prefix);
     sel.destination_prefix(&dst.addr, dst.prefix);
     // source_prefix() leaves the family unset for unspecified addresses.
     sel.family = family(&src.addr);
     sel.proto = proto.unwrap_or(0);
+    if let Some(port) = sport {
+        sel.sport = port;
+        sel.sport_mask = 0xffff;
+    }
     sel
 }
 
@@ -102,7 +106,7 @@ fn sa_message(own: &Ownership, s: &SaSpec) -> Result<SaModify, SpecError> {
                 "transport SA selector and addresses",
             ));
         }
-        info.selector = selector(src, dst, None);
+        info.selector = selector(src, dst, None, None);
     }
 
     let mut alg_name = [0u8; netlink_packet_xfrm::XFRM_ALG_AEAD_NAME_LEN];
@@ -162,7 +166,7 @@ fn policy_message(own: &Ownership, p: &PolicySpec) -> Result<PolicyModify, SpecE
         return Err(SpecError::MixedFamilies("policy selector"));
     }
     let mut info = UserPolicyInfo {
-        selector: selector(&sel.src, &sel.dst, sel.proto),
+        selector: selector(&sel.src, &sel.dst, sel.proto, sel.sport),
         direction: p.id.dir.to_kernel(),
         action: if p.block {
             XFRM_POLICY_BLOCK
@@ -197,6 +201,26 @@ fn policy_message(own: &Ownership, p: &PolicySpec) -> Result<PolicyModify, SpecE
     })
 }
 
+/// An allow policy with no template: clear text for what it selects.
+fn bypass_message(id: &PolicyId, priority: u32) -> Result<PolicyModify, SpecError> {
+    let sel = &id.selector;
+    if sel.src.addr.is_ipv4() != sel.dst.addr.is_ipv4() {
+        return Err(SpecError::MixedFamilies("policy selector"));
+    }
+    let mut info = UserPolicyInfo {
+        selector: selector(&sel.src, &sel.dst, sel.proto, sel.sport),
+        direction: id.dir.to_kernel(),
+        action: XFRM_POLICY_ALLOW,
+        priority,
+        ..Default::default()
+    };
+    info.lifetime_cfg = LifetimeConfig::default();
+    Ok(PolicyModify {
+        user_policy_info: info,
+        nlas: vec![],
+    })
+}
+
 /// The netlink identity of an SA for delete/get.
 pub(crate) fn sa_id_message(id: &SaId) -> SaDelGet {
     let mut sid = UserSaId::default();
@@ -218,9 +242,14 @@ pub(crate) fn policy_id_message(id: &PolicyId) -> PolicyDelGet {
 }
 
 pub(crate) fn policy_id(id: &PolicyId) -> UserPolicyId {
-    let PolicySelector { src, dst, proto } = &id.selector;
+    let PolicySelector {
+        src,
+        dst,
+        proto,
+        sport,
+    } = &id.selector;
     UserPolicyId {
-        selector: selector(src, dst, *proto),
+        selector: selector(src, dst, *proto, *sport),
         index: 0,
         direction: id.dir.to_kernel(),
     }
@@ -235,6 +264,9 @@ pub fn encode(own: &Ownership, op: &Op) -> Result<XfrmMessage, SpecError> {
         Op::AddPolicy(p) => XfrmMessage::AddPolicy(policy_message(own, p)?),
         Op::UpdatePolicy(p) => XfrmMessage::UpdatePolicy(policy_message(own, p)?),
         Op::DeletePolicy(id) => XfrmMessage::DeletePolicy(policy_id_message(id)),
+        Op::UpdateBypassPolicy { id, priority } => {
+            XfrmMessage::UpdatePolicy(bypass_message(id, *priority)?)
+        }
     })
 }
 

@@ -246,6 +246,9 @@ pub struct PolicySelector {
     pub dst: IpNet,
     /// IP protocol number, or `None` for any.
     pub proto: Option<u8>,
+    /// Exact source port, or for ICMP/ICMPv6 the message type (the kernel
+    /// keys ICMP flows by type in the source-port slot); `None` for any.
+    pub sport: Option<u16>,
 }
 
 impl fmt::Display for PolicySelector {
@@ -253,6 +256,9 @@ impl fmt::Display for PolicySelector {
         write!(f, "{} -> {}", self.src, self.dst)?;
         if let Some(p) = self.proto {
             write!(f, " proto {p}")?;
+        }
+        if let Some(s) = self.sport {
+            write!(f, " sport/type {s}")?;
         }
         Ok(())
     }
@@ -316,6 +322,18 @@ pub enum Op {
     UpdatePolicy(PolicySpec),
     /// Delete a policy (`XFRM_MSG_DELPOLICY`).
     DeletePolicy(PolicyId),
+    /// Add or replace an allow policy without template
+    /// (`XFRM_MSG_UPDPOLICY`): matching traffic passes in clear text, ahead
+    /// of any policy with a larger priority number. Such a policy has no
+    /// template to carry a reqid, so `remove_owned` cannot recognise it: the
+    /// caller deletes it by its exact id. rotor uses it only for IPv6
+    /// neighbour discovery between a transport-mode peer pair.
+    UpdateBypassPolicy {
+        /// Direction and selector.
+        id: PolicyId,
+        /// Kernel priority: lower numbers win.
+        priority: u32,
+    },
 }
 
 impl fmt::Display for Op {
@@ -330,6 +348,9 @@ impl fmt::Display for Op {
             Op::AddPolicy(p) => write!(f, "add policy {} spi={:#010x}", p.id, p.spi),
             Op::UpdatePolicy(p) => write!(f, "update policy {} spi={:#010x}", p.id, p.spi),
             Op::DeletePolicy(id) => write!(f, "delete policy {id}"),
+            Op::UpdateBypassPolicy { id, priority } => {
+                write!(f, "update bypass policy {id} priority {priority}")
+            }
         }
     }
 }
