@@ -25,6 +25,7 @@ use tracing::{debug, info, warn};
 
 use crate::config::{HubConfig, NodeConfig};
 use crate::control::{self, Request, Status};
+use crate::kernel_retry::RetryQueue;
 use crate::peer_kernel::PeerKernel;
 use crate::sockets::{bind_control_udp, bind_control_unix};
 
@@ -56,6 +57,7 @@ struct KernelExec {
     peers: Vec<PeerKernel>,
     names: Vec<String>,
     errors: u64,
+    retry: RetryQueue,
 }
 
 impl KernelExec {
@@ -66,6 +68,7 @@ impl KernelExec {
             peers,
             names,
             errors: 0,
+            retry: RetryQueue::default(),
         })
     }
 
@@ -134,55 +137,80 @@ impl KernelExec {
         }
     }
 
-    /// Applies the kernel part of `actions` in one batch; failures are logged
-    /// with the peer, the errno and the kernel's text, and counted. One
-    /// peer's failure never stops the others' operations.
-    fn apply(&mut self, actions: &[Action]) {
-        let mut ops = Vec::new();
-        let mut owner = Vec::new();
+    /// Applies the kernel part of `actions` in one batch, preceded by the
+    /// refused operations of the same peers (and any that are due). Failures
+    /// are logged with the peer, the errno and the kernel's text, counted,
+    /// and queued for retry; one peer's failure never stops another's
+    /// operations.
+    fn apply(&mut self, now: Time, actions: &[Action]) {
+        let mut new = Vec::new();
         for a in actions {
-            for op in self.op_for(a) {
-                owner.push(match a {
-                    Action::InstallSa { peer, .. }
-                    | Action::SetOutbound { peer, .. }
-                    | Action::DeleteSa { peer, .. } => *peer,
-                    _ => PeerId(0),
-                });
-                ops.push(op);
-            }
-        }
-        if ops.is_empty() {
-            return;
-        }
-        match self.xfrm.apply(&ops) {
-            Ok(results) => {
-                for ((op, r), peer) in ops.iter().zip(results).zip(owner) {
-                    let name = self
-                        .names
-                        .get(peer.0 as usize)
-                        .map(String::as_str)
-                        .unwrap_or("?");
-                    match r {
-                        OpResult::Done => {}
-                        // A deletion of something already gone is not an error.
-                        OpResult::Failed(e)
-                            if matches!(op, Op::DeleteSa(_)) && e.errno == libc::ESRCH => {}
-                        OpResult::Failed(e) => {
-                            self.errors += 1;
-                            warn!(peer = name, errno = e.errno, "kernel refused: {e}");
-                        }
-                        other => {
-                            self.errors += 1;
-                            warn!(peer = name, "{op}: {other:?}");
-                        }
-                    }
+            if let Action::InstallSa { peer, .. }
+            | Action::SetOutbound { peer, .. }
+            | Action::DeleteSa { peer, .. } = a
+            {
+                for op in self.op_for(a) {
+                    new.push((*peer, op));
                 }
             }
+        }
+        if new.is_empty() && self.retry.next_due().is_none_or(|t| t > now) {
+            return;
+        }
+        let batch = self.retry.batch(now, new);
+        if batch.is_empty() {
+            return;
+        }
+        let ops: Vec<Op> = batch.iter().map(|(_, op, _)| op.clone()).collect();
+        let results = match self.xfrm.apply(&ops) {
+            Ok(r) => r,
             Err(e) => {
-                self.errors += ops.len() as u64;
                 warn!("netlink batch of {} operations failed: {e}", ops.len());
+                (0..ops.len()).map(|_| OpResult::Unknown).collect()
+            }
+        };
+        for ((peer, op, attempts), r) in batch.into_iter().zip(results) {
+            let name = self
+                .names
+                .get(peer.0 as usize)
+                .map(String::as_str)
+                .unwrap_or("?")
+                .to_string();
+            let refusal: Option<(i32, String)> = match &r {
+                OpResult::Done => None,
+                // Already in the wanted state: a deletion of something gone,
+                // or an add our earlier (reply-lost or retried) attempt made.
+                OpResult::Failed(e)
+                    if (matches!(op, Op::DeleteSa(_)) && e.errno == libc::ESRCH)
+                        || (matches!(op, Op::DeletePolicy(_)) && e.errno == libc::ENOENT)
+                        || (matches!(op, Op::AddSa(_))
+                            && e.errno == libc::EEXIST
+                            && attempts > 0) =>
+                {
+                    None
+                }
+                OpResult::Failed(e) => Some((e.errno, e.to_string())),
+                other => Some((0, format!("{op}: {other:?}"))),
+            };
+            if let Some((errno, why)) = refusal {
+                self.errors += 1;
+                let p = self.retry.failed(now, peer, op, attempts);
+                warn!(
+                    peer = name,
+                    errno,
+                    attempt = p.attempts,
+                    retry_in_ms = p.due.since(now),
+                    "kernel refused: {why}"
+                );
+            } else if attempts > 0 {
+                info!(peer = name, attempts, "kernel accepted on retry: {op}");
             }
         }
+    }
+
+    /// When the earliest refused operation is due again.
+    fn retry_due(&self) -> Option<Time> {
+        self.retry.next_due()
     }
 
     fn remove_all(&mut self) {
@@ -273,15 +301,24 @@ fn log_event(e: &Event, names: &[String], role: &str) {
     }
 }
 
+/// The earlier of two optional deadlines.
+fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.min(b)),
+        (a, b) => a.or(b),
+    }
+}
+
 /// Drains the core's actions: kernel changes first (one batch), then sends.
 async fn execute(
+    now: Time,
     actions: Vec<Action>,
     kernel: &mut KernelExec,
     udp: &UdpSocket,
     addr_of: &dyn Fn(PeerId) -> Option<SocketAddr>,
     role: &str,
 ) {
-    kernel.apply(&actions);
+    kernel.apply(now, &actions);
     for a in actions {
         match a {
             Action::Send { peer, datagram } => {
@@ -455,7 +492,9 @@ async fn hub_loop(
 ) -> anyhow::Result<()> {
     let mut buf = vec![0u8; 2048];
     loop {
-        let wake = hub.poll_timeout().map(|t| clock.instant(t));
+        // The core's next timer, or a refused kernel operation's retry; an
+        // early wake-up is harmless (handle_timeout fires only what is due).
+        let wake = earliest(hub.poll_timeout(), kernel.retry_due()).map(|t| clock.instant(t));
         tokio::select! {
             _ = stop.wait() => return Ok(()),
             r = udp.recv_from(&mut buf) => {
@@ -507,7 +546,7 @@ async fn hub_loop(
         while let Some(a) = hub.poll_action() {
             actions.push(a);
         }
-        execute(actions, kernel, udp, addr_of, "hub").await;
+        execute(clock.now(), actions, kernel, udp, addr_of, "hub").await;
     }
 }
 
@@ -549,7 +588,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     let socket_path: PathBuf = cfg.socket.clone();
     let mut buf = vec![0u8; 2048];
     let result: anyhow::Result<()> = loop {
-        let wake = node.poll_timeout().map(|t| clock.instant(t));
+        let wake = earliest(node.poll_timeout(), kernel.retry_due()).map(|t| clock.instant(t));
         tokio::select! {
             _ = stop.wait() => break Ok(()),
             r = udp.recv_from(&mut buf) => {
@@ -592,7 +631,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
         while let Some(a) = node.poll_action() {
             actions.push(a);
         }
-        execute(actions, &mut kernel, &udp, &addr_of, "node").await;
+        execute(clock.now(), actions, &mut kernel, &udp, &addr_of, "node").await;
     };
     kernel.remove_all();
     let _ = std::fs::remove_file(&socket_path);

@@ -4,7 +4,8 @@
 //! Layout: [`config`] and [`keyfile`] read and validate what the operator
 //! wrote; [`check`] answers `rotor check`; [`cli`] is the command line. The
 //! protocol itself lives in `rotor-core` (sans-IO) and the kernel layer in
-//! `rotor-xfrm`.
+//! `rotor-xfrm`; [`peer_kernel`] maps a peer's keys onto kernel operations and
+//! [`kernel_retry`] keeps the ones the kernel refused until they succeed.
 
 #![warn(missing_docs)]
 
@@ -13,6 +14,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod kernel_retry;
 pub mod keyfile;
 pub mod peer_kernel;
 pub mod sockets;
