@@ -46,6 +46,11 @@ struct NodeState {
     /// chain, then retired.
     superseded: Vec<u32>,
     rotate_at: Time,
+    /// When the latest key was first sent (by a rotation).
+    key_sent_at: Time,
+    /// Whether a hello under the previous generation already got no resend
+    /// because it crossed the key in flight (at most one per rotation).
+    crossing_spared: bool,
     force_rotate: bool,
     last_init_ts: u64,
     /// Nonce of the last accepted init and the reply sent to it: a
@@ -56,6 +61,14 @@ struct NodeState {
     resends: u64,
     inits: u64,
 }
+
+/// A hello under the previous generation that arrives this soon after the
+/// rotation sent the new key most likely crossed that key on the wire: the
+/// first such hello gets no resend (the node will hello again and get one then
+/// if the key was really lost). A timer-driven rotation and the node's hello
+/// schedule are phase-locked (both count from the same exchange), so without
+/// this about half the rotations cost a needless resend.
+pub const CROSSING_HOLDOFF_MS: u64 = 200;
 
 /// Most replaced generations kept per node while a re-init is unconfirmed
 /// (bounds per-node state under repeated inits).
@@ -103,6 +116,8 @@ impl Hub {
                 outbound: None,
                 superseded: Vec::new(),
                 rotate_at: now.plus_ms(n.rotate_interval_ms),
+                key_sent_at: now,
+                crossing_spared: true,
                 force_rotate: false,
                 last_init_ts: 0,
                 last_init: None,
@@ -400,6 +415,8 @@ impl Hub {
         n.last_seen = Some(now);
         if is_latest {
             self.in_sync(now, id, rotate, rng);
+        } else if !n.crossing_spared && now.since(n.key_sent_at) < CROSSING_HOLDOFF_MS {
+            n.crossing_spared = true;
         } else {
             self.resend(id);
         }
@@ -490,6 +507,8 @@ impl Hub {
         n.confirmed = false;
         n.force_rotate = false;
         n.rotations += 1;
+        n.key_sent_at = now;
+        n.crossing_spared = false;
         n.rotate_at = now.plus_ms(n.rotate_interval_ms);
         self.rotate_heap.push(Reverse((n.rotate_at, id)));
         if let Some(prev) = n.previous.as_mut() {
