@@ -67,5 +67,6 @@ check "S2: >= 50 generation samples taken" test "$samples" -ge 50
 check "S2: the hub was never two generations ahead of n1" test "$max_ahead" -le 1
 check "S2: zero probe packets lost" probe_report $N
 for ns in hub n1 n2; do check "S2: no XFRM errors in $ns" xfrm_clean $ns; done
+figures S2 $N 200
 echo "daemon lost keys: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ] || { tail -n 30 "$WORK/hub.log"; exit 1; }

@@ -28,5 +28,6 @@ iptables-legacy --version >/dev/null 2>&1
 ip netns exec hub iptables-legacy -F
 check "S3: every node sending again after loss stops" wait_all_sending $N 15
 check "S3: every node in_sync at the end" wait_all_in_sync $N 15
+figures S3 $N 200
 echo "daemon lossy: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ] || { tail -n 30 "$WORK/hub.log"; exit 1; }

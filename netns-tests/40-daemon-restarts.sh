@@ -57,5 +57,6 @@ check "S5: every node re-initialised with the new hub and sends again" wait_all_
 for i in $(seq 1 $N); do
 	check "S5: n$i initialised exactly once with the new hub" test "$(peer_field n$i inits)" -eq 1
 done
+figures S4+S5 $N 200
 echo "daemon restarts: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ] || { tail -n 30 "$WORK/hub.log"; exit 1; }

@@ -51,5 +51,6 @@ reasons() { # the drop counters by reason, of the hub or of node I
 echo "  hub drops by reason: $(reasons hub)"
 echo "  n1 drops by reason: $(reasons 1)"
 check "S6: the hub told >= 4 kinds of bad input apart" test "$(reasons hub | python3 -c "import json,sys; print(len(json.load(sys.stdin)))")" -ge 4
+figures S6 $N 200
 echo "daemon hostile: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ] || { echo "before: $before"; echo "after: $after"; tail -n 30 "$WORK/hub.log"; exit 1; }

@@ -42,5 +42,6 @@ for ns in hub n1 n2; do
 	grew=$(ip netns exec $ns cat /proc/net/xfrm_stat | diff "$WORK/xfrm-$ns.before" - | grep '^>' | tr -s ' ' | tr '\n' ' ')
 	check "kernel refusals: no XFRM error counter grew in $ns after recovery ${grew}" test -z "$grew"
 done
+figures kernel-retry $N 200
 echo "daemon kernel retry: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ] || { tail -n 30 "$WORK/hub.log"; exit 1; }

@@ -382,4 +382,37 @@ for p in json.load(sys.stdin)['peers']:
 		check "$label: n$i rotated at least $((duration - 5)) times (did $r)" test "$r" -ge $((duration - 5))
 		check "$label: n$i initialised once" test "$(peer_field "n$i" inits)" -eq 1
 	done
+	figures "$label" "$n" 200
+}
+
+# figures LABEL N RATE: one summary line for the closing notes: the hub's
+# rotations/resends/inits over all nodes, probe packets sent/lost per
+# direction, and every outage (run of consecutive missing packets) in ms
+figures() {
+	local label=$1 n=$2 rate=$3
+	read -r rot res ini <<<"$(totals)"
+	python3 - "$WORK" "$n" "$rate" "$label" "$rot" "$res" "$ini" <<'PY'
+import json, sys
+work, n, rate, label = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), sys.argv[4]
+rot, res, ini = sys.argv[5:8]
+out = {}
+outages = []
+for d in ("up", "down"):
+    sent = lost = 0
+    for i in range(1, n + 1):
+        j = json.load(open(f"{work}/probe-{d}-{i}.json"))
+        m = j["missing"]
+        sent += j["expected"]
+        lost += len(m)
+        k = 0
+        while k < len(m):
+            e = k
+            while e + 1 < len(m) and m[e + 1] == m[e] + 1:
+                e += 1
+            outages.append(round((e - k + 1) * 1000 / rate))
+            k = e + 1
+    out[d] = f"{sent}/{lost}"
+print(f"FIGURES {label}: rotations={rot} resends={res} inits={ini} "
+      f"up_sent/lost={out['up']} down_sent/lost={out['down']} outages_ms={sorted(outages, reverse=True)[:12]}")
+PY
 }
