@@ -20,7 +20,7 @@ use rotor_xfrm::{
     name = "rotor-xfrmctl",
     about = "Install, switch, read back and remove rotor-owned ESP SAs and policies (test and debug tool)",
     long_about = "Drives rotor's batched XFRM netlink layer directly. Every object it installs \
-                  carries a reqid from rotor's range (base + --peer), so `remove-owned` finds it \
+                  carries a reqid from rotor's range (the one `rotor` gives peer number --peer), so `remove-owned` finds it \
                   again and leaves other software's SAs and policies alone. Keys given with --key \
                   are visible to other local users: use test keys only."
 )]
