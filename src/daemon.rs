@@ -28,6 +28,7 @@ use crate::control::{self, Request, Status};
 use crate::kernel_retry::RetryQueue;
 use crate::peer_kernel::PeerKernel;
 use crate::sockets::{bind_control_udp, bind_control_unix};
+use crate::udp_batch::{self, RecvBatch};
 
 /// Monotonic and wall clocks, as the core wants them.
 struct Clock {
@@ -301,6 +302,9 @@ fn log_event(e: &Event, names: &[String], role: &str) {
     }
 }
 
+/// Most control datagrams the hub takes in one step before acting on them.
+const MAX_BURST: usize = 1024;
+
 /// The earlier of two optional deadlines.
 fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
     match (a, b) {
@@ -319,17 +323,25 @@ async fn execute(
     role: &str,
 ) {
     kernel.apply(now, &actions);
-    for a in actions {
+    let mut out: Vec<(SocketAddr, &[u8])> = Vec::new();
+    for a in &actions {
         match a {
             Action::Send { peer, datagram } => {
-                if let Some(to) = addr_of(peer)
-                    && let Err(e) = udp.send_to(&datagram, to).await
-                {
-                    debug!(role, "sending to {to}: {e}");
+                if let Some(to) = addr_of(*peer) {
+                    out.push((to, datagram));
                 }
             }
-            Action::Event(e) => log_event(&e, &kernel.names, role),
+            Action::Event(e) => log_event(e, &kernel.names, role),
             _ => {}
+        }
+    }
+    if !out.is_empty() {
+        let (_, refused) = udp_batch::send_many(udp, &out).await;
+        if refused > 0 {
+            debug!(
+                role,
+                refused, "control datagrams the kernel refused to send"
+            );
         }
     }
 }
@@ -490,16 +502,27 @@ async fn hub_loop(
     stop: &mut Stop,
     addr_of: &dyn Fn(PeerId) -> Option<SocketAddr>,
 ) -> anyhow::Result<()> {
-    let mut buf = vec![0u8; 2048];
+    let mut batch = RecvBatch::default();
     loop {
         // The core's next timer, or a refused kernel operation's retry; an
         // early wake-up is harmless (handle_timeout fires only what is due).
         let wake = earliest(hub.poll_timeout(), kernel.retry_due()).map(|t| clock.instant(t));
         tokio::select! {
             _ = stop.wait() => return Ok(()),
-            r = udp.recv_from(&mut buf) => {
-                if let Ok((n, _from)) = r {
-                    hub.handle_datagram(clock.now(), clock.unix_ms(), &buf[..n], rng);
+            r = udp_batch::recv_many(udp, &mut batch) => {
+                // A burst (hellos after `rotate --all`) is taken whole, up to
+                // MAX_BURST datagrams, so that its kernel changes go in one
+                // netlink batch and its replies in few sendmmsg calls.
+                let mut more = r.is_ok();
+                let mut taken = 0;
+                while more {
+                    let now = clock.now();
+                    for d in batch.datagrams() {
+                        hub.handle_datagram(now, clock.unix_ms(), d, rng);
+                        taken += 1;
+                    }
+                    more = taken < MAX_BURST
+                        && udp_batch::try_recv_many(udp, &mut batch).is_ok_and(|n| n > 0);
                 }
             }
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {

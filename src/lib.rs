@@ -5,7 +5,8 @@
 //! wrote; [`check`] answers `rotor check`; [`cli`] is the command line. The
 //! protocol itself lives in `rotor-core` (sans-IO) and the kernel layer in
 //! `rotor-xfrm`; [`peer_kernel`] maps a peer's keys onto kernel operations and
-//! [`kernel_retry`] keeps the ones the kernel refused until they succeed.
+//! [`kernel_retry`] keeps the ones the kernel refused until they succeed;
+//! [`udp_batch`] moves control datagrams many per system call.
 
 #![warn(missing_docs)]
 
@@ -18,3 +19,4 @@ pub mod kernel_retry;
 pub mod keyfile;
 pub mod peer_kernel;
 pub mod sockets;
+pub mod udp_batch;
