@@ -1,0 +1,463 @@
+#!/bin/bash
+# strongSwan's cost per CHILD_SA rekey on a hub, measured on the same UML
+# harness as rotor's hub (docs/bench-strongswan.md has the method and figures).
+#
+#   bench/strongswan.sh [--n 200,1000] [--json] [--log-level L] [--mem SIZE]
+#
+# On the host (as root) it installs Debian's strongswan, strongswan-swanctl,
+# strongswan-charon and libstrongswan-standard-plugins when missing, then runs
+# itself inside User-Mode Linux (scripts/uml-run.sh ... --inside N...).
+#
+# Inside UML, for each N: namespaces `hub` (10.77.0.1) and `nodes` (N
+# addresses 10.77.x.y on one veth), one charon in each, each with its own
+# strongswan.conf (STRONGSWAN_CONF), vici socket, log and private /run (for
+# its pid file). The node charon has N connections, one per source address,
+# IKEv2 + PSK, ESP aes128gcm16 (no PFS) in transport mode, start_action=start;
+# the hub has one connection accepting all of them. Measured:
+#   ike_up     from loading the N node connections until both kernels hold all
+#              2N ESP SAs: wall time and the hub charon's CPU (utime+stime of
+#              /proc/PID/stat, which sums all its threads)
+#   rekey      one `swanctl --rekey --child node` on the hub (vici queues one
+#              CREATE_CHILD_SA rekey per CHILD_SA, the hub initiating each, as
+#              a hub rekeying every node once); done when the hub's kernel
+#              holds a new SA pair for every node and no old SA (the old
+#              inbound SAs go delete_rekeyed_delay = 5 s later; the hub's CPU
+#              is read after that, so it includes their deletion)
+#   rate       rekeys / hub CPU-seconds over the rekey window
+# The swanctl client's and the node charon's CPU are reported apart.
+#
+# Output: a table, or with --json one object per N per line:
+#   {"n":N,"complete":true,"ike_up":N,"ike_up_s":..,"ike_up_hub_cpu_s":..,
+#    "rekeys":..,"rekey_wall_s":..,"rekey_done_s":..,"rekey_hub_cpu_s":..,
+#    "strongswan_rekeys_per_hub_cpu_s":..,"rekey_client_cpu_s":..,
+#    "rekey_node_cpu_s":..,"log_level":L,"version":"5.9.8"}
+# "complete": false when not all N came up or not all were rekeyed (counts
+# say how many); the exit status is then 1. Exit 2: bad usage; 3: setup
+# failed (a charon did not start, ...), with the tail of the charon logs.
+#
+#   --n LIST        comma-separated N values (default 200,1000; max 60000)
+#   --json          JSON lines instead of the table
+#   --log-level L   charon's log level for all groups (-1..4; default 1, the
+#                   level of a stock install)
+#   --mem SIZE      UML memory (default 1G)
+set -u
+
+PROG=bench/strongswan.sh
+NS_LIST=200,1000
+JSON=0
+LOG_LEVEL=1
+MEM=1G
+INSIDE=0
+CHARON=/usr/lib/ipsec/charon
+HUB_IP=10.77.0.1
+PSK=0sdG90YWxseS1ub3QtYS1yZWFsLXNlY3JldA==
+IKE_PROPOSAL=aes128gcm16-prfsha256-x25519
+ESP_PROPOSAL=aes128gcm16
+
+usage() {
+	echo "usage: $PROG [--n 200,1000] [--json] [--log-level L] [--mem SIZE]" >&2
+	exit 2
+}
+err() { echo "$PROG: $*" >&2; }
+die() { err "$*"; exit 3; }
+
+ARGS=()
+while [ $# -gt 0 ]; do
+	case $1 in
+	--n) [ $# -ge 2 ] || usage; NS_LIST=$2; shift 2 ;;
+	--n=*) NS_LIST=${1#*=}; shift ;;
+	--json) JSON=1; shift ;;
+	--log-level) [ $# -ge 2 ] || usage; LOG_LEVEL=$2; shift 2 ;;
+	--log-level=*) LOG_LEVEL=${1#*=}; shift ;;
+	--mem) [ $# -ge 2 ] || usage; MEM=$2; shift 2 ;;
+	--mem=*) MEM=${1#*=}; shift ;;
+	--inside) INSIDE=1; shift ;;
+	-h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	-*) err "unknown option $1"; usage ;;
+	*) ARGS+=("$1"); shift ;;
+	esac
+done
+[[ $LOG_LEVEL =~ ^(-1|[0-4])$ ]] || { err "--log-level: -1..4, not '$LOG_LEVEL'"; usage; }
+if [ ${#ARGS[@]} -eq 0 ]; then
+	IFS=, read -r -a ARGS <<<"$NS_LIST"
+fi
+for n in "${ARGS[@]}"; do
+	if ! [[ $n =~ ^[1-9][0-9]*$ ]] || [ "$n" -gt 60000 ]; then
+		err "N must be 1..60000, not '$n'"
+		usage
+	fi
+done
+
+# --- on the host: install, then run ourselves inside UML ----------------------
+if [ "$INSIDE" = 0 ]; then
+	HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
+	ROOT=$(dirname "$HERE")
+	pkgs=()
+	[ -x "$CHARON" ] || pkgs+=(strongswan strongswan-charon)
+	command -v swanctl >/dev/null || pkgs+=(strongswan-swanctl)
+	[ -f /usr/lib/ipsec/plugins/libstrongswan-openssl.so ] || pkgs+=(libstrongswan-standard-plugins)
+	if [ ${#pkgs[@]} -gt 0 ]; then
+		[ "$(id -u)" = 0 ] || die "missing ${pkgs[*]}: run as root, or apt-get install ${pkgs[*]}"
+		err "installing ${pkgs[*]}"
+		apt-get update -qq >&2 || die "apt-get update failed"
+		# policy-rc.d or not, no init system here starts the services.
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq strongswan strongswan-charon \
+			strongswan-swanctl libstrongswan-standard-plugins >&2 ||
+			die "apt-get install strongswan strongswan-charon strongswan-swanctl libstrongswan-standard-plugins failed"
+		[ -x "$CHARON" ] || die "$CHARON still missing after installing strongswan-charon"
+	fi
+	# Time limit inside UML: boot of both charons plus ~50 ms per node (IKE
+	# setup, rekey, teardown), generous for a loaded machine.
+	total=0
+	for n in "${ARGS[@]}"; do total=$((total + n)); done
+	limit=$((120 + ${#ARGS[@]} * 60 + total / 10))
+	flags=(--inside --log-level "$LOG_LEVEL")
+	[ "$JSON" = 1 ] && flags+=(--json)
+	cd "$ROOT" || die "cannot cd to $ROOT"
+	exec scripts/uml-run.sh --mem "$MEM" --timeout "$limit" bench/strongswan.sh "${flags[@]}" "${ARGS[@]}"
+fi
+
+# --- inside UML ---------------------------------------------------------------
+[ "$(id -u)" = 0 ] || die "--inside needs root inside UML; run $PROG on the host"
+[ -x "$CHARON" ] || die "no $CHARON (package strongswan-charon)"
+command -v swanctl >/dev/null || die "no swanctl (package strongswan-swanctl)"
+[ -d /proc/sys/net/ipv4/conf ] || die "no /proc/sys: not inside UML?"
+TCK=$(getconf CLK_TCK)
+VERSION=$("$CHARON" --version 2>/dev/null | awk '{ print $NF; exit }')
+WORK=$(mktemp -d /var/tmp/swanbench.XXXXXX) || die "cannot create a directory in /var/tmp"
+
+# One kernel for both namespaces: the neighbour table is global (the hub
+# resolves N addresses), and a burst of N IKE_SA_INITs must not overflow the
+# hub's UDP receive buffer (charon's socket takes the default size).
+sysctl -qw net.ipv4.neigh.default.gc_thresh1=131072 net.ipv4.neigh.default.gc_thresh2=131072 \
+	net.ipv4.neigh.default.gc_thresh3=131072 net.core.rmem_default=8388608 \
+	net.core.rmem_max=8388608 net.core.wmem_default=1048576 ||
+	err "warning: could not raise neighbour / socket buffer limits"
+
+declare -A PID=()
+# shellcheck disable=SC2317 # also called by the EXIT trap
+stop_charons() {
+	local name p i
+	for name in "${!PID[@]}"; do
+		p=${PID[$name]}
+		kill "$p" 2>/dev/null
+		for ((i = 0; i < 50; i++)); do
+			kill -0 "$p" 2>/dev/null || break
+			sleep 0.1
+		done
+		kill -9 "$p" 2>/dev/null
+		wait "$p" 2>/dev/null
+		unset "PID[$name]"
+	done
+}
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+	stop_charons
+	ip netns del hub 2>/dev/null
+	ip netns del nodes 2>/dev/null
+}
+trap cleanup EXIT
+
+# The last lines of both charons' logs, after stopping them (flushes the logs).
+show_logs() {
+	local f
+	stop_charons
+	for f in "$D"/hub.log "$D"/hub.out "$D"/nodes.log "$D"/nodes.out; do
+		[ -s "$f" ] || continue
+		echo "--- last 25 lines of $f:" >&2
+		tail -n 25 "$f" >&2
+	done
+}
+setup_fail() {
+	err "N=$N: $*"
+	show_logs
+	exit 3
+}
+
+now_us() { echo "${EPOCHREALTIME/./}"; }
+T_US=0
+now() { T_US=${EPOCHREALTIME/./}; }
+# CPU_TICKS: utime + stime of a process (all its threads), fields 14 and 15 of
+# /proc/PID/stat, counted after the ")" that ends the command name.
+CPU_TICKS=0
+cpu_of() {
+	local line rest f
+	read -r line <"/proc/$1/stat" || return 1
+	rest=${line##*) }
+	read -r -a f <<<"$rest"
+	CPU_TICKS=$((f[11] + f[12]))
+}
+# secs US -> seconds with 3 decimals; ticks T -> seconds with 2
+secs() { printf '%d.%03d' $(($1 / 1000000)) $(($1 % 1000000 / 1000)); }
+ticks() { printf '%d.%02d' $(($1 / TCK)) $(($1 % TCK * 100 / TCK)); }
+
+# node_ip I (0-based): 10.77.1.1, 10.77.1.2, ... 250 a /24, skipping .0/.255
+node_ip() { echo "10.77.$((1 + $1 / 250)).$((1 + $1 % 250))"; }
+
+# write_conf NAME: NAME.conf (strongswan.conf) for one charon and its swanctl.
+write_conf() {
+	local name=$1
+	cat >"$D/$name.conf" <<EOF
+# strongswan.conf for the $name charon (bench/strongswan.sh)
+charon {
+	# only what PSK + x25519 + AES-GCM (openssl), KDF_PRF (kdf), XFRM
+	# (kernel-netlink), UDP (socket-default) and swanctl (vici) need
+	load_modular = no
+	load = random nonce openssl kdf kernel-netlink socket-default vici
+	# no cookies, no per-IP half-open blocking: N peers start at once
+	dos_protection = no
+	# the IKE_SA table is one bucket by default: a list scan per message
+	ikesa_table_size = 4096
+	ikesa_table_segments = 16
+	# transport mode between hosts on one link: no routes, no virtual IPs
+	install_routes = no
+	install_virtual_ip = no
+	plugins {
+		vici {
+			socket = unix://$D/$name.vici
+		}
+	}
+	filelog {
+		$name {
+			path = $D/$name.log
+			default = $LOG_LEVEL
+			time_format = %H:%M:%S
+			ike_name = yes
+			append = no
+		}
+	}
+	syslog {
+		daemon {
+			default = -1
+		}
+	}
+}
+swanctl {
+	load = random nonce openssl
+}
+EOF
+}
+
+# swanctl_ NAME ARGS...: swanctl against NAME's charon
+swanctl_() {
+	local name=$1
+	shift
+	STRONGSWAN_CONF=$D/$name.conf timeout 60 swanctl "$@" --uri "unix://$D/$name.vici"
+}
+
+# start_charon NAME NS: charon in NS's network namespace and in a mount
+# namespace of its own whose /run is $D/NAME-run (its pid file is /run/charon.pid).
+start_charon() {
+	local name=$1 ns=$2 i
+	mkdir -p "$D/$name-run"
+	# shellcheck disable=SC2016 # $1, $2 expand in the inner sh
+	STRONGSWAN_CONF=$D/$name.conf nsenter --net="/run/netns/$ns" \
+		unshare --mount --propagation private \
+		sh -c 'mount --bind "$1" /run && exec "$2"' "charon-$name" "$D/$name-run" "$CHARON" \
+		</dev/null >"$D/$name.out" 2>&1 &
+	PID[$name]=$!
+	for ((i = 0; i < 200; i++)); do
+		[ -S "$D/$name.vici" ] && return 0
+		kill -0 "${PID[$name]}" 2>/dev/null || setup_fail "the $name charon exited at start"
+		sleep 0.1
+	done
+	setup_fail "the $name charon's vici socket $D/$name.vici did not appear in 20 s"
+}
+
+# hub_sas: "NEW_IN NEW_OUT OLD_IN OLD_OUT TOTAL" for the hub's ESP SAs, old
+# meaning listed in $D/old-sas ("in SPI" / "out SPI"); out = src is the hub.
+hub_sas() {
+	ip -n hub xfrm state | awk -v hub="$HUB_IP" -v oldf="$D/old-sas" '
+		BEGIN { while ((getline l < oldf) > 0) old[l] = 1 }
+		/^src / { dir = ($2 == hub) ? "out" : "in" }
+		$1 == "proto" && $3 == "spi" {
+			k = dir " " $4
+			if (k in old) c["old" dir]++; else c["new" dir]++
+			total++
+		}
+		END { printf "%d %d %d %d %d\n", c["newin"], c["newout"], c["oldin"], c["oldout"], total }'
+}
+sa_count() { ip -n "$1" xfrm state count | awk '{ print $NF }'; }
+
+# --- one N --------------------------------------------------------------------
+run_one() {
+	N=$1
+	D=$WORK/n$N
+	mkdir -p "$D"
+	local i ip up=0 hub_n node_n deadline ike_sas child_sas
+
+	# namespaces, veth, addresses (one ip -batch per namespace)
+	ip netns add hub || setup_fail "cannot create namespace hub"
+	ip netns add nodes || setup_fail "cannot create namespace nodes"
+	ip link add veth0 netns hub type veth peer name veth0 netns nodes || setup_fail "cannot create the veth pair"
+	printf 'link set lo up\nlink set veth0 up\naddr add %s/16 dev veth0\n' "$HUB_IP" |
+		ip -n hub -batch - || setup_fail "ip -batch in hub failed"
+	{
+		printf 'link set lo up\nlink set veth0 up\n'
+		for ((i = 0; i < N; i++)); do
+			printf 'addr add %s/16 dev veth0\n' "$(node_ip "$i")"
+		done
+	} | ip -n nodes -batch - || setup_fail "ip -batch of $N addresses in nodes failed"
+
+	# configuration
+	write_conf hub
+	write_conf nodes
+	cat >"$D/hub-swanctl.conf" <<EOF
+connections {
+	hub {
+		version = 2
+		local_addrs = $HUB_IP
+		remote_addrs = 10.77.0.0/16
+		proposals = $IKE_PROPOSAL
+		local {
+			auth = psk
+			id = $HUB_IP
+		}
+		remote {
+			auth = psk
+		}
+		children {
+			node {
+				mode = transport
+				esp_proposals = $ESP_PROPOSAL
+			}
+		}
+	}
+}
+secrets {
+	ike-all {
+		secret = $PSK
+	}
+}
+EOF
+	{
+		echo "connections {"
+		for ((i = 0; i < N; i++)); do
+			ip=$(node_ip "$i")
+			printf '\tn%d {\n\t\tversion = 2\n\t\tlocal_addrs = %s\n\t\tremote_addrs = %s\n' "$i" "$ip" "$HUB_IP"
+			printf '\t\tproposals = %s\n\t\tlocal {\n\t\t\tauth = psk\n\t\t\tid = %s\n\t\t}\n' "$IKE_PROPOSAL" "$ip"
+			printf '\t\tremote {\n\t\t\tauth = psk\n\t\t\tid = %s\n\t\t}\n' "$HUB_IP"
+			printf '\t\tchildren {\n\t\t\tc {\n\t\t\t\tmode = transport\n\t\t\t\tesp_proposals = %s\n' "$ESP_PROPOSAL"
+			printf '\t\t\t\tstart_action = start\n\t\t\t}\n\t\t}\n\t}\n'
+		done
+		printf '}\nsecrets {\n\tike-hub {\n\t\tsecret = %s\n\t}\n}\n' "$PSK"
+	} >"$D/nodes-swanctl.conf"
+
+	# the hub: up and configured, then idle
+	start_charon hub hub
+	swanctl_ hub --load-all --noprompt --file "$D/hub-swanctl.conf" >"$D/hub-load.out" 2>&1 ||
+		setup_fail "swanctl --load-all on the hub failed: $(tail -n 3 "$D/hub-load.out")"
+	start_charon nodes nodes
+
+	# (a) N IKE_SAs + CHILD_SAs: loading the node connections starts them all
+	sleep 0.5
+	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
+	local c0=$CPU_TICKS
+	now
+	local t0=$T_US
+	swanctl_ nodes --load-all --noprompt --file "$D/nodes-swanctl.conf" >"$D/nodes-load.out" 2>&1 ||
+		setup_fail "swanctl --load-all on the nodes failed: $(tail -n 3 "$D/nodes-load.out")"
+	deadline=$(($(now_us) + (30 + N / 10) * 1000000))
+	hub_n=0 node_n=0
+	while :; do
+		hub_n=$(sa_count hub)
+		node_n=$(sa_count nodes)
+		now
+		[ "$hub_n" -ge $((2 * N)) ] && [ "$node_n" -ge $((2 * N)) ] && break
+		kill -0 "${PID[hub]}" 2>/dev/null || setup_fail "the hub charon died while the IKE_SAs came up"
+		[ "$T_US" -lt "$deadline" ] || break
+		sleep 0.2
+	done
+	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
+	local up_us=$((T_US - t0)) up_ticks=$((CPU_TICKS - c0))
+	ike_sas=$(swanctl_ hub --list-sas 2>/dev/null | grep -c ', ESTABLISHED, IKEv2')
+	child_sas=$(swanctl_ hub --list-sas 2>/dev/null | grep -c ', INSTALLED, TRANSPORT')
+	up=$((hub_n / 2))
+	[ "$child_sas" -lt "$up" ] && up=$child_sas
+	if [ "$up" -lt "$N" ]; then
+		err "N=$N: only $up of $N came up in $(secs "$up_us") s (hub: $ike_sas IKE_SAs, $child_sas CHILD_SAs, $hub_n ESP SAs; nodes: $node_n ESP SAs)"
+	fi
+
+	[ "$up" -gt 0 ] || setup_fail "no IKE_SA + CHILD_SA came up"
+
+	# (b) the hub rekeys every CHILD_SA once
+	ip -n hub xfrm state | awk -v hub="$HUB_IP" '
+		/^src / { dir = ($2 == hub) ? "out" : "in" }
+		$1 == "proto" && $3 == "spi" { print dir, $4 }' >"$D/old-sas"
+	local old_n
+	old_n=$(wc -l <"$D/old-sas")
+	sleep 1 # let the hub go idle (deferred jobs of the setup)
+	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
+	local c1=$CPU_TICKS
+	cpu_of "${PID[nodes]}" || setup_fail "the node charon is gone"
+	local n1=$CPU_TICKS
+	now
+	local t1=$T_US
+	local TIMEFORMAT='%3U %3S' client_cpu=""
+	{ time swanctl_ hub --rekey --child node >"$D/rekey.out" 2>&1; } 2>"$D/rekey.time"
+	read -r cu cs <"$D/rekey.time" && client_cpu=$(awk -v u="$cu" -v s="$cs" 'BEGIN { printf "%.3f", u + s }')
+	grep -q 'successfully' "$D/rekey.out" || err "N=$N: swanctl --rekey said: $(tr '\n' ' ' <"$D/rekey.out")"
+	local new_in=0 new_out=0 old_in=0 old_out=0 total=0 t_done=0
+	deadline=$(($(now_us) + (20 + N / 20) * 1000000))
+	while :; do
+		read -r new_in new_out old_in old_out total < <(hub_sas)
+		now
+		# every node has its new pair and no old outbound SA is left: the
+		# exchanges are over; the old inbound SAs go 5 s later
+		if [ "$t_done" = 0 ] && [ "$new_in" -ge "$up" ] && [ "$new_out" -ge "$up" ] && [ "$old_out" = 0 ]; then
+			t_done=$T_US
+		fi
+		[ "$t_done" != 0 ] && [ "$old_in" = 0 ] && break
+		kill -0 "${PID[hub]}" 2>/dev/null || setup_fail "the hub charon died during the rekeys"
+		[ "$T_US" -lt "$deadline" ] || break
+		sleep 0.2
+	done
+	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
+	local c2=$CPU_TICKS t2=$T_US
+	cpu_of "${PID[nodes]}" || setup_fail "the node charon is gone"
+	local n2=$CPU_TICKS
+	local rekeys=$new_in
+	[ "$new_out" -lt "$rekeys" ] && rekeys=$new_out
+	[ "$t_done" = 0 ] && t_done=$t2
+	local re_ticks=$((c2 - c1))
+	child_sas=$(swanctl_ hub --list-sas 2>/dev/null | grep -c ', INSTALLED, TRANSPORT')
+	local complete=true
+	if [ "$up" -lt "$N" ] || [ "$rekeys" -lt "$N" ] || [ "$old_in" != 0 ] || [ "$old_out" != 0 ] || [ "$child_sas" -lt "$N" ]; then
+		complete=false
+		err "N=$N: incomplete: $up of $N up; $rekeys rekeyed (hub kernel: $new_in new inbound, $new_out new outbound, $old_in old inbound and $old_out old outbound of $old_n old SAs left; hub lists $child_sas CHILD_SAs)"
+	fi
+
+	local rate
+	rate=$(awk -v r="$rekeys" -v t="$re_ticks" -v hz="$TCK" 'BEGIN { if (t > 0) printf "%.1f", r * hz / t; else print "null" }')
+	if [ "$JSON" = 1 ]; then
+		printf '{"n":%d,"complete":%s,"ike_up":%d,"ike_up_s":%s,"ike_up_hub_cpu_s":%s,"rekeys":%d,"rekey_wall_s":%s,"rekey_done_s":%s,"rekey_hub_cpu_s":%s,"strongswan_rekeys_per_hub_cpu_s":%s,"rekey_client_cpu_s":%s,"rekey_node_cpu_s":%s,"log_level":%d,"version":"%s"}\n' \
+			"$N" "$complete" "$up" "$(secs "$up_us")" "$(ticks "$up_ticks")" "$rekeys" \
+			"$(secs $((t_done - t1)))" "$(secs $((t2 - t1)))" "$(ticks "$re_ticks")" "$rate" \
+			"${client_cpu:-null}" "$(ticks $((n2 - n1)))" "$LOG_LEVEL" "$VERSION"
+	else
+		printf '%6s %8s %6s %9s %11s %7s %9s %9s %10s %12s %10s %9s\n' \
+			"$N" "$complete" "$up" "$(secs "$up_us")" "$(ticks "$up_ticks")" "$rekeys" \
+			"$(secs $((t_done - t1)))" "$(secs $((t2 - t1)))" "$(ticks "$re_ticks")" "$rate" \
+			"${client_cpu:--}" "$(ticks $((n2 - n1)))"
+	fi
+
+	if [ "$complete" = true ]; then
+		stop_charons
+	else
+		show_logs
+	fi
+	ip netns del hub
+	ip netns del nodes
+	[ "$complete" = true ]
+}
+
+if [ "$JSON" = 0 ]; then
+	echo "strongSwan $VERSION, charon log level $LOG_LEVEL, kernel $(uname -r), $(nproc) CPU, CLK_TCK $TCK"
+	printf '%6s %8s %6s %9s %11s %7s %9s %9s %10s %12s %10s %9s\n' \
+		N complete ike_up up_s up_hub_cpu rekeys rekey_s done_s hub_cpu_s rekeys/cpu_s client_cpu node_cpu
+fi
+status=0
+for n in "${ARGS[@]}"; do
+	run_one "$n" || status=1
+done
+exit $status
