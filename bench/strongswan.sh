@@ -175,6 +175,12 @@ setup_fail() {
 }
 
 now_us() { echo "${EPOCHREALTIME/./}"; }
+# progress on stderr: note MSG -> "bench/strongswan.sh: N=200 +1.2s: MSG"
+RUN_T0=0
+note() {
+	local us=$((${EPOCHREALTIME/./} - RUN_T0))
+	printf '%s: N=%d +%d.%ds: %s\n' "$PROG" "$N" $((us / 1000000)) $((us % 1000000 / 100000)) "$*" >&2
+}
 T_US=0
 now() { T_US=${EPOCHREALTIME/./}; }
 # CPU_TICKS: utime + stime of a process (all its threads), fields 14 and 15 of
@@ -191,8 +197,10 @@ cpu_of() {
 secs() { printf '%d.%03d' $(($1 / 1000000)) $(($1 % 1000000 / 1000)); }
 ticks() { printf '%d.%02d' $(($1 / TCK)) $(($1 % TCK * 100 / TCK)); }
 
-# node_ip I (0-based): 10.77.1.1, 10.77.1.2, ... 250 a /24, skipping .0/.255
-node_ip() { echo "10.77.$((1 + $1 / 250)).$((1 + $1 % 250))"; }
+# node_ip I (0-based) sets IP: 10.77.1.1, 10.77.1.2, ... 250 a /24, skipping
+# .0/.255 (no subshell: a fork costs 30-150 ms inside UML)
+IP=""
+node_ip() { IP="10.77.$((1 + $1 / 250)).$((1 + $1 % 250))"; }
 
 # write_conf NAME: NAME.conf (strongswan.conf) for one charon and its swanctl.
 write_conf() {
@@ -277,12 +285,21 @@ hub_sas() {
 		}
 		END { printf "%d %d %d %d %d\n", c["newin"], c["newout"], c["oldin"], c["oldout"], total }'
 }
+# list_sas: IKE_SAS and CHILD_SAS the hub charon lists as ESTABLISHED / INSTALLED
+IKE_SAS=0 CHILD_SAS=0
+list_sas() {
+	read -r IKE_SAS CHILD_SAS < <(swanctl_ hub --list-sas 2>/dev/null | awk '
+		/, ESTABLISHED, IKEv2/ { i++ }
+		/, INSTALLED, TRANSPORT/ { c++ }
+		END { print i + 0, c + 0 }')
+}
 sa_count() { ip -n "$1" xfrm state count | awk '{ print $NF }'; }
 
 # --- one N --------------------------------------------------------------------
 run_one() {
 	N=$1
 	D=$WORK/n$N
+	RUN_T0=${EPOCHREALTIME/./}
 	mkdir -p "$D"
 	local i ip up=0 hub_n node_n deadline ike_sas child_sas
 
@@ -295,7 +312,8 @@ run_one() {
 	{
 		printf 'link set lo up\nlink set veth0 up\n'
 		for ((i = 0; i < N; i++)); do
-			printf 'addr add %s/16 dev veth0\n' "$(node_ip "$i")"
+			node_ip "$i"
+			printf 'addr add %s/16 dev veth0\n' "$IP"
 		done
 	} | ip -n nodes -batch - || setup_fail "ip -batch of $N addresses in nodes failed"
 
@@ -333,7 +351,8 @@ EOF
 	{
 		echo "connections {"
 		for ((i = 0; i < N; i++)); do
-			ip=$(node_ip "$i")
+			node_ip "$i"
+			ip=$IP
 			printf '\tn%d {\n\t\tversion = 2\n\t\tlocal_addrs = %s\n\t\tremote_addrs = %s\n' "$i" "$ip" "$HUB_IP"
 			printf '\t\tproposals = %s\n\t\tlocal {\n\t\t\tauth = psk\n\t\t\tid = %s\n\t\t}\n' "$IKE_PROPOSAL" "$ip"
 			printf '\t\tremote {\n\t\t\tauth = psk\n\t\t\tid = %s\n\t\t}\n' "$HUB_IP"
@@ -343,12 +362,14 @@ EOF
 		printf '}\nsecrets {\n\tike-hub {\n\t\tsecret = %s\n\t}\n}\n' "$PSK"
 	} >"$D/nodes-swanctl.conf"
 
+	note "namespaces, $N addresses and configuration written"
 	# the hub: up and configured, then idle
 	start_charon hub hub
 	swanctl_ hub --load-all --noprompt --file "$D/hub-swanctl.conf" >"$D/hub-load.out" 2>&1 ||
 		setup_fail "swanctl --load-all on the hub failed: $(tail -n 3 "$D/hub-load.out")"
 	start_charon nodes nodes
 
+	note "both charons running, hub configured"
 	# (a) N IKE_SAs + CHILD_SAs: loading the node connections starts them all
 	sleep 0.5
 	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
@@ -370,14 +391,15 @@ EOF
 	done
 	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
 	local up_us=$((T_US - t0)) up_ticks=$((CPU_TICKS - c0))
-	ike_sas=$(swanctl_ hub --list-sas 2>/dev/null | grep -c ', ESTABLISHED, IKEv2')
-	child_sas=$(swanctl_ hub --list-sas 2>/dev/null | grep -c ', INSTALLED, TRANSPORT')
+	list_sas
+	ike_sas=$IKE_SAS child_sas=$CHILD_SAS
 	up=$((hub_n / 2))
 	[ "$child_sas" -lt "$up" ] && up=$child_sas
 	if [ "$up" -lt "$N" ]; then
 		err "N=$N: only $up of $N came up in $(secs "$up_us") s (hub: $ike_sas IKE_SAs, $child_sas CHILD_SAs, $hub_n ESP SAs; nodes: $node_n ESP SAs)"
 	fi
 
+	note "$up of $N IKE_SAs + CHILD_SAs up"
 	[ "$up" -gt 0 ] || setup_fail "no IKE_SA + CHILD_SA came up"
 
 	# (b) the hub rekeys every CHILD_SA once
@@ -416,11 +438,13 @@ EOF
 	local c2=$CPU_TICKS t2=$T_US
 	cpu_of "${PID[nodes]}" || setup_fail "the node charon is gone"
 	local n2=$CPU_TICKS
+	note "rekeys over"
 	local rekeys=$new_in
 	[ "$new_out" -lt "$rekeys" ] && rekeys=$new_out
 	[ "$t_done" = 0 ] && t_done=$t2
 	local re_ticks=$((c2 - c1))
-	child_sas=$(swanctl_ hub --list-sas 2>/dev/null | grep -c ', INSTALLED, TRANSPORT')
+	list_sas
+	child_sas=$CHILD_SAS
 	local complete=true
 	if [ "$up" -lt "$N" ] || [ "$rekeys" -lt "$N" ] || [ "$old_in" != 0 ] || [ "$old_out" != 0 ] || [ "$child_sas" -lt "$N" ]; then
 		complete=false
@@ -448,6 +472,7 @@ EOF
 	fi
 	ip netns del hub
 	ip netns del nodes
+	note "charons stopped, namespaces deleted"
 	[ "$complete" = true ]
 }
 
