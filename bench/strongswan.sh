@@ -2,7 +2,8 @@
 # strongSwan's cost per CHILD_SA rekey on a hub, measured on the same UML
 # harness as rotor's hub (docs/bench-strongswan.md has the method and figures).
 #
-#   bench/strongswan.sh [--n 200,1000] [--json] [--log-level L] [--mem SIZE]
+#   bench/strongswan.sh [--n 200,1000] [--json] [--rounds R] [--log-level L]
+#                       [--mem SIZE]
 #
 # On the host (as root) it installs Debian's strongswan, strongswan-swanctl,
 # strongswan-charon and libstrongswan-standard-plugins when missing, then runs
@@ -39,14 +40,17 @@
 #   --json          JSON lines instead of the table
 #   --log-level L   charon's log level for all groups (-1..4; default 1, the
 #                   level of a stock install)
-#   --mem SIZE      UML memory (default 1G)
+#   --rounds R      measured rekey rounds per N, after one warm-up round
+#                   (default 3); the figures are totals over them
+#   --mem SIZE      UML memory (default 1G, 2G when an N exceeds 2000)
 set -u
 
 PROG=bench/strongswan.sh
 NS_LIST=200,1000
 JSON=0
 LOG_LEVEL=1
-MEM=1G
+ROUNDS=3
+MEM=
 INSIDE=0
 CHARON=/usr/lib/ipsec/charon
 HUB_IP=10.77.0.1
@@ -55,7 +59,7 @@ IKE_PROPOSAL=aes128gcm16-prfsha256-x25519
 ESP_PROPOSAL=aes128gcm16
 
 usage() {
-	echo "usage: $PROG [--n 200,1000] [--json] [--log-level L] [--mem SIZE]" >&2
+	echo "usage: $PROG [--n 200,1000] [--json] [--rounds R] [--log-level L] [--mem SIZE]" >&2
 	exit 2
 }
 err() { echo "$PROG: $*" >&2; }
@@ -69,6 +73,8 @@ while [ $# -gt 0 ]; do
 	--json) JSON=1; shift ;;
 	--log-level) [ $# -ge 2 ] || usage; LOG_LEVEL=$2; shift 2 ;;
 	--log-level=*) LOG_LEVEL=${1#*=}; shift ;;
+	--rounds) [ $# -ge 2 ] || usage; ROUNDS=$2; shift 2 ;;
+	--rounds=*) ROUNDS=${1#*=}; shift ;;
 	--mem) [ $# -ge 2 ] || usage; MEM=$2; shift 2 ;;
 	--mem=*) MEM=${1#*=}; shift ;;
 	--inside) INSIDE=1; shift ;;
@@ -78,6 +84,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 [[ $LOG_LEVEL =~ ^(-1|[0-4])$ ]] || { err "--log-level: -1..4, not '$LOG_LEVEL'"; usage; }
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { err "--rounds: a positive integer, not '$ROUNDS'"; usage; }
 if [ ${#ARGS[@]} -eq 0 ]; then
 	IFS=, read -r -a ARGS <<<"$NS_LIST"
 fi
@@ -106,15 +113,30 @@ if [ "$INSIDE" = 0 ]; then
 			die "apt-get install strongswan strongswan-charon strongswan-swanctl libstrongswan-standard-plugins failed"
 		[ -x "$CHARON" ] || die "$CHARON still missing after installing strongswan-charon"
 	fi
-	# Time limit inside UML: boot of both charons plus ~50 ms per node (IKE
-	# setup, rekey, teardown), generous for a loaded machine.
-	total=0
-	for n in "${ARGS[@]}"; do total=$((total + n)); done
-	limit=$((120 + ${#ARGS[@]} * 60 + total / 10))
-	flags=(--inside --log-level "$LOG_LEVEL")
+	# Time limit inside UML: per N a minute of fixed costs, ~50 ms per node
+	# to come up and ~40 ms per node and round to rekey, on a loaded machine.
+	limit=120 max=0
+	for n in "${ARGS[@]}"; do
+		limit=$((limit + 60 + n / 20 + (ROUNDS + 1) * (10 + n / 25)))
+		[ "$n" -gt "$max" ] && max=$n
+	done
+	[ -n "$MEM" ] || { MEM=1G; [ "$max" -gt 2000 ] && MEM=2G; }
+	flags=(--inside --log-level "$LOG_LEVEL" --rounds "$ROUNDS")
 	[ "$JSON" = 1 ] && flags+=(--json)
 	cd "$ROOT" || die "cannot cd to $ROOT"
-	exec scripts/uml-run.sh --mem "$MEM" --timeout "$limit" bench/strongswan.sh "${flags[@]}" "${ARGS[@]}"
+	# Results (lines marked SWAN-RESULT inside) go to stdout, all else
+	# (progress, errors, log tails, uml-run's summary) to stderr.
+	err "host load average: $(cut -d' ' -f1-3 /proc/loadavg) (other jobs on this machine make the CPU figures noisy)"
+	scripts/uml-run.sh --mem "$MEM" --timeout "$limit" bench/strongswan.sh "${flags[@]}" "${ARGS[@]}" |
+		while IFS= read -r line; do
+			case $line in
+			"SWAN-RESULT "*) printf '%s\n' "${line#SWAN-RESULT }" ;;
+			*) printf '%s\n' "$line" >&2 ;;
+			esac
+		done
+	rc=${PIPESTATUS[0]}
+	err "host load average after: $(cut -d' ' -f1-3 /proc/loadavg)"
+	exit "$rc"
 fi
 
 # --- inside UML ---------------------------------------------------------------
@@ -169,7 +191,12 @@ show_logs() {
 	done
 }
 setup_fail() {
-	err "N=$N: $*"
+	local msg="$*"
+	err "N=$N: $msg"
+	if [ "$JSON" = 1 ]; then
+		msg=${msg//\\/\/} msg=${msg//\"/\'}
+		printf 'SWAN-RESULT {"n":%d,"complete":false,"error":"%s","version":"%s"}\n' "$N" "$msg" "$VERSION"
+	fi
 	show_logs
 	exit 3
 }
@@ -217,6 +244,9 @@ charon {
 	# the IKE_SA table is one bucket by default: a list scan per message
 	ikesa_table_size = 4096
 	ikesa_table_segments = 16
+	# delete the replaced inbound SA 1 s after a rekey (default 5 s), like
+	# rotor's grace 1s in scripts/bench.sh; the same work, done sooner
+	delete_rekeyed_delay = 1
 	# transport mode between hosts on one link: no routes, no virtual IPs
 	install_routes = no
 	install_virtual_ip = no
@@ -294,6 +324,61 @@ list_sas() {
 		END { print i + 0, c + 0 }')
 }
 sa_count() { ip -n "$1" xfrm state count | awk '{ print $NF }'; }
+
+# rate REKEYS TICKS: rekeys per CPU-second, one decimal (null without CPU)
+rate() { awk -v r="$1" -v t="$2" -v hz="$TCK" 'BEGIN { if (t > 0) printf "%.1f", r * hz / t; else print "null" }'; }
+
+# rekey_round: one `swanctl --rekey --child node` on the hub, then poll the
+# hub's kernel until every node has a new SA pair and no old SA is left (the
+# old inbound ones go delete_rekeyed_delay after each rekey). Sets R_REKEYS
+# (new pairs), R_WALL_US (until the new pairs are in and the old outbound SAs
+# gone), R_DONE_US (until the old inbound SAs are gone too), R_TICKS (hub CPU
+# over R_DONE_US), R_NODE_TICKS, R_CLIENT_MS (swanctl's CPU), R_OK.
+R_REKEYS=0 R_WALL_US=0 R_DONE_US=0 R_TICKS=0 R_NODE_TICKS=0 R_CLIENT_MS=0 R_OK=0
+rekey_round() {
+	local c1 n1 t1 cu cs deadline t_done=0 new_in=0 new_out=0 old_in=0 old_out=0 total=0
+	ip -n hub xfrm state | awk -v hub="$HUB_IP" '
+		/^src / { dir = ($2 == hub) ? "out" : "in" }
+		$1 == "proto" && $3 == "spi" { print dir, $4 }' >"$D/old-sas"
+	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
+	c1=$CPU_TICKS
+	cpu_of "${PID[nodes]}" || setup_fail "the node charon is gone"
+	n1=$CPU_TICKS
+	now
+	t1=$T_US
+	local TIMEFORMAT='%3U %3S'
+	{ time swanctl_ hub --rekey --child node >"$D/rekey.out" 2>&1; } 2>"$D/rekey.time"
+	R_CLIENT_MS=0
+	read -r cu cs <"$D/rekey.time" && R_CLIENT_MS=$((10#${cu/./} + 10#${cs/./}))
+	grep -q 'successfully' "$D/rekey.out" || err "N=$N: swanctl --rekey said: $(tr '\n' ' ' <"$D/rekey.out")"
+	deadline=$((t1 + (20 + N / 20) * 1000000))
+	while :; do
+		read -r new_in new_out old_in old_out total < <(hub_sas)
+		now
+		if [ "$t_done" = 0 ] && [ "$new_in" -ge "$up" ] && [ "$new_out" -ge "$up" ] && [ "$old_out" = 0 ]; then
+			t_done=$T_US
+		fi
+		[ "$t_done" != 0 ] && [ "$old_in" = 0 ] && break
+		kill -0 "${PID[hub]}" 2>/dev/null || setup_fail "the hub charon died during the rekeys"
+		[ "$T_US" -lt "$deadline" ] || break
+		sleep 0.2
+	done
+	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
+	R_TICKS=$((CPU_TICKS - c1))
+	R_DONE_US=$((T_US - t1))
+	cpu_of "${PID[nodes]}" || setup_fail "the node charon is gone"
+	R_NODE_TICKS=$((CPU_TICKS - n1))
+	[ "$t_done" = 0 ] && t_done=$T_US
+	R_WALL_US=$((t_done - t1))
+	R_REKEYS=$new_in
+	[ "$new_out" -lt "$R_REKEYS" ] && R_REKEYS=$new_out
+	R_OK=1
+	if [ "$R_REKEYS" -lt "$up" ] || [ "$old_in" != 0 ] || [ "$old_out" != 0 ]; then
+		R_OK=0
+		err "N=$N: rekey round incomplete after $(secs "$R_DONE_US") s: the hub's kernel has $new_in new inbound and $new_out new outbound SAs for $up nodes, $old_in old inbound and $old_out old outbound left ($total SAs)"
+	fi
+	[ "$R_OK" = 1 ]
+}
 
 # --- one N --------------------------------------------------------------------
 run_one() {
@@ -402,67 +487,41 @@ EOF
 	note "$up of $N IKE_SAs + CHILD_SAs up"
 	[ "$up" -gt 0 ] || setup_fail "no IKE_SA + CHILD_SA came up"
 
-	# (b) the hub rekeys every CHILD_SA once
-	ip -n hub xfrm state | awk -v hub="$HUB_IP" '
-		/^src / { dir = ($2 == hub) ? "out" : "in" }
-		$1 == "proto" && $3 == "spi" { print dir, $4 }' >"$D/old-sas"
-	local old_n
-	old_n=$(wc -l <"$D/old-sas")
-	sleep 1 # let the hub go idle (deferred jobs of the setup)
-	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
-	local c1=$CPU_TICKS
-	cpu_of "${PID[nodes]}" || setup_fail "the node charon is gone"
-	local n1=$CPU_TICKS
-	now
-	local t1=$T_US
-	local TIMEFORMAT='%3U %3S' client_cpu=""
-	{ time swanctl_ hub --rekey --child node >"$D/rekey.out" 2>&1; } 2>"$D/rekey.time"
-	read -r cu cs <"$D/rekey.time" && client_cpu=$(awk -v u="$cu" -v s="$cs" 'BEGIN { printf "%.3f", u + s }')
-	grep -q 'successfully' "$D/rekey.out" || err "N=$N: swanctl --rekey said: $(tr '\n' ' ' <"$D/rekey.out")"
-	local new_in=0 new_out=0 old_in=0 old_out=0 total=0 t_done=0
-	deadline=$(($(now_us) + (20 + N / 20) * 1000000))
-	while :; do
-		read -r new_in new_out old_in old_out total < <(hub_sas)
-		now
-		# every node has its new pair and no old outbound SA is left: the
-		# exchanges are over; the old inbound SAs go 5 s later
-		if [ "$t_done" = 0 ] && [ "$new_in" -ge "$up" ] && [ "$new_out" -ge "$up" ] && [ "$old_out" = 0 ]; then
-			t_done=$T_US
+	# (b) the hub rekeys every CHILD_SA once, per round: one warm-up round,
+	# then ROUNDS measured ones
+	local r ok=1 tot_rekeys=0 tot_wall=0 tot_done=0 tot_ticks=0 tot_node=0 tot_client=0 rates=""
+	for ((r = 0; r <= ROUNDS; r++)); do
+		rekey_round || ok=0
+		if [ "$r" -gt 0 ]; then
+			tot_rekeys=$((tot_rekeys + R_REKEYS)) tot_wall=$((tot_wall + R_WALL_US))
+			tot_done=$((tot_done + R_DONE_US)) tot_ticks=$((tot_ticks + R_TICKS))
+			tot_node=$((tot_node + R_NODE_TICKS)) tot_client=$((tot_client + R_CLIENT_MS))
+			rates+="${rates:+,}$(rate "$R_REKEYS" "$R_TICKS")"
 		fi
-		[ "$t_done" != 0 ] && [ "$old_in" = 0 ] && break
-		kill -0 "${PID[hub]}" 2>/dev/null || setup_fail "the hub charon died during the rekeys"
-		[ "$T_US" -lt "$deadline" ] || break
-		sleep 0.2
+		note "round $r$([ "$r" = 0 ] && echo " (warm-up)"): $R_REKEYS of $up rekeyed in $(secs "$R_WALL_US") s (old SAs gone after $(secs "$R_DONE_US") s), hub CPU $(ticks "$R_TICKS") s"
+		[ "$R_OK" = 1 ] || break
+		sleep 0.3
 	done
-	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
-	local c2=$CPU_TICKS t2=$T_US
-	cpu_of "${PID[nodes]}" || setup_fail "the node charon is gone"
-	local n2=$CPU_TICKS
-	note "rekeys over"
-	local rekeys=$new_in
-	[ "$new_out" -lt "$rekeys" ] && rekeys=$new_out
-	[ "$t_done" = 0 ] && t_done=$t2
-	local re_ticks=$((c2 - c1))
 	list_sas
 	child_sas=$CHILD_SAS
 	local complete=true
-	if [ "$up" -lt "$N" ] || [ "$rekeys" -lt "$N" ] || [ "$old_in" != 0 ] || [ "$old_out" != 0 ] || [ "$child_sas" -lt "$N" ]; then
+	if [ "$ok" = 0 ] || [ "$up" -lt "$N" ] || [ "$tot_rekeys" -lt $((ROUNDS * N)) ] || [ "$child_sas" -lt "$N" ]; then
 		complete=false
-		err "N=$N: incomplete: $up of $N up; $rekeys rekeyed (hub kernel: $new_in new inbound, $new_out new outbound, $old_in old inbound and $old_out old outbound of $old_n old SAs left; hub lists $child_sas CHILD_SAs)"
+		err "N=$N: incomplete: $up of $N up; $tot_rekeys of $((ROUNDS * N)) rekeys in $ROUNDS measured rounds; the hub lists $child_sas CHILD_SAs at the end"
 	fi
 
-	local rate
-	rate=$(awk -v r="$rekeys" -v t="$re_ticks" -v hz="$TCK" 'BEGIN { if (t > 0) printf "%.1f", r * hz / t; else print "null" }')
+	local ratev
+	ratev=$(rate "$tot_rekeys" "$tot_ticks")
 	if [ "$JSON" = 1 ]; then
-		printf '{"n":%d,"complete":%s,"ike_up":%d,"ike_up_s":%s,"ike_up_hub_cpu_s":%s,"rekeys":%d,"rekey_wall_s":%s,"rekey_done_s":%s,"rekey_hub_cpu_s":%s,"strongswan_rekeys_per_hub_cpu_s":%s,"rekey_client_cpu_s":%s,"rekey_node_cpu_s":%s,"log_level":%d,"version":"%s"}\n' \
-			"$N" "$complete" "$up" "$(secs "$up_us")" "$(ticks "$up_ticks")" "$rekeys" \
-			"$(secs $((t_done - t1)))" "$(secs $((t2 - t1)))" "$(ticks "$re_ticks")" "$rate" \
-			"${client_cpu:-null}" "$(ticks $((n2 - n1)))" "$LOG_LEVEL" "$VERSION"
+		printf 'SWAN-RESULT {"n":%d,"complete":%s,"ike_up":%d,"ike_up_s":%s,"ike_up_hub_cpu_s":%s,"rounds":%d,"rekeys":%d,"rekey_wall_s":%s,"rekey_done_s":%s,"rekey_hub_cpu_s":%s,"strongswan_rekeys_per_hub_cpu_s":%s,"round_rekeys_per_hub_cpu_s":[%s],"rekey_client_cpu_s":%s,"rekey_node_cpu_s":%s,"log_level":%d,"version":"%s"}\n' \
+			"$N" "$complete" "$up" "$(secs "$up_us")" "$(ticks "$up_ticks")" "$ROUNDS" "$tot_rekeys" \
+			"$(secs "$tot_wall")" "$(secs "$tot_done")" "$(ticks "$tot_ticks")" "$ratev" "$rates" \
+			"$(secs $((tot_client * 1000)))" "$(ticks "$tot_node")" "$LOG_LEVEL" "$VERSION"
 	else
-		printf '%6s %8s %6s %9s %11s %7s %9s %9s %10s %12s %10s %9s\n' \
-			"$N" "$complete" "$up" "$(secs "$up_us")" "$(ticks "$up_ticks")" "$rekeys" \
-			"$(secs $((t_done - t1)))" "$(secs $((t2 - t1)))" "$(ticks "$re_ticks")" "$rate" \
-			"${client_cpu:--}" "$(ticks $((n2 - n1)))"
+		printf 'SWAN-RESULT %6s %8s %6s %8s %10s %7s %8s %8s %9s %12s %-24s %10s %9s\n' \
+			"$N" "$complete" "$up" "$(secs "$up_us")" "$(ticks "$up_ticks")" "$tot_rekeys" \
+			"$(secs "$tot_wall")" "$(secs "$tot_done")" "$(ticks "$tot_ticks")" "$ratev" "$rates" \
+			"$(secs $((tot_client * 1000)))" "$(ticks "$tot_node")"
 	fi
 
 	if [ "$complete" = true ]; then
@@ -477,9 +536,9 @@ EOF
 }
 
 if [ "$JSON" = 0 ]; then
-	echo "strongSwan $VERSION, charon log level $LOG_LEVEL, kernel $(uname -r), $(nproc) CPU, CLK_TCK $TCK"
-	printf '%6s %8s %6s %9s %11s %7s %9s %9s %10s %12s %10s %9s\n' \
-		N complete ike_up up_s up_hub_cpu rekeys rekey_s done_s hub_cpu_s rekeys/cpu_s client_cpu node_cpu
+	echo "SWAN-RESULT strongSwan $VERSION, charon log level $LOG_LEVEL, $ROUNDS measured rounds (+1 warm-up) of N rekeys each, kernel $(uname -r), $(nproc) CPU"
+	printf 'SWAN-RESULT %6s %8s %6s %8s %10s %7s %8s %8s %9s %12s %-24s %10s %9s\n' \
+		N complete ike_up up_s up_hub_cpu rekeys rekey_s done_s hub_cpu_s rekeys/cpu_s per_round client_cpu node_cpu
 fi
 status=0
 for n in "${ARGS[@]}"; do
