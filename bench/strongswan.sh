@@ -174,6 +174,7 @@ stop_charons() {
 }
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
+	mon_stop
 	stop_charons
 	ip netns del hub 2>/dev/null
 	ip netns del nodes 2>/dev/null
@@ -201,7 +202,6 @@ setup_fail() {
 	exit 3
 }
 
-now_us() { echo "${EPOCHREALTIME/./}"; }
 # progress on stderr: note MSG -> "bench/strongswan.sh: N=200 +1.2s: MSG"
 RUN_T0=0
 note() {
@@ -315,6 +315,80 @@ hub_sas() {
 		}
 		END { printf "%d %d %d %d %d\n", c["newin"], c["newout"], c["oldin"], c["oldout"], total }'
 }
+# Following SAs without polling: every process start costs ~0.25 s of the one
+# CPU inside UML (ip xfrm state count included), so instead one
+# `ip xfrm monitor nokeys SA` per namespace and phase feeds an awk that keeps
+# the set of SAs and writes "new" to $D/mon-NS.out once every node has a new
+# inbound and outbound SA and no old outbound one is left, then "all" once no
+# old SA is left at all (old: listed in OLDF as "in SPI" / "out SPI"; in/out
+# from the hub's side: out = source is the hub; charon installs inbound SAs
+# as updates of the SPI it allocated). A probe SA from 127.0.0.1,
+# added and deleted once the monitor runs, proves it is listening ("ready").
+# shellcheck disable=SC2016 # awk program
+MON_AWK='
+BEGIN {
+	while ((getline l < oldf) > 0) { old[l] = 1; split(l, a, " "); o[a[1]]++ }
+}
+function check() {
+	if (!s1 && n["in"] >= want && n["out"] >= want && o["out"] == 0) { print "new"; s1 = 1; fflush() }
+	if (s1 && !s2 && o["in"] == 0) { print "all"; s2 = 1; fflush() }
+}
+/^Deleted src / { del = 1; probe = ($3 == "127.0.0.1"); dir = ($3 == hub) ? "out" : "in"; next }
+/^Updated src / { del = 0; probe = ($3 == "127.0.0.1"); dir = ($3 == hub) ? "out" : "in"; next }
+/^src / { del = 0; probe = ($2 == "127.0.0.1"); dir = ($2 == hub) ? "out" : "in"; next }
+$1 == "proto" && $3 == "spi" {
+	if (probe) { if (!ready) { print "ready"; ready = 1; fflush() } next }
+	k = dir " " $4
+	if (del) {
+		if (k in old) { delete old[k]; o[dir]-- }
+		else if (k in cur) { delete cur[k]; n[dir]-- }
+	} else if (!(k in old) && !(k in cur)) { cur[k] = 1; n[dir]++ }
+	check()
+}
+END { check() }'
+declare -A MON=()
+# mawk (Debian's awk) reads a pipe in big blocks: -W interactive makes it read
+# line by line, as this streaming use needs
+STREAM_AWK=(awk)
+awk -W version 2>&1 | grep -q mawk && STREAM_AWK=(awk -W interactive)
+# mon_start NS WANT [OLDF]: start following NS; "ready" must show within 10 s
+mon_start() {
+	local ns=$1 want=$2 oldf=${3:-/dev/null} i try out=$D/mon-$1.out lines=()
+	: >"$out"
+	ip -n "$ns" xfrm monitor nokeys SA 2>/dev/null \
+		> >("${STREAM_AWK[@]}" -v hub="$HUB_IP" -v want="$want" -v oldf="$oldf" "$MON_AWK" >"$out") &
+	MON[$ns]=$!
+	sleep 0.3 # ip takes ~0.25 s to start in UML
+	for ((try = 0; try < 10; try++)); do
+		printf '%s\n' "xfrm state add src 127.0.0.1 dst 127.0.0.2 proto esp spi 0x7f000001 mode transport aead rfc4106(gcm(aes)) 0x0a0b0c0d0e0f101112131415161718191a1b1c1d 128" \
+			"xfrm state delete src 127.0.0.1 dst 127.0.0.2 proto esp spi 0x7f000001" |
+			ip -n "$ns" -batch - 2>/dev/null
+		for ((i = 0; i < 10; i++)); do
+			mapfile -t lines <"$out"
+			[ "${lines[0]:-}" = ready ] && return 0
+			sleep 0.1
+		done
+		kill -0 "${MON[$ns]}" 2>/dev/null || setup_fail "ip xfrm monitor in $ns exited"
+	done
+	setup_fail "ip xfrm monitor in $ns did not see a probe SA within 10 s"
+}
+# mon_has NS WORD: the monitor of NS has written WORD (no process started)
+mon_has() {
+	local lines=() l
+	mapfile -t lines <"$D/mon-$1.out"
+	for l in "${lines[@]}"; do [ "$l" = "$2" ] && return 0; done
+	return 1
+}
+# shellcheck disable=SC2317 # also called by the EXIT trap
+mon_stop() {
+	local ns
+	for ns in "${!MON[@]}"; do
+		kill "${MON[$ns]}" 2>/dev/null
+		wait "${MON[$ns]}" 2>/dev/null
+		unset "MON[$ns]"
+	done
+}
+
 # list_sas: IKE_SAS and CHILD_SAS the hub charon lists as ESTABLISHED / INSTALLED
 IKE_SAS=0 CHILD_SAS=0
 list_sas() {
@@ -340,6 +414,8 @@ rekey_round() {
 	ip -n hub xfrm state | awk -v hub="$HUB_IP" '
 		/^src / { dir = ($2 == hub) ? "out" : "in" }
 		$1 == "proto" && $3 == "spi" { print dir, $4 }' >"$D/old-sas"
+	mon_start hub "$up" "$D/old-sas"
+	sleep 0.2
 	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
 	c1=$CPU_TICKS
 	cpu_of "${PID[nodes]}" || setup_fail "the node charon is gone"
@@ -352,16 +428,23 @@ rekey_round() {
 	read -r cu cs <"$D/rekey.time" && R_CLIENT_MS=$((10#${cu/./} + 10#${cs/./}))
 	grep -q 'successfully' "$D/rekey.out" || err "N=$N: swanctl --rekey said: $(tr '\n' ' ' <"$D/rekey.out")"
 	deadline=$((t1 + (20 + N / 20) * 1000000))
+	local next_check=$((t1 + 5000000))
 	while :; do
-		read -r new_in new_out old_in old_out total < <(hub_sas)
 		now
-		if [ "$t_done" = 0 ] && [ "$new_in" -ge "$up" ] && [ "$new_out" -ge "$up" ] && [ "$old_out" = 0 ]; then
-			t_done=$T_US
+		if [ "$t_done" = 0 ] && mon_has hub new; then t_done=$T_US; fi
+		[ "$t_done" != 0 ] && mon_has hub all && break
+		if [ "$T_US" -ge "$next_check" ]; then # in case the monitor missed something
+			read -r new_in new_out old_in old_out total < <(hub_sas)
+			now
+			next_check=$((T_US + 5000000))
+			if [ "$new_in" -ge "$up" ] && [ "$new_out" -ge "$up" ] && [ "$old_out" = 0 ]; then
+				[ "$t_done" = 0 ] && t_done=$T_US
+				[ "$old_in" = 0 ] && break
+			fi
 		fi
-		[ "$t_done" != 0 ] && [ "$old_in" = 0 ] && break
 		kill -0 "${PID[hub]}" 2>/dev/null || setup_fail "the hub charon died during the rekeys"
 		[ "$T_US" -lt "$deadline" ] || break
-		sleep 0.2
+		sleep 0.05
 	done
 	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
 	R_TICKS=$((CPU_TICKS - c1))
@@ -370,6 +453,8 @@ rekey_round() {
 	R_NODE_TICKS=$((CPU_TICKS - n1))
 	[ "$t_done" = 0 ] && t_done=$T_US
 	R_WALL_US=$((t_done - t1))
+	mon_stop
+	read -r new_in new_out old_in old_out total < <(hub_sas)
 	R_REKEYS=$new_in
 	[ "$new_out" -lt "$R_REKEYS" ] && R_REKEYS=$new_out
 	R_OK=1
@@ -456,26 +541,36 @@ EOF
 
 	note "both charons running, hub configured"
 	# (a) N IKE_SAs + CHILD_SAs: loading the node connections starts them all
-	sleep 0.5
+	mon_start hub "$N"
+	mon_start nodes "$N"
+	sleep 0.3
 	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
 	local c0=$CPU_TICKS
 	now
 	local t0=$T_US
 	swanctl_ nodes --load-all --noprompt --file "$D/nodes-swanctl.conf" >"$D/nodes-load.out" 2>&1 ||
 		setup_fail "swanctl --load-all on the nodes failed: $(tail -n 3 "$D/nodes-load.out")"
-	deadline=$(($(now_us) + (30 + N / 10) * 1000000))
-	hub_n=0 node_n=0
+	deadline=$((t0 + (30 + N / 10) * 1000000))
+	local next_check=$((t0 + 5000000))
 	while :; do
-		hub_n=$(sa_count hub)
-		node_n=$(sa_count nodes)
 		now
-		[ "$hub_n" -ge $((2 * N)) ] && [ "$node_n" -ge $((2 * N)) ] && break
+		mon_has hub new && mon_has nodes new && break
+		if [ "$T_US" -ge "$next_check" ]; then # in case a monitor missed something
+			hub_n=$(sa_count hub)
+			node_n=$(sa_count nodes)
+			now
+			next_check=$((T_US + 5000000))
+			[ "$hub_n" -ge $((2 * N)) ] && [ "$node_n" -ge $((2 * N)) ] && break
+		fi
 		kill -0 "${PID[hub]}" 2>/dev/null || setup_fail "the hub charon died while the IKE_SAs came up"
 		[ "$T_US" -lt "$deadline" ] || break
-		sleep 0.2
+		sleep 0.05
 	done
 	cpu_of "${PID[hub]}" || setup_fail "the hub charon is gone"
 	local up_us=$((T_US - t0)) up_ticks=$((CPU_TICKS - c0))
+	mon_stop
+	hub_n=$(sa_count hub)
+	node_n=$(sa_count nodes)
 	list_sas
 	ike_sas=$IKE_SAS child_sas=$CHILD_SAS
 	up=$((hub_n / 2))
