@@ -605,12 +605,13 @@ EOF
 		err "N=$N: incomplete: $up of $N up; $tot_rekeys of $((ROUNDS * N)) rekeys in $ROUNDS measured rounds; the hub lists $child_sas CHILD_SAs at the end"
 	fi
 
-	local ratev
+	local ratev best
 	ratev=$(rate "$tot_rekeys" "$tot_ticks")
+	best=$(tr , '\n' <<<"${rates:-null}" | sort -g | tail -n 1)
 	if [ "$JSON" = 1 ]; then
-		printf 'SWAN-RESULT {"n":%d,"complete":%s,"ike_up":%d,"ike_up_s":%s,"ike_up_hub_cpu_s":%s,"rounds":%d,"rekeys":%d,"rekey_wall_s":%s,"rekey_done_s":%s,"rekey_hub_cpu_s":%s,"strongswan_rekeys_per_hub_cpu_s":%s,"round_rekeys_per_hub_cpu_s":[%s],"rekey_client_cpu_s":%s,"rekey_node_cpu_s":%s,"log_level":%d,"version":"%s"}\n' \
+		printf 'SWAN-RESULT {"n":%d,"complete":%s,"ike_up":%d,"ike_up_s":%s,"ike_up_hub_cpu_s":%s,"rounds":%d,"rekeys":%d,"rekey_wall_s":%s,"rekey_done_s":%s,"rekey_hub_cpu_s":%s,"strongswan_rekeys_per_hub_cpu_s":%s,"round_rekeys_per_hub_cpu_s":[%s],"best_round_rekeys_per_hub_cpu_s":%s,"rekey_client_cpu_s":%s,"rekey_node_cpu_s":%s,"log_level":%d,"version":"%s"}\n' \
 			"$N" "$complete" "$up" "$(secs "$up_us")" "$(ticks "$up_ticks")" "$ROUNDS" "$tot_rekeys" \
-			"$(secs "$tot_wall")" "$(secs "$tot_done")" "$(ticks "$tot_ticks")" "$ratev" "$rates" \
+			"$(secs "$tot_wall")" "$(secs "$tot_done")" "$(ticks "$tot_ticks")" "$ratev" "$rates" "$best" \
 			"$(secs $((tot_client * 1000)))" "$(ticks "$tot_node")" "$LOG_LEVEL" "$VERSION"
 	else
 		printf 'SWAN-RESULT %6s %8s %6s %8s %10s %7s %8s %8s %9s %12s %-24s %10s %9s\n' \
