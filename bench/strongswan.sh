@@ -17,24 +17,36 @@
 # the hub has one connection accepting all of them. Measured:
 #   ike_up     from loading the N node connections until both kernels hold all
 #              2N ESP SAs: wall time and the hub charon's CPU (utime+stime of
-#              /proc/PID/stat, which sums all its threads)
-#   rekey      one `swanctl --rekey --child node` on the hub (vici queues one
-#              CREATE_CHILD_SA rekey per CHILD_SA, the hub initiating each, as
-#              a hub rekeying every node once); done when the hub's kernel
-#              holds a new SA pair for every node and no old SA (the old
-#              inbound SAs go delete_rekeyed_delay = 5 s later; the hub's CPU
-#              is read after that, so it includes their deletion)
-#   rate       rekeys / hub CPU-seconds over the rekey window
+#              /proc/PID/stat, which sums all its threads, in clock ticks)
+#   rekey      rounds of one `swanctl --rekey --child node` on the hub (vici
+#              queues one CREATE_CHILD_SA rekey per CHILD_SA, the hub
+#              initiating each: the hub rekeys every node once); a round is
+#              over when the hub's kernel holds a new SA pair for every node
+#              and no old SA (the replaced inbound SAs go
+#              delete_rekeyed_delay = 1 s after each rekey: the hub's CPU is
+#              read after that, so it includes their deletion). One warm-up
+#              round, then --rounds measured ones. SAs are followed with
+#              `ip xfrm monitor` (a process start costs ~0.25 s in UML, so no
+#              polling loop), with a full dump every 5 s as a fallback.
+#   rate       rekeys / hub CPU-seconds over the measured rounds
 # The swanctl client's and the node charon's CPU are reported apart.
 #
 # Output: a table, or with --json one object per N per line:
 #   {"n":N,"complete":true,"ike_up":N,"ike_up_s":..,"ike_up_hub_cpu_s":..,
-#    "rekeys":..,"rekey_wall_s":..,"rekey_done_s":..,"rekey_hub_cpu_s":..,
-#    "strongswan_rekeys_per_hub_cpu_s":..,"rekey_client_cpu_s":..,
-#    "rekey_node_cpu_s":..,"log_level":L,"version":"5.9.8"}
+#    "rounds":R,"rekeys":R*N,"rekey_wall_s":..,"rekey_done_s":..,
+#    "rekey_hub_cpu_s":..,"strongswan_rekeys_per_hub_cpu_s":..,
+#    "round_rekeys_per_hub_cpu_s":[..],"best_round_rekeys_per_hub_cpu_s":..,
+#    "rekey_client_cpu_s":..,"rekey_node_cpu_s":..,"log_level":L,
+#    "version":"5.9.8"}
+# rekey_* are totals over the measured rounds: rekey_wall_s until every node
+# had its new pair (old outbound SAs gone), rekey_done_s until the old inbound
+# SAs were gone too. Other jobs on the machine only inflate CPU figures inside
+# UML (host preemption is charged to the running task), hence the best round.
 # "complete": false when not all N came up or not all were rekeyed (counts
 # say how many); the exit status is then 1. Exit 2: bad usage; 3: setup
-# failed (a charon did not start, ...), with the tail of the charon logs.
+# failed (a charon did not start, ...: a JSON line with "error" under
+# --json), with the tail of the charon logs. Results go to stdout, progress
+# and diagnostics to stderr.
 #
 #   --n LIST        comma-separated N values (default 200,1000; max 60000)
 #   --json          JSON lines instead of the table
@@ -181,21 +193,22 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# The last lines of both charons' logs, after stopping them (flushes the logs).
+# After stopping both charons (which flushes their logs): per log, how many
+# lines tell of failures, and its last 25 lines before the shutdown began.
 show_logs() {
 	local f
 	stop_charons
 	for f in "$D"/hub.log "$D"/hub.out "$D"/nodes.log "$D"/nodes.out; do
 		[ -s "$f" ] || continue
-		echo "--- last 25 lines of $f:" >&2
-		tail -n 25 "$f" >&2
+		echo "--- $f: $(grep -ciE 'fail|error|giving up|retransmit|timeout|no (matching|proposal)' "$f") lines with fail/error/giving up/retransmit/timeout/no matching/no proposal; last 25 before the shutdown:" >&2
+		awk '/SIGTERM received, shutting down/ { exit } { print }' "$f" | tail -n 25 >&2
 	done
 }
 setup_fail() {
 	local msg="$*"
 	err "N=$N: $msg"
 	if [ "$JSON" = 1 ]; then
-		msg=${msg//\\/\/} msg=${msg//\"/\'}
+		msg=${msg//[$'\n\t\r']/ } msg=${msg//\\/\/} msg=${msg//\"/\'}
 		printf 'SWAN-RESULT {"n":%d,"complete":false,"error":"%s","version":"%s"}\n' "$N" "$msg" "$VERSION"
 	fi
 	show_logs
@@ -276,11 +289,12 @@ swanctl {
 EOF
 }
 
-# swanctl_ NAME ARGS...: swanctl against NAME's charon
+# swanctl_ NAME ARGS...: swanctl against NAME's charon, at most SWANCTL_TIMEOUT s
+SWANCTL_TIMEOUT=60
 swanctl_() {
 	local name=$1
 	shift
-	STRONGSWAN_CONF=$D/$name.conf timeout 60 swanctl "$@" --uri "unix://$D/$name.vici"
+	STRONGSWAN_CONF=$D/$name.conf timeout "$SWANCTL_TIMEOUT" swanctl "$@" --uri "unix://$D/$name.vici"
 }
 
 # start_charon NAME NS: charon in NS's network namespace and in a mount
@@ -548,8 +562,11 @@ EOF
 	local c0=$CPU_TICKS
 	now
 	local t0=$T_US
+	# charon starts initiating while swanctl still loads: ~25 ms a connection
+	SWANCTL_TIMEOUT=$((60 + N / 20))
 	swanctl_ nodes --load-all --noprompt --file "$D/nodes-swanctl.conf" >"$D/nodes-load.out" 2>&1 ||
-		setup_fail "swanctl --load-all on the nodes failed: $(tail -n 3 "$D/nodes-load.out")"
+		setup_fail "swanctl --load-all on the nodes failed (exit $?, 124: timed out after $SWANCTL_TIMEOUT s) after $(grep -c '^loaded connection' "$D/nodes-load.out") of $N connections: $(tail -n 1 "$D/nodes-load.out")"
+	SWANCTL_TIMEOUT=60
 	deadline=$((t0 + (30 + N / 10) * 1000000))
 	local next_check=$((t0 + 5000000))
 	while :; do
