@@ -55,6 +55,8 @@
 #   --rounds R      measured rekey rounds per N, after one warm-up round
 #                   (default 3); the figures are totals over them
 #   --mem SIZE      UML memory (default 1G, 2G when an N exceeds 2000)
+#
+# ROTOR_SWAN_KEEP=DIR (under /tmp) keeps the configurations and charon logs.
 set -u
 
 PROG=bench/strongswan.sh
@@ -188,6 +190,10 @@ stop_charons() {
 cleanup() {
 	mon_stop
 	stop_charons
+	if [ -n "${ROTOR_SWAN_KEEP:-}" ]; then
+		mkdir -p "$ROTOR_SWAN_KEEP" && cp -r "$WORK"/. "$ROTOR_SWAN_KEEP"/ &&
+			err "configurations and logs copied to $ROTOR_SWAN_KEEP"
+	fi
 	ip netns del hub 2>/dev/null
 	ip netns del nodes 2>/dev/null
 }
