@@ -428,8 +428,9 @@ rate() { awk -v r="$1" -v t="$2" -v hz="$TCK" 'BEGIN { if (t > 0) printf "%.1f",
 # (new pairs), R_WALL_US (until the new pairs are in and the old outbound SAs
 # gone), R_DONE_US (until the old inbound SAs are gone too), R_TICKS (hub CPU
 # over R_DONE_US), R_NODE_TICKS, R_CLIENT_MS (swanctl's CPU), R_OK.
-R_REKEYS=0 R_WALL_US=0 R_DONE_US=0 R_TICKS=0 R_NODE_TICKS=0 R_CLIENT_MS=0 R_OK=0
+R_REKEYS=0 R_WALL_US=0 R_DONE_US=0 R_TICKS=0 R_NODE_TICKS=0 R_CLIENT_MS=0 R_OK=0 R_BY=
 rekey_round() {
+	R_BY=timeout
 	local c1 n1 t1 cu cs deadline t_done=0 new_in=0 new_out=0 old_in=0 old_out=0 total=0
 	ip -n hub xfrm state | awk -v hub="$HUB_IP" '
 		/^src / { dir = ($2 == hub) ? "out" : "in" }
@@ -452,14 +453,14 @@ rekey_round() {
 	while :; do
 		now
 		if [ "$t_done" = 0 ] && mon_has hub new; then t_done=$T_US; fi
-		[ "$t_done" != 0 ] && mon_has hub all && break
+		[ "$t_done" != 0 ] && mon_has hub all && { R_BY=monitor; break; }
 		if [ "$T_US" -ge "$next_check" ]; then # in case the monitor missed something
 			read -r new_in new_out old_in old_out total < <(hub_sas)
 			now
 			next_check=$((T_US + 5000000))
 			if [ "$new_in" -ge "$up" ] && [ "$new_out" -ge "$up" ] && [ "$old_out" = 0 ]; then
 				[ "$t_done" = 0 ] && t_done=$T_US
-				[ "$old_in" = 0 ] && break
+				[ "$old_in" = 0 ] && { R_BY="5 s dump"; break; }
 			fi
 		fi
 		kill -0 "${PID[hub]}" 2>/dev/null || setup_fail "the hub charon died during the rekeys"
@@ -618,7 +619,7 @@ EOF
 			tot_node=$((tot_node + R_NODE_TICKS)) tot_client=$((tot_client + R_CLIENT_MS))
 			rates+="${rates:+,}$(rate "$R_REKEYS" "$R_TICKS")"
 		fi
-		note "round $r$([ "$r" = 0 ] && echo " (warm-up)"): $R_REKEYS of $up rekeyed in $(secs "$R_WALL_US") s (old SAs gone after $(secs "$R_DONE_US") s), hub CPU $(ticks "$R_TICKS") s"
+		note "round $r$([ "$r" = 0 ] && echo " (warm-up)"): $R_REKEYS of $up rekeyed in $(secs "$R_WALL_US") s (old SAs gone after $(secs "$R_DONE_US") s, seen by $R_BY), hub CPU $(ticks "$R_TICKS") s"
 		[ "$R_OK" = 1 ] || break
 		sleep 0.3
 	done
