@@ -167,7 +167,7 @@ WORK=$(mktemp -d /var/tmp/swanbench.XXXXXX) || die "cannot create a directory in
 # hub's UDP receive buffer (charon's socket takes the default size).
 sysctl -qw net.ipv4.neigh.default.gc_thresh1=131072 net.ipv4.neigh.default.gc_thresh2=131072 \
 	net.ipv4.neigh.default.gc_thresh3=131072 net.core.rmem_default=8388608 \
-	net.core.rmem_max=8388608 net.core.wmem_default=1048576 ||
+	net.core.rmem_max=33554432 net.core.wmem_default=1048576 ||
 	err "warning: could not raise neighbour / socket buffer limits"
 
 declare -A PID=()
@@ -375,7 +375,9 @@ awk -W version 2>&1 | grep -q mawk && STREAM_AWK=(awk -W interactive)
 mon_start() {
 	local ns=$1 want=$2 oldf=${3:-/dev/null} i try out=$D/mon-$1.out lines=()
 	: >"$out"
-	ip -n "$ns" xfrm monitor nokeys SA 2>/dev/null \
+	# iproute2 asks for a 1 MiB socket buffer; a round of 1000 rekeys is
+	# ~4000 events, which a starved monitor may not read in time (ENOBUFS)
+	ip -rcvbuf 33554432 -n "$ns" xfrm monitor nokeys SA 2>"$D/mon-$ns.err" \
 		> >("${STREAM_AWK[@]}" -v hub="$HUB_IP" -v want="$want" -v oldf="$oldf" "$MON_AWK" >"$out") &
 	MON[$ns]=$!
 	sleep 0.3 # ip takes ~0.25 s to start in UML
@@ -460,7 +462,7 @@ rekey_round() {
 			next_check=$((T_US + 5000000))
 			if [ "$new_in" -ge "$up" ] && [ "$new_out" -ge "$up" ] && [ "$old_out" = 0 ]; then
 				[ "$t_done" = 0 ] && t_done=$T_US
-				[ "$old_in" = 0 ] && { R_BY="5 s dump"; break; }
+				[ "$old_in" = 0 ] && { R_BY="5 s dump$([ -s "$D/mon-hub.err" ] && echo ", monitor: $(tail -n 1 "$D/mon-hub.err")")"; break; }
 			fi
 		fi
 		kill -0 "${PID[hub]}" 2>/dev/null || setup_fail "the hub charon died during the rekeys"
