@@ -446,10 +446,15 @@ rekey_round() {
 	now
 	t1=$T_US
 	local TIMEFORMAT='%3U %3S'
+	local rc
+	SWANCTL_TIMEOUT=$((60 + N / 50))
 	{ time swanctl_ hub --rekey --child node >"$D/rekey.out" 2>&1; } 2>"$D/rekey.time"
+	rc=$?
+	SWANCTL_TIMEOUT=60
 	R_CLIENT_MS=0
 	read -r cu cs <"$D/rekey.time" && R_CLIENT_MS=$((10#${cu/./} + 10#${cs/./}))
-	grep -q 'successfully' "$D/rekey.out" || err "N=$N: swanctl --rekey said: $(tr '\n' ' ' <"$D/rekey.out")"
+	grep -q 'successfully' "$D/rekey.out" ||
+		err "N=$N: swanctl --rekey (exit $rc, 124: timed out after $((60 + N / 50)) s) said: $(tr '\n' ' ' <"$D/rekey.out")"
 	deadline=$((t1 + (20 + N / 20) * 1000000))
 	local next_check=$((t1 + 5000000))
 	while :; do
