@@ -3,6 +3,7 @@
 # (User-Mode Linux), with N nodes speaking the real protocol (rotor-loadgen).
 #
 #   scripts/bench.sh [--n 1000,10000] [--json] [--rounds R] [--hello 30s]
+#                    [--addressing scattered|sequential]
 #                    [--max-pending K] [--hub-log LEVEL] [--profile]
 #                    [--strongswan] [--mem SIZE] [--timeout SECS]
 #
@@ -12,8 +13,12 @@
 # per N per line). Inside, for each N:
 #
 #   namespaces `hub` (10.0.0.1 on a veth) and `load` (10.0.0.2, and the N node
-#   addresses 10.64.0.1 + i added with `ip -batch`; the hub routes them via
-#   10.0.0.2, so one neighbour entry serves them all);
+#   addresses in 10.64.0.0/10 added with `ip -batch`; the hub routes them via
+#   10.0.0.2, so one neighbour entry serves them all). --addressing scattered
+#   (default) gives node i the address 10.64.0.0 + (i * K mod 2^22);
+#   sequential gives 10.64.0.0 + i, which with the hub's reqid = base + i
+#   makes the kernel's SA hash degenerate (every SA add walks all SAs: see
+#   docs/performance.md) -- use it with small N;
 #   `rotor-loadgen gen`: N init keys and a hub config with N [[node]] entries,
 #   rotate_interval 1h (rotations only when asked), grace 1s;
 #   `rotor hub` (ROTOR_LOG=$HUB_LOG), then `rotor-loadgen run` (N real
@@ -66,9 +71,10 @@ MEM=
 TIMEOUT=
 INSIDE=0
 GRACE_S=1
+ADDRESSING=scattered
 
 usage() {
-	echo "usage: $PROG [--n 1000,10000] [--json] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--mem SIZE] [--timeout SECS]" >&2
+	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--mem SIZE] [--timeout SECS]" >&2
 	exit 2
 }
 
@@ -81,6 +87,7 @@ while [ $# -gt 0 ]; do
 	--max-pending) MAX_PENDING=${2:-}; shift 2 ;;
 	--hub-log) HUB_LOG=${2:-}; shift 2 ;;
 	--profile) PROFILE=1; shift ;;
+	--addressing) ADDRESSING=${2:-}; shift 2 ;;
 	--strongswan) STRONGSWAN=1; shift ;;
 	--mem) MEM=${2:-}; shift 2 ;;
 	--timeout) TIMEOUT=${2:-}; shift 2 ;;
@@ -89,6 +96,7 @@ while [ $# -gt 0 ]; do
 	*) echo "$PROG: unknown argument $1" >&2; usage ;;
 	esac
 done
+[[ $ADDRESSING =~ ^(scattered|sequential)$ ]] || usage
 [[ $NS_LIST =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || usage
 [[ $MAX_PENDING =~ ^[0-9]+$ ]] || usage
@@ -121,15 +129,15 @@ if [ "$INSIDE" = 0 ]; then
 	fi
 	OUT=$(mktemp /tmp/rotor-bench.XXXXXX)
 	trap 'rm -f "$OUT"' EXIT
-	args=(--inside --n "$NS_LIST" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG")
+	args=(--inside --n "$NS_LIST" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
 	[ "$PROFILE" = 1 ] && args+=(--profile)
 	# Progress goes to stderr; the results are the BENCH-JSON lines.
 	"$ROOT/scripts/uml-run.sh" --mem "$MEM" --timeout "$TIMEOUT" "$ROOT/scripts/bench.sh" "${args[@]}" |
 		tee "$OUT" | grep -v '^BENCH-JSON ' >&2
 	rc=${PIPESTATUS[0]}
-	[ "$rc" = 0 ] || [ "$rc" = 1 ] || { echo "$PROG: the UML run failed (exit $rc)" >&2; exit 3; }
 	results=$(sed -n 's/^BENCH-JSON //p' "$OUT")
-	[ -n "$results" ] || { echo "$PROG: no results" >&2; exit 3; }
+	[ -n "$results" ] || { echo "$PROG: no results (the UML run ended with exit $rc)" >&2; exit 3; }
+	[ "$rc" = 0 ] || [ "$rc" = 1 ] || echo "$PROG: the UML run failed (exit $rc); the results of the N that finished follow" >&2
 	if [ "$STRONGSWAN" = 1 ]; then
 		SW=${ROTOR_STRONGSWAN_BENCH:-$ROOT/bench/strongswan.sh}
 		if [ -x "$SW" ]; then
@@ -161,6 +169,7 @@ if [ "$INSIDE" = 0 ]; then
 		' <<<"$results" | column -t -s $'\t'
 		echo "(hub/floor: hub CPU per rotation over the batched-netlink kernel floor; target <= 2. rot/hub cpu s target >= 10000; B/node target <= 1024; drops target 0)"
 	fi
+	[ "$rc" = 0 ] || [ "$rc" = 1 ] || exit 3
 	jq -e -s 'all(.complete)' <<<"$results" >/dev/null || exit 1
 	exit 0
 fi
@@ -221,8 +230,8 @@ wait_sync() {
 	return 1
 }
 
-topology() {
-	local n=$1
+topology() { # N DIR (DIR/addresses.batch from rotor-loadgen gen)
+	local n=$1 t0
 	ip netns add hub
 	ip netns add load
 	ip link add veth0 netns hub type veth peer name veth0 netns load
@@ -233,13 +242,14 @@ topology() {
 	ip -n hub addr add 10.0.0.1/24 dev veth0
 	ip -n load addr add 10.0.0.2/24 dev veth0
 	ip -n hub route add 10.64.0.0/10 via 10.0.0.2
-	local t0
 	t0=$(now_ms)
-	awk -v n="$n" 'BEGIN { base = 10 * 16777216 + 64 * 65536 + 1
-		for (i = 0; i < n; i++) { a = base + i
-			printf "addr add %d.%d.%d.%d/32 dev veth0\n", int(a / 16777216), int(a / 65536) % 256, int(a / 256) % 256, a % 256 } }' |
-		ip -n load -batch - || return 1
+	sed 's/ DEV$/ veth0/' "$2/addresses.batch" | ip -n load -batch - || return 1
 	log "N=$n: $n addresses in $(( $(now_ms) - t0 )) ms"
+}
+
+gen() { # N DIR
+	"$LOADGEN" gen --count "$1" --dir "$2" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" \
+		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" >/dev/null
 }
 
 start_hub() { # CONFIG LOGFILE
@@ -263,7 +273,7 @@ start_hub() { # CONFIG LOGFILE
 
 start_loadgen() { # COUNT DIR
 	rm -f "$W/progress.json"
-	ip netns exec load "$LOADGEN" run --count "$1" --first-addr 10.64.0.1 --hub 10.0.0.1:4820 \
+	ip netns exec load "$LOADGEN" run --count "$1" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" --hub 10.0.0.1:4820 \
 		--psk-dir "$2/keys" --hello-interval "$HELLO" --max-pending "$MAX_PENDING" --grace "${GRACE_S}s" \
 		--progress 200ms --progress-file "$W/progress.json" --quiet >"$W/loadgen.json" 2>"$W/loadgen.err" &
 	LG_PID=$!
@@ -280,8 +290,8 @@ hub_rotate() { ip netns exec hub "$ROTOR" rotate --socket "$1" --all >/dev/null;
 
 # --- baseline: a hub of the same build with one node ------------------------
 baseline_rss_kb() {
-	topology 1 >/dev/null 2>&1 || return 1
-	"$LOADGEN" gen --count 1 --dir "$W/n1" --first-addr 10.64.0.1 --hub-addr 10.0.0.1 --grace "${GRACE_S}s" >/dev/null || return 1
+	gen 1 "$W/n1" || return 1
+	topology 1 "$W/n1" >/dev/null 2>&1 || return 1
 	start_hub "$W/n1/hub.toml" "$W/hub-1.log" || return 1
 	start_loadgen 1 "$W/n1"
 	wait_sync 0 60 || return 1
@@ -299,13 +309,12 @@ log "1-node hub VmRSS ${BASE_RSS} kB"
 for N in "${NS[@]}"; do
 	log "=== N=$N"
 	complete=true
-	topology "$N" || { log "topology failed"; exit 3; }
 	D=$W/n$N
 	t0=$(now_ms)
-	"$LOADGEN" gen --count "$N" --dir "$D" --first-addr 10.64.0.1 --hub-addr 10.0.0.1 --grace "${GRACE_S}s" >/dev/null ||
-		{ log "gen failed"; exit 3; }
-	SOCK=$D/hub.sock
+	gen "$N" "$D" || { log "gen failed"; exit 3; }
 	log "N=$N: keys and config in $(( $(now_ms) - t0 )) ms"
+	topology "$N" "$D" || { log "topology failed"; exit 3; }
+	SOCK=$D/hub.sock
 	snd0=$(softnet_drops)
 	t0=$(now_ms)
 	start_hub "$D/hub.toml" "$W/hub-$N.log" || exit 3
@@ -392,7 +401,7 @@ for N in "${NS[@]}"; do
 	# --- the kernel floor, same boot ---
 	ip netns add floor
 	rep=$(( (20000 + N - 1) / N )); [ "$rep" -gt 20 ] && rep=20
-	fl=$(ip netns exec floor "$LOADGEN" floor --count "$N" --local 10.0.0.1 --first-remote 10.64.0.1 --repeat "$rep") ||
+	fl=$(ip netns exec floor "$LOADGEN" floor --count "$N" --local 10.0.0.1 --first-remote 10.64.0.0 --addr-map "$ADDRESSING" --repeat "$rep") ||
 		{ log "floor failed"; fl=null; complete=false; }
 	ip netns del floor
 	floor_us=$(jq '.netlink_batch.us_per_rotation // null' <<<"$fl")
@@ -416,7 +425,7 @@ for N in "${NS[@]}"; do
 		--argjson hub_resends "$hub_resends" --argjson hub_inits "$hub_inits" \
 		--argjson floor_us "$floor_us" --argjson ip_us "$ip_us" --argjson floor "$fl" \
 		--argjson loadgen "$lg_summary" --arg hello "$HELLO" --arg hub_log "$HUB_LOG" \
-		--argjson profile "$PROFILE" '{
+		--argjson profile "$PROFILE" --arg addressing "$ADDRESSING" '{
 		n: $n, complete: $complete,
 		rotations_per_hub_cpu_s: $rate,
 		kernel_floor_us_per_rotation: $floor_us,
@@ -438,7 +447,7 @@ for N in "${NS[@]}"; do
 		        softnet: $snd_drops, loadgen: $lg_drops},
 		hub_kernel_errors: $hub_kernel_errors, hub_in_sync: $hub_in_sync, hub_at_generation: $hub_at_gen,
 		hub_resends: $hub_resends, hub_inits: $hub_inits,
-		floor: $floor, loadgen: $loadgen, hello_interval: $hello, hub_log: $hub_log, profiled: ($profile == 1)
+		floor: $floor, loadgen: $loadgen, hello_interval: $hello, hub_log: $hub_log, addressing: $addressing, profiled: ($profile == 1)
 		}' | sed 's/^/BENCH-JSON /'
 done
 if [ "$PROFILE" = 1 ]; then

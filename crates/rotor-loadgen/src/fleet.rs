@@ -28,6 +28,7 @@ use rotor_core::{Action, Event, Node, NodeConfig, SaDir, Time};
 use rotor_xfrm::{AeadKey, Op, OpResult, Ownership, Xfrm};
 use serde_json::json;
 
+use crate::addr::AddrMap;
 use crate::udp::{MultiSocket, Outgoing, RecvBatch};
 
 /// Set by SIGTERM/SIGINT: the loop ends and prints its summary.
@@ -52,6 +53,8 @@ pub fn install_stop_handlers() {
 pub struct FleetConfig {
     /// Address of node 0; node `i` uses the `i`-th address after it.
     pub first_addr: Ipv4Addr,
+    /// How node indexes map to addresses.
+    pub addr_map: AddrMap,
     /// The hub's control address (nodes send from the same port).
     pub hub: SocketAddrV4,
     /// Send hellos this often.
@@ -141,16 +144,18 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// The address `i` places after `base`.
-pub fn nth_v4(base: Ipv4Addr, i: u32) -> Ipv4Addr {
-    Ipv4Addr::from(u32::from(base).wrapping_add(i))
-}
-
 impl Fleet {
     /// A fleet of one node per config (node `i` at `first_addr + i`).
     pub fn new(cfg: FleetConfig, nodes: Vec<NodeConfig>) -> anyhow::Result<Fleet> {
         let origin = Instant::now();
         let own = Ownership::default();
+        if nodes.len() > cfg.addr_map.capacity() {
+            anyhow::bail!(
+                "{} nodes do not fit the {:?} address map",
+                nodes.len(),
+                cfg.addr_map
+            );
+        }
         if nodes.len() > own.len() as usize {
             anyhow::bail!(
                 "{} nodes do not fit rotor's reqid range ({})",
@@ -196,7 +201,7 @@ impl Fleet {
     }
 
     fn addr(&self, i: usize) -> Ipv4Addr {
-        nth_v4(self.cfg.first_addr, i as u32)
+        self.cfg.addr_map.addr(self.cfg.first_addr, i as u32)
     }
 
     fn peer_kernel(&self, i: usize) -> Option<PeerKernel> {
@@ -357,8 +362,9 @@ impl Fleet {
             return;
         }
         let idx = to.and_then(|a| {
-            let i = u32::from(a).wrapping_sub(u32::from(self.cfg.first_addr)) as usize;
-            (i < self.slots.len()).then_some(i)
+            self.cfg
+                .addr_map
+                .index(self.cfg.first_addr, a, self.slots.len())
         });
         let Some(i) = idx else {
             *self

@@ -31,7 +31,7 @@ use rotor::peer_kernel::PeerKernel;
 use rotor_xfrm::{AeadKey, Op, OpResult, Ownership, Xfrm};
 use serde_json::json;
 
-use crate::fleet::nth_v4;
+use crate::addr::AddrMap;
 
 /// Kernel operations of one steady-state hub rotation (transport mode).
 pub const OPS_PER_ROTATION: u64 = 5;
@@ -45,6 +45,8 @@ pub struct FloorConfig {
     pub local: Ipv4Addr,
     /// Address of node 0.
     pub first_remote: Ipv4Addr,
+    /// How node indexes map to addresses.
+    pub addr_map: AddrMap,
     /// Where to write the `ip -batch` file (default: a temporary file).
     pub batch_file: Option<PathBuf>,
     /// Skip the `ip -batch` measurement.
@@ -52,6 +54,8 @@ pub struct FloorConfig {
     /// Repeat each measurement this many times and sum (CPU time inside
     /// User-Mode Linux is counted in 10 ms ticks).
     pub repeat: u32,
+    /// Also time each kind of operation in a batch of its own.
+    pub by_kind: bool,
 }
 
 #[derive(Clone, Copy, Default)]
@@ -78,7 +82,7 @@ fn peer(own: &Ownership, c: &FloorConfig, i: u32) -> anyhow::Result<PeerKernel> 
             .reqid_for(i)
             .context("more nodes than rotor's reqid range")?,
         local: IpAddr::V4(c.local),
-        remote: IpAddr::V4(nth_v4(c.first_remote, i)),
+        remote: IpAddr::V4(c.addr_map.addr(c.first_remote, i)),
         mode: PeerMode::Transport,
         priority: 1000,
         replay_window: 1024,
@@ -199,6 +203,58 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
         "ops_per_cpu_s": nops as f64 / (user + sys).max(1e-9),
     });
 
+    // 1b. The same operations by kind, one batch per kind (which one costs).
+    let by_kind = if c.by_kind {
+        prepare(&mut x, c, &keys)?;
+        let mut kinds = serde_json::Map::new();
+        let steps: [(&str, &dyn Fn(&PeerKernel, u32) -> anyhow::Result<Vec<Op>>); 4] = [
+            ("add_inbound_sa", &|p, i| {
+                Ok(vec![p.add_inbound_sa(
+                    spi(3, i),
+                    aead(&new_keys[i as usize][0])?,
+                )])
+            }),
+            ("add_outbound_sa", &|p, i| {
+                Ok(vec![p.add_outbound_sa(
+                    spi(3, i),
+                    aead(&new_keys[i as usize][1])?,
+                )])
+            }),
+            ("update_outbound_policy", &|p, i| {
+                Ok(p.set_outbound(Some(spi(2, i))))
+            }),
+            ("delete_sas", &|p, i| {
+                Ok(vec![
+                    p.delete_inbound_sa(spi(1, i)),
+                    p.delete_outbound_sa(spi(1, i)),
+                ])
+            }),
+        ];
+        for (name, make) in steps {
+            let mut ops = Vec::new();
+            for i in 0..c.count {
+                ops.extend(make(&peer(&own, c, i)?, i)?);
+            }
+            let c0 = rusage(libc::RUSAGE_SELF);
+            let t0 = Instant::now();
+            let results = x.apply(&ops).context("a by-kind batch")?;
+            let wall = t0.elapsed().as_secs_f64();
+            let c1 = rusage(libc::RUSAGE_SELF);
+            check(name, &ops, &results)?;
+            let cpu = c1.user - c0.user + c1.sys - c0.sys;
+            kinds.insert(
+                name.to_string(),
+                json!({"ops": ops.len(), "cpu_s": cpu, "wall_s": wall,
+                       "us_per_op": cpu * 1e6 / ops.len().max(1) as f64}),
+            );
+        }
+        x.remove_owned()
+            .context("cleaning up after the by-kind floor")?;
+        serde_json::Value::Object(kinds)
+    } else {
+        serde_json::Value::Null
+    };
+
     // 2. ip -batch, the same operations from a file.
     let ip = if c.no_ip {
         serde_json::Value::Null
@@ -212,7 +268,7 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
             let mut w = std::io::BufWriter::new(f);
             for i in 0..c.count {
                 let p = peer(&own, c, i)?;
-                let (l, r) = (c.local, nth_v4(c.first_remote, i));
+                let (l, r) = (c.local, c.addr_map.addr(c.first_remote, i));
                 let k = &new_keys[i as usize];
                 let sa = |src: Ipv4Addr, dst: Ipv4Addr, s: u32, key: &[u8]| {
                     format!(
@@ -281,5 +337,6 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
         "ops_per_rotation": OPS_PER_ROTATION,
         "netlink_batch": netlink,
         "ip_batch": ip,
+        "by_kind": by_kind,
     }))
 }

@@ -7,6 +7,7 @@
 //! * [`setup`]: keys and a hub configuration for such a fleet.
 //! * [`floor`]: the SA operations of one hub rotation, for N nodes, in one
 //!   batched netlink write and with `ip -batch`, timed in CPU seconds.
+//! * [`addr`]: which address node `i` has (sequential or scattered).
 //! * [`udp`]: the wildcard socket with `IP_PKTINFO` and batched I/O.
 //!
 //! `scripts/bench.sh` puts them together inside User-Mode Linux;
@@ -14,6 +15,7 @@
 
 #![warn(missing_docs)]
 
+pub mod addr;
 pub mod fleet;
 pub mod floor;
 pub mod setup;

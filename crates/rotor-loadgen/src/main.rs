@@ -10,6 +10,7 @@ use clap::{Parser, Subcommand};
 use rotor::config::parse_duration;
 use rotor::keyfile::read_key;
 use rotor_core::{KeyBits, NodeConfig, Secret32};
+use rotor_loadgen::addr::AddrMap;
 use rotor_loadgen::fleet::{Fleet, FleetConfig, install_stop_handlers};
 use rotor_loadgen::floor::{self, FloorConfig};
 use rotor_loadgen::setup::{self, GenConfig, key_path};
@@ -47,6 +48,9 @@ struct RunArgs {
     /// Address of node 0; node i uses the i-th address after it (all must be configured here).
     #[arg(long)]
     first_addr: Ipv4Addr,
+    /// How node i's address is chosen: FIRST + i, or FIRST + (i * K mod 2^22) (see docs/performance.md).
+    #[arg(long, value_enum, default_value = "scattered")]
+    addr_map: AddrMap,
     /// The hub's control address, ADDR:PORT (the nodes send from the same port).
     #[arg(long)]
     hub: SocketAddr,
@@ -108,6 +112,9 @@ struct GenArgs {
     /// Address of node 0.
     #[arg(long)]
     first_addr: Ipv4Addr,
+    /// How node i's address is chosen: FIRST + i, or FIRST + (i * K mod 2^22) (see docs/performance.md).
+    #[arg(long, value_enum, default_value = "scattered")]
+    addr_map: AddrMap,
     /// The hub's address.
     #[arg(long)]
     hub_addr: IpAddr,
@@ -137,8 +144,11 @@ struct FloorArgs {
     #[arg(long, default_value = "10.9.0.1")]
     local: Ipv4Addr,
     /// Address of node 0.
-    #[arg(long, default_value = "10.100.0.1")]
+    #[arg(long, default_value = "10.64.0.0")]
     first_remote: Ipv4Addr,
+    /// How node i's address is chosen: FIRST + i, or FIRST + (i * K mod 2^22) (see docs/performance.md).
+    #[arg(long, value_enum, default_value = "scattered")]
+    addr_map: AddrMap,
     /// Keep the generated `ip -batch` file here.
     #[arg(long)]
     batch_file: Option<PathBuf>,
@@ -148,6 +158,9 @@ struct FloorArgs {
     /// Repeat each measurement this many times and sum (UML counts CPU in 10 ms ticks).
     #[arg(long, default_value_t = 1)]
     repeat: u32,
+    /// Also time each kind of operation (SA add in/out, policy update, SA deletes) in its own batch.
+    #[arg(long)]
+    by_kind: bool,
 }
 
 fn key_bits(b: u16) -> anyhow::Result<KeyBits> {
@@ -181,6 +194,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     }
     let cfg = FleetConfig {
         first_addr: a.first_addr,
+        addr_map: a.addr_map,
         hub: SocketAddrV4::new(*hub.ip(), hub.port()),
         hello_interval_ms: a.hello_interval.as_millis() as u64,
         max_pending: a.max_pending,
@@ -209,6 +223,7 @@ fn main() -> ExitCode {
                 count: a.count,
                 dir: a.dir,
                 first_addr: a.first_addr,
+                addr_map: a.addr_map,
                 hub_addr: a.hub_addr,
                 port: a.port,
                 name_prefix: a.name_prefix,
@@ -222,9 +237,11 @@ fn main() -> ExitCode {
             count: a.count,
             local: a.local,
             first_remote: a.first_remote,
+            addr_map: a.addr_map,
             batch_file: a.batch_file,
             no_ip: a.no_ip,
             repeat: a.repeat,
+            by_kind: a.by_kind,
         })
         .map(|v| println!("{v}")),
     };

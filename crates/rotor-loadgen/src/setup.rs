@@ -1,6 +1,7 @@
 //! `rotor-loadgen gen`: init keys (one 0600 file per node, as `rotor genkey`
 //! writes them) and a hub configuration with one `[[node]]` per key, named
-//! and addressed the way `rotor-loadgen run` expects.
+//! and addressed the way `rotor-loadgen run` expects, and `addresses.batch`:
+//! the nodes' addresses as `ip -batch` lines for an interface named `DEV`.
 
 use std::fmt::Write as _;
 use std::net::{IpAddr, Ipv4Addr};
@@ -11,7 +12,7 @@ use rand::RngCore;
 use rotor::keyfile::{KEY_LEN, write_key};
 use zeroize::Zeroizing;
 
-use crate::fleet::nth_v4;
+use crate::addr::AddrMap;
 
 /// What to generate.
 #[derive(Debug, Clone)]
@@ -22,6 +23,8 @@ pub struct GenConfig {
     pub dir: PathBuf,
     /// Address of node 0.
     pub first_addr: Ipv4Addr,
+    /// How node indexes map to addresses.
+    pub addr_map: AddrMap,
     /// The hub's address.
     pub hub_addr: IpAddr,
     /// The control port.
@@ -70,10 +73,21 @@ pub fn generate(c: &GenConfig) -> anyhow::Result<PathBuf> {
             toml,
             "\n[[node]]\nname = \"{}{i}\"\naddress = \"{}\"\npsk_file = \"{}\"",
             c.name_prefix,
-            nth_v4(c.first_addr, i),
+            c.addr_map.addr(c.first_addr, i),
             path.display()
         );
     }
+    // The nodes' addresses as `ip -batch` commands (for interface DEV: sed it).
+    let mut batch = String::with_capacity(c.count as usize * 40);
+    for i in 0..c.count {
+        let _ = writeln!(
+            batch,
+            "addr add {}/32 dev DEV",
+            c.addr_map.addr(c.first_addr, i)
+        );
+    }
+    let path = c.dir.join("addresses.batch");
+    std::fs::write(&path, batch).with_context(|| format!("writing {}", path.display()))?;
     let cfg = c.dir.join("hub.toml");
     std::fs::write(&cfg, toml).with_context(|| format!("writing {}", cfg.display()))?;
     Ok(cfg)
