@@ -33,6 +33,9 @@ use serde_json::json;
 
 use crate::addr::AddrMap;
 
+/// Builds one node's operations of one kind.
+type MakeOps<'a> = dyn Fn(&PeerKernel, u32) -> anyhow::Result<Vec<Op>> + 'a;
+
 /// Kernel operations of one steady-state hub rotation (transport mode).
 pub const OPS_PER_ROTATION: u64 = 5;
 
@@ -207,7 +210,7 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
     let by_kind = if c.by_kind {
         prepare(&mut x, c, &keys)?;
         let mut kinds = serde_json::Map::new();
-        let steps: [(&str, &dyn Fn(&PeerKernel, u32) -> anyhow::Result<Vec<Op>>); 4] = [
+        let steps: [(&str, &MakeOps); 4] = [
             ("add_inbound_sa", &|p, i| {
                 Ok(vec![p.add_inbound_sa(
                     spi(3, i),
