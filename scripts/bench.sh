@@ -4,7 +4,7 @@
 #
 #   scripts/bench.sh [--n 1000,10000] [--json] [--rounds R] [--hello 30s]
 #                    [--addressing scattered|sequential]
-#                    [--max-pending K] [--hub-log LEVEL] [--profile]
+#                    [--max-pending K] [--hub-log LEVEL] [--profile] [--syscalls]
 #                    [--strongswan] [--mem SIZE] [--timeout SECS]
 #
 # On the host it builds the release binaries (cargo, CARGO_TARGET_DIR or
@@ -49,6 +49,9 @@
 # end (analyse with callgrind_annotate). CPU figures of a profiled run are
 # not comparable.
 #
+# --syscalls attaches strace -c to the hub during the measured rounds and
+# prints its system-call counts (CPU figures of such a run are not comparable).
+#
 # --strongswan also runs bench/strongswan.sh --json for the same N (its own UML
 # boot; it must print one JSON object per N with "n" and
 # "strongswan_rekeys_per_hub_cpu_s") and merges that field; without it, or
@@ -66,6 +69,7 @@ HELLO=30s
 MAX_PENDING=256
 HUB_LOG=warn
 PROFILE=0
+SYSCALLS=0
 STRONGSWAN=0
 MEM=
 TIMEOUT=
@@ -87,6 +91,7 @@ while [ $# -gt 0 ]; do
 	--max-pending) MAX_PENDING=${2:-}; shift 2 ;;
 	--hub-log) HUB_LOG=${2:-}; shift 2 ;;
 	--profile) PROFILE=1; shift ;;
+	--syscalls) SYSCALLS=1; shift ;;
 	--addressing) ADDRESSING=${2:-}; shift 2 ;;
 	--strongswan) STRONGSWAN=1; shift ;;
 	--mem) MEM=${2:-}; shift 2 ;;
@@ -128,12 +133,17 @@ if [ "$INSIDE" = 0 ]; then
 		[ "$PROFILE" = 1 ] && TIMEOUT=$((TIMEOUT * 4))
 	fi
 	OUT=$(mktemp /tmp/rotor-bench.XXXXXX)
-	trap 'rm -f "$OUT"' EXIT
+	# UML runs a copy: bash reads a script as it goes, so editing this file
+	# during a run would otherwise change the run.
+	COPY=$OUT.sh
+	cp "$ROOT/scripts/bench.sh" "$COPY"
+	trap 'rm -f "$OUT" "$COPY"' EXIT
 	args=(--inside --n "$NS_LIST" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
 	[ "$PROFILE" = 1 ] && args+=(--profile)
+	[ "$SYSCALLS" = 1 ] && args+=(--syscalls)
 	# Progress goes to stderr; the results are the BENCH-JSON lines.
-	"$ROOT/scripts/uml-run.sh" --mem "$MEM" --timeout "$TIMEOUT" "$ROOT/scripts/bench.sh" "${args[@]}" |
-		tee "$OUT" | grep -v '^BENCH-JSON ' >&2
+	"$ROOT/scripts/uml-run.sh" --mem "$MEM" --timeout "$TIMEOUT" "$COPY" "${args[@]}" |
+		tee "$OUT" | grep --line-buffered -v '^BENCH-JSON ' >&2
 	rc=${PIPESTATUS[0]}
 	results=$(sed -n 's/^BENCH-JSON //p' "$OUT")
 	[ -n "$results" ] || { echo "$PROG: no results (the UML run ended with exit $rc)" >&2; exit 3; }
@@ -345,6 +355,11 @@ for N in "${NS[@]}"; do
 
 	# --- measured rounds ---
 	[ "$PROFILE" = 1 ] && ip netns exec hub callgrind_control -i on "$HUB_PID" >/dev/null 2>&1
+	if [ "$SYSCALLS" = 1 ]; then
+		strace -c -f -p "$HUB_PID" -o "$W/strace-$N.txt" 2>/dev/null &
+		ST_PID=$!
+		sleep 1
+	fi
 	rot_cpu=0; rot_wall=0; rot_user=0; rot_sys=0
 	m0=$(pf '.sent + .received')
 	# At least 10,000 measured rotations (at most 10 rounds): UML counts CPU
@@ -366,6 +381,11 @@ for N in "${NS[@]}"; do
 	done
 	m1=$(pf '.sent + .received')
 	[ "$PROFILE" = 1 ] && ip netns exec hub callgrind_control -i off "$HUB_PID" >/dev/null 2>&1
+	if [ "$SYSCALLS" = 1 ]; then
+		kill -INT "$ST_PID"; wait "$ST_PID" 2>/dev/null
+		log "N=$N: the hub's system calls during $R rounds of $N rotations (strace -c; CPU figures of this run are not comparable):"
+		cat "$W/strace-$N.txt" >&2
+	fi
 	rotations=$((N * R))
 	rot_cpu_s=$(fdiv "$rot_cpu" 1000000000)
 	rot_wall_s=$(fdiv "$rot_wall" $((1000 * R)))
