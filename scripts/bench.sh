@@ -130,7 +130,7 @@ if [ "$INSIDE" = 0 ]; then
 	fi
 	if [ -z "$TIMEOUT" ]; then
 		TIMEOUT=$((300 + MAXN / 50))
-		[ "$PROFILE" = 1 ] && TIMEOUT=$((TIMEOUT * 4))
+		[ "$PROFILE" = 1 ] && TIMEOUT=$((TIMEOUT * 8))
 	fi
 	OUT=$(mktemp /tmp/rotor-bench.XXXXXX)
 	# UML runs a copy: bash reads a script as it goes, so editing this file
@@ -313,6 +313,8 @@ baseline_rss_kb() {
 }
 
 RC=0
+TF=1 # timeouts are longer under valgrind
+[ "$PROFILE" = 1 ] && TF=8
 BASE_RSS=$(baseline_rss_kb) || { log "the 1-node baseline failed"; exit 3; }
 log "1-node hub VmRSS ${BASE_RSS} kB"
 
@@ -334,7 +336,7 @@ for N in "${NS[@]}"; do
 	# --- init ---
 	c0=$(cpu_ns "$HUB_PID")
 	start_loadgen "$N" "$D"
-	wait_sync 0 $((120 + N / 50)) || complete=false
+	wait_sync 0 $(((120 + N / 50) * TF)) || complete=false
 	c1=$(cpu_ns "$HUB_PID")
 	lg_start=$(jq -r '.unix_ms - .elapsed_ms' "$W/progress.json")
 	init_end=$(pf '.all_in_sync_unix_ms // empty')
@@ -350,7 +352,7 @@ for N in "${NS[@]}"; do
 
 	# --- warm-up rotation (no outbound switch, nothing to delete) ---
 	hub_rotate "$SOCK" || complete=false
-	wait_sync "$N" $((60 + N / 100)) || complete=false
+	wait_sync "$N" $(((60 + N / 100) * TF)) || complete=false
 	sleep $((GRACE_S + 1))
 
 	# --- measured rounds ---
@@ -370,7 +372,7 @@ for N in "${NS[@]}"; do
 		c0=$(cpu_ns "$HUB_PID"); read -r u0 s0 < <(cpu_split "$HUB_PID")
 		t0=$(now_ms)
 		hub_rotate "$SOCK" || complete=false
-		wait_sync $((N * (r + 1))) $((60 + N / 100)) || complete=false
+		wait_sync $((N * (r + 1))) $(((60 + N / 100) * TF)) || complete=false
 		t1=$(pf '.all_in_sync_unix_ms // empty')
 		sleep "$GRACE_S".3 # the hub deletes N-1's SAs one grace period after each rotation
 		c1=$(cpu_ns "$HUB_PID"); read -r u1 s1 < <(cpu_split "$HUB_PID")
