@@ -130,7 +130,7 @@ if [ "$INSIDE" = 0 ]; then
 		[ "$MAXN" -gt 150000 ] && MEM=8G
 	fi
 	if [ -z "$TIMEOUT" ]; then
-		TIMEOUT=$((300 + MAXN / 50))
+		TIMEOUT=$((600 + MAXN / 20))
 		[ "$PROFILE" = 1 ] && TIMEOUT=$((TIMEOUT * 8))
 	fi
 	OUT=$(mktemp /tmp/rotor-bench.XXXXXX)
