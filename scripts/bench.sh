@@ -45,10 +45,11 @@
 #             with `ip -batch` (CPU of ip; skipped above 20,000 nodes), in us
 #             per rotation.
 #
-# --profile runs the hub under valgrind --tool=callgrind with collection on
-# only during the measured rotation rounds; the output file is printed at the
-# end (analyse with callgrind_annotate). CPU figures of a profiled run are
-# not comparable.
+# --profile runs the hub under valgrind --tool=callgrind, dumping a profile
+# part before each control request it answers, so each measured round (it
+# starts with `rotor rotate --all`) is a part of its own; the files are listed
+# at the end (analyse with callgrind_annotate). CPU figures of a profiled run
+# are not comparable.
 #
 # --syscalls attaches strace -c to the hub during the measured rounds and
 # prints its system-call counts (CPU figures of such a run are not comparable).
@@ -265,8 +266,11 @@ gen() { # N DIR
 
 start_hub() { # CONFIG LOGFILE
 	if [ "$PROFILE" = 1 ] && [ "${2##*/}" != hub-1.log ]; then
-		ip netns exec hub env ROTOR_LOG="$HUB_LOG" valgrind --tool=callgrind --collect-atstart=no \
-			--callgrind-out-file="$W/callgrind.out.hub" "$ROTOR" hub --config "$1" >"$2" 2>&1 &
+		# A profile part is dumped before each control request is answered,
+		# so every `rotor rotate --all` starts a new part.
+		ip netns exec hub env ROTOR_LOG="$HUB_LOG" valgrind --tool=callgrind \
+			--dump-before='*daemon*answer*' --callgrind-out-file="$W/callgrind.out.hub" \
+			"$ROTOR" hub --config "$1" >"$2" 2>&1 &
 	else
 		ip netns exec hub env ROTOR_LOG="$HUB_LOG" "$ROTOR" hub --config "$1" >"$2" 2>&1 &
 	fi
@@ -357,7 +361,6 @@ for N in "${NS[@]}"; do
 	sleep $((GRACE_S + 1))
 
 	# --- measured rounds ---
-	[ "$PROFILE" = 1 ] && ip netns exec hub callgrind_control -i on "$HUB_PID" >/dev/null 2>&1
 	if [ "$SYSCALLS" = 1 ]; then
 		strace -c -f -p "$HUB_PID" -o "$W/strace-$N.txt" 2>/dev/null &
 		ST_PID=$!
@@ -383,7 +386,6 @@ for N in "${NS[@]}"; do
 		log "N=$N: round $r: $(( ${t1:-$(now_ms)} - t0 )) ms wall, hub $(( (c1 - c0) / 1000000 )) ms CPU"
 	done
 	m1=$(pf '.sent + .received')
-	[ "$PROFILE" = 1 ] && ip netns exec hub callgrind_control -i off "$HUB_PID" >/dev/null 2>&1
 	if [ "$SYSCALLS" = 1 ]; then
 		kill -INT "$ST_PID"; wait "$ST_PID" 2>/dev/null
 		log "N=$N: the hub's system calls during $R rounds of $N rotations (strace -c; CPU figures of this run are not comparable):"
@@ -478,6 +480,7 @@ for N in "${NS[@]}"; do
 		}' | sed 's/^/BENCH-JSON /'
 done
 if [ "$PROFILE" = 1 ]; then
-	log "callgrind output: $W/callgrind.out.hub (callgrind_annotate --inclusive=yes it)"
+	log "callgrind output: $W/callgrind.out.hub.* (one part per control request: the parts after the warm-up rotation's are the measured rounds; callgrind_annotate them)"
+	ls -l "$W"/callgrind.out.hub* >&2
 fi
 exit $RC
