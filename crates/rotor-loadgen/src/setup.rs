@@ -1,0 +1,94 @@
+//! `rotor-loadgen gen`: init keys (one 0600 file per node, as `rotor genkey`
+//! writes them) and a hub configuration with one `[[node]]` per key, named
+//! and addressed the way `rotor-loadgen run` expects, and `addresses.batch`:
+//! the nodes' addresses as `ip -batch` lines for an interface named `DEV`.
+
+use std::fmt::Write as _;
+use std::net::{IpAddr, Ipv4Addr};
+use std::path::{Path, PathBuf};
+
+use anyhow::Context;
+use rand::RngCore;
+use rotor::keyfile::{KEY_LEN, write_key};
+use zeroize::Zeroizing;
+
+use crate::addr::AddrMap;
+
+/// What to generate.
+#[derive(Debug, Clone)]
+pub struct GenConfig {
+    /// Number of nodes.
+    pub count: u32,
+    /// Output directory (created): `hub.toml` and `keys/NAME.key`.
+    pub dir: PathBuf,
+    /// Address of node 0.
+    pub first_addr: Ipv4Addr,
+    /// How node indexes map to addresses.
+    pub addr_map: AddrMap,
+    /// The hub's address.
+    pub hub_addr: IpAddr,
+    /// The control port.
+    pub port: u16,
+    /// Node names are this prefix and the node's index.
+    pub name_prefix: String,
+    /// `hub.rotate_interval`, e.g. `1h`.
+    pub rotate_interval: String,
+    /// `hub.grace`, e.g. `1s`.
+    pub grace: String,
+    /// `hub.socket`.
+    pub socket: PathBuf,
+}
+
+/// The key file of node `i`, as `gen` writes it and `run` reads it.
+pub fn key_path(dir: &Path, prefix: &str, i: u32) -> PathBuf {
+    dir.join(format!("{prefix}{i}.key"))
+}
+
+/// Writes the keys and `hub.toml`; returns the config's path.
+pub fn generate(c: &GenConfig) -> anyhow::Result<PathBuf> {
+    let keys = c.dir.join("keys");
+    std::fs::create_dir_all(&keys).with_context(|| format!("creating {}", keys.display()))?;
+    let mut toml = String::with_capacity(c.count as usize * 96 + 256);
+    let _ = writeln!(
+        toml,
+        "# {} nodes, written by rotor-loadgen gen\n[hub]\naddress = \"{}\"\nport = {}\nrotate_interval = \"{}\"\ngrace = \"{}\"\nsocket = \"{}\"",
+        c.count,
+        c.hub_addr,
+        c.port,
+        c.rotate_interval,
+        c.grace,
+        c.socket.display()
+    );
+    let mut rng = rand::rngs::OsRng;
+    for i in 0..c.count {
+        let mut k = Zeroizing::new([0u8; KEY_LEN]);
+        rng.try_fill_bytes(k.as_mut())
+            .context("reading the OS random number generator")?;
+        let path = key_path(&keys, &c.name_prefix, i);
+        if path.exists() {
+            std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?;
+        }
+        write_key(&path, &k).with_context(|| format!("writing {}", path.display()))?;
+        let _ = writeln!(
+            toml,
+            "\n[[node]]\nname = \"{}{i}\"\naddress = \"{}\"\npsk_file = \"{}\"",
+            c.name_prefix,
+            c.addr_map.addr(c.first_addr, i),
+            path.display()
+        );
+    }
+    // The nodes' addresses as `ip -batch` commands (for interface DEV: sed it).
+    let mut batch = String::with_capacity(c.count as usize * 40);
+    for i in 0..c.count {
+        let _ = writeln!(
+            batch,
+            "addr add {}/32 dev DEV",
+            c.addr_map.addr(c.first_addr, i)
+        );
+    }
+    let path = c.dir.join("addresses.batch");
+    std::fs::write(&path, batch).with_context(|| format!("writing {}", path.display()))?;
+    let cfg = c.dir.join("hub.toml");
+    std::fs::write(&cfg, toml).with_context(|| format!("writing {}", cfg.display()))?;
+    Ok(cfg)
+}

@@ -1,0 +1,499 @@
+#!/bin/bash
+# The hub's cost per node rotation against the kernel floor, on a real kernel
+# (User-Mode Linux), with N nodes speaking the real protocol (rotor-loadgen).
+#
+#   scripts/bench.sh [--n 1000,10000] [--json] [--rounds R] [--hello 30s]
+#                    [--addressing scattered|sequential]
+#                    [--max-pending K] [--hub-log LEVEL] [--profile] [--syscalls]
+#                    [--strongswan] [--mem SIZE] [--timeout SECS]
+#
+# On the host it builds the release binaries (cargo, CARGO_TARGET_DIR or
+# ./target), then runs itself inside UML once (one boot for every N; see
+# scripts/uml-run.sh), and prints ONE table (or, with --json, one JSON object
+# per N per line). Inside, for each N:
+#
+#   namespaces `hub` (10.0.0.1 on a veth) and `load` (10.0.0.2, and the N node
+#   addresses in 10.64.0.0/10 added with `ip -batch`; the hub routes them via
+#   10.0.0.2, so one neighbour entry serves them all). --addressing scattered
+#   (default) gives node i the address 10.64.0.0 + (i * K mod 2^22);
+#   sequential gives 10.64.0.0 + i, which with the hub's reqid = base + i
+#   makes the kernel's SA hash degenerate (every SA add walks all SAs: see
+#   docs/performance.md) -- use it with small N. Above 20,000 nodes the load
+#   side gets one local route for 10.64.0.0/10 (AnyIP) instead of N
+#   addresses (adding addresses is quadratic in the kernel);
+#   `rotor-loadgen gen`: N init keys and a hub config with N [[node]] entries,
+#   rotate_interval 1h (rotations only when asked), grace 1s;
+#   `rotor hub` (ROTOR_LOG=$HUB_LOG), then `rotor-loadgen run` (N real
+#   rotor-core nodes, hello every $HELLO, at most $MAX_PENDING inits in flight).
+#
+# Measured (hub CPU = sum_exec_runtime of /proc/PID/schedstat, i.e. user +
+# system time in ns; the user/system split from /proc/PID/stat):
+#   init      loadgen start -> every node acknowledged under generation 1:
+#             wall, hub CPU;
+#   rotate    one warm-up round (`rotor rotate --all`; the first rotation after
+#             init has no outbound switch and nothing to delete), then
+#             max(--rounds, 10000/N) (at most 10) measured rounds, each: `rotor rotate --all`, wait until every node
+#             has adopted the new key and been acknowledged under it, then wait
+#             the grace period (so the deletion of N-1's SAs is included), read
+#             the hub's CPU. rotations per hub CPU-second, us per rotation,
+#             wall time, kernel SA operations/s (5 per rotation: 2 adds, 1
+#             policy update, 2 deletes), control datagrams handled;
+#   memory    (VmRSS of the hub with N nodes in sync - VmRSS of a 1-node hub
+#             of the same build in the same boot) / N;
+#   drops     the hub's drop counters (status JSON), the loadgen's, UDP
+#             RcvbufErrors (/proc/net/snmp) in both namespaces, softnet drops;
+#   floor     `rotor-loadgen floor` in an empty namespace: the same 5N SA
+#             operations in one batched netlink write (CPU of the tool) and
+#             with `ip -batch` (CPU of ip; skipped above 20,000 nodes), in us
+#             per rotation.
+#
+# --profile runs the hub under valgrind --tool=callgrind, dumping a profile
+# part before each control request it answers, so each measured round (it
+# starts with `rotor rotate --all`) is a part of its own; the files are listed
+# at the end (analyse with callgrind_annotate). CPU figures of a profiled run
+# are not comparable.
+#
+# --syscalls attaches strace -c to the hub during the measured rounds and
+# prints its system-call counts (CPU figures of such a run are not comparable).
+#
+# --strongswan also runs bench/strongswan.sh --json for the same N (its own UML
+# boot; it must print one JSON object per N with "n" and
+# "strongswan_rekeys_per_hub_cpu_s") and merges that field; without it, or
+# when the script is missing, the field is null.
+#
+# Exit: 0 when every N completed; 1 when one did not (counts in the output);
+# 2 bad usage; 3 the rig failed.
+set -u
+
+PROG=scripts/bench.sh
+NS_LIST=1000,10000
+JSON=0
+ROUNDS=3
+HELLO=30s
+MAX_PENDING=256
+HUB_LOG=warn
+PROFILE=0
+SYSCALLS=0
+STRONGSWAN=0
+MEM=
+TIMEOUT=
+INSIDE=0
+GRACE_S=1
+ANYIP_ABOVE=20000 # more nodes: a local route instead of N addresses
+ADDRESSING=scattered
+
+usage() {
+	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--mem SIZE] [--timeout SECS]" >&2
+	exit 2
+}
+
+while [ $# -gt 0 ]; do
+	case $1 in
+	--n) NS_LIST=${2:-}; shift 2 ;;
+	--json) JSON=1; shift ;;
+	--rounds) ROUNDS=${2:-}; shift 2 ;;
+	--hello) HELLO=${2:-}; shift 2 ;;
+	--max-pending) MAX_PENDING=${2:-}; shift 2 ;;
+	--hub-log) HUB_LOG=${2:-}; shift 2 ;;
+	--profile) PROFILE=1; shift ;;
+	--syscalls) SYSCALLS=1; shift ;;
+	--addressing) ADDRESSING=${2:-}; shift 2 ;;
+	--strongswan) STRONGSWAN=1; shift ;;
+	--mem) MEM=${2:-}; shift 2 ;;
+	--timeout) TIMEOUT=${2:-}; shift 2 ;;
+	--inside) INSIDE=1; shift ;;
+	-h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+	*) echo "$PROG: unknown argument $1" >&2; usage ;;
+	esac
+done
+[[ $ADDRESSING =~ ^(scattered|sequential)$ ]] || usage
+[[ $NS_LIST =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage
+[[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || usage
+[[ $MAX_PENDING =~ ^[0-9]+$ ]] || usage
+[[ $HELLO =~ ^[1-9][0-9]*(ms|s|m)$ ]] || usage
+IFS=, read -r -a NS <<<"$NS_LIST"
+MAXN=0
+for n in "${NS[@]}"; do
+	[ "$n" -le 1000000 ] || { echo "$PROG: N=$n is too large (max 1000000)" >&2; exit 2; }
+	[ "$n" -gt "$MAXN" ] && MAXN=$n
+done
+
+ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd -P)
+
+# ============================================================== host side ===
+if [ "$INSIDE" = 0 ]; then
+	T=${CARGO_TARGET_DIR:-$ROOT/target}
+	echo "$PROG: building release binaries in $T" >&2
+	(cd "$ROOT" && CARGO_TARGET_DIR=$T cargo build --workspace --release -q) ||
+		{ echo "$PROG: build failed" >&2; exit 3; }
+	export ROTOR_BIN=$T/release/rotor ROTOR_LOADGEN=$T/release/rotor-loadgen \
+		ROTOR_XFRMCTL=$T/release/rotor-xfrmctl
+	if [ -z "$MEM" ]; then
+		MEM=2G
+		[ "$MAXN" -gt 20000 ] && MEM=4G
+		[ "$MAXN" -gt 150000 ] && MEM=8G
+	fi
+	if [ -z "$TIMEOUT" ]; then
+		TIMEOUT=$((600 + MAXN / 20))
+		[ "$PROFILE" = 1 ] && TIMEOUT=$((TIMEOUT * 8))
+	fi
+	OUT=$(mktemp /tmp/rotor-bench.XXXXXX)
+	# UML runs a copy: bash reads a script as it goes, so editing this file
+	# during a run would otherwise change the run.
+	COPY=$OUT.sh
+	cp "$ROOT/scripts/bench.sh" "$COPY"
+	trap 'rm -f "$OUT" "$COPY"' EXIT
+	args=(--inside --n "$NS_LIST" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
+	[ "$PROFILE" = 1 ] && args+=(--profile)
+	[ "$SYSCALLS" = 1 ] && args+=(--syscalls)
+	# Progress goes to stderr; the results are the BENCH-JSON lines.
+	"$ROOT/scripts/uml-run.sh" --mem "$MEM" --timeout "$TIMEOUT" "$COPY" "${args[@]}" |
+		tee "$OUT" | grep --line-buffered -v '^BENCH-JSON ' >&2
+	rc=${PIPESTATUS[0]}
+	results=$(sed -n 's/^BENCH-JSON //p' "$OUT")
+	[ -n "$results" ] || { echo "$PROG: no results (the UML run ended with exit $rc)" >&2; exit 3; }
+	[ "$rc" = 0 ] || [ "$rc" = 1 ] || echo "$PROG: the UML run failed (exit $rc); the results of the N that finished follow" >&2
+	if [ "$STRONGSWAN" = 1 ]; then
+		SW=${ROTOR_STRONGSWAN_BENCH:-$ROOT/bench/strongswan.sh}
+		if [ -x "$SW" ]; then
+			sw=$("$SW" --n "$NS_LIST" --json) || echo "$PROG: $SW failed; its figures stay null" >&2
+			while read -r line; do
+				n=$(jq -r '.n // empty' <<<"$line" 2>/dev/null) || continue
+				v=$(jq -r '.strongswan_rekeys_per_hub_cpu_s // "null"' <<<"$line")
+				results=$(jq -c --argjson n "$n" --argjson v "$v" \
+					'if .n == $n then .strongswan_rekeys_per_hub_cpu_s = $v else . end' <<<"$results")
+			done <<<"$sw"
+		else
+			echo "$PROG: --strongswan: $SW is missing; its figures stay null" >&2
+		fi
+	fi
+	if [ "$JSON" = 1 ]; then
+		echo "$results"
+	else
+		jq -rs '
+		def f(d): if . == null then "-" else (. * pow(10; d) | round / pow(10; d) | tostring) end;
+		(["N", "init s", "init hub cpu s", "rot/hub cpu s", "hub us/rot", "floor us/rot", "hub/floor",
+		  "ip-batch us/rot", "hub/ip", "rot wall s", "SA ops/s", "ctl msg/s", "B/node", "drops", "swan rekey/cpu s"] | @tsv),
+		(.[] | [(.n | tostring), (.init_wall_s | f(2)), (.init_hub_cpu_s | f(2)),
+		  (.rotations_per_hub_cpu_s | f(0)), (.hub_us_per_rotation | f(1)),
+		  (.kernel_floor_us_per_rotation | f(1)), (.hub_vs_floor | f(2)),
+		  (.ip_batch_us_per_rotation | f(1)), (.hub_vs_ip_batch | f(2)),
+		  (.rotation_wall_s | f(2)), (.kernel_sa_ops_per_s | f(0)),
+		  (.control_msgs_per_s | f(0)), (.hub_rss_bytes_per_node | f(0)),
+		  (.control_drops | tostring), (.strongswan_rekeys_per_hub_cpu_s | f(0))] | @tsv)
+		' <<<"$results" | column -t -s $'\t'
+		echo "(hub/floor: hub CPU per rotation over the batched-netlink kernel floor; target <= 2. rot/hub cpu s target >= 10000; B/node target <= 1024; drops target 0)"
+	fi
+	[ "$rc" = 0 ] || [ "$rc" = 1 ] || exit 3
+	jq -e -s 'all(.complete)' <<<"$results" >/dev/null || exit 1
+	exit 0
+fi
+
+# ============================================================ inside UML ===
+ROTOR=${ROTOR_BIN:?ROTOR_BIN not set}
+LOADGEN=${ROTOR_LOADGEN:?ROTOR_LOADGEN not set}
+for b in "$ROTOR" "$LOADGEN"; do [ -x "$b" ] || { echo "$PROG: $b missing" >&2; exit 3; }; done
+W=$(mktemp -d /tmp/rotor-bench-in.XXXXXX)
+HUB_PID=
+LG_PID=
+log() { echo "bench: $*" >&2; }
+
+cleanup() {
+	[ -n "$LG_PID" ] && kill "$LG_PID" 2>/dev/null
+	[ -n "$HUB_PID" ] && kill "$HUB_PID" 2>/dev/null
+	wait 2>/dev/null
+	for ns in hub load floor; do ip netns del "$ns" 2>/dev/null; done
+	[ "$PROFILE" = 1 ] || rm -rf "$W"
+}
+trap cleanup EXIT
+
+sysctl -qw net.core.netdev_max_backlog=100000 2>/dev/null
+
+now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
+# cpu_ns PID: on-CPU time (user + system) in ns
+cpu_ns() { read -r ns _ <"/proc/$1/schedstat" && echo "$ns"; }
+# cpu_split PID: "utime stime" in clock ticks
+cpu_split() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'; }
+rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
+hwm_kb() { awk '/^VmHWM:/ { print $2 }' "/proc/$1/status"; }
+rcvbuf_errors() { ip netns exec "$1" awk '/^Udp:/ { if (h) { print $6; exit } h = 1 }' /proc/net/snmp; }
+softnet_drops() {
+	local s=0 d
+	while read -r _ d _; do s=$((s + 16#$d)); done </proc/net/softnet_stat
+	echo "$s"
+}
+progress() { jq -c . "$W/progress.json" 2>/dev/null; }
+pf() { jq -r "$1" "$W/progress.json" 2>/dev/null; }
+fdiv() { awk -v a="$1" -v b="$2" 'BEGIN { if (b == 0) print "null"; else printf "%.6g\n", a / b }'; }
+
+# wait_sync MIN_ROTATIONS TIMEOUT_S: until every node is in sync and the fleet
+# has seen at least MIN_ROTATIONS rotations
+wait_sync() {
+	local want=$1 t=$2 n deadline
+	deadline=$(($(now_ms) + t * 1000))
+	while [ "$(now_ms)" -lt "$deadline" ]; do
+		if [ -s "$W/progress.json" ] && jq -e --argjson r "$want" \
+			'.in_sync == .count and .rotations >= $r' "$W/progress.json" >/dev/null 2>&1; then
+			return 0
+		fi
+		kill -0 "$HUB_PID" 2>/dev/null || { log "the hub died"; return 1; }
+		kill -0 "$LG_PID" 2>/dev/null || { log "the load generator died"; return 1; }
+		sleep 0.2
+	done
+	n=$(progress)
+	log "timed out: $n"
+	return 1
+}
+
+topology() { # N DIR (DIR/addresses.batch from rotor-loadgen gen)
+	local n=$1 t0
+	ip netns add hub
+	ip netns add load
+	ip link add veth0 netns hub type veth peer name veth0 netns load
+	ip -n hub link set lo up
+	ip -n load link set lo up
+	ip -n hub link set veth0 up
+	ip -n load link set veth0 up
+	ip -n hub addr add 10.0.0.1/24 dev veth0
+	ip -n load addr add 10.0.0.2/24 dev veth0
+	ip -n hub route add 10.64.0.0/10 via 10.0.0.2
+	t0=$(now_ms)
+	if [ "$n" -gt "$ANYIP_ABOVE" ]; then
+		# Adding an address walks the interface's address list, so N adds
+		# are quadratic: 10,000 take 10-20 s in UML, 100,000 did not finish
+		# in 17 minutes. A local route makes the whole /10 this namespace's
+		# (AnyIP): it receives for every node address and may send from
+		# any of them (IP_PKTINFO), without N addresses.
+		ip -n load route add local 10.64.0.0/10 dev lo || return 1
+		log "N=$n: node addresses by a local route (AnyIP), not $n addresses"
+		return 0
+	fi
+	sed 's/ DEV$/ veth0/' "$2/addresses.batch" | ip -n load -batch - || return 1
+	log "N=$n: $n addresses in $(( $(now_ms) - t0 )) ms"
+}
+
+gen() { # N DIR
+	"$LOADGEN" gen --count "$1" --dir "$2" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" \
+		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" >/dev/null
+}
+
+start_hub() { # CONFIG LOGFILE
+	if [ "$PROFILE" = 1 ] && [ "${2##*/}" != hub-1.log ]; then
+		# A profile part is dumped before each control request is answered,
+		# so every `rotor rotate --all` starts a new part.
+		ip netns exec hub env ROTOR_LOG="$HUB_LOG" valgrind --tool=callgrind \
+			--dump-before='*daemon*answer*' --callgrind-out-file="$W/callgrind.out.hub" \
+			"$ROTOR" hub --config "$1" >"$2" 2>&1 &
+	else
+		ip netns exec hub env ROTOR_LOG="$HUB_LOG" "$ROTOR" hub --config "$1" >"$2" 2>&1 &
+	fi
+	HUB_PID=$!
+	local sock
+	sock=$(sed -n 's/^socket = "\(.*\)"$/\1/p' "$1")
+	for _ in $(seq 1 3000); do
+		[ -S "$sock" ] && return 0
+		kill -0 "$HUB_PID" 2>/dev/null || { log "hub failed:"; tail -5 "$2" >&2; return 1; }
+		sleep 0.1
+	done
+	log "hub did not come up"
+	return 1
+}
+
+start_loadgen() { # COUNT DIR
+	rm -f "$W/progress.json"
+	ip netns exec load "$LOADGEN" run --count "$1" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" --hub 10.0.0.1:4820 \
+		--psk-dir "$2/keys" --hello-interval "$HELLO" --max-pending "$MAX_PENDING" --grace "${GRACE_S}s" \
+		--progress 200ms --progress-file "$W/progress.json" --quiet >"$W/loadgen.json" 2>"$W/loadgen.err" &
+	LG_PID=$!
+}
+
+stop_all() {
+	[ -n "$LG_PID" ] && kill "$LG_PID" 2>/dev/null && wait "$LG_PID" 2>/dev/null
+	[ -n "$HUB_PID" ] && kill "$HUB_PID" 2>/dev/null && wait "$HUB_PID" 2>/dev/null
+	LG_PID=
+	HUB_PID=
+}
+
+hub_rotate() { ip netns exec hub "$ROTOR" rotate --socket "$1" --all >/dev/null; }
+
+# --- baseline: a hub of the same build with one node ------------------------
+baseline_rss_kb() {
+	gen 1 "$W/n1" || return 1
+	topology 1 "$W/n1" >/dev/null 2>&1 || return 1
+	start_hub "$W/n1/hub.toml" "$W/hub-1.log" || return 1
+	start_loadgen 1 "$W/n1"
+	wait_sync 0 60 || return 1
+	sleep 1
+	rss_kb "$HUB_PID"
+	stop_all
+	ip netns del hub
+	ip netns del load
+}
+
+RC=0
+TF=1 # timeouts are longer under valgrind
+[ "$PROFILE" = 1 ] && TF=8
+BASE_RSS=$(baseline_rss_kb) || { log "the 1-node baseline failed"; exit 3; }
+log "1-node hub VmRSS ${BASE_RSS} kB"
+
+for N in "${NS[@]}"; do
+	log "=== N=$N"
+	complete=true
+	D=$W/n$N
+	t0=$(now_ms)
+	gen "$N" "$D" || { log "gen failed"; exit 3; }
+	log "N=$N: keys and config in $(( $(now_ms) - t0 )) ms"
+	topology "$N" "$D" || { log "topology failed"; exit 3; }
+	SOCK=$D/hub.sock
+	snd0=$(softnet_drops)
+	t0=$(now_ms)
+	start_hub "$D/hub.toml" "$W/hub-$N.log" || exit 3
+	hub_start_s=$(fdiv $(( $(now_ms) - t0 )) 1000)
+	log "N=$N: hub up in ${hub_start_s}s (config, 2N policies), VmRSS $(rss_kb "$HUB_PID") kB"
+
+	# --- init ---
+	c0=$(cpu_ns "$HUB_PID")
+	start_loadgen "$N" "$D"
+	wait_sync 0 $(((120 + N / 50) * TF)) || complete=false
+	c1=$(cpu_ns "$HUB_PID")
+	lg_start=$(jq -r '.unix_ms - .elapsed_ms' "$W/progress.json")
+	init_end=$(pf '.all_in_sync_unix_ms // empty')
+	init_wall=$(fdiv $(( ${init_end:-$(now_ms)} - lg_start )) 1000)
+	init_cpu=$(fdiv $((c1 - c0)) 1000000000)
+	init_msgs=$(pf '.sent + .received')
+	log "N=$N: init: ${init_wall}s wall, hub ${init_cpu} CPU-s, $(pf .inits) inits"
+
+	# --- idle: the hub's CPU with nothing but hellos ---
+	c0=$(cpu_ns "$HUB_PID"); i0=$(now_ms)
+	sleep 2
+	idle_cpu_per_s=$(fdiv $(( $(cpu_ns "$HUB_PID") - c0 )) $(( ($(now_ms) - i0) * 1000000 )))
+
+	# --- warm-up rotation (no outbound switch, nothing to delete) ---
+	hub_rotate "$SOCK" || complete=false
+	wait_sync "$N" $(((60 + N / 100) * TF)) || complete=false
+	sleep $((GRACE_S + 1))
+
+	# --- measured rounds ---
+	if [ "$SYSCALLS" = 1 ]; then
+		strace -c -f -p "$HUB_PID" -o "$W/strace-$N.txt" 2>/dev/null &
+		ST_PID=$!
+		sleep 1
+	fi
+	rot_cpu=0; rot_wall=0; rot_user=0; rot_sys=0
+	m0=$(pf '.sent + .received')
+	# At least 10,000 measured rotations (at most 10 rounds): UML counts CPU
+	# time in 10 ms ticks.
+	R=$(( (10000 + N - 1) / N )); [ "$R" -lt "$ROUNDS" ] && R=$ROUNDS; [ "$R" -gt 10 ] && R=10
+	[ "$ROUNDS" -gt 10 ] && R=$ROUNDS
+	for r in $(seq 1 "$R"); do
+		c0=$(cpu_ns "$HUB_PID"); read -r u0 s0 < <(cpu_split "$HUB_PID")
+		t0=$(now_ms)
+		hub_rotate "$SOCK" || complete=false
+		wait_sync $((N * (r + 1))) $(((60 + N / 100) * TF)) || complete=false
+		t1=$(pf '.all_in_sync_unix_ms // empty')
+		sleep "$GRACE_S".3 # the hub deletes N-1's SAs one grace period after each rotation
+		c1=$(cpu_ns "$HUB_PID"); read -r u1 s1 < <(cpu_split "$HUB_PID")
+		rot_cpu=$((rot_cpu + c1 - c0))
+		rot_wall=$((rot_wall + ${t1:-$(now_ms)} - t0))
+		rot_user=$((rot_user + u1 - u0)); rot_sys=$((rot_sys + s1 - s0))
+		log "N=$N: round $r: $(( ${t1:-$(now_ms)} - t0 )) ms wall, hub $(( (c1 - c0) / 1000000 )) ms CPU"
+	done
+	m1=$(pf '.sent + .received')
+	if [ "$SYSCALLS" = 1 ]; then
+		kill -INT "$ST_PID"; wait "$ST_PID" 2>/dev/null
+		log "N=$N: the hub's system calls during $R rounds of $N rotations (strace -c; CPU figures of this run are not comparable):"
+		cat "$W/strace-$N.txt" >&2
+	fi
+	rotations=$((N * R))
+	rot_cpu_s=$(fdiv "$rot_cpu" 1000000000)
+	rot_wall_s=$(fdiv "$rot_wall" $((1000 * R)))
+	rate=$(fdiv "$rotations" "$rot_cpu_s")
+	hub_us=$(fdiv "$rot_cpu" $((rotations * 1000)))
+	sa_ops_s=$(fdiv $((rotations * 5)) "$(fdiv "$rot_wall" 1000)")
+	msgs=$((m1 - m0))
+	msgs_per_s=$(fdiv "$msgs" "$(fdiv "$rot_wall" 1000)")
+	msgs_per_cpu_s=$(fdiv "$msgs" "$rot_cpu_s")
+	user_share=$(fdiv "$rot_user" $((rot_user + rot_sys)))
+
+	# --- memory, drops, state ---
+	rss=$(rss_kb "$HUB_PID"); hwm=$(hwm_kb "$HUB_PID")
+	rss_per_node=$(fdiv $(((rss - BASE_RSS) * 1024)) "$N")
+	st=$(ip netns exec hub "$ROTOR" status --socket "$SOCK" --json)
+	hub_drops=$(jq -c '.drops' <<<"$st")
+	hub_kernel_errors=$(jq '.kernel_errors' <<<"$st")
+	hub_in_sync=$(jq '[.peers[] | select(.state == "in_sync")] | length' <<<"$st")
+	want_gen=$((R + 2))
+	hub_at_gen=$(jq --argjson g "$want_gen" '[.peers[] | select(.generation == $g)] | length' <<<"$st")
+	hub_resends=$(jq '[.peers[].resends] | add' <<<"$st")
+	hub_inits=$(jq '[.peers[].inits] | add' <<<"$st")
+	rcv_hub=$(rcvbuf_errors hub); rcv_load=$(rcvbuf_errors load)
+	snd_drops=$(( $(softnet_drops) - snd0 ))
+	lg_drops=$(pf '.drops')
+	hub_drop_sum=$(jq '[.[]] | add // 0' <<<"$hub_drops")
+	control_drops=$((hub_drop_sum + rcv_hub + rcv_load + snd_drops + $(pf '[.drops[]] | add // 0') + $(pf '.send_errors')))
+	[ "$hub_in_sync" = "$N" ] && [ "$hub_at_gen" = "$N" ] || complete=false
+	stop_all
+	lg_summary=$(jq -c . "$W/loadgen.json" 2>/dev/null || echo null)
+	ip netns del hub; ip netns del load
+
+	# --- the kernel floor, same boot ---
+	ip netns add floor
+	rep=$(( (20000 + N - 1) / N )); [ "$rep" -gt 20 ] && rep=20
+	noip=()
+	# ip -batch costs ~4 ms per rotation in UML (one netlink round trip per
+	# operation): past 20,000 nodes it would take longer than everything else.
+	[ "$N" -gt 20000 ] && noip=(--no-ip)
+	fl=$(ip netns exec floor "$LOADGEN" floor --count "$N" --local 10.0.0.1 --first-remote 10.64.0.0 --addr-map "$ADDRESSING" --repeat "$rep" "${noip[@]}") ||
+		{ log "floor failed"; fl=null; complete=false; }
+	ip netns del floor
+	floor_us=$(jq '.netlink_batch.us_per_rotation // null' <<<"$fl")
+	ip_us=$(jq '.ip_batch.us_per_rotation // null' <<<"$fl")
+	$complete || RC=1
+
+	jq -nc \
+		--argjson n "$N" --argjson complete "$complete" \
+		--argjson init_wall_s "$init_wall" --argjson init_hub_cpu_s "$init_cpu" --argjson init_msgs "${init_msgs:-null}" \
+		--argjson hub_start_s "$hub_start_s" --argjson idle_cpu_per_s "$idle_cpu_per_s" \
+		--argjson rounds "$R" --argjson rotations "$rotations" \
+		--argjson rot_cpu_s "$rot_cpu_s" --argjson rot_wall_s "$rot_wall_s" --argjson rate "$rate" \
+		--argjson hub_us "$hub_us" --argjson user_share "$user_share" \
+		--argjson sa_ops_s "$sa_ops_s" --argjson msgs "$msgs" --argjson msgs_per_s "$msgs_per_s" \
+		--argjson msgs_per_cpu_s "$msgs_per_cpu_s" \
+		--argjson rss "$rss" --argjson hwm "$hwm" --argjson base "$BASE_RSS" --argjson rss_per_node "$rss_per_node" \
+		--argjson hub_drops "$hub_drops" --argjson hub_kernel_errors "$hub_kernel_errors" \
+		--argjson rcv_hub "$rcv_hub" --argjson rcv_load "$rcv_load" --argjson snd_drops "$snd_drops" \
+		--argjson lg_drops "$lg_drops" --argjson control_drops "$control_drops" \
+		--argjson hub_in_sync "$hub_in_sync" --argjson hub_at_gen "$hub_at_gen" \
+		--argjson hub_resends "$hub_resends" --argjson hub_inits "$hub_inits" \
+		--argjson floor_us "$floor_us" --argjson ip_us "$ip_us" --argjson floor "$fl" \
+		--argjson loadgen "$lg_summary" --arg hello "$HELLO" --arg hub_log "$HUB_LOG" \
+		--argjson profile "$PROFILE" --arg addressing "$ADDRESSING" '{
+		n: $n, complete: $complete,
+		rotations_per_hub_cpu_s: $rate,
+		kernel_floor_us_per_rotation: $floor_us,
+		hub_us_per_rotation: $hub_us,
+		hub_vs_floor: (if $floor_us then $hub_us / $floor_us else null end),
+		ip_batch_us_per_rotation: $ip_us,
+		hub_vs_ip_batch: (if $ip_us then $hub_us / $ip_us else null end),
+		strongswan_rekeys_per_hub_cpu_s: null,
+		hub_rss_bytes_per_node: $rss_per_node,
+		control_drops: $control_drops,
+		init_wall_s: $init_wall_s, init_hub_cpu_s: $init_hub_cpu_s, init_msgs: $init_msgs,
+		hub_start_s: $hub_start_s, hub_idle_cpu_share: $idle_cpu_per_s,
+		rounds: $rounds, rotations: $rotations, rotation_hub_cpu_s: $rot_cpu_s,
+		rotation_wall_s: $rot_wall_s, rotation_user_share: $user_share,
+		kernel_sa_ops_per_rotation: 5, kernel_sa_ops_per_s: $sa_ops_s,
+		control_msgs: $msgs, control_msgs_per_s: $msgs_per_s, control_msgs_per_hub_cpu_s: $msgs_per_cpu_s,
+		hub_rss_kb: $rss, hub_hwm_kb: $hwm, hub_1node_rss_kb: $base,
+		drops: {hub: $hub_drops, hub_rcvbuf_errors: $rcv_hub, load_rcvbuf_errors: $rcv_load,
+		        softnet: $snd_drops, loadgen: $lg_drops},
+		hub_kernel_errors: $hub_kernel_errors, hub_in_sync: $hub_in_sync, hub_at_generation: $hub_at_gen,
+		hub_resends: $hub_resends, hub_inits: $hub_inits,
+		floor: $floor, loadgen: $loadgen, hello_interval: $hello, hub_log: $hub_log, addressing: $addressing, profiled: ($profile == 1)
+		}' | sed 's/^/BENCH-JSON /'
+done
+if [ "$PROFILE" = 1 ]; then
+	log "callgrind output: $W/callgrind.out.hub.* (one part per control request: the parts after the warm-up rotation's are the measured rounds; callgrind_annotate them)"
+	ls -l "$W"/callgrind.out.hub* >&2
+fi
+exit $RC
