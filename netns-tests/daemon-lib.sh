@@ -211,10 +211,11 @@ probes() {
 		(ip netns exec "$(data_ns $i)" $PROBE send --to "$(endpoint "$(data_addr 0)" $((5000 + i)))" --rate "$r" --duration "$d" >"$WORK/sent-up-$i.tmp" && mv "$WORK/sent-up-$i.tmp" "$WORK/sent-up-$i") &
 		(ip netns exec "$(data_ns 0)" $PROBE send --to "$(endpoint "$(data_addr $i)" 6000)" --rate "$r" --duration "$d" >"$WORK/sent-down-$i.tmp" && mv "$WORK/sent-down-$i.tmp" "$WORK/sent-down-$i") &
 	done
-	# WIRE_SECONDS=S: capture S seconds of the hub's outgoing frames, from 1 s
-	# into the streams, into $WORK/wire.json (see wire_check.py)
+	# WIRE_SECONDS=S: capture S seconds of the wire at the hub's bridge port
+	# (p0 in "lan": every frame the hub sends or receives), from 1 s into the
+	# streams, into $WORK/wire.json (see wire_check.py)
 	if [ -n "${WIRE_SECONDS:-}" ]; then
-		(sleep 1; ip netns exec hub python3 "$HERE/wire_check.py" --iface veth0 --seconds "$WIRE_SECONDS" >"$WORK/wire.json") &
+		(sleep 1; ip netns exec lan python3 "$HERE/wire_check.py" --iface p0 --seconds "$WIRE_SECONDS" >"$WORK/wire.json") &
 	fi
 	wait_probes
 }
@@ -367,8 +368,8 @@ steady() {
 	for i in $(seq 1 "$n"); do start_node "$i"; done
 	check "$label: every node initialised and both sides send" wait_all_sending "$n" 20
 	WIRE_SECONDS=10 probes "$n" "$duration" 200
-	echo "  hub's outer interface, 10 s of outgoing frames 1 s into the streams: $(cat "$WORK/wire.json")"
-	check "$label: the probe streams left the hub as ESP only" python3 -c "
+	echo "  the wire at the hub's bridge port, 10 s of frames both ways 1 s into the streams: $(cat "$WORK/wire.json")"
+	check "$label: on the wire the probe streams are ESP only, both ways" python3 -c "
 import json; d=json.load(open('$WORK/wire.json')); raise SystemExit(0 if d['esp'] > 1000 and d['plain_probe'] == 0 else 1)"
 	check "$label: zero probe packets lost, both directions, every node" probe_report "$n" || net_drops
 	for ns in $(ip netns list | awk '{print $1}'); do check "$label: no XFRM errors in $ns" xfrm_clean "$ns"; done

@@ -1,16 +1,16 @@
 #!/usr/bin/env python3
-"""Counts the frames an interface sends for --seconds (AF_PACKET, outgoing
-only): ESP packets, and plaintext UDP packets to a destination port in
+"""Counts the frames on an interface for --seconds (AF_PACKET, both
+directions): ESP packets, and plaintext UDP packets to a destination port in
 --ports LO-HI (the probe streams). Prints one JSON line
-{"esp": E, "plain_probe": P, "frames": F}. Outgoing frames are seen after
-XFRM, so a probe packet that escaped encryption counts in plain_probe.
+{"esp": E, "plain_probe": P, "frames": F, "plain_frames": [hex...]}.
 
-  wire_check.py --iface veth0 --seconds 10 --ports 5000-6000
+Run it on the wire itself (a bridge port in the "lan" namespace), not on an
+IPsec host's own interface: on the host, decapsulated tunnel-mode packets are
+re-injected on the outer interface and a packet tap sees them there in clear.
+
+  wire_check.py --iface p0 --seconds 10 --ports 5000-6000
 """
 import argparse, json, socket, struct, time
-
-PACKET_OUTGOING = 4
-
 
 def main():
     p = argparse.ArgumentParser()
@@ -23,13 +23,14 @@ def main():
     s.bind((a.iface, 0))
     s.settimeout(0.2)
     esp = plain = frames = 0
+    leaks = []  # the first clear probe frames, hex, to tell what leaked
     end = time.monotonic() + a.seconds
     while time.monotonic() < end:
         try:
             frame, addr = s.recvfrom(65535)
         except socket.timeout:
             continue
-        if addr[2] != PACKET_OUTGOING or len(frame) < 14:
+        if len(frame) < 14:
             continue
         frames += 1
         ethertype = frame[12:14]
@@ -44,7 +45,9 @@ def main():
             esp += 1
         elif proto == 17 and len(l4) >= 4 and lo <= struct.unpack("!H", l4[2:4])[0] <= hi:
             plain += 1
-    print(json.dumps({"esp": esp, "plain_probe": plain, "frames": frames}))
+            if len(leaks) < 5:
+                leaks.append(frame[:80].hex())
+    print(json.dumps({"esp": esp, "plain_probe": plain, "frames": frames, "plain_frames": leaks}))
 
 
 if __name__ == "__main__":
