@@ -8,5 +8,6 @@ set -eu
 cd "$(dirname "$0")/.."
 command -v cargo >/dev/null || { echo "demo.sh: cargo not found: install Rust >= 1.88" >&2; exit 1; }
 cargo build --release --workspace --quiet
-export ROTOR_BIN=$PWD/target/release/rotor ROTOR_XFRMCTL=$PWD/target/release/rotor-xfrmctl
+TARGET_DIR=${CARGO_TARGET_DIR:-$PWD/target}
+export ROTOR_BIN=$TARGET_DIR/release/rotor ROTOR_XFRMCTL=$TARGET_DIR/release/rotor-xfrmctl
 exec scripts/uml-run.sh --timeout 300 scripts/demo-inside.sh

@@ -67,8 +67,9 @@ if [ "$QUICK" = 0 ]; then
 	step "cargo build --release (binaries for the real-kernel tests)"
 	cargo build --workspace --release --quiet
 	record build $?
-	export ROTOR_BIN=$ROOT/target/release/rotor
-	export ROTOR_XFRMCTL=$ROOT/target/release/rotor-xfrmctl
+	TARGET_DIR=${CARGO_TARGET_DIR:-$ROOT/target}
+	export ROTOR_BIN=$TARGET_DIR/release/rotor
+	export ROTOR_XFRMCTL=$TARGET_DIR/release/rotor-xfrmctl
 	for t in netns-tests/[0-9]*.sh; do
 		case $t in *"$FILTER"*) ;; *) continue ;; esac
 		step "UML: $t"
