@@ -175,8 +175,7 @@ impl KernelExec {
                 .names
                 .get(peer.0 as usize)
                 .map(String::as_str)
-                .unwrap_or("?")
-                .to_string();
+                .unwrap_or("?");
             let refusal: Option<(i32, String)> = match &r {
                 OpResult::Done => None,
                 // Already in the wanted state: a deletion of something gone,

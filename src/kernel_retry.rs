@@ -73,6 +73,10 @@ impl RetryQueue {
     /// pointless are dropped. Returns (peer, op, attempts so far) in order;
     /// new operations have 0 attempts.
     pub fn batch(&mut self, now: Time, new: Vec<(PeerId, Op)>) -> Vec<(PeerId, Op, u32)> {
+        // The common case, nothing refused: no superseding to work out.
+        if self.items.is_empty() {
+            return new.into_iter().map(|(p, op)| (p, op, 0)).collect();
+        }
         let new_targets: Vec<(PeerId, Option<String>)> =
             new.iter().map(|(p, op)| (*p, target(op))).collect();
         self.items.retain(|item| {
