@@ -86,22 +86,27 @@ impl KernelExec {
                 "removed state left by an earlier run"
             );
         }
-        let mut ops = Vec::new();
-        for p in &self.peers {
-            ops.extend(p.nd_bypass());
-            ops.extend(p.inbound_policies());
-            ops.extend(p.set_outbound(None));
-        }
-        let results = self.xfrm.apply(&ops).context("installing policies")?;
-        for (op, r) in ops.iter().zip(results) {
-            if !r.is_done() {
-                anyhow::bail!("installing policy failed: {op}: {r:?}");
+        // In parts, so that 100,000 peers' policies never sit in memory (and
+        // in netlink buffers) at once.
+        for chunk in self.peers.chunks(1024) {
+            let mut ops = Vec::new();
+            for p in chunk {
+                ops.extend(p.nd_bypass());
+                ops.extend(p.inbound_policies());
+                ops.extend(p.set_outbound(None));
+            }
+            let results = self.xfrm.apply(&ops).context("installing policies")?;
+            for (op, r) in ops.iter().zip(results) {
+                if !r.is_done() {
+                    anyhow::bail!("installing policy failed: {op}: {r:?}");
+                }
             }
         }
         Ok(())
     }
 
-    fn op_for(&self, a: &Action) -> Vec<Op> {
+    /// Appends the kernel operations `a` needs (none for sends and events).
+    fn ops_for(&self, a: &Action, out: &mut Vec<(PeerId, Op)>) {
         match a {
             Action::InstallSa {
                 peer,
@@ -110,31 +115,37 @@ impl KernelExec {
                 key,
             } => {
                 let Some(p) = self.peers.get(peer.0 as usize) else {
-                    return vec![];
+                    return;
                 };
                 let Some(k) = AeadKey::new(key.expose().to_vec()) else {
-                    return vec![];
+                    return;
                 };
-                match dir {
-                    SaDir::In => vec![p.add_inbound_sa(*spi, k)],
-                    SaDir::Out => vec![p.add_outbound_sa(*spi, k)],
+                out.push((
+                    *peer,
+                    match dir {
+                        SaDir::In => p.add_inbound_sa(*spi, k),
+                        SaDir::Out => p.add_outbound_sa(*spi, k),
+                    },
+                ));
+            }
+            Action::SetOutbound { peer, spi } => {
+                if let Some(p) = self.peers.get(peer.0 as usize) {
+                    out.extend(p.set_outbound(*spi).into_iter().map(|op| (*peer, op)));
                 }
             }
-            Action::SetOutbound { peer, spi } => self
-                .peers
-                .get(peer.0 as usize)
-                .map(|p| p.set_outbound(*spi))
-                .unwrap_or_default(),
             Action::DeleteSa { peer, dir, spi } => {
                 let Some(p) = self.peers.get(peer.0 as usize) else {
-                    return vec![];
+                    return;
                 };
-                match dir {
-                    SaDir::In => vec![p.delete_inbound_sa(*spi)],
-                    SaDir::Out => vec![p.delete_outbound_sa(*spi)],
-                }
+                out.push((
+                    *peer,
+                    match dir {
+                        SaDir::In => p.delete_inbound_sa(*spi),
+                        SaDir::Out => p.delete_outbound_sa(*spi),
+                    },
+                ));
             }
-            _ => vec![],
+            Action::Send { .. } | Action::Event(_) => {}
         }
     }
 
@@ -146,14 +157,7 @@ impl KernelExec {
     fn apply(&mut self, now: Time, actions: &[Action]) {
         let mut new = Vec::new();
         for a in actions {
-            if let Action::InstallSa { peer, .. }
-            | Action::SetOutbound { peer, .. }
-            | Action::DeleteSa { peer, .. } = a
-            {
-                for op in self.op_for(a) {
-                    new.push((*peer, op));
-                }
-            }
+            self.ops_for(a, &mut new);
         }
         if new.is_empty() && self.retry.next_due().is_none_or(|t| t > now) {
             return;
@@ -162,7 +166,10 @@ impl KernelExec {
         if batch.is_empty() {
             return;
         }
-        let ops: Vec<Op> = batch.iter().map(|(_, op, _)| op.clone()).collect();
+        let (who, ops): (Vec<(PeerId, u32)>, Vec<Op>) = batch
+            .into_iter()
+            .map(|(peer, op, attempts)| ((peer, attempts), op))
+            .unzip();
         let results = match self.xfrm.apply(&ops) {
             Ok(r) => r,
             Err(e) => {
@@ -170,7 +177,7 @@ impl KernelExec {
                 (0..ops.len()).map(|_| OpResult::Unknown).collect()
             }
         };
-        for ((peer, op, attempts), r) in batch.into_iter().zip(results) {
+        for (((peer, attempts), op), r) in who.into_iter().zip(ops).zip(results) {
             let name = self
                 .names
                 .get(peer.0 as usize)
@@ -476,7 +483,7 @@ pub async fn run_hub(mut cfg: HubConfig) -> anyhow::Result<()> {
     .context("hub configuration")?;
     hub.start();
     let mut rng = StdRng::from_entropy();
-    let mut kernel = KernelExec::open(peers, names.clone())?;
+    let mut kernel = KernelExec::open(peers, names)?;
     kernel.start()?;
     let udp = bind_control_udp(SocketAddr::new(cfg.address, cfg.port))?;
     let ctl = bind_control_unix(&cfg.socket)?;
@@ -557,18 +564,19 @@ async fn hub_loop(
                                 v
                             }
                             Request::Rotate { node, all } => {
-                                let ids: Vec<PeerId> = if all {
-                                    (0..hub.node_count()).map(|i| PeerId(i as u32)).collect()
-                                } else {
-                                    match node.as_deref().and_then(|n| hub.node_id(n)) {
-                                        Some(id) => vec![id],
-                                        None => return serde_json::json!({"ok": false, "error": format!("no node named {:?}", node.unwrap_or_default())}),
-                                    }
-                                };
-                                for id in &ids {
-                                    let _ = hub.rotate_now(now, *id, rng);
+                                if all {
+                                    // Paced by the hub: TIMER_BATCH nodes per
+                                    // loop turn, hellos served in between.
+                                    let n = hub.rotate_all(now);
+                                    return serde_json::json!({"ok": true, "rotating": n});
                                 }
-                                serde_json::json!({"ok": true, "rotating": ids.len()})
+                                match node.as_deref().and_then(|n| hub.node_id(n)) {
+                                    Some(id) => {
+                                        let _ = hub.rotate_now(now, id, rng);
+                                        serde_json::json!({"ok": true, "rotating": 1})
+                                    }
+                                    None => serde_json::json!({"ok": false, "error": format!("no node named {:?}", node.unwrap_or_default())}),
+                                }
                             }
                         }
                     };

@@ -31,7 +31,7 @@ use crate::wire::{self, Body, FLAG_INIT_REPLY, Header, MsgType};
 
 #[derive(Debug)]
 struct NodeState {
-    name: String,
+    name: Box<str>,
     psk: Secret32,
     init_spi: u32,
     rotate_interval_ms: u64,
@@ -55,7 +55,9 @@ struct NodeState {
     last_init_ts: u64,
     /// Nonce of the last accepted init and the reply sent to it: a
     /// retransmission of that init gets the same reply again (I4 for init).
-    last_init: Option<([u8; 32], Vec<u8>)>,
+    /// Dropped once the node confirms generation 1: it has the reply then,
+    /// and a copy per node would cost the hub ~200 bytes each for nothing.
+    last_init: Option<Box<([u8; 32], Vec<u8>)>>,
     last_seen: Option<Time>,
     rotations: u64,
     resends: u64,
@@ -74,6 +76,13 @@ pub const CROSSING_HOLDOFF_MS: u64 = 200;
 /// (bounds per-node state under repeated inits).
 pub const MAX_SUPERSEDED: usize = 6;
 
+/// Most timer work items (SA retirements, rotations) one call of
+/// [`Hub::handle_timeout`] does. The rest stays due, so the caller comes back
+/// at once, after serving its sockets: a `rotate --all` of 100,000 nodes, or
+/// the grace expiry that follows it, never stalls the control channel, and
+/// the kernel batches and buffers of one call stay small.
+pub const TIMER_BATCH: usize = 256;
+
 /// An unknown node name or id was given to a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("no such node: {0}")]
@@ -87,8 +96,12 @@ pub struct Hub {
     grace_ms: u64,
     init_skew_ms: u64,
     key_bits: crate::key_schedule::KeyBits,
-    /// Rotation deadlines (lazy: an entry is live if it equals the node's rotate_at).
+    /// Rotation deadlines (lazy: an entry is live if it equals the node's
+    /// rotate_at; compacted when stale entries outnumber the nodes).
     rotate_heap: BinaryHeap<Reverse<(Time, PeerId)>>,
+    /// `rotate --all` in progress: the next node to rotate, and when it was
+    /// asked (the due time [`Hub::poll_timeout`] reports until it is done).
+    rotate_all: Option<(u32, Time)>,
     /// Generations to delete, in deadline order (the grace is constant).
     retire_queue: VecDeque<(Time, PeerId, u32)>,
     actions: VecDeque<Action>,
@@ -106,7 +119,7 @@ impl Hub {
             let spi = init_spi(&n.psk);
             table.add_init(spi, PeerId(i as u32));
             nodes.push(NodeState {
-                name: n.name,
+                name: n.name.into_boxed_str(),
                 psk: n.psk,
                 init_spi: spi,
                 rotate_interval_ms: n.rotate_interval_ms,
@@ -134,6 +147,7 @@ impl Hub {
             init_skew_ms: cfg.init_skew_ms,
             key_bits: cfg.key_bits,
             rotate_heap: BinaryHeap::new(),
+            rotate_all: None,
             retire_queue: VecDeque::new(),
             actions: VecDeque::new(),
             drops: BTreeMap::new(),
@@ -142,17 +156,20 @@ impl Hub {
 
     /// Next action to execute, in order.
     pub fn poll_action(&mut self) -> Option<Action> {
-        self.actions.pop_front()
+        let a = self.actions.pop_front();
+        if a.is_none() && self.actions.capacity() > 4 * TIMER_BATCH * 8 {
+            // A burst left a large queue behind: give the memory back.
+            self.actions.shrink_to(TIMER_BATCH * 8);
+        }
+        a
     }
 
     /// When [`Self::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Time> {
         let r = self.rotate_heap.peek().map(|Reverse((t, _))| *t);
         let g = self.retire_queue.front().map(|(t, _, _)| *t);
-        match (r, g) {
-            (Some(a), Some(b)) => Some(a.min(b)),
-            (a, b) => a.or(b),
-        }
+        let a = self.rotate_all.map(|(_, t)| t);
+        [r, g, a].into_iter().flatten().min()
     }
 
     /// Number of configured nodes.
@@ -164,7 +181,7 @@ impl Hub {
     pub fn node_id(&self, name: &str) -> Option<PeerId> {
         self.nodes
             .iter()
-            .position(|n| n.name == name)
+            .position(|n| &*n.name == name)
             .map(|i| PeerId(i as u32))
     }
 
@@ -202,15 +219,16 @@ impl Hub {
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<(), DropReason> {
         let dg = wire::parse(data).map_err(DropReason::Wire)?;
-        match self.table.lookup(dg.header.spi).cloned() {
+        match self.table.lookup(dg.header.spi) {
             None => Err(DropReason::UnknownSpi),
-            Some(SpiOwner::Init(candidates)) => {
-                if dg.header.kind != MsgType::Init {
-                    return Err(DropReason::UnexpectedType);
-                }
-                // Usually one candidate; with colliding init SPIs the AEAD picks.
+            Some(SpiOwner::Init(_) | SpiOwner::SharedInit) if dg.header.kind != MsgType::Init => {
+                Err(DropReason::UnexpectedType)
+            }
+            Some(SpiOwner::Init(id)) => self.init(now, unix_ms, id, &dg, rng),
+            Some(SpiOwner::SharedInit) => {
+                // Colliding init SPIs (rare): the AEAD picks the node.
                 let mut last = DropReason::Wire(wire::WireError::AuthFailed);
-                for id in candidates {
+                for id in self.table.init_candidates(dg.header.spi) {
                     match self.init(now, unix_ms, id, &dg, rng) {
                         Ok(()) => return Ok(()),
                         Err(e) => last = e,
@@ -218,11 +236,11 @@ impl Hub {
                 }
                 Err(last)
             }
-            Some(SpiOwner::Generation { node, generation }) => {
+            Some(SpiOwner::Generation(node)) => {
                 if dg.header.kind != MsgType::Hello {
                     return Err(DropReason::UnexpectedType);
                 }
-                self.hello(now, node, generation, &dg, rng)
+                self.hello(now, node, &dg, rng)
             }
         }
     }
@@ -247,11 +265,11 @@ impl Hub {
             return Err(DropReason::UnexpectedType);
         };
         if timestamp_ms == n.last_init_ts
-            && let Some((nonce, reply)) = &n.last_init
-            && *nonce == node_nonce
+            && let Some(last) = &n.last_init
+            && last.0 == node_nonce
         {
             // The node did not get our reply: send the same one again.
-            let datagram = reply.clone();
+            let datagram = last.1.clone();
             let n = &mut self.nodes[id.0 as usize];
             n.resends += 1;
             self.actions.push_back(Action::Send { peer: id, datagram });
@@ -298,7 +316,8 @@ impl Hub {
         n.inits += 1;
         n.last_seen = Some(now);
         n.rotate_at = now.plus_ms(n.rotate_interval_ms);
-        self.rotate_heap.push(Reverse((n.rotate_at, id)));
+        let at = n.rotate_at;
+        self.push_rotation(at, id);
         let n = &mut self.nodes[id.0 as usize];
         let mut clear = [0u8; 64];
         clear[..32].copy_from_slice(&hub_nonce);
@@ -317,7 +336,7 @@ impl Hub {
         let spi = gen1.spi;
         n.latest = Some(gen1);
         let datagram = wire::seal(&session, header, &clear, &body).unwrap_or_default();
-        n.last_init = Some((node_nonce, datagram.clone()));
+        n.last_init = Some(Box::new((node_nonce, datagram.clone())));
         self.actions.push_back(Action::Send { peer: id, datagram });
         self.actions
             .push_back(Action::Event(Event::Initialised { peer: id, spi }));
@@ -337,8 +356,8 @@ impl Hub {
         rng.fill_bytes(&mut s);
         let secret = Secret32::new(s);
         zeroize::Zeroize::zeroize(&mut s);
-        let spi = self.table.allocate(rng, id, number);
-        let g = Generation::new(
+        let spi = self.table.allocate(rng, id);
+        let (g, esp) = Generation::new(
             number,
             spi,
             secret,
@@ -349,13 +368,13 @@ impl Hub {
             peer: id,
             dir: SaDir::In,
             spi,
-            key: g.keys.esp_n2h.clone(),
+            key: esp.n2h,
         });
         self.actions.push_back(Action::InstallSa {
             peer: id,
             dir: SaDir::Out,
             spi,
-            key: g.keys.esp_h2n.clone(),
+            key: esp.h2n,
         });
         g
     }
@@ -379,19 +398,14 @@ impl Hub {
         &mut self,
         now: Time,
         id: PeerId,
-        generation: u64,
         dg: &wire::Datagram<'_>,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<(), DropReason> {
         let n = &mut self.nodes[id.0 as usize];
-        let is_latest = n
-            .latest
-            .as_ref()
-            .is_some_and(|g| g.number == generation && g.spi == dg.header.spi);
-        let is_previous = n
-            .previous
-            .as_ref()
-            .is_some_and(|g| g.number == generation && g.spi == dg.header.spi);
+        // The SPI names one of the node's generations: latest, previous, or
+        // one replaced (by an init or a rotation) and awaiting deletion.
+        let is_latest = n.latest.as_ref().is_some_and(|g| g.spi == dg.header.spi);
+        let is_previous = n.previous.as_ref().is_some_and(|g| g.spi == dg.header.spi);
         let g = match (is_latest, is_previous) {
             (true, _) => n.latest.as_mut(),
             (_, true) => n.previous.as_mut(),
@@ -404,7 +418,7 @@ impl Hub {
         let Body::Hello {
             generation: claimed,
             rotate,
-        } = dg.open(&g.keys.ctl_n2h).map_err(DropReason::Wire)?
+        } = dg.open(&g.ctl_n2h).map_err(DropReason::Wire)?
         else {
             return Err(DropReason::UnexpectedType);
         };
@@ -446,7 +460,9 @@ impl Hub {
             }));
             if first {
                 // The init exception: generation 1 is sent on from its
-                // confirmation; the chain it replaced can go now.
+                // confirmation; the chain it replaced can go now, and so can
+                // the init reply (the node has it).
+                self.nodes[id.0 as usize].last_init = None;
                 self.set_outbound(id, Some(spi));
                 let old = std::mem::take(&mut self.nodes[id.0 as usize].superseded);
                 for s in old {
@@ -475,7 +491,7 @@ impl Hub {
             let b = Body::Ack {
                 generation: g.number,
             };
-            let datagram = wire::seal(&g.keys.ctl_h2n, header, &[], &b).unwrap_or_default();
+            let datagram = wire::seal(&g.ctl_h2n, header, &[], &b).unwrap_or_default();
             self.actions.push_back(Action::Send { peer: id, datagram });
         }
     }
@@ -510,7 +526,9 @@ impl Hub {
         n.key_sent_at = now;
         n.crossing_spared = false;
         n.rotate_at = now.plus_ms(n.rotate_interval_ms);
-        self.rotate_heap.push(Reverse((n.rotate_at, id)));
+        let at = n.rotate_at;
+        self.push_rotation(at, id);
+        let n = &mut self.nodes[id.0 as usize];
         if let Some(prev) = n.previous.as_mut() {
             let header = Header {
                 kind: MsgType::Key,
@@ -518,7 +536,7 @@ impl Hub {
                 spi: prev.spi,
                 counter: prev.next_counter(),
             };
-            let datagram = wire::seal(&prev.keys.ctl_h2n, header, &[], &body).unwrap_or_default();
+            let datagram = wire::seal(&prev.ctl_h2n, header, &[], &body).unwrap_or_default();
             self.actions.push_back(Action::Send { peer: id, datagram });
         }
         self.actions.push_back(Action::Event(Event::Rotated {
@@ -548,7 +566,7 @@ impl Hub {
             spi: prev.spi,
             counter: prev.next_counter(),
         };
-        let datagram = wire::seal(&prev.keys.ctl_h2n, header, &[], &body).unwrap_or_default();
+        let datagram = wire::seal(&prev.ctl_h2n, header, &[], &body).unwrap_or_default();
         n.resends += 1;
         self.actions.push_back(Action::Send { peer: id, datagram });
         self.actions.push_back(Action::Event(Event::Resent {
@@ -558,13 +576,17 @@ impl Hub {
         }));
     }
 
-    /// Fires due timers: rotations (pushed to confirmed nodes at once, else at
-    /// their next hello) and SA deletions after the grace period.
+    /// Fires due timers: SA deletions after the grace period, rotations
+    /// (pushed to confirmed nodes at once, else at their next hello) and the
+    /// next part of a `rotate --all`. Does at most [`TIMER_BATCH`] items of
+    /// each kind per call; what is left stays due in [`Self::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Time, rng: &mut (impl RngCore + CryptoRng)) {
+        let mut budget = TIMER_BATCH;
         while let Some(&(t, id, spi)) = self.retire_queue.front() {
-            if t > now {
+            if t > now || budget == 0 {
                 break;
             }
+            budget -= 1;
             self.retire_queue.pop_front();
             if self.nodes[id.0 as usize].outbound == Some(spi) {
                 // Never leave the outbound policy pointing at a deleted SA.
@@ -582,8 +604,9 @@ impl Hub {
             });
             self.table.release(spi);
         }
+        let mut budget = TIMER_BATCH;
         while let Some(&Reverse((t, id))) = self.rotate_heap.peek() {
-            if t > now {
+            if t > now || budget == 0 {
                 break;
             }
             self.rotate_heap.pop();
@@ -591,11 +614,51 @@ impl Hub {
             if n.rotate_at != t {
                 continue; // superseded
             }
+            budget -= 1;
             if n.confirmed && n.latest.is_some() {
                 self.rotate(now, id, rng);
             }
             // Otherwise the next hello under the latest generation rotates
             // (rotate_at stays in the past).
+        }
+        if let Some((next, asked)) = self.rotate_all
+            && asked <= now
+        {
+            let end = (next as usize + TIMER_BATCH).min(self.nodes.len());
+            for i in next as usize..end {
+                self.rotate_one(now, PeerId(i as u32), rng);
+            }
+            self.rotate_all = (end < self.nodes.len()).then_some((end as u32, asked));
+        }
+    }
+
+    /// Queues a rotation deadline. The heap is lazy (a node's earlier entries
+    /// go stale when it rotates early); once stale entries outnumber the
+    /// nodes it is rebuilt, so forced rotations cannot grow it without bound.
+    fn push_rotation(&mut self, at: Time, id: PeerId) {
+        self.rotate_heap.push(Reverse((at, id)));
+        if self.rotate_heap.len() > 2 * self.nodes.len() + 64 {
+            let nodes = &self.nodes;
+            self.rotate_heap
+                .retain(|Reverse((t, id))| nodes[id.0 as usize].rotate_at == *t);
+        }
+    }
+
+    /// Rotates every node: those in sync [`TIMER_BATCH`] at a time from the
+    /// next [`Self::handle_timeout`] on (so the caller keeps serving the
+    /// control channel between parts), the others at their next hello under
+    /// the latest generation. Returns the number of nodes.
+    pub fn rotate_all(&mut self, now: Time) -> usize {
+        self.rotate_all = Some((0, now));
+        self.nodes.len()
+    }
+
+    fn rotate_one(&mut self, now: Time, id: PeerId, rng: &mut (impl RngCore + CryptoRng)) {
+        let n = &mut self.nodes[id.0 as usize];
+        if n.confirmed && n.latest.is_some() {
+            self.rotate(now, id, rng);
+        } else {
+            n.force_rotate = true;
         }
     }
 
@@ -607,24 +670,21 @@ impl Hub {
         id: PeerId,
         rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<(), UnknownNode> {
-        let n = self
-            .nodes
-            .get_mut(id.0 as usize)
-            .ok_or_else(|| UnknownNode(format!("#{}", id.0)))?;
-        if n.confirmed && n.latest.is_some() {
-            self.rotate(now, id, rng);
-        } else {
-            n.force_rotate = true;
+        if id.0 as usize >= self.nodes.len() {
+            return Err(UnknownNode(format!("#{}", id.0)));
         }
+        self.rotate_one(now, id, rng);
         Ok(())
     }
 
     /// Arms every node's first rotation timer; call once after [`Hub::new`].
     pub fn start(&mut self) {
-        for (i, n) in self.nodes.iter().enumerate() {
-            self.rotate_heap
-                .push(Reverse((n.rotate_at, PeerId(i as u32))));
-        }
+        self.rotate_heap = self
+            .nodes
+            .iter()
+            .enumerate()
+            .map(|(i, n)| Reverse((n.rotate_at, PeerId(i as u32))))
+            .collect();
     }
 
     /// The key-SPI table, one row per node.
@@ -638,7 +698,7 @@ impl Hub {
     pub fn peer_status(&self, id: PeerId, now: Time) -> Option<PeerStatus> {
         let n = self.nodes.get(id.0 as usize)?;
         Some(PeerStatus {
-            name: n.name.clone(),
+            name: n.name.to_string(),
             generation: n.latest.as_ref().map_or(0, |g| g.number),
             tx_spi: n.outbound,
             rx_spis: [n.previous.as_ref(), n.latest.as_ref()]
@@ -656,6 +716,13 @@ impl Hub {
             inits: n.inits,
             last_seen_ms: n.last_seen.map(|t| now.since(t)),
         })
+    }
+
+    /// Timer entries held (rotation deadlines, stale ones included, and SA
+    /// retirements awaiting their grace period): bounded by a small multiple
+    /// of the node count however often rotations are forced.
+    pub fn timer_entries(&self) -> usize {
+        self.rotate_heap.len() + self.retire_queue.len()
     }
 
     /// Latest generation number per node (0 before init), for invariant checks.

@@ -101,9 +101,10 @@ pub fn generation_keys(
     let g = generation.to_be_bytes();
     let s = spi.to_be_bytes();
     let esp = |dir: Dir| {
-        let mut k = vec![0u8; bits.aes_len() + 4];
-        expand(&hk, &[b"esp", dir.label(), node.as_bytes(), &g, &s], &mut k);
-        EspKey::from_vec(k)
+        let mut k = zeroize::Zeroizing::new([0u8; crate::secret::ESP_KEY_MAX]);
+        let k = &mut k[..bits.aes_len() + 4];
+        expand(&hk, &[b"esp", dir.label(), node.as_bytes(), &g, &s], k);
+        EspKey::from_slice(k)
     };
     let ctl = |dir: Dir| {
         let mut k = [0u8; 32];

@@ -14,7 +14,7 @@ use x25519_dalek::{PublicKey, StaticSecret};
 
 use crate::action::{Action, DropReason, Event, PeerId, SaDir, Time};
 use crate::config::{ConfigError, NodeConfig};
-use crate::generation::Generation;
+use crate::generation::{EspKeys, Generation};
 use crate::key_schedule::{init_request_key, init_session_key, init_spi};
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
@@ -209,7 +209,7 @@ impl Node {
                 generation: g.number,
                 rotate,
             };
-            let datagram = wire::seal(&g.keys.ctl_n2h, header, &[], &body).unwrap_or_default();
+            let datagram = wire::seal(&g.ctl_n2h, header, &[], &body).unwrap_or_default();
             self.actions.push_back(Action::Send {
                 peer: HUB,
                 datagram,
@@ -310,7 +310,7 @@ impl Node {
         if !g.rx_window.check(dg.header.counter) {
             return Err(DropReason::Replay);
         }
-        let body = dg.open(&g.keys.ctl_h2n).map_err(DropReason::Wire)?;
+        let body = dg.open(&g.ctl_h2n).map_err(DropReason::Wire)?;
         if is_latest
             && !self.superseded.is_empty()
             && matches!(body, Body::Ack { .. } | Body::Key { .. })
@@ -377,8 +377,8 @@ impl Node {
     /// Installs generation N+1 received under N: inbound first, then
     /// outbound, then the switch (I3); retires N-1 after the grace period.
     fn adopt_next(&mut self, now: Time, generation: u64, spi: u32, secret: Secret32) {
-        let g = Generation::new(generation, spi, secret, &self.cfg.name, self.cfg.key_bits);
-        self.install(&g);
+        let (g, esp) = Generation::new(generation, spi, secret, &self.cfg.name, self.cfg.key_bits);
+        self.install(g.spi, esp);
         if let Some(old) = self.previous.take() {
             self.retire_queue
                 .push_back((now.plus_ms(self.cfg.grace_ms), old.spi));
@@ -396,22 +396,23 @@ impl Node {
         self.send_hello(now);
     }
 
-    fn install(&mut self, g: &Generation) {
+    fn install(&mut self, spi: u32, esp: EspKeys) {
+        let EspKeys { h2n, n2h } = esp;
         self.actions.push_back(Action::InstallSa {
             peer: HUB,
             dir: SaDir::In,
-            spi: g.spi,
-            key: g.keys.esp_h2n.clone(),
+            spi,
+            key: h2n,
         });
         self.actions.push_back(Action::InstallSa {
             peer: HUB,
             dir: SaDir::Out,
-            spi: g.spi,
-            key: g.keys.esp_n2h.clone(),
+            spi,
+            key: n2h,
         });
         self.actions.push_back(Action::SetOutbound {
             peer: HUB,
-            spi: Some(g.spi),
+            spi: Some(spi),
         });
     }
 
@@ -466,8 +467,8 @@ impl Node {
         for old in self.superseded.drain(..excess).collect::<Vec<_>>() {
             self.retire_queue.push_back((grace_end, old));
         }
-        let g = Generation::new(1, spi, secret, &self.cfg.name, self.cfg.key_bits);
-        self.install(&g);
+        let (g, esp) = Generation::new(1, spi, secret, &self.cfg.name, self.cfg.key_bits);
+        self.install(g.spi, esp);
         self.latest = Some(g);
         self.inits += 1;
         self.unanswered = 0;

@@ -40,33 +40,56 @@ impl fmt::Debug for Secret32 {
     }
 }
 
+/// Longest ESP key: AES-256 plus the 4-byte salt.
+pub const ESP_KEY_MAX: usize = 36;
+
 /// Key material for one ESP SA with `rfc4106(gcm(aes))`: the AES key (16 or
 /// 32 bytes) followed by the 4-byte salt, exactly as the kernel takes it.
-#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
-pub struct EspKey(Vec<u8>);
+/// Held inline (no heap allocation per key: the hub makes two per rotation).
+#[derive(Clone, Zeroize, ZeroizeOnDrop)]
+pub struct EspKey {
+    bytes: [u8; ESP_KEY_MAX],
+    len: u8,
+}
 
 impl EspKey {
-    pub(crate) fn from_vec(v: Vec<u8>) -> Self {
-        EspKey(v)
+    /// `bytes` must be 20 or 36 bytes long (the key schedule's only sizes).
+    pub(crate) fn from_slice(bytes: &[u8]) -> Self {
+        let mut k = EspKey {
+            bytes: [0; ESP_KEY_MAX],
+            len: 0,
+        };
+        let n = bytes.len().min(ESP_KEY_MAX);
+        k.bytes[..n].copy_from_slice(&bytes[..n]);
+        k.len = n as u8;
+        k
     }
 
     /// AES key followed by salt (20 or 36 bytes), for the kernel.
     pub fn expose(&self) -> &[u8] {
-        &self.0
+        &self.bytes[..self.len as usize]
     }
 
     /// Short fingerprint for logs and tests.
     pub fn fingerprint(&self) -> String {
-        fingerprint(&self.0)
+        fingerprint(self.expose())
     }
 }
+
+impl PartialEq for EspKey {
+    fn eq(&self, other: &Self) -> bool {
+        self.expose() == other.expose()
+    }
+}
+
+impl Eq for EspKey {}
 
 impl fmt::Debug for EspKey {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
             "EspKey(aes-{}, fp={})",
-            (self.0.len().saturating_sub(4)) * 8,
+            (self.expose().len().saturating_sub(4)) * 8,
             self.fingerprint()
         )
     }
@@ -94,7 +117,7 @@ mod tests {
             !d.contains("41, 41") && !d.contains("AAAA") && !d.contains("65"),
             "{d}"
         );
-        let k = EspKey::from_vec(vec![0x42; 36]);
+        let k = EspKey::from_slice(&[0x42; 36]);
         let d = format!("{k:?}");
         assert!(d.starts_with("EspKey(aes-256, fp="), "{d}");
         assert!(!d.contains("66, 66"), "{d}");
