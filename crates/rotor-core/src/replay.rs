@@ -11,11 +11,23 @@ pub const WINDOW: u64 = 128;
 pub struct ReplayWindow {
     /// Highest counter accepted so far, plus one (0 = nothing accepted yet).
     top: u64,
-    /// Bit i set = counter `top - 1 - i` was accepted.
-    bits: u128,
+    /// Bit i set = counter `top - 1 - i` was accepted: bits 0-63 in `lo`,
+    /// 64-127 in `hi` (two words, not a u128, so that a window is 8-aligned
+    /// and a hub's per-node generations carry no padding).
+    lo: u64,
+    hi: u64,
 }
 
 impl ReplayWindow {
+    fn bits(&self) -> u128 {
+        (u128::from(self.hi) << 64) | u128::from(self.lo)
+    }
+
+    fn set_bits(&mut self, bits: u128) {
+        self.lo = bits as u64;
+        self.hi = (bits >> 64) as u64;
+    }
+
     /// Whether `counter` would be accepted (fresh and inside the window).
     pub fn check(&self, counter: u64) -> bool {
         if counter == u64::MAX {
@@ -25,7 +37,7 @@ impl ReplayWindow {
             return true;
         }
         let age = self.top - 1 - counter;
-        age < WINDOW && self.bits & (1u128 << age) == 0
+        age < WINDOW && self.bits() & (1u128 << age) == 0
     }
 
     /// Records `counter` as accepted. Call only after [`Self::check`] passed
@@ -33,17 +45,17 @@ impl ReplayWindow {
     pub fn commit(&mut self, counter: u64) {
         if counter >= self.top {
             let shift = counter + 1 - self.top;
-            self.bits = if shift >= WINDOW {
+            let bits = if shift >= WINDOW {
                 0
             } else {
-                self.bits << shift
+                self.bits() << shift
             };
-            self.bits |= 1;
+            self.set_bits(bits | 1);
             self.top = counter + 1;
         } else {
             let age = self.top - 1 - counter;
             if age < WINDOW {
-                self.bits |= 1u128 << age;
+                self.set_bits(self.bits() | (1u128 << age));
             }
         }
     }
