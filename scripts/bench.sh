@@ -58,8 +58,9 @@
 #
 # --strongswan also runs bench/strongswan.sh --json for the same N (its own UML
 # boot; it must print one JSON object per N with "n" and
-# "strongswan_rekeys_per_hub_cpu_s") and merges that field; without it, or
-# when the script is missing, the field is null.
+# "strongswan_rekeys_per_hub_cpu_s") and merges that field, with the ratio
+# rotor_vs_strongswan (rotations per hub CPU-s over rekeys per hub CPU-s);
+# without it, or when the script is missing, both are null.
 #
 # Exit: 0 when every N completed; 1 when one did not (counts in the output);
 # 2 bad usage; 3 the rig failed.
@@ -167,22 +168,26 @@ if [ "$INSIDE" = 0 ]; then
 			echo "$PROG: --strongswan: $SW is missing; its figures stay null" >&2
 		fi
 	fi
+	# rotor's rotations against strongSwan's rekeys per hub CPU-second.
+	results=$(jq -c '.rotor_vs_strongswan = (if (.strongswan_rekeys_per_hub_cpu_s // 0) > 0
+		then .rotations_per_hub_cpu_s / .strongswan_rekeys_per_hub_cpu_s else null end)' <<<"$results")
 	if [ "$JSON" = 1 ]; then
 		echo "$results"
 	else
 		jq -rs '
 		def f(d): if . == null then "-" else (. * pow(10; d) | round / pow(10; d) | tostring) end;
 		(["N", "init s", "init hub cpu s", "rot/hub cpu s", "hub us/rot", "floor us/rot", "hub/floor",
-		  "ip-batch us/rot", "hub/ip", "rot wall s", "SA ops/s", "ctl msg/s", "B/node", "drops", "swan rekey/cpu s"] | @tsv),
+		  "ip-batch us/rot", "hub/ip", "rot wall s", "SA ops/s", "ctl msg/s", "B/node", "drops", "swan rekey/cpu s", "rotor/swan"] | @tsv),
 		(.[] | [(.n | tostring), (.init_wall_s | f(2)), (.init_hub_cpu_s | f(2)),
 		  (.rotations_per_hub_cpu_s | f(0)), (.hub_us_per_rotation | f(1)),
 		  (.kernel_floor_us_per_rotation | f(1)), (.hub_vs_floor | f(2)),
 		  (.ip_batch_us_per_rotation | f(1)), (.hub_vs_ip_batch | f(2)),
 		  (.rotation_wall_s | f(2)), (.kernel_sa_ops_per_s | f(0)),
 		  (.control_msgs_per_s | f(0)), (.hub_rss_bytes_per_node | f(0)),
-		  (.control_drops | tostring), (.strongswan_rekeys_per_hub_cpu_s | f(0))] | @tsv)
+		  (.control_drops | tostring), (.strongswan_rekeys_per_hub_cpu_s | f(0)),
+		  (.rotor_vs_strongswan | f(1))] | @tsv)
 		' <<<"$results" | column -t -s $'\t'
-		echo "(hub/floor: hub CPU per rotation over the batched-netlink kernel floor; target <= 2. rot/hub cpu s target >= 10000; B/node target <= 1024; drops target 0)"
+		echo "(hub/floor: hub CPU per rotation over the batched-netlink kernel floor; target <= 2. rot/hub cpu s target >= 10000; B/node target <= 1024; drops target 0; rotor/swan: rotations per hub CPU-s over strongSwan's CHILD_SA rekeys per hub CPU-s, same N, --strongswan)"
 	fi
 	[ "$rc" = 0 ] || [ "$rc" = 1 ] || exit 3
 	jq -e -s 'all(.complete)' <<<"$results" >/dev/null || exit 1

@@ -467,7 +467,11 @@ pub async fn run_hub(mut cfg: HubConfig) -> anyhow::Result<()> {
     hub.start();
     let mut rng = StdRng::from_entropy();
     let mut kernel = KernelExec::open(peers, names)?;
-    kernel.start()?;
+    if let Err(e) = kernel.start() {
+        // Leave nothing half-installed: the policies of the parts that went in.
+        kernel.remove_all();
+        return Err(e);
+    }
     // Give the heap the configuration parser and the policy set-up left
     // behind back to the system (measured: ~1 KB per node at 10,000 nodes).
     // SAFETY: malloc_trim only releases free heap pages; it is always safe.
@@ -610,7 +614,11 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     .context("node configuration")?;
     let mut rng = StdRng::from_entropy();
     let mut kernel = KernelExec::open(vec![peer], NameTable::from_names(["hub"]))?;
-    kernel.start()?;
+    if let Err(e) = kernel.start() {
+        // Leave nothing half-installed: the policies of the parts that went in.
+        kernel.remove_all();
+        return Err(e);
+    }
     let udp = bind_control_udp(SocketAddr::new(cfg.address, cfg.hub.port()))?;
     let ctl = bind_control_unix(&cfg.socket)?;
     let mut stop = Stop::new()?;
