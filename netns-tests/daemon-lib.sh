@@ -6,10 +6,12 @@
 #
 # Set before sourcing:
 #   FAMILY=6   outer addresses fd00:9::1 (hub), fd00:9::(i+1) (nodes)
-#   TUNNEL=1   (IPv4 only) tunnel mode: namespace hublan (10.1.0.2/24) sits behind the hub
+#   TUNNEL=1   tunnel mode: namespace hublan (10.1.0.2/24) sits behind the hub
 #              (10.1.0.1) and n<i>lan (10.2.<i>.2/24) behind node i
 #              (10.2.<i>.1); the gateways forward, and the probes run between
-#              the LAN namespaces, so they cross the fwd policies.
+#              the LAN namespaces, so they cross the fwd policies. With
+#              FAMILY=6 the LANs are fd01::/64 and fd02:<i>::/64 (gateway ::1,
+#              host ::2) behind IPv6 outer addresses.
 set -u
 FAMILY=${FAMILY:-4}
 TUNNEL=${TUNNEL:-0}
@@ -24,9 +26,19 @@ data_ns() {
 	elif [ "$1" = 0 ]; then echo hub; else echo "n$1"; fi
 }
 data_addr() {
-	if [ "$TUNNEL" = 1 ]; then
-		if [ "$1" = 0 ]; then echo 10.1.0.2; else echo "10.2.$1.2"; fi
-	else outer "$1"; fi
+	if [ "$TUNNEL" = 1 ]; then lan_addr "$1" 2; else outer "$1"; fi
+}
+# lan_net I: the subnet behind the hub (0) or node I (tunnel mode)
+lan_net() {
+	if [ "$FAMILY" = 6 ]; then
+		if [ "$1" = 0 ]; then echo fd01::/64; else echo "fd02:$1::/64"; fi
+	elif [ "$1" = 0 ]; then echo 10.1.0.0/24; else echo "10.2.$1.0/24"; fi
+}
+# lan_addr I H: host H of that subnet (1: the gateway, 2: the LAN host)
+lan_addr() {
+	if [ "$FAMILY" = 6 ]; then
+		if [ "$1" = 0 ]; then echo "fd01::$2"; else echo "fd02:$1::$2"; fi
+	elif [ "$1" = 0 ]; then echo "10.1.0.$2"; else echo "10.2.$1.$2"; fi
 }
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROTOR=${ROTOR_BIN:-$HERE/../target/debug/rotor}
@@ -67,31 +79,35 @@ topo_up() {
 		else
 			ip -n $ns addr add "$(outer $i)/24" dev veth0
 		fi
-		[ "$TUNNEL" = 1 ] && lan_behind $i "$(outer 0)"
+		[ "$TUNNEL" = 1 ] && lan_behind $i
 	done
 	return 0
 }
 
 # lan_behind I: a LAN namespace behind the hub (0) or node I, routed through it
 lan_behind() {
-	local i=$1 gw=$2 ns lan inner
+	local i=$1 ns lan len=24 nodad=()
 	ns=hub; [ "$i" -gt 0 ] && ns=n$i
 	lan=$(data_ns "$i")
-	if [ "$i" = 0 ]; then inner=10.1.0; else inner=10.2.$i; fi
+	[ "$FAMILY" = 6 ] && { len=64; nodad=(nodad); }
 	ip netns add "$lan"
 	ip link add veth1 netns "$ns" type veth peer name veth0 netns "$lan"
-	ip -n "$ns" addr add "$inner.1/24" dev veth1
+	ip -n "$ns" addr add "$(lan_addr "$i" 1)/$len" dev veth1 "${nodad[@]}"
 	ip -n "$ns" link set veth1 up
 	ip -n "$lan" link set lo up
-	ip -n "$lan" addr add "$inner.2/24" dev veth0
+	ip -n "$lan" addr add "$(lan_addr "$i" 2)/$len" dev veth0 "${nodad[@]}"
 	ip -n "$lan" link set veth0 up
-	ip -n "$lan" route add default via "$inner.1"
-	ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+	ip -"$FAMILY" -n "$lan" route add default via "$(lan_addr "$i" 1)"
+	if [ "$FAMILY" = 6 ]; then
+		ip netns exec "$ns" sysctl -qw net.ipv6.conf.all.forwarding=1
+	else
+		ip netns exec "$ns" sysctl -qw net.ipv4.ip_forward=1
+	fi
 	if [ "$i" = 0 ]; then
 		local k
-		for k in $(seq 1 "$NODES"); do ip -n hub route add "10.2.$k.0/24" via "$(outer "$k")"; done
+		for k in $(seq 1 "$NODES"); do ip -n hub route add "$(lan_net "$k")" via "$(outer "$k")"; done
 	else
-		ip -n "$ns" route add 10.1.0.0/24 via "$(outer 0)"
+		ip -n "$ns" route add "$(lan_net 0)" via "$(outer 0)"
 	fi
 }
 
@@ -117,8 +133,8 @@ psk_file = "$WORK/n$i.key"
 EOT
 		[ "$TUNNEL" = 1 ] && cat >>"$WORK/hub.toml" <<EOT
 mode = "tunnel"
-local_subnets = ["10.1.0.0/24"]
-remote_subnets = ["10.2.$i.0/24"]
+local_subnets = ["$(lan_net 0)"]
+remote_subnets = ["$(lan_net "$i")"]
 EOT
 		cat >"$WORK/n$i.toml" <<EOT
 [node]
@@ -133,8 +149,8 @@ socket = "$WORK/n$i.sock"
 EOT
 		[ "$TUNNEL" = 1 ] && cat >>"$WORK/n$i.toml" <<EOT
 mode = "tunnel"
-local_subnets = ["10.2.$i.0/24"]
-remote_subnets = ["10.1.0.0/24"]
+local_subnets = ["$(lan_net "$i")"]
+remote_subnets = ["$(lan_net 0)"]
 EOT
 	done
 	return 0
