@@ -433,3 +433,18 @@ print(f"FIGURES {label}: rotations={rot} resends={res} inits={ini} "
       f"up_sent/lost={out['up']} down_sent/lost={out['down']} outages_ms={sorted(outages, reverse=True)[:12]}")
 PY
 }
+
+# stop_all_clean LABEL: SIGTERM to every daemon (hub, n1..n$NODES), then
+# checks that each namespace has no XFRM policy or SA left at all
+stop_all_clean() {
+	local label=$1 i ns
+	for i in $(seq 0 "$NODES"); do
+		ns=hub; [ "$i" -gt 0 ] && ns=n$i
+		ip netns exec $ns kill $(ip netns pids $ns) 2>/dev/null
+	done
+	sleep 2
+	for i in $(seq 0 "$NODES"); do
+		ns=hub; [ "$i" -gt 0 ] && ns=n$i
+		check "$label: after SIGTERM no XFRM policy or SA is left in $ns" test "$(ip -n $ns xfrm policy | grep -c '^src'):$(ip -n $ns xfrm state | grep -c '^src')" = 0:0
+	done
+}

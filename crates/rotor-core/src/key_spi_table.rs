@@ -136,8 +136,8 @@ impl KeySpiTable {
         self.map.is_empty()
     }
 
-    /// Bytes the table holds on the heap (buckets and control bytes), for
-    /// the memory accounting of the benchmark and its tests.
+    /// Bytes the table holds on the heap (buckets and control bytes, as
+    /// hashbrown sizes them), for the memory bound in this module's tests.
     pub fn heap_bytes(&self) -> usize {
         // hashbrown keeps its buckets at most 7/8 full, in a power of two.
         let buckets = (self.map.capacity() * 8 / 7).next_power_of_two();

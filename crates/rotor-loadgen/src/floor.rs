@@ -204,17 +204,7 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
         x.remove_owned()
             .context("cleaning up after the netlink floor")?;
     }
-    let n = f64::from(c.count) * f64::from(repeat);
-    let netlink = json!({
-        "ops": nops,
-        "repeat": repeat,
-        "cpu_s": user + sys,
-        "user_s": user,
-        "sys_s": sys,
-        "wall_s": wall,
-        "us_per_rotation": (user + sys) * 1e6 / n,
-        "ops_per_cpu_s": nops as f64 / (user + sys).max(1e-9),
-    });
+    let netlink = cost(nops as u64, repeat, c.count, user, sys, wall);
 
     // 1b. The same operations by kind, one batch per kind (which one costs).
     let by_kind = if c.by_kind {
@@ -335,17 +325,7 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
         }
         let _ = std::fs::remove_file(&path);
         let ops = u64::from(c.count) * OPS_PER_ROTATION * u64::from(ip_repeat);
-        let n = f64::from(c.count) * f64::from(ip_repeat);
-        json!({
-            "ops": ops,
-            "repeat": ip_repeat,
-            "cpu_s": user + sys,
-            "user_s": user,
-            "sys_s": sys,
-            "wall_s": wall,
-            "us_per_rotation": (user + sys) * 1e6 / n,
-            "ops_per_cpu_s": ops as f64 / (user + sys).max(1e-9),
-        })
+        cost(ops, ip_repeat, c.count, user, sys, wall)
     };
     x.remove_owned().context("cleaning up after the floor")?;
     Ok(json!({
@@ -355,4 +335,20 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
         "ip_batch": ip,
         "by_kind": by_kind,
     }))
+}
+
+/// The figures of one way of doing `repeat` x `count` rotations' operations
+/// (`ops` in all) in `user` + `sys` CPU seconds and `wall` seconds.
+fn cost(ops: u64, repeat: u32, count: u32, user: f64, sys: f64, wall: f64) -> serde_json::Value {
+    let rotations = f64::from(count) * f64::from(repeat);
+    json!({
+        "ops": ops,
+        "repeat": repeat,
+        "cpu_s": user + sys,
+        "user_s": user,
+        "sys_s": sys,
+        "wall_s": wall,
+        "us_per_rotation": (user + sys) * 1e6 / rotations,
+        "ops_per_cpu_s": ops as f64 / (user + sys).max(1e-9),
+    })
 }
