@@ -1,11 +1,14 @@
-//! The local control socket: `rotor status` and `rotor rotate` talk to a
-//! running daemon over a Unix stream socket (mode 0600, root only), one JSON
-//! request line and one JSON response line per connection.
+//! The local control socket's protocol: `rotor status` and `rotor rotate`
+//! talk to a running daemon over a Unix stream socket (mode 0600, root only),
+//! one JSON request line and one JSON response line per connection.
 //!
 //! Requests: `{"cmd":"status"}`, `{"cmd":"rotate","node":"mn1"}`,
 //! `{"cmd":"rotate","all":true}`. Responses: `{"ok":true,...}` or
-//! `{"ok":false,"error":"..."}`. The status response carries the `peers`
-//! array documented in DESIGN.md §6. No response ever contains key material.
+//! `{"ok":false,"error":"..."}`. The status response is a [`Status`]: `role`,
+//! `kernel_errors`, `drops` and the `peers` array of the key-SPI table (one
+//! [`PeerStatus`] per peer, documented in docs/operations.md); the daemon
+//! writes it in pieces as it builds it (`daemon::control_server`), so it is
+//! still one line of JSON. No response ever contains key material.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -69,6 +72,64 @@ pub struct Status {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Kernel operations that failed (and were retried or reconciled).
     pub kernel_errors: u64,
+}
+
+/// The head of a status response: everything but the peers, which follow it
+/// row by row (see [`StatusHead::open`]).
+#[derive(Debug, Serialize, Clone, PartialEq, Eq)]
+pub struct StatusHead {
+    /// `hub` or `node`.
+    pub role: String,
+    /// Datagrams dropped, by reason.
+    pub drops: std::collections::BTreeMap<String, u64>,
+    /// Kernel operations that failed (and were retried or reconciled).
+    pub kernel_errors: u64,
+}
+
+impl StatusHead {
+    /// The response text up to the first peer row: `{"ok":true,...,"peers":[`.
+    /// The rows, comma-separated, and [`STATUS_TAIL`] complete it to one
+    /// [`Status`] object on one line.
+    pub fn open(&self) -> String {
+        let mut s = serde_json::to_string(self).unwrap_or_else(|_| "{}".into());
+        s.pop(); // the closing brace: the peers array and "ok" follow
+        if s.len() > 1 {
+            s.push(',');
+        }
+        s.push_str("\"ok\":true,\"peers\":[");
+        s
+    }
+}
+
+/// What closes a status response after the last row.
+pub const STATUS_TAIL: &str = "]}\n";
+
+/// The answer to `rotate`.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct RotateReply {
+    /// Always true (a refusal is an [`ErrorReply`]).
+    pub ok: bool,
+    /// Rotations started (hub) or requested (node, always 1).
+    pub rotating: usize,
+}
+
+/// A refused request.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq)]
+pub struct ErrorReply {
+    /// Always false.
+    pub ok: bool,
+    /// What was wrong, for the operator.
+    pub error: String,
+}
+
+impl ErrorReply {
+    /// A refusal saying `error`.
+    pub fn new(error: impl Into<String>) -> Self {
+        ErrorReply {
+            ok: false,
+            error: error.into(),
+        }
+    }
 }
 
 /// Sends one request and returns the parsed JSON response (or the daemon's error).
@@ -167,6 +228,41 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn a_streamed_status_parses_as_one_status() {
+        let head = StatusHead {
+            role: "hub".into(),
+            drops: [("replay".to_string(), 2)].into_iter().collect(),
+            kernel_errors: 3,
+        };
+        let row = PeerStatus {
+            name: "mn1".into(),
+            generation: 7,
+            tx_spi: Some(0x1006),
+            rx_spis: vec![0x1006, 0x1007],
+            state: "in_sync".into(),
+            rotations: 6,
+            resends: 1,
+            inits: 1,
+            last_seen_ms: None,
+        };
+        for rows in [vec![], vec![row.clone()], vec![row.clone(), row.clone()]] {
+            let body: Vec<String> = rows
+                .iter()
+                .map(|r| serde_json::to_string(r).unwrap())
+                .collect();
+            let text = format!("{}{}{}", head.open(), body.join(","), STATUS_TAIL);
+            assert!(text.ends_with('\n') && text.matches('\n').count() == 1);
+            let v: serde_json::Value = serde_json::from_str(&text).unwrap();
+            assert_eq!(v["ok"], true);
+            let st: Status = serde_json::from_value(v).unwrap();
+            assert_eq!(st.role, "hub");
+            assert_eq!(st.kernel_errors, 3);
+            assert_eq!(st.peers, rows);
+            assert_eq!(st.drops["replay"], 2);
+        }
     }
 
     #[test]

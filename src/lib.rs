@@ -4,9 +4,10 @@
 //! Layout: [`config`] and [`keyfile`] read and validate what the operator
 //! wrote; [`check`] answers `rotor check`; [`cli`] is the command line. The
 //! protocol itself lives in `rotor-core` (sans-IO) and the kernel layer in
-//! `rotor-xfrm`; [`peer_kernel`] maps a peer's keys onto kernel operations and
-//! [`kernel_retry`] keeps the ones the kernel refused until they succeed;
-//! [`udp_batch`] moves control datagrams many per system call.
+//! `rotor-xfrm`; [`peer_kernel`] maps a peer's keys onto kernel operations;
+//! [`daemon`] is the event loop that drives either role; [`control`] is the
+//! control socket's protocol; [`udp_batch`] moves control datagrams many per
+//! system call.
 
 #![warn(missing_docs)]
 
@@ -15,7 +16,6 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
-pub mod kernel_retry;
 pub mod keyfile;
 pub mod peer_kernel;
 pub mod sockets;

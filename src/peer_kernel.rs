@@ -22,6 +22,7 @@
 
 use std::net::IpAddr;
 
+use rotor_core::{Action, SaDir};
 use rotor_xfrm::{
     AeadKey, IpNet, Lifetimes, Mode, Op, PolicyDir, PolicyId, PolicySelector, PolicySpec, SaId,
     SaSpec,
@@ -32,6 +33,11 @@ use crate::config::PeerMode;
 const IPPROTO_ICMPV6: u8 = 58;
 const ND_NEIGHBOR_SOLICIT: u16 = 135;
 const ND_NEIGHBOR_ADVERT: u16 = 136;
+
+/// An ESP key whose length is not an rfc4106 key + salt.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, thiserror::Error)]
+#[error("ESP key of a length rfc4106(gcm(aes)) does not take")]
+pub struct BadEspKey;
 
 /// Kernel layout of one peer, seen from this host.
 #[derive(Debug, Clone)]
@@ -83,6 +89,30 @@ impl PeerKernel {
             lifetimes: Lifetimes::default(),
             selector: None,
         }
+    }
+
+    /// The kernel operations `action` needs for this peer, pushed in order
+    /// (none for sends and events): the one mapping from the core's actions
+    /// to the kernel, shared by the daemon and the load generator. Fails
+    /// only on an ESP key of a length rfc4106 does not have, which the core
+    /// never makes; nothing is pushed then.
+    pub fn ops_for(&self, action: &Action, mut push: impl FnMut(Op)) -> Result<(), BadEspKey> {
+        match action {
+            Action::InstallSa { dir, spi, key, .. } => {
+                let k = AeadKey::new(key.expose().to_vec()).ok_or(BadEspKey)?;
+                push(match dir {
+                    SaDir::In => self.add_inbound_sa(*spi, k),
+                    SaDir::Out => self.add_outbound_sa(*spi, k),
+                });
+            }
+            Action::SetOutbound { spi, .. } => self.set_outbound(*spi).into_iter().for_each(push),
+            Action::DeleteSa { dir, spi, .. } => push(match dir {
+                SaDir::In => self.delete_inbound_sa(*spi),
+                SaDir::Out => self.delete_outbound_sa(*spi),
+            }),
+            Action::Send { .. } | Action::Event(_) => {}
+        }
+        Ok(())
     }
 
     /// Installs the SA on which the peer sends to us.

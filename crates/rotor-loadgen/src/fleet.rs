@@ -24,8 +24,8 @@ use rand::rngs::StdRng;
 use rotor::config::PeerMode;
 use rotor::peer_kernel::PeerKernel;
 use rotor_core::wire::{self, MsgType};
-use rotor_core::{Action, Event, Node, NodeConfig, SaDir, Time};
-use rotor_xfrm::{AeadKey, Op, OpResult, Ownership, Xfrm};
+use rotor_core::{Action, Event, Node, NodeConfig, Time};
+use rotor_xfrm::{Op, OpResult, Ownership, Xfrm};
 use serde_json::json;
 
 use crate::addr::AddrMap;
@@ -289,23 +289,9 @@ impl Fleet {
             self.stats.kernel_errors += 1;
             return;
         };
-        match a {
-            Action::InstallSa { dir, spi, key, .. } => {
-                let Some(k) = AeadKey::new(key.expose().to_vec()) else {
-                    self.stats.kernel_errors += 1;
-                    return;
-                };
-                self.ops.push(match dir {
-                    SaDir::In => p.add_inbound_sa(*spi, k),
-                    SaDir::Out => p.add_outbound_sa(*spi, k),
-                });
-            }
-            Action::SetOutbound { spi, .. } => self.ops.extend(p.set_outbound(*spi)),
-            Action::DeleteSa { dir, spi, .. } => self.ops.push(match dir {
-                SaDir::In => p.delete_inbound_sa(*spi),
-                SaDir::Out => p.delete_outbound_sa(*spi),
-            }),
-            _ => {}
+        let ops = &mut self.ops;
+        if p.ops_for(a, |op| ops.push(op)).is_err() {
+            self.stats.kernel_errors += 1;
         }
     }
 

@@ -301,10 +301,11 @@ impl Xfrm {
             .collect();
         let mut report = RemoveReport::default();
         for (ops, count) in [(policies, &mut report.policies), (sas, &mut report.sas)] {
-            for r in self.apply(&ops)? {
+            let results = self.apply(&ops)?;
+            for (op, r) in ops.iter().zip(results) {
                 match r {
                     OpResult::Done => *count += 1,
-                    OpResult::Failed(e) if e.errno == libc::ESRCH || e.errno == libc::ENOENT => {}
+                    OpResult::Failed(e) if crate::kernel::already_in_state(op, &e, false) => {}
                     OpResult::Failed(e) => report.failures.push(e),
                     OpResult::Invalid(_) | OpResult::Unknown => {}
                 }

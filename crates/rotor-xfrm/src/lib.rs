@@ -21,6 +21,8 @@ mod client;
 mod dump;
 pub mod encode;
 mod error;
+mod kernel;
+mod model;
 mod netlink;
 mod ownership;
 mod probe;
@@ -30,6 +32,8 @@ pub use bypass::{Family, bypass_ipsec};
 pub use client::{OpResult, RemoveReport, Xfrm};
 pub use dump::{PolicyInfo, SaInfo};
 pub use error::{KernelError, SpecError, XfrmError};
+pub use kernel::{Kernel, already_in_state};
+pub use model::{ModelKernel, ModelPolicy, Refuser};
 pub use ownership::{DEFAULT_REQID_BASE, DEFAULT_REQID_LEN, Ownership};
 pub use probe::{Capability, probe_esp};
 pub use spec::{

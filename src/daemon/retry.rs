@@ -12,8 +12,11 @@
 //!
 //! Pure data: time comes in as [`Time`], the caller talks to the kernel.
 
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+
 use rotor_core::{PeerId, Time};
-use rotor_xfrm::Op;
+use rotor_xfrm::{Op, PolicyId, SaId};
 
 /// First retry delay; doubles per failed attempt up to [`MAX_DELAY_MS`].
 pub const FIRST_DELAY_MS: u64 = 1_000;
@@ -33,70 +36,125 @@ pub struct Pending {
     pub due: Time,
 }
 
-/// The queue of refused operations, in the order they were first issued.
-#[derive(Debug, Default)]
-pub struct RetryQueue {
-    items: Vec<Pending>,
+/// The kernel object an operation acts on: a newer operation on the same
+/// object makes a pending one pointless.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Target {
+    Sa(SaId),
+    Policy(PolicyId),
 }
 
-/// What one operation acts on, for superseding: an SA by (dst, spi) or a
-/// policy by its id.
-fn target(op: &Op) -> Option<String> {
+fn target(op: &Op) -> Target {
     match op {
-        Op::AddSa(s) | Op::UpdateSa(s) => Some(format!("sa {} {}", s.dst, s.spi)),
-        Op::DeleteSa(id) => Some(format!("sa {} {}", id.dst, id.spi)),
-        Op::AddPolicy(p) | Op::UpdatePolicy(p) => Some(format!("pol {}", p.id)),
-        Op::UpdateBypassPolicy { id, .. } => Some(format!("pol {id}")),
-        Op::DeletePolicy(id) => Some(format!("pol {id}")),
+        Op::AddSa(s) | Op::UpdateSa(s) => Target::Sa(SaId {
+            dst: s.dst,
+            spi: s.spi,
+        }),
+        Op::DeleteSa(id) => Target::Sa(*id),
+        Op::AddPolicy(p) | Op::UpdatePolicy(p) => Target::Policy(p.id),
+        Op::UpdateBypassPolicy { id, .. } | Op::DeletePolicy(id) => Target::Policy(*id),
     }
+}
+
+/// Moves a peer's pending operations to `out`, except those acting on one of
+/// `skip`; returns how many left the queue.
+fn take(q: VecDeque<Pending>, out: &mut Vec<(PeerId, Op, u32)>, skip: &[Target]) -> usize {
+    let n = q.len();
+    out.extend(
+        q.into_iter()
+            .filter(|p| !skip.contains(&target(&p.op)))
+            .map(|p| (p.peer, p.op, p.attempts)),
+    );
+    n
+}
+
+/// The queue of refused operations: per peer in the order they were first
+/// issued, with a heap of due times so finding due work costs O(log n), not
+/// a scan of everything queued.
+#[derive(Debug, Default)]
+pub struct RetryQueue {
+    by_peer: HashMap<PeerId, VecDeque<Pending>>,
+    /// (due, peer), lazily maintained: an entry is live while the peer has a
+    /// pending operation due at that time; stale entries are skipped.
+    due: BinaryHeap<Reverse<(Time, PeerId)>>,
+    len: usize,
 }
 
 impl RetryQueue {
     /// Number of operations waiting.
     pub fn len(&self) -> usize {
-        self.items.len()
+        self.len
     }
 
     /// Whether nothing waits.
     pub fn is_empty(&self) -> bool {
-        self.items.is_empty()
+        self.len == 0
     }
 
     /// When the earliest pending operation is due.
     pub fn next_due(&self) -> Option<Time> {
-        self.items.iter().map(|p| p.due).min()
+        self.due.peek().map(|Reverse((t, _))| *t)
+    }
+
+    /// Drops heap entries that no longer name a pending operation, so
+    /// [`Self::next_due`] is exact.
+    fn prune(&mut self) {
+        while let Some(Reverse((t, peer))) = self.due.peek().copied() {
+            let live = self
+                .by_peer
+                .get(&peer)
+                .is_some_and(|q| q.iter().any(|p| p.due == t));
+            if live {
+                return;
+            }
+            self.due.pop();
+        }
     }
 
     /// Builds the next batch: for every peer that has new operations or a
     /// due pending one, all of that peer's pending operations (oldest first)
-    /// followed by its new ones; pending operations that a new one makes
-    /// pointless are dropped. Returns (peer, op, attempts so far) in order;
-    /// new operations have 0 attempts.
+    /// before any of its new ones; pending operations that a new one of the
+    /// same peer makes pointless (same SA or policy) are dropped. Returns
+    /// (peer, op, attempts so far) in order; new operations have 0 attempts.
     pub fn batch(&mut self, now: Time, new: Vec<(PeerId, Op)>) -> Vec<(PeerId, Op, u32)> {
         // The common case, nothing refused: no superseding to work out.
-        if self.items.is_empty() {
+        if self.len == 0 {
             return new.into_iter().map(|(p, op)| (p, op, 0)).collect();
         }
-        let new_targets: Vec<(PeerId, Option<String>)> =
-            new.iter().map(|(p, op)| (*p, target(op))).collect();
-        self.items.retain(|item| {
-            let t = target(&item.op);
-            !new_targets
-                .iter()
-                .any(|(p, nt)| *p == item.peer && nt.is_some() && *nt == t)
-        });
-        let mut peers: Vec<PeerId> = new.iter().map(|(p, _)| *p).collect();
-        peers.extend(self.items.iter().filter(|i| i.due <= now).map(|i| i.peer));
         let mut out = Vec::new();
-        let mut kept = Vec::new();
-        for item in self.items.drain(..) {
-            if peers.contains(&item.peer) {
-                out.push((item.peer, item.op, item.attempts));
-            } else {
-                kept.push(item);
+        // Peers with new work: their pending operations first.
+        let mut seen: Vec<PeerId> = Vec::new();
+        for (peer, _) in &new {
+            if seen.contains(peer) || !self.by_peer.contains_key(peer) {
+                continue;
+            }
+            seen.push(*peer);
+            let targets: Vec<Target> = new
+                .iter()
+                .filter(|(p, _)| p == peer)
+                .map(|(_, op)| target(op))
+                .collect();
+            if let Some(q) = self.by_peer.remove(peer) {
+                self.len -= take(q, &mut out, &targets);
             }
         }
-        self.items = kept;
+        // Peers whose pending operations are due.
+        while let Some(Reverse((t, peer))) = self.due.peek().copied() {
+            if t > now {
+                break;
+            }
+            self.due.pop();
+            // A stale entry (the peer's queue went out with new work since,
+            // and failed again later) must not pull newer work forward.
+            let due = self
+                .by_peer
+                .get(&peer)
+                .is_some_and(|q| q.iter().any(|p| p.due <= now));
+            if due && let Some(q) = self.by_peer.remove(&peer) {
+                self.len -= take(q, &mut out, &[]);
+            }
+        }
+        self.prune();
         out.extend(new.into_iter().map(|(p, op)| (p, op, 0)));
         out
     }
@@ -108,14 +166,17 @@ impl RetryQueue {
         let delay = FIRST_DELAY_MS
             .saturating_mul(1u64 << (attempts - 1).min(16))
             .min(MAX_DELAY_MS);
-        self.items.push(Pending {
+        let due = now.plus_ms(delay);
+        self.due.push(Reverse((due, peer)));
+        self.len += 1;
+        let q = self.by_peer.entry(peer).or_default();
+        q.push_back(Pending {
             peer,
             op,
             attempts,
-            due: now.plus_ms(delay),
+            due,
         });
-        let last = self.items.len() - 1;
-        &self.items[last]
+        &q[q.len() - 1]
     }
 }
 
@@ -216,6 +277,21 @@ mod tests {
         let ops: Vec<Op> = b.into_iter().map(|(_, op, _)| op).collect();
         assert_eq!(ops, vec![del(0x1000), out_policy(0x3000)]);
         assert!(q.is_empty());
+    }
+
+    #[test]
+    fn a_stale_due_entry_does_not_pull_newer_work_forward() {
+        let mut q = RetryQueue::default();
+        q.failed(Time(0), A, add(0x1000), 0);
+        // New work for A at 10 takes the pending add along; it fails again.
+        let b = q.batch(Time(10), vec![(A, out_policy(0x1000))]);
+        assert_eq!(b.len(), 2);
+        q.failed(Time(10), A, b[0].1.clone(), b[0].2);
+        assert_eq!(q.next_due(), Some(Time(2_010)));
+        assert!(q.batch(Time(1_000), vec![]).is_empty(), "due at 2010 only");
+        assert_eq!(q.batch(Time(2_010), vec![]).len(), 1);
+        assert!(q.is_empty());
+        assert_eq!(q.next_due(), None);
     }
 
     #[test]

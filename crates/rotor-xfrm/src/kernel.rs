@@ -1,0 +1,97 @@
+//! The seam between a daemon and the kernel's XFRM state: [`Kernel`], with
+//! the netlink implementation ([`crate::Xfrm`]) and an in-memory model
+//! ([`crate::ModelKernel`]) behind it, and the errno rules that say when a
+//! refusal means "already in the wanted state".
+
+use crate::client::{OpResult, RemoveReport};
+use crate::error::{KernelError, XfrmError};
+use crate::spec::Op;
+
+/// What a daemon needs from the kernel: batched operations with one result
+/// each, and removal of everything it owns.
+pub trait Kernel {
+    /// Applies `ops` in order and returns one result per operation (same
+    /// order). A failed operation does not stop the ones after it. `Err`
+    /// only when the channel to the kernel itself fails (then nothing is
+    /// known about any operation of the batch).
+    fn apply(&mut self, ops: &[Op]) -> Result<Vec<OpResult>, XfrmError>;
+
+    /// Deletes every SA and policy this handle's ownership range covers, and
+    /// nothing else (policies first).
+    fn remove_owned(&mut self) -> Result<RemoveReport, XfrmError>;
+}
+
+impl Kernel for crate::Xfrm {
+    fn apply(&mut self, ops: &[Op]) -> Result<Vec<OpResult>, XfrmError> {
+        crate::Xfrm::apply(self, ops)
+    }
+
+    fn remove_owned(&mut self) -> Result<RemoveReport, XfrmError> {
+        crate::Xfrm::remove_owned(self)
+    }
+}
+
+/// Whether the kernel's refusal `e` of `op` means the object is already in
+/// the state `op` asks for: a deletion of something that is gone (ESRCH for
+/// SAs, ENOENT for policies), or an SA add that finds the SA in place when an
+/// earlier attempt of the same add may have succeeded (`retried`: its reply
+/// was lost, or it was refused after being applied). A first SA add that hits
+/// EEXIST is a real conflict: every generation has a fresh SPI.
+pub fn already_in_state(op: &Op, e: &KernelError, retried: bool) -> bool {
+    match op {
+        Op::DeleteSa(_) => e.errno == libc::ESRCH,
+        Op::DeletePolicy(_) => e.errno == libc::ENOENT,
+        Op::AddSa(_) => e.errno == libc::EEXIST && retried,
+        _ => false,
+    }
+}
+
+impl OpResult {
+    /// Whether the kernel is now in the state `op` asks for: applied, or
+    /// refused by [`already_in_state`].
+    pub fn is_settled(&self, op: &Op, retried: bool) -> bool {
+        match self {
+            OpResult::Done => true,
+            OpResult::Failed(e) => already_in_state(op, e, retried),
+            OpResult::Invalid(_) | OpResult::Unknown => false,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::IpNet;
+    use crate::spec::{PolicyDir, PolicyId, PolicySelector, SaId};
+
+    fn err(errno: i32) -> KernelError {
+        KernelError {
+            op: "test".into(),
+            errno,
+            message: None,
+        }
+    }
+
+    #[test]
+    fn gone_is_gone_and_a_retried_add_that_exists_is_done() {
+        let sa = Op::DeleteSa(SaId {
+            dst: "10.0.0.1".parse().unwrap(),
+            spi: 0x1000,
+        });
+        let pol = Op::DeletePolicy(PolicyId {
+            dir: PolicyDir::Out,
+            selector: PolicySelector {
+                src: IpNet::parse("10.0.0.1").unwrap(),
+                dst: IpNet::parse("10.0.0.2").unwrap(),
+                proto: None,
+                sport: None,
+            },
+        });
+        assert!(already_in_state(&sa, &err(libc::ESRCH), false));
+        assert!(!already_in_state(&sa, &err(libc::ENOENT), false));
+        assert!(already_in_state(&pol, &err(libc::ENOENT), false));
+        assert!(!already_in_state(&pol, &err(libc::ENOMEM), true));
+        assert!(OpResult::Done.is_settled(&sa, false));
+        assert!(!OpResult::Unknown.is_settled(&sa, true));
+    }
+}

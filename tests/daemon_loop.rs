@@ -1,0 +1,610 @@
+//! The daemon's event loop in-process: a hub and nodes, each on its own
+//! thread and current-thread runtime as in the real daemon, talking over
+//! loopback UDP, with the in-memory kernel model behind the kernel seam.
+//! Assertions are on the model kernel's state and on what the control socket
+//! answers, never on log lines.
+//!
+//! Every test takes its own 127.x.0.0/16 range and port, and the tests run
+//! one at a time (a shared lock): some measure how promptly the loop
+//! answers, and two daemons fleets on two cores would measure each other.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use rotor::config::{HubConfig, HubPeer, NodeConfig, PeerMode};
+use rotor::control::{self, Request, Status};
+use rotor::daemon::{self, KernelExec, Role};
+use rotor::peer_kernel::PeerKernel;
+use rotor_xfrm::{ModelKernel, Op, Ownership, SaId};
+use zeroize::Zeroizing;
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A daemon on its own thread; dropping it without [`Daemon::stop`] leaves
+/// the thread to end with the test process.
+struct Daemon {
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<JoinHandle<anyhow::Result<()>>>,
+    kernel: ModelKernel,
+    socket: PathBuf,
+}
+
+impl Daemon {
+    fn start<R: Role + Send + 'static>(
+        role: R,
+        peers: Vec<PeerKernel>,
+        udp_at: SocketAddr,
+        socket: PathBuf,
+    ) -> Daemon {
+        let kernel = ModelKernel::new(Ownership::default());
+        let udp = UdpSocket::bind(udp_at).expect("bind UDP");
+        udp.set_nonblocking(true).unwrap();
+        let _ = std::fs::remove_file(&socket);
+        let listener = std::os::unix::net::UnixListener::bind(&socket).expect("bind control");
+        listener.set_nonblocking(true).unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let k = kernel.clone();
+        let thread = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async move {
+                let udp = tokio::net::UdpSocket::from_std(udp)?;
+                let listener = tokio::net::UnixListener::from_std(listener)?;
+                daemon::serve(role, KernelExec::new(k, peers), udp, listener, async {
+                    let _ = stopped.await;
+                })
+                .await
+            })
+        });
+        let d = Daemon {
+            stop: Some(stop),
+            thread: Some(thread),
+            kernel,
+            socket,
+        };
+        let t0 = Instant::now();
+        while status_of(&d.socket).is_err() {
+            assert!(
+                t0.elapsed() < Duration::from_secs(10),
+                "daemon did not start"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        d
+    }
+
+    fn status(&self) -> Status {
+        status_of(&self.socket).expect("status")
+    }
+
+    fn stop(mut self) -> anyhow::Result<()> {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        match self.thread.take().map(|t| t.join()) {
+            Some(Ok(r)) => r,
+            _ => anyhow::bail!("daemon thread panicked"),
+        }
+    }
+}
+
+fn status_of(socket: &Path) -> anyhow::Result<Status> {
+    let v = control::call(socket, &Request::Status)?;
+    Ok(serde_json::from_value(v)?)
+}
+
+/// A test's address plan: hub 127.`net`.0.1, node i 127.`net`.1.(i+1),
+/// far nodes that never run 127.`net`.(2 + i/200).(i%200 + 1).
+struct Net {
+    net: u8,
+    port: u16,
+    dir: tempfile::TempDir,
+}
+
+impl Net {
+    fn new(net: u8) -> Net {
+        Net {
+            net,
+            port: 47_000 + u16::from(net),
+            dir: tempfile::tempdir().unwrap(),
+        }
+    }
+
+    fn hub_ip(&self) -> IpAddr {
+        IpAddr::V4(Ipv4Addr::new(127, self.net, 0, 1))
+    }
+
+    fn node_ip(&self, i: usize) -> IpAddr {
+        if i < 200 {
+            IpAddr::V4(Ipv4Addr::new(127, self.net, 1, i as u8 + 1))
+        } else {
+            IpAddr::V4(Ipv4Addr::new(
+                127,
+                self.net,
+                (2 + i / 200) as u8,
+                (i % 200) as u8 + 1,
+            ))
+        }
+    }
+
+    fn sock(&self, name: &str) -> PathBuf {
+        self.dir.path().join(format!("{name}.sock"))
+    }
+}
+
+fn psk(i: usize) -> Zeroizing<[u8; 32]> {
+    let mut k = [0u8; 32];
+    k[..8].copy_from_slice(&(i as u64 + 1).to_le_bytes());
+    k[31] = 0x5a;
+    Zeroizing::new(k)
+}
+
+const ROTATE: Duration = Duration::from_millis(400);
+const HELLO: Duration = Duration::from_millis(100);
+const GRACE: Duration = Duration::from_millis(300);
+
+fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> HubConfig {
+    HubConfig {
+        address: net.hub_ip(),
+        port: net.port,
+        rotate_interval: ROTATE,
+        grace: GRACE,
+        socket: net.sock("hub"),
+        key_bits: 256,
+        replay_window: 64,
+        priority: 1000,
+        init_skew: Duration::from_secs(30),
+        nodes: (0..nodes)
+            .map(|i| HubPeer {
+                name: format!("n{i}"),
+                address: addr_of(i),
+                psk: psk(i),
+                mode: PeerMode::Transport,
+                rotate_interval: ROTATE,
+            })
+            .collect(),
+    }
+}
+
+fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
+    NodeConfig {
+        name: format!("n{i}"),
+        address: net.node_ip(i),
+        hub,
+        psk: psk(i),
+        hello_interval: HELLO,
+        retries: 3,
+        grace: GRACE,
+        socket: net.sock(&format!("n{i}")),
+        key_bits: 256,
+        replay_window: 64,
+        priority: 1000,
+        mode: PeerMode::Transport,
+    }
+}
+
+fn start_hub(net: &Net, cfg: HubConfig) -> Daemon {
+    let socket = cfg.socket.clone();
+    let (role, peers) = daemon::hub_parts(cfg, Ownership::default()).unwrap();
+    Daemon::start(role, peers, SocketAddr::new(net.hub_ip(), net.port), socket)
+}
+
+fn start_node(net: &Net, cfg: NodeConfig) -> Daemon {
+    let socket = cfg.socket.clone();
+    let at = SocketAddr::new(cfg.address, net.port);
+    let (role, peers) = daemon::node_parts(&cfg, Ownership::default()).unwrap();
+    Daemon::start(role, peers, at, socket)
+}
+
+/// Polls `f` every 20 ms until it holds or `within` passes.
+fn wait_for(what: &str, within: Duration, mut f: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !f() {
+        assert!(t0.elapsed() < within, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The generation, tx SPI and inits of row 0 of a node's status.
+fn node_row(d: &Daemon) -> control::PeerStatus {
+    d.status().peers.remove(0)
+}
+
+/// The kernel states of the hub and a node agree: the node sends on an SA
+/// the hub accepts, and the hub sends on one the node accepts, each pointed
+/// at by the sender's outbound policy.
+fn assert_kernels_agree(hub: &Daemon, node: &Daemon, hub_ip: IpAddr, node_ip: IpAddr) {
+    for (sender, receiver, dst) in [(node, hub, hub_ip), (hub, node, node_ip)] {
+        let out: Vec<_> = sender
+            .kernel
+            .outbound()
+            .into_iter()
+            .filter(|(id, _)| id.selector.dst.addr == dst)
+            .collect();
+        assert_eq!(out.len(), 1, "one outbound policy towards {dst}");
+        let pol = &out[0].1;
+        assert!(!pol.block, "outbound to {dst} is not blocked once in sync");
+        let id = SaId { dst, spi: pol.spi };
+        assert!(
+            sender.kernel.has_sa(id),
+            "the sender's outbound SA {:#x} exists",
+            pol.spi
+        );
+        assert!(
+            receiver.kernel.has_sa(id),
+            "the receiver accepts {:#x}",
+            pol.spi
+        );
+    }
+}
+
+#[test]
+fn hub_and_nodes_rotate_and_the_kernels_agree() {
+    let _g = serial();
+    let net = Net::new(31);
+    let hub = start_hub(&net, hub_config(&net, 2, |i| net.node_ip(i)));
+    let hub_at = SocketAddr::new(net.hub_ip(), net.port);
+    let nodes: Vec<Daemon> = (0..2)
+        .map(|i| start_node(&net, node_config(&net, i, hub_at)))
+        .collect();
+    wait_for(
+        "three rotations on both nodes",
+        Duration::from_secs(15),
+        || nodes.iter().all(|n| node_row(n).generation >= 4),
+    );
+    // Rotations keep going; sample the kernels between them.
+    for _ in 0..5 {
+        std::thread::sleep(ROTATE / 3);
+        let st = hub.status();
+        for (i, n) in nodes.iter().enumerate() {
+            let row = node_row(n);
+            let hub_row = &st.peers[i];
+            assert!(
+                hub_row.generation.abs_diff(row.generation) <= 1,
+                "never two generations apart"
+            );
+            assert_eq!(row.inits, 1, "one init, then rotations only");
+        }
+    }
+    // The kernels agree once traffic settles on the current generation; a
+    // rotation may be in flight, so allow a few tries.
+    for (i, n) in nodes.iter().enumerate() {
+        let ok = (0..50).any(|_| {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+                assert_kernels_agree(&hub, n, net.hub_ip(), net.node_ip(i))
+            }));
+            std::thread::sleep(Duration::from_millis(10));
+            r.is_ok()
+        });
+        assert!(ok, "node {i}: kernels never agreed");
+    }
+    // Old generations are deleted after their grace: the hub holds at most
+    // two generations (in and out) per node plus those in grace.
+    let per_node = hub.kernel.sa_count() / 2;
+    assert!(per_node <= 8, "hub SAs per node: {per_node}");
+    for n in nodes {
+        n.stop().unwrap();
+    }
+    hub.stop().unwrap();
+}
+
+/// A UDP relay between one node and the hub that drops the next
+/// `drop_keys` key messages (message type 3, UDP payload byte 1) going to
+/// the node once armed.
+struct Relay {
+    drop_keys: Arc<AtomicU32>,
+    dropped: Arc<AtomicU32>,
+    stop: Arc<AtomicBool>,
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Relay {
+    /// Node-facing socket at `front` (the node's `hub`), hub-facing socket
+    /// at `back` (the node's address in the hub's config).
+    fn start(front: SocketAddr, back: SocketAddr, hub: SocketAddr, node: SocketAddr) -> Relay {
+        let front = Arc::new(UdpSocket::bind(front).unwrap());
+        let back = Arc::new(UdpSocket::bind(back).unwrap());
+        for s in [&front, &back] {
+            s.set_read_timeout(Some(Duration::from_millis(50))).unwrap();
+        }
+        let drop_keys = Arc::new(AtomicU32::new(0));
+        let dropped = Arc::new(AtomicU32::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut threads = Vec::new();
+        // node -> hub
+        {
+            let (front, back, stop) = (front.clone(), back.clone(), stop.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, _)) = front.recv_from(&mut buf) {
+                        let _ = back.send_to(&buf[..n], hub);
+                    }
+                }
+            }));
+        }
+        // hub -> node, dropping key messages while armed
+        {
+            let (front, back, stop) = (front.clone(), back.clone(), stop.clone());
+            let (drop_keys, dropped) = (drop_keys.clone(), dropped.clone());
+            threads.push(std::thread::spawn(move || {
+                let mut buf = [0u8; 2048];
+                while !stop.load(Ordering::Relaxed) {
+                    if let Ok((n, _)) = back.recv_from(&mut buf) {
+                        let is_key = n > 1 && buf[1] == 3;
+                        if is_key
+                            && drop_keys
+                                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
+                                    k.checked_sub(1)
+                                })
+                                .is_ok()
+                        {
+                            dropped.fetch_add(1, Ordering::Relaxed);
+                            continue;
+                        }
+                        let _ = front.send_to(&buf[..n], node);
+                    }
+                }
+            }));
+        }
+        Relay {
+            drop_keys,
+            dropped,
+            stop,
+            threads,
+        }
+    }
+}
+
+impl Drop for Relay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+#[test]
+fn a_lost_key_is_resent_not_regenerated_and_the_node_never_reinitialises() {
+    let _g = serial();
+    let net = Net::new(32);
+    // The node lives at .1.1; the hub believes it is at the relay's back
+    // (.9.1), and the node believes the hub is at the relay's front (.9.2).
+    let back = IpAddr::V4(Ipv4Addr::new(127, net.net, 9, 1));
+    let front = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net.net, 9, 2)), net.port);
+    let hub_at = SocketAddr::new(net.hub_ip(), net.port);
+    let node_at = SocketAddr::new(net.node_ip(0), net.port);
+    let relay = Relay::start(front, SocketAddr::new(back, net.port), hub_at, node_at);
+    let hub = start_hub(&net, hub_config(&net, 1, |_| back));
+    let mut ncfg = node_config(&net, 0, front);
+    // Three lost keys need three resends, each after a hello under the
+    // previous generation: give the node time before it gives up.
+    ncfg.retries = 8;
+    let node = start_node(&net, ncfg);
+    wait_for("the node in sync", Duration::from_secs(10), || {
+        node_row(&node).generation >= 2
+    });
+    let before = node_row(&node);
+    let hub_before = hub.status().peers[0].clone();
+    relay.drop_keys.store(3, Ordering::Relaxed);
+    wait_for(
+        "three key messages dropped",
+        Duration::from_secs(10),
+        || relay.dropped.load(Ordering::Relaxed) == 3,
+    );
+    wait_for("the node catching up", Duration::from_secs(10), || {
+        node_row(&node).generation > before.generation + 1
+    });
+    let after = node_row(&node);
+    let hub_after = hub.status().peers[0].clone();
+    assert_eq!(after.inits, before.inits, "caught up by resend, not init");
+    assert!(
+        hub_after.resends >= hub_before.resends + 2,
+        "resends {} -> {}",
+        hub_before.resends,
+        hub_after.resends
+    );
+    assert_eq!(hub_after.inits, hub_before.inits);
+    node.stop().unwrap();
+    hub.stop().unwrap();
+    drop(relay);
+}
+
+#[test]
+fn a_refused_kernel_operation_is_retried_until_the_kernel_takes_it() {
+    let _g = serial();
+    let net = Net::new(33);
+    let hub = start_hub(&net, hub_config(&net, 1, |i| net.node_ip(i)));
+    let hub_at = SocketAddr::new(net.hub_ip(), net.port);
+    let node = start_node(&net, node_config(&net, 0, hub_at));
+    wait_for("the node in sync", Duration::from_secs(10), || {
+        node_row(&node).generation >= 2
+    });
+    // The hub's kernel refuses every SA add (ENOMEM) for a while.
+    let refusing = Arc::new(AtomicBool::new(true));
+    let r = refusing.clone();
+    hub.kernel.refuse(Some(Box::new(move |op: &Op| {
+        (matches!(op, Op::AddSa(_)) && r.load(Ordering::Relaxed)).then_some(libc::ENOMEM)
+    })));
+    wait_for(
+        "the hub to count kernel errors",
+        Duration::from_secs(10),
+        || hub.status().kernel_errors > 0,
+    );
+    let (_, refused) = hub.kernel.counts();
+    assert!(refused > 0);
+    refusing.store(false, Ordering::Relaxed);
+    // Retries start 1 s after the refusal and double; within a few seconds
+    // every SA the hub's status names exists in its kernel.
+    wait_for(
+        "the refused SAs to be installed on retry",
+        Duration::from_secs(10),
+        || {
+            let row = &hub.status().peers[0];
+            row.rx_spis.iter().all(|spi| {
+                hub.kernel.has_sa(SaId {
+                    dst: net.hub_ip(),
+                    spi: *spi,
+                })
+            }) && row.tx_spi.is_none_or(|spi| {
+                hub.kernel.has_sa(SaId {
+                    dst: net.node_ip(0),
+                    spi,
+                })
+            })
+        },
+    );
+    hub.kernel.refuse(None);
+    node.stop().unwrap();
+    hub.stop().unwrap();
+}
+
+#[test]
+fn a_slow_status_reader_does_not_stall_a_hub_of_thousands() {
+    let _g = serial();
+    let net = Net::new(34);
+    let nodes = 3000;
+    let hub = start_hub(&net, hub_config(&net, nodes, |i| net.node_ip(i)));
+    let hub_at = SocketAddr::new(net.hub_ip(), net.port);
+    let node = start_node(&net, node_config(&net, 0, hub_at));
+    wait_for("the node in sync", Duration::from_secs(10), || {
+        node_row(&node).generation >= 2
+    });
+    // A client asks for the status of 3000 nodes (~500 KB) and reads one
+    // byte a second: the socket buffers fill and the connection's task
+    // waits, the loop must not.
+    let mut slow = std::os::unix::net::UnixStream::connect(&hub.socket).unwrap();
+    std::io::Write::write_all(&mut slow, b"{\"cmd\":\"status\"}\n").unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut b = [0u8; 1];
+        for _ in 0..4 {
+            let _ = std::io::Read::read(&mut slow, &mut b);
+            std::thread::sleep(Duration::from_secs(1));
+        }
+    });
+    let g0 = node_row(&node).generation;
+    let t0 = Instant::now();
+    // Meanwhile hellos are answered (rotations need them) and other
+    // control clients are served promptly.
+    let mut slowest = Duration::ZERO;
+    while t0.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        let st = hub.status();
+        slowest = slowest.max(t.elapsed());
+        assert_eq!(st.peers.len(), nodes);
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    let g1 = node_row(&node).generation;
+    assert!(
+        g1 >= g0 + 4,
+        "rotations went on: generation {g0} -> {g1} in 3 s at {ROTATE:?}"
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "full status of {nodes} took {slowest:?} at worst"
+    );
+    assert_eq!(node_row(&node).inits, 1);
+    reader.join().unwrap();
+    node.stop().unwrap();
+    hub.stop().unwrap();
+}
+
+#[test]
+fn a_socket_full_of_junk_delays_neither_status_nor_grace_deletions() {
+    let _g = serial();
+    let net = Net::new(35);
+    let hub = start_hub(&net, hub_config(&net, 1, |i| net.node_ip(i)));
+    let hub_at = SocketAddr::new(net.hub_ip(), net.port);
+    let node = start_node(&net, node_config(&net, 0, hub_at));
+    wait_for("the node in sync", Duration::from_secs(10), || {
+        node_row(&node).generation >= 2
+    });
+    let stop = Arc::new(AtomicBool::new(false));
+    let sent = Arc::new(AtomicU32::new(0));
+    let flooders: Vec<_> = (0..2)
+        .map(|k| {
+            let (stop, sent) = (stop.clone(), sent.clone());
+            let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net.net, 8, k + 1)), 0);
+            std::thread::spawn(move || {
+                let s = UdpSocket::bind(from).unwrap();
+                // Version 1, type hello, an SPI nobody has: the cheapest
+                // drop for the hub, so the flood outruns it.
+                let mut junk = [0u8; 64];
+                junk[0] = 1;
+                junk[1] = 1;
+                let t0 = Instant::now();
+                while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(10) {
+                    for _ in 0..64 {
+                        if s.send_to(&junk, hub_at).is_ok() {
+                            sent.fetch_add(1, Ordering::Relaxed);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(300));
+    let t0 = Instant::now();
+    let mut slowest = Duration::ZERO;
+    let mut max_sas = 0;
+    let g0 = hub.status().peers[0].generation;
+    while t0.elapsed() < Duration::from_secs(3) {
+        let t = Instant::now();
+        let st = hub.status();
+        slowest = slowest.max(t.elapsed());
+        assert!(st.drops.values().sum::<u64>() > 0);
+        max_sas = max_sas.max(hub.kernel.sa_count());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let g1 = hub.status().peers[0].generation;
+    stop.store(true, Ordering::Relaxed);
+    for f in flooders {
+        f.join().unwrap();
+    }
+    let dropped: u64 = hub.status().drops.values().sum();
+    assert!(
+        dropped > 10_000,
+        "the flood reached the hub: {dropped} dropped of {} sent",
+        sent.load(Ordering::Relaxed)
+    );
+    assert!(
+        slowest < Duration::from_secs(1),
+        "status under flood took {slowest:?} at worst"
+    );
+    // Rotations every 400 ms with a 300 ms grace: at any instant the hub
+    // holds the current and previous generation (in + out each) and at most
+    // one more in grace; timers that starved would let them pile up.
+    assert!(g1 > g0, "rotations went on under the flood ({g0} -> {g1})");
+    assert!(max_sas <= 6, "hub SAs peaked at {max_sas}");
+    node.stop().unwrap();
+    hub.stop().unwrap();
+}
+
+#[test]
+fn shutdown_removes_every_sa_and_policy_the_daemons_installed() {
+    let _g = serial();
+    let net = Net::new(36);
+    let hub = start_hub(&net, hub_config(&net, 1, |i| net.node_ip(i)));
+    let hub_at = SocketAddr::new(net.hub_ip(), net.port);
+    let node = start_node(&net, node_config(&net, 0, hub_at));
+    wait_for("the node in sync", Duration::from_secs(10), || {
+        node_row(&node).generation >= 2
+    });
+    let (hk, nk) = (hub.kernel.clone(), node.kernel.clone());
+    assert!(hk.sa_count() >= 2 && nk.sa_count() >= 2);
+    assert!(hk.policy_count() >= 2 && nk.policy_count() >= 2);
+    node.stop().unwrap();
+    hub.stop().unwrap();
+    assert_eq!((hk.sa_count(), hk.policy_count()), (0, 0));
+    assert_eq!((nk.sa_count(), nk.policy_count()), (0, 0));
+}
