@@ -14,9 +14,11 @@ use std::path::PathBuf;
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rotor_core::{Action, Event, Hub, KeyBits, NameTable, Node, PeerId, SaDir, Secret32, Time};
+use rand::RngCore;
+use rand::rngs::OsRng;
+use rotor_core::{
+    Action, Event, Hub, KeyBits, NameTable, Node, Now, PeerId, SaDir, Secret32, Time,
+};
 use rotor_xfrm::{AeadKey, Op, OpResult, Ownership, Xfrm};
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{UdpSocket, UnixListener};
@@ -47,9 +49,23 @@ impl Clock {
             .unwrap_or(0)
     }
 
+    /// Both clocks, read together.
+    fn read(&self) -> Now {
+        Now::new(self.now(), self.unix_ms())
+    }
+
     fn instant(&self, t: Time) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.origin + std::time::Duration::from_millis(t.0))
     }
+}
+
+/// A seed for a state machine's RNG, from the OS.
+fn os_seed() -> anyhow::Result<[u8; 32]> {
+    let mut seed = [0u8; 32];
+    OsRng
+        .try_fill_bytes(&mut seed)
+        .context("reading the OS random number generator")?;
+    Ok(seed)
 }
 
 /// Executes kernel actions for a set of peers, batching each step.
@@ -461,11 +477,11 @@ pub async fn run_hub(mut cfg: HubConfig) -> anyhow::Result<()> {
             key_bits: key_bits(cfg.key_bits),
             init_skew_ms: cfg.init_skew.as_millis() as u64,
         },
-        clock.now(),
+        clock.read(),
+        os_seed()?,
     )
     .context("hub configuration")?;
     hub.start();
-    let mut rng = StdRng::from_entropy();
     let mut kernel = KernelExec::open(peers, names)?;
     if let Err(e) = kernel.start() {
         // Leave nothing half-installed: the policies of the parts that went in.
@@ -487,7 +503,6 @@ pub async fn run_hub(mut cfg: HubConfig) -> anyhow::Result<()> {
     let result = hub_loop(
         &mut hub,
         &clock,
-        &mut rng,
         &mut kernel,
         &udp,
         &ctl,
@@ -505,7 +520,6 @@ pub async fn run_hub(mut cfg: HubConfig) -> anyhow::Result<()> {
 async fn hub_loop(
     hub: &mut Hub,
     clock: &Clock,
-    rng: &mut StdRng,
     kernel: &mut KernelExec,
     udp: &UdpSocket,
     ctl: &UnixListener,
@@ -528,9 +542,9 @@ async fn hub_loop(
                 while more {
                     // One clock read per receive call, not per datagram
                     // (without a vDSO each read is a system call).
-                    let (now, unix_ms) = (clock.now(), clock.unix_ms());
+                    let now = clock.read();
                     for d in batch.datagrams() {
-                        hub.handle_datagram(now, unix_ms, d, rng);
+                        hub.handle_datagram(now, d);
                         taken += 1;
                     }
                     more = taken < MAX_BURST
@@ -538,7 +552,7 @@ async fn hub_loop(
                 }
             }
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
-                hub.handle_timeout(clock.now(), rng);
+                hub.handle_timeout(clock.read());
             }
             c = ctl.accept() => {
                 if let Ok((stream, _)) = c {
@@ -566,7 +580,7 @@ async fn hub_loop(
                                 }
                                 match node.as_deref().and_then(|n| hub.node_id(n)) {
                                     Some(id) => {
-                                        let _ = hub.rotate_now(now, id, rng);
+                                        let _ = hub.rotate_now(clock.read(), id);
                                         serde_json::json!({"ok": true, "rotating": 1})
                                     }
                                     None => serde_json::json!({"ok": false, "error": format!("no node named {:?}", node.unwrap_or_default())}),
@@ -609,10 +623,10 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
             grace_ms: cfg.grace.as_millis() as u64,
             key_bits: key_bits(cfg.key_bits),
         },
-        clock.now(),
+        clock.read(),
+        os_seed()?,
     )
     .context("node configuration")?;
-    let mut rng = StdRng::from_entropy();
     let mut kernel = KernelExec::open(vec![peer], NameTable::from_names(["hub"]))?;
     if let Err(e) = kernel.start() {
         // Leave nothing half-installed: the policies of the parts that went in.
@@ -634,11 +648,11 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
             r = udp.recv_from(&mut buf) => {
                 // Only the configured hub may talk to us.
                 if let Ok((n, from)) = r && from.ip() == hub_addr.ip() {
-                    node.handle_datagram(clock.now(), &buf[..n]);
+                    node.handle_datagram(clock.read(), &buf[..n]);
                 }
             }
             _ = async { match wake { Some(w) => tokio::time::sleep_until(w).await, None => std::future::pending().await } } => {
-                node.handle_timeout(clock.now(), clock.unix_ms(), &mut rng);
+                node.handle_timeout(clock.read());
             }
             c = ctl.accept() => {
                 if let Ok((stream, _)) = c {
