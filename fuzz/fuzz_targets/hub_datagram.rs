@@ -4,8 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rand::SeedableRng;
-use rotor_core::{Action, Event, Hub, HubConfig, KeyBits, NodeSpec, Secret32, Time};
+use rotor_core::{Action, Event, Hub, HubConfig, KeyBits, Machine, NodeSpec, Now, Secret32, Time};
 
 fuzz_target!(|data: &[u8]| {
     let cfg = HubConfig {
@@ -20,9 +19,10 @@ fuzz_target!(|data: &[u8]| {
         key_bits: KeyBits::Aes128,
         init_skew_ms: 120_000,
     };
-    let Ok(mut hub) = Hub::new(cfg, Time(0)) else { return };
-    let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(1);
-    hub.handle_datagram(Time(1), 1_750_000_000_000, data, &mut rng);
+    let Ok(mut hub) = Hub::new(cfg, Now::new(Time(0), 1_750_000_000_000), [1; 32]) else {
+        return;
+    };
+    hub.handle_datagram(Now::new(Time(1), 1_750_000_000_000), data);
     while let Some(a) = hub.poll_action() {
         assert!(matches!(a, Action::Event(Event::Dropped { .. })), "{a:?}");
     }

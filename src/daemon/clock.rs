@@ -1,29 +1,25 @@
 //! The daemon's clocks, read once per step and handed to the core as one
 //! [`Now`].
 
+use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
-use rotor_core::Time;
+use rotor_core::{Now, Time};
 
-/// Both clocks at one instant (interim until rotor-core has its own).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Now {
-    /// Monotonic.
-    pub mono: Time,
-    /// Wall clock, Unix milliseconds.
-    pub unix_ms: u64,
-}
-
-/// Monotonic milliseconds since the daemon started, and the wall clock.
+/// Monotonic milliseconds since the process first read a [`Clock`], and the
+/// wall clock. Every `Clock` of a process shares that origin, so a machine
+/// built before the event loop starts and the loop agree on the time.
 #[derive(Debug, Clone, Copy)]
 pub struct Clock {
     origin: Instant,
 }
 
+static ORIGIN: OnceLock<Instant> = OnceLock::new();
+
 impl Default for Clock {
     fn default() -> Self {
         Clock {
-            origin: Instant::now(),
+            origin: *ORIGIN.get_or_init(Instant::now),
         }
     }
 }

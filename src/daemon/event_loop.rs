@@ -11,13 +11,13 @@
 
 use std::net::SocketAddr;
 
-use rotor_core::{Action, DropReason, Time};
+use rotor_core::{Action, DropReason, Machine, Now, Time};
 use rotor_xfrm::Kernel;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tracing::debug;
 
-use super::clock::{Clock, Now};
+use super::clock::Clock;
 use super::control_server::{Call, PAGE};
 use super::kernel::KernelExec;
 use super::log;
@@ -48,7 +48,8 @@ pub async fn run<R: Role, K: Kernel>(
     loop {
         // The core's next timer, or a refused kernel operation's retry; an
         // early wake-up is harmless (only what is due fires).
-        let wake = earliest(role.poll_timeout(), kernel.retry_due()).map(|t| clock.instant(t));
+        let wake =
+            earliest(role.machine().poll_timeout(), kernel.retry_due()).map(|t| clock.instant(t));
         let mut full_burst = false;
         tokio::select! {
             _ = &mut shutdown => return,
@@ -62,7 +63,9 @@ pub async fn run<R: Role, K: Kernel>(
                     for d in batch.datagrams() {
                         // INTERIM: source addresses come with the batched receive.
                         let from = role.peer_addr(rotor_core::PeerId(0)).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                        role.handle_datagram(now, from, d);
+                        if role.accepts_from(from) {
+                            role.machine_mut().handle_datagram(now, d);
+                        }
                         taken += 1;
                     }
                     more = taken < MAX_BURST
@@ -74,8 +77,8 @@ pub async fn run<R: Role, K: Kernel>(
             Some(call) = calls.recv() => answer(role, kernel, clock.now(), call),
         }
         let now = clock.now();
-        if role.poll_timeout().is_some_and(|t| t <= now.mono) {
-            role.handle_timeout(now);
+        if role.machine().poll_timeout().is_some_and(|t| t <= now.mono) {
+            role.machine_mut().handle_timeout(now);
         }
         for _ in 0..CALLS_PER_TURN {
             match calls.try_recv() {
@@ -115,7 +118,7 @@ async fn execute<R: Role, K: Kernel>(
     actions: &mut Vec<Action>,
 ) {
     actions.clear();
-    while let Some(a) = role.poll_action() {
+    while let Some(a) = role.machine_mut().poll_action() {
         actions.push(a);
     }
     kernel.apply(now, actions, role.names());
@@ -148,7 +151,7 @@ fn answer<R: Role, K: Kernel>(role: &mut R, kernel: &KernelExec<K>, now: Now, ca
         Call::Status { from, reply } => {
             let head = StatusHead {
                 role: R::NAME.to_string(),
-                drops: drops_map(role.drops()),
+                drops: drops_map(role.machine().drops()),
                 kernel_errors: kernel.errors(),
             };
             let end = role.peer_count().min(from.saturating_add(PAGE));

@@ -1,19 +1,14 @@
 //! The hub as a [`Role`]: the core's [`Hub`] and where each node is.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rotor_core::{Action, DropReason, Hub, NameTable, PeerId, PeerStatus, Time};
+use rotor_core::{Hub, NameTable, Now, PeerId, PeerStatus, Time};
 
-use super::clock::Now;
 use super::role::Role;
 
 /// The hub role.
 pub struct HubRole {
     hub: Hub,
-    rng: StdRng,
     names: NameTable,
     /// The control address of each node, indexed by [`PeerId`].
     addrs: Vec<SocketAddr>,
@@ -24,34 +19,20 @@ impl HubRole {
     /// `names` in logs. Starts the hub's timers.
     pub fn new(mut hub: Hub, names: NameTable, addrs: Vec<SocketAddr>) -> Self {
         hub.start();
-        HubRole {
-            hub,
-            rng: StdRng::from_entropy(),
-            names,
-            addrs,
-        }
+        HubRole { hub, names, addrs }
     }
 }
 
 impl Role for HubRole {
+    type Machine = Hub;
     const NAME: &'static str = "hub";
 
-    fn handle_datagram(&mut self, now: Now, _from: SocketAddr, data: &[u8]) {
-        // The SPI names the node; its source address is not trusted.
-        self.hub
-            .handle_datagram(now.mono, now.unix_ms, data, &mut self.rng);
+    fn machine(&self) -> &Hub {
+        &self.hub
     }
 
-    fn handle_timeout(&mut self, now: Now) {
-        self.hub.handle_timeout(now.mono, &mut self.rng);
-    }
-
-    fn poll_timeout(&self) -> Option<Time> {
-        self.hub.poll_timeout()
-    }
-
-    fn poll_action(&mut self) -> Option<Action> {
-        self.hub.poll_action()
+    fn machine_mut(&mut self) -> &mut Hub {
+        &mut self.hub
     }
 
     fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr> {
@@ -71,10 +52,6 @@ impl Role for HubRole {
             .peer_status(PeerId(u32::try_from(index).ok()?), now)
     }
 
-    fn drops(&self) -> &BTreeMap<DropReason, u64> {
-        self.hub.drops()
-    }
-
     fn rotate(&mut self, now: Now, node: Option<&str>, all: bool) -> Result<usize, String> {
         if all {
             // Paced by the hub: TIMER_BATCH nodes per loop turn.
@@ -85,9 +62,7 @@ impl Role for HubRole {
             .hub
             .node_id(name)
             .ok_or_else(|| format!("no node named {name:?}"))?;
-        self.hub
-            .rotate_now(now.mono, id, &mut self.rng)
-            .map_err(|e| e.to_string())?;
+        self.hub.rotate_now(now, id).map_err(|e| e.to_string())?;
         Ok(1)
     }
 }

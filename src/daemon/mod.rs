@@ -109,7 +109,6 @@ pub fn hub_parts(mut cfg: HubConfig, own: Ownership) -> anyhow::Result<(HubRole,
             rotate_interval_ms: millis(n.rotate_interval),
         });
     }
-    let clock = Clock::default();
     let hub = Hub::new(
         rotor_core::HubConfig {
             nodes: specs,
@@ -117,7 +116,8 @@ pub fn hub_parts(mut cfg: HubConfig, own: Ownership) -> anyhow::Result<(HubRole,
             key_bits: key_bits(cfg.key_bits),
             init_skew_ms: millis(cfg.init_skew),
         },
-        clock.mono(),
+        Clock::default().now(),
+        seed()?,
     )
     .context("hub configuration")?;
     Ok((HubRole::new(hub, names, addrs), peers))
@@ -133,7 +133,6 @@ pub fn node_parts(cfg: &NodeConfig, own: Ownership) -> anyhow::Result<(NodeRole,
         priority: cfg.priority,
         replay_window: cfg.replay_window,
     };
-    let clock = Clock::default();
     let node = Node::new(
         rotor_core::NodeConfig {
             name: cfg.name.clone(),
@@ -143,10 +142,19 @@ pub fn node_parts(cfg: &NodeConfig, own: Ownership) -> anyhow::Result<(NodeRole,
             grace_ms: millis(cfg.grace),
             key_bits: key_bits(cfg.key_bits),
         },
-        clock.mono(),
+        Clock::default().now(),
+        seed()?,
     )
     .context("node configuration")?;
     Ok((NodeRole::new(node, cfg.name.clone(), cfg.hub), vec![peer]))
+}
+
+/// A seed for a machine's random number generator, from the OS.
+fn seed() -> anyhow::Result<[u8; 32]> {
+    let mut s = [0u8; 32];
+    rand::RngCore::try_fill_bytes(&mut rand::rngs::OsRng, &mut s)
+        .context("reading the OS random number generator")?;
+    Ok(s)
 }
 
 /// A configured duration in milliseconds (the config bounds it far below

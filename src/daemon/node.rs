@@ -1,19 +1,14 @@
 //! The node as a [`Role`]: the core's [`Node`] and its one peer, the hub.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 
-use rand::SeedableRng;
-use rand::rngs::StdRng;
-use rotor_core::{Action, DropReason, NameTable, Node, PeerId, PeerStatus, Time};
+use rotor_core::{NameTable, Node, Now, PeerId, PeerStatus, Time};
 
-use super::clock::Now;
 use super::role::Role;
 
 /// The node role.
 pub struct NodeRole {
     node: Node,
-    rng: StdRng,
     name: String,
     names: NameTable,
     hub: SocketAddr,
@@ -24,7 +19,6 @@ impl NodeRole {
     pub fn new(node: Node, name: String, hub: SocketAddr) -> Self {
         NodeRole {
             node,
-            rng: StdRng::from_entropy(),
             name,
             names: NameTable::from_names(["hub"]),
             hub,
@@ -33,26 +27,20 @@ impl NodeRole {
 }
 
 impl Role for NodeRole {
+    type Machine = Node;
     const NAME: &'static str = "node";
 
-    fn handle_datagram(&mut self, now: Now, from: SocketAddr, data: &[u8]) {
-        // Only the configured hub may talk to us.
-        if from.ip() == self.hub.ip() {
-            self.node.handle_datagram(now.mono, data);
-        }
+    fn machine(&self) -> &Node {
+        &self.node
     }
 
-    fn handle_timeout(&mut self, now: Now) {
-        self.node
-            .handle_timeout(now.mono, now.unix_ms, &mut self.rng);
+    fn machine_mut(&mut self) -> &mut Node {
+        &mut self.node
     }
 
-    fn poll_timeout(&self) -> Option<Time> {
-        self.node.poll_timeout()
-    }
-
-    fn poll_action(&mut self) -> Option<Action> {
-        self.node.poll_action()
+    /// Only the configured hub may talk to us.
+    fn accepts_from(&self, from: SocketAddr) -> bool {
+        from.ip() == self.hub.ip()
     }
 
     fn peer_addr(&self, _peer: PeerId) -> Option<SocketAddr> {
@@ -69,10 +57,6 @@ impl Role for NodeRole {
 
     fn peer_status(&self, index: usize, now: Time) -> Option<PeerStatus> {
         (index == 0).then(|| self.node.status(now))
-    }
-
-    fn drops(&self) -> &BTreeMap<DropReason, u64> {
-        self.node.drops()
     }
 
     fn rotate(&mut self, now: Now, node: Option<&str>, _all: bool) -> Result<usize, String> {

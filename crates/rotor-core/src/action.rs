@@ -16,6 +16,25 @@ use crate::wire::WireError;
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct Time(pub u64);
 
+/// The moment a step happens, read once by the caller and passed whole: the
+/// monotonic clock drives every timer and deadline; the wall clock is read
+/// only for init timestamps (a node stamps its init with it, the hub checks
+/// the stamp against its own within the configured skew).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct Now {
+    /// Monotonic time.
+    pub mono: Time,
+    /// Wall clock: milliseconds since the Unix epoch.
+    pub unix_ms: u64,
+}
+
+impl Now {
+    /// The moment `mono` on the monotonic clock, `unix_ms` on the wall clock.
+    pub const fn new(mono: Time, unix_ms: u64) -> Now {
+        Now { mono, unix_ms }
+    }
+}
+
 impl Time {
     /// `self + ms`, saturating.
     pub fn plus_ms(self, ms: u64) -> Time {

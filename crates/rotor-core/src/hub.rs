@@ -17,14 +17,16 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
 
-use rand::{CryptoRng, RngCore};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use x25519_dalek::{EphemeralSecret, PublicKey};
 
-use crate::action::{Action, DropReason, Event, PeerId, SaDir, Time};
+use crate::action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 use crate::config::{ConfigError, HubConfig};
 use crate::generation::Generation;
 use crate::key_schedule::{init_request_key, init_session_key, init_spi};
 use crate::key_spi_table::{KeySpiTable, SpiOwner};
+use crate::machine::Machine;
 use crate::names::NameTable;
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
@@ -108,13 +110,18 @@ pub struct Hub {
     retire_queue: VecDeque<(Time, PeerId, u32)>,
     actions: VecDeque<Action>,
     drops: BTreeMap<DropReason, u64>,
+    /// Generation secrets, SPIs, init nonces and ephemeral keys.
+    rng: StdRng,
 }
 
 impl Hub {
     /// A hub serving `cfg.nodes`, with no chains yet (every node starts by
-    /// sending `init`).
-    pub fn new(cfg: HubConfig, now: Time) -> Result<Hub, ConfigError> {
+    /// sending `init`). `rng_seed` seeds every random choice the hub makes
+    /// (secrets, SPIs, nonces, ephemeral keys): the daemon takes it from the
+    /// OS, a simulation from its own seed, so a run can be replayed.
+    pub fn new(cfg: HubConfig, now: Now, rng_seed: [u8; 32]) -> Result<Hub, ConfigError> {
         cfg.validate()?;
+        let now = now.mono;
         let names = NameTable::from_names(cfg.nodes.iter().map(|n| n.name.as_str()));
         let mut table = KeySpiTable::with_capacity(cfg.nodes.len());
         let mut nodes = Vec::with_capacity(cfg.nodes.len());
@@ -154,6 +161,7 @@ impl Hub {
             retire_queue: VecDeque::new(),
             actions: VecDeque::new(),
             drops: BTreeMap::new(),
+            rng: StdRng::from_seed(rng_seed),
         })
     }
 
@@ -196,40 +204,28 @@ impl Hub {
             .push_back(Action::Event(Event::Dropped { reason }));
     }
 
-    /// Handles a datagram from the network. `unix_ms` is the hub's wall clock
-    /// (for init timestamps). A datagram that is not a valid, fresh message
-    /// changes nothing but the drop counters.
-    pub fn handle_datagram(
-        &mut self,
-        now: Time,
-        unix_ms: u64,
-        data: &[u8],
-        rng: &mut (impl RngCore + CryptoRng),
-    ) {
-        if let Err(r) = self.datagram(now, unix_ms, data, rng) {
+    /// Handles a datagram from the network. `now.unix_ms` is checked against
+    /// init timestamps. A datagram that is not a valid, fresh message changes
+    /// nothing but the drop counters.
+    pub fn handle_datagram(&mut self, now: Now, data: &[u8]) {
+        if let Err(r) = self.datagram(now.mono, now.unix_ms, data) {
             self.drop_reason(r);
         }
     }
 
-    fn datagram(
-        &mut self,
-        now: Time,
-        unix_ms: u64,
-        data: &[u8],
-        rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<(), DropReason> {
+    fn datagram(&mut self, now: Time, unix_ms: u64, data: &[u8]) -> Result<(), DropReason> {
         let dg = wire::parse(data).map_err(DropReason::Wire)?;
         match self.table.lookup(dg.header.spi) {
             None => Err(DropReason::UnknownSpi),
             Some(SpiOwner::Init(_) | SpiOwner::SharedInit) if dg.header.kind != MsgType::Init => {
                 Err(DropReason::UnexpectedType)
             }
-            Some(SpiOwner::Init(id)) => self.init(now, unix_ms, id, &dg, rng),
+            Some(SpiOwner::Init(id)) => self.init(now, unix_ms, id, &dg),
             Some(SpiOwner::SharedInit) => {
                 // Colliding init SPIs (rare): the AEAD picks the node.
                 let mut last = DropReason::Wire(wire::WireError::AuthFailed);
                 for id in self.table.init_candidates(dg.header.spi) {
-                    match self.init(now, unix_ms, id, &dg, rng) {
+                    match self.init(now, unix_ms, id, &dg) {
                         Ok(()) => return Ok(()),
                         Err(e) => last = e,
                     }
@@ -240,7 +236,7 @@ impl Hub {
                 if dg.header.kind != MsgType::Hello {
                     return Err(DropReason::UnexpectedType);
                 }
-                self.hello(now, node, &dg, rng)
+                self.hello(now, node, &dg)
             }
         }
     }
@@ -251,7 +247,6 @@ impl Hub {
         unix_ms: u64,
         id: PeerId,
         dg: &wire::Datagram<'_>,
-        rng: &mut (impl RngCore + CryptoRng),
     ) -> Result<(), DropReason> {
         let n = &self.nodes[id.0 as usize];
         let mut node_nonce = [0u8; 32];
@@ -281,7 +276,7 @@ impl Hub {
         if timestamp_ms.abs_diff(unix_ms) > self.init_skew_ms {
             return Err(DropReason::InitClockSkew);
         }
-        let eph = EphemeralSecret::random_from_rng(&mut *rng);
+        let eph = EphemeralSecret::random_from_rng(&mut self.rng);
         let hub_pub = PublicKey::from(&eph);
         let shared = eph.diffie_hellman(&PublicKey::from(eph_pub));
         if !shared.was_contributory() {
@@ -289,7 +284,7 @@ impl Hub {
         }
         // Accepted: from here on, state changes.
         let mut hub_nonce = [0u8; 32];
-        rng.fill_bytes(&mut hub_nonce);
+        self.rng.fill_bytes(&mut hub_nonce);
         let session = init_session_key(
             &n.psk,
             shared.as_bytes(),
@@ -313,7 +308,7 @@ impl Hub {
         for spi in dropped {
             self.retire(now, id, spi);
         }
-        let gen1 = self.new_generation(rng, id, 1);
+        let gen1 = self.new_generation(id, 1);
         let n = &mut self.nodes[id.0 as usize];
         n.last_init_ts = timestamp_ms;
         n.previous = None;
@@ -352,17 +347,12 @@ impl Hub {
     /// Creates generation `number` for `id`, installs its inbound SA (I3: before
     /// the node can learn it) and its outbound SA (unused until the outbound
     /// policy names it).
-    fn new_generation(
-        &mut self,
-        rng: &mut (impl RngCore + CryptoRng),
-        id: PeerId,
-        number: u64,
-    ) -> Generation {
+    fn new_generation(&mut self, id: PeerId, number: u64) -> Generation {
         let mut s = [0u8; 32];
-        rng.fill_bytes(&mut s);
+        self.rng.fill_bytes(&mut s);
         let secret = Secret32::new(s);
         zeroize::Zeroize::zeroize(&mut s);
-        let spi = self.table.allocate(rng, id);
+        let spi = self.table.allocate(&mut self.rng, id);
         let (g, esp) = Generation::new(number, spi, secret, self.names.get(id), self.key_bits);
         self.actions.push_back(Action::InstallSa {
             peer: id,
@@ -394,13 +384,7 @@ impl Hub {
         }
     }
 
-    fn hello(
-        &mut self,
-        now: Time,
-        id: PeerId,
-        dg: &wire::Datagram<'_>,
-        rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<(), DropReason> {
+    fn hello(&mut self, now: Time, id: PeerId, dg: &wire::Datagram<'_>) -> Result<(), DropReason> {
         let n = &mut self.nodes[id.0 as usize];
         // The SPI names one of the node's generations: latest, previous, or
         // one replaced (by an init or a rotation) and awaiting deletion.
@@ -428,7 +412,7 @@ impl Hub {
         g.rx_window.commit(dg.header.counter);
         n.last_seen = Some(now);
         if is_latest {
-            self.in_sync(now, id, rotate, rng);
+            self.in_sync(now, id, rotate);
         } else if !n.crossing_spared && now.since(n.key_sent_at) < CROSSING_HOLDOFF_MS {
             n.crossing_spared = true;
         } else {
@@ -438,13 +422,7 @@ impl Hub {
     }
 
     /// A message under the latest generation: confirm it, rotate if due.
-    fn in_sync(
-        &mut self,
-        now: Time,
-        id: PeerId,
-        requested: bool,
-        rng: &mut (impl RngCore + CryptoRng),
-    ) {
+    fn in_sync(&mut self, now: Time, id: PeerId, requested: bool) {
         let n = &mut self.nodes[id.0 as usize];
         if !n.confirmed {
             n.confirmed = true;
@@ -472,7 +450,7 @@ impl Hub {
         }
         let n = &self.nodes[id.0 as usize];
         if n.force_rotate || requested || now >= n.rotate_at {
-            self.rotate(now, id, rng);
+            self.rotate(now, id);
         } else {
             self.send_ack(id);
         }
@@ -498,12 +476,12 @@ impl Hub {
 
     /// Creates N+1 (the node proved N), switches outbound to N, retires N-1,
     /// and sends N+1 protected under N.
-    fn rotate(&mut self, now: Time, id: PeerId, rng: &mut (impl RngCore + CryptoRng)) {
+    fn rotate(&mut self, now: Time, id: PeerId) {
         let number = match self.nodes[id.0 as usize].latest.as_ref() {
             Some(g) => g.number + 1,
             None => return,
         };
-        let new = self.new_generation(rng, id, number);
+        let new = self.new_generation(id, number);
         let n = &mut self.nodes[id.0 as usize];
         let old_prev = n.previous.take();
         n.previous = n.latest.take();
@@ -580,7 +558,8 @@ impl Hub {
     /// (pushed to confirmed nodes at once, else at their next hello) and the
     /// next part of a `rotate --all`. Does at most [`TIMER_BATCH`] items of
     /// each kind per call; what is left stays due in [`Self::poll_timeout`].
-    pub fn handle_timeout(&mut self, now: Time, rng: &mut (impl RngCore + CryptoRng)) {
+    pub fn handle_timeout(&mut self, now: Now) {
+        let now = now.mono;
         let mut budget = TIMER_BATCH;
         while let Some(&(t, id, spi)) = self.retire_queue.front() {
             if t > now || budget == 0 {
@@ -616,7 +595,7 @@ impl Hub {
             }
             budget -= 1;
             if n.confirmed && n.latest.is_some() {
-                self.rotate(now, id, rng);
+                self.rotate(now, id);
             }
             // Otherwise the next hello under the latest generation rotates
             // (rotate_at stays in the past).
@@ -626,7 +605,7 @@ impl Hub {
         {
             let end = (next as usize + TIMER_BATCH).min(self.nodes.len());
             for i in next as usize..end {
-                self.rotate_one(now, PeerId(i as u32), rng);
+                self.rotate_one(now, PeerId(i as u32));
             }
             self.rotate_all = (end < self.nodes.len()).then_some((end as u32, asked));
         }
@@ -653,10 +632,10 @@ impl Hub {
         self.nodes.len()
     }
 
-    fn rotate_one(&mut self, now: Time, id: PeerId, rng: &mut (impl RngCore + CryptoRng)) {
+    fn rotate_one(&mut self, now: Time, id: PeerId) {
         let n = &mut self.nodes[id.0 as usize];
         if n.confirmed && n.latest.is_some() {
-            self.rotate(now, id, rng);
+            self.rotate(now, id);
         } else {
             n.force_rotate = true;
         }
@@ -664,16 +643,11 @@ impl Hub {
 
     /// Rotates `id` now if it is in sync, else at its next hello under the
     /// latest generation.
-    pub fn rotate_now(
-        &mut self,
-        now: Time,
-        id: PeerId,
-        rng: &mut (impl RngCore + CryptoRng),
-    ) -> Result<(), UnknownNode> {
+    pub fn rotate_now(&mut self, now: Now, id: PeerId) -> Result<(), UnknownNode> {
         if id.0 as usize >= self.nodes.len() {
             return Err(UnknownNode(format!("#{}", id.0)));
         }
-        self.rotate_one(now, id, rng);
+        self.rotate_one(now.mono, id);
         Ok(())
     }
 
@@ -731,6 +705,28 @@ impl Hub {
             .get(id.0 as usize)
             .and_then(|n| n.latest.as_ref())
             .map_or(0, |g| g.number)
+    }
+}
+
+impl Machine for Hub {
+    fn handle_datagram(&mut self, now: Now, data: &[u8]) {
+        Hub::handle_datagram(self, now, data)
+    }
+
+    fn handle_timeout(&mut self, now: Now) {
+        Hub::handle_timeout(self, now)
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        Hub::poll_timeout(self)
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        Hub::poll_action(self)
+    }
+
+    fn drops(&self) -> &BTreeMap<DropReason, u64> {
+        Hub::drops(self)
     }
 }
 

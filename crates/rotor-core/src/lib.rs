@@ -2,12 +2,13 @@
 //! key-SPI table, the control wire format, and the hub and node state machines.
 //!
 //! Nothing here opens a socket, talks to the kernel, reads a clock or draws
-//! OS randomness: callers pass time ([`Time`]) and a random number generator
-//! in, feed datagrams and timeouts, and execute the [`Action`]s that come out
+//! OS randomness: callers pass time in ([`Now`]), seed each state machine's
+//! random number generator when they build it, feed datagrams and timeouts
+//! through [`Machine`], and execute the [`Action`]s that come out
 //! (`poll_action`) in order. That makes a seeded simulation of a hub and many
 //! nodes over a lossy network exact and repeatable (`tests/`).
 //!
-//! Invariants (DESIGN.md §2) and where they are kept:
+//! The invariants the protocol rests on, and where each is kept:
 //! * I1 two generations: [`hub`] sends on N-1, [`node`] on N, both accept both;
 //! * I2 never two ahead: [`hub::Hub`] creates N+1 only in reply to a message
 //!   authenticated under N;
@@ -28,6 +29,7 @@ pub mod generation;
 pub mod hub;
 pub mod key_schedule;
 pub mod key_spi_table;
+pub mod machine;
 pub mod names;
 pub mod node;
 pub mod replay;
@@ -35,10 +37,11 @@ pub mod secret;
 pub mod status;
 pub mod wire;
 
-pub use action::{Action, DropReason, Event, PeerId, SaDir, Time};
+pub use action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 pub use config::{ConfigError, HubConfig, NodeConfig, NodeSpec};
 pub use hub::Hub;
 pub use key_schedule::KeyBits;
+pub use machine::Machine;
 pub use names::NameTable;
 pub use node::Node;
 pub use secret::{EspKey, Secret32};

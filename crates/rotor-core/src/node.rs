@@ -9,13 +9,15 @@
 
 use std::collections::{BTreeMap, VecDeque};
 
-use rand::{CryptoRng, RngCore};
+use rand::rngs::StdRng;
+use rand::{RngCore, SeedableRng};
 use x25519_dalek::{PublicKey, StaticSecret};
 
-use crate::action::{Action, DropReason, Event, PeerId, SaDir, Time};
+use crate::action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 use crate::config::{ConfigError, NodeConfig};
 use crate::generation::{EspKeys, Generation};
 use crate::key_schedule::{init_request_key, init_session_key, init_spi};
+use crate::machine::Machine;
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
 use crate::wire::{self, Body, FLAG_INIT_REPLY, Header, MsgType};
@@ -67,11 +69,16 @@ pub struct Node {
     inits: u64,
     actions: VecDeque<Action>,
     drops: BTreeMap<DropReason, u64>,
+    /// Init nonces, ephemeral keys and backoff jitter.
+    rng: StdRng,
 }
 
 impl Node {
     /// A node with no keys: its first timeout (at `now`) sends `init`.
-    pub fn new(cfg: NodeConfig, now: Time) -> Result<Node, ConfigError> {
+    /// `rng_seed` seeds every random choice the node makes (init nonces,
+    /// ephemeral keys, backoff jitter): a restarted node needs a fresh seed.
+    pub fn new(cfg: NodeConfig, now: Now, rng_seed: [u8; 32]) -> Result<Node, ConfigError> {
+        let now = now.mono;
         cfg.validate()?;
         Ok(Node {
             init_spi: init_spi(&cfg.psk),
@@ -91,6 +98,7 @@ impl Node {
             inits: 0,
             actions: VecDeque::new(),
             drops: BTreeMap::new(),
+            rng: StdRng::from_seed(rng_seed),
         })
     }
 
@@ -158,12 +166,9 @@ impl Node {
     }
 
     /// Fires due timers: hello (or init) sends, and SA deletions after grace.
-    pub fn handle_timeout(
-        &mut self,
-        now: Time,
-        unix_ms: u64,
-        rng: &mut (impl RngCore + CryptoRng),
-    ) {
+    /// An init is stamped with `now.unix_ms`.
+    pub fn handle_timeout(&mut self, now: Now) {
+        let Now { mono: now, unix_ms } = now;
         while let Some(&(t, spi)) = self.retire_queue.front() {
             if t > now {
                 break;
@@ -192,7 +197,7 @@ impl Node {
                     unanswered: self.unanswered,
                 }));
             }
-            self.send_init(now, unix_ms, rng);
+            self.send_init(now, unix_ms);
         }
     }
 
@@ -222,7 +227,7 @@ impl Node {
     /// Sends the pending init request again, or a fresh one (new nonce, new
     /// ephemeral key, newer timestamp) when there is none or it is old; with
     /// backoff and jitter between sends.
-    fn send_init(&mut self, now: Time, unix_ms: u64, rng: &mut (impl RngCore + CryptoRng)) {
+    fn send_init(&mut self, now: Time, unix_ms: u64) {
         match &self.pending {
             Some(p) if now.since(p.created) < INIT_REFRESH_MS => {
                 let datagram = p.datagram.clone();
@@ -231,7 +236,7 @@ impl Node {
                     datagram,
                 });
             }
-            _ => self.new_init(now, unix_ms, rng),
+            _ => self.new_init(now, unix_ms),
         }
         self.init_attempts += 1;
         // Backoff: 1, 2, 4, 4, ... hello intervals, +-25 % jitter so that many
@@ -239,17 +244,17 @@ impl Node {
         let factor = 1u64 << self.init_attempts.saturating_sub(1).min(2);
         let base = self.cfg.hello_interval_ms.saturating_mul(factor);
         let jitter = if base >= 4 {
-            rng.next_u64() % (base / 2)
+            self.rng.next_u64() % (base / 2)
         } else {
             0
         };
         self.next_send = now.plus_ms(base - base / 4 + jitter);
     }
 
-    fn new_init(&mut self, now: Time, unix_ms: u64, rng: &mut (impl RngCore + CryptoRng)) {
+    fn new_init(&mut self, now: Time, unix_ms: u64) {
         let mut nonce = [0u8; 32];
-        rng.fill_bytes(&mut nonce);
-        let eph = StaticSecret::random_from_rng(&mut *rng);
+        self.rng.fill_bytes(&mut nonce);
+        let eph = StaticSecret::random_from_rng(&mut self.rng);
         let eph_pub = PublicKey::from(&eph);
         let ts = unix_ms.max(self.last_init_ts + 1);
         self.last_init_ts = ts;
@@ -279,8 +284,8 @@ impl Node {
 
     /// Handles a datagram from the hub. Anything that is not a valid, fresh
     /// message for this node changes nothing but the drop counters.
-    pub fn handle_datagram(&mut self, now: Time, data: &[u8]) {
-        if let Err(r) = self.datagram(now, data) {
+    pub fn handle_datagram(&mut self, now: Now, data: &[u8]) {
+        if let Err(r) = self.datagram(now.mono, data) {
             self.drop_reason(r);
         }
     }
@@ -477,5 +482,27 @@ impl Node {
             .push_back(Action::Event(Event::Initialised { peer: HUB, spi }));
         self.send_hello(now);
         Ok(())
+    }
+}
+
+impl Machine for Node {
+    fn handle_datagram(&mut self, now: Now, data: &[u8]) {
+        Node::handle_datagram(self, now, data)
+    }
+
+    fn handle_timeout(&mut self, now: Now) {
+        Node::handle_timeout(self, now)
+    }
+
+    fn poll_timeout(&self) -> Option<Time> {
+        Node::poll_timeout(self)
+    }
+
+    fn poll_action(&mut self) -> Option<Action> {
+        Node::poll_action(self)
+    }
+
+    fn drops(&self) -> &BTreeMap<DropReason, u64> {
+        Node::drops(self)
     }
 }

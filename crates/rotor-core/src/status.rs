@@ -14,7 +14,8 @@ pub enum PeerState {
 }
 
 impl PeerState {
-    /// `init`, `in_sync` or `awaiting_confirm`, as DESIGN.md §6 names them.
+    /// `init`, `in_sync` or `awaiting_confirm`: the stable names `rotor status`
+    /// prints and its JSON output carries.
     pub fn as_str(self) -> &'static str {
         match self {
             PeerState::Init => "init",

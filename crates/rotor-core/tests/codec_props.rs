@@ -3,11 +3,10 @@
 //! `fuzz/` check with coverage guidance).
 
 use proptest::prelude::*;
-use rand::SeedableRng;
 use rotor_core::key_schedule::init_request_key;
 use rotor_core::wire::{self, Body, FLAG_INIT_REPLY, Header, MsgType};
 use rotor_core::{
-    Action, Event, Hub, HubConfig, KeyBits, Node, NodeConfig, NodeSpec, Secret32, Time,
+    Action, Event, Hub, HubConfig, KeyBits, Node, NodeConfig, NodeSpec, Now, Secret32, Time,
 };
 
 fn key() -> rotor_core::secret::ControlKey {
@@ -76,7 +75,7 @@ fn hub() -> Hub {
         key_bits: KeyBits::Aes128,
         init_skew_ms: 120_000,
     };
-    Hub::new(cfg, Time(0)).unwrap()
+    Hub::new(cfg, Now::new(Time(0), 1_750_000_000_000), [3; 32]).unwrap()
 }
 
 proptest! {
@@ -109,9 +108,9 @@ proptest! {
             data[0] = 1;
             data[1] = ty;
         }
-        let mut rng = rand_chacha::ChaCha20Rng::seed_from_u64(3);
+        let now = Now::new(Time(5), 1_750_000_000_000);
         let mut h = hub();
-        h.handle_datagram(Time(5), 1_750_000_000_000, &data, &mut rng);
+        h.handle_datagram(now, &data);
         while let Some(a) = h.poll_action() {
             prop_assert!(matches!(a, Action::Event(Event::Dropped { .. })), "{:?}", a);
         }
@@ -123,8 +122,8 @@ proptest! {
             retries: 3,
             grace_ms: 1000,
             key_bits: KeyBits::Aes128,
-        }, Time(0)).unwrap();
-        n.handle_datagram(Time(5), &data);
+        }, Now::new(Time(0), 1_750_000_000_000), [4; 32]).unwrap();
+        n.handle_datagram(now, &data);
         while let Some(a) = n.poll_action() {
             prop_assert!(matches!(a, Action::Event(Event::Dropped { .. })), "{:?}", a);
         }

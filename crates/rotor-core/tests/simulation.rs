@@ -25,8 +25,8 @@ use std::collections::{BinaryHeap, HashMap};
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
 use rotor_core::{
-    Action, Event, Hub, HubConfig, KeyBits, Node, NodeConfig, NodeSpec, PeerId, PeerState, SaDir,
-    Secret32, Time,
+    Action, Event, Hub, HubConfig, KeyBits, Machine, Node, NodeConfig, NodeSpec, Now, PeerId,
+    PeerState, SaDir, Secret32, Time,
 };
 
 const HELLO_MS: u64 = 500;
@@ -147,13 +147,19 @@ impl Sim {
             })
             .collect();
         let now = Time(0);
-        let mut hub = Hub::new(hub_cfg.clone(), now).unwrap();
+        // Every machine's RNG is seeded from the run's seed: a run replays exactly.
+        let mut rng = ChaCha20Rng::seed_from_u64(seed);
+        let mut hub = Hub::new(hub_cfg.clone(), Now::new(now, EPOCH_UNIX_MS), rng.r#gen()).unwrap();
         hub.start();
         // Nodes start spread over the first hello interval.
         let nodes = node_cfgs
             .iter()
             .enumerate()
-            .map(|(i, c)| Node::new(c.clone(), Time((i as u64 * 7) % HELLO_MS)).unwrap())
+            .map(|(i, c)| {
+                let start = Time((i as u64 * 7) % HELLO_MS);
+                let now = Now::new(start, EPOCH_UNIX_MS + start.0);
+                Node::new(c.clone(), now, rng.r#gen()).unwrap()
+            })
             .collect();
         let mut kernels = HashMap::new();
         kernels.insert(Host::Hub, Kernel::default());
@@ -162,7 +168,7 @@ impl Sim {
         }
         let mut s = Sim {
             now,
-            rng: ChaCha20Rng::seed_from_u64(seed),
+            rng,
             hub,
             nodes,
             kernels,
@@ -196,8 +202,17 @@ impl Sim {
         }
     }
 
-    fn unix_ms(&self) -> u64 {
-        EPOCH_UNIX_MS + self.now.0
+    /// The simulated clocks: the wall clock runs in step with the monotonic one.
+    fn clock(&self) -> Now {
+        Now::new(self.now, EPOCH_UNIX_MS + self.now.0)
+    }
+
+    /// The hub or a node, driven the same way through [`Machine`].
+    fn machine(&mut self, host: Host) -> &mut dyn Machine {
+        match host {
+            Host::Hub => &mut self.hub,
+            Host::Node(i) => &mut self.nodes[i],
+        }
     }
 
     /// Peer host of `host` for peer id `peer`.
@@ -221,12 +236,7 @@ impl Sim {
     }
 
     fn drain(&mut self, host: Host) {
-        loop {
-            let a = match host {
-                Host::Hub => self.hub.poll_action(),
-                Host::Node(i) => self.nodes[i].poll_action(),
-            };
-            let Some(a) = a else { break };
+        while let Some(a) = self.machine(host).poll_action() {
             self.execute(host, a);
         }
     }
@@ -504,14 +514,10 @@ impl Sim {
             self.now = best.max(self.now);
             self.fig.events += 1;
             match next.1 {
-                Some(Host::Hub) => {
-                    self.hub.handle_timeout(self.now, &mut self.rng);
-                    self.drain(Host::Hub);
-                }
-                Some(Host::Node(i)) => {
-                    let unix = self.unix_ms();
-                    self.nodes[i].handle_timeout(self.now, unix, &mut self.rng);
-                    self.drain(Host::Node(i));
+                Some(host) => {
+                    let now = self.clock();
+                    self.machine(host).handle_timeout(now);
+                    self.drain(host);
                 }
                 None => {
                     let Some(Reverse((_, _, idx))) = self.queue.pop() else {
@@ -520,14 +526,8 @@ impl Sim {
                     let ev = self.events[idx].take();
                     match ev {
                         Some(Ev::Ctrl { to, data }) => {
-                            match to {
-                                Host::Hub => {
-                                    let unix = self.unix_ms();
-                                    self.hub
-                                        .handle_datagram(self.now, unix, &data, &mut self.rng);
-                                }
-                                Host::Node(i) => self.nodes[i].handle_datagram(self.now, &data),
-                            }
+                            let now = self.clock();
+                            self.machine(to).handle_datagram(now, &data);
                             if self.delivered.len() < 4096 {
                                 self.delivered.push((to, data));
                             } else {
@@ -601,14 +601,18 @@ impl Sim {
     fn restart_node(&mut self, i: usize) {
         self.crash_in_flight(Some(i));
         let inits = self.hub.status(self.now)[i].inits;
-        self.nodes[i] = Node::new(self.node_cfgs[i].clone(), self.now).unwrap();
+        // A fresh seed, drawn from the run's RNG: a restarted node must not
+        // repeat the nonces and ephemeral keys of its previous life.
+        let seed = self.rng.r#gen();
+        self.nodes[i] = Node::new(self.node_cfgs[i].clone(), self.clock(), seed).unwrap();
         self.kernels.insert(Host::Node(i), Kernel::default());
         self.outage[i] = Some((self.now, inits));
     }
 
     fn restart_hub(&mut self) {
         self.crash_in_flight(None);
-        self.hub = Hub::new(self.hub_cfg.clone(), self.now).unwrap();
+        let seed = self.rng.r#gen();
+        self.hub = Hub::new(self.hub_cfg.clone(), self.clock(), seed).unwrap();
         self.hub.start();
         self.kernels.insert(Host::Hub, Kernel::default());
         for i in 0..self.nodes.len() {
@@ -884,38 +888,23 @@ fn hostile_datagrams_change_no_state() {
         };
         let hub_before = s.hub.status(s.now);
         let nodes_before: Vec<_> = s.nodes.iter().map(|n| n.status(s.now)).collect();
-        let drops_before: u64 = match target {
-            Host::Hub => s.hub.drops().values().sum(),
-            Host::Node(i) => s.nodes[i].drops().values().sum(),
-        };
-        match target {
-            Host::Hub => {
-                let unix = s.unix_ms();
-                s.hub.handle_datagram(s.now, unix, &data, &mut s.rng);
-            }
-            Host::Node(i) => s.nodes[i].handle_datagram(s.now, &data),
-        }
+        let drops_before: u64 = s.machine(target).drops().values().sum();
+        let now = s.clock();
+        s.machine(target).handle_datagram(now, &data);
         // An exact replay of the latest init is a retransmission: the hub
         // answers it with the same reply. Nothing else may produce more than a
         // "dropped" event.
         let init_retransmit = round % 5 == 4 && target == Host::Hub && data.get(1) == Some(&2);
         let mut resent = false;
         loop {
-            let a = match target {
-                Host::Hub => s.hub.poll_action(),
-                Host::Node(i) => s.nodes[i].poll_action(),
-            };
-            match a {
+            match s.machine(target).poll_action() {
                 None => break,
                 Some(Action::Event(Event::Dropped { .. })) => {}
                 Some(Action::Send { .. }) if init_retransmit => resent = true,
                 Some(other) => panic!("round {round}: hostile datagram caused {other:?}"),
             }
         }
-        let drops_after: u64 = match target {
-            Host::Hub => s.hub.drops().values().sum(),
-            Host::Node(i) => s.nodes[i].drops().values().sum(),
-        };
+        let drops_after: u64 = s.machine(target).drops().values().sum();
         assert_eq!(
             drops_after + u64::from(resent),
             drops_before + 1,
@@ -976,7 +965,8 @@ fn rotate_all_is_paced_and_complete() {
             let before: Vec<u64> = s.hub.status(s.now).iter().map(fresh).collect();
             assert_eq!(s.hub.rotate_all(s.now), n);
             // The first part: at most TIMER_BATCH rotations in one call.
-            s.hub.handle_timeout(s.now, &mut s.rng);
+            let now = s.clock();
+            s.hub.handle_timeout(now);
             let first: u64 = s.hub.status(s.now).iter().map(fresh).sum();
             let done = first - before.iter().sum::<u64>();
             assert!(

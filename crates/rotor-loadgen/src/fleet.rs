@@ -19,12 +19,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
-use rand::SeedableRng;
 use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
 use rotor::config::PeerMode;
 use rotor::peer_kernel::PeerKernel;
 use rotor_core::wire::{self, MsgType};
-use rotor_core::{Action, Event, Node, NodeConfig, Time};
+use rotor_core::{Action, Event, Node, NodeConfig, Now, Time};
 use rotor_xfrm::{Op, OpResult, Ownership, Xfrm};
 use serde_json::json;
 
@@ -68,7 +68,7 @@ pub struct FleetConfig {
     pub rcvbuf: usize,
     /// Send buffer to ask for.
     pub sndbuf: usize,
-    /// Seed of the nodes' shared random generator (`None`: from the OS).
+    /// Seed the nodes' random generators are drawn from (`None`: from the OS).
     pub seed: Option<u64>,
     /// Progress line on stderr and progress file this often.
     pub progress_ms: u64,
@@ -131,7 +131,6 @@ pub struct Fleet {
     out: Vec<Outgoing>,
     ops: Vec<Op>,
     stats: Stats,
-    rng: StdRng,
     origin: Instant,
     own: Ownership,
     xfrm: Option<Xfrm>,
@@ -163,10 +162,17 @@ impl Fleet {
                 own.len()
             );
         }
+        // Each node's RNG gets its own seed, drawn from one fleet RNG: with
+        // `seed` set, a run's random choices repeat.
+        let mut seeds = match cfg.seed {
+            Some(s) => StdRng::seed_from_u64(s),
+            None => StdRng::from_entropy(),
+        };
+        let start = Now::new(Time(0), unix_ms());
         let mut slots = Vec::with_capacity(nodes.len());
         for (i, n) in nodes.into_iter().enumerate() {
             let name = n.name.clone();
-            let node = Node::new(n, Time(0))
+            let node = Node::new(n, start, seeds.r#gen())
                 .with_context(|| format!("node {i} ({name}): invalid settings"))?;
             slots.push(Slot {
                 node,
@@ -176,10 +182,6 @@ impl Fleet {
                 in_sync: false,
             });
         }
-        let rng = match cfg.seed {
-            Some(s) => StdRng::seed_from_u64(s),
-            None => StdRng::from_entropy(),
-        };
         Ok(Fleet {
             cfg,
             slots,
@@ -189,7 +191,6 @@ impl Fleet {
             out: Vec::new(),
             ops: Vec::new(),
             stats: Stats::default(),
-            rng,
             origin,
             own,
             xfrm: None,
@@ -198,6 +199,11 @@ impl Fleet {
 
     fn now(&self) -> Time {
         Time(self.origin.elapsed().as_millis() as u64)
+    }
+
+    /// Both clocks, read together, as the nodes take them.
+    fn clock(&self) -> Now {
+        Now::new(self.now(), unix_ms())
     }
 
     fn addr(&self, i: usize) -> Ipv4Addr {
@@ -309,7 +315,7 @@ impl Fleet {
         }
     }
 
-    fn start_nodes(&mut self, now: Time) {
+    fn start_nodes(&mut self, now: Now) {
         while self.next_start < self.slots.len()
             && (self.cfg.max_pending == 0 || self.pending < self.cfg.max_pending)
         {
@@ -318,16 +324,14 @@ impl Fleet {
             self.pending += 1;
             self.stats.started += 1;
             self.slots[i].started = true;
-            let unix = unix_ms();
-            self.slots[i].node.handle_timeout(now, unix, &mut self.rng);
+            self.slots[i].node.handle_timeout(now);
             self.drain(i);
         }
     }
 
-    fn fire_timers(&mut self, now: Time) {
-        let unix = unix_ms();
+    fn fire_timers(&mut self, now: Now) {
         while let Some(&Reverse((t, i))) = self.heap.peek() {
-            if t > now.0 {
+            if t > now.mono.0 {
                 break;
             }
             self.heap.pop();
@@ -336,12 +340,12 @@ impl Fleet {
                 continue; // superseded
             }
             self.slots[i].armed = None;
-            self.slots[i].node.handle_timeout(now, unix, &mut self.rng);
+            self.slots[i].node.handle_timeout(now);
             self.drain(i);
         }
     }
 
-    fn handle(&mut self, now: Time, from: SocketAddrV4, to: Option<Ipv4Addr>, data: &[u8]) {
+    fn handle(&mut self, now: Now, from: SocketAddrV4, to: Option<Ipv4Addr>, data: &[u8]) {
         self.stats.received += 1;
         if from.ip() != self.cfg.hub.ip() {
             *self.stats.drops.entry("not_from_hub".into()).or_insert(0) += 1;
@@ -521,14 +525,14 @@ impl Fleet {
             if end.is_some_and(|e| Instant::now() >= e) {
                 break;
             }
-            let now = self.now();
+            let now = self.clock();
             self.fire_timers(now);
             self.start_nodes(now);
             let mut got = 0;
             // A bounded number of batches per turn, so timers never starve.
             for _ in 0..16 {
                 let n = sock.recv_batch(&mut batch).context("receiving")?;
-                let now = self.now();
+                let now = self.clock();
                 for k in 0..n {
                     if let Some((r, data)) = batch.get(k) {
                         self.handle(now, r.from, r.to, data);
