@@ -1,12 +1,22 @@
 //! Hub and node configuration files (TOML): parsing, defaults, validation.
 //!
-//! Every error names the file, the key (`node[2].psk_file`, `hub.port`) and what
-//! is wrong with it. Unknown keys are errors, so a typo never silently falls
-//! back to a default. Key files are read and checked (0600) here, so a daemon
-//! that starts has every key it needs.
+//! Every error, whichever command reads the file (`rotor hub`, `rotor node`,
+//! `rotor check`), is one [`ConfigError`] whose first line is
+//! `FILE: KEY: PROBLEM` (`node[2].psk_file`, `hub.rotate_interval`), or
+//! `FILE: PROBLEM` for the file as a whole; a TOML syntax error is
+//! `FILE: line L, column C: PROBLEM` followed by the offending line and a
+//! caret. Unknown keys are errors, so a typo never silently falls back to a
+//! default. Each value is checked as it is deserialized (the types of
+//! `values`), so a bad value is refused with its key before anything else runs;
+//! relations between keys are checked after. Key files are read and checked
+//! (0600) here, so a daemon that starts has every key it needs.
+//!
+//! The bounds are the `*_MS` and other `pub const`s below; `docs/configuration.md`
+//! lists them with their reasons.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,17 +27,89 @@ use zeroize::Zeroizing;
 use crate::keyfile::{KEY_LEN, read_key};
 use rotor_xfrm::IpNet;
 
+mod values;
+
+pub use values::NAME_MAX;
+use values::{
+    BoundedDuration, BoundedInt, DurationError, FilePath, HostAddr, HubEndpoint, KeyBits, ModeName,
+    Name, Subnet, fmt_ms, parse_ms,
+};
+
 /// Default UDP port of the control channel.
 pub const DEFAULT_PORT: u16 = 4820;
 
+const SECOND: u64 = 1_000;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+
+/// Shortest `rotate_interval`: a rotation costs a key message, a hello and
+/// two SA installs per node, and a period below a second would also fall
+/// inside the hub's 200 ms crossing hold-off (`docs/protocol.md` §4).
+pub const ROTATE_INTERVAL_MIN_MS: u64 = SECOND;
+/// Longest `rotate_interval` (7 days): beyond a week a "rotating" key is
+/// in effect a static one.
+pub const ROTATE_INTERVAL_MAX_MS: u64 = 7 * DAY;
+/// Shortest `grace`: replaced inbound SAs must outlive packets still in
+/// flight under them (reordering, queues); below 100 ms they may not.
+pub const GRACE_MIN_MS: u64 = 100;
+/// Longest `grace` (1 hour): the SAs of every replaced generation stay in the
+/// kernel this long.
+pub const GRACE_MAX_MS: u64 = HOUR;
+/// On the hub, `grace` may be at most this many rotation periods (of every
+/// node), so at most this many replaced generations of a node wait for
+/// deletion at once: with `latest` and `previous`, a node has at most 12
+/// generations (24 SAs) installed after timer rotations, which keeps per-node
+/// kernel state bounded (invariant I8).
+pub const GRACE_PER_ROTATION_MAX: u32 = 10;
+/// Smallest `init_skew` (60 s): a node retransmits one init request unchanged
+/// for up to 30 s (`rotor_core::node::INIT_REFRESH_MS`) before it makes a
+/// fresh one, so a smaller skew would refuse its own retransmissions; the
+/// other 30 s absorb the difference between the two hosts' clocks.
+pub const INIT_SKEW_MIN_MS: u64 = 60 * SECOND;
+/// Largest `init_skew` (1 hour): a hub that restarted has forgotten the nodes'
+/// last init timestamps, so an init captured on the wire can be replayed to it
+/// for this long to reset that node's chain.
+pub const INIT_SKEW_MAX_MS: u64 = HOUR;
+/// Shortest `hello_interval`: hellos are the node's keepalive and carry the
+/// SPI in use; faster than 10 per second they only cost the hub CPU.
+pub const HELLO_INTERVAL_MIN_MS: u64 = 100;
+/// Longest `hello_interval` (10 minutes): the hub learns that a node missed a
+/// key only from its next hello, and a node notices a dead hub only after
+/// `retries` of them.
+pub const HELLO_INTERVAL_MAX_MS: u64 = 10 * MINUTE;
+/// Largest `retries`: `retries` × `hello_interval` is how long a node keeps
+/// talking to a hub that does not answer before it falls back to init.
+pub const RETRIES_MAX: u32 = 100;
+/// Largest `replay_window`: the kernel's maximum ESN replay window.
+pub const REPLAY_WINDOW_MAX: u32 = 4096;
+/// Most `[[node]]` entries of one hub: every peer needs its own reqid in
+/// rotor's reqid range (`docs/xfrm-layer.md`, Ownership).
+pub const NODES_MAX: usize = rotor_xfrm::DEFAULT_REQID_LEN as usize;
+
+type RotateInterval = BoundedDuration<ROTATE_INTERVAL_MIN_MS, ROTATE_INTERVAL_MAX_MS>;
+type Grace = BoundedDuration<GRACE_MIN_MS, GRACE_MAX_MS>;
+type InitSkew = BoundedDuration<INIT_SKEW_MIN_MS, INIT_SKEW_MAX_MS>;
+type HelloInterval = BoundedDuration<HELLO_INTERVAL_MIN_MS, HELLO_INTERVAL_MAX_MS>;
+/// A UDP port; 0 would mean "any port" to the socket layer, never a hub's.
+type Port = BoundedInt<u16, 1, { u16::MAX as u64 }>;
+/// ESN needs a window of at least one packet.
+type ReplayWindow = BoundedInt<u32, 1, { REPLAY_WINDOW_MAX as u64 }>;
+/// At least 1: the IPv6 neighbour-discovery bypass policies go one step ahead
+/// of rotor's, at `priority - 1` (`docs/operations.md`).
+type Priority = BoundedInt<u32, 1, { u32::MAX as u64 }>;
+type Retries = BoundedInt<u32, 1, { RETRIES_MAX as u64 }>;
+
 /// A configuration error: the file, the key and the problem.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The config file.
     pub file: PathBuf,
-    /// Dotted key path, or empty for the file as a whole.
+    /// Dotted key path (`hub.grace`, `node[2].name`), or empty for the file as
+    /// a whole.
     pub key: String,
-    /// What is wrong.
+    /// What is wrong. One line, except for TOML syntax errors, which go on
+    /// with the offending line and a caret.
     pub problem: String,
 }
 
@@ -43,26 +125,21 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Parses a duration written like `500ms`, `10s`, `5m`, `1h`.
+/// Parses a duration written like `500ms`, `10s`, `5m`, `1h` or `2d`. Any
+/// whole number of milliseconds that fits a `u64` is accepted (no bounds:
+/// those belong to the config keys); a larger one is an error, never a
+/// truncated value.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (write e.g. 500ms, 10s, 5m, 1h)"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "{s:?} has no known unit (use ms, s, m or h, e.g. 10s)"
-            ));
-        }
-    };
-    Ok(d)
+    match parse_ms(s) {
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(DurationError::Overflow) => Err(format!("{s:?} is too long (at most {} ms)", u64::MAX)),
+        Err(DurationError::Unit) => Err(format!(
+            "{s:?} has no known unit (write a number and one of ms, s, m, h, d, e.g. 10s)"
+        )),
+        Err(DurationError::Syntax) => Err(format!(
+            "{s:?} is not a duration (write e.g. 500ms, 10s, 5m, 1h)"
+        )),
+    }
 }
 
 /// ESP mode of a peer, with the subnets tunnel mode protects.
@@ -160,27 +237,27 @@ struct HubFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HubSection {
-    address: String,
-    port: Option<u16>,
-    rotate_interval: Option<String>,
-    grace: Option<String>,
-    socket: Option<PathBuf>,
-    key_bits: Option<u16>,
-    replay_window: Option<u32>,
-    priority: Option<u32>,
-    init_skew: Option<String>,
+    address: HostAddr,
+    port: Option<Port>,
+    rotate_interval: Option<RotateInterval>,
+    grace: Option<Grace>,
+    socket: Option<FilePath>,
+    key_bits: Option<KeyBits>,
+    replay_window: Option<ReplayWindow>,
+    priority: Option<Priority>,
+    init_skew: Option<InitSkew>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeEntry {
-    name: String,
-    address: String,
-    psk_file: PathBuf,
-    mode: Option<String>,
-    local_subnets: Option<Vec<String>>,
-    remote_subnets: Option<Vec<String>>,
-    rotate_interval: Option<String>,
+    name: Name,
+    address: HostAddr,
+    psk_file: FilePath,
+    mode: Option<ModeName>,
+    local_subnets: Option<Vec<Subnet>>,
+    remote_subnets: Option<Vec<Subnet>>,
+    rotate_interval: Option<RotateInterval>,
 }
 
 #[derive(Deserialize)]
@@ -192,20 +269,20 @@ struct NodeFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeSection {
-    name: String,
-    address: String,
-    hub: String,
-    psk_file: PathBuf,
-    hello_interval: Option<String>,
-    retries: Option<u32>,
-    grace: Option<String>,
-    socket: Option<PathBuf>,
-    key_bits: Option<u16>,
-    replay_window: Option<u32>,
-    priority: Option<u32>,
-    mode: Option<String>,
-    local_subnets: Option<Vec<String>>,
-    remote_subnets: Option<Vec<String>>,
+    name: Name,
+    address: HostAddr,
+    hub: HubEndpoint,
+    psk_file: FilePath,
+    hello_interval: Option<HelloInterval>,
+    retries: Option<Retries>,
+    grace: Option<Grace>,
+    socket: Option<FilePath>,
+    key_bits: Option<KeyBits>,
+    replay_window: Option<ReplayWindow>,
+    priority: Option<Priority>,
+    mode: Option<ModeName>,
+    local_subnets: Option<Vec<Subnet>>,
+    remote_subnets: Option<Vec<Subnet>>,
 }
 
 struct Ctx<'a> {
@@ -221,46 +298,6 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration(
-        &self,
-        key: &str,
-        v: Option<&String>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) => {
-                let d = parse_duration(s).map_err(|e| self.err(key, e))?;
-                if d.is_zero() {
-                    return Err(self.err(key, "must be greater than zero"));
-                }
-                Ok(d)
-            }
-        }
-    }
-
-    fn addr(&self, key: &str, s: &str) -> Result<IpAddr, ConfigError> {
-        s.parse()
-            .map_err(|_| self.err(key, format!("{s:?} is not an IPv4 or IPv6 address")))
-    }
-
-    fn key_bits(&self, key: &str, v: Option<u16>) -> Result<u16, ConfigError> {
-        match v.unwrap_or(256) {
-            b @ (128 | 256) => Ok(b),
-            b => Err(self.err(key, format!("{b} is not 128 or 256"))),
-        }
-    }
-
-    fn replay_window(&self, key: &str, v: Option<u32>) -> Result<u32, ConfigError> {
-        match v.unwrap_or(1024) {
-            w @ 1..=4096 => Ok(w),
-            w => Err(self.err(
-                key,
-                format!("{w} is outside 1..=4096 (the kernel's maximum)"),
-            )),
-        }
-    }
-
     fn psk(&self, key: &str, path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, ConfigError> {
         let path = if path.is_relative() {
             self.file.parent().unwrap_or(Path::new(".")).join(path)
@@ -273,29 +310,28 @@ impl Ctx<'_> {
     fn mode(
         &self,
         prefix: &str,
-        mode: Option<&String>,
-        local: Option<&Vec<String>>,
-        remote: Option<&Vec<String>>,
+        mode: Option<ModeName>,
+        local: Option<&[Subnet]>,
+        remote: Option<&[Subnet]>,
         outer: IpAddr,
     ) -> Result<PeerMode, ConfigError> {
-        let nets = |key: &str, v: Option<&Vec<String>>| -> Result<Vec<IpNet>, ConfigError> {
+        let nets = |key: &str, v: Option<&[Subnet]>| -> Result<Vec<IpNet>, ConfigError> {
             let key = format!("{prefix}.{key}");
             let v = v.ok_or_else(|| self.err(&key, "tunnel mode needs this list of subnets"))?;
             if v.is_empty() {
                 return Err(self.err(&key, "must name at least one subnet"));
             }
             v.iter()
-                .map(|s| {
-                    let n = IpNet::parse(s).ok_or_else(|| self.err(&key, format!("{s:?} is not ADDRESS/PREFIX")))?;
+                .map(|&Subnet(n)| {
                     if n.addr.is_ipv4() != outer.is_ipv4() {
-                        return Err(self.err(&key, format!("{s} is not of the same address family as the outer addresses (mixed-family tunnels are not supported yet)")));
+                        return Err(self.err(&key, format!("{n} is not of the same address family as the outer addresses (mixed-family tunnels are not supported yet)")));
                     }
                     Ok(n)
                 })
                 .collect()
         };
-        match mode.map(String::as_str).unwrap_or("transport") {
-            "transport" => {
+        match mode.unwrap_or(ModeName::Transport) {
+            ModeName::Transport => {
                 for (k, v) in [("local_subnets", local), ("remote_subnets", remote)] {
                     if v.is_some() {
                         return Err(
@@ -305,77 +341,201 @@ impl Ctx<'_> {
                 }
                 Ok(PeerMode::Transport)
             }
-            "tunnel" => Ok(PeerMode::Tunnel {
+            ModeName::Tunnel => Ok(PeerMode::Tunnel {
                 local: nets("local_subnets", local)?,
                 remote: nets("remote_subnets", remote)?,
             }),
-            other => Err(self.err(
-                format!("{prefix}.mode"),
-                format!("{other:?} is not \"transport\" or \"tunnel\""),
-            )),
         }
     }
 }
 
-fn read_toml<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        key: String::new(),
-        problem: format!("cannot read: {e}"),
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        key: String::new(),
-        problem: e.to_string().trim_end().replace('\n', " "),
-    })
+/// Which daemon a configuration file is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The file has a `[hub]` table.
+    Hub,
+    /// The file has a `[node]` table and no `[hub]`.
+    Node,
+}
+
+/// A configuration file read and parsed as TOML, not yet validated.
+#[derive(Debug)]
+pub struct ConfigFile {
+    file: PathBuf,
+    table: toml::Table,
+}
+
+impl ConfigFile {
+    /// Reads and parses `file`. A file that cannot be read, or is not TOML, is
+    /// an error in the one format of this module (see the module docs).
+    pub fn read(file: &Path) -> Result<ConfigFile, ConfigError> {
+        let whole = |problem: String| ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            problem,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| whole(format!("cannot read: {e}")))?;
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| whole(syntax_problem(&text, &e)))?;
+        Ok(ConfigFile {
+            file: file.to_path_buf(),
+            table,
+        })
+    }
+
+    /// The role the file's top-level table names: `[hub]` wins over `[node]`
+    /// (a hub's file has `[[node]]` entries too).
+    pub fn role(&self) -> Result<Role, ConfigError> {
+        match (
+            self.table.contains_key("hub"),
+            self.table.contains_key("node"),
+        ) {
+            (true, _) => Ok(Role::Hub),
+            (false, true) => Ok(Role::Node),
+            _ => Err(self.whole("neither a [hub] nor a [node] table: not a rotor config")),
+        }
+    }
+
+    fn whole(&self, problem: &str) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            key: String::new(),
+            problem: problem.to_string(),
+        }
+    }
+
+    /// Deserializes the table, every value checked by its type; an error
+    /// names the key it was found under.
+    fn typed<T: for<'de> Deserialize<'de>>(self) -> Result<T, ConfigError> {
+        let file = self.file;
+        let mut track = serde_path_to_error::Track::new();
+        let de = serde_path_to_error::Deserializer::new(toml::Value::Table(self.table), &mut track);
+        T::deserialize(de).map_err(|e| {
+            let path = track.path().to_string();
+            ConfigError {
+                file,
+                // The root's path prints as ".": an error of the file as a whole.
+                key: if path == "." { String::new() } else { path },
+                problem: e.message().trim_end().replace('\n', "; "),
+            }
+        })
+    }
+
+    /// Validates the file as a hub configuration, reading every node's key
+    /// file. On success every bound of this module holds.
+    pub fn into_hub(self) -> Result<HubConfig, ConfigError> {
+        if self.role()? != Role::Hub {
+            return Err(self.whole(
+                "no [hub] table (a [node] table: this is a node's config, run `rotor node`)",
+            ));
+        }
+        let file = self.file.clone();
+        let raw: HubFile = self.typed()?;
+        hub_config(&file, raw)
+    }
+
+    /// Validates the file as a node configuration, reading its key file. On
+    /// success every bound of this module holds.
+    pub fn into_node(self) -> Result<NodeConfig, ConfigError> {
+        if self.role()? != Role::Node {
+            return Err(self
+                .whole("a [hub] table: this is the hub's config (run `rotor hub`), not a node's"));
+        }
+        let file = self.file.clone();
+        let raw: NodeFile = self.typed()?;
+        node_config(&file, raw)
+    }
+}
+
+/// A TOML syntax error as `line L, column C: MESSAGE`, then the line and a
+/// caret under the column (the shape every command prints).
+fn syntax_problem(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text
+        .get(line_start..)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or("");
+    let column = text
+        .get(line_start..start)
+        .map_or(1, |s| s.chars().count() + 1);
+    let gutter = " ".repeat(line_no.to_string().len());
+    format!(
+        "line {line_no}, column {column}: {message}\n{gutter} |\n{line_no} | {line}\n{gutter} | {}^",
+        " ".repeat(column - 1)
+    )
 }
 
 /// Reads and validates a hub configuration, including every node's key file.
 pub fn load_hub(file: &Path) -> Result<HubConfig, ConfigError> {
-    let raw: HubFile = read_toml(file)?;
+    ConfigFile::read(file)?.into_hub()
+}
+
+/// Reads and validates a node configuration, including its key file.
+pub fn load_node(file: &Path) -> Result<NodeConfig, ConfigError> {
+    ConfigFile::read(file)?.into_node()
+}
+
+fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
     let cx = Ctx { file };
-    let h = &raw.hub;
-    let address = cx.addr("hub.address", &h.address)?;
-    let rotate_interval = cx.duration(
-        "hub.rotate_interval",
-        h.rotate_interval.as_ref(),
-        Duration::from_secs(60),
-    )?;
-    let port = h.port.unwrap_or(DEFAULT_PORT);
-    if port == 0 {
-        return Err(cx.err("hub.port", "must not be 0"));
-    }
+    let h = raw.hub;
+    let address = h.address.0;
+    let rotate_interval = h.rotate_interval.map_or(Duration::from_secs(60), |d| d.0);
+    let grace = h.grace.map_or(Duration::from_secs(5), |d| d.0);
     if raw.node.is_empty() {
         return Err(cx.err("node", "no [[node]] entries: the hub has nobody to serve"));
     }
-    let mut names = HashSet::new();
-    let mut addrs = HashSet::new();
-    let mut nodes = Vec::with_capacity(raw.node.len());
-    for (i, n) in raw.node.iter().enumerate() {
+    if raw.node.len() > NODES_MAX {
+        return Err(cx.err(
+            "node",
+            format!(
+                "{} entries; a hub serves at most {NODES_MAX} nodes (one reqid each)",
+                raw.node.len()
+            ),
+        ));
+    }
+    // The key to blame is the one the operator wrote: the period if set,
+    // else the grace.
+    let default_key = if h.rotate_interval.is_some() {
+        "hub.rotate_interval"
+    } else {
+        "hub.grace"
+    };
+    check_grace(&cx, default_key, rotate_interval, grace)?;
+    let mut names = HashSet::with_capacity(raw.node.len());
+    let mut addrs = HashSet::with_capacity(raw.node.len());
+    // Init keys by a keyed hash, so the map holds no copy of a key; equal
+    // hashes are confirmed by comparing the keys themselves.
+    let psk_hasher = RandomState::new();
+    let mut psks: HashMap<u64, Vec<usize>> = HashMap::with_capacity(raw.node.len());
+    let mut nodes: Vec<HubPeer> = Vec::with_capacity(raw.node.len());
+    for (i, n) in raw.node.into_iter().enumerate() {
         let p = format!("node[{i}]");
-        if n.name.is_empty()
-            || n.name.len() > 64
-            || !n
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        let name = n.name.0;
+        if !names.insert(name.clone()) {
             return Err(cx.err(
                 format!("{p}.name"),
-                format!("{:?} must be 1-64 characters of A-Z a-z 0-9 - _ .", n.name),
+                format!("{name:?} is used by an earlier node"),
             ));
         }
-        if !names.insert(n.name.clone()) {
-            return Err(cx.err(
-                format!("{p}.name"),
-                format!("{:?} is used by an earlier node", n.name),
-            ));
-        }
-        let a = cx.addr(&format!("{p}.address"), &n.address)?;
+        let a = n.address.0;
         if a.is_ipv4() != address.is_ipv4() {
             return Err(cx.err(
                 format!("{p}.address"),
                 "must be of the same address family as hub.address",
+            ));
+        }
+        if a == address {
+            return Err(cx.err(
+                format!("{p}.address"),
+                format!("{a} is hub.address; a node needs an address of its own"),
             ));
         }
         if !addrs.insert(a) {
@@ -384,109 +544,120 @@ pub fn load_hub(file: &Path) -> Result<HubConfig, ConfigError> {
                 format!("{a} is used by an earlier node"),
             ));
         }
+        let rotate = match n.rotate_interval {
+            Some(d) => {
+                check_grace(&cx, &format!("{p}.rotate_interval"), d.0, grace)?;
+                d.0
+            }
+            None => rotate_interval,
+        };
+        let psk = cx.psk(&format!("{p}.psk_file"), &n.psk_file.0)?;
+        let same = psks.entry(psk_hasher.hash_one(&psk[..])).or_default();
+        if let Some(&j) = same.iter().find(|&&j| nodes[j].psk[..] == psk[..]) {
+            return Err(cx.err(
+                format!("{p}.psk_file"),
+                format!(
+                    "holds the same init key as node[{j}] ({:?}); every node needs its own (rotor genkey)",
+                    nodes[j].name
+                ),
+            ));
+        }
+        same.push(i);
+        let mode = cx.mode(
+            &p,
+            n.mode,
+            n.local_subnets.as_deref(),
+            n.remote_subnets.as_deref(),
+            address,
+        )?;
         nodes.push(HubPeer {
-            name: n.name.clone(),
+            name,
             address: a,
-            psk: cx.psk(&format!("{p}.psk_file"), &n.psk_file)?,
-            mode: cx.mode(
-                &p,
-                n.mode.as_ref(),
-                n.local_subnets.as_ref(),
-                n.remote_subnets.as_ref(),
-                address,
-            )?,
-            rotate_interval: cx.duration(
-                &format!("{p}.rotate_interval"),
-                n.rotate_interval.as_ref(),
-                rotate_interval,
-            )?,
+            psk,
+            mode,
+            rotate_interval: rotate,
         });
     }
     Ok(HubConfig {
         address,
-        port,
+        port: h.port.map_or(DEFAULT_PORT, |p| p.0),
         rotate_interval,
-        grace: cx.duration("hub.grace", h.grace.as_ref(), Duration::from_secs(5))?,
+        grace,
         socket: h
             .socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/run/rotor/hub.sock")),
-        key_bits: cx.key_bits("hub.key_bits", h.key_bits)?,
-        replay_window: cx.replay_window("hub.replay_window", h.replay_window)?,
-        priority: h.priority.unwrap_or(1000),
-        init_skew: cx.duration(
-            "hub.init_skew",
-            h.init_skew.as_ref(),
-            Duration::from_secs(120),
-        )?,
+            .map_or_else(|| PathBuf::from("/run/rotor/hub.sock"), |p| p.0),
+        key_bits: h.key_bits.map_or(256, |b| b.0),
+        replay_window: h.replay_window.map_or(1024, |w| w.0),
+        priority: h.priority.map_or(1000, |p| p.0),
+        init_skew: h.init_skew.map_or(Duration::from_secs(120), |d| d.0),
         nodes,
     })
 }
 
-/// Reads and validates a node configuration, including its key file.
-pub fn load_node(file: &Path) -> Result<NodeConfig, ConfigError> {
-    let raw: NodeFile = read_toml(file)?;
+/// Checks `grace` <= [`GRACE_PER_ROTATION_MAX`] × `rotate`; the error names
+/// `key`, the setting the operator wrote that breaks the relation.
+fn check_grace(
+    cx: &Ctx<'_>,
+    key: &str,
+    rotate: Duration,
+    grace: Duration,
+) -> Result<(), ConfigError> {
+    if grace > rotate.saturating_mul(GRACE_PER_ROTATION_MAX) {
+        let ms = |d: Duration| fmt_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        return Err(cx.err(
+            key,
+            format!(
+                "grace {} is more than {GRACE_PER_ROTATION_MAX} x rotate_interval {}: a node could have more than {} generations installed at once; shorten hub.grace or lengthen the rotation period",
+                ms(grace),
+                ms(rotate),
+                GRACE_PER_ROTATION_MAX + 2
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
     let cx = Ctx { file };
-    let n = &raw.node;
-    let address = cx.addr("node.address", &n.address)?;
-    let hub: SocketAddr = match n.hub.parse::<SocketAddr>() {
-        Ok(s) => s,
-        Err(_) => {
-            match n.hub.parse::<IpAddr>() {
-                Ok(a) => SocketAddr::new(a, DEFAULT_PORT),
-                Err(_) => {
-                    return Err(cx.err("node.hub", format!("{:?} is not ADDRESS:PORT (e.g. \"10.9.0.1:4820\" or \"[fd00::1]:4820\")", n.hub)));
-                }
-            }
-        }
-    };
+    let n = raw.node;
+    let address = n.address.0;
+    let hub = n.hub.0;
     if hub.is_ipv4() != address.is_ipv4() {
         return Err(cx.err(
             "node.hub",
             "must be of the same address family as node.address",
         ));
     }
-    let retries = n.retries.unwrap_or(3);
-    if retries == 0 {
-        return Err(cx.err("node.retries", "must be at least 1"));
-    }
-    let name_ok = !n.name.is_empty()
-        && n.name.len() <= 64
-        && n.name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !name_ok {
+    if hub.ip() == address {
         return Err(cx.err(
-            "node.name",
-            format!("{:?} must be 1-64 characters of A-Z a-z 0-9 - _ .", n.name),
+            "node.hub",
+            format!("{} is node.address; the hub is another host", hub.ip()),
         ));
     }
-    Ok(NodeConfig {
-        name: n.name.clone(),
+    let name = n.name.0;
+    let psk = cx.psk("node.psk_file", &n.psk_file.0)?;
+    let mode = cx.mode(
+        "node",
+        n.mode,
+        n.local_subnets.as_deref(),
+        n.remote_subnets.as_deref(),
         address,
-        hub,
-        psk: cx.psk("node.psk_file", &n.psk_file)?,
-        hello_interval: cx.duration(
-            "node.hello_interval",
-            n.hello_interval.as_ref(),
-            Duration::from_secs(1),
-        )?,
-        retries,
-        grace: cx.duration("node.grace", n.grace.as_ref(), Duration::from_secs(5))?,
+    )?;
+    Ok(NodeConfig {
         socket: n
             .socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/run/rotor/{}.sock", n.name))),
-        key_bits: cx.key_bits("node.key_bits", n.key_bits)?,
-        replay_window: cx.replay_window("node.replay_window", n.replay_window)?,
-        priority: n.priority.unwrap_or(1000),
-        mode: cx.mode(
-            "node",
-            n.mode.as_ref(),
-            n.local_subnets.as_ref(),
-            n.remote_subnets.as_ref(),
-            address,
-        )?,
+            .map_or_else(|| PathBuf::from(format!("/run/rotor/{name}.sock")), |p| p.0),
+        name,
+        address,
+        hub,
+        psk,
+        hello_interval: n.hello_interval.map_or(Duration::from_secs(1), |d| d.0),
+        retries: n.retries.map_or(3, |r| r.0),
+        grace: n.grace.map_or(Duration::from_secs(5), |d| d.0),
+        key_bits: n.key_bits.map_or(256, |b| b.0),
+        replay_window: n.replay_window.map_or(1024, |w| w.0),
+        priority: n.priority.map_or(1000, |p| p.0),
+        mode,
     })
 }
 
