@@ -808,4 +808,553 @@ mode = "transport"
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1.5s").is_err());
     }
+
+    // ---- bounds: every bounded key, its edge values accepted and the values
+    // just outside refused, with the key named.
+
+    const HUB_DEFAULTS: &[(&str, &str)] = &[("address", "\"10.9.0.1\"")];
+    const ENTRY_DEFAULTS: &[(&str, &str)] = &[
+        ("name", "\"mn1\""),
+        ("address", "\"10.9.0.2\""),
+        ("psk_file", "\"mn1.key\""),
+    ];
+    const NODE_DEFAULTS: &[(&str, &str)] = &[
+        ("name", "\"mn1\""),
+        ("address", "\"10.9.0.2\""),
+        ("hub", "\"10.9.0.1:4820\""),
+        ("psk_file", "\"mn1.key\""),
+    ];
+
+    /// A TOML table body: `defaults` unless overridden by `set`, then `set`.
+    fn table(defaults: &[(&str, &str)], set: &[(&str, &str)]) -> String {
+        let mut out = String::new();
+        for (k, v) in defaults {
+            if !set.iter().any(|(s, _)| s == k) {
+                out += &format!("{k} = {v}\n");
+            }
+        }
+        for (k, v) in set {
+            out += &format!("{k} = {v}\n");
+        }
+        out
+    }
+
+    fn hub_file(hub: &[(&str, &str)], entry: &[(&str, &str)]) -> String {
+        format!(
+            "[hub]\n{}\n[[node]]\n{}",
+            table(HUB_DEFAULTS, hub),
+            table(ENTRY_DEFAULTS, entry)
+        )
+    }
+
+    fn node_file(node: &[(&str, &str)]) -> String {
+        format!("[node]\n{}", table(NODE_DEFAULTS, node))
+    }
+
+    /// Writes `text` as FILE_NAME next to the keys mn1.key and mn2.key.
+    fn write(file_name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(&dir.path().join("mn1.key"), &[1; 32]).unwrap();
+        write_key(&dir.path().join("mn2.key"), &[2; 32]).unwrap();
+        write_key(&dir.path().join("same-as-mn1.key"), &[1; 32]).unwrap();
+        let f = dir.path().join(file_name);
+        fs::write(&f, text).unwrap();
+        (dir, f)
+    }
+
+    fn hub_result(text: &str) -> Result<HubConfig, ConfigError> {
+        let (_d, f) = write("hub.toml", text);
+        load_hub(&f)
+    }
+
+    fn node_result(text: &str) -> Result<NodeConfig, ConfigError> {
+        let (_d, f) = write("node.toml", text);
+        load_node(&f)
+    }
+
+    /// A key, values it accepts, and values it refuses with the expected problem.
+    type BoundCase = (
+        &'static str,
+        &'static [&'static str],
+        &'static [(&'static str, &'static str)],
+    );
+
+    /// Asserts the error is about `key` and its problem contains `needle`.
+    fn assert_refused(r: Result<impl fmt::Debug, ConfigError>, key: &str, needle: &str) {
+        let e = r.expect_err("accepted a bad value");
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.problem.contains(needle), "{e}");
+        assert!(!e.problem.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn hub_bounds_accept_the_edges_and_refuse_beyond() {
+        // (key, accepted, [(refused, expected problem)]); the hub's grace
+        // cases run with a 6m period so that the 1h maximum meets the
+        // grace/period relation.
+        let cases: &[BoundCase] = &[
+            (
+                "rotate_interval",
+                &["\"1s\"", "\"1000ms\"", "\"7d\"", "\"168h\""],
+                &[
+                    ("\"999ms\"", "\"999ms\" is less than the minimum, 1s"),
+                    ("\"0s\"", "less than the minimum, 1s"),
+                    ("\"169h\"", "\"169h\" is more than the maximum, 7d"),
+                    (
+                        "\"99999999999999h\"",
+                        "\"99999999999999h\" is more than the maximum, 7d",
+                    ),
+                    ("\"18446744073709551616ms\"", "more than the maximum, 7d"),
+                    ("\"1.5s\"", "is not a duration"),
+                    ("\"-1s\"", "is not a duration"),
+                    ("\"10\"", "is not a duration"),
+                    ("\"10 years\"", "has no known unit"),
+                    (
+                        "10",
+                        "invalid type: integer `10`, expected a duration from 1s to 7d",
+                    ),
+                ],
+            ),
+            (
+                "grace",
+                &["\"100ms\"", "\"1h\""],
+                &[
+                    ("\"99ms\"", "less than the minimum, 100ms"),
+                    ("\"3601s\"", "more than the maximum, 1h"),
+                ],
+            ),
+            (
+                "init_skew",
+                &["\"60s\"", "\"1h\""],
+                &[
+                    ("\"59999ms\"", "less than the minimum, 1m"),
+                    ("\"61m\"", "more than the maximum, 1h"),
+                ],
+            ),
+            (
+                "port",
+                &["1", "65535"],
+                &[
+                    ("0", "0 is outside 1..=65535"),
+                    ("65536", "65536 is outside 1..=65535"),
+                    ("-1", "-1 is outside 1..=65535"),
+                    ("\"4820\"", "expected an integer in 1..=65535"),
+                ],
+            ),
+            (
+                "key_bits",
+                &["128", "256"],
+                &[
+                    ("0", "0 is not 128 or 256"),
+                    ("192", "192 is not 128 or 256"),
+                ],
+            ),
+            (
+                "replay_window",
+                &["1", "4096"],
+                &[
+                    ("0", "0 is outside 1..=4096"),
+                    ("4097", "4097 is outside 1..=4096"),
+                ],
+            ),
+            (
+                "priority",
+                &["1", "4294967295"],
+                &[
+                    ("0", "0 is outside 1..=4294967295"),
+                    ("4294967296", "4294967296 is outside 1..=4294967295"),
+                ],
+            ),
+            (
+                "socket",
+                &["\"hub.sock\""],
+                &[("\"\"", "must not be empty")],
+            ),
+        ];
+        for (key, good, bad) in cases {
+            let period = ("rotate_interval", "\"6m\"");
+            let with = |v: &'static str| -> Vec<(&str, &str)> {
+                if *key == "rotate_interval" {
+                    vec![(key, v)]
+                } else {
+                    vec![period, (key, v)]
+                }
+            };
+            for v in *good {
+                let r = hub_result(&hub_file(&with(v), &[]));
+                assert!(r.is_ok(), "hub.{key} = {v}: {}", r.unwrap_err());
+            }
+            for (v, needle) in *bad {
+                let r = hub_result(&hub_file(&with(v), &[]));
+                assert_refused(r, &format!("hub.{key}"), needle);
+            }
+        }
+        let c = hub_result(&hub_file(&[("rotate_interval", "\"7d\"")], &[])).unwrap();
+        assert_eq!(c.rotate_interval, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn node_entry_bounds() {
+        for v in ["\"1s\"", "\"7d\""] {
+            let c = hub_result(&hub_file(&[], &[("rotate_interval", v)])).unwrap();
+            assert!(c.nodes[0].rotate_interval >= Duration::from_secs(1));
+        }
+        assert_refused(
+            hub_result(&hub_file(&[], &[("rotate_interval", "\"999ms\"")])),
+            "node[0].rotate_interval",
+            "less than the minimum, 1s",
+        );
+        assert_refused(
+            hub_result(&hub_file(&[], &[("mode", "\"tunel\"")])),
+            "node[0].mode",
+            "unknown variant `tunel`, expected `transport` or `tunnel`",
+        );
+        assert_refused(
+            hub_result(&hub_file(
+                &[],
+                &[
+                    ("mode", "\"tunnel\""),
+                    ("local_subnets", "[\"10.1.0.0/33\"]"),
+                    ("remote_subnets", "[\"10.2.0.0/24\"]"),
+                ],
+            )),
+            "node[0].local_subnets[0]",
+            "\"10.1.0.0/33\" is not ADDRESS/PREFIX",
+        );
+        assert_refused(
+            hub_result(&hub_file(&[], &[("psk_file", "\"\"")])),
+            "node[0].psk_file",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn node_bounds_accept_the_edges_and_refuse_beyond() {
+        let cases: &[BoundCase] = &[
+            (
+                "hello_interval",
+                &["\"100ms\"", "\"10m\""],
+                &[
+                    ("\"99ms\"", "less than the minimum, 100ms"),
+                    ("\"601s\"", "more than the maximum, 10m"),
+                    ("\"99999999999999h\"", "more than the maximum, 10m"),
+                ],
+            ),
+            (
+                "retries",
+                &["1", "100"],
+                &[
+                    ("0", "0 is outside 1..=100"),
+                    ("101", "101 is outside 1..=100"),
+                ],
+            ),
+            (
+                "grace",
+                &["\"100ms\"", "\"1h\""],
+                &[
+                    ("\"99ms\"", "less than the minimum, 100ms"),
+                    ("\"3601s\"", "more than the maximum, 1h"),
+                ],
+            ),
+            (
+                "key_bits",
+                &["128", "256"],
+                &[
+                    ("512", "512 is not 128 or 256"),
+                    ("-3", "-3 is not 128 or 256"),
+                ],
+            ),
+            (
+                "replay_window",
+                &["1", "4096"],
+                &[
+                    ("0", "0 is outside 1..=4096"),
+                    ("4097", "4097 is outside 1..=4096"),
+                ],
+            ),
+            (
+                "priority",
+                &["1", "4294967295"],
+                &[("0", "0 is outside 1..=4294967295")],
+            ),
+            (
+                "hub",
+                &[
+                    "\"10.9.0.1:1\"",
+                    "\"10.9.0.1:65535\"",
+                    "\"10.9.0.1\"",
+                    "\"10.9.0.99:4820\"",
+                ],
+                &[
+                    (
+                        "\"10.9.0.1:0\"",
+                        "\"10.9.0.1:0\" has port 0; use a port in 1..=65535",
+                    ),
+                    ("\"x:0\"", "\"x:0\" is not ADDRESS:PORT"),
+                    ("\"10.9.0.1:65536\"", "is not ADDRESS:PORT"),
+                    ("\"0.0.0.0:4820\"", "is the unspecified address"),
+                    ("\"224.0.0.1:4820\"", "is a multicast address"),
+                    ("\"[fd00::1]:4820\"", "same address family as node.address"),
+                    ("\"10.9.0.2:4820\"", "10.9.0.2 is node.address"),
+                ],
+            ),
+            (
+                "socket",
+                &["\"/run/x.sock\""],
+                &[("\"\"", "must not be empty")],
+            ),
+        ];
+        for (key, good, bad) in cases {
+            for v in *good {
+                let r = node_result(&node_file(&[(key, v)]));
+                assert!(r.is_ok(), "node.{key} = {v}: {}", r.unwrap_err());
+            }
+            for (v, needle) in *bad {
+                assert_refused(
+                    node_result(&node_file(&[(key, v)])),
+                    &format!("node.{key}"),
+                    needle,
+                );
+            }
+        }
+        let c = node_result(&node_file(&[("hub", "\"10.9.0.1\"")])).unwrap();
+        assert_eq!(c.hub, SocketAddr::new(c.hub.ip(), DEFAULT_PORT));
+        let c = node_result(&node_file(&[("hello_interval", "\"10m\"")])).unwrap();
+        assert_eq!(c.hello_interval, Duration::from_secs(600));
+        assert_eq!(c.socket, PathBuf::from("/run/rotor/mn1.sock"));
+    }
+
+    #[test]
+    fn names_follow_one_rule_on_both_sides() {
+        let longest = format!("\"{}\"", "n".repeat(NAME_MAX));
+        let too_long = format!("\"{}\"", "n".repeat(NAME_MAX + 1));
+        for good in ["\"a\"", "\"9\"", "\"mn-1_x.y\"", longest.as_str()] {
+            assert!(
+                hub_result(&hub_file(&[], &[("name", good)])).is_ok(),
+                "{good}"
+            );
+            assert!(node_result(&node_file(&[("name", good)])).is_ok(), "{good}");
+        }
+        for bad in [
+            "\"\"",
+            too_long.as_str(),
+            "\"-mn1\"",
+            "\".mn1\"",
+            "\"mn 1\"",
+            "\"mn/1\"",
+            "\"m\u{e9}\"",
+        ] {
+            let rule =
+                "must be 1-64 characters of A-Z a-z 0-9 - _ . starting with a letter or digit";
+            assert_refused(
+                hub_result(&hub_file(&[], &[("name", bad)])),
+                "node[0].name",
+                rule,
+            );
+            assert_refused(node_result(&node_file(&[("name", bad)])), "node.name", rule);
+        }
+    }
+
+    #[test]
+    fn addresses_must_be_unicast_and_distinct() {
+        for (bad, needle) in [
+            ("\"0.0.0.0\"", "is the unspecified address"),
+            ("\"::\"", "is the unspecified address"),
+            ("\"ff02::1\"", "is a multicast address"),
+            ("\"255.255.255.255\"", "is the broadcast address"),
+            (
+                "\"10.9.0.256\"",
+                "\"10.9.0.256\" is not an IPv4 or IPv6 address",
+            ),
+        ] {
+            assert_refused(
+                hub_result(&hub_file(&[("address", bad)], &[])),
+                "hub.address",
+                needle,
+            );
+            assert_refused(
+                hub_result(&hub_file(&[], &[("address", bad)])),
+                "node[0].address",
+                needle,
+            );
+            assert_refused(
+                node_result(&node_file(&[("address", bad)])),
+                "node.address",
+                needle,
+            );
+        }
+        assert_refused(
+            hub_result(&hub_file(&[], &[("address", "\"10.9.0.1\"")])),
+            "node[0].address",
+            "10.9.0.1 is hub.address",
+        );
+        assert_refused(
+            hub_result(&hub_file(&[], &[("address", "\"fd00::2\"")])),
+            "node[0].address",
+            "same address family as hub.address",
+        );
+    }
+
+    #[test]
+    fn hub_grace_is_at_most_ten_rotation_periods() {
+        // Exactly 10 periods: accepted, for the default and a node's own period.
+        assert!(
+            hub_result(&hub_file(
+                &[("rotate_interval", "\"60s\""), ("grace", "\"10m\"")],
+                &[]
+            ))
+            .is_ok()
+        );
+        assert!(
+            hub_result(&hub_file(
+                &[("grace", "\"10s\"")],
+                &[("rotate_interval", "\"1s\"")]
+            ))
+            .is_ok()
+        );
+        // Beyond: the key named is the one the operator wrote.
+        assert_refused(
+            hub_result(&hub_file(
+                &[("rotate_interval", "\"60s\""), ("grace", "\"601s\"")],
+                &[],
+            )),
+            "hub.rotate_interval",
+            "grace 601s is more than 10 x rotate_interval 1m",
+        );
+        assert_refused(
+            hub_result(&hub_file(&[("grace", "\"601s\"")], &[])),
+            "hub.grace",
+            "grace 601s is more than 10 x rotate_interval 1m",
+        );
+        assert_refused(
+            hub_result(&hub_file(
+                &[("grace", "\"11s\"")],
+                &[("rotate_interval", "\"1s\"")],
+            )),
+            "node[0].rotate_interval",
+            "grace 11s is more than 10 x rotate_interval 1s",
+        );
+        // The defaults (grace 5s) allow the shortest period.
+        assert!(hub_result(&hub_file(&[("rotate_interval", "\"1s\"")], &[])).is_ok());
+    }
+
+    #[test]
+    fn two_nodes_with_one_init_key_are_refused() {
+        let text = format!(
+            "{}\n[[node]]\nname = \"mn2\"\naddress = \"10.9.0.3\"\npsk_file = \"same-as-mn1.key\"\n",
+            hub_file(&[], &[])
+        );
+        assert_refused(
+            hub_result(&text),
+            "node[1].psk_file",
+            "holds the same init key as node[0] (\"mn1\")",
+        );
+        let ok = text.replace("same-as-mn1.key", "mn2.key");
+        assert_eq!(hub_result(&ok).unwrap().nodes.len(), 2);
+    }
+
+    #[test]
+    fn a_file_for_the_other_role_is_named_as_such() {
+        let e = hub_result(&node_file(&[])).unwrap_err();
+        assert!(
+            e.key.is_empty() && e.problem.contains("run `rotor node`"),
+            "{e}"
+        );
+        let e = node_result(&hub_file(&[], &[])).unwrap_err();
+        assert!(
+            e.key.is_empty() && e.problem.contains("run `rotor hub`"),
+            "{e}"
+        );
+        let e = node_result("[other]\nx = 1\n").unwrap_err();
+        assert_eq!(
+            e.problem,
+            "neither a [hub] nor a [node] table: not a rotor config"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_column_and_show_a_caret() {
+        let (_d, f) = write("hub.toml", "[hub]\naddress = \"10.9.0.1\nport = 1\n");
+        let e = load_hub(&f).unwrap_err().to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!("{}: line 2, column 20: invalid basic string", f.display()),
+            "{e}"
+        );
+        assert_eq!(lines[2], "2 | address = \"10.9.0.1", "{e}");
+        assert_eq!(lines[3], format!("  | {}^", " ".repeat(19)), "{e}");
+    }
+
+    /// Bad files of every kind: the loader of the role and `rotor check` must
+    /// give the very same error (check runs the kernel probe only after the
+    /// config passed, so these never reach it).
+    #[test]
+    fn check_and_the_daemons_report_the_same_error() {
+        let hub_bad: Vec<String> = vec![
+            "[hub]\naddress = \"10.9.0.1\nport = 1\n".into(),
+            "[hub]\naddress = 10.9.0.1\n".into(),
+            hub_file(&[("rotate_interval", "\"99999999999999h\"")], &[]),
+            hub_file(&[("rotate_interval", "\"1ms\"")], &[]),
+            hub_file(&[("port", "0")], &[]),
+            hub_file(&[("prot", "4820")], &[]),
+            hub_file(&[("grace", "\"11m\"")], &[]),
+            hub_file(&[], &[("psk_file", "\"missing.key\"")]),
+            hub_file(&[], &[("name", "\"-x\"")]),
+            "[hub]\naddress = \"10.9.0.1\"\n".into(),
+            "[hub]\nport = 4820\n".into(),
+        ];
+        for text in &hub_bad {
+            let (_d, f) = write("hub.toml", text);
+            let from_loader = load_hub(&f).unwrap_err().to_string();
+            let from_check = format!("{:#}", crate::check::run(&f).unwrap_err());
+            assert_eq!(from_loader, from_check, "for\n{text}");
+            assert!(
+                from_loader.starts_with(&format!("{}: ", f.display())),
+                "{from_loader}"
+            );
+        }
+        let node_bad: Vec<String> = vec![
+            "[node]\nname = \"mn1\"\n[node]\n".into(),
+            node_file(&[("hub", "\"x:0\"")]),
+            node_file(&[("hub", "\"10.9.0.1:0\"")]),
+            node_file(&[("hello_interval", "\"99999999999999h\"")]),
+            node_file(&[("retries", "0")]),
+            node_file(&[("key_bits", "192")]),
+            node_file(&[("psk_file", "\"missing.key\"")]),
+            "[node]\nname = \"mn1\"\n".into(),
+        ];
+        for text in &node_bad {
+            let (_d, f) = write("node.toml", text);
+            let from_loader = load_node(&f).unwrap_err().to_string();
+            let from_check = format!("{:#}", crate::check::run(&f).unwrap_err());
+            assert_eq!(from_loader, from_check, "for\n{text}");
+        }
+        // A file that is not there, for either role.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("absent.toml");
+        let e = load_hub(&f).unwrap_err().to_string();
+        assert_eq!(e, load_node(&f).unwrap_err().to_string());
+        assert_eq!(e, format!("{:#}", crate::check::run(&f).unwrap_err()));
+        assert!(e.contains("absent.toml: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn parse_duration_is_checked_and_unbounded() {
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(
+            parse_duration("18446744073709551615ms").unwrap(),
+            Duration::from_millis(u64::MAX)
+        );
+        for overflow in ["18446744073709551616ms", "99999999999999h", "213503982335d"] {
+            let e = parse_duration(overflow).unwrap_err();
+            assert!(e.contains("is too long"), "{overflow}: {e}");
+        }
+        assert!(parse_duration("").is_err());
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("no known unit")
+        );
+    }
 }

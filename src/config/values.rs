@@ -64,10 +64,15 @@ pub(crate) fn parse_ms(s: &str) -> Result<u64, DurationError> {
 }
 
 /// Formats milliseconds in the largest unit that divides them exactly, so
-/// the text parses back to the same value (`168h`, `90s`, `1500ms`).
+/// the text parses back to the same value (`7d`, `90s`, `1500ms`).
 pub(crate) fn fmt_ms(ms: u64) -> String {
-    for (unit, scale) in [("h", MS_PER_H), ("m", MS_PER_M), ("s", MS_PER_S)] {
-        if ms != 0 && ms % scale == 0 {
+    for (unit, scale) in [
+        ("d", MS_PER_D),
+        ("h", MS_PER_H),
+        ("m", MS_PER_M),
+        ("s", MS_PER_S),
+    ] {
+        if ms != 0 && ms.is_multiple_of(scale) {
             return format!("{}{unit}", ms / scale);
         }
     }
