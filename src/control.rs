@@ -4,8 +4,10 @@
 //!
 //! Requests: `{"cmd":"status"}`, `{"cmd":"rotate","node":"mn1"}`,
 //! `{"cmd":"rotate","all":true}`. Responses: `{"ok":true,...}` or
-//! `{"ok":false,"error":"..."}`. The status response carries the `peers`
-//! array documented in DESIGN.md §6. No response ever contains key material.
+//! `{"ok":false,"error":"..."}`. The status response carries a `peers` array
+//! with one [`PeerStatus`] object per peer (the fields scripts rely on are
+//! listed in docs/operations.md, "Status"). No response ever contains key
+//! material.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
