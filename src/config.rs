@@ -43,9 +43,10 @@ const MINUTE: u64 = 60 * SECOND;
 const HOUR: u64 = 60 * MINUTE;
 const DAY: u64 = 24 * HOUR;
 
-/// Shortest `rotate_interval`: a rotation costs a key message, a hello and
-/// two SA installs per node, and a period below a second would also fall
-/// inside the hub's 200 ms crossing hold-off (`docs/protocol.md` §4).
+/// Shortest `rotate_interval`: every rotation costs a key message, a hello
+/// and two SA installs per node; a second keeps that well clear of the hub's
+/// 200 ms crossing hold-off (`docs/protocol.md` §4), within which a hello
+/// under the old key is taken for one that crossed the new key.
 pub const ROTATE_INTERVAL_MIN_MS: u64 = SECOND;
 /// Longest `rotate_interval` (7 days): beyond a week a "rotating" key is
 /// in effect a static one.
