@@ -15,7 +15,8 @@
 # It is executed directly if executable, with bash otherwise; stdin is
 # /dev/null. Inside: /tmp is the host's /tmp (writable, shared), /run, /dev/shm
 # and /var/tmp are fresh tmpfs, everything else is the host's, read-only; the
-# modules of DESIGN.md §3 are loaded and lo is up. The in-UML side of the rig
+# modules in MODULES below (ESP, XFRM netlink, AES-GCM, veth, netem, iptables
+# matches, bridge) are loaded and lo is up. The in-UML side of the rig
 # is scripts/uml-init.sh.
 #
 # Its stdout+stderr stream to our stdout as they come; our exit status is its

@@ -4,33 +4,20 @@
 
 use std::path::Path;
 
-use anyhow::{Context, bail};
+use anyhow::bail;
 use rotor_xfrm::{Capability, probe_esp};
 
-use crate::config::{PeerMode, load_hub, load_node};
+use crate::config::{ConfigFile, PeerMode, Role};
 
-/// Which role a config file is for, from its top-level table.
-fn role_of(file: &Path) -> anyhow::Result<&'static str> {
-    let text = std::fs::read_to_string(file)
-        .with_context(|| format!("{}: cannot read", file.display()))?;
-    let v: toml::Table = toml::from_str(&text)
-        .map_err(|e| anyhow::anyhow!("{}: {}", file.display(), e.to_string().trim_end()))?;
-    match (v.contains_key("hub"), v.contains_key("node")) {
-        (true, _) => Ok("hub"),
-        (false, true) => Ok("node"),
-        _ => bail!(
-            "{}: neither a [hub] nor a [node] table: not a rotor config",
-            file.display()
-        ),
-    }
-}
-
-/// Runs every check, prints one line per check, fails if any failed.
+/// Runs every check, prints one line per check, fails if any failed. A bad
+/// configuration fails first, with exactly the error `rotor hub` or
+/// `rotor node` would print for the same file (the same loader produces it).
 pub fn run(file: &Path) -> anyhow::Result<()> {
     let mut failed = 0;
-    match role_of(file)? {
-        "hub" => {
-            let c = load_hub(file)?;
+    let cfg = ConfigFile::read(file)?;
+    match cfg.role()? {
+        Role::Hub => {
+            let c = cfg.into_hub()?;
             println!(
                 "ok   config: hub {}:{} with {} node(s), rotate every {:?}, AES-{}",
                 c.address,
@@ -51,8 +38,8 @@ pub fn run(file: &Path) -> anyhow::Result<()> {
                 println!("ok   node {}: {} {mode}, key file 0600", n.name, n.address);
             }
         }
-        _ => {
-            let c = load_node(file)?;
+        Role::Node => {
+            let c = cfg.into_node()?;
             println!(
                 "ok   config: node {} at {}, hub {}, hello every {:?}, key file 0600",
                 c.name, c.address, c.hub, c.hello_interval

@@ -1,6 +1,6 @@
-//! The command line: one binary, `rotor`, with the roles and tools of
-//! DESIGN.md §6. `--help` on each subcommand explains what it does and what it
-//! changes.
+//! The command line: one binary, `rotor`, with the two roles (`hub`, `node`,
+//! see docs/design.md) and the tools of docs/operations.md. `--help` on each
+//! subcommand explains what it does and what it changes.
 
 use std::path::PathBuf;
 

@@ -1,12 +1,22 @@
 //! Hub and node configuration files (TOML): parsing, defaults, validation.
 //!
-//! Every error names the file, the key (`node[2].psk_file`, `hub.port`) and what
-//! is wrong with it. Unknown keys are errors, so a typo never silently falls
-//! back to a default. Key files are read and checked (0600) here, so a daemon
-//! that starts has every key it needs.
+//! Every error, whichever command reads the file (`rotor hub`, `rotor node`,
+//! `rotor check`), is one [`ConfigError`] whose first line is
+//! `FILE: KEY: PROBLEM` (`node[2].psk_file`, `hub.rotate_interval`), or
+//! `FILE: PROBLEM` for the file as a whole; a TOML syntax error is
+//! `FILE: line L, column C: PROBLEM` followed by the offending line and a
+//! caret. Unknown keys are errors, so a typo never silently falls back to a
+//! default. Each value is checked as it is deserialized (the types of
+//! `values`), so a bad value is refused with its key before anything else runs;
+//! relations between keys are checked after. Key files are read and checked
+//! (0600) here, so a daemon that starts has every key it needs.
+//!
+//! The bounds are the `*_MS` and other `pub const`s below; `docs/configuration.md`
+//! lists them with their reasons.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fmt;
+use std::hash::{BuildHasher, RandomState};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -17,17 +27,90 @@ use zeroize::Zeroizing;
 use crate::keyfile::{KEY_LEN, read_key};
 use rotor_xfrm::IpNet;
 
+mod values;
+
+pub use values::NAME_MAX;
+use values::{
+    BoundedDuration, BoundedInt, DurationError, FilePath, HostAddr, HubEndpoint, KeyBits, ModeName,
+    Name, Subnet, fmt_ms, parse_ms,
+};
+
 /// Default UDP port of the control channel.
 pub const DEFAULT_PORT: u16 = 4820;
 
+const SECOND: u64 = 1_000;
+const MINUTE: u64 = 60 * SECOND;
+const HOUR: u64 = 60 * MINUTE;
+const DAY: u64 = 24 * HOUR;
+
+/// Shortest `rotate_interval`: every rotation costs a key message, a hello
+/// and two SA installs per node; a second keeps that well clear of the hub's
+/// 200 ms crossing hold-off (`docs/protocol.md` §4), within which a hello
+/// under the old key is taken for one that crossed the new key.
+pub const ROTATE_INTERVAL_MIN_MS: u64 = SECOND;
+/// Longest `rotate_interval` (7 days): beyond a week a "rotating" key is
+/// in effect a static one.
+pub const ROTATE_INTERVAL_MAX_MS: u64 = 7 * DAY;
+/// Shortest `grace`: replaced inbound SAs must outlive packets still in
+/// flight under them (reordering, queues); below 100 ms they may not.
+pub const GRACE_MIN_MS: u64 = 100;
+/// Longest `grace` (1 hour): the SAs of every replaced generation stay in the
+/// kernel this long.
+pub const GRACE_MAX_MS: u64 = HOUR;
+/// On the hub, `grace` may be at most this many rotation periods (of every
+/// node), so at most this many replaced generations of a node wait for
+/// deletion at once: with `latest` and `previous`, a node has at most 12
+/// generations (24 SAs) installed after timer rotations, which keeps per-node
+/// kernel state bounded (invariant I8).
+pub const GRACE_PER_ROTATION_MAX: u32 = 10;
+/// Smallest `init_skew` (60 s): a node retransmits one init request unchanged
+/// for up to 30 s (`rotor_core::node::INIT_REFRESH_MS`) before it makes a
+/// fresh one, so a smaller skew would refuse its own retransmissions; the
+/// other 30 s absorb the difference between the two hosts' clocks.
+pub const INIT_SKEW_MIN_MS: u64 = 60 * SECOND;
+/// Largest `init_skew` (1 hour): a hub that restarted has forgotten the nodes'
+/// last init timestamps, so an init captured on the wire can be replayed to it
+/// for this long to reset that node's chain.
+pub const INIT_SKEW_MAX_MS: u64 = HOUR;
+/// Shortest `hello_interval`: hellos are the node's keepalive and carry the
+/// SPI in use; faster than 10 per second they only cost the hub CPU.
+pub const HELLO_INTERVAL_MIN_MS: u64 = 100;
+/// Longest `hello_interval` (10 minutes): the hub learns that a node missed a
+/// key only from its next hello, and a node notices a dead hub only after
+/// `retries` of them.
+pub const HELLO_INTERVAL_MAX_MS: u64 = 10 * MINUTE;
+/// Largest `retries`: `retries` × `hello_interval` is how long a node keeps
+/// talking to a hub that does not answer before it falls back to init.
+pub const RETRIES_MAX: u32 = 100;
+/// Largest `replay_window`: the kernel's maximum ESN replay window.
+pub const REPLAY_WINDOW_MAX: u32 = 4096;
+/// Most `[[node]]` entries of one hub: every peer needs its own reqid in
+/// rotor's reqid range (`docs/xfrm-layer.md`, Ownership).
+pub const NODES_MAX: usize = rotor_xfrm::DEFAULT_REQID_LEN as usize;
+
+type RotateInterval = BoundedDuration<ROTATE_INTERVAL_MIN_MS, ROTATE_INTERVAL_MAX_MS>;
+type Grace = BoundedDuration<GRACE_MIN_MS, GRACE_MAX_MS>;
+type InitSkew = BoundedDuration<INIT_SKEW_MIN_MS, INIT_SKEW_MAX_MS>;
+type HelloInterval = BoundedDuration<HELLO_INTERVAL_MIN_MS, HELLO_INTERVAL_MAX_MS>;
+/// A UDP port; 0 would mean "any port" to the socket layer, never a hub's.
+type Port = BoundedInt<u16, 1, { u16::MAX as u64 }>;
+/// ESN needs a window of at least one packet.
+type ReplayWindow = BoundedInt<u32, 1, { REPLAY_WINDOW_MAX as u64 }>;
+/// At least 1: the IPv6 neighbour-discovery bypass policies go one step ahead
+/// of rotor's, at `priority - 1` (`docs/operations.md`).
+type Priority = BoundedInt<u32, 1, { u32::MAX as u64 }>;
+type Retries = BoundedInt<u32, 1, { RETRIES_MAX as u64 }>;
+
 /// A configuration error: the file, the key and the problem.
-#[derive(Debug)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ConfigError {
     /// The config file.
     pub file: PathBuf,
-    /// Dotted key path, or empty for the file as a whole.
+    /// Dotted key path (`hub.grace`, `node[2].name`), or empty for the file as
+    /// a whole.
     pub key: String,
-    /// What is wrong.
+    /// What is wrong. One line, except for TOML syntax errors, which go on
+    /// with the offending line and a caret.
     pub problem: String,
 }
 
@@ -43,26 +126,21 @@ impl fmt::Display for ConfigError {
 
 impl std::error::Error for ConfigError {}
 
-/// Parses a duration written like `500ms`, `10s`, `5m`, `1h`.
+/// Parses a duration written like `500ms`, `10s`, `5m`, `1h` or `2d`. Any
+/// whole number of milliseconds that fits a `u64` is accepted (no bounds:
+/// those belong to the config keys); a larger one is an error, never a
+/// truncated value.
 pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("{s:?} is not a duration (write e.g. 500ms, 10s, 5m, 1h)"))?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        "h" => Duration::from_secs(n.saturating_mul(3600)),
-        _ => {
-            return Err(format!(
-                "{s:?} has no known unit (use ms, s, m or h, e.g. 10s)"
-            ));
-        }
-    };
-    Ok(d)
+    match parse_ms(s) {
+        Ok(ms) => Ok(Duration::from_millis(ms)),
+        Err(DurationError::Overflow) => Err(format!("{s:?} is too long (at most {} ms)", u64::MAX)),
+        Err(DurationError::Unit) => Err(format!(
+            "{s:?} has no known unit (write a number and one of ms, s, m, h, d, e.g. 10s)"
+        )),
+        Err(DurationError::Syntax) => Err(format!(
+            "{s:?} is not a duration (write e.g. 500ms, 10s, 5m, 1h)"
+        )),
+    }
 }
 
 /// ESP mode of a peer, with the subnets tunnel mode protects.
@@ -160,27 +238,27 @@ struct HubFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct HubSection {
-    address: String,
-    port: Option<u16>,
-    rotate_interval: Option<String>,
-    grace: Option<String>,
-    socket: Option<PathBuf>,
-    key_bits: Option<u16>,
-    replay_window: Option<u32>,
-    priority: Option<u32>,
-    init_skew: Option<String>,
+    address: HostAddr,
+    port: Option<Port>,
+    rotate_interval: Option<RotateInterval>,
+    grace: Option<Grace>,
+    socket: Option<FilePath>,
+    key_bits: Option<KeyBits>,
+    replay_window: Option<ReplayWindow>,
+    priority: Option<Priority>,
+    init_skew: Option<InitSkew>,
 }
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeEntry {
-    name: String,
-    address: String,
-    psk_file: PathBuf,
-    mode: Option<String>,
-    local_subnets: Option<Vec<String>>,
-    remote_subnets: Option<Vec<String>>,
-    rotate_interval: Option<String>,
+    name: Name,
+    address: HostAddr,
+    psk_file: FilePath,
+    mode: Option<ModeName>,
+    local_subnets: Option<Vec<Subnet>>,
+    remote_subnets: Option<Vec<Subnet>>,
+    rotate_interval: Option<RotateInterval>,
 }
 
 #[derive(Deserialize)]
@@ -192,20 +270,20 @@ struct NodeFile {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeSection {
-    name: String,
-    address: String,
-    hub: String,
-    psk_file: PathBuf,
-    hello_interval: Option<String>,
-    retries: Option<u32>,
-    grace: Option<String>,
-    socket: Option<PathBuf>,
-    key_bits: Option<u16>,
-    replay_window: Option<u32>,
-    priority: Option<u32>,
-    mode: Option<String>,
-    local_subnets: Option<Vec<String>>,
-    remote_subnets: Option<Vec<String>>,
+    name: Name,
+    address: HostAddr,
+    hub: HubEndpoint,
+    psk_file: FilePath,
+    hello_interval: Option<HelloInterval>,
+    retries: Option<Retries>,
+    grace: Option<Grace>,
+    socket: Option<FilePath>,
+    key_bits: Option<KeyBits>,
+    replay_window: Option<ReplayWindow>,
+    priority: Option<Priority>,
+    mode: Option<ModeName>,
+    local_subnets: Option<Vec<Subnet>>,
+    remote_subnets: Option<Vec<Subnet>>,
 }
 
 struct Ctx<'a> {
@@ -221,46 +299,6 @@ impl Ctx<'_> {
         }
     }
 
-    fn duration(
-        &self,
-        key: &str,
-        v: Option<&String>,
-        default: Duration,
-    ) -> Result<Duration, ConfigError> {
-        match v {
-            None => Ok(default),
-            Some(s) => {
-                let d = parse_duration(s).map_err(|e| self.err(key, e))?;
-                if d.is_zero() {
-                    return Err(self.err(key, "must be greater than zero"));
-                }
-                Ok(d)
-            }
-        }
-    }
-
-    fn addr(&self, key: &str, s: &str) -> Result<IpAddr, ConfigError> {
-        s.parse()
-            .map_err(|_| self.err(key, format!("{s:?} is not an IPv4 or IPv6 address")))
-    }
-
-    fn key_bits(&self, key: &str, v: Option<u16>) -> Result<u16, ConfigError> {
-        match v.unwrap_or(256) {
-            b @ (128 | 256) => Ok(b),
-            b => Err(self.err(key, format!("{b} is not 128 or 256"))),
-        }
-    }
-
-    fn replay_window(&self, key: &str, v: Option<u32>) -> Result<u32, ConfigError> {
-        match v.unwrap_or(1024) {
-            w @ 1..=4096 => Ok(w),
-            w => Err(self.err(
-                key,
-                format!("{w} is outside 1..=4096 (the kernel's maximum)"),
-            )),
-        }
-    }
-
     fn psk(&self, key: &str, path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, ConfigError> {
         let path = if path.is_relative() {
             self.file.parent().unwrap_or(Path::new(".")).join(path)
@@ -273,29 +311,28 @@ impl Ctx<'_> {
     fn mode(
         &self,
         prefix: &str,
-        mode: Option<&String>,
-        local: Option<&Vec<String>>,
-        remote: Option<&Vec<String>>,
+        mode: Option<ModeName>,
+        local: Option<&[Subnet]>,
+        remote: Option<&[Subnet]>,
         outer: IpAddr,
     ) -> Result<PeerMode, ConfigError> {
-        let nets = |key: &str, v: Option<&Vec<String>>| -> Result<Vec<IpNet>, ConfigError> {
+        let nets = |key: &str, v: Option<&[Subnet]>| -> Result<Vec<IpNet>, ConfigError> {
             let key = format!("{prefix}.{key}");
             let v = v.ok_or_else(|| self.err(&key, "tunnel mode needs this list of subnets"))?;
             if v.is_empty() {
                 return Err(self.err(&key, "must name at least one subnet"));
             }
             v.iter()
-                .map(|s| {
-                    let n = IpNet::parse(s).ok_or_else(|| self.err(&key, format!("{s:?} is not ADDRESS/PREFIX")))?;
+                .map(|&Subnet(n)| {
                     if n.addr.is_ipv4() != outer.is_ipv4() {
-                        return Err(self.err(&key, format!("{s} is not of the same address family as the outer addresses (mixed-family tunnels are not supported yet)")));
+                        return Err(self.err(&key, format!("{n} is not of the same address family as the outer addresses (mixed-family tunnels are not supported yet)")));
                     }
                     Ok(n)
                 })
                 .collect()
         };
-        match mode.map(String::as_str).unwrap_or("transport") {
-            "transport" => {
+        match mode.unwrap_or(ModeName::Transport) {
+            ModeName::Transport => {
                 for (k, v) in [("local_subnets", local), ("remote_subnets", remote)] {
                     if v.is_some() {
                         return Err(
@@ -305,77 +342,201 @@ impl Ctx<'_> {
                 }
                 Ok(PeerMode::Transport)
             }
-            "tunnel" => Ok(PeerMode::Tunnel {
+            ModeName::Tunnel => Ok(PeerMode::Tunnel {
                 local: nets("local_subnets", local)?,
                 remote: nets("remote_subnets", remote)?,
             }),
-            other => Err(self.err(
-                format!("{prefix}.mode"),
-                format!("{other:?} is not \"transport\" or \"tunnel\""),
-            )),
         }
     }
 }
 
-fn read_toml<T: for<'de> Deserialize<'de>>(file: &Path) -> Result<T, ConfigError> {
-    let text = std::fs::read_to_string(file).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        key: String::new(),
-        problem: format!("cannot read: {e}"),
-    })?;
-    toml::from_str(&text).map_err(|e| ConfigError {
-        file: file.to_path_buf(),
-        key: String::new(),
-        problem: e.to_string().trim_end().replace('\n', " "),
-    })
+/// Which daemon a configuration file is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// The file has a `[hub]` table.
+    Hub,
+    /// The file has a `[node]` table and no `[hub]`.
+    Node,
+}
+
+/// A configuration file read and parsed as TOML, not yet validated.
+#[derive(Debug)]
+pub struct ConfigFile {
+    file: PathBuf,
+    table: toml::Table,
+}
+
+impl ConfigFile {
+    /// Reads and parses `file`. A file that cannot be read, or is not TOML, is
+    /// an error in the one format of this module (see the module docs).
+    pub fn read(file: &Path) -> Result<ConfigFile, ConfigError> {
+        let whole = |problem: String| ConfigError {
+            file: file.to_path_buf(),
+            key: String::new(),
+            problem,
+        };
+        let text = std::fs::read_to_string(file).map_err(|e| whole(format!("cannot read: {e}")))?;
+        let table = text
+            .parse::<toml::Table>()
+            .map_err(|e| whole(syntax_problem(&text, &e)))?;
+        Ok(ConfigFile {
+            file: file.to_path_buf(),
+            table,
+        })
+    }
+
+    /// The role the file's top-level table names: `[hub]` wins over `[node]`
+    /// (a hub's file has `[[node]]` entries too).
+    pub fn role(&self) -> Result<Role, ConfigError> {
+        match (
+            self.table.contains_key("hub"),
+            self.table.contains_key("node"),
+        ) {
+            (true, _) => Ok(Role::Hub),
+            (false, true) => Ok(Role::Node),
+            _ => Err(self.whole("neither a [hub] nor a [node] table: not a rotor config")),
+        }
+    }
+
+    fn whole(&self, problem: &str) -> ConfigError {
+        ConfigError {
+            file: self.file.clone(),
+            key: String::new(),
+            problem: problem.to_string(),
+        }
+    }
+
+    /// Deserializes the table, every value checked by its type; an error
+    /// names the key it was found under.
+    fn typed<T: for<'de> Deserialize<'de>>(self) -> Result<T, ConfigError> {
+        let file = self.file;
+        let mut track = serde_path_to_error::Track::new();
+        let de = serde_path_to_error::Deserializer::new(toml::Value::Table(self.table), &mut track);
+        T::deserialize(de).map_err(|e| {
+            let path = track.path().to_string();
+            ConfigError {
+                file,
+                // The root's path prints as ".": an error of the file as a whole.
+                key: if path == "." { String::new() } else { path },
+                problem: e.message().trim_end().replace('\n', "; "),
+            }
+        })
+    }
+
+    /// Validates the file as a hub configuration, reading every node's key
+    /// file. On success every bound of this module holds.
+    pub fn into_hub(self) -> Result<HubConfig, ConfigError> {
+        if self.role()? != Role::Hub {
+            return Err(self.whole(
+                "no [hub] table (a [node] table: this is a node's config, run `rotor node`)",
+            ));
+        }
+        let file = self.file.clone();
+        let raw: HubFile = self.typed()?;
+        hub_config(&file, raw)
+    }
+
+    /// Validates the file as a node configuration, reading its key file. On
+    /// success every bound of this module holds.
+    pub fn into_node(self) -> Result<NodeConfig, ConfigError> {
+        if self.role()? != Role::Node {
+            return Err(self
+                .whole("a [hub] table: this is the hub's config (run `rotor hub`), not a node's"));
+        }
+        let file = self.file.clone();
+        let raw: NodeFile = self.typed()?;
+        node_config(&file, raw)
+    }
+}
+
+/// A TOML syntax error as `line L, column C: MESSAGE`, then the line and a
+/// caret under the column (the shape every command prints).
+fn syntax_problem(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim_end().replace('\n', "; ");
+    let Some(span) = e.span() else {
+        return message;
+    };
+    let start = span.start.min(text.len());
+    let before = text.get(..start).unwrap_or("");
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map_or(0, |i| i + 1);
+    let line = text
+        .get(line_start..)
+        .and_then(|rest| rest.lines().next())
+        .unwrap_or("");
+    let column = text
+        .get(line_start..start)
+        .map_or(1, |s| s.chars().count() + 1);
+    let gutter = " ".repeat(line_no.to_string().len());
+    format!(
+        "line {line_no}, column {column}: {message}\n{gutter} |\n{line_no} | {line}\n{gutter} | {}^",
+        " ".repeat(column - 1)
+    )
 }
 
 /// Reads and validates a hub configuration, including every node's key file.
 pub fn load_hub(file: &Path) -> Result<HubConfig, ConfigError> {
-    let raw: HubFile = read_toml(file)?;
+    ConfigFile::read(file)?.into_hub()
+}
+
+/// Reads and validates a node configuration, including its key file.
+pub fn load_node(file: &Path) -> Result<NodeConfig, ConfigError> {
+    ConfigFile::read(file)?.into_node()
+}
+
+fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
     let cx = Ctx { file };
-    let h = &raw.hub;
-    let address = cx.addr("hub.address", &h.address)?;
-    let rotate_interval = cx.duration(
-        "hub.rotate_interval",
-        h.rotate_interval.as_ref(),
-        Duration::from_secs(60),
-    )?;
-    let port = h.port.unwrap_or(DEFAULT_PORT);
-    if port == 0 {
-        return Err(cx.err("hub.port", "must not be 0"));
-    }
+    let h = raw.hub;
+    let address = h.address.0;
+    let rotate_interval = h.rotate_interval.map_or(Duration::from_secs(60), |d| d.0);
+    let grace = h.grace.map_or(Duration::from_secs(5), |d| d.0);
     if raw.node.is_empty() {
         return Err(cx.err("node", "no [[node]] entries: the hub has nobody to serve"));
     }
-    let mut names = HashSet::new();
-    let mut addrs = HashSet::new();
-    let mut nodes = Vec::with_capacity(raw.node.len());
-    for (i, n) in raw.node.iter().enumerate() {
+    if raw.node.len() > NODES_MAX {
+        return Err(cx.err(
+            "node",
+            format!(
+                "{} entries; a hub serves at most {NODES_MAX} nodes (one reqid each)",
+                raw.node.len()
+            ),
+        ));
+    }
+    // The key to blame is the one the operator wrote: the period if set,
+    // else the grace.
+    let default_key = if h.rotate_interval.is_some() {
+        "hub.rotate_interval"
+    } else {
+        "hub.grace"
+    };
+    check_grace(&cx, default_key, rotate_interval, grace)?;
+    let mut names = HashSet::with_capacity(raw.node.len());
+    let mut addrs = HashSet::with_capacity(raw.node.len());
+    // Init keys by a keyed hash, so the map holds no copy of a key; equal
+    // hashes are confirmed by comparing the keys themselves.
+    let psk_hasher = RandomState::new();
+    let mut psks: HashMap<u64, Vec<usize>> = HashMap::with_capacity(raw.node.len());
+    let mut nodes: Vec<HubPeer> = Vec::with_capacity(raw.node.len());
+    for (i, n) in raw.node.into_iter().enumerate() {
         let p = format!("node[{i}]");
-        if n.name.is_empty()
-            || n.name.len() > 64
-            || !n
-                .name
-                .bytes()
-                .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
-        {
+        let name = n.name.0;
+        if !names.insert(name.clone()) {
             return Err(cx.err(
                 format!("{p}.name"),
-                format!("{:?} must be 1-64 characters of A-Z a-z 0-9 - _ .", n.name),
+                format!("{name:?} is used by an earlier node"),
             ));
         }
-        if !names.insert(n.name.clone()) {
-            return Err(cx.err(
-                format!("{p}.name"),
-                format!("{:?} is used by an earlier node", n.name),
-            ));
-        }
-        let a = cx.addr(&format!("{p}.address"), &n.address)?;
+        let a = n.address.0;
         if a.is_ipv4() != address.is_ipv4() {
             return Err(cx.err(
                 format!("{p}.address"),
                 "must be of the same address family as hub.address",
+            ));
+        }
+        if a == address {
+            return Err(cx.err(
+                format!("{p}.address"),
+                format!("{a} is hub.address; a node needs an address of its own"),
             ));
         }
         if !addrs.insert(a) {
@@ -384,109 +545,120 @@ pub fn load_hub(file: &Path) -> Result<HubConfig, ConfigError> {
                 format!("{a} is used by an earlier node"),
             ));
         }
+        let rotate = match n.rotate_interval {
+            Some(d) => {
+                check_grace(&cx, &format!("{p}.rotate_interval"), d.0, grace)?;
+                d.0
+            }
+            None => rotate_interval,
+        };
+        let psk = cx.psk(&format!("{p}.psk_file"), &n.psk_file.0)?;
+        let same = psks.entry(psk_hasher.hash_one(&psk[..])).or_default();
+        if let Some(&j) = same.iter().find(|&&j| nodes[j].psk[..] == psk[..]) {
+            return Err(cx.err(
+                format!("{p}.psk_file"),
+                format!(
+                    "holds the same init key as node[{j}] ({:?}); every node needs its own (rotor genkey)",
+                    nodes[j].name
+                ),
+            ));
+        }
+        same.push(i);
+        let mode = cx.mode(
+            &p,
+            n.mode,
+            n.local_subnets.as_deref(),
+            n.remote_subnets.as_deref(),
+            address,
+        )?;
         nodes.push(HubPeer {
-            name: n.name.clone(),
+            name,
             address: a,
-            psk: cx.psk(&format!("{p}.psk_file"), &n.psk_file)?,
-            mode: cx.mode(
-                &p,
-                n.mode.as_ref(),
-                n.local_subnets.as_ref(),
-                n.remote_subnets.as_ref(),
-                address,
-            )?,
-            rotate_interval: cx.duration(
-                &format!("{p}.rotate_interval"),
-                n.rotate_interval.as_ref(),
-                rotate_interval,
-            )?,
+            psk,
+            mode,
+            rotate_interval: rotate,
         });
     }
     Ok(HubConfig {
         address,
-        port,
+        port: h.port.map_or(DEFAULT_PORT, |p| p.0),
         rotate_interval,
-        grace: cx.duration("hub.grace", h.grace.as_ref(), Duration::from_secs(5))?,
+        grace,
         socket: h
             .socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("/run/rotor/hub.sock")),
-        key_bits: cx.key_bits("hub.key_bits", h.key_bits)?,
-        replay_window: cx.replay_window("hub.replay_window", h.replay_window)?,
-        priority: h.priority.unwrap_or(1000),
-        init_skew: cx.duration(
-            "hub.init_skew",
-            h.init_skew.as_ref(),
-            Duration::from_secs(120),
-        )?,
+            .map_or_else(|| PathBuf::from("/run/rotor/hub.sock"), |p| p.0),
+        key_bits: h.key_bits.map_or(256, |b| b.0),
+        replay_window: h.replay_window.map_or(1024, |w| w.0),
+        priority: h.priority.map_or(1000, |p| p.0),
+        init_skew: h.init_skew.map_or(Duration::from_secs(120), |d| d.0),
         nodes,
     })
 }
 
-/// Reads and validates a node configuration, including its key file.
-pub fn load_node(file: &Path) -> Result<NodeConfig, ConfigError> {
-    let raw: NodeFile = read_toml(file)?;
+/// Checks `grace` <= [`GRACE_PER_ROTATION_MAX`] × `rotate`; the error names
+/// `key`, the setting the operator wrote that breaks the relation.
+fn check_grace(
+    cx: &Ctx<'_>,
+    key: &str,
+    rotate: Duration,
+    grace: Duration,
+) -> Result<(), ConfigError> {
+    if grace > rotate.saturating_mul(GRACE_PER_ROTATION_MAX) {
+        let ms = |d: Duration| fmt_ms(u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+        return Err(cx.err(
+            key,
+            format!(
+                "grace {} is more than {GRACE_PER_ROTATION_MAX} x rotate_interval {}: a node could have more than {} generations installed at once; shorten hub.grace or lengthen the rotation period",
+                ms(grace),
+                ms(rotate),
+                GRACE_PER_ROTATION_MAX + 2
+            ),
+        ));
+    }
+    Ok(())
+}
+
+fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
     let cx = Ctx { file };
-    let n = &raw.node;
-    let address = cx.addr("node.address", &n.address)?;
-    let hub: SocketAddr = match n.hub.parse::<SocketAddr>() {
-        Ok(s) => s,
-        Err(_) => {
-            match n.hub.parse::<IpAddr>() {
-                Ok(a) => SocketAddr::new(a, DEFAULT_PORT),
-                Err(_) => {
-                    return Err(cx.err("node.hub", format!("{:?} is not ADDRESS:PORT (e.g. \"10.9.0.1:4820\" or \"[fd00::1]:4820\")", n.hub)));
-                }
-            }
-        }
-    };
+    let n = raw.node;
+    let address = n.address.0;
+    let hub = n.hub.0;
     if hub.is_ipv4() != address.is_ipv4() {
         return Err(cx.err(
             "node.hub",
             "must be of the same address family as node.address",
         ));
     }
-    let retries = n.retries.unwrap_or(3);
-    if retries == 0 {
-        return Err(cx.err("node.retries", "must be at least 1"));
-    }
-    let name_ok = !n.name.is_empty()
-        && n.name.len() <= 64
-        && n.name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
-    if !name_ok {
+    if hub.ip() == address {
         return Err(cx.err(
-            "node.name",
-            format!("{:?} must be 1-64 characters of A-Z a-z 0-9 - _ .", n.name),
+            "node.hub",
+            format!("{} is node.address; the hub is another host", hub.ip()),
         ));
     }
-    Ok(NodeConfig {
-        name: n.name.clone(),
+    let name = n.name.0;
+    let psk = cx.psk("node.psk_file", &n.psk_file.0)?;
+    let mode = cx.mode(
+        "node",
+        n.mode,
+        n.local_subnets.as_deref(),
+        n.remote_subnets.as_deref(),
         address,
-        hub,
-        psk: cx.psk("node.psk_file", &n.psk_file)?,
-        hello_interval: cx.duration(
-            "node.hello_interval",
-            n.hello_interval.as_ref(),
-            Duration::from_secs(1),
-        )?,
-        retries,
-        grace: cx.duration("node.grace", n.grace.as_ref(), Duration::from_secs(5))?,
+    )?;
+    Ok(NodeConfig {
         socket: n
             .socket
-            .clone()
-            .unwrap_or_else(|| PathBuf::from(format!("/run/rotor/{}.sock", n.name))),
-        key_bits: cx.key_bits("node.key_bits", n.key_bits)?,
-        replay_window: cx.replay_window("node.replay_window", n.replay_window)?,
-        priority: n.priority.unwrap_or(1000),
-        mode: cx.mode(
-            "node",
-            n.mode.as_ref(),
-            n.local_subnets.as_ref(),
-            n.remote_subnets.as_ref(),
-            address,
-        )?,
+            .map_or_else(|| PathBuf::from(format!("/run/rotor/{name}.sock")), |p| p.0),
+        name,
+        address,
+        hub,
+        psk,
+        hello_interval: n.hello_interval.map_or(Duration::from_secs(1), |d| d.0),
+        retries: n.retries.map_or(3, |r| r.0),
+        grace: n.grace.map_or(Duration::from_secs(5), |d| d.0),
+        key_bits: n.key_bits.map_or(256, |b| b.0),
+        replay_window: n.replay_window.map_or(1024, |w| w.0),
+        priority: n.priority.map_or(1000, |p| p.0),
+        mode,
     })
 }
 
@@ -636,5 +808,554 @@ mode = "transport"
         assert!(parse_duration("s").is_err());
         assert!(parse_duration("-1s").is_err());
         assert!(parse_duration("1.5s").is_err());
+    }
+
+    // ---- bounds: every bounded key, its edge values accepted and the values
+    // just outside refused, with the key named.
+
+    const HUB_DEFAULTS: &[(&str, &str)] = &[("address", "\"10.9.0.1\"")];
+    const ENTRY_DEFAULTS: &[(&str, &str)] = &[
+        ("name", "\"mn1\""),
+        ("address", "\"10.9.0.2\""),
+        ("psk_file", "\"mn1.key\""),
+    ];
+    const NODE_DEFAULTS: &[(&str, &str)] = &[
+        ("name", "\"mn1\""),
+        ("address", "\"10.9.0.2\""),
+        ("hub", "\"10.9.0.1:4820\""),
+        ("psk_file", "\"mn1.key\""),
+    ];
+
+    /// A TOML table body: `defaults` unless overridden by `set`, then `set`.
+    fn table(defaults: &[(&str, &str)], set: &[(&str, &str)]) -> String {
+        let mut out = String::new();
+        for (k, v) in defaults {
+            if !set.iter().any(|(s, _)| s == k) {
+                out += &format!("{k} = {v}\n");
+            }
+        }
+        for (k, v) in set {
+            out += &format!("{k} = {v}\n");
+        }
+        out
+    }
+
+    fn hub_file(hub: &[(&str, &str)], entry: &[(&str, &str)]) -> String {
+        format!(
+            "[hub]\n{}\n[[node]]\n{}",
+            table(HUB_DEFAULTS, hub),
+            table(ENTRY_DEFAULTS, entry)
+        )
+    }
+
+    fn node_file(node: &[(&str, &str)]) -> String {
+        format!("[node]\n{}", table(NODE_DEFAULTS, node))
+    }
+
+    /// Writes `text` as FILE_NAME next to the keys mn1.key and mn2.key.
+    fn write(file_name: &str, text: &str) -> (tempfile::TempDir, PathBuf) {
+        let dir = tempfile::tempdir().unwrap();
+        write_key(&dir.path().join("mn1.key"), &[1; 32]).unwrap();
+        write_key(&dir.path().join("mn2.key"), &[2; 32]).unwrap();
+        write_key(&dir.path().join("same-as-mn1.key"), &[1; 32]).unwrap();
+        let f = dir.path().join(file_name);
+        fs::write(&f, text).unwrap();
+        (dir, f)
+    }
+
+    fn hub_result(text: &str) -> Result<HubConfig, ConfigError> {
+        let (_d, f) = write("hub.toml", text);
+        load_hub(&f)
+    }
+
+    fn node_result(text: &str) -> Result<NodeConfig, ConfigError> {
+        let (_d, f) = write("node.toml", text);
+        load_node(&f)
+    }
+
+    /// A key, values it accepts, and values it refuses with the expected problem.
+    type BoundCase = (
+        &'static str,
+        &'static [&'static str],
+        &'static [(&'static str, &'static str)],
+    );
+
+    /// Asserts the error is about `key` and its problem contains `needle`.
+    fn assert_refused(r: Result<impl fmt::Debug, ConfigError>, key: &str, needle: &str) {
+        let e = r.expect_err("accepted a bad value");
+        assert_eq!(e.key, key, "{e}");
+        assert!(e.problem.contains(needle), "{e}");
+        assert!(!e.problem.contains('\n'), "one line: {e}");
+    }
+
+    #[test]
+    fn hub_bounds_accept_the_edges_and_refuse_beyond() {
+        // (key, accepted, [(refused, expected problem)]); the hub's grace
+        // cases run with a 6m period so that the 1h maximum meets the
+        // grace/period relation.
+        let cases: &[BoundCase] = &[
+            (
+                "rotate_interval",
+                &["\"1s\"", "\"1000ms\"", "\"7d\"", "\"168h\""],
+                &[
+                    ("\"999ms\"", "\"999ms\" is less than the minimum, 1s"),
+                    ("\"0s\"", "less than the minimum, 1s"),
+                    ("\"169h\"", "\"169h\" is more than the maximum, 7d"),
+                    (
+                        "\"99999999999999h\"",
+                        "\"99999999999999h\" is more than the maximum, 7d",
+                    ),
+                    ("\"18446744073709551616ms\"", "more than the maximum, 7d"),
+                    ("\"1.5s\"", "is not a duration"),
+                    ("\"-1s\"", "is not a duration"),
+                    ("\"10\"", "is not a duration"),
+                    ("\"10 years\"", "has no known unit"),
+                    (
+                        "10",
+                        "invalid type: integer `10`, expected a duration from 1s to 7d",
+                    ),
+                ],
+            ),
+            (
+                "grace",
+                &["\"100ms\"", "\"1h\""],
+                &[
+                    ("\"99ms\"", "less than the minimum, 100ms"),
+                    ("\"3601s\"", "more than the maximum, 1h"),
+                ],
+            ),
+            (
+                "init_skew",
+                &["\"60s\"", "\"1h\""],
+                &[
+                    ("\"59999ms\"", "less than the minimum, 1m"),
+                    ("\"61m\"", "more than the maximum, 1h"),
+                ],
+            ),
+            (
+                "port",
+                &["1", "65535"],
+                &[
+                    ("0", "0 is outside 1..=65535"),
+                    ("65536", "65536 is outside 1..=65535"),
+                    ("-1", "-1 is outside 1..=65535"),
+                    ("\"4820\"", "expected an integer in 1..=65535"),
+                ],
+            ),
+            (
+                "key_bits",
+                &["128", "256"],
+                &[
+                    ("0", "0 is not 128 or 256"),
+                    ("192", "192 is not 128 or 256"),
+                ],
+            ),
+            (
+                "replay_window",
+                &["1", "4096"],
+                &[
+                    ("0", "0 is outside 1..=4096"),
+                    ("4097", "4097 is outside 1..=4096"),
+                ],
+            ),
+            (
+                "priority",
+                &["1", "4294967295"],
+                &[
+                    ("0", "0 is outside 1..=4294967295"),
+                    ("4294967296", "4294967296 is outside 1..=4294967295"),
+                ],
+            ),
+            (
+                "socket",
+                &["\"hub.sock\""],
+                &[("\"\"", "must not be empty")],
+            ),
+        ];
+        for (key, good, bad) in cases {
+            let period = ("rotate_interval", "\"6m\"");
+            let with = |v: &'static str| -> Vec<(&str, &str)> {
+                if *key == "rotate_interval" {
+                    vec![(key, v)]
+                } else {
+                    vec![period, (key, v)]
+                }
+            };
+            for v in *good {
+                let r = hub_result(&hub_file(&with(v), &[]));
+                assert!(r.is_ok(), "hub.{key} = {v}: {}", r.unwrap_err());
+            }
+            for (v, needle) in *bad {
+                let r = hub_result(&hub_file(&with(v), &[]));
+                assert_refused(r, &format!("hub.{key}"), needle);
+            }
+        }
+        let c = hub_result(&hub_file(&[("rotate_interval", "\"7d\"")], &[])).unwrap();
+        assert_eq!(c.rotate_interval, Duration::from_secs(7 * 86_400));
+    }
+
+    #[test]
+    fn node_entry_bounds() {
+        for v in ["\"1s\"", "\"7d\""] {
+            let c = hub_result(&hub_file(&[], &[("rotate_interval", v)])).unwrap();
+            assert!(c.nodes[0].rotate_interval >= Duration::from_secs(1));
+        }
+        assert_refused(
+            hub_result(&hub_file(&[], &[("rotate_interval", "\"999ms\"")])),
+            "node[0].rotate_interval",
+            "less than the minimum, 1s",
+        );
+        assert_refused(
+            hub_result(&hub_file(&[], &[("mode", "\"tunel\"")])),
+            "node[0].mode",
+            "unknown variant `tunel`, expected `transport` or `tunnel`",
+        );
+        assert_refused(
+            hub_result(&hub_file(
+                &[],
+                &[
+                    ("mode", "\"tunnel\""),
+                    ("local_subnets", "[\"10.1.0.0/33\"]"),
+                    ("remote_subnets", "[\"10.2.0.0/24\"]"),
+                ],
+            )),
+            "node[0].local_subnets[0]",
+            "\"10.1.0.0/33\" is not ADDRESS/PREFIX",
+        );
+        assert_refused(
+            hub_result(&hub_file(&[], &[("psk_file", "\"\"")])),
+            "node[0].psk_file",
+            "must not be empty",
+        );
+    }
+
+    #[test]
+    fn node_bounds_accept_the_edges_and_refuse_beyond() {
+        let cases: &[BoundCase] = &[
+            (
+                "hello_interval",
+                &["\"100ms\"", "\"10m\""],
+                &[
+                    ("\"99ms\"", "less than the minimum, 100ms"),
+                    ("\"601s\"", "more than the maximum, 10m"),
+                    ("\"99999999999999h\"", "more than the maximum, 10m"),
+                ],
+            ),
+            (
+                "retries",
+                &["1", "100"],
+                &[
+                    ("0", "0 is outside 1..=100"),
+                    ("101", "101 is outside 1..=100"),
+                ],
+            ),
+            (
+                "grace",
+                &["\"100ms\"", "\"1h\""],
+                &[
+                    ("\"99ms\"", "less than the minimum, 100ms"),
+                    ("\"3601s\"", "more than the maximum, 1h"),
+                ],
+            ),
+            (
+                "key_bits",
+                &["128", "256"],
+                &[
+                    ("512", "512 is not 128 or 256"),
+                    ("-3", "-3 is not 128 or 256"),
+                ],
+            ),
+            (
+                "replay_window",
+                &["1", "4096"],
+                &[
+                    ("0", "0 is outside 1..=4096"),
+                    ("4097", "4097 is outside 1..=4096"),
+                ],
+            ),
+            (
+                "priority",
+                &["1", "4294967295"],
+                &[("0", "0 is outside 1..=4294967295")],
+            ),
+            (
+                "hub",
+                &[
+                    "\"10.9.0.1:1\"",
+                    "\"10.9.0.1:65535\"",
+                    "\"10.9.0.1\"",
+                    "\"10.9.0.99:4820\"",
+                ],
+                &[
+                    (
+                        "\"10.9.0.1:0\"",
+                        "\"10.9.0.1:0\" has port 0; use a port in 1..=65535",
+                    ),
+                    ("\"x:0\"", "\"x:0\" is not ADDRESS:PORT"),
+                    ("\"10.9.0.1:65536\"", "is not ADDRESS:PORT"),
+                    ("\"0.0.0.0:4820\"", "is the unspecified address"),
+                    ("\"224.0.0.1:4820\"", "is a multicast address"),
+                    ("\"[fd00::1]:4820\"", "same address family as node.address"),
+                    ("\"10.9.0.2:4820\"", "10.9.0.2 is node.address"),
+                ],
+            ),
+            (
+                "socket",
+                &["\"/run/x.sock\""],
+                &[("\"\"", "must not be empty")],
+            ),
+        ];
+        for (key, good, bad) in cases {
+            for v in *good {
+                let r = node_result(&node_file(&[(key, v)]));
+                assert!(r.is_ok(), "node.{key} = {v}: {}", r.unwrap_err());
+            }
+            for (v, needle) in *bad {
+                assert_refused(
+                    node_result(&node_file(&[(key, v)])),
+                    &format!("node.{key}"),
+                    needle,
+                );
+            }
+        }
+        let c = node_result(&node_file(&[("hub", "\"10.9.0.1\"")])).unwrap();
+        assert_eq!(c.hub, SocketAddr::new(c.hub.ip(), DEFAULT_PORT));
+        let c = node_result(&node_file(&[("hello_interval", "\"10m\"")])).unwrap();
+        assert_eq!(c.hello_interval, Duration::from_secs(600));
+        assert_eq!(c.socket, PathBuf::from("/run/rotor/mn1.sock"));
+    }
+
+    #[test]
+    fn names_follow_one_rule_on_both_sides() {
+        let longest = format!("\"{}\"", "n".repeat(NAME_MAX));
+        let too_long = format!("\"{}\"", "n".repeat(NAME_MAX + 1));
+        for good in ["\"a\"", "\"9\"", "\"mn-1_x.y\"", longest.as_str()] {
+            assert!(
+                hub_result(&hub_file(&[], &[("name", good)])).is_ok(),
+                "{good}"
+            );
+            assert!(node_result(&node_file(&[("name", good)])).is_ok(), "{good}");
+        }
+        for bad in [
+            "\"\"",
+            too_long.as_str(),
+            "\"-mn1\"",
+            "\".mn1\"",
+            "\"mn 1\"",
+            "\"mn/1\"",
+            "\"m\u{e9}\"",
+        ] {
+            let rule =
+                "must be 1-64 characters of A-Z a-z 0-9 - _ . starting with a letter or digit";
+            assert_refused(
+                hub_result(&hub_file(&[], &[("name", bad)])),
+                "node[0].name",
+                rule,
+            );
+            assert_refused(node_result(&node_file(&[("name", bad)])), "node.name", rule);
+        }
+    }
+
+    #[test]
+    fn addresses_must_be_unicast_and_distinct() {
+        for (bad, needle) in [
+            ("\"0.0.0.0\"", "is the unspecified address"),
+            ("\"::\"", "is the unspecified address"),
+            ("\"ff02::1\"", "is a multicast address"),
+            ("\"255.255.255.255\"", "is the broadcast address"),
+            (
+                "\"10.9.0.256\"",
+                "\"10.9.0.256\" is not an IPv4 or IPv6 address",
+            ),
+        ] {
+            assert_refused(
+                hub_result(&hub_file(&[("address", bad)], &[])),
+                "hub.address",
+                needle,
+            );
+            assert_refused(
+                hub_result(&hub_file(&[], &[("address", bad)])),
+                "node[0].address",
+                needle,
+            );
+            assert_refused(
+                node_result(&node_file(&[("address", bad)])),
+                "node.address",
+                needle,
+            );
+        }
+        assert_refused(
+            hub_result(&hub_file(&[], &[("address", "\"10.9.0.1\"")])),
+            "node[0].address",
+            "10.9.0.1 is hub.address",
+        );
+        assert_refused(
+            hub_result(&hub_file(&[], &[("address", "\"fd00::2\"")])),
+            "node[0].address",
+            "same address family as hub.address",
+        );
+    }
+
+    #[test]
+    fn hub_grace_is_at_most_ten_rotation_periods() {
+        // Exactly 10 periods: accepted, for the default and a node's own period.
+        assert!(
+            hub_result(&hub_file(
+                &[("rotate_interval", "\"60s\""), ("grace", "\"10m\"")],
+                &[]
+            ))
+            .is_ok()
+        );
+        assert!(
+            hub_result(&hub_file(
+                &[("grace", "\"10s\"")],
+                &[("rotate_interval", "\"1s\"")]
+            ))
+            .is_ok()
+        );
+        // Beyond: the key named is the one the operator wrote.
+        assert_refused(
+            hub_result(&hub_file(
+                &[("rotate_interval", "\"60s\""), ("grace", "\"601s\"")],
+                &[],
+            )),
+            "hub.rotate_interval",
+            "grace 601s is more than 10 x rotate_interval 1m",
+        );
+        assert_refused(
+            hub_result(&hub_file(&[("grace", "\"601s\"")], &[])),
+            "hub.grace",
+            "grace 601s is more than 10 x rotate_interval 1m",
+        );
+        assert_refused(
+            hub_result(&hub_file(
+                &[("grace", "\"11s\"")],
+                &[("rotate_interval", "\"1s\"")],
+            )),
+            "node[0].rotate_interval",
+            "grace 11s is more than 10 x rotate_interval 1s",
+        );
+        // The defaults (grace 5s) allow the shortest period.
+        assert!(hub_result(&hub_file(&[("rotate_interval", "\"1s\"")], &[])).is_ok());
+    }
+
+    #[test]
+    fn two_nodes_with_one_init_key_are_refused() {
+        let text = format!(
+            "{}\n[[node]]\nname = \"mn2\"\naddress = \"10.9.0.3\"\npsk_file = \"same-as-mn1.key\"\n",
+            hub_file(&[], &[])
+        );
+        assert_refused(
+            hub_result(&text),
+            "node[1].psk_file",
+            "holds the same init key as node[0] (\"mn1\")",
+        );
+        let ok = text.replace("same-as-mn1.key", "mn2.key");
+        assert_eq!(hub_result(&ok).unwrap().nodes.len(), 2);
+    }
+
+    #[test]
+    fn a_file_for_the_other_role_is_named_as_such() {
+        let e = hub_result(&node_file(&[])).unwrap_err();
+        assert!(
+            e.key.is_empty() && e.problem.contains("run `rotor node`"),
+            "{e}"
+        );
+        let e = node_result(&hub_file(&[], &[])).unwrap_err();
+        assert!(
+            e.key.is_empty() && e.problem.contains("run `rotor hub`"),
+            "{e}"
+        );
+        let e = node_result("[other]\nx = 1\n").unwrap_err();
+        assert_eq!(
+            e.problem,
+            "neither a [hub] nor a [node] table: not a rotor config"
+        );
+    }
+
+    #[test]
+    fn syntax_errors_name_the_line_and_column_and_show_a_caret() {
+        let (_d, f) = write("hub.toml", "[hub]\naddress = \"10.9.0.1\nport = 1\n");
+        let e = load_hub(&f).unwrap_err().to_string();
+        let lines: Vec<&str> = e.lines().collect();
+        assert_eq!(
+            lines[0],
+            format!("{}: line 2, column 20: invalid basic string", f.display()),
+            "{e}"
+        );
+        assert_eq!(lines[2], "2 | address = \"10.9.0.1", "{e}");
+        assert_eq!(lines[3], format!("  | {}^", " ".repeat(19)), "{e}");
+    }
+
+    /// Bad files of every kind: the loader of the role and `rotor check` must
+    /// give the very same error (check runs the kernel probe only after the
+    /// config passed, so these never reach it).
+    #[test]
+    fn check_and_the_daemons_report_the_same_error() {
+        let hub_bad: Vec<String> = vec![
+            "[hub]\naddress = \"10.9.0.1\nport = 1\n".into(),
+            "[hub]\naddress = 10.9.0.1\n".into(),
+            hub_file(&[("rotate_interval", "\"99999999999999h\"")], &[]),
+            hub_file(&[("rotate_interval", "\"1ms\"")], &[]),
+            hub_file(&[("port", "0")], &[]),
+            hub_file(&[("prot", "4820")], &[]),
+            hub_file(&[("grace", "\"11m\"")], &[]),
+            hub_file(&[], &[("psk_file", "\"missing.key\"")]),
+            hub_file(&[], &[("name", "\"-x\"")]),
+            "[hub]\naddress = \"10.9.0.1\"\n".into(),
+            "[hub]\nport = 4820\n".into(),
+        ];
+        for text in &hub_bad {
+            let (_d, f) = write("hub.toml", text);
+            let from_loader = load_hub(&f).unwrap_err().to_string();
+            let from_check = format!("{:#}", crate::check::run(&f).unwrap_err());
+            assert_eq!(from_loader, from_check, "for\n{text}");
+            assert!(
+                from_loader.starts_with(&format!("{}: ", f.display())),
+                "{from_loader}"
+            );
+        }
+        let node_bad: Vec<String> = vec![
+            "[node]\nname = \"mn1\"\n[node]\n".into(),
+            node_file(&[("hub", "\"x:0\"")]),
+            node_file(&[("hub", "\"10.9.0.1:0\"")]),
+            node_file(&[("hello_interval", "\"99999999999999h\"")]),
+            node_file(&[("retries", "0")]),
+            node_file(&[("key_bits", "192")]),
+            node_file(&[("psk_file", "\"missing.key\"")]),
+            "[node]\nname = \"mn1\"\n".into(),
+        ];
+        for text in &node_bad {
+            let (_d, f) = write("node.toml", text);
+            let from_loader = load_node(&f).unwrap_err().to_string();
+            let from_check = format!("{:#}", crate::check::run(&f).unwrap_err());
+            assert_eq!(from_loader, from_check, "for\n{text}");
+        }
+        // A file that is not there, for either role.
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("absent.toml");
+        let e = load_hub(&f).unwrap_err().to_string();
+        assert_eq!(e, load_node(&f).unwrap_err().to_string());
+        assert_eq!(e, format!("{:#}", crate::check::run(&f).unwrap_err()));
+        assert!(e.contains("absent.toml: cannot read"), "{e}");
+    }
+
+    #[test]
+    fn parse_duration_is_checked_and_unbounded() {
+        assert_eq!(parse_duration("2d").unwrap(), Duration::from_secs(172_800));
+        assert_eq!(
+            parse_duration("18446744073709551615ms").unwrap(),
+            Duration::from_millis(u64::MAX)
+        );
+        for overflow in ["18446744073709551616ms", "99999999999999h", "213503982335d"] {
+            let e = parse_duration(overflow).unwrap_err();
+            assert!(e.contains("is too long"), "{overflow}: {e}");
+        }
+        assert!(parse_duration("").is_err());
+        assert!(
+            parse_duration("5 parsecs")
+                .unwrap_err()
+                .contains("no known unit")
+        );
     }
 }

@@ -6,7 +6,7 @@
 //! `{"cmd":"rotate","all":true}`. Responses: `{"ok":true,...}` or
 //! `{"ok":false,"error":"..."}`. The status response is a [`Status`]: `role`,
 //! `kernel_errors`, `drops` and the `peers` array of the key-SPI table (one
-//! [`PeerStatus`] per peer, documented in docs/operations.md); the daemon
+//! [`PeerStatus`] per peer, documented in docs/operations.md, "Status"); the daemon
 //! writes it in pieces as it builds it (`daemon::control_server`), so it is
 //! still one line of JSON. No response ever contains key material.
 

@@ -1,0 +1,332 @@
+//! The value types of the configuration files. Each checks its value while it
+//! is deserialized, so a bad value is refused before any other check runs, and
+//! the error carries the key it was written under (the loader tracks the path
+//! with `serde_path_to_error`).
+//!
+//! The bounds themselves are the `pub const`s of [`super`]; they are repeated
+//! in `docs/configuration.md`.
+
+use std::fmt;
+use std::marker::PhantomData;
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use rotor_xfrm::IpNet;
+use serde::de::{self, Deserialize, Deserializer, Visitor};
+
+use super::DEFAULT_PORT;
+
+const MS_PER_S: u64 = 1_000;
+const MS_PER_M: u64 = 60 * MS_PER_S;
+const MS_PER_H: u64 = 60 * MS_PER_M;
+const MS_PER_D: u64 = 24 * MS_PER_H;
+
+/// Why a duration string was refused.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum DurationError {
+    /// Not digits followed by a unit.
+    Syntax,
+    /// Digits followed by something that is not a unit.
+    Unit,
+    /// More milliseconds than a `u64` holds.
+    Overflow,
+}
+
+/// Parses `500ms`, `10s`, `5m`, `1h` or `2d` into milliseconds, with checked
+/// arithmetic: a value too large for a `u64` of milliseconds is
+/// [`DurationError::Overflow`], never a wrapped or saturated number.
+pub(crate) fn parse_ms(s: &str) -> Result<u64, DurationError> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    if num.is_empty() {
+        return Err(DurationError::Syntax);
+    }
+    let scale = match unit {
+        "ms" => 1,
+        "s" => MS_PER_S,
+        "m" => MS_PER_M,
+        "h" => MS_PER_H,
+        "d" => MS_PER_D,
+        "" => return Err(DurationError::Syntax),
+        _ if unit
+            .trim_start()
+            .starts_with(|c: char| c.is_ascii_alphabetic()) =>
+        {
+            return Err(DurationError::Unit);
+        }
+        _ => return Err(DurationError::Syntax),
+    };
+    // `num` is all ASCII digits, so the only way to fail is overflow.
+    let n: u64 = num.parse().map_err(|_| DurationError::Overflow)?;
+    n.checked_mul(scale).ok_or(DurationError::Overflow)
+}
+
+/// Formats milliseconds in the largest unit that divides them exactly, so
+/// the text parses back to the same value (`7d`, `90s`, `1500ms`).
+pub(crate) fn fmt_ms(ms: u64) -> String {
+    for (unit, scale) in [
+        ("d", MS_PER_D),
+        ("h", MS_PER_H),
+        ("m", MS_PER_M),
+        ("s", MS_PER_S),
+    ] {
+        if ms != 0 && ms.is_multiple_of(scale) {
+            return format!("{}{unit}", ms / scale);
+        }
+    }
+    format!("{ms}ms")
+}
+
+/// A duration in `MIN_MS..=MAX_MS` milliseconds, written as a string such as
+/// `"10s"`. Anything else (a number, a bad unit, a value out of bounds or too
+/// large for any clock) is refused with the bound it broke.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BoundedDuration<const MIN_MS: u64, const MAX_MS: u64>(pub Duration);
+
+impl<'de, const MIN_MS: u64, const MAX_MS: u64> Deserialize<'de>
+    for BoundedDuration<MIN_MS, MAX_MS>
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<const A: u64, const B: u64>;
+        impl<const A: u64, const B: u64> Visitor<'_> for V<A, B> {
+            type Value = BoundedDuration<A, B>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(
+                    f,
+                    "a duration from {} to {} written as a string, e.g. \"10s\"",
+                    fmt_ms(A),
+                    fmt_ms(B)
+                )
+            }
+            fn visit_str<E: de::Error>(self, s: &str) -> Result<Self::Value, E> {
+                let too_long =
+                    || E::custom(format!("{s:?} is more than the maximum, {}", fmt_ms(B)));
+                let ms = match parse_ms(s) {
+                    Ok(ms) => ms,
+                    Err(DurationError::Overflow) => return Err(too_long()),
+                    Err(DurationError::Unit) => {
+                        return Err(E::custom(format!(
+                            "{s:?} has no known unit (write a number and one of ms, s, m, h, d, e.g. 10s)"
+                        )));
+                    }
+                    Err(DurationError::Syntax) => {
+                        return Err(E::custom(format!(
+                            "{s:?} is not a duration (write a whole number and a unit, e.g. 500ms, 10s, 5m, 1h)"
+                        )));
+                    }
+                };
+                if ms < A {
+                    return Err(E::custom(format!(
+                        "{s:?} is less than the minimum, {}",
+                        fmt_ms(A)
+                    )));
+                }
+                if ms > B {
+                    return Err(too_long());
+                }
+                Ok(BoundedDuration(Duration::from_millis(ms)))
+            }
+        }
+        d.deserialize_str(V::<MIN_MS, MAX_MS>)
+    }
+}
+
+/// An integer in `MIN..=MAX`, stored as `T` (which holds every value of the
+/// range). A negative, out-of-range or non-integer value is refused with the
+/// range.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct BoundedInt<T, const MIN: u64, const MAX: u64>(pub T);
+
+impl<'de, T: TryFrom<u64>, const MIN: u64, const MAX: u64> Deserialize<'de>
+    for BoundedInt<T, MIN, MAX>
+{
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V<T, const A: u64, const B: u64>(PhantomData<T>);
+        impl<T: TryFrom<u64>, const A: u64, const B: u64> Visitor<'_> for V<T, A, B> {
+            type Value = BoundedInt<T, A, B>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, "an integer in {A}..={B}")
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<Self::Value, E> {
+                if !(A..=B).contains(&v) {
+                    return Err(E::custom(format!("{v} is outside {A}..={B}")));
+                }
+                T::try_from(v)
+                    .map(BoundedInt)
+                    .map_err(|_| E::custom(format!("{v} is outside {A}..={B}")))
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<Self::Value, E> {
+                match u64::try_from(v) {
+                    Ok(v) => self.visit_u64(v),
+                    Err(_) => Err(E::custom(format!("{v} is outside {A}..={B}"))),
+                }
+            }
+        }
+        d.deserialize_u64(V::<T, MIN, MAX>(PhantomData))
+    }
+}
+
+/// Size of the ESP AES keys: 128 or 256 bits.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct KeyBits(pub u16);
+
+impl<'de> Deserialize<'de> for KeyBits {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl Visitor<'_> for V {
+            type Value = KeyBits;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("128 or 256")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<KeyBits, E> {
+                match v {
+                    128 => Ok(KeyBits(128)),
+                    256 => Ok(KeyBits(256)),
+                    v => Err(E::custom(format!("{v} is not 128 or 256"))),
+                }
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<KeyBits, E> {
+                match i64::try_from(v) {
+                    Ok(v) => self.visit_i64(v),
+                    Err(_) => Err(E::custom(format!("{v} is not 128 or 256"))),
+                }
+            }
+        }
+        d.deserialize_i64(V)
+    }
+}
+
+/// Longest peer name, in bytes.
+pub const NAME_MAX: usize = 64;
+
+/// A peer name: 1 to [`NAME_MAX`] characters of `A-Z a-z 0-9 - _ .`, the
+/// first a letter or digit. The name is bound into every derived key, forms
+/// the node's default socket path (`/run/rotor/NAME.sock`), is one
+/// whitespace-free column of `rotor status`, and is given on the command line
+/// (`rotor rotate --node NAME`, where a leading `-` would read as an option).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Name(pub String);
+
+fn name_problem(s: &str) -> Option<&'static str> {
+    const RULE: &str =
+        "must be 1-64 characters of A-Z a-z 0-9 - _ . starting with a letter or digit";
+    let ok = !s.is_empty()
+        && s.len() <= NAME_MAX
+        && s.starts_with(|c: char| c.is_ascii_alphanumeric())
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b));
+    (!ok).then_some(RULE)
+}
+
+impl<'de> Deserialize<'de> for Name {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        match name_problem(&s) {
+            Some(rule) => Err(de::Error::custom(format!("{s:?} {rule}"))),
+            None => Ok(Name(s)),
+        }
+    }
+}
+
+/// Why `a` cannot be the outer address of an ESP peer, if it cannot.
+fn host_problem(a: IpAddr) -> Option<&'static str> {
+    if a.is_unspecified() {
+        Some("is the unspecified address; name the host's own address")
+    } else if a.is_multicast() {
+        Some("is a multicast address; ESP SAs need a unicast peer")
+    } else if a == IpAddr::V4(Ipv4Addr::BROADCAST) {
+        Some("is the broadcast address; ESP SAs need a unicast peer")
+    } else {
+        None
+    }
+}
+
+/// The outer (unicast) address of a hub or node: IPv4 or IPv6, neither
+/// unspecified, multicast nor broadcast, since it is an SA endpoint.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HostAddr(pub IpAddr);
+
+impl<'de> Deserialize<'de> for HostAddr {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let a: IpAddr = s
+            .parse()
+            .map_err(|_| de::Error::custom(format!("{s:?} is not an IPv4 or IPv6 address")))?;
+        match host_problem(a) {
+            Some(p) => Err(de::Error::custom(format!("{s:?} {p}"))),
+            None => Ok(HostAddr(a)),
+        }
+    }
+}
+
+/// The hub's control address as a node writes it: `ADDR:PORT`,
+/// `[V6]:PORT` or a bare address (port [`DEFAULT_PORT`]). The address obeys
+/// [`HostAddr`]'s rules and the port is not 0.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct HubEndpoint(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for HubEndpoint {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let sa = match (s.parse::<SocketAddr>(), s.parse::<IpAddr>()) {
+            (Ok(sa), _) => sa,
+            (_, Ok(a)) => SocketAddr::new(a, DEFAULT_PORT),
+            _ => {
+                return Err(de::Error::custom(format!(
+                    "{s:?} is not ADDRESS:PORT (e.g. \"10.9.0.1:4820\" or \"[fd00::1]:4820\")"
+                )));
+            }
+        };
+        if sa.port() == 0 {
+            return Err(de::Error::custom(format!(
+                "{s:?} has port 0; use a port in 1..=65535"
+            )));
+        }
+        match host_problem(sa.ip()) {
+            Some(p) => Err(de::Error::custom(format!("{s:?} {p}"))),
+            None => Ok(HubEndpoint(sa)),
+        }
+    }
+}
+
+/// A subnet `ADDRESS/PREFIX` (a bare address is a host prefix).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct Subnet(pub IpNet);
+
+impl<'de> Deserialize<'de> for Subnet {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        IpNet::parse(&s)
+            .map(Subnet)
+            .ok_or_else(|| de::Error::custom(format!("{s:?} is not ADDRESS/PREFIX")))
+    }
+}
+
+/// A file path: not empty, no NUL byte (no system call could take it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct FilePath(pub PathBuf);
+
+impl<'de> Deserialize<'de> for FilePath {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        if s.is_empty() {
+            return Err(de::Error::custom("must not be empty"));
+        }
+        if s.contains('\0') {
+            return Err(de::Error::custom(format!("{s:?} contains a NUL byte")));
+        }
+        Ok(FilePath(PathBuf::from(s)))
+    }
+}
+
+/// ESP mode as written in the file.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum ModeName {
+    /// Host to host.
+    Transport,
+    /// Subnet to subnet.
+    Tunnel,
+}
