@@ -30,7 +30,7 @@ use crate::machine::Machine;
 use crate::names::NameTable;
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
-use crate::wire::{self, Body, FLAG_INIT_REPLY, Header, MsgType};
+use crate::wire::{self, InitReply, Message, MsgType};
 
 #[derive(Debug)]
 struct NodeState {
@@ -84,6 +84,19 @@ pub const MAX_SUPERSEDED: usize = 6;
 /// the grace expiry that follows it, never stalls the control channel, and
 /// the kernel batches and buffers of one call stay small.
 pub const TIMER_BATCH: usize = 256;
+
+/// `key` for `latest`, sealed under `prev` (the generation the node holds).
+fn key_message(latest: &Generation, prev: &mut Generation) -> Vec<u8> {
+    Message::Key {
+        spi: prev.spi,
+        counter: prev.next_counter(),
+        init_reply: None,
+        generation: latest.number,
+        gen_spi: latest.spi,
+        secret: latest.secret.clone(),
+    }
+    .seal(&prev.ctl_h2n)
+}
 
 /// An unknown node name or id was given to a command.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -249,12 +262,12 @@ impl Hub {
         dg: &wire::Datagram<'_>,
     ) -> Result<(), DropReason> {
         let n = &self.nodes[id.0 as usize];
-        let mut node_nonce = [0u8; 32];
-        node_nonce.copy_from_slice(dg.clear);
+        let node_nonce = dg.init_nonce().ok_or(DropReason::UnexpectedType)?;
         let key = init_request_key(&n.psk, self.names.get(id), &node_nonce);
-        let Body::Init {
+        let Message::Init {
             timestamp_ms,
             eph_pub,
+            ..
         } = dg.open(&key).map_err(DropReason::Wire)?
         else {
             return Err(DropReason::UnexpectedType);
@@ -320,23 +333,20 @@ impl Hub {
         let at = n.rotate_at;
         self.push_rotation(at, id);
         let n = &mut self.nodes[id.0 as usize];
-        let mut clear = [0u8; 64];
-        clear[..32].copy_from_slice(&hub_nonce);
-        clear[32..].copy_from_slice(hub_pub.as_bytes());
-        let header = Header {
-            kind: MsgType::Key,
-            flags: FLAG_INIT_REPLY,
+        let datagram = Message::Key {
             spi: init_spi,
             counter: 0,
-        };
-        let body = Body::Key {
+            init_reply: Some(InitReply {
+                hub_nonce,
+                hub_pub: *hub_pub.as_bytes(),
+            }),
             generation: 1,
-            spi: gen1.spi,
+            gen_spi: gen1.spi,
             secret: gen1.secret.clone(),
-        };
+        }
+        .seal(&session);
         let spi = gen1.spi;
         n.latest = Some(gen1);
-        let datagram = wire::seal(&session, header, &clear, &body).unwrap_or_default();
         n.last_init = Some(Box::new((node_nonce, datagram.clone())));
         self.actions.push_back(Action::Send { peer: id, datagram });
         self.actions
@@ -399,9 +409,10 @@ impl Hub {
         if !g.rx_window.check(dg.header.counter) {
             return Err(DropReason::Replay);
         }
-        let Body::Hello {
+        let Message::Hello {
             generation: claimed,
             rotate,
+            ..
         } = dg.open(&g.ctl_n2h).map_err(DropReason::Wire)?
         else {
             return Err(DropReason::UnexpectedType);
@@ -460,16 +471,12 @@ impl Hub {
     fn send_ack(&mut self, id: PeerId) {
         let n = &mut self.nodes[id.0 as usize];
         if let Some(g) = n.latest.as_mut() {
-            let header = Header {
-                kind: MsgType::Ack,
-                flags: 0,
+            let datagram = Message::Ack {
                 spi: g.spi,
                 counter: g.next_counter(),
-            };
-            let b = Body::Ack {
                 generation: g.number,
-            };
-            let datagram = wire::seal(&g.ctl_h2n, header, &[], &b).unwrap_or_default();
+            }
+            .seal(&g.ctl_h2n);
             self.actions.push_back(Action::Send { peer: id, datagram });
         }
     }
@@ -492,11 +499,6 @@ impl Hub {
         }
         let n = &mut self.nodes[id.0 as usize];
         let (new_number, new_spi) = (new.number, new.spi);
-        let body = Body::Key {
-            generation: new.number,
-            spi: new.spi,
-            secret: new.secret.clone(),
-        };
         n.latest = Some(new);
         n.confirmed = false;
         n.force_rotate = false;
@@ -507,14 +509,8 @@ impl Hub {
         let at = n.rotate_at;
         self.push_rotation(at, id);
         let n = &mut self.nodes[id.0 as usize];
-        if let Some(prev) = n.previous.as_mut() {
-            let header = Header {
-                kind: MsgType::Key,
-                flags: 0,
-                spi: prev.spi,
-                counter: prev.next_counter(),
-            };
-            let datagram = wire::seal(&prev.ctl_h2n, header, &[], &body).unwrap_or_default();
+        if let (Some(latest), Some(prev)) = (n.latest.as_ref(), n.previous.as_mut()) {
+            let datagram = key_message(latest, prev);
             self.actions.push_back(Action::Send { peer: id, datagram });
         }
         self.actions.push_back(Action::Event(Event::Rotated {
@@ -532,19 +528,8 @@ impl Hub {
         let (Some(latest), Some(prev)) = (n.latest.as_ref(), n.previous.as_mut()) else {
             return;
         };
-        let body = Body::Key {
-            generation: latest.number,
-            spi: latest.spi,
-            secret: latest.secret.clone(),
-        };
         let (generation, spi) = (latest.number, latest.spi);
-        let header = Header {
-            kind: MsgType::Key,
-            flags: 0,
-            spi: prev.spi,
-            counter: prev.next_counter(),
-        };
-        let datagram = wire::seal(&prev.ctl_h2n, header, &[], &body).unwrap_or_default();
+        let datagram = key_message(latest, prev);
         n.resends += 1;
         self.actions.push_back(Action::Send { peer: id, datagram });
         self.actions.push_back(Action::Event(Event::Resent {
