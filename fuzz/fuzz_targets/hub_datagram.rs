@@ -4,7 +4,7 @@
 #![no_main]
 
 use libfuzzer_sys::fuzz_target;
-use rotor_core::{Action, Event, Hub, HubConfig, KeyBits, Machine, NodeSpec, Now, Secret32, Time};
+use rotor_core::{Action, Event, Hub, HubConfig, KeyBits, NodeSpec, Now, Secret32, Time};
 
 fuzz_target!(|data: &[u8]| {
     let cfg = HubConfig {

@@ -20,7 +20,7 @@ use crate::key_schedule::{init_request_key, init_session_key, init_spi};
 use crate::machine::Machine;
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
-use crate::wire::{self, Body, FLAG_INIT_REPLY, Header, MsgType};
+use crate::wire::{self, Message};
 
 /// The hub, as seen from a node.
 pub const HUB: PeerId = PeerId(0);
@@ -204,17 +204,13 @@ impl Node {
     fn send_hello(&mut self, now: Time) {
         let rotate = self.rotate_requested;
         if let Some(g) = self.latest.as_mut() {
-            let header = Header {
-                kind: MsgType::Hello,
-                flags: 0,
+            let datagram = Message::Hello {
                 spi: g.spi,
                 counter: g.next_counter(),
-            };
-            let body = Body::Hello {
                 generation: g.number,
                 rotate,
-            };
-            let datagram = wire::seal(&g.ctl_n2h, header, &[], &body).unwrap_or_default();
+            }
+            .seal(&g.ctl_n2h);
             self.actions.push_back(Action::Send {
                 peer: HUB,
                 datagram,
@@ -259,17 +255,14 @@ impl Node {
         let ts = unix_ms.max(self.last_init_ts + 1);
         self.last_init_ts = ts;
         let key = init_request_key(&self.cfg.psk, &self.cfg.name, &nonce);
-        let header = Header {
-            kind: MsgType::Init,
-            flags: 0,
+        let datagram = Message::Init {
             spi: self.init_spi,
             counter: 0,
-        };
-        let body = Body::Init {
+            nonce,
             timestamp_ms: ts,
             eph_pub: *eph_pub.as_bytes(),
-        };
-        let datagram = wire::seal(&key, header, &nonce, &body).unwrap_or_default();
+        }
+        .seal(&key);
         self.actions.push_back(Action::Send {
             peer: HUB,
             datagram: datagram.clone(),
@@ -315,10 +308,10 @@ impl Node {
         if !g.rx_window.check(dg.header.counter) {
             return Err(DropReason::Replay);
         }
-        let body = dg.open(&g.ctl_h2n).map_err(DropReason::Wire)?;
+        let msg = dg.open(&g.ctl_h2n).map_err(DropReason::Wire)?;
         if is_latest
             && !self.superseded.is_empty()
-            && matches!(body, Body::Ack { .. } | Body::Key { .. })
+            && matches!(msg, Message::Ack { .. } | Message::Key { .. })
         {
             // The hub answered under the new chain: it has switched to it.
             let end = now.plus_ms(self.cfg.grace_ms);
@@ -326,16 +319,17 @@ impl Node {
                 self.retire_queue.push_back((end, spi));
             }
         }
-        match body {
-            Body::Ack { .. } => {
+        match msg {
+            Message::Ack { .. } => {
                 g.rx_window.commit(dg.header.counter);
                 self.answered(now);
                 Ok(())
             }
-            Body::Key {
+            Message::Key {
                 generation,
-                spi,
+                gen_spi: spi,
                 secret,
+                ..
             } => {
                 let latest = self.latest.as_ref().map(|l| (l.number, l.spi));
                 let prev_spi = self.previous.as_ref().map(|p| p.spi);
@@ -422,15 +416,9 @@ impl Node {
     }
 
     fn init_reply(&mut self, now: Time, dg: &wire::Datagram<'_>) -> Result<(), DropReason> {
-        if dg.header.kind != MsgType::Key || dg.header.flags != FLAG_INIT_REPLY {
-            return Err(DropReason::UnexpectedType);
-        }
+        let reply = dg.init_reply().ok_or(DropReason::UnexpectedType)?;
         let p = self.pending.as_ref().ok_or(DropReason::StaleGeneration)?;
-        let mut hub_nonce = [0u8; 32];
-        hub_nonce.copy_from_slice(&dg.clear[..32]);
-        let mut hub_pub = [0u8; 32];
-        hub_pub.copy_from_slice(&dg.clear[32..64]);
-        let shared = p.eph.diffie_hellman(&PublicKey::from(hub_pub));
+        let shared = p.eph.diffie_hellman(&PublicKey::from(reply.hub_pub));
         if !shared.was_contributory() {
             return Err(DropReason::BadEphemeral);
         }
@@ -438,13 +426,14 @@ impl Node {
             &self.cfg.psk,
             shared.as_bytes(),
             &p.nonce,
-            &hub_nonce,
+            &reply.hub_nonce,
             &self.cfg.name,
         );
-        let Body::Key {
+        let Message::Key {
             generation,
-            spi,
+            gen_spi: spi,
             secret,
+            ..
         } = dg.open(&key).map_err(DropReason::Wire)?
         else {
             return Err(DropReason::UnexpectedType);

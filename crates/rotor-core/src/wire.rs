@@ -10,11 +10,14 @@
 //! Every key is used in one direction only and every sender increments its
 //! counter per message, so a (key, nonce) pair never repeats.
 //!
+//! Sending: build a [`Message`] and [`Message::seal`] it; the variant fixes
+//! type, flags and clear extension, so sealing cannot fail. Receiving:
 //! [`parse`] checks every length before reading, so no input can make it
-//! panic; [`Datagram::open`] authenticates before anything is decoded.
+//! panic; [`Datagram::open`] authenticates before anything is decoded and
+//! gives the [`Message`] back.
 
-use chacha20poly1305::aead::{Aead, KeyInit, Payload};
-use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce};
+use chacha20poly1305::aead::{AeadInPlace, KeyInit};
+use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 
 use crate::secret::{ControlKey, Secret32};
 
@@ -106,34 +109,68 @@ impl Header {
     }
 }
 
-/// The decrypted meaning of a message.
+/// The clear extension of an init reply: what the node needs, besides its
+/// own nonce and ephemeral key, to derive the init session key.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct InitReply {
+    /// The hub's fresh nonce.
+    pub hub_nonce: [u8; 32],
+    /// The hub's ephemeral X25519 public key.
+    pub hub_pub: [u8; 32],
+}
+
+/// A control message, header fields and body together. Type byte, flags and
+/// clear extension follow from the variant, so every value seals into a
+/// well-formed datagram: there is no combination [`parse`] would reject.
 #[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Body {
-    /// Keepalive: the node's latest generation and whether it asks to rotate.
+pub enum Message {
+    /// Node -> hub keepalive under the node's latest generation.
     Hello {
+        /// SPI of the generation that protects it.
+        spi: u32,
+        /// Sender's counter under that generation.
+        counter: u64,
         /// Node's latest generation.
         generation: u64,
         /// The node asks for a rotation.
         rotate: bool,
     },
-    /// Init request: node's wall clock and ephemeral X25519 public key.
+    /// Node -> hub (re)initialisation request under the init request key.
     Init {
+        /// The node's init SPI.
+        spi: u32,
+        /// Sender's counter (the request key is fresh per nonce: 0).
+        counter: u64,
+        /// Node nonce, sent in clear (the request key is derived from it).
+        nonce: [u8; 32],
         /// Milliseconds since the Unix epoch; strictly increasing per node.
         timestamp_ms: u64,
-        /// Node's ephemeral public key.
+        /// Node's ephemeral X25519 public key.
         eph_pub: [u8; 32],
     },
-    /// A generation's secret and SPI.
+    /// Hub -> node: a generation's secret and SPI.
     Key {
-        /// Generation number.
-        generation: u64,
-        /// SPI of the generation.
+        /// SPI of the key that protects it: a generation's, or the node's
+        /// init SPI for an init reply.
         spi: u32,
+        /// Sender's counter under that key.
+        counter: u64,
+        /// `Some` for the answer to an init (flag INIT_REPLY, carried in
+        /// clear); `None` for a key sent under a generation.
+        init_reply: Option<InitReply>,
+        /// Number of the generation carried.
+        generation: u64,
+        /// SPI of the generation carried.
+        gen_spi: u32,
         /// The generation secret.
         secret: Secret32,
     },
-    /// Nothing to change; the hub's latest generation for this node.
+    /// Hub -> node: in sync, nothing to change.
     Ack {
+        /// SPI of the generation that protects it (the node's latest).
+        spi: u32,
+        /// Sender's counter under that generation.
+        counter: u64,
         /// Hub's latest generation.
         generation: u64,
     },
@@ -143,6 +180,8 @@ const HELLO_LEN: usize = 9;
 const INIT_LEN: usize = 40;
 const KEY_LEN: usize = 44;
 const ACK_LEN: usize = 8;
+/// Longest body: the buffer [`Datagram::open`] decrypts into.
+const MAX_BODY_LEN: usize = KEY_LEN;
 
 fn body_len(kind: MsgType) -> usize {
     match kind {
@@ -159,6 +198,113 @@ fn clear_len(kind: MsgType, flags: u16) -> Result<usize, WireError> {
         (MsgType::Key, FLAG_INIT_REPLY) => Ok(64),
         (_, 0) => Ok(0),
         _ => Err(WireError::BadFlags),
+    }
+}
+
+impl Message {
+    /// The type byte.
+    pub fn kind(&self) -> MsgType {
+        match self {
+            Message::Hello { .. } => MsgType::Hello,
+            Message::Init { .. } => MsgType::Init,
+            Message::Key { .. } => MsgType::Key,
+            Message::Ack { .. } => MsgType::Ack,
+        }
+    }
+
+    /// The flags: [`FLAG_INIT_REPLY`] on an init reply, else 0.
+    pub fn flags(&self) -> u16 {
+        match self {
+            Message::Key {
+                init_reply: Some(_),
+                ..
+            } => FLAG_INIT_REPLY,
+            _ => 0,
+        }
+    }
+
+    /// The clear header it is sent with.
+    pub fn header(&self) -> Header {
+        let (Message::Hello { spi, counter, .. }
+        | Message::Init { spi, counter, .. }
+        | Message::Key { spi, counter, .. }
+        | Message::Ack { spi, counter, .. }) = self;
+        Header {
+            kind: self.kind(),
+            flags: self.flags(),
+            spi: *spi,
+            counter: *counter,
+        }
+    }
+
+    /// Length of the sealed datagram (41, 104, 76, 140 or 40 bytes).
+    pub fn sealed_len(&self) -> usize {
+        let h = self.header();
+        // clear_len accepts every (kind, flags) a Message has.
+        HEADER_LEN + clear_len(h.kind, h.flags).unwrap_or(0) + body_len(h.kind) + TAG_LEN
+    }
+
+    /// Encodes and seals the message under `key` (ChaCha20-Poly1305, nonce
+    /// from the counter, header and clear extension authenticated). Cannot
+    /// fail: the layout follows from the variant. One allocation, the
+    /// datagram; the plaintext exists only inside it until encrypted in place.
+    pub fn seal(&self, key: &ControlKey) -> Vec<u8> {
+        let header = self.header();
+        let mut out = Vec::with_capacity(self.sealed_len());
+        out.extend_from_slice(&header.encode());
+        match self {
+            Message::Init { nonce, .. } => out.extend_from_slice(nonce),
+            Message::Key {
+                init_reply: Some(r),
+                ..
+            } => {
+                out.extend_from_slice(&r.hub_nonce);
+                out.extend_from_slice(&r.hub_pub);
+            }
+            _ => {}
+        }
+        let aad_len = out.len();
+        match self {
+            Message::Hello {
+                generation, rotate, ..
+            } => {
+                out.extend_from_slice(&generation.to_be_bytes());
+                out.push(u8::from(*rotate));
+            }
+            Message::Init {
+                timestamp_ms,
+                eph_pub,
+                ..
+            } => {
+                out.extend_from_slice(&timestamp_ms.to_be_bytes());
+                out.extend_from_slice(eph_pub);
+            }
+            Message::Key {
+                generation,
+                gen_spi,
+                secret,
+                ..
+            } => {
+                out.extend_from_slice(&generation.to_be_bytes());
+                out.extend_from_slice(&gen_spi.to_be_bytes());
+                out.extend_from_slice(secret.expose());
+            }
+            Message::Ack { generation, .. } => out.extend_from_slice(&generation.to_be_bytes()),
+        }
+        let aead = ChaCha20Poly1305::new(Key::from_slice(&key.0));
+        let (aad, body) = out.split_at_mut(aad_len);
+        let tag = match aead.encrypt_in_place_detached(
+            Nonce::from_slice(&nonce(header.counter)),
+            aad,
+            body,
+        ) {
+            Ok(tag) => tag,
+            // ChaCha20-Poly1305 refuses only messages of 256 GiB and more;
+            // a body is at most MAX_BODY_LEN bytes, whatever the input.
+            Err(_) => unreachable!("ChaCha20-Poly1305 refused a {}-byte body", body.len()),
+        };
+        out.extend_from_slice(&tag);
+        out
     }
 }
 
@@ -210,111 +356,96 @@ fn nonce(counter: u64) -> [u8; 12] {
     n
 }
 
-fn u64_at(b: &[u8], at: usize) -> u64 {
+fn u64_at(b: &[u8; MAX_BODY_LEN], at: usize) -> u64 {
     let mut x = [0u8; 8];
     x.copy_from_slice(&b[at..at + 8]);
     u64::from_be_bytes(x)
 }
 
+fn array32(b: &[u8]) -> Option<[u8; 32]> {
+    b.try_into().ok()
+}
+
 impl Datagram<'_> {
-    /// Authenticates and decrypts with `key`. Nothing is trusted before this.
-    pub fn open(&self, key: &ControlKey) -> Result<Body, WireError> {
+    /// The node nonce of an init request (unauthenticated until
+    /// [`Self::open`]); `None` for every other type.
+    pub fn init_nonce(&self) -> Option<[u8; 32]> {
+        match self.header.kind {
+            MsgType::Init => array32(self.clear),
+            _ => None,
+        }
+    }
+
+    /// The clear extension of an init reply (unauthenticated until
+    /// [`Self::open`]); `None` for every other message.
+    pub fn init_reply(&self) -> Option<InitReply> {
+        if self.header.kind != MsgType::Key || self.header.flags != FLAG_INIT_REPLY {
+            return None;
+        }
+        let (n, p) = self.clear.split_at_checked(32)?;
+        Some(InitReply {
+            hub_nonce: array32(n)?,
+            hub_pub: array32(p)?,
+        })
+    }
+
+    /// Authenticates and decrypts with `key`, and gives the whole message
+    /// (header fields, clear extension, body). Nothing is trusted before this.
+    pub fn open(&self, key: &ControlKey) -> Result<Message, WireError> {
+        let n = self
+            .sealed
+            .len()
+            .checked_sub(TAG_LEN)
+            .filter(|n| *n <= MAX_BODY_LEN)
+            .ok_or(WireError::BadLength)?;
+        let (ct, tag) = self.sealed.split_at(n);
+        // Decrypted on the stack (no allocation per message), wiped on drop.
+        let mut plain = zeroize::Zeroizing::new([0u8; MAX_BODY_LEN]);
+        plain[..n].copy_from_slice(ct);
         let aead = ChaCha20Poly1305::new(Key::from_slice(&key.0));
-        let plain = zeroize::Zeroizing::new(
-            aead.decrypt(
-                Nonce::from_slice(&nonce(self.header.counter)),
-                Payload {
-                    msg: self.sealed,
-                    aad: self.aad,
-                },
-            )
-            .map_err(|_| WireError::AuthFailed)?,
-        );
+        aead.decrypt_in_place_detached(
+            Nonce::from_slice(&nonce(self.header.counter)),
+            self.aad,
+            &mut plain[..n],
+            Tag::from_slice(tag),
+        )
+        .map_err(|_| WireError::AuthFailed)?;
         // parse() fixed the length for the type, so these reads are in bounds.
-        let p = &plain[..];
+        let p = &*plain;
+        let Header { spi, counter, .. } = self.header;
         Ok(match self.header.kind {
-            MsgType::Hello => Body::Hello {
+            MsgType::Hello => Message::Hello {
+                spi,
+                counter,
                 generation: u64_at(p, 0),
                 rotate: p[8] & 1 != 0,
             },
-            MsgType::Init => {
-                let mut eph_pub = [0u8; 32];
-                eph_pub.copy_from_slice(&p[8..40]);
-                Body::Init {
-                    timestamp_ms: u64_at(p, 0),
-                    eph_pub,
-                }
-            }
+            MsgType::Init => Message::Init {
+                spi,
+                counter,
+                nonce: self.init_nonce().ok_or(WireError::BadLength)?,
+                timestamp_ms: u64_at(p, 0),
+                eph_pub: array32(&p[8..40]).ok_or(WireError::BadLength)?,
+            },
             MsgType::Key => {
                 let mut s = zeroize::Zeroizing::new([0u8; 32]);
                 s.copy_from_slice(&p[12..44]);
-                Body::Key {
+                Message::Key {
+                    spi,
+                    counter,
+                    init_reply: self.init_reply(),
                     generation: u64_at(p, 0),
-                    spi: u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
+                    gen_spi: u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
                     secret: Secret32::new(*s),
                 }
             }
-            MsgType::Ack => Body::Ack {
+            MsgType::Ack => Message::Ack {
+                spi,
+                counter,
                 generation: u64_at(p, 0),
             },
         })
     }
-}
-
-/// Encodes and seals one message. `clear` must be the clear extension the
-/// type and flags require (checked: returns `None` otherwise).
-pub fn seal(key: &ControlKey, header: Header, clear: &[u8], body: &Body) -> Option<Vec<u8>> {
-    if clear_len(header.kind, header.flags).ok()? != clear.len() {
-        return None;
-    }
-    let mut plain = zeroize::Zeroizing::new(Vec::with_capacity(KEY_LEN));
-    match (header.kind, body) {
-        (MsgType::Hello, Body::Hello { generation, rotate }) => {
-            plain.extend_from_slice(&generation.to_be_bytes());
-            plain.push(u8::from(*rotate));
-        }
-        (
-            MsgType::Init,
-            Body::Init {
-                timestamp_ms,
-                eph_pub,
-            },
-        ) => {
-            plain.extend_from_slice(&timestamp_ms.to_be_bytes());
-            plain.extend_from_slice(eph_pub);
-        }
-        (
-            MsgType::Key,
-            Body::Key {
-                generation,
-                spi,
-                secret,
-            },
-        ) => {
-            plain.extend_from_slice(&generation.to_be_bytes());
-            plain.extend_from_slice(&spi.to_be_bytes());
-            plain.extend_from_slice(secret.expose());
-        }
-        (MsgType::Ack, Body::Ack { generation }) => {
-            plain.extend_from_slice(&generation.to_be_bytes())
-        }
-        _ => return None,
-    }
-    let mut out = Vec::with_capacity(HEADER_LEN + clear.len() + plain.len() + TAG_LEN);
-    out.extend_from_slice(&header.encode());
-    out.extend_from_slice(clear);
-    let aead = ChaCha20Poly1305::new(Key::from_slice(&key.0));
-    let ct = aead
-        .encrypt(
-            Nonce::from_slice(&nonce(header.counter)),
-            Payload {
-                msg: &plain,
-                aad: &out,
-            },
-        )
-        .ok()?;
-    out.extend_from_slice(&ct);
-    Some(out)
 }
 
 #[cfg(test)]
@@ -325,18 +456,23 @@ mod tests {
         ControlKey([b; 32])
     }
 
-    fn samples() -> Vec<(Header, Vec<u8>, Body)> {
+    /// One message of each kind, with the header and clear extension it
+    /// must be sent with.
+    fn samples() -> Vec<(Header, Vec<u8>, Message)> {
         let h = |kind, flags| Header {
             kind,
             flags,
             spi: 0x1234_5678,
             counter: 42,
         };
+        let (spi, counter) = (0x1234_5678, 42);
         vec![
             (
                 h(MsgType::Hello, 0),
                 vec![],
-                Body::Hello {
+                Message::Hello {
+                    spi,
+                    counter,
                     generation: 7,
                     rotate: true,
                 },
@@ -344,7 +480,10 @@ mod tests {
             (
                 h(MsgType::Init, 0),
                 vec![9; 32],
-                Body::Init {
+                Message::Init {
+                    spi,
+                    counter,
+                    nonce: [9; 32],
                     timestamp_ms: 1_700_000_000_000,
                     eph_pub: [5; 32],
                 },
@@ -352,41 +491,59 @@ mod tests {
             (
                 h(MsgType::Key, 0),
                 vec![],
-                Body::Key {
+                Message::Key {
+                    spi,
+                    counter,
+                    init_reply: None,
                     generation: 8,
-                    spi: 0xabcd,
+                    gen_spi: 0xabcd,
                     secret: Secret32::new([6; 32]),
                 },
             ),
             (
                 h(MsgType::Key, FLAG_INIT_REPLY),
                 vec![3; 64],
-                Body::Key {
+                Message::Key {
+                    spi,
+                    counter,
+                    init_reply: Some(InitReply {
+                        hub_nonce: [3; 32],
+                        hub_pub: [3; 32],
+                    }),
                     generation: 1,
-                    spi: 0x999,
+                    gen_spi: 0x999,
                     secret: Secret32::new([7; 32]),
                 },
             ),
-            (h(MsgType::Ack, 0), vec![], Body::Ack { generation: 8 }),
+            (
+                h(MsgType::Ack, 0),
+                vec![],
+                Message::Ack {
+                    spi,
+                    counter,
+                    generation: 8,
+                },
+            ),
         ]
     }
 
     #[test]
     fn round_trip_every_type() {
-        for (h, clear, body) in samples() {
-            let d = seal(&key(1), h, &clear, &body).unwrap();
+        for (h, clear, msg) in samples() {
+            assert_eq!(msg.header(), h);
+            let d = msg.seal(&key(1));
             let p = parse(&d).unwrap();
             assert_eq!(p.header, h);
             assert_eq!(p.clear, &clear[..]);
-            assert_eq!(p.open(&key(1)).unwrap(), body);
+            assert_eq!(p.open(&key(1)).unwrap(), msg);
             assert_eq!(p.open(&key(2)), Err(WireError::AuthFailed));
         }
     }
 
     #[test]
     fn every_bit_flip_is_rejected() {
-        for (h, clear, body) in samples() {
-            let d = seal(&key(1), h, &clear, &body).unwrap();
+        for (_, _, msg) in samples() {
+            let d = msg.seal(&key(1));
             for i in 0..d.len() * 8 {
                 let mut m = d.clone();
                 m[i / 8] ^= 1 << (i % 8);
@@ -398,8 +555,8 @@ mod tests {
 
     #[test]
     fn every_truncation_is_rejected() {
-        for (h, clear, body) in samples() {
-            let d = seal(&key(1), h, &clear, &body).unwrap();
+        for (_, _, msg) in samples() {
+            let d = msg.seal(&key(1));
             for n in 0..d.len() {
                 assert!(parse(&d[..n]).is_err(), "truncated to {n}");
             }
@@ -410,31 +567,44 @@ mod tests {
     fn sizes_are_as_documented() {
         let sizes: Vec<usize> = samples()
             .into_iter()
-            .map(|(h, c, b)| seal(&key(1), h, &c, &b).unwrap().len())
+            .map(|(_, _, m)| {
+                assert_eq!(m.sealed_len(), m.seal(&key(1)).len());
+                m.seal(&key(1)).len()
+            })
             .collect();
         assert_eq!(sizes, vec![41, 104, 76, 140, 40]);
     }
 
+    /// A message whose parts do not match (a clear extension or a flag on a
+    /// type that has none) cannot be built as a [`Message`]; on the wire,
+    /// such a datagram is refused before any cryptography.
     #[test]
-    fn seal_refuses_mismatched_parts() {
-        let h = Header {
-            kind: MsgType::Hello,
-            flags: 0,
+    fn mismatched_parts_are_refused() {
+        let hello = Message::Hello {
             spi: 1,
             counter: 0,
-        };
-        assert!(
-            seal(
-                &key(1),
-                h,
-                &[0; 32],
-                &Body::Hello {
-                    generation: 1,
-                    rotate: false
-                }
-            )
-            .is_none()
-        );
-        assert!(seal(&key(1), h, &[], &Body::Ack { generation: 1 }).is_none());
+            generation: 1,
+            rotate: false,
+        }
+        .seal(&key(1));
+        // A hello with a 32-byte clear extension spliced in.
+        let mut with_clear = hello[..HEADER_LEN].to_vec();
+        with_clear.extend_from_slice(&[0; 32]);
+        with_clear.extend_from_slice(&hello[HEADER_LEN..]);
+        assert_eq!(parse(&with_clear).err(), Some(WireError::BadLength));
+        // A hello flagged as an init reply.
+        let mut flagged = hello.clone();
+        flagged[3] = FLAG_INIT_REPLY as u8;
+        assert_eq!(parse(&flagged).err(), Some(WireError::BadFlags));
+        // An ack-sized body under a hello header.
+        let ack = Message::Ack {
+            spi: 1,
+            counter: 0,
+            generation: 1,
+        }
+        .seal(&key(1));
+        let mut retyped = ack.clone();
+        retyped[1] = MsgType::Hello as u8;
+        assert_eq!(parse(&retyped).err(), Some(WireError::BadLength));
     }
 }

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use rotor_core::key_schedule::init_request_key;
-use rotor_core::wire::{self, Body, FLAG_INIT_REPLY, Header, MsgType};
+use rotor_core::wire::{self, FLAG_INIT_REPLY, Header, InitReply, Message, MsgType};
 use rotor_core::{
     Action, Event, Hub, HubConfig, KeyBits, Node, NodeConfig, NodeSpec, Now, Secret32, Time,
 };
@@ -13,52 +13,88 @@ fn key() -> rotor_core::secret::ControlKey {
     init_request_key(&Secret32::new([7; 32]), "prop", &[1; 32])
 }
 
-fn body_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Body)> {
+/// A message of any kind with any field values, and the type, flags and
+/// clear extension it must go on the wire with.
+fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)> {
+    let spi = any::<u32>();
+    let counter = any::<u64>();
     prop_oneof![
-        (any::<u64>(), any::<bool>()).prop_map(|(generation, rotate)| (
-            MsgType::Hello,
-            0,
-            vec![],
-            Body::Hello { generation, rotate }
-        )),
-        (any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
-            |(timestamp_ms, eph_pub, nonce)| (
-                MsgType::Init,
+        (spi, counter, any::<u64>(), any::<bool>()).prop_map(
+            |(spi, counter, generation, rotate)| (
+                MsgType::Hello,
                 0,
-                nonce.to_vec(),
-                Body::Init {
-                    timestamp_ms,
-                    eph_pub
+                vec![],
+                Message::Hello {
+                    spi,
+                    counter,
+                    generation,
+                    rotate
                 }
             )
         ),
         (
+            spi,
+            counter,
+            any::<u64>(),
+            any::<[u8; 32]>(),
+            any::<[u8; 32]>()
+        )
+            .prop_map(|(spi, counter, timestamp_ms, eph_pub, nonce)| (
+                MsgType::Init,
+                0,
+                nonce.to_vec(),
+                Message::Init {
+                    spi,
+                    counter,
+                    nonce,
+                    timestamp_ms,
+                    eph_pub
+                }
+            )),
+        (
+            (spi, counter),
             any::<u64>(),
             any::<u32>(),
             any::<[u8; 32]>(),
             any::<bool>(),
             any::<[u8; 32]>()
         )
-            .prop_map(|(generation, spi, s, init, extra)| {
-                let (flags, clear) = if init {
+            .prop_map(|((spi, counter), generation, gen_spi, s, init, extra)| {
+                let (flags, clear, init_reply) = if init {
                     let mut c = extra.to_vec();
                     c.extend_from_slice(&extra);
-                    (FLAG_INIT_REPLY, c)
+                    let r = InitReply {
+                        hub_nonce: extra,
+                        hub_pub: extra,
+                    };
+                    (FLAG_INIT_REPLY, c, Some(r))
                 } else {
-                    (0, vec![])
+                    (0, vec![], None)
                 };
                 (
                     MsgType::Key,
                     flags,
                     clear,
-                    Body::Key {
-                        generation,
+                    Message::Key {
                         spi,
+                        counter,
+                        init_reply,
+                        generation,
+                        gen_spi,
                         secret: Secret32::new(s),
                     },
                 )
             }),
-        any::<u64>().prop_map(|generation| (MsgType::Ack, 0, vec![], Body::Ack { generation })),
+        (spi, counter, any::<u64>()).prop_map(|(spi, counter, generation)| (
+            MsgType::Ack,
+            0,
+            vec![],
+            Message::Ack {
+                spi,
+                counter,
+                generation
+            }
+        )),
     ]
 }
 
@@ -83,13 +119,13 @@ proptest! {
 
     /// seal -> parse -> open gives back exactly what was sealed.
     #[test]
-    fn codec_round_trip((kind, flags, clear, body) in body_strategy(), spi in any::<u32>(), counter in any::<u64>()) {
-        let h = Header { kind, flags, spi, counter };
-        let d = wire::seal(&key(), h, &clear, &body).unwrap();
+    fn codec_round_trip((kind, flags, clear, msg) in message_strategy()) {
+        let h = Header { kind, flags, spi: msg.header().spi, counter: msg.header().counter };
+        let d = msg.seal(&key());
         let p = wire::parse(&d).unwrap();
         prop_assert_eq!(p.header, h);
         prop_assert_eq!(p.clear, &clear[..]);
-        prop_assert_eq!(p.open(&key()).unwrap(), body);
+        prop_assert_eq!(p.open(&key()).unwrap(), msg);
     }
 
     /// The parser never panics, and random bytes that pass framing never authenticate.

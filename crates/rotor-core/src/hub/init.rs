@@ -1,0 +1,105 @@
+//! Answering init requests: a node without keys, or giving up on the hub,
+//! gets a fresh chain starting at generation 1.
+
+use rand::RngCore;
+use x25519_dalek::{EphemeralSecret, PublicKey};
+
+use super::{MAX_SUPERSEDED, NodeState, Shared};
+use crate::action::{Action, DropReason, Event, Now, PeerId};
+use crate::key_schedule::{init_request_key, init_session_key};
+use crate::wire::{Datagram, InitReply, Message};
+
+impl Shared {
+    /// An init request under node `id`'s init SPI. Accepted only if it
+    /// authenticates, its timestamp is newer than the last accepted one and
+    /// within the skew of `now.unix_ms`, and the X25519 exchange contributes;
+    /// then generation 1 is created and sent. An exact retransmission of the
+    /// last accepted init gets the same reply again and changes nothing else.
+    pub(super) fn init(
+        &mut self,
+        now: Now,
+        id: PeerId,
+        n: &mut NodeState,
+        dg: &Datagram<'_>,
+    ) -> Result<(), DropReason> {
+        let node_nonce = dg.init_nonce().ok_or(DropReason::UnexpectedType)?;
+        let key = init_request_key(&n.psk, self.names.get(id), &node_nonce);
+        let Message::Init {
+            timestamp_ms,
+            eph_pub,
+            ..
+        } = dg.open(&key).map_err(DropReason::Wire)?
+        else {
+            return Err(DropReason::UnexpectedType);
+        };
+        if timestamp_ms == n.last_init_ts
+            && let Some(last) = &n.last_init
+            && last.0 == node_nonce
+        {
+            // The node did not get our reply: send the same one again.
+            let datagram = last.1.clone();
+            n.resends += 1;
+            self.actions.push_back(Action::Send { peer: id, datagram });
+            return Ok(());
+        }
+        if timestamp_ms <= n.last_init_ts {
+            return Err(DropReason::InitReplay);
+        }
+        if timestamp_ms.abs_diff(now.unix_ms) > self.init_skew_ms {
+            return Err(DropReason::InitClockSkew);
+        }
+        let eph = EphemeralSecret::random_from_rng(&mut self.rng);
+        let hub_pub = PublicKey::from(&eph);
+        let dh = eph.diffie_hellman(&PublicKey::from(eph_pub));
+        if !dh.was_contributory() {
+            return Err(DropReason::BadEphemeral);
+        }
+        // Accepted: from here on, state changes.
+        let mut hub_nonce = [0u8; 32];
+        self.rng.fill_bytes(&mut hub_nonce);
+        let session = init_session_key(
+            &n.psk,
+            dh.as_bytes(),
+            &node_nonce,
+            &hub_nonce,
+            self.names.get(id),
+        );
+        // Make before break across re-init: every replaced chain stays installed
+        // (and the hub keeps sending on the one it sends on) until the node
+        // confirms the new generation 1; the node may be using any of them.
+        let replaced = [n.previous.take(), n.latest.take()];
+        n.superseded
+            .extend(replaced.into_iter().flatten().map(|g| g.spi));
+        let excess = n.superseded.len().saturating_sub(MAX_SUPERSEDED);
+        for spi in n.superseded.drain(..excess) {
+            self.retire(now.mono, id, spi);
+        }
+        let gen1 = self.new_generation(id, 1);
+        n.last_init_ts = timestamp_ms;
+        n.confirmed = false;
+        n.force_rotate = false;
+        n.inits += 1;
+        n.last_seen = Some(now.mono);
+        n.rotate_at = now.mono.plus_ms(n.rotate_interval_ms);
+        self.push_rotation(n.rotate_at, id);
+        let spi = gen1.spi;
+        let datagram = Message::Key {
+            spi: n.init_spi,
+            counter: 0,
+            init_reply: Some(InitReply {
+                hub_nonce,
+                hub_pub: *hub_pub.as_bytes(),
+            }),
+            generation: 1,
+            gen_spi: spi,
+            secret: gen1.secret.clone(),
+        }
+        .seal(&session);
+        n.latest = Some(gen1);
+        n.last_init = Some(Box::new((node_nonce, datagram.clone())));
+        self.actions.push_back(Action::Send { peer: id, datagram });
+        self.actions
+            .push_back(Action::Event(Event::Initialised { peer: id, spi }));
+        Ok(())
+    }
+}

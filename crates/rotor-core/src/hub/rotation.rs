@@ -1,0 +1,164 @@
+//! Hellos and what they trigger: confirmation of the latest generation,
+//! rotation to the next (I2: only after proof of the latest), `ack` when
+//! nothing is due, and the resend of the same key to a node that missed it (I4).
+
+use super::{CROSSING_HOLDOFF_MS, NodeState, Shared};
+use crate::action::{Action, DropReason, Event, PeerId, Time};
+use crate::generation::Generation;
+use crate::wire::{Datagram, Message};
+
+/// `key` for `latest`, sealed under `prev` (the generation the node holds).
+fn key_message(latest: &Generation, prev: &mut Generation) -> Vec<u8> {
+    Message::Key {
+        spi: prev.spi,
+        counter: prev.next_counter(),
+        init_reply: None,
+        generation: latest.number,
+        gen_spi: latest.spi,
+        secret: latest.secret.clone(),
+    }
+    .seal(&prev.ctl_h2n)
+}
+
+impl Shared {
+    /// A hello under one of node `id`'s generation SPIs. Only the latest and
+    /// previous generations are answered; one replaced and awaiting deletion
+    /// is stale.
+    pub(super) fn hello(
+        &mut self,
+        now: Time,
+        id: PeerId,
+        n: &mut NodeState,
+        dg: &Datagram<'_>,
+    ) -> Result<(), DropReason> {
+        let spi = dg.header.spi;
+        let is_latest = n.latest.as_ref().is_some_and(|g| g.spi == spi);
+        let is_previous = n.previous.as_ref().is_some_and(|g| g.spi == spi);
+        let g = match (is_latest, is_previous) {
+            (true, _) => n.latest.as_mut(),
+            (_, true) => n.previous.as_mut(),
+            _ => None,
+        }
+        .ok_or(DropReason::StaleGeneration)?;
+        if !g.rx_window.check(dg.header.counter) {
+            return Err(DropReason::Replay);
+        }
+        let Message::Hello {
+            generation: claimed,
+            rotate,
+            ..
+        } = dg.open(&g.ctl_n2h).map_err(DropReason::Wire)?
+        else {
+            return Err(DropReason::UnexpectedType);
+        };
+        if claimed != g.number {
+            return Err(DropReason::StaleGeneration);
+        }
+        g.rx_window.commit(dg.header.counter);
+        n.last_seen = Some(now);
+        if is_latest {
+            self.in_sync(now, id, n, rotate);
+        } else if !n.crossing_spared && now.since(n.key_sent_at) < CROSSING_HOLDOFF_MS {
+            n.crossing_spared = true;
+        } else {
+            self.resend(id, n);
+        }
+        Ok(())
+    }
+
+    /// A message under the latest generation: confirm it, rotate if due.
+    fn in_sync(&mut self, now: Time, id: PeerId, n: &mut NodeState, requested: bool) {
+        if !n.confirmed {
+            n.confirmed = true;
+            let (number, spi) = n
+                .latest
+                .as_ref()
+                .map(|g| (g.number, g.spi))
+                .unwrap_or_default();
+            self.actions.push_back(Action::Event(Event::Confirmed {
+                peer: id,
+                generation: number,
+            }));
+            if n.previous.is_none() {
+                // The init exception: generation 1 is sent on from its
+                // confirmation; the chain it replaced can go now, and so can
+                // the init reply (the node has it).
+                n.last_init = None;
+                self.set_outbound(id, n, Some(spi));
+                for s in std::mem::take(&mut n.superseded) {
+                    self.retire(now, id, s);
+                }
+            }
+        }
+        if n.force_rotate || requested || now >= n.rotate_at {
+            self.rotate(now, id, n);
+        } else {
+            self.send_ack(id, n);
+        }
+    }
+
+    /// Tells the node it is in sync, under the latest generation.
+    fn send_ack(&mut self, id: PeerId, n: &mut NodeState) {
+        if let Some(g) = n.latest.as_mut() {
+            let datagram = Message::Ack {
+                spi: g.spi,
+                counter: g.next_counter(),
+                generation: g.number,
+            }
+            .seal(&g.ctl_h2n);
+            self.actions.push_back(Action::Send { peer: id, datagram });
+        }
+    }
+
+    /// Creates N+1 (the node proved N), switches outbound to N, retires N-1,
+    /// and sends N+1 protected under N. Does nothing without a chain.
+    pub(super) fn rotate(&mut self, now: Time, id: PeerId, n: &mut NodeState) {
+        let Some(number) = n.latest.as_ref().map(|g| g.number + 1) else {
+            return;
+        };
+        let new = self.new_generation(id, number);
+        let old_prev = n.previous.take();
+        n.previous = n.latest.take();
+        let cur_spi = n.previous.as_ref().map(|g| g.spi);
+        self.set_outbound(id, n, cur_spi);
+        if let Some(p) = old_prev {
+            self.retire(now, id, p.spi);
+        }
+        let (new_number, new_spi) = (new.number, new.spi);
+        n.latest = Some(new);
+        n.confirmed = false;
+        n.force_rotate = false;
+        n.rotations += 1;
+        n.key_sent_at = now;
+        n.crossing_spared = false;
+        n.rotate_at = now.plus_ms(n.rotate_interval_ms);
+        self.push_rotation(n.rotate_at, id);
+        if let (Some(latest), Some(prev)) = (n.latest.as_ref(), n.previous.as_mut()) {
+            let datagram = key_message(latest, prev);
+            self.actions.push_back(Action::Send { peer: id, datagram });
+        }
+        self.actions.push_back(Action::Event(Event::Rotated {
+            peer: id,
+            generation: new_number,
+            spi: new_spi,
+            tx_spi: cur_spi.unwrap_or(0),
+        }));
+    }
+
+    /// A message under the previous generation: the node missed the latest
+    /// key; send the same key again (I4), protected under the previous one.
+    fn resend(&mut self, id: PeerId, n: &mut NodeState) {
+        let (Some(latest), Some(prev)) = (n.latest.as_ref(), n.previous.as_mut()) else {
+            return;
+        };
+        let (generation, spi) = (latest.number, latest.spi);
+        let datagram = key_message(latest, prev);
+        n.resends += 1;
+        self.actions.push_back(Action::Send { peer: id, datagram });
+        self.actions.push_back(Action::Event(Event::Resent {
+            peer: id,
+            generation,
+            spi,
+        }));
+    }
+}
