@@ -156,10 +156,23 @@ EOT
 	return 0
 }
 
+# start_hub: starts the hub and returns once it answers on its control
+# socket, which it serves only after its policies are in and its UDP control
+# socket is bound. A node started earlier sends its first hello to a hub host
+# with no listener on the control port: the hub's kernel answers with an ICMP
+# port unreachable in clear, which the node's inbound policy (ESP from the
+# hub) rejects as XfrmInTmplMismatch, a real error every scenario checks for.
 start_hub() {
 	ip netns exec hub "$ROTOR" hub --config "$WORK/hub.toml" >>"$WORK/hub.log" 2>&1 &
 	HUB_PID=$!
 	PIDS+=("$HUB_PID")
+	for _ in $(seq 1 200); do
+		hub_status >/dev/null && return 0
+		kill -0 "$HUB_PID" 2>/dev/null || break
+		sleep 0.1
+	done
+	fail "the hub answers on its control socket within 20 s"
+	return 1
 }
 
 start_node() { # start_node I
