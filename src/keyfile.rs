@@ -72,8 +72,7 @@ pub fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
             mode,
         });
     }
-    // SAFETY: geteuid has no preconditions and cannot fail.
-    let me = unsafe { libc::geteuid() };
+    let me = rustix::process::geteuid().as_raw();
     if meta.uid() != me {
         return Err(KeyFileError::Owner {
             path: path.to_path_buf(),

@@ -6,35 +6,20 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 
 use anyhow::{Context, bail};
+use rotor_sys::sockopt;
 use rotor_xfrm::{Family, bypass_ipsec};
+use rustix::fs::Mode;
+use rustix::process::umask;
+use tracing::warn;
 
 /// Receive/send buffer asked for on the control socket: a hub with many
 /// nodes must not drop hellos for lack of buffer space.
-const UDP_BUFFER: i32 = 8 * 1024 * 1024;
-
-fn set_buf(fd: i32, force: i32, plain: i32, size: i32) {
-    for name in [force, plain] {
-        // SAFETY: setsockopt reads size_of::<c_int>() bytes from a valid pointer.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                name,
-                (&size as *const i32).cast(),
-                std::mem::size_of::<i32>() as libc::socklen_t,
-            )
-        };
-        if rc == 0 {
-            return;
-        }
-    }
-}
+const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Binds the UDP control channel at `addr`, exempts it from every IPsec
 /// policy (so it works while the SAs it manages are broken) and enlarges its
 /// buffers. Non-blocking, ready for tokio.
 pub fn bind_control_udp(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
-    use std::os::fd::AsRawFd;
     let sock = UdpSocket::bind(addr).with_context(|| {
         format!("binding the UDP control channel on {addr} (is another rotor running, or the address not configured here?)")
     })?;
@@ -48,9 +33,14 @@ pub fn bind_control_udp(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocke
             "exempting the control socket {addr} from IPsec (IP_XFRM_POLICY needs CAP_NET_ADMIN)"
         )
     })?;
-    let fd = sock.as_raw_fd();
-    set_buf(fd, libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, UDP_BUFFER);
-    set_buf(fd, libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, UDP_BUFFER);
+    // The kernel's default buffers still work (a burst may then lose
+    // datagrams, which the protocol retries): warn, don't fail.
+    if let Err(e) = sockopt::set_recv_buffer(&sock, UDP_BUFFER) {
+        warn!(%addr, "control socket receive buffer: {e}");
+    }
+    if let Err(e) = sockopt::set_send_buffer(&sock, UDP_BUFFER) {
+        warn!(%addr, "control socket send buffer: {e}");
+    }
     sock.set_nonblocking(true)?;
     Ok(tokio::net::UdpSocket::from_std(sock)?)
 }
@@ -76,11 +66,10 @@ pub fn bind_control_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener
             .with_context(|| format!("removing the stale socket {}", path.display()))?;
     }
     // Bind under a restrictive umask so the socket is never briefly open to others.
-    // SAFETY: umask has no preconditions; it is restored right after bind.
-    let old = unsafe { libc::umask(0o177) };
+    // 0o177: nothing for group and others, no execute for the owner.
+    let old = umask(Mode::XUSR | Mode::RWXG | Mode::RWXO);
     let l = std::os::unix::net::UnixListener::bind(path);
-    // SAFETY: as above.
-    unsafe { libc::umask(old) };
+    umask(old);
     let l = l.with_context(|| format!("binding the control socket {}", path.display()))?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     l.set_nonblocking(true)?;

@@ -15,7 +15,6 @@ use std::collections::{BTreeMap, BinaryHeap};
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context;
@@ -31,21 +30,10 @@ use serde_json::json;
 use crate::addr::AddrMap;
 use crate::udp::{MultiSocket, Outgoing, RecvBatch};
 
-/// Set by SIGTERM/SIGINT: the loop ends and prints its summary.
-static STOP: AtomicBool = AtomicBool::new(false);
-
-extern "C" fn on_signal(_: libc::c_int) {
-    STOP.store(true, Ordering::Relaxed);
-}
-
-/// Installs the SIGTERM/SIGINT handlers that end [`Fleet::run`].
-pub fn install_stop_handlers() {
-    let h = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
-    // SAFETY: the handler only stores to an atomic, which is async-signal-safe.
-    unsafe {
-        libc::signal(libc::SIGTERM, h);
-        libc::signal(libc::SIGINT, h);
-    }
+/// Makes SIGTERM/SIGINT end [`Fleet::run`] after its current turn (it then
+/// prints its summary).
+pub fn install_stop_handlers() -> std::io::Result<()> {
+    rotor_sys::signal::catch_stop_signals()
 }
 
 /// How to run the fleet.
@@ -521,7 +509,7 @@ impl Fleet {
         let end = self.cfg.duration.map(|d| Instant::now() + d);
         let mut next_report = Instant::now();
         let every = Duration::from_millis(self.cfg.progress_ms.max(10));
-        while !STOP.load(Ordering::Relaxed) {
+        while !rotor_sys::signal::stop_requested() {
             if end.is_some_and(|e| Instant::now() >= e) {
                 break;
             }

@@ -29,6 +29,7 @@ use std::time::Instant;
 use anyhow::{Context, bail};
 use rotor::config::PeerMode;
 use rotor::peer_kernel::PeerKernel;
+use rotor_sys::process::{Who, cpu_time};
 use rotor_xfrm::{AeadKey, Op, OpResult, Ownership, Xfrm};
 use serde_json::json;
 
@@ -68,16 +69,12 @@ struct Cpu {
     sys: f64,
 }
 
-fn rusage(who: libc::c_int) -> Cpu {
-    // SAFETY: getrusage writes one rusage struct to a valid pointer.
-    let mut r: libc::rusage = unsafe { std::mem::zeroed() };
-    // SAFETY: as above.
-    unsafe { libc::getrusage(who, &mut r) };
-    let t = |tv: libc::timeval| tv.tv_sec as f64 + tv.tv_usec as f64 / 1e6;
-    Cpu {
-        user: t(r.ru_utime),
-        sys: t(r.ru_stime),
-    }
+fn rusage(who: Who) -> anyhow::Result<Cpu> {
+    let t = cpu_time(who).context("getrusage")?;
+    Ok(Cpu {
+        user: t.user.as_secs_f64(),
+        sys: t.system.as_secs_f64(),
+    })
 }
 
 fn peer(own: &Ownership, c: &FloorConfig, i: u32) -> anyhow::Result<PeerKernel> {
@@ -192,11 +189,11 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
             ops.push(p.delete_inbound_sa(spi(1, i)));
             ops.push(p.delete_outbound_sa(spi(1, i)));
         }
-        let c0 = rusage(libc::RUSAGE_SELF);
+        let c0 = rusage(Who::Process)?;
         let t0 = Instant::now();
         let results = x.apply(&ops).context("the measured batch")?;
         wall += t0.elapsed().as_secs_f64();
-        let c1 = rusage(libc::RUSAGE_SELF);
+        let c1 = rusage(Who::Process)?;
         check("the measured batch", &ops, &results)?;
         user += c1.user - c0.user;
         sys += c1.sys - c0.sys;
@@ -238,11 +235,11 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
             for i in 0..c.count {
                 ops.extend(make(&peer(&own, c, i)?, i)?);
             }
-            let c0 = rusage(libc::RUSAGE_SELF);
+            let c0 = rusage(Who::Process)?;
             let t0 = Instant::now();
             let results = x.apply(&ops).context("a by-kind batch")?;
             let wall = t0.elapsed().as_secs_f64();
-            let c1 = rusage(libc::RUSAGE_SELF);
+            let c1 = rusage(Who::Process)?;
             check(name, &ops, &results)?;
             let cpu = c1.user - c0.user + c1.sys - c0.sys;
             kinds.insert(
@@ -306,7 +303,7 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
         let (mut user, mut sys, mut wall) = (0.0, 0.0, 0.0);
         for _ in 0..ip_repeat {
             prepare(&mut x, c, &keys)?;
-            let c0 = rusage(libc::RUSAGE_CHILDREN);
+            let c0 = rusage(Who::Children)?;
             let t0 = Instant::now();
             let st = Command::new("ip")
                 .arg("-batch")
@@ -314,7 +311,7 @@ pub fn run(c: &FloorConfig) -> anyhow::Result<serde_json::Value> {
                 .status()
                 .context("running ip -batch")?;
             wall += t0.elapsed().as_secs_f64();
-            let c1 = rusage(libc::RUSAGE_CHILDREN);
+            let c1 = rusage(Who::Children)?;
             if !st.success() {
                 let _ = std::fs::remove_file(&path);
                 bail!("ip -batch failed ({st})");

@@ -208,7 +208,7 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         quiet: a.quiet,
     };
     let mut fleet = Fleet::new(cfg, nodes)?;
-    install_stop_handlers();
+    install_stop_handlers().context("catching SIGTERM and SIGINT")?;
     let summary = fleet.run()?;
     println!("{summary}");
     Ok(())

@@ -12,20 +12,18 @@
 //! load generator's own SAs (`--kernel`) never capture its control traffic.
 
 use std::io;
-use std::mem::{size_of, zeroed};
-use std::net::{Ipv4Addr, SocketAddrV4};
-use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4, UdpSocket};
+use std::time::Duration;
 
+use rotor_sys::{mmsg, sockopt};
 use rotor_xfrm::{Family, bypass_ipsec};
+use rustix::event::{PollFd, PollFlags, Timespec, poll};
 
 /// Largest control datagram accepted (rotor's are under 200 bytes).
-pub const MAX_DATAGRAM: usize = 2048;
+pub const MAX_DATAGRAM: usize = mmsg::DATAGRAM_MAX;
 
 /// Datagrams moved per `recvmmsg`/`sendmmsg` call.
-pub const BATCH: usize = 64;
-
-/// Room for one `IP_PKTINFO` control message (`CMSG_SPACE(sizeof(in_pktinfo))`).
-const CMSG_ROOM: usize = 64;
+pub const BATCH: usize = mmsg::BATCH;
 
 /// A received datagram's addresses and length (the bytes are in the batch).
 #[derive(Clone, Copy, Debug)]
@@ -38,15 +36,8 @@ pub struct Received {
     pub len: usize,
 }
 
-/// Receive buffers for one `recvmmsg` call.
-pub struct RecvBatch {
-    bufs: Vec<[u8; MAX_DATAGRAM]>,
-    names: Vec<libc::sockaddr_in>,
-    cmsgs: Vec<[u64; CMSG_ROOM / 8]>,
-    iovs: Vec<libc::iovec>,
-    hdrs: Vec<libc::mmsghdr>,
-    got: Vec<Received>,
-}
+/// Receive buffers for one `recvmmsg` call, with each datagram's addresses.
+pub struct RecvBatch(mmsg::RecvBatch);
 
 impl Default for RecvBatch {
     fn default() -> Self {
@@ -57,33 +48,34 @@ impl Default for RecvBatch {
 impl RecvBatch {
     /// Buffers for [`BATCH`] datagrams.
     pub fn new() -> Self {
-        RecvBatch {
-            bufs: vec![[0u8; MAX_DATAGRAM]; BATCH],
-            // SAFETY: sockaddr_in is plain old data; all-zero is a valid value.
-            names: vec![unsafe { zeroed() }; BATCH],
-            cmsgs: vec![[0u64; CMSG_ROOM / 8]; BATCH],
-            // SAFETY: as above, for iovec and mmsghdr (null pointers, zero lengths).
-            iovs: vec![unsafe { zeroed() }; BATCH],
-            hdrs: vec![unsafe { zeroed() }; BATCH],
-            got: Vec::with_capacity(BATCH),
-        }
+        RecvBatch(mmsg::RecvBatch::with_addresses())
     }
 
     /// The `i`-th datagram of the last receive, with its bytes.
     pub fn get(&self, i: usize) -> Option<(Received, &[u8])> {
-        let r = *self.got.get(i)?;
-        let data = self.bufs.get(i)?.get(..r.len.min(MAX_DATAGRAM))?;
-        Some((r, data))
+        let r = self.0.get(i)?;
+        // The socket is IPv4: anything else cannot come, and an unknown
+        // sender is dropped as not the hub.
+        let from = match r.from {
+            Some(SocketAddr::V4(a)) => a,
+            _ => SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0),
+        };
+        let to = match r.to {
+            Some(IpAddr::V4(a)) => Some(a),
+            _ => None,
+        };
+        let len = r.data.len();
+        Some((Received { from, to, len }, r.data))
     }
 
     /// Number of datagrams of the last receive.
     pub fn len(&self) -> usize {
-        self.got.len()
+        self.0.len()
     }
 
     /// Whether the last receive got nothing.
     pub fn is_empty(&self) -> bool {
-        self.got.is_empty()
+        self.0.is_empty()
     }
 }
 
@@ -97,255 +89,130 @@ pub struct Outgoing {
     pub data: Vec<u8>,
 }
 
+impl mmsg::Outgoing for Outgoing {
+    fn to(&self) -> SocketAddr {
+        SocketAddr::V4(self.to)
+    }
+    fn from(&self) -> Option<IpAddr> {
+        Some(IpAddr::V4(self.from))
+    }
+    fn data(&self) -> &[u8] {
+        &self.data
+    }
+}
+
 /// The wildcard-bound UDP socket.
 pub struct MultiSocket {
-    fd: OwnedFd,
+    sock: UdpSocket,
     /// Receive buffer the kernel granted (bytes, as `SO_RCVBUF` reports it).
     pub rcvbuf: usize,
     /// Send buffer the kernel granted.
     pub sndbuf: usize,
 }
 
-fn cvt(rc: libc::c_int) -> io::Result<libc::c_int> {
-    if rc < 0 {
-        Err(io::Error::last_os_error())
-    } else {
-        Ok(rc)
-    }
-}
-
-fn set_int(fd: RawFd, level: i32, name: i32, v: i32) -> io::Result<()> {
-    // SAFETY: setsockopt reads size_of::<c_int>() bytes from a valid pointer.
-    cvt(unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&v as *const i32).cast(),
-            size_of::<i32>() as libc::socklen_t,
-        )
-    })
-    .map(|_| ())
-}
-
-fn get_int(fd: RawFd, level: i32, name: i32) -> io::Result<i32> {
-    let mut v: i32 = 0;
-    let mut len = size_of::<i32>() as libc::socklen_t;
-    // SAFETY: getsockopt writes at most `len` bytes to a valid, aligned i32.
-    cvt(unsafe { libc::getsockopt(fd, level, name, (&mut v as *mut i32).cast(), &mut len) })?;
-    Ok(v)
-}
-
-fn sockaddr(a: SocketAddrV4) -> libc::sockaddr_in {
-    // SAFETY: plain old data; all-zero is valid.
-    let mut s: libc::sockaddr_in = unsafe { zeroed() };
-    s.sin_family = libc::AF_INET as libc::sa_family_t;
-    s.sin_port = a.port().to_be();
-    s.sin_addr.s_addr = u32::from(*a.ip()).to_be();
-    s
+/// Nothing queued (or the call was interrupted): try again later.
+fn is_transient(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted
+    )
 }
 
 impl MultiSocket {
     /// Binds `0.0.0.0:port` with `IP_PKTINFO`, the IPsec bypass, and buffers
     /// of `rcvbuf`/`sndbuf` bytes (forced past `rmem_max` when privileged).
+    /// Nothing reaches the port before the fleet starts, so setting the
+    /// options right after binding loses no datagram.
     pub fn bind(port: u16, rcvbuf: usize, sndbuf: usize) -> io::Result<Self> {
-        // SAFETY: socket() has no memory preconditions; the fd is owned below.
-        let raw = cvt(unsafe {
-            libc::socket(
-                libc::AF_INET,
-                libc::SOCK_DGRAM | libc::SOCK_NONBLOCK | libc::SOCK_CLOEXEC,
-                0,
-            )
-        })?;
-        // SAFETY: `raw` is a fresh descriptor that nothing else owns.
-        let fd = unsafe { OwnedFd::from_raw_fd(raw) };
-        set_int(raw, libc::IPPROTO_IP, libc::IP_PKTINFO, 1)?;
-        let clamp = |v: usize| i32::try_from(v).unwrap_or(i32::MAX / 2);
-        for (force, plain, size) in [
-            (libc::SO_RCVBUFFORCE, libc::SO_RCVBUF, clamp(rcvbuf)),
-            (libc::SO_SNDBUFFORCE, libc::SO_SNDBUF, clamp(sndbuf)),
-        ] {
-            if set_int(raw, libc::SOL_SOCKET, force, size).is_err() {
-                set_int(raw, libc::SOL_SOCKET, plain, size)?;
-            }
-        }
-        bypass_ipsec(&fd, Family::V4)?;
-        let addr = sockaddr(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port));
-        // SAFETY: bind reads a valid sockaddr_in of the given length.
-        cvt(unsafe {
-            libc::bind(
-                raw,
-                (&addr as *const libc::sockaddr_in).cast(),
-                size_of::<libc::sockaddr_in>() as libc::socklen_t,
-            )
-        })?;
-        let rcv = get_int(raw, libc::SOL_SOCKET, libc::SO_RCVBUF)?;
-        let snd = get_int(raw, libc::SOL_SOCKET, libc::SO_SNDBUF)?;
+        let sock = UdpSocket::bind(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, port))?;
+        sock.set_nonblocking(true)?;
+        sockopt::set_pktinfo(&sock, true)?;
+        sockopt::set_recv_buffer(&sock, rcvbuf)?;
+        sockopt::set_send_buffer(&sock, sndbuf)?;
+        bypass_ipsec(&sock, Family::V4)?;
         Ok(MultiSocket {
-            fd,
-            rcvbuf: usize::try_from(rcv).unwrap_or(0),
-            sndbuf: usize::try_from(snd).unwrap_or(0),
+            rcvbuf: sockopt::recv_buffer(&sock)?,
+            sndbuf: sockopt::send_buffer(&sock)?,
+            sock,
         })
     }
 
     /// Receives up to [`BATCH`] datagrams without blocking; 0 when none is
     /// waiting.
     pub fn recv_batch(&self, b: &mut RecvBatch) -> io::Result<usize> {
-        b.got.clear();
-        for i in 0..BATCH {
-            b.iovs[i] = libc::iovec {
-                iov_base: b.bufs[i].as_mut_ptr().cast(),
-                iov_len: MAX_DATAGRAM,
-            };
-            // SAFETY: plain old data; all-zero is valid.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = (&mut b.names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut b.iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = b.cmsgs[i].as_mut_ptr().cast();
-            h.msg_controllen = CMSG_ROOM as _;
-            b.hdrs[i] = libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            };
+        match mmsg::recv(&self.sock, &mut b.0) {
+            Err(e) if is_transient(&e) => Ok(0),
+            r => r,
         }
-        // SAFETY: every header points into buffers owned by `b`, which outlive
-        // the call; the kernel writes at most the lengths given.
-        let n = unsafe {
-            libc::recvmmsg(
-                self.fd.as_raw_fd(),
-                b.hdrs.as_mut_ptr(),
-                BATCH as libc::c_uint,
-                libc::MSG_DONTWAIT,
-                std::ptr::null_mut(),
-            )
-        };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(e),
-            };
-        }
-        let n = n as usize;
-        for i in 0..n {
-            let h = &b.hdrs[i];
-            let name = &b.names[i];
-            let from = SocketAddrV4::new(
-                Ipv4Addr::from(u32::from_be(name.sin_addr.s_addr)),
-                u16::from_be(name.sin_port),
-            );
-            let mut to = None;
-            // SAFETY: the header and its control buffer are valid and were
-            // filled by the kernel; CMSG_* walk within msg_controllen.
-            unsafe {
-                let mut c = libc::CMSG_FIRSTHDR(&h.msg_hdr);
-                while !c.is_null() {
-                    if (*c).cmsg_level == libc::IPPROTO_IP && (*c).cmsg_type == libc::IP_PKTINFO {
-                        let info: libc::in_pktinfo =
-                            std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
-                        to = Some(Ipv4Addr::from(u32::from_be(info.ipi_addr.s_addr)));
-                    }
-                    c = libc::CMSG_NXTHDR(&h.msg_hdr, c);
-                }
-            }
-            b.got.push(Received {
-                from,
-                to,
-                len: h.msg_len as usize,
-            });
-        }
-        Ok(n)
     }
 
     /// Sends as many of `out` as the socket takes without blocking, each from
     /// its node's address; returns how many left (from the front).
     /// `WouldBlock` comes back as `Ok(0)`.
     pub fn send_batch(&self, out: &[Outgoing]) -> io::Result<usize> {
-        let n = out.len().min(BATCH);
-        if n == 0 {
-            return Ok(0);
+        match mmsg::send(&self.sock, out) {
+            Err(e) if is_transient(&e) => Ok(0),
+            r => r,
         }
-        // SAFETY: plain old data; all-zero is valid.
-        let mut names: Vec<libc::sockaddr_in> = Vec::with_capacity(n);
-        let mut iovs: Vec<libc::iovec> = Vec::with_capacity(n);
-        let mut cmsgs: Vec<[u64; CMSG_ROOM / 8]> = vec![[0u64; CMSG_ROOM / 8]; n];
-        let mut hdrs: Vec<libc::mmsghdr> = Vec::with_capacity(n);
-        for o in &out[..n] {
-            names.push(sockaddr(o.to));
-            iovs.push(libc::iovec {
-                iov_base: o.data.as_ptr() as *mut libc::c_void,
-                iov_len: o.data.len(),
-            });
-        }
-        // SAFETY: CMSG_SPACE/CMSG_LEN are pure arithmetic.
-        let (space, clen) = unsafe {
-            (
-                libc::CMSG_SPACE(size_of::<libc::in_pktinfo>() as u32) as usize,
-                libc::CMSG_LEN(size_of::<libc::in_pktinfo>() as u32) as usize,
-            )
-        };
-        for i in 0..n {
-            // SAFETY: plain old data; all-zero is valid.
-            let mut h: libc::msghdr = unsafe { zeroed() };
-            h.msg_name = (&mut names[i] as *mut libc::sockaddr_in).cast();
-            h.msg_namelen = size_of::<libc::sockaddr_in>() as libc::socklen_t;
-            h.msg_iov = &mut iovs[i];
-            h.msg_iovlen = 1;
-            h.msg_control = cmsgs[i].as_mut_ptr().cast();
-            h.msg_controllen = space as _;
-            // SAFETY: the control buffer is CMSG_ROOM >= `space` bytes, aligned
-            // for cmsghdr (u64 array); we write one header and its data.
-            unsafe {
-                let c = libc::CMSG_FIRSTHDR(&h);
-                (*c).cmsg_level = libc::IPPROTO_IP;
-                (*c).cmsg_type = libc::IP_PKTINFO;
-                (*c).cmsg_len = clen as _;
-                let info = libc::in_pktinfo {
-                    ipi_ifindex: 0,
-                    ipi_spec_dst: libc::in_addr {
-                        s_addr: u32::from(out[i].from).to_be(),
-                    },
-                    ipi_addr: libc::in_addr { s_addr: 0 },
-                };
-                std::ptr::write_unaligned(libc::CMSG_DATA(c).cast(), info);
-            }
-            hdrs.push(libc::mmsghdr {
-                msg_hdr: h,
-                msg_len: 0,
-            });
-        }
-        // SAFETY: every header points into vectors alive until after the call.
-        let r = unsafe {
-            libc::sendmmsg(
-                self.fd.as_raw_fd(),
-                hdrs.as_mut_ptr(),
-                n as libc::c_uint,
-                libc::MSG_DONTWAIT,
-            )
-        };
-        if r < 0 {
-            let e = io::Error::last_os_error();
-            return match e.kind() {
-                io::ErrorKind::WouldBlock | io::ErrorKind::Interrupted => Ok(0),
-                _ => Err(e),
-            };
-        }
-        Ok(r as usize)
     }
 
     /// Waits up to `timeout_ms` for the socket to become readable (or
     /// writable too, with `want_write`). Returns early on a signal.
     pub fn wait(&self, timeout_ms: i32, want_write: bool) {
-        let mut p = libc::pollfd {
-            fd: self.fd.as_raw_fd(),
-            events: libc::POLLIN | if want_write { libc::POLLOUT } else { 0 },
-            revents: 0,
-        };
-        // SAFETY: one valid pollfd.
-        unsafe {
-            libc::poll(&mut p, 1, timeout_ms);
+        let mut flags = PollFlags::IN;
+        if want_write {
+            flags |= PollFlags::OUT;
         }
+        let ms = u64::try_from(timeout_ms).unwrap_or(0);
+        let timeout = Timespec::try_from(Duration::from_millis(ms)).unwrap_or_default();
+        // An error (EINTR from the stop signal) just ends the wait early,
+        // like a timeout: the caller's loop looks at the socket and the
+        // stop flag either way.
+        let _ = poll(&mut [PollFd::new(&self.sock, flags)], Some(&timeout));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn datagrams_carry_the_node_addresses_both_ways() {
+        // The IPsec bypass needs CAP_NET_ADMIN.
+        let Ok(s) = MultiSocket::bind(0, 1 << 16, 1 << 16) else {
+            return;
+        };
+        assert!(s.rcvbuf > 0 && s.sndbuf > 0);
+        let port = s.sock.local_addr().unwrap().port();
+        let to = SocketAddrV4::new(Ipv4Addr::LOCALHOST, port);
+        let out: Vec<Outgoing> = (1..=3u8)
+            .map(|i| Outgoing {
+                from: Ipv4Addr::new(127, 0, 0, i),
+                to,
+                data: vec![i; 5],
+            })
+            .collect();
+        assert_eq!(s.send_batch(&out).unwrap(), 3);
+        let mut b = RecvBatch::new();
+        let mut got = Vec::new();
+        for _ in 0..100 {
+            s.wait(100, false);
+            let n = s.recv_batch(&mut b).unwrap();
+            for i in 0..n {
+                let (r, data) = b.get(i).unwrap();
+                assert_eq!(r.len, data.len());
+                got.push((*r.from.ip(), r.to, data.to_vec()));
+            }
+            if got.len() == 3 {
+                break;
+            }
+        }
+        let want: Vec<_> = out
+            .iter()
+            .map(|o| (o.from, Some(Ipv4Addr::LOCALHOST), o.data.clone()))
+            .collect();
+        assert_eq!(got, want, "each from its node's address, to the socket's");
+        assert_eq!(s.recv_batch(&mut b).unwrap(), 0, "WouldBlock is 0");
+        assert!(b.is_empty());
     }
 }

@@ -7,13 +7,14 @@
 //! socket: nothing is left in the kernel.
 
 use std::io;
-use std::os::fd::AsRawFd;
+use std::os::fd::AsFd;
 
 use netlink_packet_core::Emitable;
 use netlink_packet_xfrm::{
     UserPolicyInfo, XFRM_POLICY_ALLOW, XFRM_POLICY_IN, XFRM_POLICY_OUT,
     constants::{AF_INET, AF_INET6},
 };
+use rotor_sys::sockopt;
 
 /// Address family of the socket to exempt.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -27,10 +28,10 @@ pub enum Family {
 
 /// Exempts `socket` from all IPsec policies, inbound and outbound. Needs
 /// CAP_NET_ADMIN (EPERM otherwise).
-pub fn bypass_ipsec(socket: &impl AsRawFd, family: Family) -> io::Result<()> {
-    let (level, name, af) = match family {
-        Family::V4 => (libc::IPPROTO_IP, libc::IP_XFRM_POLICY, AF_INET),
-        Family::V6 => (libc::IPPROTO_IPV6, libc::IPV6_XFRM_POLICY, AF_INET6),
+pub fn bypass_ipsec(socket: &impl AsFd, family: Family) -> io::Result<()> {
+    let (af, sys_family) = match family {
+        Family::V4 => (AF_INET, sockopt::Family::V4),
+        Family::V6 => (AF_INET6, sockopt::Family::V6),
     };
     for dir in [XFRM_POLICY_IN, XFRM_POLICY_OUT] {
         let mut info = UserPolicyInfo {
@@ -41,20 +42,7 @@ pub fn bypass_ipsec(socket: &impl AsRawFd, family: Family) -> io::Result<()> {
         info.selector.family = af;
         let mut buf = vec![0u8; info.buffer_len()];
         info.emit(&mut buf);
-        // SAFETY: the kernel reads exactly buf.len() bytes of a valid
-        // struct xfrm_userpolicy_info from the pointer.
-        let rc = unsafe {
-            libc::setsockopt(
-                socket.as_raw_fd(),
-                level,
-                name,
-                buf.as_ptr().cast(),
-                buf.len() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(io::Error::last_os_error());
-        }
+        sockopt::set_xfrm_policy(socket, sys_family, &buf)?;
     }
     Ok(())
 }

@@ -14,7 +14,6 @@
 //! It knows nothing about rotation: that is `rotor-core`'s job.
 
 #![warn(missing_docs)]
-#![deny(unsafe_op_in_unsafe_fn)]
 
 mod bypass;
 mod client;

@@ -8,12 +8,13 @@
 //! receive timeout so a lost reply can never hang the daemon.
 
 use std::io;
-use std::os::fd::AsRawFd;
+
 use std::time::Duration;
 
 use netlink_packet_core::{NLM_F_ACK, NLM_F_DUMP, NLM_F_REQUEST};
 use netlink_packet_xfrm::XfrmMessage;
 use netlink_sys::{Socket, SocketAddr, protocols::NETLINK_XFRM};
+use rotor_sys::sockopt;
 
 use crate::error::XfrmError;
 
@@ -67,24 +68,6 @@ fn sock_err(context: &'static str) -> impl FnOnce(io::Error) -> XfrmError {
     move |source| XfrmError::Socket { context, source }
 }
 
-fn set_int_opt(fd: i32, level: i32, name: i32, value: i32) -> io::Result<()> {
-    // SAFETY: setsockopt reads exactly size_of::<c_int>() bytes from a valid pointer.
-    let rc = unsafe {
-        libc::setsockopt(
-            fd,
-            level,
-            name,
-            (&value as *const i32).cast(),
-            std::mem::size_of::<i32>() as libc::socklen_t,
-        )
-    };
-    if rc == 0 {
-        Ok(())
-    } else {
-        Err(io::Error::last_os_error())
-    }
-}
-
 impl XfrmSocket {
     /// Opens and configures the socket. Needs no privilege; the kernel checks
     /// CAP_NET_ADMIN per request.
@@ -97,33 +80,10 @@ impl XfrmSocket {
             .map_err(sock_err("NETLINK_CAP_ACK"))?;
         sock.set_ext_ack(true)
             .map_err(sock_err("NETLINK_EXT_ACK"))?;
-        let fd = sock.as_raw_fd();
-        // The FORCE variants need CAP_NET_ADMIN; fall back to the capped ones.
-        if set_int_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, SNDBUF as i32).is_err() {
-            set_int_opt(fd, libc::SOL_SOCKET, libc::SO_SNDBUF, SNDBUF as i32)
-                .map_err(sock_err("SO_SNDBUF"))?;
-        }
-        if set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, RCVBUF as i32).is_err() {
-            set_int_opt(fd, libc::SOL_SOCKET, libc::SO_RCVBUF, RCVBUF as i32)
-                .map_err(sock_err("SO_RCVBUF"))?;
-        }
-        let tv = libc::timeval {
-            tv_sec: timeout.as_secs() as libc::time_t,
-            tv_usec: timeout.subsec_micros() as libc::suseconds_t,
-        };
-        // SAFETY: setsockopt reads exactly size_of::<timeval>() bytes.
-        let rc = unsafe {
-            libc::setsockopt(
-                fd,
-                libc::SOL_SOCKET,
-                libc::SO_RCVTIMEO,
-                (&tv as *const libc::timeval).cast(),
-                std::mem::size_of::<libc::timeval>() as libc::socklen_t,
-            )
-        };
-        if rc != 0 {
-            return Err(sock_err("SO_RCVTIMEO")(io::Error::last_os_error()));
-        }
+        // The FORCE variants need CAP_NET_ADMIN; these fall back to the capped ones.
+        sockopt::set_send_buffer(&sock, SNDBUF).map_err(sock_err("SO_SNDBUF"))?;
+        sockopt::set_recv_buffer(&sock, RCVBUF).map_err(sock_err("SO_RCVBUF"))?;
+        sockopt::set_recv_timeout(&sock, timeout).map_err(sock_err("SO_RCVTIMEO"))?;
         Ok(XfrmSocket {
             sock,
             seq: 1,

@@ -58,11 +58,9 @@ fn probe_here(addr_v6: bool) -> Result<(), XfrmError> {
 /// Probes ESP support (IPv4 and IPv6) in a private network namespace.
 pub fn probe_esp() -> Capability {
     let handle = std::thread::spawn(|| {
-        // SAFETY: unshare only changes this thread's namespace; the thread
-        // ends right after the probe, taking the namespace with it.
-        let rc = unsafe { libc::unshare(libc::CLONE_NEWNET) };
-        if rc != 0 {
-            let e = std::io::Error::last_os_error();
+        // Only this thread moves; it ends right after the probe, taking the
+        // namespace with it.
+        if let Err(e) = rotor_sys::process::unshare_network() {
             return if e.raw_os_error() == Some(libc::EPERM) {
                 Capability::NotPermitted(format!("cannot create a probe network namespace: {e}"))
             } else {
