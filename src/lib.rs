@@ -15,9 +15,6 @@ pub mod check;
 pub mod cli;
 pub mod config;
 pub mod control;
-// daemon.rs still calls libc::malloc_trim itself; once it calls
-// rotor_sys::malloc_trim, this allow goes.
-#[allow(unsafe_code)]
 pub mod daemon;
 pub mod keyfile;
 pub mod peer_kernel;

@@ -75,13 +75,3 @@ pub fn bind_control_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener
     l.set_nonblocking(true)?;
     Ok(tokio::net::UnixListener::from_std(l)?)
 }
-
-/// Returns free heap pages to the system (glibc's `malloc_trim`); nothing
-/// elsewhere.
-pub fn trim_heap() {
-    // SAFETY: malloc_trim only releases free heap pages; it is always safe.
-    #[cfg(target_env = "gnu")]
-    unsafe {
-        libc::malloc_trim(0);
-    }
-}

@@ -3,8 +3,9 @@
 //!
 //! A hub rotating thousands of nodes receives a burst of hellos and sends a
 //! burst of keys; one system call per datagram dominated its CPU in the scale
-//! benchmark (docs/performance.md). The daemons never look at a datagram's
-//! source address (the SPI names the peer), so receiving skips it.
+//! benchmark (docs/performance.md). The SPI names the peer, not the source
+//! address; the event loop receives addresses only so a node can shed
+//! datagrams that do not come from its hub.
 
 use std::io;
 use std::net::SocketAddr;

@@ -43,7 +43,8 @@ pub async fn run<R: Role, K: Kernel>(
     shutdown: impl Future<Output = ()>,
 ) {
     tokio::pin!(shutdown);
-    let mut batch = RecvBatch::default();
+    // With source addresses: a node sheds datagrams not from its hub.
+    let mut batch = RecvBatch::with_addresses();
     let mut actions: Vec<Action> = Vec::new();
     loop {
         // The core's next timer, or a refused kernel operation's retry; an
@@ -60,11 +61,9 @@ pub async fn run<R: Role, K: Kernel>(
                     // One clock read per receive call, not per datagram
                     // (without a vDSO each read is a system call).
                     let now = clock.now();
-                    for d in batch.datagrams() {
-                        // INTERIM: source addresses come with the batched receive.
-                        let from = role.peer_addr(rotor_core::PeerId(0)).unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0)));
-                        if role.accepts_from(from) {
-                            role.machine_mut().handle_datagram(now, d);
+                    for r in (0..batch.len()).filter_map(|i| batch.get(i)) {
+                        if r.from.is_some_and(|from| role.accepts_from(from)) {
+                            role.machine_mut().handle_datagram(now, r.data);
                         }
                         taken += 1;
                     }

@@ -69,7 +69,7 @@ pub async fn serve<R: Role, K: Kernel>(
     kernel.start()?;
     // Give the heap the configuration parser and the policy set-up left
     // behind back to the system (measured: ~1 KB per node at 10,000 nodes).
-    crate::sockets::trim_heap();
+    rotor_sys::malloc_trim();
     let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
     let server = control_server::spawn(listener, tx);
     event_loop::run(&mut role, &mut kernel, &udp, &mut calls, &clock, shutdown).await;
