@@ -586,6 +586,22 @@ fn a_socket_full_of_junk_delays_neither_status_nor_grace_deletions() {
     // one more in grace; timers that starved would let them pile up.
     assert!(g1 > g0, "rotations went on under the flood ({g0} -> {g1})");
     assert!(max_sas <= 6, "hub SAs peaked at {max_sas}");
+    // A node listens to its hub only: the same junk from elsewhere is shed
+    // before the core and counted.
+    let s = UdpSocket::bind(SocketAddr::new(
+        IpAddr::V4(Ipv4Addr::new(127, net.net, 8, 9)),
+        0,
+    ))
+    .unwrap();
+    for _ in 0..10 {
+        s.send_to(&[1u8, 1, 0, 0], SocketAddr::new(net.node_ip(0), net.port))
+            .unwrap();
+    }
+    wait_for(
+        "the node to shed 10 datagrams",
+        Duration::from_secs(5),
+        || node.status().drops.get("wrong_source") == Some(&10),
+    );
     node.stop().unwrap();
     hub.stop().unwrap();
 }

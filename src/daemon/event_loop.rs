@@ -46,6 +46,8 @@ pub async fn run<R: Role, K: Kernel>(
     // With source addresses: a node sheds datagrams not from its hub.
     let mut batch = RecvBatch::with_addresses();
     let mut actions: Vec<Action> = Vec::new();
+    // Datagrams shed for their source, shown with the machine's drops.
+    let mut wrong_source: u64 = 0;
     loop {
         // The core's next timer, or a refused kernel operation's retry; an
         // early wake-up is harmless (only what is due fires).
@@ -61,9 +63,11 @@ pub async fn run<R: Role, K: Kernel>(
                     // One clock read per receive call, not per datagram
                     // (without a vDSO each read is a system call).
                     let now = clock.now();
-                    for r in (0..batch.len()).filter_map(|i| batch.get(i)) {
-                        if r.from.is_some_and(|from| role.accepts_from(from)) {
-                            role.machine_mut().handle_datagram(now, r.data);
+                    for d in (0..batch.len()).filter_map(|i| batch.get(i)) {
+                        if d.from.is_some_and(|from| role.accepts_from(from)) {
+                            role.machine_mut().handle_datagram(now, d.data);
+                        } else {
+                            wrong_source += 1;
                         }
                         taken += 1;
                     }
@@ -73,7 +77,7 @@ pub async fn run<R: Role, K: Kernel>(
                 full_burst = taken >= MAX_BURST;
             }
             _ = sleep_until(wake) => {}
-            Some(call) = calls.recv() => answer(role, kernel, clock.now(), call),
+            Some(call) = calls.recv() => answer(role, kernel, wrong_source, clock.now(), call),
         }
         let now = clock.now();
         if role.machine().poll_timeout().is_some_and(|t| t <= now.mono) {
@@ -81,7 +85,7 @@ pub async fn run<R: Role, K: Kernel>(
         }
         for _ in 0..CALLS_PER_TURN {
             match calls.try_recv() {
-                Ok(call) => answer(role, kernel, now, call),
+                Ok(call) => answer(role, kernel, wrong_source, now, call),
                 Err(_) => break,
             }
         }
@@ -145,12 +149,22 @@ async fn execute<R: Role, K: Kernel>(
 }
 
 /// Answers one control call from the machine's current state.
-fn answer<R: Role, K: Kernel>(role: &mut R, kernel: &KernelExec<K>, now: Now, call: Call) {
+fn answer<R: Role, K: Kernel>(
+    role: &mut R,
+    kernel: &KernelExec<K>,
+    wrong_source: u64,
+    now: Now,
+    call: Call,
+) {
     match call {
         Call::Status { from, reply } => {
+            let mut drops = drops_map(role.machine().drops());
+            if wrong_source > 0 {
+                drops.insert("wrong_source".to_string(), wrong_source);
+            }
             let head = StatusHead {
                 role: R::NAME.to_string(),
-                drops: drops_map(role.machine().drops()),
+                drops,
                 kernel_errors: kernel.errors(),
             };
             let end = role.peer_count().min(from.saturating_add(PAGE));
