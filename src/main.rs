@@ -20,13 +20,49 @@ fn genkey() -> anyhow::Result<()> {
     Ok(())
 }
 
-fn init_logging() {
-    use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_env("ROTOR_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+/// The log filter `ROTOR_LOG` asks for: a level (`warning` is taken for
+/// `warn`), or a tracing directive such as `rotor=debug,info`; unset or
+/// empty means `info`. A bare word that is no level is refused: tracing
+/// would take it for a target name and silently log nothing, errors
+/// included.
+fn log_filter(value: Option<&str>) -> Result<tracing_subscriber::EnvFilter, String> {
+    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
+    let v = value.map(str::trim).unwrap_or("");
+    let directive = if v.is_empty() {
+        "info".to_string()
+    } else if v.contains(['=', ',', ':', '[']) {
+        v.to_string()
+    } else {
+        let w = v.to_ascii_lowercase();
+        let w = if w == "warning" {
+            "warn".to_string()
+        } else {
+            w
+        };
+        if !LEVELS.contains(&w.as_str()) {
+            return Err(format!(
+                "ROTOR_LOG={v}: not a log level; use one of {} (or a directive such as rotor=debug)",
+                LEVELS.join(", ")
+            ));
+        }
+        w
+    };
+    tracing_subscriber::EnvFilter::try_new(&directive).map_err(|e| format!("ROTOR_LOG={v}: {e}"))
+}
+
+/// Logs to stderr, with colours only when stderr is a terminal (a log file
+/// or the journal gets plain text).
+fn init_logging() -> anyhow::Result<()> {
+    use std::io::IsTerminal;
+    let value = std::env::var("ROTOR_LOG").ok();
+    let filter = log_filter(value.as_deref()).map_err(anyhow::Error::msg)?;
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_target(false)
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
         .init();
+    Ok(())
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
@@ -42,12 +78,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config } => check::run(&config),
         Command::Hub { config } => {
             let cfg = rotor::config::load_hub(&config)?;
-            init_logging();
+            init_logging()?;
             runtime()?.block_on(rotor::daemon::run_hub(cfg))
         }
         Command::Node { config } => {
             let cfg = rotor::config::load_node(&config)?;
-            init_logging();
+            init_logging()?;
             runtime()?.block_on(rotor::daemon::run_node(cfg))
         }
         Command::Status { socket, json } => {
@@ -80,5 +116,34 @@ fn main() -> ExitCode {
             eprintln!("rotor: {e:#}");
             ExitCode::FAILURE
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::log_filter;
+
+    #[test]
+    fn rotor_log_takes_levels_and_directives_and_refuses_other_words() {
+        for ok in [
+            None,
+            Some(""),
+            Some("info"),
+            Some("WARNING"),
+            Some("warn"),
+            Some("debug"),
+            Some("rotor=debug,info"),
+            Some("off"),
+        ] {
+            assert!(log_filter(ok).is_ok(), "{ok:?}");
+        }
+        for bad in ["verbose", "warnings", "loud"] {
+            let e = log_filter(Some(bad)).unwrap_err();
+            assert!(
+                e.starts_with(&format!("ROTOR_LOG={bad}: not a log level")),
+                "{e}"
+            );
+        }
+        assert_eq!(log_filter(Some("warning")).unwrap().to_string(), "warn");
     }
 }
