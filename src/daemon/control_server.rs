@@ -35,13 +35,13 @@ pub const QUEUE: usize = 64;
 /// What a connection asks of the event loop.
 #[derive(Debug)]
 pub enum Call {
-    /// The status head and rows `from..from + PAGE` (fewer at the end, none
-    /// past it).
+    /// The status head (with the first page only) and rows
+    /// `from..from + PAGE` (fewer at the end, none past it).
     Status {
         /// First row.
         from: usize,
         /// Where the answer goes.
-        reply: oneshot::Sender<(StatusHead, Vec<PeerStatus>)>,
+        reply: oneshot::Sender<(Option<StatusHead>, Vec<PeerStatus>)>,
     },
     /// `rotor rotate`.
     Rotate {
@@ -136,7 +136,7 @@ async fn stream_status(w: &mut OwnedWriteHalf, calls: &mpsc::Sender<Call>) {
             return;
         };
         out.clear();
-        if from == 0 {
+        if let Some(head) = head {
             out.push_str(&head.open());
         }
         for row in &rows {

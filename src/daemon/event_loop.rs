@@ -158,15 +158,18 @@ fn answer<R: Role, K: Kernel>(
 ) {
     match call {
         Call::Status { from, reply } => {
-            let mut drops = drops_map(role.machine().drops());
-            if wrong_source > 0 {
-                drops.insert("wrong_source".to_string(), wrong_source);
-            }
-            let head = StatusHead {
-                role: R::NAME.to_string(),
-                drops,
-                kernel_errors: kernel.errors(),
-            };
+            // The head goes out once, with the first page.
+            let head = (from == 0).then(|| {
+                let mut drops = drops_map(role.machine().drops());
+                if wrong_source > 0 {
+                    drops.insert("wrong_source".to_string(), wrong_source);
+                }
+                StatusHead {
+                    role: R::NAME.to_string(),
+                    drops,
+                    kernel_errors: kernel.errors(),
+                }
+            });
             let end = role.peer_count().min(from.saturating_add(PAGE));
             let rows = (from..end)
                 .filter_map(|i| role.peer_status(i, now.mono))
