@@ -19,4 +19,5 @@ pub mod daemon;
 pub mod keyfile;
 pub mod peer_kernel;
 pub mod sockets;
+pub mod store;
 pub mod udp_batch;
