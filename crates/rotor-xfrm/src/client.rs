@@ -17,7 +17,7 @@ use netlink_packet_xfrm::{
 };
 use zeroize::Zeroize;
 
-use crate::dump::{PolicyInfo, SaInfo, parse_policy, parse_sa};
+use crate::dump::{OwnedObjects, PolicyInfo, SaInfo, parse_policy, parse_sa};
 use crate::encode::{encode, scrub};
 use crate::error::{KernelError, SpecError, XfrmError};
 use crate::netlink::{MAX_DATAGRAM, Reply, XfrmSocket};
@@ -274,6 +274,18 @@ impl Xfrm {
             "policies",
             parse_policy,
         )
+    }
+
+    /// The SAs and policies in this handle's ownership range (two dumps: SAs,
+    /// then policies; not one atomic snapshot, so a change in between can
+    /// show in one and not the other). See [`OwnedObjects`].
+    pub fn dump_owned(&mut self) -> Result<OwnedObjects, XfrmError> {
+        let own = self.own;
+        let mut sas = self.dump_sas()?;
+        sas.retain(|s| own.owns(s.reqid));
+        let mut policies = self.dump_policies()?;
+        policies.retain(|p| p.owned_by(&own));
+        Ok(OwnedObjects { sas, policies })
     }
 
     /// Deletes every SA and policy rotor owns in this namespace (by reqid, see

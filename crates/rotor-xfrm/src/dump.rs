@@ -67,6 +67,18 @@ pub struct PolicyInfo {
     pub has_mark_or_ifid: bool,
 }
 
+/// What [`crate::Kernel::dump_owned`] found: the SAs whose reqid, and the
+/// policies any of whose templates' reqid, lies in the handle's ownership
+/// range (in no particular order). Template-less (bypass) policies carry no
+/// reqid and are never in it.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct OwnedObjects {
+    /// rotor's SAs.
+    pub sas: Vec<SaInfo>,
+    /// rotor's policies.
+    pub policies: Vec<PolicyInfo>,
+}
+
 impl PolicyInfo {
     /// Whether any template names a reqid in `own`'s range: rotor's policy.
     pub fn owned_by(&self, own: &Ownership) -> bool {
@@ -74,7 +86,7 @@ impl PolicyInfo {
     }
 }
 
-fn ip(addr: &Address, family: u16) -> IpAddr {
+pub(crate) fn ip(addr: &Address, family: u16) -> IpAddr {
     if family == AF_INET6 {
         IpAddr::V6(Ipv6Addr::from(addr.addr))
     } else {
@@ -90,7 +102,7 @@ fn net(addr: &Address, prefix: u8, family: u16) -> IpNet {
     }
 }
 
-fn policy_selector(sel: &Selector) -> PolicySelector {
+pub(crate) fn policy_selector(sel: &Selector) -> PolicySelector {
     PolicySelector {
         src: net(&sel.saddr, sel.prefixlen_s, sel.family),
         dst: net(&sel.daddr, sel.prefixlen_d, sel.family),

@@ -60,6 +60,25 @@ fn check_reqid(own: &Ownership, reqid: u32) -> Result<(), SpecError> {
     Ok(())
 }
 
+/// Refuses lifetime pairs that cannot be meant (see
+/// [`SpecError::BadLifetime`]).
+fn check_lifetimes(l: &Lifetimes) -> Result<(), SpecError> {
+    for (which, pair, soft_min) in [
+        ("seconds", l.add_seconds, 0),
+        ("packets", l.packets, 1),
+        ("bytes", l.bytes, 1),
+    ] {
+        if let Some((soft, hard)) = pair
+            && (hard == 0 || soft > hard || soft < soft_min)
+        {
+            return Err(SpecError::BadLifetime { which, soft, hard });
+        }
+    }
+    Ok(())
+}
+
+/// `xfrm_usersa_info.lft`: unset byte and packet limits stay `XFRM_INF`,
+/// unset seconds 0 (the kernel's "none"); `use` lifetimes are never set.
 fn lifetime_config(l: &Lifetimes) -> LifetimeConfig {
     let mut cfg = LifetimeConfig::default();
     if let Some((soft, hard)) = l.bytes {
@@ -89,6 +108,7 @@ fn sa_message(own: &Ownership, s: &SaSpec) -> Result<SaModify, SpecError> {
     if s.esn && s.replay_window == 0 {
         return Err(SpecError::EsnWithoutWindow);
     }
+    check_lifetimes(&s.lifetimes)?;
     let mut info = UserSaInfo::default();
     info.source(&s.src);
     info.destination(&s.dst);
@@ -294,4 +314,108 @@ pub(crate) fn is_rfc4106(a: &AlgAead) -> bool {
         .position(|b| *b == 0)
         .unwrap_or(a.alg_name.len());
     &a.alg_name[..end] == AEAD_ALG.as_bytes()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::AeadKey;
+    use netlink_packet_core::NetlinkSerializable;
+    use netlink_packet_xfrm::XFRM_INF;
+
+    fn spec(lifetimes: Lifetimes) -> SaSpec {
+        SaSpec {
+            src: "10.9.0.1".parse().unwrap(),
+            dst: "10.9.0.2".parse().unwrap(),
+            spi: 0x1001,
+            reqid: Ownership::default().base(),
+            mode: Mode::Transport,
+            key: AeadKey::new(vec![1; 20]).unwrap(),
+            replay_window: 64,
+            esn: false,
+            encap: None,
+            lifetimes,
+            selector: None,
+        }
+    }
+
+    /// The eight u64s of `xfrm_usersa_info.lft` (`struct
+    /// xfrm_lifetime_cfg`): at offset 96, after the selector (56 bytes),
+    /// the id (24) and saddr (16).
+    fn lft(l: Lifetimes) -> [u64; 8] {
+        let msg = encode(&Ownership::default(), &Op::AddSa(spec(l))).unwrap();
+        let mut v = vec![0; NetlinkSerializable::buffer_len(&msg)];
+        msg.serialize(&mut v);
+        let mut out = [0u64; 8];
+        for (i, o) in out.iter_mut().enumerate() {
+            let at = 96 + 8 * i;
+            *o = u64::from_ne_bytes(v[at..at + 8].try_into().unwrap());
+        }
+        v.zeroize();
+        out
+    }
+
+    #[test]
+    fn lifetimes_land_in_the_kernel_fields() {
+        // soft_byte, hard_byte, soft_packet, hard_packet, soft_add,
+        // hard_add, soft_use, hard_use.
+        assert_eq!(
+            lft(Lifetimes::default()),
+            [XFRM_INF, XFRM_INF, XFRM_INF, XFRM_INF, 0, 0, 0, 0]
+        );
+        assert_eq!(
+            lft(Lifetimes {
+                add_seconds: Some((3240, 3600)),
+                packets: None,
+                bytes: None,
+            }),
+            [XFRM_INF, XFRM_INF, XFRM_INF, XFRM_INF, 3240, 3600, 0, 0]
+        );
+        assert_eq!(
+            lft(Lifetimes {
+                add_seconds: Some((0, 60)),
+                packets: Some((1000, 2000)),
+                bytes: Some((1 << 30, 1 << 31)),
+            }),
+            [1 << 30, 1 << 31, 1000, 2000, 0, 60, 0, 0]
+        );
+    }
+
+    #[test]
+    fn lifetimes_that_cannot_be_meant_are_refused() {
+        let bad = [
+            Lifetimes {
+                add_seconds: Some((10, 0)),
+                ..Default::default()
+            },
+            Lifetimes {
+                add_seconds: Some((0, 0)),
+                ..Default::default()
+            },
+            Lifetimes {
+                add_seconds: Some((61, 60)),
+                ..Default::default()
+            },
+            Lifetimes {
+                packets: Some((0, 100)),
+                ..Default::default()
+            },
+            Lifetimes {
+                bytes: Some((200, 100)),
+                ..Default::default()
+            },
+        ];
+        for l in bad {
+            let e = encode(&Ownership::default(), &Op::AddSa(spec(l))).unwrap_err();
+            assert!(matches!(e, SpecError::BadLifetime { .. }), "{l:?}: {e}");
+            let e = encode(&Ownership::default(), &Op::UpdateSa(spec(l))).unwrap_err();
+            assert!(matches!(e, SpecError::BadLifetime { .. }), "{l:?}: {e}");
+        }
+        let ok = Lifetimes {
+            add_seconds: Some((60, 60)),
+            packets: Some((1, 1)),
+            bytes: None,
+        };
+        assert!(encode(&Ownership::default(), &Op::AddSa(spec(ok))).is_ok());
+    }
 }

@@ -25,6 +25,23 @@ pub enum SpecError {
     /// recognised as rotor's later.
     #[error("reqid {0:#x} is outside rotor's reqid range")]
     ForeignReqid(u32),
+    /// A lifetime pair the kernel would take but that cannot be meant: a
+    /// hard limit of 0 (the kernel reads 0 seconds as "no limit" and 0
+    /// packets or bytes as "expire at once": say `None` instead), a soft
+    /// limit above the hard one (never fires), or a soft limit of 0 packets
+    /// or bytes (fires on the first packet).
+    #[error(
+        "{which} lifetime soft={soft} hard={hard}: needs hard >= 1 and soft <= hard \
+         (soft >= 1 for packets and bytes); use None for no limit"
+    )]
+    BadLifetime {
+        /// `seconds`, `packets` or `bytes`.
+        which: &'static str,
+        /// The soft limit given.
+        soft: u64,
+        /// The hard limit given.
+        hard: u64,
+    },
     /// Tunnel mode needs the outer endpoints in the template.
     #[error("tunnel-mode policy needs template endpoints")]
     TunnelWithoutEndpoints,

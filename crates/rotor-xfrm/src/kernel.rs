@@ -4,11 +4,12 @@
 //! refusal means "already in the wanted state".
 
 use crate::client::{OpResult, RemoveReport};
+use crate::dump::OwnedObjects;
 use crate::error::{KernelError, XfrmError};
 use crate::spec::Op;
 
 /// What a daemon needs from the kernel: batched operations with one result
-/// each, and removal of everything it owns.
+/// each, a dump of everything it owns, and removal of it.
 pub trait Kernel {
     /// Applies `ops` in order and returns one result per operation (same
     /// order). A failed operation does not stop the ones after it. `Err`
@@ -19,6 +20,10 @@ pub trait Kernel {
     /// Deletes every SA and policy this handle's ownership range covers, and
     /// nothing else (policies first).
     fn remove_owned(&mut self) -> Result<RemoveReport, XfrmError>;
+
+    /// The SAs and policies in this handle's ownership range as they are now
+    /// (see [`OwnedObjects`]): what a restarting daemon adopts.
+    fn dump_owned(&mut self) -> Result<OwnedObjects, XfrmError>;
 }
 
 impl Kernel for crate::Xfrm {
@@ -28,6 +33,10 @@ impl Kernel for crate::Xfrm {
 
     fn remove_owned(&mut self) -> Result<RemoveReport, XfrmError> {
         crate::Xfrm::remove_owned(self)
+    }
+
+    fn dump_owned(&mut self) -> Result<OwnedObjects, XfrmError> {
+        crate::Xfrm::dump_owned(self)
     }
 }
 

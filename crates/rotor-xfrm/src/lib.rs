@@ -8,6 +8,9 @@
 //! * many operations go to the kernel in one netlink write, and every
 //!   operation gets its own result ([`OpResult`]) with the errno and the
 //!   kernel's extended-ACK text on failure;
+//! * [`Monitor`] reports, as [`KernelEvent`]s, every kernel notification that
+//!   concerns rotor's objects (deletions, flushes, expiry), and says so
+//!   ([`KernelEvent::Overrun`]) when notifications may have been lost;
 //! * key bytes are held in zeroizing types, wiped from message buffers once
 //!   written, wiped from dump buffers once parsed, and never printed.
 //!
@@ -22,6 +25,7 @@ pub mod encode;
 mod error;
 mod kernel;
 mod model;
+mod monitor;
 mod netlink;
 mod ownership;
 mod probe;
@@ -29,10 +33,11 @@ mod spec;
 
 pub use bypass::{Family, bypass_ipsec};
 pub use client::{OpResult, RemoveReport, Xfrm};
-pub use dump::{PolicyInfo, SaInfo};
+pub use dump::{OwnedObjects, PolicyInfo, SaInfo};
 pub use error::{KernelError, SpecError, XfrmError};
 pub use kernel::{Kernel, already_in_state};
-pub use model::{ModelKernel, ModelPolicy, Refuser};
+pub use model::{ModelEvents, ModelKernel, ModelPolicy, Refuser};
+pub use monitor::{KernelEvent, Monitor};
 pub use ownership::{DEFAULT_REQID_BASE, DEFAULT_REQID_LEN, Ownership};
 pub use probe::{Capability, probe_esp};
 pub use spec::{
