@@ -139,9 +139,13 @@ impl Node {
         self.latest.as_ref().map_or(0, |g| g.number)
     }
 
-    /// SPI this node sends on.
+    /// SPI this node sends on (`None`: blocked, no chain or its outbound SA
+    /// lost, see [`Self::kernel_lost`]).
     pub fn tx_spi(&self) -> Option<u32> {
-        self.latest.as_ref().map(|g| g.spi)
+        self.latest
+            .as_ref()
+            .filter(|g| !g.out_missing)
+            .map(|g| g.spi)
     }
 
     /// The node's row of the key-SPI table.

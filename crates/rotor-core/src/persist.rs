@@ -634,7 +634,9 @@ mod tests {
             decode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &out)
         };
         let mut x = r.clone();
-        x.previous.as_mut().map(|p| p.number = 1);
+        if let Some(p) = x.previous.as_mut() {
+            p.number = 1;
+        }
         assert!(matches!(enc(&x), Err(RecordError::Invalid(_))));
         x = r.clone();
         x.outbound = Some(0x3000);
@@ -643,7 +645,9 @@ mod tests {
         x.superseded = vec![0x1000];
         assert!(matches!(enc(&x), Err(RecordError::Invalid(_))));
         x = r.clone();
-        x.previous.as_mut().map(|p| p.out_missing = true);
+        if let Some(p) = x.previous.as_mut() {
+            p.out_missing = true;
+        }
         assert!(matches!(enc(&x), Err(RecordError::Invalid(_))));
     }
 
