@@ -198,4 +198,15 @@ pub enum Event {
         /// Why.
         reason: DropReason,
     },
+    /// SAs the kernel lost were repaired (`kernel_lost`): `reinstalled` SAs
+    /// were installed again; `blocked`: the outbound SA in use was lost and
+    /// outbound traffic to the peer is blocked until the next rotation.
+    KernelRepaired {
+        /// The peer.
+        peer: PeerId,
+        /// SAs installed again.
+        reinstalled: u32,
+        /// Outbound traffic is blocked until a rotation.
+        blocked: bool,
+    },
 }

@@ -25,6 +25,12 @@ pub struct Generation {
     pub tx_counter: u64,
     /// Replay window for control messages we receive under it.
     pub rx_window: ReplayWindow,
+    /// This side's outbound SA of the generation went missing from the
+    /// kernel after it may have sent on it, and was deliberately not
+    /// re-installed (a re-added SA restarts its sequence number, hence its
+    /// AES-GCM IVs: I6). The outbound policy never names it again and its
+    /// deletion skips it.
+    pub out_missing: bool,
 }
 
 /// The two ESP keys of a generation, for installing its SAs.
@@ -60,12 +66,23 @@ impl Generation {
             ctl_n2h,
             tx_counter: 0,
             rx_window: ReplayWindow::default(),
+            out_missing: false,
         };
         let esp = EspKeys {
             h2n: esp_h2n,
             n2h: esp_n2h,
         };
         (g, esp)
+    }
+
+    /// Re-derives the ESP keys of this generation (the same derivation as
+    /// [`Generation::new`]), for re-installing SAs the kernel lost.
+    pub fn esp_keys(&self, node: &str, bits: KeyBits) -> EspKeys {
+        let k = generation_keys(&self.secret, node, self.number, self.spi, bits);
+        EspKeys {
+            h2n: k.esp_h2n.clone(),
+            n2h: k.esp_n2h.clone(),
+        }
     }
 
     /// Takes the next send counter. Each side sends under a generation in one

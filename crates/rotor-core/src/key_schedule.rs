@@ -132,6 +132,16 @@ pub fn init_spi(psk: &Secret32) -> u32 {
     0x100 + u32::from_be_bytes(b) % (0x8000_0000 - 0x100)
 }
 
+/// A 16-byte tag of the PSK and node name, stored in persisted state records
+/// so that a record written under another PSK (or for another node) is
+/// refused. One-way: it reveals nothing usable about the PSK.
+pub fn record_psk_tag(psk: &Secret32, node: &str) -> [u8; 16] {
+    let hk = Hkdf::<Sha256>::new(Some(b"rotor/1 state-record"), psk.expose());
+    let mut t = [0u8; 16];
+    expand(&hk, &[b"psk-tag", node.as_bytes()], &mut t);
+    t
+}
+
 /// Key of one `init` request (node -> hub): PSK + the request's fresh nonce,
 /// so a restarted node, whose counters start again, never reuses a key.
 pub fn init_request_key(psk: &Secret32, node: &str, node_nonce: &[u8; 32]) -> ControlKey {

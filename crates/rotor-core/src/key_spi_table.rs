@@ -119,6 +119,17 @@ impl KeySpiTable {
         }
     }
 
+    /// Registers a known generation SPI of `node` (restoring persisted
+    /// state). Refused (`false`) for a reserved SPI (0-255) or one already
+    /// live, init SPIs included.
+    pub fn claim(&mut self, spi: u32, node: PeerId) -> bool {
+        if spi <= 0xff || self.map.contains_key(&spi) {
+            return false;
+        }
+        self.map.insert(spi, SpiOwner::Generation(node));
+        true
+    }
+
     /// Forgets a generation SPI (when its SAs are deleted). Init SPIs stay.
     pub fn release(&mut self, spi: u32) {
         if matches!(self.map.get(&spi), Some(SpiOwner::Generation(_))) {

@@ -12,12 +12,14 @@ use std::collections::{BTreeMap, VecDeque};
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
 use x25519_dalek::{PublicKey, StaticSecret};
+use zeroize::Zeroizing;
 
 use crate::action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 use crate::config::{ConfigError, NodeConfig};
 use crate::generation::{EspKeys, Generation};
 use crate::key_schedule::{init_request_key, init_session_key, init_spi};
 use crate::machine::Machine;
+use crate::persist::{self, GenRecord, KernelView, Kind, Record, RestoreReport};
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
 use crate::wire::{self, Message};
@@ -63,7 +65,11 @@ pub struct Node {
     rotate_requested: bool,
     /// When to send the next hello (running) or init (initialising).
     next_send: Time,
-    retire_queue: VecDeque<(Time, u32)>,
+    /// SPIs to delete after grace; the flag says whether the outbound SA is
+    /// there to delete (see `Generation::out_missing`).
+    retire_queue: VecDeque<(Time, u32, bool)>,
+    /// Durable state changed since the last [`Node::take_dirty`].
+    dirty: bool,
     last_seen: Option<Time>,
     rotations: u64,
     inits: u64,
@@ -93,6 +99,7 @@ impl Node {
             rotate_requested: false,
             next_send: now,
             retire_queue: VecDeque::new(),
+            dirty: false,
             last_seen: None,
             rotations: 0,
             inits: 0,
@@ -109,7 +116,7 @@ impl Node {
 
     /// When [`Self::handle_timeout`] must next be called.
     pub fn poll_timeout(&self) -> Option<Time> {
-        let g = self.retire_queue.front().map(|(t, _)| *t);
+        let g = self.retire_queue.front().map(|(t, _, _)| *t);
         Some(g.map_or(self.next_send, |g| g.min(self.next_send)))
     }
 
@@ -121,6 +128,7 @@ impl Node {
     /// Asks the hub for a rotation with the next hello (sent at once).
     pub fn request_rotation(&mut self, now: Time) {
         self.rotate_requested = true;
+        self.dirty = true;
         if self.latest.is_some() && self.pending.is_none() {
             self.next_send = now;
         }
@@ -131,9 +139,13 @@ impl Node {
         self.latest.as_ref().map_or(0, |g| g.number)
     }
 
-    /// SPI this node sends on.
+    /// SPI this node sends on (`None`: blocked, no chain or its outbound SA
+    /// lost, see [`Self::kernel_lost`]).
     pub fn tx_spi(&self) -> Option<u32> {
-        self.latest.as_ref().map(|g| g.spi)
+        self.latest
+            .as_ref()
+            .filter(|g| !g.out_missing)
+            .map(|g| g.spi)
     }
 
     /// The node's row of the key-SPI table.
@@ -169,7 +181,7 @@ impl Node {
     /// An init is stamped with `now.unix_ms`.
     pub fn handle_timeout(&mut self, now: Now) {
         let Now { mono: now, unix_ms } = now;
-        while let Some(&(t, spi)) = self.retire_queue.front() {
+        while let Some(&(t, spi, out)) = self.retire_queue.front() {
             if t > now {
                 break;
             }
@@ -179,11 +191,13 @@ impl Node {
                 dir: SaDir::In,
                 spi,
             });
-            self.actions.push_back(Action::DeleteSa {
-                peer: HUB,
-                dir: SaDir::Out,
-                spi,
-            });
+            if out {
+                self.actions.push_back(Action::DeleteSa {
+                    peer: HUB,
+                    dir: SaDir::Out,
+                    spi,
+                });
+            }
         }
         if now < self.next_send {
             return;
@@ -216,6 +230,7 @@ impl Node {
                 datagram,
             });
             self.unanswered += 1;
+            self.dirty = true;
         }
         self.next_send = now.plus_ms(self.cfg.hello_interval_ms);
     }
@@ -252,8 +267,9 @@ impl Node {
         self.rng.fill_bytes(&mut nonce);
         let eph = StaticSecret::random_from_rng(&mut self.rng);
         let eph_pub = PublicKey::from(&eph);
-        let ts = unix_ms.max(self.last_init_ts + 1);
+        let ts = unix_ms.max(self.last_init_ts.saturating_add(1));
         self.last_init_ts = ts;
+        self.dirty = true;
         let key = init_request_key(&self.cfg.psk, &self.cfg.name, &nonce);
         let datagram = Message::Init {
             spi: self.init_spi,
@@ -316,8 +332,9 @@ impl Node {
             // The hub answered under the new chain: it has switched to it.
             let end = now.plus_ms(self.cfg.grace_ms);
             for spi in std::mem::take(&mut self.superseded) {
-                self.retire_queue.push_back((end, spi));
+                self.retire_queue.push_back((end, spi, true));
             }
+            self.dirty = true;
         }
         match msg {
             Message::Ack { .. } => {
@@ -369,6 +386,7 @@ impl Node {
     }
 
     fn answered(&mut self, now: Time) {
+        self.dirty = true;
         self.unanswered = 0;
         self.last_seen = Some(now);
     }
@@ -379,8 +397,11 @@ impl Node {
         let (g, esp) = Generation::new(generation, spi, secret, &self.cfg.name, self.cfg.key_bits);
         self.install(g.spi, esp);
         if let Some(old) = self.previous.take() {
-            self.retire_queue
-                .push_back((now.plus_ms(self.cfg.grace_ms), old.spi));
+            self.retire_queue.push_back((
+                now.plus_ms(self.cfg.grace_ms),
+                old.spi,
+                !old.out_missing,
+            ));
         }
         self.previous = self.latest.take();
         self.latest = Some(g);
@@ -446,31 +467,206 @@ impl Node {
         self.init_attempts = 0;
         // Every replaced chain stays until the hub is heard under the new one
         // (the hub keeps sending on an old one until it sees us use the new).
-        let replaced: Vec<u32> = [self.previous.take(), self.latest.take()]
+        let grace_end = now.plus_ms(self.cfg.grace_ms);
+        for g in [self.previous.take(), self.latest.take()]
             .into_iter()
             .flatten()
-            .map(|g| g.spi)
-            .filter(|s| *s != spi)
-            .collect();
-        self.superseded.extend(replaced);
+            .filter(|g| g.spi != spi)
+        {
+            if g.out_missing {
+                // Known half-gone: retired on its own, inbound SA only.
+                self.retire_queue.push_back((grace_end, g.spi, false));
+            } else {
+                self.superseded.push(g.spi);
+            }
+        }
         let excess = self
             .superseded
             .len()
             .saturating_sub(crate::hub::MAX_SUPERSEDED);
-        let grace_end = now.plus_ms(self.cfg.grace_ms);
         for old in self.superseded.drain(..excess).collect::<Vec<_>>() {
-            self.retire_queue.push_back((grace_end, old));
+            self.retire_queue.push_back((grace_end, old, true));
         }
         let (g, esp) = Generation::new(1, spi, secret, &self.cfg.name, self.cfg.key_bits);
         self.install(g.spi, esp);
         self.latest = Some(g);
         self.inits += 1;
+        self.dirty = true;
         self.unanswered = 0;
         self.last_seen = Some(now);
         self.actions
             .push_back(Action::Event(Event::Initialised { peer: HUB, spi }));
         self.send_hello(now);
         Ok(())
+    }
+}
+
+/// Durable state and kernel repair (see [`crate::persist`]).
+impl Node {
+    /// Whether the node's durable state (what [`Self::save`] encodes)
+    /// changed since the last call; clears the flag. The daemon calls it
+    /// after every burst and stores the record before executing the burst's
+    /// actions.
+    pub fn take_dirty(&mut self) -> bool {
+        std::mem::take(&mut self.dirty)
+    }
+
+    /// Encodes the node's record into `out` (cleared first). It holds
+    /// generation secrets: pass a `Zeroizing<Vec<u8>>`. The pending init is
+    /// not stored: a node restored without a chain starts init again.
+    pub fn save(&self, _now: Now, out: &mut Vec<u8>) {
+        let rec = Record {
+            latest: self.latest.as_ref().map(GenRecord::of),
+            previous: self.previous.as_ref().map(GenRecord::of),
+            superseded: self.superseded.clone(),
+            last_init_ts: self.last_init_ts,
+            rotations: self.rotations,
+            inits: self.inits,
+            rotate_requested: self.rotate_requested,
+            ..Record::default()
+        };
+        persist::encode(
+            Kind::Node,
+            &self.cfg.name,
+            &self.cfg.psk,
+            self.cfg.key_bits,
+            &rec,
+            out,
+        );
+    }
+
+    /// A node built like [`Node::new`] that resumes from `record`: with a
+    /// valid record for this name, PSK and key size it resumes its chain and
+    /// sends its next hello under the latest generation at `now` (so the hub
+    /// hears it at once), keeping its init high-water mark, so any later
+    /// init is newer than every earlier one; with none, or a refused one
+    /// (reported), it starts at init. Emits no actions: the daemon compares
+    /// [`Self::kernel_view`] with the kernel and reports what is missing
+    /// through [`Self::kernel_lost`]. Generations awaiting deletion are not
+    /// stored; their SAs are left to the daemon (see [`KernelView`]).
+    pub fn restore(
+        cfg: NodeConfig,
+        now: Now,
+        rng_seed: [u8; 32],
+        record: Option<Zeroizing<Vec<u8>>>,
+    ) -> Result<(Node, RestoreReport), ConfigError> {
+        let mut node = Node::new(cfg, now, rng_seed)?;
+        let mut report = RestoreReport::default();
+        let Some(data) = record else {
+            report.fresh = 1;
+            return Ok((node, report));
+        };
+        let c = &node.cfg;
+        match persist::decode(Kind::Node, &c.name, &c.psk, c.key_bits, &data) {
+            Ok(rec) => {
+                node.latest = rec.latest.map(|g| g.into_generation(&c.name, c.key_bits));
+                node.previous = rec.previous.map(|g| g.into_generation(&c.name, c.key_bits));
+                node.superseded = rec.superseded;
+                node.last_init_ts = rec.last_init_ts;
+                node.rotations = rec.rotations;
+                node.inits = rec.inits;
+                node.rotate_requested = rec.rotate_requested;
+                report.restored = 1;
+            }
+            Err(e) => {
+                node.dirty = true;
+                report.refused.push((c.name.clone(), e.to_string()));
+            }
+        }
+        Ok((node, report))
+    }
+
+    /// Every SA (direction, SPI) the node's state says the kernel holds
+    /// (latest and previous generations, and a replaced chain awaiting the
+    /// hub's switch; an outbound SA known missing is not listed), and the SPI
+    /// the outbound policy names: the latest generation's, `None` (blocked)
+    /// without a chain or when its outbound SA is missing.
+    pub fn kernel_view(&self) -> KernelView {
+        let mut sas = Vec::with_capacity(4 + 2 * self.superseded.len());
+        for g in [&self.latest, &self.previous].into_iter().flatten() {
+            sas.push((SaDir::In, g.spi));
+            if !g.out_missing {
+                sas.push((SaDir::Out, g.spi));
+            }
+        }
+        for s in &self.superseded {
+            sas.push((SaDir::In, *s));
+            sas.push((SaDir::Out, *s));
+        }
+        KernelView {
+            sas,
+            outbound: self
+                .latest
+                .as_ref()
+                .filter(|g| !g.out_missing)
+                .map(|g| g.spi),
+        }
+    }
+
+    /// The daemon found these SAs missing from the kernel. The node sends on
+    /// its latest generation (and sent on the previous one), so those
+    /// outbound SAs are never re-installed (I6: a re-added SA restarts the
+    /// sequence number AES-GCM builds its IVs from): they are marked missing,
+    /// and if the latest one is lost, outbound traffic is blocked (fail
+    /// closed) until the next key arrives. Inbound SAs of the latest and
+    /// previous generations are re-installed (keys re-derived); lost SAs of
+    /// a replaced chain are forgotten. After any repair the node asks for a
+    /// rotation with a hello sent at once: the new generation brings fresh
+    /// SAs in both directions, and the re-installed inbound SAs, whose kernel
+    /// replay window starts afresh (a captured packet could be replayed
+    /// once), retire through the normal rotations. Emits
+    /// [`Event::KernelRepaired`] and marks the node dirty.
+    pub fn kernel_lost(&mut self, now: Now, lost: &[(SaDir, u32)]) {
+        let mut reinstalled = 0u32;
+        let mut blocked = false;
+        let mut any = false;
+        for &(dir, spi) in lost {
+            let is_latest = self.latest.as_ref().is_some_and(|g| g.spi == spi);
+            let g = if is_latest {
+                self.latest.as_mut()
+            } else {
+                self.previous.as_mut().filter(|g| g.spi == spi)
+            };
+            if let Some(g) = g {
+                match dir {
+                    SaDir::In => {
+                        let esp = g.esp_keys(&self.cfg.name, self.cfg.key_bits);
+                        self.actions.push_back(Action::InstallSa {
+                            peer: HUB,
+                            dir,
+                            spi,
+                            key: esp.h2n,
+                        });
+                        reinstalled += 1;
+                    }
+                    SaDir::Out if g.out_missing => continue,
+                    SaDir::Out => {
+                        g.out_missing = true;
+                        if is_latest {
+                            self.actions.push_back(Action::SetOutbound {
+                                peer: HUB,
+                                spi: None,
+                            });
+                            blocked = true;
+                        }
+                    }
+                }
+                any = true;
+            } else if let Some(pos) = self.superseded.iter().position(|s| *s == spi) {
+                self.superseded.remove(pos);
+                any = true;
+            }
+        }
+        if !any {
+            return;
+        }
+        self.dirty = true;
+        self.actions.push_back(Action::Event(Event::KernelRepaired {
+            peer: HUB,
+            reinstalled,
+            blocked,
+        }));
+        self.request_rotation(now.mono);
     }
 }
 

@@ -28,6 +28,16 @@ impl ReplayWindow {
         self.hi = (bits >> 64) as u64;
     }
 
+    /// The window's state `(top, lo, hi)`, for persisting it.
+    pub(crate) fn parts(&self) -> (u64, u64, u64) {
+        (self.top, self.lo, self.hi)
+    }
+
+    /// A window restored from [`Self::parts`]. Any values are a valid window.
+    pub(crate) fn from_parts(top: u64, lo: u64, hi: u64) -> Self {
+        ReplayWindow { top, lo, hi }
+    }
+
     /// Whether `counter` would be accepted (fresh and inside the window).
     pub fn check(&self, counter: u64) -> bool {
         if counter == u64::MAX {

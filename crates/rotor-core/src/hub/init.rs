@@ -39,6 +39,7 @@ impl Shared {
             // The node did not get our reply: send the same one again.
             let datagram = last.1.clone();
             n.resends += 1;
+            self.mark(id, n);
             self.actions.push_back(Action::Send { peer: id, datagram });
             return Ok(());
         }
@@ -67,14 +68,22 @@ impl Shared {
         // Make before break across re-init: every replaced chain stays installed
         // (and the hub keeps sending on the one it sends on) until the node
         // confirms the new generation 1; the node may be using any of them.
-        let replaced = [n.previous.take(), n.latest.take()];
-        n.superseded
-            .extend(replaced.into_iter().flatten().map(|g| g.spi));
+        // A generation whose outbound SA is known missing cannot be kept as
+        // a plain superseded SPI (whose retirement deletes both SAs): it is
+        // retired at once, after the grace period, inbound SA only.
+        for g in [n.previous.take(), n.latest.take()].into_iter().flatten() {
+            if g.out_missing {
+                self.retire(now.mono, id, g.spi, false);
+            } else {
+                n.superseded.push(g.spi);
+            }
+        }
         let excess = n.superseded.len().saturating_sub(MAX_SUPERSEDED);
         for spi in n.superseded.drain(..excess) {
-            self.retire(now.mono, id, spi);
+            self.retire(now.mono, id, spi, true);
         }
         let gen1 = self.new_generation(id, 1);
+        self.mark(id, n);
         n.last_init_ts = timestamp_ms;
         n.confirmed = false;
         n.force_rotate = false;

@@ -24,6 +24,7 @@
 //! `rotate --all` pacing and the grace-period retire queue.
 
 mod init;
+mod persist;
 mod rotation;
 mod timers;
 
@@ -80,6 +81,9 @@ struct NodeState {
     rotations: u64,
     resends: u64,
     inits: u64,
+    /// Durable state changed since the last [`Hub::take_dirty`] (the id is
+    /// then in `Shared::dirty`).
+    dirty: bool,
 }
 
 /// Everything of the hub's that is not one node's entry.
@@ -97,8 +101,12 @@ struct Shared {
     /// `rotate --all` in progress: the next node to rotate, and when it was
     /// asked (the due time [`Hub::poll_timeout`] reports until it is done).
     rotate_all: Option<(u32, Time)>,
-    /// Generations to delete, in deadline order (the grace is constant).
-    retire_queue: VecDeque<(Time, PeerId, u32)>,
+    /// Generations to delete, in deadline order (the grace is constant);
+    /// the flag says whether the outbound SA is there to delete (see
+    /// `Generation::out_missing`).
+    retire_queue: VecDeque<(Time, PeerId, u32, bool)>,
+    /// Nodes whose durable state changed since the last [`Hub::take_dirty`].
+    dirty: Vec<PeerId>,
     actions: VecDeque<Action>,
     drops: BTreeMap<DropReason, u64>,
     /// Generation secrets, SPIs, init nonces and ephemeral keys.
@@ -169,6 +177,7 @@ impl Hub {
                 rotations: 0,
                 resends: 0,
                 inits: 0,
+                dirty: false,
             });
         }
         Ok(Hub {
@@ -182,6 +191,7 @@ impl Hub {
                 rotate_heap: BinaryHeap::new(),
                 rotate_all: None,
                 retire_queue: VecDeque::new(),
+                dirty: Vec::new(),
                 actions: VecDeque::new(),
                 drops: BTreeMap::new(),
                 rng: StdRng::from_seed(rng_seed),
@@ -204,7 +214,7 @@ impl Hub {
     pub fn poll_timeout(&self) -> Option<Time> {
         let sh = &self.shared;
         let r = sh.rotate_heap.peek().map(|Reverse((t, _))| *t);
-        let g = sh.retire_queue.front().map(|(t, _, _)| *t);
+        let g = sh.retire_queue.front().map(|(t, _, _, _)| *t);
         let a = sh.rotate_all.map(|(_, t)| t);
         [r, g, a].into_iter().flatten().min()
     }
@@ -305,6 +315,14 @@ impl Hub {
 }
 
 impl Shared {
+    /// Notes that node `id`'s durable state changed (see [`Hub::take_dirty`]).
+    fn mark(&mut self, id: PeerId, n: &mut NodeState) {
+        if !n.dirty {
+            n.dirty = true;
+            self.dirty.push(id);
+        }
+    }
+
     fn drop_reason(&mut self, reason: DropReason) {
         *self.drops.entry(reason).or_insert(0) += 1;
         self.actions
@@ -341,6 +359,7 @@ impl Shared {
     fn set_outbound(&mut self, id: PeerId, n: &mut NodeState, spi: Option<u32>) {
         if n.outbound != spi {
             n.outbound = spi;
+            self.mark(id, n);
             self.actions
                 .push_back(Action::SetOutbound { peer: id, spi });
         }

@@ -56,6 +56,7 @@ impl Shared {
         }
         g.rx_window.commit(dg.header.counter);
         n.last_seen = Some(now);
+        self.mark(id, n);
         if is_latest {
             self.in_sync(now, id, n, rotate);
         } else if !n.crossing_spared && now.since(n.key_sent_at) < CROSSING_HOLDOFF_MS {
@@ -86,7 +87,7 @@ impl Shared {
                 n.last_init = None;
                 self.set_outbound(id, n, Some(spi));
                 for s in std::mem::take(&mut n.superseded) {
-                    self.retire(now, id, s);
+                    self.retire(now, id, s, true);
                 }
             }
         }
@@ -119,15 +120,24 @@ impl Shared {
         let new = self.new_generation(id, number);
         let old_prev = n.previous.take();
         n.previous = n.latest.take();
-        let cur_spi = n.previous.as_ref().map(|g| g.spi);
+        // A generation whose outbound SA the kernel lost after it was used
+        // (`kernel_lost`) is never sent on again: stay blocked, and rotate
+        // once more at the next proof, onto a generation with a fresh one.
+        let out_missing = n.previous.as_ref().is_some_and(|g| g.out_missing);
+        let cur_spi = n
+            .previous
+            .as_ref()
+            .filter(|g| !g.out_missing)
+            .map(|g| g.spi);
         self.set_outbound(id, n, cur_spi);
         if let Some(p) = old_prev {
-            self.retire(now, id, p.spi);
+            self.retire(now, id, p.spi, !p.out_missing);
         }
         let (new_number, new_spi) = (new.number, new.spi);
         n.latest = Some(new);
         n.confirmed = false;
-        n.force_rotate = false;
+        n.force_rotate = out_missing;
+        self.mark(id, n);
         n.rotations += 1;
         n.key_sent_at = now;
         n.crossing_spared = false;

@@ -23,7 +23,7 @@ impl Hub {
         let now = now.mono;
         let Hub { nodes, shared: sh } = self;
         let mut budget = TIMER_BATCH;
-        while let Some(&(t, id, spi)) = sh.retire_queue.front() {
+        while let Some(&(t, id, spi, out)) = sh.retire_queue.front() {
             if t > now || budget == 0 {
                 break;
             }
@@ -40,11 +40,13 @@ impl Hub {
                 dir: SaDir::In,
                 spi,
             });
-            sh.actions.push_back(Action::DeleteSa {
-                peer: id,
-                dir: SaDir::Out,
-                spi,
-            });
+            if out {
+                sh.actions.push_back(Action::DeleteSa {
+                    peer: id,
+                    dir: SaDir::Out,
+                    spi,
+                });
+            }
             sh.table.release(spi);
         }
         let mut budget = TIMER_BATCH;
@@ -144,14 +146,16 @@ impl Shared {
     fn rotate_one(&mut self, now: Time, id: PeerId, n: &mut NodeState) {
         if n.confirmed && n.latest.is_some() {
             self.rotate(now, id, n);
-        } else {
+        } else if !n.force_rotate {
             n.force_rotate = true;
+            self.mark(id, n);
         }
     }
 
-    /// Schedules a generation's SAs for deletion after the grace period.
-    pub(super) fn retire(&mut self, now: Time, id: PeerId, spi: u32) {
+    /// Schedules a generation's SAs for deletion after the grace period
+    /// (the outbound one only if `out`: it may be known missing).
+    pub(super) fn retire(&mut self, now: Time, id: PeerId, spi: u32, out: bool) {
         self.retire_queue
-            .push_back((now.plus_ms(self.grace_ms), id, spi));
+            .push_back((now.plus_ms(self.grace_ms), id, spi, out));
     }
 }

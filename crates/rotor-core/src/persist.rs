@@ -1,0 +1,660 @@
+//! Durable state: the records a daemon stores so that a restarted hub or node
+//! resumes its chains exactly where they were (hitless restart), and the view
+//! of the kernel it reconciles against after the restart.
+//!
+//! A record is one hub-side node entry ([`crate::Hub::save_node`]) or one
+//! node machine ([`crate::Node::save`]). Encoding (all integers big-endian):
+//!
+//! ```text
+//! magic "rtrS" | version u8 (=1) | kind u8 (1 hub entry, 2 node) |
+//! key_bits u8 (16 or 32) | psk_tag [16] | name_len u16 | name |
+//! flags u8 | latest gen? | previous gen? | n_superseded u8 | spi u32 * n |
+//! last_init_ts u64 | rotations u64 | inits u64 |
+//! hub only: outbound u32 (0 = none) | rotate_at_unix_ms u64 | resends u64
+//! gen = number u64 | spi u32 | secret [32] | tx_counter u64 |
+//!       rx_top u64 | rx_lo u64 | rx_hi u64 | out_missing u8
+//! ```
+//!
+//! `psk_tag` is [`record_psk_tag`] (HKDF of the PSK and the name): a record
+//! of another node, or written under another PSK or ESP key size, is refused.
+//! The pending init (nonce, ephemeral key) and the hub's init reply cache are
+//! never stored: a node restored without a chain starts init again.
+//!
+//! **Control counters.** The daemon stores a burst's records before it
+//! executes any of the burst's actions (sends and outbound switches in
+//! particular), so a stored `tx_counter` is at least every counter that ever
+//! left under that key and the outbound SPI it names is the newest the kernel
+//! may have sent on: a restored machine never reuses a (key, counter) pair and
+//! never takes an outbound SA it sent on for an unused one. No safety margin
+//! is added.
+//!
+//! Decoding never panics: every read is length-checked, and anything
+//! truncated, unknown or inconsistent is a [`RecordError`].
+
+use zeroize::Zeroize;
+
+use crate::action::SaDir;
+use crate::generation::Generation;
+use crate::hub::MAX_SUPERSEDED;
+use crate::key_schedule::{KeyBits, record_psk_tag};
+use crate::replay::ReplayWindow;
+use crate::secret::Secret32;
+
+const MAGIC: &[u8; 4] = b"rtrS";
+/// Version of the record encoding written by this build.
+pub const RECORD_VERSION: u8 = 1;
+const KIND_HUB_ENTRY: u8 = 1;
+const KIND_NODE: u8 = 2;
+const FLAG_LATEST: u8 = 1;
+const FLAG_PREVIOUS: u8 = 2;
+const FLAG_CONFIRMED: u8 = 4;
+const FLAG_FORCE_ROTATE: u8 = 8;
+const FLAG_ROTATE_REQUESTED: u8 = 16;
+const GEN_LEN: usize = 8 + 4 + 32 + 8 + 24 + 1;
+/// Upper bound of a record's size for a name of `name_len` bytes: callers
+/// can reserve it once so no reallocation leaves secret copies behind.
+pub const fn max_record_len(name_len: usize) -> usize {
+    4 + 3 + 16 + 2 + name_len + 1 + 2 * GEN_LEN + 1 + 4 * MAX_SUPERSEDED + 24 + 20
+}
+
+/// Why a record was refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum RecordError {
+    /// The record ends early.
+    #[error("record truncated")]
+    Truncated,
+    /// Not a rotor state record.
+    #[error("not a rotor state record")]
+    BadMagic,
+    /// Written by an incompatible version.
+    #[error("unsupported record version {0}")]
+    Version(u8),
+    /// A node record given to the hub or the other way round.
+    #[error("record of the wrong kind ({0})")]
+    WrongKind(u8),
+    /// Written for another node.
+    #[error("record is for node {0:?}")]
+    WrongName(String),
+    /// Written under another PSK.
+    #[error("record was written under another init key")]
+    WrongPsk,
+    /// Written for another ESP key size.
+    #[error("record was written for another ESP key size")]
+    WrongKeyBits,
+    /// Fields that cannot belong together.
+    #[error("inconsistent record: {0}")]
+    Invalid(&'static str),
+    /// Bytes after the end of the record.
+    #[error("trailing bytes after the record")]
+    Trailing,
+}
+
+/// What a restore did, per configured node: `restored` resumed their chain
+/// from a record, `fresh` had no record, `refused` had one that was rejected
+/// (name and reason). Fresh and refused nodes start at init; the three add up
+/// to the number of configured nodes.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct RestoreReport {
+    /// Nodes that resumed their chain.
+    pub restored: usize,
+    /// Nodes without a record (start at init).
+    pub fresh: usize,
+    /// Nodes whose record was refused, with the reason (start at init).
+    pub refused: Vec<(String, String)>,
+}
+
+/// The SAs the state says the kernel holds for one peer, for reconciling
+/// after a restart: every (direction, SPI) listed should be in the kernel;
+/// those missing go to `kernel_lost`. A kernel SA of the peer that is not
+/// listed is a leftover (a generation awaiting deletion when the process
+/// stopped, or a repair's forgotten half): the daemon deletes it, best after
+/// the grace period, to spare packets in flight.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct KernelView {
+    /// Every SA that should be installed.
+    pub sas: Vec<(SaDir, u32)>,
+    /// The SPI the outbound policy should name (`None`: blocked).
+    pub outbound: Option<u32>,
+}
+
+/// One generation as stored.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct GenRecord {
+    pub number: u64,
+    pub spi: u32,
+    pub secret: Secret32,
+    pub tx_counter: u64,
+    pub rx: (u64, u64, u64),
+    pub out_missing: bool,
+}
+
+impl GenRecord {
+    pub fn of(g: &Generation) -> GenRecord {
+        GenRecord {
+            number: g.number,
+            spi: g.spi,
+            secret: g.secret.clone(),
+            tx_counter: g.tx_counter,
+            rx: g.rx_window.parts(),
+            out_missing: g.out_missing,
+        }
+    }
+
+    /// The generation again, control keys re-derived.
+    pub fn into_generation(self, node: &str, bits: KeyBits) -> Generation {
+        let (mut g, _esp) = Generation::new(self.number, self.spi, self.secret, node, bits);
+        g.tx_counter = self.tx_counter;
+        g.rx_window = ReplayWindow::from_parts(self.rx.0, self.rx.1, self.rx.2);
+        g.out_missing = self.out_missing;
+        g
+    }
+}
+
+/// The chain and counters a record holds (both kinds).
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(crate) struct Record {
+    pub latest: Option<GenRecord>,
+    pub previous: Option<GenRecord>,
+    pub superseded: Vec<u32>,
+    pub last_init_ts: u64,
+    pub rotations: u64,
+    pub inits: u64,
+    /// Node only.
+    pub rotate_requested: bool,
+    /// Hub only from here on.
+    pub confirmed: bool,
+    pub force_rotate: bool,
+    pub outbound: Option<u32>,
+    pub rotate_at_unix_ms: u64,
+    pub resends: u64,
+}
+
+/// Which side a record belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Kind {
+    HubEntry,
+    Node,
+}
+
+fn bits_byte(b: KeyBits) -> u8 {
+    (b.aes_len() * 8) as u8
+}
+
+fn put_gen(out: &mut Vec<u8>, g: &GenRecord) {
+    out.extend_from_slice(&g.number.to_be_bytes());
+    out.extend_from_slice(&g.spi.to_be_bytes());
+    out.extend_from_slice(g.secret.expose());
+    out.extend_from_slice(&g.tx_counter.to_be_bytes());
+    for w in [g.rx.0, g.rx.1, g.rx.2] {
+        out.extend_from_slice(&w.to_be_bytes());
+    }
+    out.push(u8::from(g.out_missing));
+}
+
+/// Encodes `r` into `out` (cleared first; capacity reserved up front so that
+/// no reallocation leaves secret bytes behind: pass a
+/// `Zeroizing<Vec<u8>>`). Names longer than 65535 bytes are truncated (and
+/// then refused at decode: names are bound into keys and never that long).
+pub(crate) fn encode(
+    kind: Kind,
+    name: &str,
+    psk: &Secret32,
+    bits: KeyBits,
+    r: &Record,
+    out: &mut Vec<u8>,
+) {
+    out.clear();
+    let name = &name.as_bytes()[..name.len().min(u16::MAX as usize)];
+    out.reserve(max_record_len(name.len()));
+    out.extend_from_slice(MAGIC);
+    out.push(RECORD_VERSION);
+    out.push(match kind {
+        Kind::HubEntry => KIND_HUB_ENTRY,
+        Kind::Node => KIND_NODE,
+    });
+    out.push(bits_byte(bits));
+    out.extend_from_slice(&record_psk_tag(
+        psk,
+        std::str::from_utf8(name).unwrap_or(""),
+    ));
+    out.extend_from_slice(&(name.len() as u16).to_be_bytes());
+    out.extend_from_slice(name);
+    let mut flags = 0;
+    for (on, f) in [
+        (r.latest.is_some(), FLAG_LATEST),
+        (r.previous.is_some(), FLAG_PREVIOUS),
+        (r.confirmed, FLAG_CONFIRMED),
+        (r.force_rotate, FLAG_FORCE_ROTATE),
+        (r.rotate_requested, FLAG_ROTATE_REQUESTED),
+    ] {
+        if on {
+            flags |= f;
+        }
+    }
+    out.push(flags);
+    for g in [&r.latest, &r.previous].into_iter().flatten() {
+        put_gen(out, g);
+    }
+    let sup = &r.superseded[..r.superseded.len().min(MAX_SUPERSEDED)];
+    out.push(sup.len() as u8);
+    for s in sup {
+        out.extend_from_slice(&s.to_be_bytes());
+    }
+    for v in [r.last_init_ts, r.rotations, r.inits] {
+        out.extend_from_slice(&v.to_be_bytes());
+    }
+    if kind == Kind::HubEntry {
+        out.extend_from_slice(&r.outbound.unwrap_or(0).to_be_bytes());
+        out.extend_from_slice(&r.rotate_at_unix_ms.to_be_bytes());
+        out.extend_from_slice(&r.resends.to_be_bytes());
+    }
+}
+
+struct Reader<'a>(&'a [u8]);
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Result<&'a [u8], RecordError> {
+        if self.0.len() < n {
+            return Err(RecordError::Truncated);
+        }
+        let (a, b) = self.0.split_at(n);
+        self.0 = b;
+        Ok(a)
+    }
+    fn array<const N: usize>(&mut self) -> Result<[u8; N], RecordError> {
+        let mut a = [0u8; N];
+        a.copy_from_slice(self.take(N)?);
+        Ok(a)
+    }
+    fn u8(&mut self) -> Result<u8, RecordError> {
+        Ok(self.array::<1>()?[0])
+    }
+    fn u16(&mut self) -> Result<u16, RecordError> {
+        Ok(u16::from_be_bytes(self.array()?))
+    }
+    fn u32(&mut self) -> Result<u32, RecordError> {
+        Ok(u32::from_be_bytes(self.array()?))
+    }
+    fn u64(&mut self) -> Result<u64, RecordError> {
+        Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn gen_record(&mut self) -> Result<GenRecord, RecordError> {
+        let number = self.u64()?;
+        let spi = self.u32()?;
+        let mut s = self.array::<32>()?;
+        let secret = Secret32::new(s);
+        s.zeroize();
+        let tx_counter = self.u64()?;
+        let rx = (self.u64()?, self.u64()?, self.u64()?);
+        let out_missing = match self.u8()? {
+            0 => false,
+            1 => true,
+            _ => return Err(RecordError::Invalid("bad flag byte")),
+        };
+        Ok(GenRecord {
+            number,
+            spi,
+            secret,
+            tx_counter,
+            rx,
+            out_missing,
+        })
+    }
+}
+
+/// Decodes a record of `kind` for node `name` under `psk` and `bits`, and
+/// checks that its fields belong together. Never panics.
+pub(crate) fn decode(
+    kind: Kind,
+    name: &str,
+    psk: &Secret32,
+    bits: KeyBits,
+    data: &[u8],
+) -> Result<Record, RecordError> {
+    let mut r = Reader(data);
+    if r.take(4)? != MAGIC {
+        return Err(RecordError::BadMagic);
+    }
+    let v = r.u8()?;
+    if v != RECORD_VERSION {
+        return Err(RecordError::Version(v));
+    }
+    let k = r.u8()?;
+    let want = match kind {
+        Kind::HubEntry => KIND_HUB_ENTRY,
+        Kind::Node => KIND_NODE,
+    };
+    if k != want {
+        return Err(RecordError::WrongKind(k));
+    }
+    let b = r.u8()?;
+    let tag: [u8; 16] = r.array()?;
+    let len = r.u16()? as usize;
+    let rec_name = r.take(len)?;
+    if rec_name != name.as_bytes() {
+        return Err(RecordError::WrongName(
+            String::from_utf8_lossy(rec_name).into_owned(),
+        ));
+    }
+    if tag != record_psk_tag(psk, name) {
+        return Err(RecordError::WrongPsk);
+    }
+    if b != bits_byte(bits) {
+        return Err(RecordError::WrongKeyBits);
+    }
+    let flags = r.u8()?;
+    if flags & !0x1f != 0 {
+        return Err(RecordError::Invalid("unknown flags"));
+    }
+    let latest = if flags & FLAG_LATEST != 0 {
+        Some(r.gen_record()?)
+    } else {
+        None
+    };
+    let previous = if flags & FLAG_PREVIOUS != 0 {
+        Some(r.gen_record()?)
+    } else {
+        None
+    };
+    let n = r.u8()? as usize;
+    if n > MAX_SUPERSEDED {
+        return Err(RecordError::Invalid("too many superseded generations"));
+    }
+    let mut superseded = Vec::with_capacity(n);
+    for _ in 0..n {
+        superseded.push(r.u32()?);
+    }
+    let mut rec = Record {
+        latest,
+        previous,
+        superseded,
+        last_init_ts: r.u64()?,
+        rotations: r.u64()?,
+        inits: r.u64()?,
+        rotate_requested: flags & FLAG_ROTATE_REQUESTED != 0,
+        confirmed: flags & FLAG_CONFIRMED != 0,
+        force_rotate: flags & FLAG_FORCE_ROTATE != 0,
+        ..Record::default()
+    };
+    if kind == Kind::HubEntry {
+        let o = r.u32()?;
+        rec.outbound = (o != 0).then_some(o);
+        rec.rotate_at_unix_ms = r.u64()?;
+        rec.resends = r.u64()?;
+    }
+    if !r.0.is_empty() {
+        return Err(RecordError::Trailing);
+    }
+    check(kind, &rec)?;
+    Ok(rec)
+}
+
+/// The invariants of a chain the machines keep: checked on every decoded
+/// record, so a restored machine never holds a state it could not reach.
+fn check(kind: Kind, r: &Record) -> Result<(), RecordError> {
+    let bad = RecordError::Invalid;
+    let mut spis: Vec<u32> = r.superseded.clone();
+    match (&r.latest, &r.previous) {
+        (None, Some(_)) => return Err(bad("previous generation without a latest")),
+        (None, None) => {
+            if r.confirmed || r.outbound.is_some_and(|o| !r.superseded.contains(&o)) {
+                return Err(bad("confirmed or sending without a chain"));
+            }
+        }
+        (Some(l), p) => {
+            if l.number == 0 {
+                return Err(bad("generation 0"));
+            }
+            spis.push(l.spi);
+            if let Some(p) = p {
+                if p.number.checked_add(1) != Some(l.number) {
+                    return Err(bad("previous is not latest - 1"));
+                }
+                spis.push(p.spi);
+            }
+        }
+    }
+    if spis.iter().any(|s| *s <= 0xff) {
+        return Err(bad("reserved SPI"));
+    }
+    let mut sorted = spis.clone();
+    sorted.sort_unstable();
+    sorted.dedup();
+    if sorted.len() != spis.len() {
+        return Err(bad("an SPI appears twice"));
+    }
+    if kind == Kind::HubEntry
+        && let Some(o) = r.outbound
+    {
+        let gen_ok =
+            |g: &Option<GenRecord>| g.as_ref().is_some_and(|g| g.spi == o && !g.out_missing);
+        if !(gen_ok(&r.latest) || gen_ok(&r.previous) || r.superseded.contains(&o)) {
+            return Err(bad("outbound names no usable SA"));
+        }
+    }
+    if kind == Kind::Node && (r.confirmed || r.force_rotate || r.outbound.is_some()) {
+        return Err(bad("hub fields in a node record"));
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn psk() -> Secret32 {
+        Secret32::new([7; 32])
+    }
+
+    fn gen_strategy() -> impl Strategy<Value = (u64, u32, [u8; 32], u64, (u64, u64, u64), bool)> {
+        (
+            1u64..u64::MAX,
+            0x100u32..,
+            any::<[u8; 32]>(),
+            any::<u64>(),
+            any::<(u64, u64, u64)>(),
+            any::<bool>(),
+        )
+    }
+
+    fn mk(t: (u64, u32, [u8; 32], u64, (u64, u64, u64), bool)) -> GenRecord {
+        GenRecord {
+            number: t.0,
+            spi: t.1,
+            secret: Secret32::new(t.2),
+            tx_counter: t.3,
+            rx: t.4,
+            out_missing: t.5,
+        }
+    }
+
+    prop_compose! {
+        fn record(kind: Kind)(
+            latest in proptest::option::of(gen_strategy()),
+            prev in proptest::option::of(gen_strategy()),
+            sup in proptest::collection::vec(0x100u32.., 0..=MAX_SUPERSEDED),
+            nums in any::<[u64; 5]>(),
+            bools in any::<[bool; 4]>(),
+            out_pick in 0usize..4,
+        ) -> Record {
+            let mut r = Record {
+                latest: latest.map(mk),
+                superseded: sup,
+                last_init_ts: nums[0],
+                rotations: nums[1],
+                inits: nums[2],
+                ..Record::default()
+            };
+            if let Some(l) = &r.latest
+                && let Some(p) = prev
+            {
+                let mut p = mk(p);
+                p.number = l.number - 1;
+                r.previous = Some(p);
+            }
+            if r.latest.as_ref().is_some_and(|l| l.number == 1) {
+                r.previous = None;
+            }
+            if let (Some(l), Some(p)) = (&r.latest, &mut r.previous)
+                && p.spi == l.spi
+            {
+                p.spi = if l.spi == u32::MAX { 0x100 } else { l.spi + 1 };
+            }
+            let mut seen: std::collections::HashSet<u32> = [&r.latest, &r.previous]
+                .into_iter()
+                .flatten()
+                .map(|g| g.spi)
+                .collect();
+            r.superseded.retain(|s| seen.insert(*s));
+            match kind {
+                Kind::Node => r.rotate_requested = bools[0],
+                Kind::HubEntry => {
+                    r.confirmed = bools[1] && r.latest.is_some();
+                    r.force_rotate = bools[2];
+                    r.rotate_at_unix_ms = nums[3];
+                    r.resends = nums[4];
+                    let usable = |g: &Option<GenRecord>| g.as_ref().filter(|g| !g.out_missing).map(|g| g.spi);
+                    r.outbound = match out_pick {
+                        0 => usable(&r.latest),
+                        1 => usable(&r.previous),
+                        2 => r.superseded.first().copied(),
+                        _ => None,
+                    };
+                }
+            }
+            r
+        }
+    }
+
+    proptest! {
+        #[test]
+        fn hub_records_round_trip(r in record(Kind::HubEntry), name in "[a-z0-9]{1,20}") {
+            let mut out = Vec::new();
+            encode(Kind::HubEntry, &name, &psk(), KeyBits::Aes256, &r, &mut out);
+            prop_assert!(out.len() <= max_record_len(name.len()));
+            let back = decode(Kind::HubEntry, &name, &psk(), KeyBits::Aes256, &out);
+            prop_assert_eq!(back, Ok(r));
+            // Every strict prefix is refused, never a panic.
+            for n in 0..out.len() {
+                prop_assert!(decode(Kind::HubEntry, &name, &psk(), KeyBits::Aes256, &out[..n]).is_err());
+            }
+        }
+
+        #[test]
+        fn node_records_round_trip(r in record(Kind::Node), name in "[a-z0-9]{1,20}") {
+            let mut out = Vec::new();
+            encode(Kind::Node, &name, &psk(), KeyBits::Aes128, &r, &mut out);
+            let back = decode(Kind::Node, &name, &psk(), KeyBits::Aes128, &out);
+            prop_assert_eq!(back, Ok(r));
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
+            let _ = decode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &data);
+            let _ = decode(Kind::Node, "mn1", &psk(), KeyBits::Aes128, &data);
+        }
+
+        /// Valid header, then garbage: still never a panic.
+        #[test]
+        fn garbage_after_a_valid_header_never_panics(
+            body in proptest::collection::vec(any::<u8>(), 0..300),
+            kind_hub in any::<bool>(),
+        ) {
+            let kind = if kind_hub { Kind::HubEntry } else { Kind::Node };
+            let mut out = Vec::new();
+            encode(kind, "mn1", &psk(), KeyBits::Aes128, &Record::default(), &mut out);
+            out.truncate(4 + 3 + 16 + 2 + 3);
+            out.extend_from_slice(&body);
+            let _ = decode(kind, "mn1", &psk(), KeyBits::Aes128, &out);
+        }
+    }
+
+    fn sample() -> (Record, Vec<u8>) {
+        let g = |n, spi| GenRecord {
+            number: n,
+            spi,
+            secret: Secret32::new([n as u8; 32]),
+            tx_counter: 5,
+            rx: (3, 7, 0),
+            out_missing: false,
+        };
+        let r = Record {
+            latest: Some(g(4, 0x1000)),
+            previous: Some(g(3, 0x2000)),
+            outbound: Some(0x2000),
+            confirmed: true,
+            ..Record::default()
+        };
+        let mut out = Vec::new();
+        encode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &r, &mut out);
+        (r, out)
+    }
+
+    #[test]
+    fn wrong_name_psk_bits_kind_version_are_refused() {
+        let (_, out) = sample();
+        let d = |name, psk: &Secret32, bits, kind| decode(kind, name, psk, bits, &out);
+        let (p, b, h) = (psk(), KeyBits::Aes128, Kind::HubEntry);
+        assert!(d("mn1", &p, b, h).is_ok());
+        assert_eq!(
+            d("mn2", &p, b, h),
+            Err(RecordError::WrongName("mn1".into()))
+        );
+        assert_eq!(
+            d("mn1", &Secret32::new([8; 32]), b, h),
+            Err(RecordError::WrongPsk)
+        );
+        assert_eq!(
+            d("mn1", &p, KeyBits::Aes256, h),
+            Err(RecordError::WrongKeyBits)
+        );
+        assert_eq!(d("mn1", &p, b, Kind::Node), Err(RecordError::WrongKind(1)));
+        let mut v = out.clone();
+        v[4] = 2;
+        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::Version(2)));
+        v = out.clone();
+        v[0] = b'x';
+        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::BadMagic));
+        v = out.clone();
+        v.push(0);
+        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::Trailing));
+        assert_eq!(
+            decode(h, "mn1", &p, b, &out[..out.len() - 1]),
+            Err(RecordError::Truncated)
+        );
+    }
+
+    #[test]
+    fn inconsistent_chains_are_refused() {
+        let (r, _) = sample();
+        let enc = |r: &Record| {
+            let mut out = Vec::new();
+            encode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, r, &mut out);
+            decode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &out)
+        };
+        let mut x = r.clone();
+        if let Some(p) = x.previous.as_mut() {
+            p.number = 1;
+        }
+        assert!(matches!(enc(&x), Err(RecordError::Invalid(_))));
+        x = r.clone();
+        x.outbound = Some(0x3000);
+        assert!(matches!(enc(&x), Err(RecordError::Invalid(_))));
+        x = r.clone();
+        x.superseded = vec![0x1000];
+        assert!(matches!(enc(&x), Err(RecordError::Invalid(_))));
+        x = r.clone();
+        if let Some(p) = x.previous.as_mut() {
+            p.out_missing = true;
+        }
+        assert!(matches!(enc(&x), Err(RecordError::Invalid(_))));
+    }
+
+    #[test]
+    fn debug_shows_no_secret() {
+        let (r, _) = sample();
+        let d = format!("{r:?}");
+        assert!(d.contains("Secret32(fp=") && !d.contains("4, 4, 4"), "{d}");
+    }
+}
