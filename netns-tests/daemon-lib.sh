@@ -121,7 +121,9 @@ port = 4820
 rotate_interval = "$rotate"
 grace = "3s"
 socket = "$WORK/hub.sock"
+state_dir = "$WORK/state"
 EOT
+	[ -n "${SA_LIFETIME:-}" ] && echo "sa_lifetime = \"$SA_LIFETIME\"" >>"$WORK/hub.toml"
 	for i in $(seq 1 "$n"); do
 		(umask 077; "$ROTOR" genkey >"$WORK/n$i.key")
 		cat >>"$WORK/hub.toml" <<EOT
@@ -146,7 +148,9 @@ hello_interval = "$hello"
 retries = $retries
 grace = "3s"
 socket = "$WORK/n$i.sock"
+state_dir = "$WORK/state"
 EOT
+		[ -n "${SA_LIFETIME:-}" ] && echo "sa_lifetime = \"$SA_LIFETIME\"" >>"$WORK/n$i.toml"
 		[ "$TUNNEL" = 1 ] && cat >>"$WORK/n$i.toml" <<EOT
 mode = "tunnel"
 local_subnets = ["$(lan_net "$i")"]
@@ -447,17 +451,20 @@ print(f"FIGURES {label}: rotations={rot} resends={res} inits={ini} "
 PY
 }
 
-# stop_all_clean LABEL: SIGTERM to every daemon (hub, n1..n$NODES), then
-# checks that each namespace has no XFRM policy or SA left at all
+# stop_all_clean LABEL: SIGTERM to every daemon (hub, n1..n$NODES): each
+# leaves its SAs and policies in the kernel (checked); then `rotor purge`
+# with each config, after which no XFRM policy or SA is left in any namespace
 stop_all_clean() {
-	local label=$1 i ns
+	local label=$1 i ns cfg
 	for i in $(seq 0 "$NODES"); do
 		ns=hub; [ "$i" -gt 0 ] && ns=n$i
 		ip netns exec $ns kill $(ip netns pids $ns) 2>/dev/null
 	done
 	sleep 2
 	for i in $(seq 0 "$NODES"); do
-		ns=hub; [ "$i" -gt 0 ] && ns=n$i
-		check "$label: after SIGTERM no XFRM policy or SA is left in $ns" test "$(ip -n $ns xfrm policy | grep -c '^src'):$(ip -n $ns xfrm state | grep -c '^src')" = 0:0
+		ns=hub; cfg=hub; [ "$i" -gt 0 ] && ns=n$i && cfg=n$i
+		check "$label: after SIGTERM $ns keeps its policies and SAs" test "$(ip -n $ns xfrm policy | grep -c '^src')" -gt 0 -a "$(ip -n $ns xfrm state | grep -c '^src')" -gt 0
+		ip netns exec $ns "$ROTOR" purge --config "$WORK/$cfg.toml" >>"$WORK/purge.log" 2>&1
+		check "$label: after rotor purge no XFRM policy or SA is left in $ns" test "$(ip -n $ns xfrm policy | grep -c '^src'):$(ip -n $ns xfrm state | grep -c '^src')" = 0:0
 	done
 }

@@ -30,14 +30,17 @@ pub struct Cli {
 /// The subcommands.
 #[derive(Subcommand, Debug)]
 pub enum Command {
-    /// Run the hub in the foreground (SIGTERM/SIGINT: stop cleanly and remove rotor's SAs and policies).
+    /// Run the hub in the foreground. SIGTERM/SIGINT stop it and leave its SAs and policies in
+    /// the kernel (traffic keeps flowing, nothing goes out in clear); the next start resumes from
+    /// its state (also after a config edit). `rotor purge` uninstalls.
     #[command(visible_alias = "ha")]
     Hub {
         /// Hub configuration file (TOML).
         #[arg(long, short)]
         config: PathBuf,
     },
-    /// Run a node in the foreground (SIGTERM/SIGINT: stop cleanly and remove rotor's SAs and policies).
+    /// Run a node in the foreground. SIGTERM/SIGINT stop it and leave its SAs and policies in the
+    /// kernel; the next start resumes from its state. `rotor purge` uninstalls.
     #[command(visible_alias = "mn")]
     Node {
         /// Node configuration file (TOML).
@@ -50,20 +53,27 @@ pub enum Command {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Remove everything a stopped daemon left in the kernel (its SAs and policies) and its
+    /// durable state: for uninstalling, or to start over. Refuses while the daemon runs.
+    Purge {
+        /// The configuration the daemon ran with (hub or node, read from its table).
+        #[arg(long, short)]
+        config: PathBuf,
+    },
     /// Show the running daemon's key-SPI table, one row per peer.
     Status {
-        /// The daemon's control socket.
-        #[arg(long, default_value = "/run/rotor/hub.sock")]
-        socket: PathBuf,
+        /// The daemon's control socket [default: the one socket in /run/rotor].
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// Print one JSON object (`peers` array) instead of a table.
         #[arg(long)]
         json: bool,
     },
     /// Rotate now (on the hub) or request a rotation (on a node).
     Rotate {
-        /// The daemon's control socket.
-        #[arg(long, default_value = "/run/rotor/hub.sock")]
-        socket: PathBuf,
+        /// The daemon's control socket [default: the one socket in /run/rotor].
+        #[arg(long)]
+        socket: Option<PathBuf>,
         /// The node to rotate (hub only).
         #[arg(long, conflicts_with = "all", required_unless_present = "all")]
         node: Option<String>,

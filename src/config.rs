@@ -88,6 +88,13 @@ pub const REPLAY_WINDOW_MAX: u32 = 4096;
 /// rotor's reqid range (`docs/xfrm-layer.md`, Ownership).
 pub const NODES_MAX: usize = rotor_xfrm::DEFAULT_REQID_LEN as usize;
 
+/// Shortest `sa_lifetime`: a hard lifetime below this would expire keys
+/// faster than any rotation can replace them.
+pub const SA_LIFETIME_MIN_MS: u64 = 10 * SECOND;
+/// Longest `sa_lifetime` (30 days).
+pub const SA_LIFETIME_MAX_MS: u64 = 30 * DAY;
+
+type SaLifetime = BoundedDuration<SA_LIFETIME_MIN_MS, SA_LIFETIME_MAX_MS>;
 type RotateInterval = BoundedDuration<ROTATE_INTERVAL_MIN_MS, ROTATE_INTERVAL_MAX_MS>;
 type Grace = BoundedDuration<GRACE_MIN_MS, GRACE_MAX_MS>;
 type InitSkew = BoundedDuration<INIT_SKEW_MIN_MS, INIT_SKEW_MAX_MS>;
@@ -186,6 +193,10 @@ pub struct HubConfig {
     pub grace: Duration,
     /// Local control socket.
     pub socket: PathBuf,
+    /// Directory of the durable state (and its lock).
+    pub state_dir: PathBuf,
+    /// Hard kernel lifetime of every SA (`None`: the role's default).
+    pub sa_lifetime: Option<Duration>,
     /// AES key size of the ESP SAs (128 or 256).
     pub key_bits: u16,
     /// Inbound anti-replay window (packets).
@@ -217,6 +228,10 @@ pub struct NodeConfig {
     pub grace: Duration,
     /// Local control socket.
     pub socket: PathBuf,
+    /// Directory of the durable state (and its lock).
+    pub state_dir: PathBuf,
+    /// Hard kernel lifetime of every SA (`None`: the role's default).
+    pub sa_lifetime: Option<Duration>,
     /// AES key size of the ESP SAs (128 or 256).
     pub key_bits: u16,
     /// Inbound anti-replay window (packets).
@@ -226,6 +241,9 @@ pub struct NodeConfig {
     /// Mode and subnets (local = behind this node).
     pub mode: PeerMode,
 }
+
+/// Where the daemons keep their durable state unless `state_dir` says otherwise.
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/rotor";
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -243,6 +261,8 @@ struct HubSection {
     rotate_interval: Option<RotateInterval>,
     grace: Option<Grace>,
     socket: Option<FilePath>,
+    state_dir: Option<FilePath>,
+    sa_lifetime: Option<SaLifetime>,
     key_bits: Option<KeyBits>,
     replay_window: Option<ReplayWindow>,
     priority: Option<Priority>,
@@ -278,6 +298,8 @@ struct NodeSection {
     retries: Option<Retries>,
     grace: Option<Grace>,
     socket: Option<FilePath>,
+    state_dir: Option<FilePath>,
+    sa_lifetime: Option<SaLifetime>,
     key_bits: Option<KeyBits>,
     replay_window: Option<ReplayWindow>,
     priority: Option<Priority>,
@@ -579,6 +601,25 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
             rotate_interval: rotate,
         });
     }
+    // An SA is in use for up to two rotations and the grace period: a
+    // shorter hard lifetime would expire keys in normal operation.
+    let sa_lifetime = h.sa_lifetime.map(|d| d.0);
+    if let Some(l) = sa_lifetime {
+        let longest = nodes
+            .iter()
+            .map(|n| n.rotate_interval)
+            .max()
+            .unwrap_or(rotate_interval);
+        let need = longest.saturating_mul(2) + grace;
+        if l <= need {
+            return Err(cx.err(
+                "hub.sa_lifetime",
+                format!(
+                    "{l:?} is not more than 2 x the longest rotate_interval + grace ({need:?}): keys would expire while in use"
+                ),
+            ));
+        }
+    }
     Ok(HubConfig {
         address,
         port: h.port.map_or(DEFAULT_PORT, |p| p.0),
@@ -587,6 +628,10 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         socket: h
             .socket
             .map_or_else(|| PathBuf::from("/run/rotor/hub.sock"), |p| p.0),
+        state_dir: h
+            .state_dir
+            .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| p.0),
+        sa_lifetime,
         key_bits: h.key_bits.map_or(256, |b| b.0),
         replay_window: h.replay_window.map_or(1024, |w| w.0),
         priority: h.priority.map_or(1000, |p| p.0),
@@ -648,6 +693,10 @@ fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
         socket: n
             .socket
             .map_or_else(|| PathBuf::from(format!("/run/rotor/{name}.sock")), |p| p.0),
+        state_dir: n
+            .state_dir
+            .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| p.0),
+        sa_lifetime: n.sa_lifetime.map(|d| d.0),
         name,
         address,
         hub,

@@ -12,11 +12,48 @@
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::{Deserialize, Serialize};
+
+/// Where the daemons put their control sockets by default.
+pub const SOCKET_DIR: &str = "/run/rotor";
+
+/// The control socket to talk to: `explicit` if given, else the one socket
+/// in [`SOCKET_DIR`] a daemon answers on (a hub's or a node's: whichever
+/// role runs here). Several live sockets are an error that lists them.
+pub fn find_socket(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
+    if let Some(p) = explicit {
+        return Ok(p);
+    }
+    let dir = Path::new(SOCKET_DIR);
+    let mut live: Vec<PathBuf> = match std::fs::read_dir(dir) {
+        Ok(entries) => entries
+            .filter_map(Result::ok)
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "sock"))
+            .filter(|p| UnixStream::connect(p).is_ok())
+            .collect(),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Vec::new(),
+        Err(e) => return Err(e).with_context(|| format!("listing {SOCKET_DIR}")),
+    };
+    live.sort();
+    match live.len() {
+        0 => bail!(
+            "no rotor daemon answers on a socket in {SOCKET_DIR} (is it running? a daemon with another `socket` setting needs --socket)"
+        ),
+        1 => Ok(live.remove(0)),
+        _ => bail!(
+            "several rotor daemons run here; choose one with --socket: {}",
+            live.iter()
+                .map(|p| p.display().to_string())
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
 
 /// Largest request line the daemon reads.
 pub const MAX_REQUEST: usize = 4096;
@@ -49,7 +86,8 @@ pub struct PeerStatus {
     pub tx_spi: Option<u32>,
     /// SPIs this side accepts.
     pub rx_spis: Vec<u32>,
-    /// `init`, `in_sync` or `awaiting_confirm`.
+    /// `init`, `in_sync`, `awaiting_confirm`, or `kernel_pending` (the
+    /// kernel refused some of the peer's SAs or policies; retried).
     pub state: String,
     /// Rotations completed.
     pub rotations: u64,

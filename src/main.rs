@@ -86,7 +86,12 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             init_logging()?;
             runtime()?.block_on(rotor::daemon::run_node(cfg))
         }
+        Command::Purge { config } => {
+            init_logging()?;
+            rotor::daemon::purge(&config)
+        }
         Command::Status { socket, json } => {
+            let socket = control::find_socket(socket)?;
             let mut v = control::call(&socket, &control::Request::Status)?;
             if json {
                 if let Some(o) = v.as_object_mut() {
@@ -101,6 +106,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Rotate { socket, node, all } => {
+            let socket = control::find_socket(socket)?;
             let v = control::call(&socket, &control::Request::Rotate { node, all })?;
             println!("{v}");
             Ok(())

@@ -54,6 +54,10 @@ pub struct PeerKernel {
     pub priority: u32,
     /// Inbound anti-replay window.
     pub replay_window: u32,
+    /// Soft and hard lifetime of every SA, in seconds since it was added
+    /// (`None`: none). The hard one is a backstop that makes a dead
+    /// daemon's keys expire; the soft one warns that a rotation is overdue.
+    pub lifetime: Option<(u64, u64)>,
 }
 
 impl PeerKernel {
@@ -86,7 +90,10 @@ impl PeerKernel {
             replay_window: self.replay_window,
             esn: true,
             encap: None,
-            lifetimes: Lifetimes::default(),
+            lifetimes: Lifetimes {
+                add_seconds: self.lifetime,
+                ..Lifetimes::default()
+            },
             selector: None,
         }
     }
@@ -124,6 +131,15 @@ impl PeerKernel {
     /// policy names its SPI).
     pub fn add_outbound_sa(&self, spi: u32, key: AeadKey) -> Op {
         Op::AddSa(self.sa(self.local, self.remote, spi, key))
+    }
+
+    /// The kernel's id of this peer's SA `spi` in direction `dir`.
+    pub fn sa_id(&self, dir: SaDir, spi: u32) -> SaId {
+        let dst = match dir {
+            SaDir::In => self.local,
+            SaDir::Out => self.remote,
+        };
+        SaId { dst, spi }
     }
 
     /// Deletes an inbound SA.
@@ -247,6 +263,7 @@ mod tests {
             mode,
             priority: 1000,
             replay_window: 1024,
+            lifetime: None,
         }
     }
 

@@ -17,8 +17,10 @@ use std::time::{Duration, Instant};
 
 use rotor::config::{HubConfig, HubPeer, NodeConfig, PeerMode};
 use rotor::control::{self, Request, Status};
-use rotor::daemon::{self, KernelExec, Role};
+use rotor::daemon::persist::Persist;
+use rotor::daemon::{self, KernelExec, Lifecycle, Role};
 use rotor::peer_kernel::PeerKernel;
+use rotor::store::Store;
 use rotor_xfrm::{ModelKernel, Op, Ownership, SaId};
 use zeroize::Zeroizing;
 
@@ -43,8 +45,9 @@ impl Daemon {
         peers: Vec<PeerKernel>,
         udp_at: SocketAddr,
         socket: PathBuf,
+        kernel: ModelKernel,
+        store: Option<Store>,
     ) -> Daemon {
-        let kernel = ModelKernel::new(Ownership::default());
         let udp = UdpSocket::bind(udp_at).expect("bind UDP");
         udp.set_nonblocking(true).unwrap();
         let _ = std::fs::remove_file(&socket);
@@ -59,9 +62,22 @@ impl Daemon {
             rt.block_on(async move {
                 let udp = tokio::net::UdpSocket::from_std(udp)?;
                 let listener = tokio::net::UnixListener::from_std(listener)?;
-                daemon::serve(role, KernelExec::new(k, peers), udp, listener, async {
-                    let _ = stopped.await;
-                })
+                let life = Lifecycle {
+                    persist: store.map(Persist::new),
+                    monitor: None,
+                    reconcile_every_ms: RECONCILE_MS,
+                    reqids: Default::default(),
+                };
+                daemon::serve(
+                    role,
+                    KernelExec::new(k, peers),
+                    udp,
+                    listener,
+                    life,
+                    async {
+                        let _ = stopped.await;
+                    },
+                )
                 .await
             })
         });
@@ -139,6 +155,10 @@ impl Net {
     fn sock(&self, name: &str) -> PathBuf {
         self.dir.path().join(format!("{name}.sock"))
     }
+
+    fn state_dir(&self) -> PathBuf {
+        self.dir.path().join("state")
+    }
 }
 
 fn psk(i: usize) -> Zeroizing<[u8; 32]> {
@@ -151,6 +171,9 @@ fn psk(i: usize) -> Zeroizing<[u8; 32]> {
 const ROTATE: Duration = Duration::from_millis(400);
 const HELLO: Duration = Duration::from_millis(100);
 const GRACE: Duration = Duration::from_millis(300);
+/// Reconcile period of the daemons under test (the model kernel sends no
+/// notifications, so drift is found by the periodic pass).
+const RECONCILE_MS: u64 = 200;
 
 fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> HubConfig {
     HubConfig {
@@ -159,6 +182,8 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
         rotate_interval: ROTATE,
         grace: GRACE,
         socket: net.sock("hub"),
+        state_dir: net.state_dir(),
+        sa_lifetime: None,
         key_bits: 256,
         replay_window: 64,
         priority: 1000,
@@ -185,6 +210,8 @@ fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
         retries: 3,
         grace: GRACE,
         socket: net.sock(&format!("n{i}")),
+        state_dir: net.state_dir(),
+        sa_lifetime: None,
         key_bits: 256,
         replay_window: 64,
         priority: 1000,
@@ -193,16 +220,30 @@ fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
 }
 
 fn start_hub(net: &Net, cfg: HubConfig) -> Daemon {
+    start_hub_on(net, cfg, ModelKernel::new(Ownership::default()))
+}
+
+/// A hub on `kernel` (a restart passes the previous run's), with its
+/// durable state in the config's `state_dir`.
+fn start_hub_on(net: &Net, cfg: HubConfig, kernel: ModelKernel) -> Daemon {
     let socket = cfg.socket.clone();
-    let (role, peers) = daemon::hub_parts(cfg, Ownership::default()).unwrap();
-    Daemon::start(role, peers, SocketAddr::new(net.hub_ip(), net.port), socket)
+    let (store, mut loaded) = Store::open(&cfg.state_dir, "hub").unwrap();
+    let (role, peers, _) = daemon::hub_parts(cfg, Ownership::default(), Some(&mut loaded)).unwrap();
+    let at = SocketAddr::new(net.hub_ip(), net.port);
+    Daemon::start(role, peers, at, socket, kernel, Some(store))
 }
 
 fn start_node(net: &Net, cfg: NodeConfig) -> Daemon {
+    start_node_on(net, cfg, ModelKernel::new(Ownership::default()))
+}
+
+fn start_node_on(net: &Net, cfg: NodeConfig, kernel: ModelKernel) -> Daemon {
     let socket = cfg.socket.clone();
     let at = SocketAddr::new(cfg.address, net.port);
-    let (role, peers) = daemon::node_parts(&cfg, Ownership::default()).unwrap();
-    Daemon::start(role, peers, at, socket)
+    let (store, mut loaded) = Store::open(&cfg.state_dir, &format!("node-{}", cfg.name)).unwrap();
+    let (role, peers, _) =
+        daemon::node_parts(&cfg, Ownership::default(), Some(&mut loaded)).unwrap();
+    Daemon::start(role, peers, at, socket, kernel, Some(store))
 }
 
 /// A hub serving `nodes` nodes, of which node 0 runs (falling back to init
@@ -237,7 +278,12 @@ fn node_row(d: &Daemon) -> control::PeerStatus {
 /// The kernel states of the hub and a node agree: the node sends on an SA
 /// the hub accepts, and the hub sends on one the node accepts, each pointed
 /// at by the sender's outbound policy.
-fn assert_kernels_agree(hub: &Daemon, node: &Daemon, hub_ip: IpAddr, node_ip: IpAddr) {
+fn kernels_agree(
+    hub: &Daemon,
+    node: &Daemon,
+    hub_ip: IpAddr,
+    node_ip: IpAddr,
+) -> Result<(), String> {
     for (sender, receiver, dst) in [(node, hub, hub_ip), (hub, node, node_ip)] {
         let out: Vec<_> = sender
             .kernel
@@ -245,20 +291,44 @@ fn assert_kernels_agree(hub: &Daemon, node: &Daemon, hub_ip: IpAddr, node_ip: Ip
             .into_iter()
             .filter(|(id, _)| id.selector.dst.addr == dst)
             .collect();
-        assert_eq!(out.len(), 1, "one outbound policy towards {dst}");
+        if out.len() != 1 {
+            return Err(format!(
+                "{} outbound policies towards {dst}, want one",
+                out.len()
+            ));
+        }
         let pol = &out[0].1;
-        assert!(!pol.block, "outbound to {dst} is not blocked once in sync");
+        if pol.block {
+            return Err(format!("outbound to {dst} is blocked"));
+        }
         let id = SaId { dst, spi: pol.spi };
-        assert!(
-            sender.kernel.has_sa(id),
-            "the sender's outbound SA {:#x} exists",
-            pol.spi
-        );
-        assert!(
-            receiver.kernel.has_sa(id),
-            "the receiver accepts {:#x}",
-            pol.spi
-        );
+        if !sender.kernel.has_sa(id) {
+            return Err(format!(
+                "the sender's outbound SA {:#x} is missing",
+                pol.spi
+            ));
+        }
+        if !receiver.kernel.has_sa(id) {
+            return Err(format!("the receiver does not accept {:#x}", pol.spi));
+        }
+    }
+    Ok(())
+}
+
+/// Polls until the kernels agree, for at most `within`.
+fn wait_kernels_agree(
+    hub: &Daemon,
+    node: &Daemon,
+    ips: [IpAddr; 2],
+    within: Duration,
+) -> Result<(), String> {
+    let t0 = Instant::now();
+    loop {
+        match kernels_agree(hub, node, ips[0], ips[1]) {
+            Ok(()) => return Ok(()),
+            Err(e) if t0.elapsed() > within => return Err(e),
+            Err(_) => std::thread::sleep(Duration::from_millis(10)),
+        }
     }
 }
 
@@ -293,14 +363,14 @@ fn hub_and_nodes_rotate_and_the_kernels_agree() {
     // The kernels agree once traffic settles on the current generation; a
     // rotation may be in flight, so allow a few tries.
     for (i, n) in nodes.iter().enumerate() {
-        let ok = (0..50).any(|_| {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                assert_kernels_agree(&hub, n, net.hub_ip(), net.node_ip(i))
-            }));
-            std::thread::sleep(Duration::from_millis(10));
-            r.is_ok()
-        });
-        assert!(ok, "node {i}: kernels never agreed");
+        if let Err(e) = wait_kernels_agree(
+            &hub,
+            n,
+            [net.hub_ip(), net.node_ip(i)],
+            Duration::from_millis(500),
+        ) {
+            panic!("node {i}: kernels never agreed: {e}");
+        }
     }
     // Old generations are deleted after their grace: the hub holds at most
     // two generations (in and out) per node plus those in grace.
@@ -612,16 +682,131 @@ fn a_socket_full_of_junk_delays_neither_status_nor_grace_deletions() {
     hub.stop().unwrap();
 }
 
+/// The SPIs (in and out) of every SA in `k`, sorted.
+fn sa_spis(k: &ModelKernel, ips: &[IpAddr]) -> Vec<(IpAddr, u32)> {
+    let mut v: Vec<(IpAddr, u32)> = ips
+        .iter()
+        .flat_map(|ip| k.sa_spis_to(*ip).into_iter().map(move |s| (*ip, s)))
+        .collect();
+    v.sort_unstable();
+    v
+}
+
 #[test]
-fn shutdown_removes_every_sa_and_policy_the_daemons_installed() {
+fn a_stopped_daemon_leaves_its_kernel_state_and_a_restart_resumes_without_reinit() {
     let _g = serial();
     let net = Net::new(36);
     let (hub, node) = hub_and_node(&net, 1, 3);
-    let (hk, nk) = (hub.kernel.clone(), node.kernel.clone());
-    assert!(hk.sa_count() >= 2 && nk.sa_count() >= 2);
-    assert!(hk.policy_count() >= 2 && nk.policy_count() >= 2);
+    let ips = [net.hub_ip(), net.node_ip(0)];
+    let hk = hub.kernel.clone();
+    let before = hub.status().peers[0].clone();
+    let cfg_net = &net;
+    hub.stop().unwrap();
+    // Stopped: every SA and the outbound policy stay, nothing is blocked.
+    assert!(hk.sa_count() >= 2, "hub SAs kept: {}", hk.sa_count());
+    let out = hk.outbound();
+    assert_eq!(out.len(), 1);
+    assert!(
+        !out[0].1.block,
+        "outbound still protected by an SA, not blocked"
+    );
+    let kept = sa_spis(&hk, &ips);
+    // The node goes on (its hellos go unanswered for a moment).
+    std::thread::sleep(Duration::from_millis(150));
+    let hub = start_hub_on(
+        cfg_net,
+        hub_config(cfg_net, 1, |i| cfg_net.node_ip(i)),
+        hk.clone(),
+    );
+    let row = hub.status().peers[0].clone();
+    assert!(row.generation >= before.generation);
+    assert_eq!(row.inits, before.inits, "restored, not re-initialised");
+    // The restart took over the SAs it found rather than re-adding them.
+    let adopted = sa_spis(&hk, &ips);
+    assert!(
+        kept.iter().filter(|k| adopted.contains(k)).count() >= 2,
+        "kept {kept:?}, now {adopted:?}"
+    );
+    wait_for(
+        "rotations after the restart",
+        Duration::from_secs(10),
+        || node_row(&node).generation >= before.generation + 2,
+    );
+    assert_eq!(node_row(&node).inits, 1, "the node never re-initialised");
+    assert_eq!(hub.status().peers[0].inits, before.inits);
+    // And the node restarts the same way.
+    let nk = node.kernel.clone();
+    let n_before = node_row(&node);
+    node.stop().unwrap();
+    assert!(nk.sa_count() >= 2);
+    let mut ncfg = node_config(&net, 0, SocketAddr::new(net.hub_ip(), net.port));
+    ncfg.retries = 3;
+    let node = start_node_on(&net, ncfg, nk.clone());
+    let n_row = node_row(&node);
+    assert!(n_row.generation >= n_before.generation);
+    assert_eq!(
+        n_row.inits, n_before.inits,
+        "node restored, not re-initialised"
+    );
+    wait_for(
+        "rotations after the node's restart",
+        Duration::from_secs(10),
+        || node_row(&node).generation >= n_before.generation + 2,
+    );
+    assert_eq!(node_row(&node).inits, 1);
     node.stop().unwrap();
     hub.stop().unwrap();
-    assert_eq!((hk.sa_count(), hk.policy_count()), (0, 0));
-    assert_eq!((nk.sa_count(), nk.policy_count()), (0, 0));
+}
+
+#[test]
+fn flushed_sas_and_policies_are_repaired_without_reinit() {
+    let _g = serial();
+    let net = Net::new(37);
+    // No timer rotation during the test: only the reconcile pass can repair.
+    let slow = Duration::from_secs(600);
+    let mut hcfg = hub_config(&net, 1, |i| net.node_ip(i));
+    hcfg.rotate_interval = slow;
+    hcfg.nodes[0].rotate_interval = slow;
+    let hub = start_hub(&net, hcfg);
+    let node = start_node(
+        &net,
+        node_config(&net, 0, SocketAddr::new(net.hub_ip(), net.port)),
+    );
+    wait_for("the node in sync", Duration::from_secs(10), || {
+        node_row(&node).tx_spi.is_some() && hub.status().peers[0].tx_spi.is_some()
+    });
+    let ips = [net.hub_ip(), net.node_ip(0)];
+    for (who, k) in [("hub", hub.kernel.clone()), ("node", node.kernel.clone())] {
+        let gen_before = hub.status().peers[0].generation;
+        k.flush_sas();
+        assert_eq!(k.sa_count(), 0);
+        let t0 = Instant::now();
+        // The pair converges on fresh keys (a flushed sending SA is never
+        // re-added with its old key: the peer rotates instead).
+        wait_for(
+            &format!("the {who} to rotate onto fresh keys"),
+            Duration::from_millis(1500),
+            || hub.status().peers[0].generation > gen_before,
+        );
+        if let Err(e) = wait_kernels_agree(&hub, &node, ips, Duration::from_millis(1500)) {
+            panic!("{who}: SAs not repaired within 1.5 s of a state flush: {e}");
+        }
+        eprintln!("{who}: state flush repaired in {:?}", t0.elapsed());
+        k.flush_policies();
+        assert_eq!(k.policy_count(), 0);
+        let t0 = Instant::now();
+        wait_for(
+            &format!("the {who}'s policies back"),
+            Duration::from_secs(1),
+            || k.outbound().len() == 1 && k.policy_count() >= 2,
+        );
+        eprintln!("{who}: policy flush repaired in {:?}", t0.elapsed());
+        if let Err(e) = wait_kernels_agree(&hub, &node, ips, Duration::from_secs(1)) {
+            panic!("{who}: kernels disagree after the policy repair: {e}");
+        }
+    }
+    assert_eq!(node_row(&node).inits, 1, "repaired, never re-initialised");
+    assert_eq!(hub.status().peers[0].inits, 1);
+    node.stop().unwrap();
+    hub.stop().unwrap();
 }

@@ -9,20 +9,25 @@
 //! control connections (and tokio's drivers) run. A socket kept full of junk
 //! therefore costs throughput, never timers, retries or `rotor status`.
 
+use std::collections::HashMap;
 use std::net::SocketAddr;
 
 use rotor_core::{Action, DropReason, Machine, Now, Time};
-use rotor_xfrm::Kernel;
+use rotor_xfrm::{Kernel, KernelEvent, Monitor};
+use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
-use tracing::debug;
+use tracing::{debug, error, warn};
 
 use super::clock::Clock;
 use super::control_server::{Call, PAGE};
 use super::kernel::KernelExec;
 use super::log;
+use super::persist::Persist;
+use super::reconcile;
 use super::role::Role;
 use crate::control::{self, StatusHead};
+use crate::store::StoreError;
 use crate::udp_batch::{self, RecvBatch};
 
 /// Most control datagrams taken in one step before acting on them: a burst
@@ -32,17 +37,41 @@ pub const MAX_BURST: usize = 1024;
 /// Control calls answered per loop turn, beyond the one that woke it.
 pub const CALLS_PER_TURN: usize = 8;
 
+/// How soon after the kernel reports a change to rotor's objects the
+/// reconcile pass runs: long enough to take a flush's burst of
+/// notifications as one, far inside the 1 s repair bound.
+pub const RECONCILE_DELAY_MS: u64 = 20;
+
+/// What keeps the kernel and the disk in step with the machine.
+pub struct Lifecycle {
+    /// The durable state; `None` runs without (tests of the loop alone).
+    pub persist: Option<Persist>,
+    /// The kernel's XFRM notifications; `None`: periodic reconcile only.
+    pub monitor: Option<AsyncFd<Monitor>>,
+    /// Period of the reconcile pass that runs whatever was reported.
+    pub reconcile_every_ms: u64,
+    /// Peer index by reqid, for expiry notifications.
+    pub reqids: HashMap<u32, usize>,
+}
+
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
-/// the caller decides what stopping means for it.
+/// the caller decides what stopping means for it. Fails only when the
+/// state can no longer be written: then nothing more may be sent (a restart
+/// resumes from what is durable, the kernel keeps the current keys).
 pub async fn run<R: Role, K: Kernel>(
     role: &mut R,
     kernel: &mut KernelExec<K>,
     udp: &UdpSocket,
     calls: &mut mpsc::Receiver<Call>,
     clock: &Clock,
+    life: &mut Lifecycle,
     shutdown: impl Future<Output = ()>,
-) {
+) -> Result<(), StoreError> {
     tokio::pin!(shutdown);
+    let mut events: Vec<KernelEvent> = Vec::new();
+    let mut next_reconcile = clock.mono().plus_ms(life.reconcile_every_ms);
+    // A reported change waits RECONCILE_DELAY_MS for its siblings.
+    let mut reconcile_at: Option<Time> = None;
     // With source addresses: a node sheds datagrams not from its hub.
     let mut batch = RecvBatch::with_addresses();
     let mut actions: Vec<Action> = Vec::new();
@@ -51,11 +80,15 @@ pub async fn run<R: Role, K: Kernel>(
     loop {
         // The core's next timer, or a refused kernel operation's retry; an
         // early wake-up is harmless (only what is due fires).
-        let wake =
-            earliest(role.machine().poll_timeout(), kernel.retry_due()).map(|t| clock.instant(t));
+        let due = earliest(role.machine().poll_timeout(), kernel.retry_due());
+        let due = earliest(
+            due,
+            Some(reconcile_at.map_or(next_reconcile, |t| t.min(next_reconcile))),
+        );
+        let wake = due.map(|t| clock.instant(t));
         let mut full_burst = false;
         tokio::select! {
-            _ = &mut shutdown => return,
+            _ = &mut shutdown => return Ok(()),
             r = udp_batch::recv_many(udp, &mut batch) => {
                 let mut more = r.is_ok();
                 let mut taken = 0;
@@ -78,6 +111,21 @@ pub async fn run<R: Role, K: Kernel>(
             }
             _ = sleep_until(wake) => {}
             Some(call) = calls.recv() => answer(role, kernel, wrong_source, clock.now(), call),
+            r = read_monitor(life.monitor.as_mut(), &mut events) => {
+                let now = clock.now();
+                match r {
+                    Ok(_) => {
+                        if let Some(at) = on_kernel_events(role, life, &events, now) {
+                            reconcile_at = Some(reconcile_at.map_or(at, |t| t.min(at)));
+                        }
+                    }
+                    Err(e) => {
+                        warn!("reading the kernel's XFRM notifications: {e}; periodic reconcile only");
+                        life.monitor = None;
+                    }
+                }
+                events.clear();
+            }
         }
         let now = clock.now();
         if role.machine().poll_timeout().is_some_and(|t| t <= now.mono) {
@@ -89,11 +137,70 @@ pub async fn run<R: Role, K: Kernel>(
                 Err(_) => break,
             }
         }
-        execute(role, kernel, udp, now.mono, &mut actions).await;
+        execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?;
+        // Only once every action is executed does the kernel show what the
+        // machine believes: the pass compares the two.
+        if reconcile_at.is_some_and(|t| t <= now.mono) || next_reconcile <= now.mono {
+            reconcile_at = None;
+            next_reconcile = now.mono.plus_ms(life.reconcile_every_ms);
+            match reconcile::run(role, kernel, now) {
+                Ok(_) => {
+                    execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?
+                }
+                Err(e) => warn!("reconcile: dumping the kernel's XFRM state: {e}"),
+            }
+        }
         if full_burst {
             tokio::task::yield_now().await;
         }
     }
+}
+
+/// Waits until the monitor has notifications and reads all of them into
+/// `out`; never completes without a monitor.
+async fn read_monitor(
+    m: Option<&mut AsyncFd<Monitor>>,
+    out: &mut Vec<KernelEvent>,
+) -> std::io::Result<usize> {
+    let Some(m) = m else {
+        return std::future::pending().await;
+    };
+    let mut guard = m.readable_mut().await?;
+    let r = guard.get_inner_mut().read_events(out);
+    // read_events reads until the socket is empty: wait for the next edge.
+    guard.clear_ready();
+    r.map_err(std::io::Error::other)
+}
+
+/// Acts on the kernel's notifications: drift of rotor's objects (a
+/// deletion or flush by someone else, a hard expiry, lost notifications)
+/// asks for a reconcile pass (returned: when); a soft expiry means a
+/// rotation is overdue, so the peer is rotated now.
+fn on_kernel_events<R: Role>(
+    role: &mut R,
+    life: &Lifecycle,
+    events: &[KernelEvent],
+    now: Now,
+) -> Option<Time> {
+    let mut drift = false;
+    for e in events {
+        match e {
+            KernelEvent::SaExpired {
+                reqid, hard: false, ..
+            } => {
+                if let Some(&i) = life.reqids.get(reqid) {
+                    let name = role.record_key(i).to_string();
+                    warn!(peer = %name, "an SA reached its soft lifetime: rotation overdue, rotating now");
+                    if let Err(e) = role.rotate(now, Some(&name), false) {
+                        warn!(peer = %name, "rotating: {e}");
+                    }
+                }
+            }
+            KernelEvent::SaAdded { .. } | KernelEvent::PolicyAdded { .. } => {}
+            _ => drift = true,
+        }
+    }
+    drift.then(|| now.mono.plus_ms(RECONCILE_DELAY_MS))
 }
 
 async fn sleep_until(wake: Option<tokio::time::Instant>) {
@@ -111,20 +218,31 @@ fn earliest(a: Option<Time>, b: Option<Time>) -> Option<Time> {
     }
 }
 
-/// Drains the machine's actions: kernel changes first (one batch, with any
-/// due retries), then the datagrams, then the log lines.
+/// Drains the machine's actions: the changed records to disk first, then
+/// the kernel changes (one batch, with any due retries), then the
+/// datagrams, then the log lines.
 async fn execute<R: Role, K: Kernel>(
     role: &mut R,
     kernel: &mut KernelExec<K>,
     udp: &UdpSocket,
-    now: Time,
+    now: Now,
+    persist: Option<&mut Persist>,
     actions: &mut Vec<Action>,
-) {
+) -> Result<(), StoreError> {
     actions.clear();
     while let Some(a) = role.machine_mut().poll_action() {
         actions.push(a);
     }
-    kernel.apply(now, actions, role.names());
+    // The records first: a kernel change or datagram of this step must
+    // never be ahead of what a restart would find (a restart that believed
+    // an outbound SA unused could re-add it with its old key).
+    if let Some(p) = persist
+        && let Err(e) = p.flush(role, now)
+    {
+        error!("writing the state: {e}; stopping (the kernel keeps the current keys)");
+        return Err(e);
+    }
+    kernel.apply(now.mono, actions, role.names());
     let mut out: Vec<(SocketAddr, &[u8])> = Vec::new();
     for a in actions.iter() {
         match a {
@@ -146,6 +264,7 @@ async fn execute<R: Role, K: Kernel>(
             );
         }
     }
+    Ok(())
 }
 
 /// Answers one control call from the machine's current state.
@@ -172,8 +291,13 @@ fn answer<R: Role, K: Kernel>(
             });
             let end = role.peer_count().min(from.saturating_add(PAGE));
             let rows = (from..end)
-                .filter_map(|i| role.peer_status(i, now.mono))
-                .map(to_wire_status)
+                .filter_map(|i| {
+                    let p = role.peer_status(i, now.mono)?;
+                    Some(to_wire_status(
+                        p,
+                        kernel.has_pending(rotor_core::PeerId(i as u32)),
+                    ))
+                })
                 .collect();
             // The connection may have gone: nothing to do then.
             let _ = reply.send((head, rows));
@@ -190,13 +314,21 @@ fn drops_map(
     d.iter().map(|(k, v)| (k.name().to_string(), *v)).collect()
 }
 
-fn to_wire_status(p: rotor_core::PeerStatus) -> control::PeerStatus {
+/// A peer whose kernel operations wait for a retry is not in sync,
+/// whatever the protocol says: its SAs or policies are not (all) in the
+/// kernel.
+fn to_wire_status(p: rotor_core::PeerStatus, kernel_pending: bool) -> control::PeerStatus {
+    let state = if kernel_pending {
+        "kernel_pending".to_string()
+    } else {
+        p.state.as_str().to_string()
+    };
     control::PeerStatus {
         name: p.name,
         generation: p.generation,
         tx_spi: p.tx_spi,
         rx_spis: p.rx_spis,
-        state: p.state.as_str().to_string(),
+        state,
         rotations: p.rotations,
         resends: p.resends,
         inits: p.inits,

@@ -2,7 +2,9 @@
 
 use std::net::SocketAddr;
 
-use rotor_core::{Hub, NameTable, Now, PeerId, PeerStatus, Time};
+use rotor_core::{Hub, KernelView, NameTable, Now, PeerId, PeerStatus, SaDir, Time};
+
+use zeroize::{Zeroize, Zeroizing};
 
 use super::role::Role;
 
@@ -12,14 +14,28 @@ pub struct HubRole {
     names: NameTable,
     /// The control address of each node, indexed by [`PeerId`].
     addrs: Vec<SocketAddr>,
+    /// Each node's reqid, stored ahead of its record so it survives
+    /// restarts and config edits.
+    reqids: Vec<u32>,
+    dirty: Vec<PeerId>,
+    /// The core's record on its way into the stored one.
+    scratch: Zeroizing<Vec<u8>>,
 }
 
 impl HubRole {
     /// Serves `hub`'s nodes at `addrs` (indexed like the hub's nodes), named
-    /// `names` in logs. Starts the hub's timers.
-    pub fn new(mut hub: Hub, names: NameTable, addrs: Vec<SocketAddr>) -> Self {
+    /// `names` in logs, whose kernel objects carry `reqids`. Starts the
+    /// hub's timers.
+    pub fn new(mut hub: Hub, names: NameTable, addrs: Vec<SocketAddr>, reqids: Vec<u32>) -> Self {
         hub.start();
-        HubRole { hub, names, addrs }
+        HubRole {
+            hub,
+            names,
+            addrs,
+            reqids,
+            dirty: Vec::new(),
+            scratch: Zeroizing::new(Vec::new()),
+        }
     }
 }
 
@@ -64,5 +80,41 @@ impl Role for HubRole {
             .ok_or_else(|| format!("no node named {name:?}"))?;
         self.hub.rotate_now(now, id).map_err(|e| e.to_string())?;
         Ok(1)
+    }
+
+    fn take_dirty(&mut self, out: &mut Vec<usize>) {
+        self.dirty.clear();
+        self.hub.take_dirty(&mut self.dirty);
+        out.extend(self.dirty.iter().map(|p| p.0 as usize));
+    }
+
+    /// The node's reqid, then the core's record.
+    fn save(&mut self, index: usize, now: Now, out: &mut Vec<u8>) {
+        out.clear();
+        let (Ok(i), Some(q)) = (u32::try_from(index), self.reqids.get(index)) else {
+            return;
+        };
+        self.hub.save_node(PeerId(i), now, &mut self.scratch);
+        out.extend_from_slice(&q.to_le_bytes());
+        out.extend_from_slice(&self.scratch);
+        self.scratch.zeroize();
+    }
+
+    fn record_key(&self, index: usize) -> &str {
+        u32::try_from(index).map_or("", |i| self.names.get(PeerId(i)))
+    }
+
+    fn kernel_view(&self, index: usize) -> Option<KernelView> {
+        self.hub.kernel_view(PeerId(u32::try_from(index).ok()?))
+    }
+
+    fn for_each_retiring(&self, f: &mut dyn FnMut(usize, u32)) {
+        self.hub.for_each_retiring(|p, spi| f(p.0 as usize, spi));
+    }
+
+    fn kernel_lost(&mut self, now: Now, index: usize, lost: &[(SaDir, u32)]) {
+        if let Ok(i) = u32::try_from(index) {
+            self.hub.kernel_lost(now, PeerId(i), lost);
+        }
     }
 }

@@ -4,15 +4,11 @@
 //! [`RetryQueue`] until the kernel takes them.
 
 use rotor_core::{Action, NameTable, PeerId, Time};
-use rotor_xfrm::{Kernel, Op, OpResult};
+use rotor_xfrm::{Kernel, Op, OpResult, RemoveReport, XfrmError};
 use tracing::{info, warn};
 
 use super::retry::RetryQueue;
 use crate::peer_kernel::PeerKernel;
-
-/// Start-up installs policies this many peers at a time, so 100,000 peers'
-/// policies never sit in memory (and in netlink buffers) at once.
-const START_CHUNK: usize = 1024;
 
 /// The kernel side of a daemon: its peers' layout and what the kernel
 /// refused.
@@ -49,47 +45,45 @@ impl<K: Kernel> KernelExec<K> {
         self.retry.next_due()
     }
 
-    /// Removes leftovers of a previous run, then sets every peer up fail
-    /// closed: inbound policies, and an outbound policy that blocks until
-    /// the first key. On failure the policies that went in are removed
-    /// again: nothing is left half-installed.
-    pub fn start(&mut self) -> anyhow::Result<()> {
-        let r = self.kernel.remove_owned().map_err(|e| {
-            anyhow::anyhow!("removing SAs and policies left by an earlier run: {e}")
-        })?;
-        if r.sas + r.policies > 0 {
-            info!(
-                sas = r.sas,
-                policies = r.policies,
-                "removed state left by an earlier run"
-            );
-        }
-        if let Err(e) = self.install_policies() {
-            self.remove_all();
-            return Err(e);
-        }
-        Ok(())
+    /// The kernel handle.
+    pub fn kernel_mut(&mut self) -> &mut K {
+        &mut self.kernel
     }
 
-    fn install_policies(&mut self) -> anyhow::Result<()> {
-        for chunk in self.peers.chunks(START_CHUNK) {
-            let mut ops = Vec::new();
-            for p in chunk {
-                ops.extend(p.nd_bypass());
-                ops.extend(p.inbound_policies());
-                ops.extend(p.set_outbound(None));
+    /// Kernel layout of peer `index`.
+    pub fn peer(&self, index: usize) -> Option<&PeerKernel> {
+        self.peers.get(index)
+    }
+
+    /// Whether `peer` has refused operations waiting for a retry.
+    pub fn has_pending(&self, peer: PeerId) -> bool {
+        self.retry.has(peer)
+    }
+
+    /// Applies `ops` that belong to no action (reconcile, start-up): each
+    /// refusal is logged with the kernel's errno and text and counted; none
+    /// is queued (the next reconcile pass finds what is still wrong).
+    /// Returns how many were refused.
+    pub fn apply_plain(&mut self, ops: &[Op]) -> usize {
+        if ops.is_empty() {
+            return 0;
+        }
+        let results = match self.kernel.apply(ops) {
+            Ok(r) => r,
+            Err(e) => {
+                warn!("netlink batch of {} operations failed: {e}", ops.len());
+                vec![OpResult::Unknown; ops.len()]
             }
-            let results = self
-                .kernel
-                .apply(&ops)
-                .map_err(|e| anyhow::anyhow!("installing policies: {e}"))?;
-            for (op, r) in ops.iter().zip(results) {
-                if !r.is_done() {
-                    anyhow::bail!("installing policies: {}", describe(op, &r));
-                }
+        };
+        let mut refused = 0;
+        for (op, r) in ops.iter().zip(results) {
+            if !r.is_settled(op, false) {
+                refused += 1;
+                warn!("kernel refused: {}", describe(op, &r));
             }
         }
-        Ok(())
+        self.errors += refused as u64;
+        refused
     }
 
     /// Applies the kernel part of `actions` in one batch, preceded by the
@@ -164,34 +158,29 @@ impl<K: Kernel> KernelExec<K> {
 
     /// Removes everything this daemon installed: the neighbour-discovery
     /// bypass policies (which carry no reqid) by id, then every SA and
-    /// policy of rotor's reqid range.
-    pub fn remove_all(&mut self) {
+    /// policy of its reqid range.
+    pub fn remove_all(&mut self) -> Result<RemoveReport, XfrmError> {
         let ops: Vec<Op> = self
             .peers
             .iter()
             .flat_map(|p| p.nd_bypass_ids())
             .map(Op::DeletePolicy)
             .collect();
-        if !ops.is_empty() {
-            match self.kernel.apply(&ops) {
-                Ok(results) => {
-                    for (op, r) in ops.iter().zip(results) {
-                        if !r.is_settled(op, false) {
-                            warn!("{}", describe(op, &r));
-                        }
-                    }
+        for chunk in ops.chunks(4096) {
+            let results = self.kernel.apply(chunk)?;
+            for (op, r) in chunk.iter().zip(results) {
+                if !r.is_settled(op, false) {
+                    warn!("{}", describe(op, &r));
                 }
-                Err(e) => warn!("removing the neighbour-discovery bypass policies: {e}"),
             }
         }
-        match self.kernel.remove_owned() {
-            Ok(r) => info!(
-                sas = r.sas,
-                policies = r.policies,
-                "removed rotor's SAs and policies"
-            ),
-            Err(e) => warn!("removing rotor's SAs and policies: {e}"),
-        }
+        let r = self.kernel.remove_owned()?;
+        info!(
+            sas = r.sas,
+            policies = r.policies,
+            "removed rotor's SAs and policies"
+        );
+        Ok(r)
     }
 }
 
@@ -207,7 +196,7 @@ fn action_peer(a: &Action) -> Option<PeerId> {
 
 /// One line for an operation's result, naming the operation: the kernel's
 /// errno and text, or why it was not sent, or that its reply was lost.
-fn describe(op: &Op, r: &OpResult) -> String {
+pub(crate) fn describe(op: &Op, r: &OpResult) -> String {
     match r {
         OpResult::Done => format!("{op}: done"),
         OpResult::Failed(e) => e.to_string(),

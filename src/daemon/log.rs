@@ -47,5 +47,16 @@ pub fn event(e: &Event, names: &NameTable, role: &str) {
         Event::Dropped { reason } => {
             debug!(role, reason = reason.name(), "dropped a control datagram")
         }
+        Event::KernelRepaired {
+            peer,
+            reinstalled,
+            blocked,
+        } => warn!(
+            role,
+            peer = name(peer),
+            reinstalled,
+            blocked,
+            "SAs missing from the kernel: re-installed what is safe, rotating onto fresh keys"
+        ),
     }
 }

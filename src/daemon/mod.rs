@@ -6,14 +6,20 @@
 //!
 //! Layout: [`clock`] (time as the core wants it), [`role`] with [`hub`] and
 //! [`node`], [`kernel`] (actions to batched kernel operations) with
-//! [`retry`] (what the kernel refused), [`control_server`] (the control
-//! socket, off the loop), [`event_loop`], [`shutdown`] (signals), [`log`].
+//! [`retry`] (what the kernel refused), [`reconcile`] (kernel against
+//! state: adoption at start, repair of drift), [`persist`] (the durable
+//! state), [`control_server`] (the control socket, off the loop),
+//! [`event_loop`], [`shutdown`] (signals), [`log`].
 //!
-//! Start-up runs every check that can fail without touching the kernel
-//! first (configuration, UDP bind, control socket), then removes rotor-owned
-//! SAs and policies a crashed run left behind and installs each peer's
-//! inbound policies and a blocking outbound policy (fail closed until keys
-//! exist). SIGTERM/SIGINT stop the loop and remove everything rotor owns.
+//! Start-up runs every check that can fail before the first kernel change:
+//! configuration, the state directory's lock and records, the ESP probe,
+//! UDP bind, control socket, XFRM sockets. Then one reconcile pass adopts
+//! what a previous run left (SAs, policies) as far as the restored state
+//! knows it, repairs what is missing and removes owned objects the state
+//! does not know; the machine resumes the same generations, so the peers
+//! notice nothing. SIGTERM/SIGINT stop the loop and leave the kernel as it
+//! is: traffic keeps flowing on the current keys and nothing is ever sent in
+//! clear. `rotor purge` uninstalls.
 
 pub mod clock;
 pub mod control_server;
@@ -22,29 +28,79 @@ pub mod hub;
 pub mod kernel;
 pub mod log;
 pub mod node;
+pub mod persist;
+pub mod reconcile;
 pub mod retry;
 pub mod role;
 pub mod shutdown;
 
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::Path;
+use std::time::Duration;
 
-use anyhow::Context;
-use rotor_core::{Hub, KeyBits, NameTable, Node, Secret32};
-use rotor_xfrm::{Kernel, Ownership, Xfrm};
+use anyhow::{Context, bail};
+use rotor_core::{Hub, KeyBits, NameTable, Node, RestoreReport, Secret32};
+use rotor_xfrm::{Capability, Kernel, Monitor, Ownership, Xfrm, probe_esp};
+use tokio::io::unix::AsyncFd;
 use tokio::net::{UdpSocket, UnixListener};
 use tokio::sync::mpsc;
-use tracing::info;
+use tracing::{info, warn};
+use zeroize::Zeroizing;
 
 pub use clock::Clock;
+pub use event_loop::Lifecycle;
 pub use hub::HubRole;
 pub use kernel::KernelExec;
 pub use node::NodeRole;
+pub use persist::Persist;
 pub use role::Role;
 
-use crate::config::{HubConfig, NodeConfig};
+use crate::config::{ConfigFile, HubConfig, NodeConfig, Role as ConfigRole};
 use crate::peer_kernel::PeerKernel;
 use crate::sockets::{bind_control_udp, bind_control_unix};
+use crate::store::{Loaded, Store};
+
+/// Period of the reconcile pass (drift that no notification reported).
+pub const RECONCILE_EVERY: Duration = Duration::from_secs(30);
+
+/// The first reqid of the nodes' ranges (the hub's is
+/// [`rotor_xfrm::DEFAULT_REQID_BASE`], 2^18 long, below it).
+pub const NODE_REQID_BASE: u32 = 0x5258_0000;
+
+/// A node's one reqid, derived from its name so that several nodes (and a
+/// hub) on one host own disjoint objects: FNV-1a of the name, folded into
+/// 2^16 slots above [`NODE_REQID_BASE`].
+pub fn node_ownership(name: &str) -> Ownership {
+    let mut h: u32 = 0x811c_9dc5;
+    for b in name.bytes() {
+        h ^= u32::from(b);
+        h = h.wrapping_mul(0x0100_0193);
+    }
+    let slot = (h ^ (h >> 16)) & 0xffff;
+    Ownership::new(NODE_REQID_BASE + slot, 1).unwrap_or_default()
+}
+
+/// The hub's SA lifetimes for a node rotated every `rotate`: an SA is in
+/// use for at most two rotations and the grace period, so the hard limit
+/// (three rotations + grace + 30 s) only fires for a dead daemon's keys;
+/// the soft one, a quarter earlier, warns and rotates.
+/// `configured` (`sa_lifetime`) replaces the hard limit.
+pub fn hub_lifetime(rotate: Duration, grace: Duration, configured: Option<Duration>) -> (u64, u64) {
+    let hard = configured.map_or_else(
+        || rotate.as_secs().saturating_mul(3) + grace.as_secs() + 30,
+        |d| d.as_secs(),
+    );
+    (hard - hard / 4, hard)
+}
+
+/// A node's SA lifetimes: it cannot know its hub's rotation period, so the
+/// hard limit is `configured` or a day; the soft one, a quarter earlier,
+/// asks the hub for a rotation.
+pub fn node_lifetime(configured: Option<Duration>) -> (u64, u64) {
+    let hard = configured.map_or(24 * 3600, |d| d.as_secs());
+    (hard - hard / 4, hard)
+}
 
 fn key_bits(b: u16) -> KeyBits {
     if b == 128 {
@@ -55,45 +111,107 @@ fn key_bits(b: u16) -> KeyBits {
 }
 
 /// Serves `role` on `udp` and the control `listener` until `shutdown`
-/// completes: sets the kernel up ([`KernelExec::start`]), runs the event
-/// loop, and on the way out removes what it installed. On a failed start the
-/// kernel is left as it was found.
+/// completes: adopts and repairs the kernel state ([`reconcile::run`]),
+/// runs the event loop, and leaves the kernel as it is on the way out. On a
+/// failed start the policies it created are removed again.
 pub async fn serve<R: Role, K: Kernel>(
     mut role: R,
     mut kernel: KernelExec<K>,
     udp: UdpSocket,
     listener: UnixListener,
+    mut life: Lifecycle,
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let clock = Clock::default();
-    kernel.start()?;
-    // Give the heap the configuration parser and the policy set-up left
-    // behind back to the system (measured: ~1 KB per node at 10,000 nodes).
+    let report = reconcile::run(&mut role, &mut kernel, clock.now())
+        .map_err(|e| anyhow::anyhow!("reading rotor's SAs and policies from the kernel: {e}"))?;
+    if report.refused > 0 {
+        reconcile::undo(&mut kernel, &report.created);
+        bail!(
+            "the kernel refused {} of the operations that set up the peers (see the log above); nothing was left behind",
+            report.refused
+        );
+    }
+    info!(
+        adopted_policies = report.adopted(),
+        created_policies = report.created.len(),
+        lost_sas = report.sas_lost,
+        stale_sas = report.stale_sas,
+        stale_policies = report.stale_policies,
+        "kernel state adopted"
+    );
+    life.reqids = (0..role.peer_count())
+        .filter_map(|i| kernel.peer(i).map(|p| (p.reqid, i)))
+        .collect();
+    // Give the heap the configuration parser and the start-up left behind
+    // back to the system (measured: ~1 KB per node at 10,000 nodes).
     rotor_sys::malloc_trim();
     let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
     let server = control_server::spawn(listener, tx);
-    event_loop::run(&mut role, &mut kernel, &udp, &mut calls, &clock, shutdown).await;
+    let r = event_loop::run(
+        &mut role,
+        &mut kernel,
+        &udp,
+        &mut calls,
+        &clock,
+        &mut life,
+        shutdown,
+    )
+    .await;
     server.abort();
-    kernel.remove_all();
-    Ok(())
+    r.context("the durable state")
 }
 
-/// The hub's role and kernel layout from its configuration.
-pub fn hub_parts(mut cfg: HubConfig, own: Ownership) -> anyhow::Result<(HubRole, Vec<PeerKernel>)> {
+/// The hub's role and kernel layout from its configuration, resuming every
+/// node whose record `loaded` holds (a missing or refused record starts
+/// that node at init).
+pub fn hub_parts(
+    mut cfg: HubConfig,
+    own: Ownership,
+    loaded: Option<&mut Loaded>,
+) -> anyhow::Result<(HubRole, Vec<PeerKernel>, RestoreReport)> {
     // The nodes' entries are moved out of the parsed configuration (their
     // strings are not copied), and what the daemon keeps per node goes into
     // a few large allocations: small long-lived blocks scattered among the
     // parser's garbage would keep its pages from returning to the system.
     let nodes = std::mem::take(&mut cfg.nodes);
     let names = NameTable::from_names(nodes.iter().map(|n| n.name.as_str()));
+    // A node keeps its reqid across restarts and config edits (its SAs in
+    // the kernel carry it): the stored record names it; new nodes get the
+    // first free ones.
+    let mut records: Vec<Option<Zeroizing<Vec<u8>>>> = match loaded {
+        Some(l) => nodes.iter().map(|n| l.take(&n.name)).collect(),
+        None => Vec::new(),
+    };
+    let mut reqids: Vec<Option<u32>> = Vec::with_capacity(nodes.len());
+    let mut used = HashSet::new();
+    for r in &records {
+        let q = r
+            .as_deref()
+            .and_then(|r| split_reqid(r))
+            .map(|(q, _)| q)
+            .filter(|q| own.owns(*q) && used.insert(*q));
+        reqids.push(q);
+    }
+    reqids.resize(nodes.len(), None);
+    let mut next_slot: u32 = 0;
+    for q in reqids.iter_mut().filter(|q| q.is_none()) {
+        loop {
+            let r = own.reqid_for(next_slot).with_context(|| {
+                format!("too many nodes for rotor's reqid range ({})", own.len())
+            })?;
+            next_slot += 1;
+            if used.insert(r) {
+                *q = Some(r);
+                break;
+            }
+        }
+    }
     let mut peers = Vec::with_capacity(nodes.len());
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(nodes.len());
     let mut specs = Vec::with_capacity(nodes.len());
-    for (i, n) in nodes.into_iter().enumerate() {
-        let reqid = u32::try_from(i)
-            .ok()
-            .and_then(|i| own.reqid_for(i))
-            .with_context(|| format!("too many nodes for rotor's reqid range ({})", own.len()))?;
+    for (n, reqid) in nodes.into_iter().zip(reqids) {
+        let reqid = reqid.context("reqid assignment")?;
         peers.push(PeerKernel {
             reqid,
             local: cfg.address,
@@ -101,6 +219,7 @@ pub fn hub_parts(mut cfg: HubConfig, own: Ownership) -> anyhow::Result<(HubRole,
             mode: n.mode,
             priority: cfg.priority,
             replay_window: cfg.replay_window,
+            lifetime: Some(hub_lifetime(n.rotate_interval, cfg.grace, cfg.sa_lifetime)),
         });
         addrs.push(SocketAddr::new(n.address, cfg.port));
         specs.push(rotor_core::NodeSpec {
@@ -109,22 +228,34 @@ pub fn hub_parts(mut cfg: HubConfig, own: Ownership) -> anyhow::Result<(HubRole,
             rotate_interval_ms: millis(n.rotate_interval),
         });
     }
-    let hub = Hub::new(
-        rotor_core::HubConfig {
-            nodes: specs,
-            grace_ms: millis(cfg.grace),
-            key_bits: key_bits(cfg.key_bits),
-            init_skew_ms: millis(cfg.init_skew),
-        },
-        Clock::default().now(),
-        seed()?,
-    )
+    let core_cfg = rotor_core::HubConfig {
+        nodes: specs,
+        grace_ms: millis(cfg.grace),
+        key_bits: key_bits(cfg.key_bits),
+        init_skew_ms: millis(cfg.init_skew),
+    };
+    let now = Clock::default().now();
+    let (hub, report) = if records.is_empty() {
+        Hub::new(core_cfg, now, seed()?).map(|h| (h, RestoreReport::default()))
+    } else {
+        Hub::restore(core_cfg, now, seed()?, |name| {
+            let i = names.find(name)?.0 as usize;
+            let r = records.get_mut(i)?.take()?;
+            split_reqid(&r).map(|(_, core)| Zeroizing::new(core.to_vec()))
+        })
+    }
     .context("hub configuration")?;
-    Ok((HubRole::new(hub, names, addrs), peers))
+    let reqids = peers.iter().map(|p| p.reqid).collect();
+    Ok((HubRole::new(hub, names, addrs, reqids), peers, report))
 }
 
-/// The node's role and kernel layout from its configuration.
-pub fn node_parts(cfg: &NodeConfig, own: Ownership) -> anyhow::Result<(NodeRole, Vec<PeerKernel>)> {
+/// The node's role and kernel layout from its configuration, resuming from
+/// its record in `loaded` if there is a valid one.
+pub fn node_parts(
+    cfg: &NodeConfig,
+    own: Ownership,
+    loaded: Option<&mut Loaded>,
+) -> anyhow::Result<(NodeRole, Vec<PeerKernel>, RestoreReport)> {
     let peer = PeerKernel {
         reqid: own.base(),
         local: cfg.address,
@@ -132,21 +263,32 @@ pub fn node_parts(cfg: &NodeConfig, own: Ownership) -> anyhow::Result<(NodeRole,
         mode: cfg.mode.clone(),
         priority: cfg.priority,
         replay_window: cfg.replay_window,
+        lifetime: Some(node_lifetime(cfg.sa_lifetime)),
     };
-    let node = Node::new(
-        rotor_core::NodeConfig {
-            name: cfg.name.clone(),
-            psk: Secret32::new(*cfg.psk),
-            hello_interval_ms: millis(cfg.hello_interval),
-            retries: cfg.retries,
-            grace_ms: millis(cfg.grace),
-            key_bits: key_bits(cfg.key_bits),
-        },
-        Clock::default().now(),
-        seed()?,
-    )
-    .context("node configuration")?;
-    Ok((NodeRole::new(node, cfg.name.clone(), cfg.hub), vec![peer]))
+    let core_cfg = rotor_core::NodeConfig {
+        name: cfg.name.clone(),
+        psk: Secret32::new(*cfg.psk),
+        hello_interval_ms: millis(cfg.hello_interval),
+        retries: cfg.retries,
+        grace_ms: millis(cfg.grace),
+        key_bits: key_bits(cfg.key_bits),
+    };
+    let now = Clock::default().now();
+    let record = loaded.and_then(|l| l.take(&cfg.name));
+    let (node, report) =
+        Node::restore(core_cfg, now, seed()?, record).context("node configuration")?;
+    Ok((
+        NodeRole::new(node, cfg.name.clone(), cfg.hub),
+        vec![peer],
+        report,
+    ))
+}
+
+/// A hub's stored record: the node's reqid (4 bytes, little-endian), then
+/// the core's record. `None` if too short.
+pub fn split_reqid(record: &[u8]) -> Option<(u32, &[u8])> {
+    let (q, rest) = record.split_first_chunk::<4>()?;
+    Some((u32::from_le_bytes(*q), rest))
 }
 
 /// A seed for a machine's random number generator, from the OS.
@@ -163,6 +305,54 @@ fn millis(d: std::time::Duration) -> u64 {
     u64::try_from(d.as_millis()).unwrap_or(u64::MAX)
 }
 
+/// Refuses to go on where this kernel cannot hold rotor's SAs: without ESP
+/// or the AEAD every key would be refused and every peer cut off.
+fn require_esp() -> anyhow::Result<()> {
+    match probe_esp() {
+        Capability::Ok => Ok(()),
+        Capability::NotPermitted(m) => {
+            bail!("{m} (rotor needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN)")
+        }
+        Capability::Refused(e) => bail!(
+            "this kernel cannot hold rotor's SAs: {e} (it needs ESP with rfc4106(gcm(aes)) and ESN; `rotor check` says more)"
+        ),
+        Capability::Failed(m) => bail!("probing the kernel for ESP: {m}"),
+    }
+}
+
+/// Logs what the restore found.
+fn log_restore(report: &RestoreReport, torn_tail: bool) {
+    if torn_tail {
+        warn!(
+            "the state log ended in a partial write (a crash during a write): that write was dropped"
+        );
+    }
+    for (name, why) in &report.refused {
+        warn!(peer = %name, "stored state not used ({why}): the peer re-initialises");
+    }
+    info!(
+        restored = report.restored,
+        fresh = report.fresh,
+        "state loaded"
+    );
+}
+
+/// Removes the records `loaded` still holds after the restore took every
+/// configured peer's: nodes no longer in the configuration. Their kernel
+/// objects go with the first reconcile pass.
+fn forget_unconfigured(store: &mut Store, loaded: Loaded) -> anyhow::Result<()> {
+    let stale: Vec<String> = loaded.keys().map(str::to_string).collect();
+    drop(loaded);
+    if !stale.is_empty() {
+        info!(
+            records = stale.len(),
+            "forgetting the state of nodes no longer configured"
+        );
+        store.remove_batch(stale.iter().map(String::as_str))?;
+    }
+    Ok(())
+}
+
 /// Binds both sockets before anything touches the kernel, so a start that
 /// cannot bind (another instance running, address not configured) changes
 /// nothing.
@@ -172,32 +362,125 @@ fn bind(udp_at: SocketAddr, socket: &Path) -> anyhow::Result<(UdpSocket, UnixLis
     Ok((udp, listener))
 }
 
+/// The XFRM sockets: one for changes, one for the kernel's notifications.
+fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
+    let xfrm = Xfrm::open(own).context("opening the XFRM netlink socket")?;
+    let mut monitor =
+        Monitor::open(own).context("subscribing to the kernel's XFRM notifications")?;
+    // Our own changes are no drift.
+    monitor.ignore_sender(xfrm.portid());
+    let life = Lifecycle {
+        persist: None,
+        monitor: None,
+        reconcile_every_ms: millis(RECONCILE_EVERY),
+        reqids: HashMap::new(),
+    };
+    Ok((xfrm, life, monitor))
+}
+
+/// Registers the notification socket with the runtime.
+// `AsyncFd::new` is deprecated because a `T` that does not own its
+// descriptor could let it be closed while registered; `Monitor` owns its
+// socket and moves into the `AsyncFd`, so that cannot happen here (and the
+// `unsafe` replacement, `register`, is not allowed outside rotor-sys).
+#[allow(deprecated)]
+fn watch(monitor: Monitor) -> anyhow::Result<AsyncFd<Monitor>> {
+    AsyncFd::new(monitor).context("watching the XFRM notification socket")
+}
+
 /// Runs the hub until SIGTERM/SIGINT.
 pub async fn run_hub(cfg: HubConfig) -> anyhow::Result<()> {
     let own = Ownership::default();
     let (address, port, socket) = (cfg.address, cfg.port, cfg.socket.clone());
-    let (role, peers) = hub_parts(cfg, own)?;
+    let (mut store, mut loaded) = Store::open(&cfg.state_dir, "hub")?;
+    let (role, peers, report) = hub_parts(cfg, own, Some(&mut loaded))?;
+    log_restore(&report, loaded.torn_tail);
+    forget_unconfigured(&mut store, loaded)?;
+    require_esp()?;
     let nodes = peers.len();
     let (udp, listener) = bind(SocketAddr::new(address, port), &socket)?;
-    let xfrm = Xfrm::open(own).context("opening the XFRM netlink socket")?;
+    let (xfrm, mut life, monitor) = open_xfrm(own)?;
+    life.monitor = Some(watch(monitor)?);
+    life.persist = Some(Persist::new(store));
     let stop = shutdown::on_signal()?;
+    shutdown::ignore_hangup()?;
     info!(%address, port, nodes, socket = %socket.display(), "hub starting");
-    let r = serve(role, KernelExec::new(xfrm, peers), udp, listener, stop).await;
+    let r = serve(
+        role,
+        KernelExec::new(xfrm, peers),
+        udp,
+        listener,
+        life,
+        stop,
+    )
+    .await;
     let _ = std::fs::remove_file(&socket);
-    info!("hub stopped");
+    info!("hub stopped; its SAs and policies stay in the kernel");
     r
 }
 
 /// Runs a node until SIGTERM/SIGINT.
 pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
-    let own = Ownership::default();
-    let (role, peers) = node_parts(&cfg, own)?;
+    let own = node_ownership(&cfg.name);
+    let (store, mut loaded) = Store::open(&cfg.state_dir, &format!("node-{}", cfg.name))?;
+    let (role, peers, report) = node_parts(&cfg, own, Some(&mut loaded))?;
+    log_restore(&report, loaded.torn_tail);
+    drop(loaded);
+    require_esp()?;
     let (udp, listener) = bind(SocketAddr::new(cfg.address, cfg.hub.port()), &cfg.socket)?;
-    let xfrm = Xfrm::open(own).context("opening the XFRM netlink socket")?;
+    let (xfrm, mut life, monitor) = open_xfrm(own)?;
+    life.monitor = Some(watch(monitor)?);
+    life.persist = Some(Persist::new(store));
     let stop = shutdown::on_signal()?;
+    shutdown::ignore_hangup()?;
     info!(name = %cfg.name, address = %cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node starting");
-    let r = serve(role, KernelExec::new(xfrm, peers), udp, listener, stop).await;
+    let r = serve(
+        role,
+        KernelExec::new(xfrm, peers),
+        udp,
+        listener,
+        life,
+        stop,
+    )
+    .await;
     let _ = std::fs::remove_file(&cfg.socket);
-    info!("node stopped");
+    info!("node stopped; its SAs and policies stay in the kernel");
     r
+}
+
+/// `rotor purge`: removes every SA and policy the daemon of `config`
+/// installed and its durable state. Holds the daemon's lock while it works,
+/// so it refuses while that daemon runs.
+pub fn purge(config: &Path) -> anyhow::Result<()> {
+    let cfg = ConfigFile::read(config)?;
+    let (state_dir, instance, own, peers) = match cfg.role()? {
+        ConfigRole::Hub => {
+            let c = cfg.into_hub()?;
+            let own = Ownership::default();
+            let dir = c.state_dir.clone();
+            let (_, peers, _) = hub_parts(c, own, None)?;
+            (dir, "hub".to_string(), own, peers)
+        }
+        ConfigRole::Node => {
+            let c = cfg.into_node()?;
+            let own = node_ownership(&c.name);
+            let (_, peers, _) = node_parts(&c, own, None)?;
+            (c.state_dir.clone(), format!("node-{}", c.name), own, peers)
+        }
+    };
+    let (store, loaded) = Store::open(&state_dir, &instance)?;
+    drop(loaded);
+    let xfrm = Xfrm::open(own).context("opening the XFRM netlink socket")?;
+    let mut kx = KernelExec::new(xfrm, peers);
+    let removed = kx
+        .remove_all()
+        .context("removing rotor's SAs and policies")?;
+    store.purge()?;
+    println!(
+        "purged: {} SA(s) and {} policy(ies) removed from the kernel, state in {} deleted",
+        removed.sas,
+        removed.policies,
+        state_dir.display()
+    );
+    Ok(())
 }

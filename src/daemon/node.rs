@@ -2,7 +2,7 @@
 
 use std::net::SocketAddr;
 
-use rotor_core::{NameTable, Node, Now, PeerId, PeerStatus, Time};
+use rotor_core::{KernelView, NameTable, Node, Now, PeerId, PeerStatus, SaDir, Time};
 
 use super::role::Role;
 
@@ -70,5 +70,39 @@ impl Role for NodeRole {
         }
         self.node.request_rotation(now.mono);
         Ok(1)
+    }
+
+    fn take_dirty(&mut self, out: &mut Vec<usize>) {
+        if self.node.take_dirty() {
+            out.push(0);
+        }
+    }
+
+    fn save(&mut self, index: usize, now: Now, out: &mut Vec<u8>) {
+        if index == 0 {
+            self.node.save(now, out);
+        } else {
+            out.clear();
+        }
+    }
+
+    fn record_key(&self, _index: usize) -> &str {
+        &self.name
+    }
+
+    fn kernel_view(&self, index: usize) -> Option<KernelView> {
+        (index == 0).then(|| self.node.kernel_view())
+    }
+
+    fn for_each_retiring(&self, f: &mut dyn FnMut(usize, u32)) {
+        for spi in self.node.retiring() {
+            f(0, spi);
+        }
+    }
+
+    fn kernel_lost(&mut self, now: Now, index: usize, lost: &[(SaDir, u32)]) {
+        if index == 0 {
+            self.node.kernel_lost(now, lost);
+        }
     }
 }

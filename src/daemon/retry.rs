@@ -91,6 +91,11 @@ impl RetryQueue {
         self.len == 0
     }
 
+    /// Whether `peer` has operations waiting.
+    pub fn has(&self, peer: PeerId) -> bool {
+        self.by_peer.get(&peer).is_some_and(|q| !q.is_empty())
+    }
+
     /// When the earliest pending operation is due.
     pub fn next_due(&self) -> Option<Time> {
         self.due.peek().map(|Reverse((t, _))| *t)

@@ -4,7 +4,7 @@
 
 use std::net::SocketAddr;
 
-use rotor_core::{Machine, NameTable, Now, PeerId, PeerStatus, Time};
+use rotor_core::{KernelView, Machine, NameTable, Now, PeerId, PeerStatus, SaDir, Time};
 
 /// A hub or a node, as the event loop drives it.
 pub trait Role {
@@ -36,4 +36,20 @@ pub trait Role {
     /// this node's own keys (node). Returns how many rotations started, or
     /// what was wrong with the request.
     fn rotate(&mut self, now: Now, node: Option<&str>, all: bool) -> Result<usize, String>;
+
+    /// Appends the peers whose durable record changed since the last call.
+    fn take_dirty(&mut self, out: &mut Vec<usize>);
+    /// Encodes peer `index`'s durable record into `out` (cleared first).
+    fn save(&mut self, index: usize, now: Now, out: &mut Vec<u8>);
+    /// The key peer `index`'s record is stored under (its name).
+    fn record_key(&self, index: usize) -> &str;
+    /// The SAs and outbound SPI the state says the kernel holds for peer
+    /// `index`.
+    fn kernel_view(&self, index: usize) -> Option<KernelView>;
+    /// Calls `f(index, spi)` for every replaced generation in its grace
+    /// period (its SAs stay until the machine deletes them).
+    fn for_each_retiring(&self, f: &mut dyn FnMut(usize, u32));
+    /// The kernel lacks these SAs of peer `index`: the machine repairs what
+    /// it safely can (its actions follow).
+    fn kernel_lost(&mut self, now: Now, index: usize, lost: &[(SaDir, u32)]);
 }

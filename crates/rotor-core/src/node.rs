@@ -134,6 +134,13 @@ impl Node {
         }
     }
 
+    /// The SPIs of replaced generations waiting out their grace period:
+    /// their SAs are still wanted in the kernel, though no [`crate::KernelView`]
+    /// lists them.
+    pub fn retiring(&self) -> impl Iterator<Item = u32> + '_ {
+        self.retire_queue.iter().map(|&(_, spi, _)| spi)
+    }
+
     /// Latest generation number (0 = none), for invariant checks.
     pub fn generation(&self) -> u64 {
         self.latest.as_ref().map_or(0, |g| g.number)

@@ -206,6 +206,7 @@ impl Fleet {
             mode: PeerMode::Transport,
             priority: 1000,
             replay_window: 1024,
+            lifetime: Some(rotor::daemon::node_lifetime(None)),
         })
     }
 
@@ -265,7 +266,9 @@ impl Fleet {
                             .entry(reason.name().to_string())
                             .or_insert(0) += 1;
                     }
-                    Event::Resent { .. } | Event::Confirmed { .. } => {}
+                    Event::Resent { .. }
+                    | Event::Confirmed { .. }
+                    | Event::KernelRepaired { .. } => {}
                 },
                 kernel_action => {
                     if self.cfg.kernel {

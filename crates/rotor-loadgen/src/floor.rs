@@ -87,6 +87,13 @@ fn peer(own: &Ownership, c: &FloorConfig, i: u32) -> anyhow::Result<PeerKernel> 
         mode: PeerMode::Transport,
         priority: 1000,
         replay_window: 1024,
+        // The hub's SAs carry lifetimes (a kernel timer each): so do the
+        // floor's, for a like-for-like baseline.
+        lifetime: Some(rotor::daemon::hub_lifetime(
+            std::time::Duration::from_secs(60),
+            std::time::Duration::from_secs(5),
+            None,
+        )),
     })
 }
 

@@ -78,6 +78,12 @@ impl Xfrm {
         })
     }
 
+    /// This handle's netlink port id. The kernel's notifications of the
+    /// changes made through this handle carry it ([`crate::Monitor::ignore_sender`]).
+    pub fn portid(&self) -> u32 {
+        self.sock.portid()
+    }
+
     /// The ownership range this handle marks objects with and removes.
     pub fn ownership(&self) -> &Ownership {
         &self.own
@@ -108,6 +114,7 @@ impl Xfrm {
                 let before = datagram.len();
                 let seq = self.sock.next_seq();
                 let at = XfrmSocket::frame(&mut datagram, &msg, seq, false, false);
+                XfrmSocket::set_pid(&mut datagram, at, self.sock.portid());
                 scrub(&mut msg);
                 if datagram.len() > MAX_DATAGRAM && !in_flight.is_empty() {
                     // Does not fit: send what we have, this op starts the next.

@@ -129,6 +129,8 @@ pub struct Monitor {
     sock: Socket,
     own: Ownership,
     buf: Vec<u8>,
+    /// Changes requested by this port id are not reported.
+    ignore: Option<u32>,
 }
 
 impl std::fmt::Debug for Monitor {
@@ -165,7 +167,16 @@ impl Monitor {
             sock,
             own,
             buf: Vec::with_capacity(MAX_NOTIFICATION),
+            ignore: None,
         })
+    }
+
+    /// Stops reporting the changes requested through the netlink socket
+    /// with port id `portid` (a daemon's own [`crate::Xfrm`] handle, see
+    /// [`crate::Xfrm::portid`]): the kernel copies the requester's port id
+    /// into each notification. Flushes are reported whoever asked.
+    pub fn ignore_sender(&mut self, portid: u32) {
+        self.ignore = (portid != 0).then_some(portid);
     }
 
     /// The ownership range events are filtered against.
@@ -194,7 +205,12 @@ impl Monitor {
                             out.push(KernelEvent::Overrun);
                             pushed += 1;
                         } else {
-                            pushed += parse_datagram(&self.own, &self.buf[..got], out);
+                            pushed += parse_datagram_except(
+                                &self.own,
+                                self.ignore,
+                                &self.buf[..got],
+                                out,
+                            );
                         }
                     }
                     // SA notifications carry keys.
@@ -404,7 +420,18 @@ fn parse_event(own: &Ownership, kind: u16, p: &[u8]) -> Result<Option<KernelEven
 
 /// Parses every message of one datagram into `out`; returns how many events
 /// it appended. A framing error ends the datagram with an `Overrun`.
+#[cfg(test)]
 fn parse_datagram(own: &Ownership, data: &[u8], out: &mut Vec<KernelEvent>) -> usize {
+    parse_datagram_except(own, None, data, out)
+}
+
+/// [`parse_datagram`], skipping the changes requested by port id `ignore`.
+fn parse_datagram_except(
+    own: &Ownership,
+    ignore: Option<u32>,
+    data: &[u8],
+    out: &mut Vec<KernelEvent>,
+) -> usize {
     let before = out.len();
     let mut off = 0;
     while off + HDR_LEN <= data.len() {
@@ -418,6 +445,17 @@ fn parse_datagram(own: &Ownership, data: &[u8], out: &mut Vec<KernelEvent>) -> u
             break;
         };
         let kind = u16::from_ne_bytes([data[off + 4], data[off + 5]]);
+        let pid = u32::from_ne_bytes([
+            data[off + 12],
+            data[off + 13],
+            data[off + 14],
+            data[off + 15],
+        ]);
+        let flush = kind == XFRM_MSG_FLUSHSA || kind == XFRM_MSG_FLUSHPOLICY;
+        if ignore.is_some_and(|p| p == pid) && !flush {
+            off += align4(len);
+            continue;
+        }
         if kind == NLMSG_OVERRUN {
             out.push(KernelEvent::Overrun);
         } else {

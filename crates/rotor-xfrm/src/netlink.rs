@@ -62,6 +62,9 @@ pub(crate) struct XfrmSocket {
     sock: Socket,
     seq: u32,
     buf: Vec<u8>,
+    /// Our netlink port id: written into every request, so the kernel's
+    /// notifications of our own changes carry it.
+    portid: u32,
 }
 
 fn sock_err(context: &'static str) -> impl FnOnce(io::Error) -> XfrmError {
@@ -73,7 +76,8 @@ impl XfrmSocket {
     /// CAP_NET_ADMIN per request.
     pub(crate) fn open(timeout: Duration) -> Result<Self, XfrmError> {
         let mut sock = Socket::new(NETLINK_XFRM).map_err(sock_err("opening NETLINK_XFRM"))?;
-        sock.bind_auto().map_err(sock_err("binding"))?;
+        let local = sock.bind_auto().map_err(sock_err("binding"))?;
+        let portid = local.port_number();
         sock.connect(&SocketAddr::new(0, 0))
             .map_err(sock_err("connecting to the kernel"))?;
         sock.set_cap_ack(true)
@@ -88,7 +92,19 @@ impl XfrmSocket {
             sock,
             seq: 1,
             buf: Vec::with_capacity(256 * 1024),
+            portid,
         })
+    }
+
+    /// Our netlink port id.
+    pub(crate) fn portid(&self) -> u32 {
+        self.portid
+    }
+
+    /// Writes `pid` as the sender port id of the request whose header starts
+    /// at `at`.
+    pub(crate) fn set_pid(out: &mut [u8], at: usize, pid: u32) {
+        out[at + 12..at + 16].copy_from_slice(&pid.to_ne_bytes());
     }
 
     /// Next request sequence number (never 0, which the kernel uses for

@@ -134,6 +134,15 @@ impl Hub {
         })
     }
 
+    /// Calls `f(node, spi)` for every replaced generation waiting out its
+    /// grace period: its SAs are still wanted in the kernel (reordered
+    /// in-flight packets), though no [`crate::KernelView`] lists them.
+    pub fn for_each_retiring(&self, mut f: impl FnMut(PeerId, u32)) {
+        for &(_, id, spi, _) in &self.shared.retire_queue {
+            f(id, spi);
+        }
+    }
+
     /// The daemon found these SAs of node `id` missing from the kernel (after
     /// a restart, a reboot or a flush). Repairs what can be repaired without
     /// ever sending twice with one ESP key (I6: a re-added SA restarts its
