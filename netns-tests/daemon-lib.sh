@@ -230,6 +230,9 @@ xfrm_clean() {
 # probes N DURATION RATE: both directions per node; fills $WORK/probe-*.json
 probes() {
 	local n=$1 d=$2 r=$3 i
+	# A receiver takes the count of sent packets from its sent file, and the
+	# senders wait for the ready files: none may be left by an earlier run.
+	rm -f "$WORK"/sent-* "$WORK"/ready-* "$WORK"/probe-*.json "$WORK"/wire.json
 	for i in $(seq 1 "$n"); do
 		ip netns exec "$(data_ns 0)" $PROBE recv --bind "$(endpoint "$(data_addr 0)" $((5000 + i)))" --duration $((d + 5)) --sent-file "$WORK/sent-up-$i" --ready-file "$WORK/ready-up-$i" >"$WORK/probe-up-$i.json" &
 		ip netns exec "$(data_ns $i)" $PROBE recv --bind "$(endpoint "$(data_addr $i)" 6000)" --duration $((d + 5)) --sent-file "$WORK/sent-down-$i" --ready-file "$WORK/ready-down-$i" >"$WORK/probe-down-$i.json" &

@@ -51,13 +51,14 @@ pub fn generate(c: &GenConfig) -> anyhow::Result<PathBuf> {
     let mut toml = String::with_capacity(c.count as usize * 96 + 256);
     let _ = writeln!(
         toml,
-        "# {} nodes, written by rotor-loadgen gen\n[hub]\naddress = \"{}\"\nport = {}\nrotate_interval = \"{}\"\ngrace = \"{}\"\nsocket = \"{}\"",
+        "# {} nodes, written by rotor-loadgen gen\n[hub]\naddress = \"{}\"\nport = {}\nrotate_interval = \"{}\"\ngrace = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"",
         c.count,
         c.hub_addr,
         c.port,
         c.rotate_interval,
         c.grace,
-        c.socket.display()
+        c.socket.display(),
+        c.dir.join("state").display()
     );
     let mut rng = rand::rngs::OsRng;
     for i in 0..c.count {
