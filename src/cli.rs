@@ -32,7 +32,7 @@ pub struct Cli {
 pub enum Command {
     /// Run the hub in the foreground. SIGTERM/SIGINT stop it and leave its SAs and policies in
     /// the kernel (traffic keeps flowing, nothing goes out in clear); the next start resumes from
-    /// its state (also after a config edit). `rotor purge` uninstalls.
+    /// its state. SIGHUP (or `rotor reload`) applies an edited configuration. `rotor purge` uninstalls.
     #[command(visible_alias = "ha")]
     Hub {
         /// Hub configuration file (TOML).
@@ -40,7 +40,8 @@ pub enum Command {
         config: PathBuf,
     },
     /// Run a node in the foreground. SIGTERM/SIGINT stop it and leave its SAs and policies in the
-    /// kernel; the next start resumes from its state. `rotor purge` uninstalls.
+    /// kernel; the next start resumes from its state. SIGHUP (or `rotor reload`) applies an edited
+    /// configuration. `rotor purge` uninstalls.
     #[command(visible_alias = "mn")]
     Node {
         /// Node configuration file (TOML).
@@ -52,6 +53,16 @@ pub enum Command {
         /// Hub or node configuration file (TOML); the role is read from its [hub] or [node] table.
         #[arg(long, short)]
         config: PathBuf,
+    },
+    /// Make the running daemon re-read its configuration and apply the difference (same as
+    /// SIGHUP): added nodes initialise, removed nodes' SAs, policies and state go, a changed node
+    /// is re-keyed (re-initialised if its init key changed), untouched nodes notice nothing. A
+    /// configuration with any error changes nothing (the error is printed); a change of the
+    /// address, port, sockets, state_dir, key_bits, replay_window or priority needs a restart.
+    Reload {
+        /// The daemon's control socket [default: the one socket in /run/rotor].
+        #[arg(long)]
+        socket: Option<PathBuf>,
     },
     /// Remove everything a stopped daemon left in the kernel (its SAs and policies) and its
     /// durable state: for uninstalling, or to start over. Refuses while the daemon runs.

@@ -3,7 +3,7 @@
 //! one JSON request line and one JSON response line per connection.
 //!
 //! Requests: `{"cmd":"status"}`, `{"cmd":"rotate","node":"mn1"}`,
-//! `{"cmd":"rotate","all":true}`. Responses: `{"ok":true,...}` or
+//! `{"cmd":"rotate","all":true}`, `{"cmd":"reload"}`. Responses: `{"ok":true,...}` or
 //! `{"ok":false,"error":"..."}`. The status response is a [`Status`]: `role`,
 //! `kernel_errors`, `drops` and the `peers` array of the key-SPI table (one
 //! [`PeerStatus`] per peer, documented in docs/operations.md, "Status"); the daemon
@@ -64,6 +64,8 @@ pub const MAX_REQUEST: usize = 4096;
 pub enum Request {
     /// The key-SPI table.
     Status,
+    /// Re-read the configuration and apply the difference.
+    Reload,
     /// Rotate one node (hub), all nodes (hub), or request a rotation (node).
     Rotate {
         /// The node's name.
@@ -149,6 +151,23 @@ pub struct RotateReply {
     pub ok: bool,
     /// Rotations started (hub) or requested (node, always 1).
     pub rotating: usize,
+}
+
+/// What a reload changed. Nodes not named kept everything (keys, chains,
+/// counters) and noticed nothing.
+#[derive(Debug, Serialize, Deserialize, Clone, PartialEq, Eq, Default)]
+pub struct ReloadReply {
+    /// Always true (a refusal is an [`ErrorReply`]; nothing changed then).
+    pub ok: bool,
+    /// Peers added (they initialise).
+    pub added: Vec<String>,
+    /// Peers removed (their SAs, policies and records are gone).
+    pub removed: Vec<String>,
+    /// Peers whose settings changed (a changed init key re-initialises the
+    /// node; a changed address or mode re-keys it).
+    pub changed: Vec<String>,
+    /// Peers untouched.
+    pub unchanged: usize,
 }
 
 /// A refused request.

@@ -79,12 +79,33 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Hub { config } => {
             let cfg = rotor::config::load_hub(&config)?;
             init_logging()?;
-            runtime()?.block_on(rotor::daemon::run_hub(cfg))
+            runtime()?.block_on(rotor::daemon::run_hub(cfg, &config))
         }
         Command::Node { config } => {
             let cfg = rotor::config::load_node(&config)?;
             init_logging()?;
-            runtime()?.block_on(rotor::daemon::run_node(cfg))
+            runtime()?.block_on(rotor::daemon::run_node(cfg, &config))
+        }
+        Command::Reload { socket } => {
+            let socket = control::find_socket(socket)?;
+            let v = control::call(&socket, &control::Request::Reload)?;
+            let r: control::ReloadReply =
+                serde_json::from_value(v).context("the daemon's reload reply")?;
+            let list = |v: &[String]| {
+                if v.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.join(",")
+                }
+            };
+            println!(
+                "reloaded: added {}, removed {}, changed {}, {} unchanged",
+                list(&r.added),
+                list(&r.removed),
+                list(&r.changed),
+                r.unchanged
+            );
+            Ok(())
         }
         Command::Purge { config } => {
             init_logging()?;

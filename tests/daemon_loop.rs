@@ -67,6 +67,9 @@ impl Daemon {
                     monitor: None,
                     reconcile_every_ms: RECONCILE_MS,
                     reqids: Default::default(),
+                    hangup: None,
+                    linger: Default::default(),
+                    reloads: Vec::new(),
                 };
                 daemon::serve(
                     role,
@@ -808,5 +811,126 @@ fn flushed_sas_and_policies_are_repaired_without_reinit() {
     assert_eq!(node_row(&node).inits, 1, "repaired, never re-initialised");
     assert_eq!(hub.status().peers[0].inits, 1);
     node.stop().unwrap();
+    hub.stop().unwrap();
+}
+
+/// Writes the hub's configuration for `nodes` (name, address, key index)
+/// and their key files into the test's directory; returns its path.
+fn write_hub_toml(net: &Net, nodes: &[(&str, IpAddr, usize)], port: u16) -> PathBuf {
+    let dir = net.dir.path();
+    let mut t = format!(
+        "[hub]\naddress = \"{}\"\nport = {port}\nrotate_interval = \"1s\"\ngrace = \"300ms\"\nsocket = \"{}\"\nstate_dir = \"{}\"\n",
+        net.hub_ip(),
+        net.sock("hub").display(),
+        net.state_dir().display()
+    );
+    for (name, addr, k) in nodes {
+        let key = dir.join(format!("{name}.key"));
+        let _ = std::fs::remove_file(&key);
+        rotor::keyfile::write_key(&key, &psk(*k)).unwrap();
+        t.push_str(&format!(
+            "\n[[node]]\nname = \"{name}\"\naddress = \"{addr}\"\npsk_file = \"{}\"\n",
+            key.display()
+        ));
+    }
+    let path = dir.join("hub.toml");
+    std::fs::write(&path, t).unwrap();
+    path
+}
+
+fn reload(d: &Daemon) -> anyhow::Result<control::ReloadReply> {
+    let v = control::call(&d.socket, &Request::Reload)?;
+    Ok(serde_json::from_value(v)?)
+}
+
+#[test]
+fn a_reload_adds_and_removes_nodes_and_the_others_notice_nothing() {
+    let _g = serial();
+    let net = Net::new(38);
+    let path = write_hub_toml(
+        &net,
+        &[("n0", net.node_ip(0), 0), ("n1", net.node_ip(1), 1)],
+        net.port,
+    );
+    let cfg = rotor::config::load_hub(&path).unwrap();
+    let fixed = daemon::reload::HubFixed::of(&cfg);
+    let own = Ownership::default();
+    let (store, mut loaded) = Store::open(&cfg.state_dir, "hub").unwrap();
+    let (mut role, peers, _) = daemon::hub_parts(cfg, own, Some(&mut loaded)).unwrap();
+    role.set_source(daemon::reload::Source {
+        path: path.clone(),
+        own,
+        fixed,
+    });
+    drop(loaded);
+    let hub_at = SocketAddr::new(net.hub_ip(), net.port);
+    let hub = Daemon::start(
+        role,
+        peers,
+        hub_at,
+        net.sock("hub"),
+        ModelKernel::new(own),
+        Some(store),
+    );
+    let n0 = start_node(&net, node_config(&net, 0, hub_at));
+    let n1 = start_node(&net, node_config(&net, 1, hub_at));
+    wait_for("both nodes in sync", Duration::from_secs(10), || {
+        node_row(&n0).generation >= 2 && node_row(&n1).generation >= 2
+    });
+    let before = node_row(&n0);
+    // A configuration with an error changes nothing.
+    std::fs::write(&path, "[hub]\naddress = ").unwrap();
+    let e = reload(&hub).unwrap_err().to_string();
+    assert!(e.contains("the daemon refused"), "{e}");
+    assert_eq!(hub.status().peers.len(), 2);
+    // Neither does a change that needs a restart.
+    write_hub_toml(
+        &net,
+        &[("n0", net.node_ip(0), 0), ("n1", net.node_ip(1), 1)],
+        net.port + 1,
+    );
+    let e = reload(&hub).unwrap_err().to_string();
+    assert!(e.contains("hub.port changed"), "{e}");
+    // n1 goes, n2 (never started) comes, n0 stays as it is.
+    write_hub_toml(
+        &net,
+        &[("n0", net.node_ip(0), 0), ("n2", net.node_ip(2), 2)],
+        net.port,
+    );
+    let r = reload(&hub).unwrap();
+    assert_eq!(
+        (r.added, r.removed, r.changed, r.unchanged),
+        (vec!["n2".to_string()], vec!["n1".to_string()], vec![], 1)
+    );
+    let st = hub.status();
+    let names: Vec<&str> = st.peers.iter().map(|p| p.name.as_str()).collect();
+    assert_eq!(names, ["n0", "n2"]);
+    assert_eq!(st.peers[1].state, "init");
+    // n1's SAs and policies are gone from the hub's kernel, n2 has its
+    // (blocking) outbound policy.
+    wait_for("n1's objects removed", Duration::from_secs(2), || {
+        hub.kernel.sa_spis_to(net.node_ip(1)).is_empty()
+            && hub
+                .kernel
+                .outbound()
+                .iter()
+                .all(|(id, _)| id.selector.dst.addr != net.node_ip(1))
+    });
+    assert!(
+        hub.kernel
+            .outbound()
+            .iter()
+            .any(|(id, p)| id.selector.dst.addr == net.node_ip(2) && p.block)
+    );
+    // n0 rotates on without a hitch.
+    wait_for(
+        "n0 rotating after the reload",
+        Duration::from_secs(10),
+        || node_row(&n0).generation >= before.generation + 2,
+    );
+    assert_eq!(node_row(&n0).inits, 1, "n0 never re-initialised");
+    assert_eq!(hub.status().peers[0].inits, 1);
+    n1.stop().unwrap();
+    n0.stop().unwrap();
     hub.stop().unwrap();
 }

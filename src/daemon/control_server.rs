@@ -19,7 +19,9 @@ use tokio::sync::{Semaphore, mpsc, oneshot};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use crate::control::{self, ErrorReply, PeerStatus, Request, RotateReply, STATUS_TAIL, StatusHead};
+use crate::control::{
+    self, ErrorReply, PeerStatus, ReloadReply, Request, RotateReply, STATUS_TAIL, StatusHead,
+};
 
 /// Rows the loop hands out per status call.
 pub const PAGE: usize = 256;
@@ -51,6 +53,11 @@ pub enum Call {
         all: bool,
         /// Rotations started, or why the request was refused.
         reply: oneshot::Sender<Result<usize, String>>,
+    },
+    /// `rotor reload` (SIGHUP makes the same call, without a reply).
+    Reload {
+        /// What changed, or why nothing did.
+        reply: Option<oneshot::Sender<Result<ReloadReply, String>>>,
     },
 }
 
@@ -119,6 +126,22 @@ async fn serve(stream: UnixStream, calls: &mpsc::Sender<Call>) {
             }
         }
         Ok(Request::Status) => stream_status(&mut w, calls).await,
+        Ok(Request::Reload) => {
+            let (reply, answer) = oneshot::channel();
+            let call = Call::Reload { reply: Some(reply) };
+            if calls.send(call).await.is_err() {
+                return;
+            }
+            match answer.await {
+                Ok(Ok(r)) => {
+                    write_json(&mut w, &r).await;
+                }
+                Ok(Err(e)) => {
+                    write_json(&mut w, &ErrorReply::new(e)).await;
+                }
+                Err(_) => {}
+            }
+        }
     }
 }
 

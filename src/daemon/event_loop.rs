@@ -9,15 +9,16 @@
 //! control connections (and tokio's drivers) run. A socket kept full of junk
 //! therefore costs throughput, never timers, retries or `rotor status`.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use rotor_core::{Action, DropReason, Machine, Now, Time};
-use rotor_xfrm::{Kernel, KernelEvent, Monitor};
+use rotor_core::{Action, DropReason, Machine, Now, SaDir, Time};
+use rotor_xfrm::{Kernel, KernelEvent, Monitor, SaId};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
-use tokio::sync::mpsc;
-use tracing::{debug, error, warn};
+use tokio::signal::unix::Signal;
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
 
 use super::clock::Clock;
 use super::control_server::{Call, PAGE};
@@ -26,7 +27,7 @@ use super::log;
 use super::persist::Persist;
 use super::reconcile;
 use super::role::Role;
-use crate::control::{self, StatusHead};
+use crate::control::{self, ReloadReply, StatusHead};
 use crate::store::StoreError;
 use crate::udp_batch::{self, RecvBatch};
 
@@ -52,6 +53,14 @@ pub struct Lifecycle {
     pub reconcile_every_ms: u64,
     /// Peer index by reqid, for expiry notifications.
     pub reqids: HashMap<u32, usize>,
+    /// SIGHUP (reload); `None` in tests.
+    pub hangup: Option<Signal>,
+    /// SAs a reload found in their grace period: kept until the next
+    /// periodic reconcile pass.
+    pub linger: HashSet<SaId>,
+    /// Reloads asked for (with the caller's reply channel, if any), done
+    /// once the step's actions are executed.
+    pub reloads: Vec<Option<oneshot::Sender<Result<ReloadReply, String>>>>,
 }
 
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
@@ -110,7 +119,8 @@ pub async fn run<R: Role, K: Kernel>(
                 full_burst = taken >= MAX_BURST;
             }
             _ = sleep_until(wake) => {}
-            Some(call) = calls.recv() => answer(role, kernel, wrong_source, clock.now(), call),
+            Some(call) = calls.recv() => answer(role, kernel, life, wrong_source, clock.now(), call),
+            Some(()) = hangup(life.hangup.as_mut()) => life.reloads.push(None),
             r = read_monitor(life.monitor.as_mut(), &mut events) => {
                 let now = clock.now();
                 match r {
@@ -133,7 +143,7 @@ pub async fn run<R: Role, K: Kernel>(
         }
         for _ in 0..CALLS_PER_TURN {
             match calls.try_recv() {
-                Ok(call) => answer(role, kernel, wrong_source, now, call),
+                Ok(call) => answer(role, kernel, life, wrong_source, now, call),
                 Err(_) => break,
             }
         }
@@ -141,14 +151,36 @@ pub async fn run<R: Role, K: Kernel>(
         // Only once every action is executed does the kernel show what the
         // machine believes: the pass compares the two.
         if reconcile_at.is_some_and(|t| t <= now.mono) || next_reconcile <= now.mono {
+            if next_reconcile <= now.mono {
+                life.linger.clear();
+            }
             reconcile_at = None;
             next_reconcile = now.mono.plus_ms(life.reconcile_every_ms);
-            match reconcile::run(role, kernel, now) {
+            match reconcile::run(role, kernel, now, &life.linger) {
                 Ok(_) => {
                     execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?
                 }
                 Err(e) => warn!("reconcile: dumping the kernel's XFRM state: {e}"),
             }
+        }
+        // Likewise a reload: the old machine's actions are all executed and
+        // its records written before it is replaced.
+        if !life.reloads.is_empty() {
+            let r = reload(role, kernel, life, now);
+            match &r {
+                Ok(c) => info!(
+                    added = ?c.added,
+                    removed = ?c.removed,
+                    changed = ?c.changed,
+                    unchanged = c.unchanged,
+                    "configuration reloaded"
+                ),
+                Err(e) => error!("reload refused, nothing changed: {e}"),
+            }
+            for reply in life.reloads.drain(..).flatten() {
+                let _ = reply.send(r.clone());
+            }
+            execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?;
         }
         if full_burst {
             tokio::task::yield_now().await;
@@ -267,15 +299,74 @@ async fn execute<R: Role, K: Kernel>(
     Ok(())
 }
 
+/// The next SIGHUP; never without a handler.
+async fn hangup(h: Option<&mut Signal>) -> Option<()> {
+    match h {
+        Some(h) => h.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+/// Reloads the configuration (see [`super::reload`]): swaps in the rebuilt
+/// role and kernel layout, rewrites the store from the new state (removed
+/// peers' records go), and runs a reconcile pass (new peers' policies in,
+/// removed peers' objects out, changed peers moved). SAs of generations in
+/// their grace period stay until the next periodic pass.
+fn reload<R: Role, K: Kernel>(
+    role: &mut R,
+    kernel: &mut KernelExec<K>,
+    life: &mut Lifecycle,
+    now: Now,
+) -> Result<ReloadReply, String> {
+    let (new, peers, reply) = role.rebuild(now)?;
+    let mut idx: Vec<(usize, u32)> = Vec::new();
+    role.for_each_retiring(&mut |i, spi| idx.push((i, spi)));
+    let retiring: Vec<(String, u32)> = idx
+        .into_iter()
+        .map(|(i, spi)| (role.record_key(i).to_string(), spi))
+        .collect();
+    *role = new;
+    kernel.replace_peers(peers);
+    life.reqids = (0..role.peer_count())
+        .filter_map(|i| kernel.peer(i).map(|p| (p.reqid, i)))
+        .collect();
+    life.linger.clear();
+    let index: HashMap<&str, usize> = (0..role.peer_count())
+        .map(|i| (role.record_key(i), i))
+        .collect();
+    for (name, spi) in retiring {
+        let Some(&i) = index.get(name.as_str()) else {
+            continue;
+        };
+        if let Some(pk) = kernel.peer(i) {
+            life.linger.insert(pk.sa_id(SaDir::In, spi));
+            life.linger.insert(pk.sa_id(SaDir::Out, spi));
+        }
+    }
+    if let Some(p) = life.persist.as_mut()
+        && let Err(e) = p.compact(role, now)
+    {
+        // The log still holds every record; removed peers' records are
+        // dropped at the next start.
+        warn!("rewriting the state after the reload: {e}");
+    }
+    if let Err(e) = reconcile::run(role, kernel, now, &life.linger) {
+        warn!("reconcile after the reload: {e}");
+    }
+    Ok(reply)
+}
+
 /// Answers one control call from the machine's current state.
 fn answer<R: Role, K: Kernel>(
     role: &mut R,
     kernel: &KernelExec<K>,
+    life: &mut Lifecycle,
     wrong_source: u64,
     now: Now,
     call: Call,
 ) {
     match call {
+        Call::Reload { reply } => life.reloads.push(reply),
         Call::Status { from, reply } => {
             // The head goes out once, with the first page.
             let head = (from == 0).then(|| {

@@ -6,7 +6,10 @@ use rotor_core::{Hub, KernelView, NameTable, Now, PeerId, PeerStatus, SaDir, Tim
 
 use zeroize::{Zeroize, Zeroizing};
 
+use super::reload::{HubFixed, Source, current_records, diff, needs_restart};
 use super::role::Role;
+use crate::control::ReloadReply;
+use crate::peer_kernel::PeerKernel;
 
 /// The hub role.
 pub struct HubRole {
@@ -20,13 +23,24 @@ pub struct HubRole {
     dirty: Vec<PeerId>,
     /// The core's record on its way into the stored one.
     scratch: Zeroizing<Vec<u8>>,
+    /// A digest of each node's configuration entry, to report what a
+    /// reload changed.
+    digests: Vec<u64>,
+    /// The configuration file, for reloads.
+    source: Option<Source<HubFixed>>,
 }
 
 impl HubRole {
     /// Serves `hub`'s nodes at `addrs` (indexed like the hub's nodes), named
     /// `names` in logs, whose kernel objects carry `reqids`. Starts the
     /// hub's timers.
-    pub fn new(mut hub: Hub, names: NameTable, addrs: Vec<SocketAddr>, reqids: Vec<u32>) -> Self {
+    pub fn new(
+        mut hub: Hub,
+        names: NameTable,
+        addrs: Vec<SocketAddr>,
+        reqids: Vec<u32>,
+        digests: Vec<u64>,
+    ) -> Self {
         hub.start();
         HubRole {
             hub,
@@ -35,7 +49,24 @@ impl HubRole {
             reqids,
             dirty: Vec::new(),
             scratch: Zeroizing::new(Vec::new()),
+            digests,
+            source: None,
         }
+    }
+}
+
+impl HubRole {
+    /// Reloads read `source`.
+    pub fn set_source(&mut self, source: Source<HubFixed>) {
+        self.source = Some(source);
+    }
+
+    fn entries(&self) -> Vec<(String, u64)> {
+        self.digests
+            .iter()
+            .enumerate()
+            .map(|(i, d)| (self.names.get(PeerId(i as u32)).to_string(), *d))
+            .collect()
     }
 }
 
@@ -106,6 +137,25 @@ impl Role for HubRole {
 
     fn kernel_view(&self, index: usize) -> Option<KernelView> {
         self.hub.kernel_view(PeerId(u32::try_from(index).ok()?))
+    }
+
+    fn rebuild(&mut self, now: Now) -> Result<(Self, Vec<PeerKernel>, ReloadReply), String> {
+        let src = self
+            .source
+            .clone()
+            .ok_or("this hub was started without a configuration file: nothing to reload")?;
+        let cfg = crate::config::load_hub(&src.path).map_err(|e| e.to_string())?;
+        let fixed = HubFixed::of(&cfg);
+        let changed = src.fixed.changed(&fixed);
+        if !changed.is_empty() {
+            return Err(needs_restart(&changed));
+        }
+        let mut records = current_records(self, now);
+        let (mut new, peers, _) =
+            super::hub_parts(cfg, src.own, Some(&mut records)).map_err(|e| format!("{e:#}"))?;
+        let reply = diff(&self.entries(), &new.entries());
+        new.set_source(Source { fixed, ..src });
+        Ok((new, peers, reply))
     }
 
     fn for_each_retiring(&self, f: &mut dyn FnMut(usize, u32)) {

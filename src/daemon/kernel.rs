@@ -50,6 +50,14 @@ impl<K: Kernel> KernelExec<K> {
         &mut self.kernel
     }
 
+    /// Replaces the peers' layout (a reload); refused operations waiting
+    /// for a retry are dropped (they name peers by their old index): the
+    /// reconcile pass that follows a reload finds whatever is still wrong.
+    pub fn replace_peers(&mut self, peers: Vec<PeerKernel>) {
+        self.peers = peers;
+        self.retry = RetryQueue::default();
+    }
+
     /// Kernel layout of peer `index`.
     pub fn peer(&self, index: usize) -> Option<&PeerKernel> {
         self.peers.get(index)

@@ -30,6 +30,7 @@ pub mod log;
 pub mod node;
 pub mod persist;
 pub mod reconcile;
+pub mod reload;
 pub mod retry;
 pub mod role;
 pub mod shutdown;
@@ -123,7 +124,7 @@ pub async fn serve<R: Role, K: Kernel>(
     shutdown: impl Future<Output = ()>,
 ) -> anyhow::Result<()> {
     let clock = Clock::default();
-    let report = reconcile::run(&mut role, &mut kernel, clock.now())
+    let report = reconcile::run(&mut role, &mut kernel, clock.now(), &HashSet::new())
         .map_err(|e| anyhow::anyhow!("reading rotor's SAs and policies from the kernel: {e}"))?;
     if report.refused > 0 {
         reconcile::undo(&mut kernel, &report.created);
@@ -210,6 +211,7 @@ pub fn hub_parts(
     let mut peers = Vec::with_capacity(nodes.len());
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(nodes.len());
     let mut specs = Vec::with_capacity(nodes.len());
+    let digests = nodes.iter().map(reload::entry_digest).collect();
     for (n, reqid) in nodes.into_iter().zip(reqids) {
         let reqid = reqid.context("reqid assignment")?;
         peers.push(PeerKernel {
@@ -246,7 +248,11 @@ pub fn hub_parts(
     }
     .context("hub configuration")?;
     let reqids = peers.iter().map(|p| p.reqid).collect();
-    Ok((HubRole::new(hub, names, addrs, reqids), peers, report))
+    Ok((
+        HubRole::new(hub, names, addrs, reqids, digests),
+        peers,
+        report,
+    ))
 }
 
 /// The node's role and kernel layout from its configuration, resuming from
@@ -278,10 +284,20 @@ pub fn node_parts(
     let (node, report) =
         Node::restore(core_cfg, now, seed()?, record).context("node configuration")?;
     Ok((
-        NodeRole::new(node, cfg.name.clone(), cfg.hub),
+        NodeRole::new(node, cfg.name.clone(), cfg.hub, node_digest(cfg)),
         vec![peer],
         report,
     ))
+}
+
+/// A digest of a node's configuration (its init key by fingerprint).
+fn node_digest(cfg: &NodeConfig) -> u64 {
+    use std::hash::{Hash, Hasher};
+    let mut h = std::hash::DefaultHasher::new();
+    rotor_core::secret::fingerprint(&cfg.psk[..]).hash(&mut h);
+    format!("{:?}", cfg.mode).hash(&mut h);
+    (cfg.hello_interval, cfg.retries, cfg.grace, cfg.sa_lifetime).hash(&mut h);
+    h.finish()
 }
 
 /// A hub's stored record: the node's reqid (4 bytes, little-endian), then
@@ -374,6 +390,9 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         monitor: None,
         reconcile_every_ms: millis(RECONCILE_EVERY),
         reqids: HashMap::new(),
+        hangup: None,
+        linger: HashSet::new(),
+        reloads: Vec::new(),
     };
     Ok((xfrm, life, monitor))
 }
@@ -388,12 +407,19 @@ fn watch(monitor: Monitor) -> anyhow::Result<AsyncFd<Monitor>> {
     AsyncFd::new(monitor).context("watching the XFRM notification socket")
 }
 
-/// Runs the hub until SIGTERM/SIGINT.
-pub async fn run_hub(cfg: HubConfig) -> anyhow::Result<()> {
+/// Runs the hub of `cfg`, read from `path`, until SIGTERM/SIGINT; SIGHUP
+/// reloads `path`.
+pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     let own = Ownership::default();
     let (address, port, socket) = (cfg.address, cfg.port, cfg.socket.clone());
+    let fixed = reload::HubFixed::of(&cfg);
     let (mut store, mut loaded) = Store::open(&cfg.state_dir, "hub")?;
-    let (role, peers, report) = hub_parts(cfg, own, Some(&mut loaded))?;
+    let (mut role, peers, report) = hub_parts(cfg, own, Some(&mut loaded))?;
+    role.set_source(reload::Source {
+        path: path.to_path_buf(),
+        own,
+        fixed,
+    });
     log_restore(&report, loaded.torn_tail);
     forget_unconfigured(&mut store, loaded)?;
     require_esp()?;
@@ -403,7 +429,7 @@ pub async fn run_hub(cfg: HubConfig) -> anyhow::Result<()> {
     life.monitor = Some(watch(monitor)?);
     life.persist = Some(Persist::new(store));
     let stop = shutdown::on_signal()?;
-    shutdown::ignore_hangup()?;
+    life.hangup = Some(shutdown::hangup()?);
     info!(%address, port, nodes, socket = %socket.display(), "hub starting");
     let r = serve(
         role,
@@ -419,11 +445,17 @@ pub async fn run_hub(cfg: HubConfig) -> anyhow::Result<()> {
     r
 }
 
-/// Runs a node until SIGTERM/SIGINT.
-pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
+/// Runs the node of `cfg`, read from `path`, until SIGTERM/SIGINT; SIGHUP
+/// reloads `path`.
+pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     let own = node_ownership(&cfg.name);
     let (store, mut loaded) = Store::open(&cfg.state_dir, &format!("node-{}", cfg.name))?;
-    let (role, peers, report) = node_parts(&cfg, own, Some(&mut loaded))?;
+    let (mut role, peers, report) = node_parts(&cfg, own, Some(&mut loaded))?;
+    role.set_source(reload::Source {
+        path: path.to_path_buf(),
+        own,
+        fixed: reload::NodeFixed::of(&cfg),
+    });
     log_restore(&report, loaded.torn_tail);
     drop(loaded);
     require_esp()?;
@@ -432,7 +464,7 @@ pub async fn run_node(cfg: NodeConfig) -> anyhow::Result<()> {
     life.monitor = Some(watch(monitor)?);
     life.persist = Some(Persist::new(store));
     let stop = shutdown::on_signal()?;
-    shutdown::ignore_hangup()?;
+    life.hangup = Some(shutdown::hangup()?);
     info!(name = %cfg.name, address = %cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node starting");
     let r = serve(
         role,

@@ -4,7 +4,10 @@ use std::net::SocketAddr;
 
 use rotor_core::{KernelView, NameTable, Node, Now, PeerId, PeerStatus, SaDir, Time};
 
+use super::reload::{NodeFixed, Source, current_records, diff, needs_restart};
 use super::role::Role;
+use crate::control::ReloadReply;
+use crate::peer_kernel::PeerKernel;
 
 /// The node role.
 pub struct NodeRole {
@@ -12,17 +15,29 @@ pub struct NodeRole {
     name: String,
     names: NameTable,
     hub: SocketAddr,
+    /// A digest of the configuration, to report whether a reload changed it.
+    digest: u64,
+    /// The configuration file, for reloads.
+    source: Option<Source<NodeFixed>>,
 }
 
 impl NodeRole {
-    /// Node `name` talking to the hub at `hub`.
-    pub fn new(node: Node, name: String, hub: SocketAddr) -> Self {
+    /// Node `name` talking to the hub at `hub`; `digest` stands for its
+    /// configuration.
+    pub fn new(node: Node, name: String, hub: SocketAddr, digest: u64) -> Self {
         NodeRole {
             node,
             name,
             names: NameTable::from_names(["hub"]),
             hub,
+            digest,
+            source: None,
         }
+    }
+
+    /// Reloads read `source`.
+    pub fn set_source(&mut self, source: Source<NodeFixed>) {
+        self.source = Some(source);
     }
 }
 
@@ -92,6 +107,28 @@ impl Role for NodeRole {
 
     fn kernel_view(&self, index: usize) -> Option<KernelView> {
         (index == 0).then(|| self.node.kernel_view())
+    }
+
+    fn rebuild(&mut self, now: Now) -> Result<(Self, Vec<PeerKernel>, ReloadReply), String> {
+        let src = self
+            .source
+            .clone()
+            .ok_or("this node was started without a configuration file: nothing to reload")?;
+        let cfg = crate::config::load_node(&src.path).map_err(|e| e.to_string())?;
+        let fixed = NodeFixed::of(&cfg);
+        let changed = src.fixed.changed(&fixed);
+        if !changed.is_empty() {
+            return Err(needs_restart(&changed));
+        }
+        let mut records = current_records(self, now);
+        let (mut new, peers, _) =
+            super::node_parts(&cfg, src.own, Some(&mut records)).map_err(|e| format!("{e:#}"))?;
+        let reply = diff(
+            &[(self.name.clone(), self.digest)],
+            &[(new.name.clone(), new.digest)],
+        );
+        new.set_source(Source { fixed, ..src });
+        Ok((new, peers, reply))
     }
 
     fn for_each_retiring(&self, f: &mut dyn FnMut(usize, u32)) {

@@ -61,12 +61,14 @@ impl Report {
     }
 }
 
-/// One reconcile pass. `Err` only when the kernel could not be dumped
-/// (nothing was changed then).
+/// One reconcile pass; SAs in `linger` are kept even if no state knows
+/// them. `Err` only when the kernel could not be dumped (nothing was
+/// changed then).
 pub fn run<R: Role, K: Kernel>(
     role: &mut R,
     kx: &mut KernelExec<K>,
     now: Now,
+    linger: &HashSet<SaId>,
 ) -> Result<Report, XfrmError> {
     let owned = kx.kernel_mut().dump_owned()?;
     let mut report = Report::default();
@@ -80,7 +82,7 @@ pub fn run<R: Role, K: Kernel>(
             p.id.map(|id| (id, (spi, p.block)))
         })
         .collect();
-    let mut keep_sas: HashSet<SaId> = HashSet::with_capacity(have_sas.len());
+    let mut keep_sas: HashSet<SaId> = linger.clone();
     // Generations in their grace period stay until the machine deletes them.
     role.for_each_retiring(&mut |i, spi| {
         if let Some(pk) = kx.peer(i) {

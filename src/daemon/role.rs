@@ -4,6 +4,8 @@
 
 use std::net::SocketAddr;
 
+use crate::control::ReloadReply;
+use crate::peer_kernel::PeerKernel;
 use rotor_core::{KernelView, Machine, NameTable, Now, PeerId, PeerStatus, SaDir, Time};
 
 /// A hub or a node, as the event loop drives it.
@@ -49,6 +51,14 @@ pub trait Role {
     /// Calls `f(index, spi)` for every replaced generation in its grace
     /// period (its SAs stay until the machine deletes them).
     fn for_each_retiring(&self, f: &mut dyn FnMut(usize, u32));
+    /// Re-reads the role's configuration file and builds its replacement
+    /// (see [`super::reload`]): the new role, with every peer still
+    /// configured restored from its current record, its kernel layout, and
+    /// what changed. `Err` (nothing changed) for a bad configuration or a
+    /// change that needs a restart.
+    fn rebuild(&mut self, now: Now) -> Result<(Self, Vec<PeerKernel>, ReloadReply), String>
+    where
+        Self: Sized;
     /// The kernel lacks these SAs of peer `index`: the machine repairs what
     /// it safely can (its actions follow).
     fn kernel_lost(&mut self, now: Now, index: usize, lost: &[(SaDir, u32)]);

@@ -2,8 +2,7 @@
 //! selects on (tests pass any other future instead).
 
 use anyhow::Context;
-use tokio::signal::unix::{SignalKind, signal};
-use tracing::warn;
+use tokio::signal::unix::{Signal, SignalKind, signal};
 
 /// A future that completes on the first SIGTERM or SIGINT. The handlers are
 /// installed here, before the future is first polled, so a signal that
@@ -19,17 +18,8 @@ pub fn on_signal() -> anyhow::Result<impl Future<Output = ()>> {
     })
 }
 
-/// Keeps SIGHUP, which operators send by habit to make a daemon reload,
-/// from killing the daemon (its default action): it is logged and ignored.
-/// Must run inside the runtime.
-pub fn ignore_hangup() -> anyhow::Result<()> {
-    let mut hup = signal(SignalKind::hangup()).context("installing the SIGHUP handler")?;
-    tokio::spawn(async move {
-        while hup.recv().await.is_some() {
-            warn!(
-                "SIGHUP: live reload is not supported yet; restart the daemon (hitless) to apply a changed configuration"
-            );
-        }
-    });
-    Ok(())
+/// SIGHUP, which asks for a reload (its default action, ending the
+/// process, is replaced).
+pub fn hangup() -> anyhow::Result<Signal> {
+    signal(SignalKind::hangup()).context("installing the SIGHUP handler")
 }

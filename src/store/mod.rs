@@ -263,6 +263,16 @@ pub struct Loaded {
 }
 
 impl Loaded {
+    /// Records held in memory rather than read from disk: the current state
+    /// of a running daemon, restored into its replacement on a reload.
+    pub fn from_records(records: HashMap<String, Zeroizing<Vec<u8>>>) -> Loaded {
+        Loaded {
+            records,
+            torn_tail: false,
+            stale_log: false,
+        }
+    }
+
     /// Removes and returns the record of `key`.
     pub fn take(&mut self, key: &str) -> Option<Zeroizing<Vec<u8>>> {
         self.records.remove(key)
