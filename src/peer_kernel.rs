@@ -61,7 +61,8 @@ pub struct PeerKernel {
 }
 
 impl PeerKernel {
-    fn xfrm_mode(&self) -> Mode {
+    /// The XFRM mode of this peer's SAs and policy templates.
+    pub fn xfrm_mode(&self) -> Mode {
         match self.mode {
             PeerMode::Transport => Mode::Transport,
             PeerMode::Tunnel { .. } => Mode::Tunnel,
@@ -131,6 +132,14 @@ impl PeerKernel {
     /// policy names its SPI).
     pub fn add_outbound_sa(&self, spi: u32, key: AeadKey) -> Op {
         Op::AddSa(self.sa(self.local, self.remote, spi, key))
+    }
+
+    /// The outer source address of this peer's SA in direction `dir`.
+    pub fn sa_src(&self, dir: SaDir) -> IpAddr {
+        match dir {
+            SaDir::In => self.remote,
+            SaDir::Out => self.local,
+        }
     }
 
     /// The kernel's id of this peer's SA `spi` in direction `dir`.

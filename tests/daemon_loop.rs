@@ -70,6 +70,7 @@ impl Daemon {
                     hangup: None,
                     linger: Default::default(),
                     reloads: Vec::new(),
+                    forget: Vec::new(),
                 };
                 daemon::serve(
                     role,

@@ -13,7 +13,7 @@ use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
 use rotor_core::{Action, DropReason, Machine, Now, SaDir, Time};
-use rotor_xfrm::{Kernel, KernelEvent, Monitor, SaId};
+use rotor_xfrm::{Kernel, KernelEvent, Monitor, Op, PolicyId, SaId};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
 use tokio::signal::unix::Signal;
@@ -42,6 +42,12 @@ pub const CALLS_PER_TURN: usize = 8;
 /// reconcile pass runs: long enough to take a flush's burst of
 /// notifications as one, far inside the 1 s repair bound.
 pub const RECONCILE_DELAY_MS: u64 = 20;
+/// Least time between two reported-change passes: a stream of
+/// notifications (someone else's churn) costs at most five dumps a second.
+pub const RECONCILE_GAP_MS: u64 = 200;
+/// How long SAs in their grace period at a reload are kept (longer than
+/// the default grace; the core no longer tracks them).
+pub const LINGER_MS: u64 = 60_000;
 
 /// What keeps the kernel and the disk in step with the machine.
 pub struct Lifecycle {
@@ -55,9 +61,12 @@ pub struct Lifecycle {
     pub reqids: HashMap<u32, usize>,
     /// SIGHUP (reload); `None` in tests.
     pub hangup: Option<Signal>,
-    /// SAs a reload found in their grace period: kept until the next
-    /// periodic reconcile pass.
-    pub linger: HashSet<SaId>,
+    /// SAs a reload found in their grace period, kept until the time given
+    /// (then the next periodic pass deletes them).
+    pub linger: HashMap<SaId, Time>,
+    /// Records of peers no longer configured, dropped once the start is
+    /// past every check.
+    pub forget: Vec<String>,
     /// Reloads asked for (with the caller's reply channel, if any), done
     /// once the step's actions are executed.
     pub reloads: Vec<Option<oneshot::Sender<Result<ReloadReply, String>>>>,
@@ -79,11 +88,24 @@ pub async fn run<R: Role, K: Kernel>(
     tokio::pin!(shutdown);
     let mut events: Vec<KernelEvent> = Vec::new();
     let mut next_reconcile = clock.mono().plus_ms(life.reconcile_every_ms);
-    // A reported change waits RECONCILE_DELAY_MS for its siblings.
+    // A reported change waits RECONCILE_DELAY_MS for its siblings, and at
+    // least RECONCILE_GAP_MS after the last pass.
     let mut reconcile_at: Option<Time> = None;
+    let mut last_pass = Time(0);
     // With source addresses: a node sheds datagrams not from its hub.
     let mut batch = RecvBatch::with_addresses();
     let mut actions: Vec<Action> = Vec::new();
+    // What the start-up pass asked for (re-installs after a reboot) goes
+    // out now, not at the first timer.
+    execute(
+        role,
+        kernel,
+        udp,
+        clock.now(),
+        life.persist.as_mut(),
+        &mut actions,
+    )
+    .await?;
     // Datagrams shed for their source, shown with the machine's drops.
     let mut wrong_source: u64 = 0;
     loop {
@@ -126,6 +148,7 @@ pub async fn run<R: Role, K: Kernel>(
                 match r {
                     Ok(_) => {
                         if let Some(at) = on_kernel_events(role, life, &events, now) {
+                            let at = at.max(last_pass.plus_ms(RECONCILE_GAP_MS));
                             reconcile_at = Some(reconcile_at.map_or(at, |t| t.min(at)));
                         }
                     }
@@ -151,12 +174,12 @@ pub async fn run<R: Role, K: Kernel>(
         // Only once every action is executed does the kernel show what the
         // machine believes: the pass compares the two.
         if reconcile_at.is_some_and(|t| t <= now.mono) || next_reconcile <= now.mono {
-            if next_reconcile <= now.mono {
-                life.linger.clear();
-            }
+            life.linger.retain(|_, until| *until > now.mono);
             reconcile_at = None;
+            last_pass = now.mono;
             next_reconcile = now.mono.plus_ms(life.reconcile_every_ms);
-            match reconcile::run(role, kernel, now, &life.linger) {
+            let linger: HashSet<SaId> = life.linger.keys().copied().collect();
+            match reconcile::run(role, kernel, now, &linger) {
                 Ok(_) => {
                     execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?
                 }
@@ -215,17 +238,22 @@ fn on_kernel_events<R: Role>(
     now: Now,
 ) -> Option<Time> {
     let mut drift = false;
+    let mut overdue: Vec<usize> = Vec::new();
     for e in events {
         match e {
             KernelEvent::SaExpired {
                 reqid, hard: false, ..
             } => {
-                if let Some(&i) = life.reqids.get(reqid) {
-                    let name = role.record_key(i).to_string();
-                    warn!(peer = %name, "an SA reached its soft lifetime: rotation overdue, rotating now");
-                    if let Err(e) = role.rotate(now, Some(&name), false) {
-                        warn!(peer = %name, "rotating: {e}");
-                    }
+                // Both SAs of a generation expire together: one rotation.
+                if let Some(&i) = life.reqids.get(reqid)
+                    && !overdue.contains(&i)
+                {
+                    overdue.push(i);
+                    warn!(
+                        peer = role.record_key(i),
+                        "an SA reached its soft lifetime: rotation overdue, rotating now"
+                    );
+                    role.rotate_overdue(now, i);
                 }
             }
             KernelEvent::SaAdded { .. } | KernelEvent::PolicyAdded { .. } => {}
@@ -319,30 +347,59 @@ fn reload<R: Role, K: Kernel>(
     now: Now,
 ) -> Result<ReloadReply, String> {
     let (new, peers, reply) = role.rebuild(now)?;
+    // Removed peers' records go first: if that fails nothing is swapped
+    // (and the store refuses further writes: the daemon stops at its next
+    // step, a restart resumes from what is durable).
+    if let Some(p) = life.persist.as_mut() {
+        p.remove(reply.removed.iter().map(String::as_str))
+            .map_err(|e| format!("writing the state: {e}"))?;
+    }
     let mut idx: Vec<(usize, u32)> = Vec::new();
     role.for_each_retiring(&mut |i, spi| idx.push((i, spi)));
     let retiring: Vec<(String, u32)> = idx
         .into_iter()
         .map(|(i, spi)| (role.record_key(i).to_string(), spi))
         .collect();
+    // The neighbour-discovery bypass policies carry no reqid (no reconcile
+    // pass finds them): those of pairs that are gone or moved go here.
+    let old_bypass: Vec<(String, Vec<PolicyId>)> = (0..role.peer_count())
+        .filter_map(|i| {
+            let ids = kernel.peer(i)?.nd_bypass_ids();
+            (!ids.is_empty()).then(|| (role.record_key(i).to_string(), ids))
+        })
+        .collect();
     *role = new;
     kernel.replace_peers(peers);
     life.reqids = (0..role.peer_count())
         .filter_map(|i| kernel.peer(i).map(|p| (p.reqid, i)))
         .collect();
-    life.linger.clear();
     let index: HashMap<&str, usize> = (0..role.peer_count())
         .map(|i| (role.record_key(i), i))
         .collect();
+    let until = now.mono.plus_ms(LINGER_MS);
     for (name, spi) in retiring {
         let Some(&i) = index.get(name.as_str()) else {
             continue;
         };
         if let Some(pk) = kernel.peer(i) {
-            life.linger.insert(pk.sa_id(SaDir::In, spi));
-            life.linger.insert(pk.sa_id(SaDir::Out, spi));
+            life.linger.insert(pk.sa_id(SaDir::In, spi), until);
+            life.linger.insert(pk.sa_id(SaDir::Out, spi), until);
         }
     }
+    let mut gone: Vec<Op> = Vec::new();
+    for (name, ids) in old_bypass {
+        let now_ids = index
+            .get(name.as_str())
+            .and_then(|&i| kernel.peer(i))
+            .map(|p| p.nd_bypass_ids())
+            .unwrap_or_default();
+        gone.extend(
+            ids.into_iter()
+                .filter(|id| !now_ids.contains(id))
+                .map(Op::DeletePolicy),
+        );
+    }
+    kernel.apply_plain(&gone);
     if let Some(p) = life.persist.as_mut()
         && let Err(e) = p.compact(role, now)
     {
@@ -350,7 +407,8 @@ fn reload<R: Role, K: Kernel>(
         // dropped at the next start.
         warn!("rewriting the state after the reload: {e}");
     }
-    if let Err(e) = reconcile::run(role, kernel, now, &life.linger) {
+    let linger: HashSet<SaId> = life.linger.keys().copied().collect();
+    if let Err(e) = reconcile::run(role, kernel, now, &linger) {
         warn!("reconcile after the reload: {e}");
     }
     Ok(reply)

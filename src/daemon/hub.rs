@@ -28,6 +28,9 @@ pub struct HubRole {
     digests: Vec<u64>,
     /// The configuration file, for reloads.
     source: Option<Source<HubFixed>>,
+    /// Nodes whose reqid no record held: their records are written before
+    /// anything in the kernel carries the reqid.
+    fresh: Vec<usize>,
 }
 
 impl HubRole {
@@ -51,11 +54,18 @@ impl HubRole {
             scratch: Zeroizing::new(Vec::new()),
             digests,
             source: None,
+            fresh: Vec::new(),
         }
     }
 }
 
 impl HubRole {
+    /// Marks nodes `fresh` for writing at the next flush (their reqids
+    /// were just assigned).
+    pub fn mark_fresh(&mut self, fresh: Vec<usize>) {
+        self.fresh = fresh;
+    }
+
     /// Reloads read `source`.
     pub fn set_source(&mut self, source: Source<HubFixed>) {
         self.source = Some(source);
@@ -113,7 +123,15 @@ impl Role for HubRole {
         Ok(1)
     }
 
+    fn rotate_overdue(&mut self, now: Now, index: usize) {
+        if let Ok(i) = u32::try_from(index) {
+            // Unknown ids are refused by the core: nothing to do then.
+            let _ = self.hub.rotate_now(now, PeerId(i));
+        }
+    }
+
     fn take_dirty(&mut self, out: &mut Vec<usize>) {
+        out.append(&mut self.fresh);
         self.dirty.clear();
         self.hub.take_dirty(&mut self.dirty);
         out.extend(self.dirty.iter().map(|p| p.0 as usize));

@@ -63,6 +63,12 @@ impl<K: Kernel> KernelExec<K> {
         self.peers.get(index)
     }
 
+    /// Drops `peer`'s refused add of SA `id` waiting for a retry (see
+    /// [`RetryQueue::forget_add`]).
+    pub fn forget_add(&mut self, peer: PeerId, id: rotor_xfrm::SaId) {
+        self.retry.forget_add(peer, id);
+    }
+
     /// Whether `peer` has refused operations waiting for a retry.
     pub fn has_pending(&self, peer: PeerId) -> bool {
         self.retry.has(peer)

@@ -87,6 +87,10 @@ impl Role for NodeRole {
         Ok(1)
     }
 
+    fn rotate_overdue(&mut self, now: Now, _index: usize) {
+        self.node.request_rotation(now.mono);
+    }
+
     fn take_dirty(&mut self, out: &mut Vec<usize>) {
         if self.node.take_dirty() {
             out.push(0);

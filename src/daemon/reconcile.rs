@@ -17,12 +17,18 @@
 
 use std::collections::{HashMap, HashSet};
 
+use std::net::IpAddr;
+
 use rotor_core::{KernelView, Now, PeerId, SaDir};
-use rotor_xfrm::{Kernel, Op, PolicyId, SaId, XfrmError};
+use rotor_xfrm::{Kernel, Mode, Op, PolicyId, SaId, XfrmError};
 use tracing::{info, warn};
 
 use super::kernel::KernelExec;
 use super::role::Role;
+
+/// What a policy comparison looks at: template SPI, reqid and mode, block,
+/// priority.
+type PolicyFields = (u32, u32, Option<Mode>, bool, u32);
 
 /// Peers whose policies go to the kernel in one batch.
 const CHUNK: usize = 1024;
@@ -72,14 +78,20 @@ pub fn run<R: Role, K: Kernel>(
 ) -> Result<Report, XfrmError> {
     let owned = kx.kernel_mut().dump_owned()?;
     let mut report = Report::default();
-    let have_sas: HashSet<SaId> = owned.sas.iter().map(|s| s.id).collect();
-    // Per policy id: (template SPI, block) as the kernel holds it.
-    let have_policies: HashMap<PolicyId, (u32, bool)> = owned
+    // Per SA: (outer source, reqid, mode) as the kernel holds it.
+    let have_sas: HashMap<SaId, (IpAddr, u32, Option<Mode>)> = owned
+        .sas
+        .iter()
+        .map(|s| (s.id, (s.src, s.reqid, s.mode)))
+        .collect();
+    // Per policy: (template SPI, template reqid, template mode, block,
+    // priority) as the kernel holds it.
+    let have_policies: HashMap<PolicyId, PolicyFields> = owned
         .policies
         .iter()
         .filter_map(|p| {
-            let spi = p.templates.first().map_or(0, |t| t.0);
-            p.id.map(|id| (id, (spi, p.block)))
+            let (spi, reqid, mode) = p.templates.first().copied().unwrap_or((0, 0, None));
+            p.id.map(|id| (id, (spi, reqid, mode, p.block, p.priority)))
         })
         .collect();
     let mut keep_sas: HashSet<SaId> = linger.clone();
@@ -102,23 +114,32 @@ pub fn run<R: Role, K: Kernel>(
             let Some(pk) = kx.peer(i).cloned() else {
                 continue;
             };
-            let busy = kx.has_pending(PeerId(i as u32));
+            let peer = PeerId(i as u32);
             let Some(view) = role.kernel_view(i) else {
                 continue;
             };
             lost.clear();
             for &(dir, spi) in &view.sas {
                 let id = pk.sa_id(dir, spi);
-                keep_sas.insert(id);
-                if !have_sas.contains(&id) {
-                    lost.push((dir, spi));
+                let want = (pk.sa_src(dir), pk.reqid, Some(pk.xfrm_mode()));
+                match have_sas.get(&id) {
+                    Some(h) if *h == want => {
+                        keep_sas.insert(id);
+                    }
+                    // Missing, or another peer's layout under that id
+                    // (deleted below as stale, re-installed after).
+                    _ => lost.push((dir, spi)),
                 }
             }
-            if !lost.is_empty() && !busy {
+            if !lost.is_empty() {
+                for &(dir, spi) in &lost {
+                    kx.forget_add(peer, pk.sa_id(dir, spi));
+                }
                 report.sas_lost += lost.len();
                 report.peers_repaired += 1;
                 role.kernel_lost(now, i, &lost);
             }
+            let busy = kx.has_pending(peer);
             // The core may have changed its outbound choice (blocked it).
             let view: KernelView = role.kernel_view(i).unwrap_or(view);
             for id in pk.nd_bypass_ids() {
@@ -135,7 +156,13 @@ pub fn run<R: Role, K: Kernel>(
                     continue;
                 };
                 keep_policies.insert(spec.id);
-                let want = (spec.spi, spec.block);
+                let want = (
+                    spec.spi,
+                    spec.reqid,
+                    Some(spec.mode),
+                    spec.block,
+                    spec.priority,
+                );
                 match have_policies.get(&spec.id) {
                     Some(h) if *h == want => report.policies_kept += 1,
                     Some(_) if busy => {}

@@ -91,6 +91,22 @@ impl RetryQueue {
         self.len == 0
     }
 
+    /// Drops `peer`'s waiting add of the SA `id`, if any: the kernel lost
+    /// that SA and the core decides afresh whether it may be re-added (an
+    /// SA that has sent must never be, and a blind retry would).
+    pub fn forget_add(&mut self, peer: PeerId, id: SaId) {
+        let Some(q) = self.by_peer.get_mut(&peer) else {
+            return;
+        };
+        let before = q.len();
+        q.retain(|p| !matches!(&p.op, Op::AddSa(s) if s.dst == id.dst && s.spi == id.spi));
+        self.len -= before - q.len();
+        if q.is_empty() {
+            self.by_peer.remove(&peer);
+        }
+        self.prune();
+    }
+
     /// Whether `peer` has operations waiting.
     pub fn has(&self, peer: PeerId) -> bool {
         self.by_peer.get(&peer).is_some_and(|q| !q.is_empty())
@@ -238,6 +254,41 @@ mod tests {
 
     const A: PeerId = PeerId(0);
     const B: PeerId = PeerId(1);
+
+    #[test]
+    fn a_forgotten_add_is_never_retried_and_other_ops_stay() {
+        let mut q = RetryQueue::default();
+        let t = Time(0);
+        q.failed(t, A, add(0x100), 0);
+        q.failed(t, A, out_policy(0x100), 0);
+        q.failed(t, B, add(0x100), 0);
+        q.forget_add(
+            A,
+            SaId {
+                dst: "10.0.0.2".parse().unwrap(),
+                spi: 0x100,
+            },
+        );
+        assert_eq!(q.len(), 2);
+        let later = Time(FIRST_DELAY_MS * 4);
+        let batch = q.batch(later, Vec::new());
+        assert!(
+            !batch
+                .iter()
+                .any(|(p, op, _)| *p == A && matches!(op, Op::AddSa(_))),
+            "A's add is gone"
+        );
+        assert!(
+            batch
+                .iter()
+                .any(|(p, op, _)| *p == A && matches!(op, Op::UpdatePolicy(_)))
+        );
+        assert!(
+            batch
+                .iter()
+                .any(|(p, op, _)| *p == B && matches!(op, Op::AddSa(_)))
+        );
+    }
 
     #[test]
     fn failed_ops_come_back_when_due_with_doubling_delay() {

@@ -39,6 +39,9 @@ pub trait Role {
     /// what was wrong with the request.
     fn rotate(&mut self, now: Now, node: Option<&str>, all: bool) -> Result<usize, String>;
 
+    /// A soft lifetime of peer `index`'s SA expired: rotate it now (a node
+    /// asks its hub).
+    fn rotate_overdue(&mut self, now: Now, index: usize);
     /// Appends the peers whose durable record changed since the last call.
     fn take_dirty(&mut self, out: &mut Vec<usize>);
     /// Encodes peer `index`'s durable record into `out` (cleared first).

@@ -99,6 +99,26 @@
 
 mod format;
 mod lock;
+
+/// Takes the lock on a reqid range in this host's current network
+/// namespace: the file `reqids-BASE-NETNS.lock` in `dir` (created 0700),
+/// NETNS being the namespace's inode. Two daemons whose objects would carry
+/// the same reqids in the same XFRM tables (two hubs with different
+/// `state_dir`s, or two nodes whose names hash alike) cannot both hold it,
+/// whatever their state directories. Held as long as the file lives.
+pub fn lock_reqids(dir: &Path, base: u32) -> Result<std::fs::File, StoreError> {
+    lock::ensure_dir(dir)?;
+    let ns = std::fs::read_link("/proc/self/ns/net")
+        .ok()
+        .and_then(|l| {
+            let l = l.to_string_lossy().into_owned();
+            l.strip_prefix("net:[")
+                .and_then(|r| r.strip_suffix(']'))
+                .map(str::to_string)
+        })
+        .unwrap_or_else(|| "unknown".to_string());
+    lock::acquire(&dir.join(format!("reqids-{base:08x}-{ns}.lock")))
+}
 #[cfg(test)]
 mod tests;
 
