@@ -147,8 +147,8 @@ pub async fn run<R: Role, K: Kernel>(
                 let now = clock.now();
                 match r {
                     Ok(_) => {
-                        if let Some(at) = on_kernel_events(role, life, &events, now) {
-                            let at = at.max(last_pass.plus_ms(RECONCILE_GAP_MS));
+                        if let Some((at, urgent)) = on_kernel_events(role, life, &events, now) {
+                            let at = if urgent { at } else { at.max(last_pass.plus_ms(RECONCILE_GAP_MS)) };
                             reconcile_at = Some(reconcile_at.map_or(at, |t| t.min(at)));
                         }
                     }
@@ -229,15 +229,17 @@ async fn read_monitor(
 
 /// Acts on the kernel's notifications: drift of rotor's objects (a
 /// deletion or flush by someone else, a hard expiry, lost notifications)
-/// asks for a reconcile pass (returned: when); a soft expiry means a
-/// rotation is overdue, so the peer is rotated now.
+/// asks for a reconcile pass (returned: when, and whether it is urgent: a
+/// flush, repaired at once); a soft expiry means a rotation is overdue, so
+/// the peer is rotated now.
 fn on_kernel_events<R: Role>(
     role: &mut R,
     life: &Lifecycle,
     events: &[KernelEvent],
     now: Now,
-) -> Option<Time> {
+) -> Option<(Time, bool)> {
     let mut drift = false;
+    let mut flushed = false;
     let mut overdue: Vec<usize> = Vec::new();
     for e in events {
         match e {
@@ -257,10 +259,18 @@ fn on_kernel_events<R: Role>(
                 }
             }
             KernelEvent::SaAdded { .. } | KernelEvent::PolicyAdded { .. } => {}
+            // A flush is one notification, and until the pass every
+            // protected packet is dropped (SAs) or sent in clear
+            // (policies): no wait.
+            KernelEvent::SaFlushed | KernelEvent::PolicyFlushed => flushed = true,
             _ => drift = true,
         }
     }
-    drift.then(|| now.mono.plus_ms(RECONCILE_DELAY_MS))
+    if flushed {
+        Some((now.mono, true))
+    } else {
+        drift.then(|| (now.mono.plus_ms(RECONCILE_DELAY_MS), false))
+    }
 }
 
 async fn sleep_until(wake: Option<tokio::time::Instant>) {
