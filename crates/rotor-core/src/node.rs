@@ -225,9 +225,10 @@ impl Node {
     fn send_hello(&mut self, now: Time) {
         let rotate = self.rotate_requested;
         if let Some(g) = self.latest.as_mut() {
+            let (counter, reserve) = g.next_counter();
             let datagram = Message::Hello {
                 spi: g.spi,
-                counter: g.next_counter(),
+                counter,
                 generation: g.number,
                 rotate,
             }
@@ -237,7 +238,11 @@ impl Node {
                 datagram,
             });
             self.unanswered += 1;
-            self.dirty = true;
+            // A hello changes no durable state but the send counter, which
+            // is written once per block (`generation::TX_RESERVE`).
+            if reserve {
+                self.dirty = true;
+            }
         }
         self.next_send = now.plus_ms(self.cfg.hello_interval_ms);
     }
@@ -392,8 +397,10 @@ impl Node {
         }
     }
 
+    /// The hub answered. Not durable (the receive window that accepted the
+    /// answer is written lazily): see `crate::persist` on why an answer
+    /// accepted again after a restart is harmless.
     fn answered(&mut self, now: Time) {
-        self.dirty = true;
         self.unanswered = 0;
         self.last_seen = Some(now);
     }
@@ -414,6 +421,7 @@ impl Node {
         self.latest = Some(g);
         self.rotations += 1;
         self.rotate_requested = false;
+        self.dirty = true;
         self.actions.push_back(Action::Event(Event::Rotated {
             peer: HUB,
             generation,
@@ -510,10 +518,11 @@ impl Node {
 
 /// Durable state and kernel repair (see [`crate::persist`]).
 impl Node {
-    /// Whether the node's durable state (what [`Self::save`] encodes)
-    /// changed since the last call; clears the flag. The daemon calls it
+    /// Whether the node's record (what [`Self::save`] encodes) must be
+    /// written since the last call; clears the flag. The daemon calls it
     /// after every burst and stores the record before executing the burst's
-    /// actions.
+    /// actions. Hellos and the hub's answers do not set it, except once per
+    /// block of send counters (see [`crate::persist`]).
     pub fn take_dirty(&mut self) -> bool {
         std::mem::take(&mut self.dirty)
     }

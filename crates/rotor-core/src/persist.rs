@@ -6,12 +6,12 @@
 //! node machine ([`crate::Node::save`]). Encoding (all integers big-endian):
 //!
 //! ```text
-//! magic "rtrS" | version u8 (=1) | kind u8 (1 hub entry, 2 node) |
+//! magic "rtrS" | version u8 (=2; 1 is read too) | kind u8 (1 hub entry, 2 node) |
 //! key_bits u8 (16 or 32) | psk_tag [16] | name_len u16 | name |
 //! flags u8 | latest gen? | previous gen? | n_superseded u8 | spi u32 * n |
 //! last_init_ts u64 | rotations u64 | inits u64 |
 //! hub only: outbound u32 (0 = none) | rotate_at_unix_ms u64 | resends u64
-//! gen = number u64 | spi u32 | secret [32] | tx_counter u64 |
+//! gen = number u64 | spi u32 | secret [32] | tx_reserved u64 |
 //!       rx_top u64 | rx_lo u64 | rx_hi u64 | out_missing u8
 //! ```
 //!
@@ -20,13 +20,48 @@
 //! The pending init (nonce, ephemeral key) and the hub's init reply cache are
 //! never stored: a node restored without a chain starts init again.
 //!
-//! **Control counters.** The daemon stores a burst's records before it
-//! executes any of the burst's actions (sends and outbound switches in
-//! particular), so a stored `tx_counter` is at least every counter that ever
-//! left under that key and the outbound SPI it names is the newest the kernel
-//! may have sent on: a restored machine never reuses a (key, counter) pair and
-//! never takes an outbound SA it sent on for an unused one. No safety margin
-//! is added.
+//! **When a record is written.** Only real state changes mark a record
+//! dirty (a chain change, a confirmation, an outbound switch, an accepted
+//! init, a kernel repair, a forced or requested rotation, a new block of
+//! send counters); the per-message churn of hellos and acks does not. The
+//! daemon stores a burst's records before it executes any of the burst's
+//! actions (sends and outbound switches in particular), so the outbound SPI
+//! a record names is the newest the kernel may have sent on: a restored
+//! machine never takes an outbound SA it sent on for an unused one.
+//!
+//! **Control counters by reservation.** `tx_reserved` is not the next send
+//! counter but a reservation above it (see [`crate::generation::TX_RESERVE`]):
+//! the first counter of every block of `TX_RESERVE` marks the record dirty,
+//! so the stored reservation is above every counter that ever left under
+//! that key, and a restored machine resumes sending at the reservation. No
+//! (key, counter) pair, i.e. no ChaCha20-Poly1305 (key, nonce) pair, is ever
+//! used twice. Version 1 records stored the exact next counter, which is a
+//! valid (tight) reservation: they are read as they are.
+//!
+//! **Replay windows lazily.** The receive windows are stored as they are
+//! whenever a record is written for another reason, never on their own. A
+//! restored window can be behind: a message accepted after the last write
+//! can be accepted once more per restart. That is harmless for every
+//! message that can be accepted without a write, because all it can cause
+//! is what its first acceptance caused, from the same durable state:
+//! * a hello under the latest generation (hub): an ack, or, if a rotation is
+//!   due, forced or asked for by the hello's flag, a rotation. The hello
+//!   proves the node held the latest generation, so I2 holds; a replayed
+//!   request flag costs at most one extra rotation, and the rotation is
+//!   itself written (window included), so that hello is not accepted again;
+//! * a hello under the previous generation (hub): the same key again (I4);
+//! * an ack, or a `key` resend of the generation the node holds (node): it
+//!   counts as an answer (one more hello interval before falling back to
+//!   init, only while an attacker keeps replaying fresh-to-the-window
+//!   messages, each once) and, for the resend, one more hello.
+//!
+//! Anything whose acceptance changes the chain (a confirming hello, a `key`
+//! for the next generation, an init, an init reply) is written at once,
+//! window included, so it can never be accepted twice. The init high-water
+//! mark `last_init_ts` in particular is durable before the init's reply
+//! leaves (the init reply cache is not stored, so a replayed init is
+//! refused). A crash that loses a burst's records loses its actions too:
+//! then nothing of the burst happened, as if the datagram had been lost.
 //!
 //! Decoding never panics: every read is length-checked, and anything
 //! truncated, unknown or inconsistent is a [`RecordError`].
@@ -41,8 +76,15 @@ use crate::replay::ReplayWindow;
 use crate::secret::Secret32;
 
 const MAGIC: &[u8; 4] = b"rtrS";
-/// Version of the record encoding written by this build.
-pub const RECORD_VERSION: u8 = 1;
+/// Version of the record encoding written by this build: 2, counters stored
+/// as reservations. Version 1 (exact next counters, same layout) is read too.
+pub const RECORD_VERSION: u8 = 2;
+/// The oldest version still read.
+const OLDEST_VERSION: u8 = 1;
+/// Largest stored send counter accepted: far beyond anything reachable
+/// (2^62 messages), and far enough from `u64::MAX` that a restored counter
+/// can never wrap or stick (a stuck counter would repeat a nonce).
+const MAX_TX_RESERVED: u64 = 1 << 62;
 const KIND_HUB_ENTRY: u8 = 1;
 const KIND_NODE: u8 = 2;
 const FLAG_LATEST: u8 = 1;
@@ -123,7 +165,8 @@ pub(crate) struct GenRecord {
     pub number: u64,
     pub spi: u32,
     pub secret: Secret32,
-    pub tx_counter: u64,
+    /// Send counter reservation ([`Generation::tx_reserved`]).
+    pub tx_reserved: u64,
     pub rx: (u64, u64, u64),
     pub out_missing: bool,
 }
@@ -134,7 +177,7 @@ impl GenRecord {
             number: g.number,
             spi: g.spi,
             secret: g.secret.clone(),
-            tx_counter: g.tx_counter,
+            tx_reserved: g.tx_reserved(),
             rx: g.rx_window.parts(),
             out_missing: g.out_missing,
         }
@@ -143,7 +186,7 @@ impl GenRecord {
     /// The generation again, control keys re-derived.
     pub fn into_generation(self, node: &str, bits: KeyBits) -> Generation {
         let (mut g, _esp) = Generation::new(self.number, self.spi, self.secret, node, bits);
-        g.tx_counter = self.tx_counter;
+        g.resume_tx(self.tx_reserved);
         g.rx_window = ReplayWindow::from_parts(self.rx.0, self.rx.1, self.rx.2);
         g.out_missing = self.out_missing;
         g
@@ -184,7 +227,7 @@ fn put_gen(out: &mut Vec<u8>, g: &GenRecord) {
     out.extend_from_slice(&g.number.to_be_bytes());
     out.extend_from_slice(&g.spi.to_be_bytes());
     out.extend_from_slice(g.secret.expose());
-    out.extend_from_slice(&g.tx_counter.to_be_bytes());
+    out.extend_from_slice(&g.tx_reserved.to_be_bytes());
     for w in [g.rx.0, g.rx.1, g.rx.2] {
         out.extend_from_slice(&w.to_be_bytes());
     }
@@ -284,7 +327,10 @@ impl<'a> Reader<'a> {
         let mut s = self.array::<32>()?;
         let secret = Secret32::new(s);
         s.zeroize();
-        let tx_counter = self.u64()?;
+        let tx_reserved = self.u64()?;
+        if tx_reserved > MAX_TX_RESERVED {
+            return Err(RecordError::Invalid("send counter exhausted"));
+        }
         let rx = (self.u64()?, self.u64()?, self.u64()?);
         let out_missing = match self.u8()? {
             0 => false,
@@ -295,7 +341,7 @@ impl<'a> Reader<'a> {
             number,
             spi,
             secret,
-            tx_counter,
+            tx_reserved,
             rx,
             out_missing,
         })
@@ -316,7 +362,7 @@ pub(crate) fn decode(
         return Err(RecordError::BadMagic);
     }
     let v = r.u8()?;
-    if v != RECORD_VERSION {
+    if !(OLDEST_VERSION..=RECORD_VERSION).contains(&v) {
         return Err(RecordError::Version(v));
     }
     let k = r.u8()?;
@@ -452,7 +498,7 @@ mod tests {
             1u64..u64::MAX,
             0x100u32..,
             any::<[u8; 32]>(),
-            any::<u64>(),
+            0..=MAX_TX_RESERVED,
             any::<(u64, u64, u64)>(),
             any::<bool>(),
         )
@@ -463,7 +509,7 @@ mod tests {
             number: t.0,
             spi: t.1,
             secret: Secret32::new(t.2),
-            tx_counter: t.3,
+            tx_reserved: t.3,
             rx: t.4,
             out_missing: t.5,
         }
@@ -575,7 +621,7 @@ mod tests {
             number: n,
             spi,
             secret: Secret32::new([n as u8; 32]),
-            tx_counter: 5,
+            tx_reserved: 5,
             rx: (3, 7, 0),
             out_missing: false,
         };
@@ -611,8 +657,14 @@ mod tests {
         );
         assert_eq!(d("mn1", &p, b, Kind::Node), Err(RecordError::WrongKind(1)));
         let mut v = out.clone();
-        v[4] = 2;
-        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::Version(2)));
+        v[4] = 3;
+        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::Version(3)));
+        v[4] = 0;
+        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::Version(0)));
+        // Version 1 has the same layout (its exact counters are tight
+        // reservations): read as it is, so an upgrade re-initialises nothing.
+        v[4] = 1;
+        assert!(decode(h, "mn1", &p, b, &v).is_ok());
         v = out.clone();
         v[0] = b'x';
         assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::BadMagic));
@@ -622,6 +674,20 @@ mod tests {
         assert_eq!(
             decode(h, "mn1", &p, b, &out[..out.len() - 1]),
             Err(RecordError::Truncated)
+        );
+    }
+
+    #[test]
+    fn exhausted_counters_are_refused() {
+        let (mut r, _) = sample();
+        if let Some(l) = r.latest.as_mut() {
+            l.tx_reserved = MAX_TX_RESERVED + 1;
+        }
+        let mut out = Vec::new();
+        encode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &r, &mut out);
+        assert_eq!(
+            decode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &out),
+            Err(RecordError::Invalid("send counter exhausted"))
         );
     }
 

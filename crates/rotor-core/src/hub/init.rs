@@ -36,10 +36,10 @@ impl Shared {
             && let Some(last) = &n.last_init
             && last.0 == node_nonce
         {
-            // The node did not get our reply: send the same one again.
+            // The node did not get our reply: send the same one again. Only
+            // the `resends` statistic changes: written lazily.
             let datagram = last.1.clone();
             n.resends += 1;
-            self.mark(id, n);
             self.actions.push_back(Action::Send { peer: id, datagram });
             return Ok(());
         }
@@ -83,6 +83,10 @@ impl Shared {
             self.retire(now.mono, id, spi, true);
         }
         let gen1 = self.new_generation(id, 1);
+        // An accepted init is written at once: its high-water mark
+        // `last_init_ts` must be durable before the reply leaves, or a
+        // replay of this init after a restart would be accepted again and
+        // replace the chain.
         self.mark(id, n);
         n.last_init_ts = timestamp_ms;
         n.confirmed = false;

@@ -19,10 +19,14 @@ pub(crate) fn mono_to_unix(now: Now, at: Time) -> u64 {
 }
 
 impl Hub {
-    /// Appends the ids of the nodes whose durable state (what
-    /// [`Self::save_node`] encodes) changed since the last call, each once,
-    /// and clears the set. The daemon calls it after every burst and stores
-    /// those records before executing the burst's actions.
+    /// Appends the ids of the nodes whose record (what [`Self::save_node`]
+    /// encodes) must be written since the last call, each once, and clears
+    /// the set. The daemon calls it after every burst and stores those
+    /// records before executing the burst's actions. Real state changes
+    /// mark a node; hellos and acks do not, except once per block of send
+    /// counters (see [`crate::persist`]: counters by reservation, replay
+    /// windows lazily), so a steady hub writes about one record per node
+    /// every `TX_RESERVE` hellos, not one per hello.
     pub fn take_dirty(&mut self, out: &mut Vec<PeerId>) {
         for id in self.shared.dirty.drain(..) {
             if let Some(n) = self.nodes.get_mut(id.0 as usize) {

@@ -7,17 +7,21 @@ use crate::action::{Action, DropReason, Event, PeerId, Time};
 use crate::generation::Generation;
 use crate::wire::{Datagram, Message};
 
-/// `key` for `latest`, sealed under `prev` (the generation the node holds).
-fn key_message(latest: &Generation, prev: &mut Generation) -> Vec<u8> {
-    Message::Key {
+/// `key` for `latest`, sealed under `prev` (the generation the node holds),
+/// and whether its counter starts a reservation block (the caller marks the
+/// node dirty, see [`crate::generation::TX_RESERVE`]).
+fn key_message(latest: &Generation, prev: &mut Generation) -> (Vec<u8>, bool) {
+    let (counter, reserve) = prev.next_counter();
+    let datagram = Message::Key {
         spi: prev.spi,
-        counter: prev.next_counter(),
+        counter,
         init_reply: None,
         generation: latest.number,
         gen_spi: latest.spi,
         secret: latest.secret.clone(),
     }
-    .seal(&prev.ctl_h2n)
+    .seal(&prev.ctl_h2n);
+    (datagram, reserve)
 }
 
 impl Shared {
@@ -54,9 +58,14 @@ impl Shared {
         if claimed != g.number {
             return Err(DropReason::StaleGeneration);
         }
+        // The window (and last_seen) change with every hello but are not
+        // written for that alone: the record is written, window included,
+        // when the hello changes durable state (confirmation, rotation, a
+        // new counter block); a hello accepted without a write may be
+        // accepted once more after a restart, which is harmless (see
+        // `crate::persist`: an ack, the same key again, a due rotation).
         g.rx_window.commit(dg.header.counter);
         n.last_seen = Some(now);
-        self.mark(id, n);
         if is_latest {
             self.in_sync(now, id, n, rotate);
         } else if !n.crossing_spared && now.since(n.key_sent_at) < CROSSING_HOLDOFF_MS {
@@ -71,6 +80,7 @@ impl Shared {
     fn in_sync(&mut self, now: Time, id: PeerId, n: &mut NodeState, requested: bool) {
         if !n.confirmed {
             n.confirmed = true;
+            self.mark(id, n);
             let (number, spi) = n
                 .latest
                 .as_ref()
@@ -101,12 +111,16 @@ impl Shared {
     /// Tells the node it is in sync, under the latest generation.
     fn send_ack(&mut self, id: PeerId, n: &mut NodeState) {
         if let Some(g) = n.latest.as_mut() {
+            let (counter, reserve) = g.next_counter();
             let datagram = Message::Ack {
                 spi: g.spi,
-                counter: g.next_counter(),
+                counter,
                 generation: g.number,
             }
             .seal(&g.ctl_h2n);
+            if reserve {
+                self.mark(id, n);
+            }
             self.actions.push_back(Action::Send { peer: id, datagram });
         }
     }
@@ -144,7 +158,8 @@ impl Shared {
         n.rotate_at = now.plus_ms(n.rotate_interval_ms);
         self.push_rotation(n.rotate_at, id);
         if let (Some(latest), Some(prev)) = (n.latest.as_ref(), n.previous.as_mut()) {
-            let datagram = key_message(latest, prev);
+            // Marked dirty above whatever the counter.
+            let (datagram, _) = key_message(latest, prev);
             self.actions.push_back(Action::Send { peer: id, datagram });
         }
         self.actions.push_back(Action::Event(Event::Rotated {
@@ -157,12 +172,18 @@ impl Shared {
 
     /// A message under the previous generation: the node missed the latest
     /// key; send the same key again (I4), protected under the previous one.
+    /// Changes no durable state but the `resends` statistic, which is
+    /// written lazily (with the next write; a crash may lose a few), and the
+    /// send counter (written when it starts a new block).
     fn resend(&mut self, id: PeerId, n: &mut NodeState) {
         let (Some(latest), Some(prev)) = (n.latest.as_ref(), n.previous.as_mut()) else {
             return;
         };
         let (generation, spi) = (latest.number, latest.spi);
-        let datagram = key_message(latest, prev);
+        let (datagram, reserve) = key_message(latest, prev);
+        if reserve {
+            self.mark(id, n);
+        }
         n.resends += 1;
         self.actions.push_back(Action::Send { peer: id, datagram });
         self.actions.push_back(Action::Event(Event::Resent {
