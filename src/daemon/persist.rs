@@ -99,6 +99,9 @@ impl Persist {
                 .iter()
                 .map(|&(i, s, e)| (role.record_key(i), &buf[s..e])),
         );
+        drop(buf);
+        drop(spans);
+        rotor_sys::malloc_trim();
         if r.is_ok() {
             info!(records = n, "state store compacted");
         }

@@ -93,6 +93,50 @@ pub fn set_xfrm_policy(sock: impl AsFd, family: Family, policy: &[u8]) -> io::Re
     setsockopt_bytes(sock.as_fd(), level, name, policy)
 }
 
+/// Attaches a classic BPF filter to a netlink socket that drops every
+/// message whose header names `portid` as its sender (`nlmsg_pid`, at
+/// offset 12), and passes all others whole. The kernel copies the
+/// requester's port id into the notifications of its changes, so a
+/// daemon's notification socket filtered on its own request socket's port
+/// id never even wakes up for the daemon's own changes.
+pub fn drop_netlink_sender(sock: impl AsFd, portid: u32) -> io::Result<()> {
+    // The header is in host byte order; a BPF word load reads network
+    // order: compare against the bytes as the load will see them.
+    let k = u32::from_be_bytes(portid.to_ne_bytes());
+    let mut code = [
+        // A = word at offset 12 (nlmsg_pid)
+        libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: 12 },
+        // if A == k: next (drop), else skip one (accept)
+        libc::sock_filter { code: 0x15, jt: 0, jf: 1, k },
+        // return 0: drop
+        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 },
+        // return all of it
+        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: u32::MAX },
+    ];
+    let prog = libc::sock_fprog {
+        len: code.len() as libc::c_ushort,
+        filter: code.as_mut_ptr(),
+    };
+    let fd = sock.as_fd();
+    // SAFETY: `prog` points at `code`, four valid instructions that live
+    // until the call returns; the kernel copies the program during the call
+    // (and verifies it) and keeps no pointer into our memory.
+    let rc = unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_ATTACH_FILTER,
+            (&prog as *const libc::sock_fprog).cast(),
+            std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
+        )
+    };
+    if rc == 0 {
+        Ok(())
+    } else {
+        Err(io::Error::last_os_error())
+    }
+}
+
 /// `setsockopt(2)` with a value given as bytes. Private: only for options
 /// whose value is plain data (no pointers the kernel would follow).
 fn setsockopt_bytes(fd: BorrowedFd<'_>, level: i32, name: i32, value: &[u8]) -> io::Result<()> {

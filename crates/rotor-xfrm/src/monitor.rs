@@ -175,8 +175,15 @@ impl Monitor {
     /// with port id `portid` (a daemon's own [`crate::Xfrm`] handle, see
     /// [`crate::Xfrm::portid`]): the kernel copies the requester's port id
     /// into each notification. Flushes are reported whoever asked.
+    /// The kernel drops them before they are queued (a socket filter), so
+    /// a busy daemon is not woken for its own changes; the same check runs
+    /// here too in case the filter could not be attached.
     pub fn ignore_sender(&mut self, portid: u32) {
         self.ignore = (portid != 0).then_some(portid);
+        if portid != 0 {
+            // Without the filter the check below still holds: only slower.
+            let _ = rotor_sys::sockopt::drop_netlink_sender(self.sock.as_fd(), portid);
+        }
     }
 
     /// The ownership range events are filtered against.
@@ -914,6 +921,18 @@ mod tests {
             // Nothing queued: read_events returns at once with nothing.
             let mut out = Vec::new();
             assert_eq!(m.read_events(&mut out).unwrap(), 0);
+            // Our own handle's changes are dropped by the kernel (the socket
+            // filter; the userspace check is switched off to show it), a
+            // second handle's are still reported.
+            m.ignore_sender(ours.portid());
+            m.ignore = None;
+            ours.apply_all(std::slice::from_ref(&add_p)).unwrap();
+            ours.apply_all(&[Op::DeletePolicy(p)]).unwrap();
+            let mut second = crate::Xfrm::open(own).unwrap();
+            second.apply_all(std::slice::from_ref(&add_p)).unwrap();
+            assert_eq!(collect(&mut m, 1), [KernelEvent::PolicyAdded { id: p }]);
+            std::thread::sleep(std::time::Duration::from_millis(50));
+            assert_eq!(m.read_events(&mut out).unwrap(), 0, "{out:?}");
         })
         .join();
         if let Err(p) = r {
