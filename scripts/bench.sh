@@ -204,6 +204,13 @@ ROTOR=${ROTOR_BIN:?ROTOR_BIN not set}
 LOADGEN=${ROTOR_LOADGEN:?ROTOR_LOADGEN not set}
 for b in "$ROTOR" "$LOADGEN"; do [ -x "$b" ] || { echo "$PROG: $b missing" >&2; exit 3; }; done
 W=$(mktemp -d /tmp/rotor-bench-in.XXXXXX)
+# Keys and configs on a tmpfs: /tmp here is the host's directory through
+# hostfs, where each of N key files costs several host system calls (a
+# 10,000-node hub spent ~8 s of its start reading them); a production host
+# reads them from its page cache. The hub's durable state stays on hostfs
+# (STATE), so every fdatasync is a real one.
+mount -t tmpfs -o size=$((64 + MAXN / 100))m tmpfs "$W" || { echo "$PROG: tmpfs on $W" >&2; exit 3; }
+STATE=$(mktemp -d /tmp/rotor-bench-state.XXXXXX)
 HUB_PID=
 LG_PID=
 log() { echo "bench: $*" >&2; }
@@ -213,7 +220,8 @@ cleanup() {
 	[ -n "$HUB_PID" ] && kill "$HUB_PID" 2>/dev/null
 	wait 2>/dev/null
 	for ns in hub load floor; do ip netns del "$ns" 2>/dev/null; done
-	[ "$PROFILE" = 1 ] || rm -rf "$W"
+	rm -rf "$STATE"
+	[ "$PROFILE" = 1 ] || { umount "$W"; rm -rf "$W"; }
 }
 trap cleanup EXIT
 
@@ -284,7 +292,8 @@ topology() { # N DIR (DIR/addresses.batch from rotor-loadgen gen)
 
 gen() { # N DIR
 	"$LOADGEN" gen --count "$1" --dir "$2" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" \
-		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" >/dev/null
+		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" >/dev/null || return 1
+	sed -i "s|^state_dir = .*|state_dir = \"$STATE/n$1\"|" "$2/hub.toml"
 }
 
 start_hub() { # CONFIG LOGFILE
