@@ -3,7 +3,7 @@
 # (User-Mode Linux), with N nodes speaking the real protocol (rotor-loadgen).
 #
 #   scripts/bench.sh [--n 1000,10000] [--json] [--rounds R] [--hello 30s]
-#                    [--addressing scattered|sequential]
+#                    [--addressing scattered|sequential] [--state hostfs|tmpfs]
 #                    [--max-pending K] [--hub-log LEVEL] [--profile] [--syscalls]
 #                    [--strongswan] [--mem SIZE] [--timeout SECS]
 #
@@ -86,9 +86,10 @@ INSIDE=0
 GRACE_S=1
 ANYIP_ABOVE=20000 # more nodes: a local route instead of N addresses
 ADDRESSING=scattered
+STATE_FS=hostfs
 
 usage() {
-	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--mem SIZE] [--timeout SECS]" >&2
+	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--mem SIZE] [--timeout SECS]" >&2
 	exit 2
 }
 
@@ -103,6 +104,7 @@ while [ $# -gt 0 ]; do
 	--profile) PROFILE=1; shift ;;
 	--syscalls) SYSCALLS=1; shift ;;
 	--addressing) ADDRESSING=${2:-}; shift 2 ;;
+	--state) STATE_FS=${2:-}; shift 2 ;;
 	--strongswan) STRONGSWAN=1; shift ;;
 	--mem) MEM=${2:-}; shift 2 ;;
 	--timeout) TIMEOUT=${2:-}; shift 2 ;;
@@ -112,6 +114,7 @@ while [ $# -gt 0 ]; do
 	esac
 done
 [[ $ADDRESSING =~ ^(scattered|sequential)$ ]] || usage
+[[ $STATE_FS =~ ^(hostfs|tmpfs)$ ]] || usage
 [[ $NS_LIST =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || usage
 [[ $MAX_PENDING =~ ^[0-9]+$ ]] || usage
@@ -148,7 +151,7 @@ if [ "$INSIDE" = 0 ]; then
 	COPY=$OUT.sh
 	cp "$ROOT/scripts/bench.sh" "$COPY"
 	trap 'rm -f "$OUT" "$COPY"' EXIT
-	args=(--inside --n "$NS_LIST" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
+	args=(--inside --n "$NS_LIST" --state "$STATE_FS" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
 	[ "$PROFILE" = 1 ] && args+=(--profile)
 	[ "$SYSCALLS" = 1 ] && args+=(--syscalls)
 	# Progress goes to stderr; the results are the BENCH-JSON lines.
@@ -211,7 +214,10 @@ W=$(mktemp -d /tmp/rotor-bench-in.XXXXXX)
 # (STATE), so every fdatasync is a real one.
 mount -t tmpfs -o size=$((64 + MAXN / 100))m tmpfs "$W" || { echo "$PROG: tmpfs on $W" >&2; exit 3; }
 STATE=$(mktemp -d /tmp/rotor-bench-state.XXXXXX)
-HUB_PID=
+# --state tmpfs: the state on the tmpfs too. UML runs a host fsync inside
+# the calling process's system time, so on hostfs every fdatasync counts as
+# hub CPU; on a tmpfs the store's CPU cost is measured alone.
+[ "$STATE_FS" = tmpfs ] && STATE=$W/state && mkdir -p "$STATE"HUB_PID=
 LG_PID=
 log() { echo "bench: $*" >&2; }
 
@@ -460,6 +466,8 @@ for N in "${NS[@]}"; do
 	done
 	[ "$restart_s" = null ] && complete=false
 	log "N=$N: restarted hub answers after ${restart_s}s"
+	# With --hub-log info: where the restart's time went.
+	grep -E "state loaded|hub starting|kernel state adopted|reconciled" "$W/hub-$N.log" | tail -n 4 >&2
 	t0=$(now_ms)
 	rot_before=$(pf .rotations)
 	hub_rotate "$SOCK" || complete=false
@@ -520,7 +528,7 @@ for N in "${NS[@]}"; do
 		--argjson hub_resends "$hub_resends" --argjson hub_inits "$hub_inits" \
 		--argjson floor_us "$floor_us" --argjson ip_us "$ip_us" --argjson floor "$fl" \
 		--argjson loadgen "$lg_summary" --arg hello "$HELLO" --arg hub_log "$HUB_LOG" \
-		--argjson profile "$PROFILE" --arg addressing "$ADDRESSING" '{
+		--argjson profile "$PROFILE" --arg addressing "$ADDRESSING" --arg state_fs "$STATE_FS" '{
 		n: $n, complete: $complete,
 		rotations_per_hub_cpu_s: $rate,
 		kernel_floor_us_per_rotation: $floor_us,
@@ -543,7 +551,7 @@ for N in "${NS[@]}"; do
 		        softnet: $snd_drops, loadgen: $lg_drops},
 		hub_kernel_errors: $hub_kernel_errors, hub_in_sync: $hub_in_sync, hub_at_generation: $hub_at_gen,
 		hub_resends: $hub_resends, hub_inits: $hub_inits,
-		floor: $floor, loadgen: $loadgen, hello_interval: $hello, hub_log: $hub_log, addressing: $addressing, profiled: ($profile == 1)
+		floor: $floor, loadgen: $loadgen, hello_interval: $hello, hub_log: $hub_log, addressing: $addressing, state_fs: $state_fs, profiled: ($profile == 1)
 		}' | sed 's/^/BENCH-JSON /'
 done
 if [ "$PROFILE" = 1 ]; then

@@ -61,10 +61,18 @@ pub enum KeyFileError {
 
 /// Reads and checks a key file. The path is shown in errors; the key never is.
 pub fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
-    let meta = fs::metadata(path).map_err(|source| KeyFileError::Read {
+    use std::io::Read;
+    use std::sync::OnceLock;
+    // One open, one fstat, one read per key: a hub reads 100,000 of them at
+    // every start. The checks look at the file that is read, not at
+    // whatever the path named a moment earlier.
+    static EUID: OnceLock<u32> = OnceLock::new();
+    let read_err = |source| KeyFileError::Read {
         path: path.to_path_buf(),
         source,
-    })?;
+    };
+    let mut file = fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
         return Err(KeyFileError::Permissions {
@@ -72,7 +80,7 @@ pub fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
             mode,
         });
     }
-    let me = rustix::process::geteuid().as_raw();
+    let me = *EUID.get_or_init(|| rustix::process::geteuid().as_raw());
     if meta.uid() != me {
         return Err(KeyFileError::Owner {
             path: path.to_path_buf(),
@@ -80,12 +88,34 @@ pub fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
             me,
         });
     }
-    let text = Zeroizing::new(
-        fs::read_to_string(path).map_err(|source| KeyFileError::Read {
-            path: path.to_path_buf(),
-            source,
-        })?,
-    );
+    // A key file is one line of 44 base64 characters; anything that fills
+    // this buffer is not one.
+    let mut buf = Zeroizing::new([0u8; 256]);
+    let mut len = 0;
+    loop {
+        match file.read(&mut buf[len..]) {
+            Ok(0) => break,
+            Ok(n) => {
+                len += n;
+                if len == buf.len() {
+                    return Err(KeyFileError::Format {
+                        path: path.to_path_buf(),
+                        why: "longer than a key file".to_string(),
+                    });
+                }
+                // A regular file this small arrives in one read.
+                if meta.is_file() && len as u64 >= meta.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(read_err(e)),
+        }
+    }
+    let text = std::str::from_utf8(&buf[..len]).map_err(|_| KeyFileError::Format {
+        path: path.to_path_buf(),
+        why: "not text".to_string(),
+    })?;
     decode_key(text.trim()).map_err(|why| KeyFileError::Format {
         path: path.to_path_buf(),
         why,

@@ -105,13 +105,33 @@ pub fn drop_netlink_sender(sock: impl AsFd, portid: u32) -> io::Result<()> {
     let k = u32::from_be_bytes(portid.to_ne_bytes());
     let mut code = [
         // A = word at offset 12 (nlmsg_pid)
-        libc::sock_filter { code: 0x20, jt: 0, jf: 0, k: 12 },
+        libc::sock_filter {
+            code: 0x20,
+            jt: 0,
+            jf: 0,
+            k: 12,
+        },
         // if A == k: next (drop), else skip one (accept)
-        libc::sock_filter { code: 0x15, jt: 0, jf: 1, k },
+        libc::sock_filter {
+            code: 0x15,
+            jt: 0,
+            jf: 1,
+            k,
+        },
         // return 0: drop
-        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: 0 },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: 0,
+        },
         // return all of it
-        libc::sock_filter { code: 0x06, jt: 0, jf: 0, k: u32::MAX },
+        libc::sock_filter {
+            code: 0x06,
+            jt: 0,
+            jf: 0,
+            k: u32::MAX,
+        },
     ];
     let prog = libc::sock_fprog {
         len: code.len() as libc::c_ushort,
