@@ -99,9 +99,6 @@ impl Persist {
                 .iter()
                 .map(|&(i, s, e)| (role.record_key(i), &buf[s..e])),
         );
-        drop(buf);
-        drop(spans);
-        rotor_sys::malloc_trim();
         if r.is_ok() {
             info!(records = n, "state store compacted");
         }

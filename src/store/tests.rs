@@ -311,12 +311,12 @@ fn compaction_then_reopen() {
 }
 
 #[test]
-fn needs_compaction_after_4_mib() {
+fn needs_compaction_after_16_mib() {
     let t = tmp();
     let dir = state_dir(&t);
     let (mut store, _) = open(&dir);
     let value = vec![1u8; 64 << 10];
-    for i in 0..63 {
+    for i in 0..255 {
         store.write_batch([("k", &value[..])]).unwrap();
         assert!(!store.needs_compaction(), "{i}");
     }
