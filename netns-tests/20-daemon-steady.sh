@@ -25,14 +25,18 @@ check "S8: after rotor purge the hub has no rotor policy" test "$(owned_policies
 check "S8: rotor purge removed the hub's state" test ! -e "$WORK/state/hub.snap"
 check "S8: the foreign SA (reqid 7) is still there" test "$(ip -n hub xfrm state list spi 0x77 | grep -c '^src')" -eq 1
 check "S8: the foreign policy (reqid 7) is still there" test "$(ip -n hub xfrm policy list dst 10.9.0.200/32 | grep -c '^src')" -eq 1
-# A running node's purge is refused (its lock is held) and changes nothing.
-before=$(ip -n n1 xfrm state | grep -c '^src')
+# A running node's purge is refused (its lock is held) and changes nothing:
+# the SA its outbound policy names is still there, and the policies too
+# (the SA count itself moves as grace periods end).
+tx=$(ip -n n1 xfrm policy list dir out | sed -n 's/.*spi \(0x[0-9a-f]*\).*/\1/p' | head -n 1)
+policies=$(ip -n n1 xfrm policy | grep -c '^src')
 if ip netns exec n1 "$ROTOR" purge --config "$WORK/n1.toml" >"$WORK/purge-live.log" 2>&1; then
 	fail "S8: rotor purge refuses while the node runs"
 else
 	pass "S8: rotor purge refuses while the node runs ($(tail -n 1 "$WORK/purge-live.log"))"
 fi
-check "S8: the refused purge left n1's SAs alone" test "$(ip -n n1 xfrm state | grep -c '^src')" -eq "$before"
+check "S8: the refused purge left n1's sending SA ($tx) alone" test -n "$tx" -a "$(ip -n n1 xfrm state list spi "$tx" | grep -c '^src')" -ge 1
+check "S8: ... and its policies ($policies)" test "$(ip -n n1 xfrm policy | grep -c '^src')" -eq "$policies"
 for i in $(seq 1 $N); do eval "kill \$NODE_PID_$i"; done
 sleep 2
 for i in $(seq 1 $N); do

@@ -116,6 +116,8 @@ pub async fn run<R: Role, K: Kernel>(
             due,
             Some(reconcile_at.map_or(next_reconcile, |t| t.min(next_reconcile))),
         );
+        // SAs kept over a reload go when their time is up.
+        let due = earliest(due, life.linger.values().min().copied());
         let wake = due.map(|t| clock.instant(t));
         let mut full_burst = false;
         tokio::select! {
@@ -173,7 +175,11 @@ pub async fn run<R: Role, K: Kernel>(
         execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?;
         // Only once every action is executed does the kernel show what the
         // machine believes: the pass compares the two.
-        if reconcile_at.is_some_and(|t| t <= now.mono) || next_reconcile <= now.mono {
+        let linger_due = life.linger.values().min().copied();
+        if reconcile_at.is_some_and(|t| t <= now.mono)
+            || next_reconcile <= now.mono
+            || linger_due.is_some_and(|t| t <= now.mono)
+        {
             life.linger.retain(|_, until| *until > now.mono);
             reconcile_at = None;
             last_pass = now.mono;
@@ -390,6 +396,9 @@ fn reload<R: Role, K: Kernel>(
     let index: HashMap<&str, usize> = (0..role.peer_count())
         .map(|i| (role.record_key(i), i))
         .collect();
+    // Only this reload's: what an earlier one kept may belong to a peer
+    // this one removes.
+    life.linger.clear();
     let until = now.mono.plus_ms(LINGER_MS);
     for (name, spi) in retiring {
         let Some(&i) = index.get(name.as_str()) else {
