@@ -16,6 +16,9 @@ echo >/proc/sys/kernel/modprobe
 modprobe -r -d "$MODROOT" esp6 || { echo "FAIL: cannot unload esp6 (is an IPv6 SA in use?)"; exit 1; }
 topo_up $N
 configs $N 1s 500ms
+# The daemons refuse to start on a kernel without ESP (their start-up
+# probe); this test wants exactly that kernel, so it skips the probe.
+export ROTOR_TEST_SKIP_ESP_PROBE=1
 start_hub
 for i in $(seq 1 $N); do start_node $i; done
 sleep 4
