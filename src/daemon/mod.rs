@@ -352,7 +352,9 @@ fn require_esp() -> anyhow::Result<()> {
     // For tests of kernel refusals only (netns-tests/70): a daemon started
     // on a kernel whose ESP module was taken away on purpose.
     if std::env::var_os("ROTOR_TEST_SKIP_ESP_PROBE").is_some() {
-        warn!("ROTOR_TEST_SKIP_ESP_PROBE is set: starting without checking that this kernel has ESP");
+        warn!(
+            "ROTOR_TEST_SKIP_ESP_PROBE is set: starting without checking that this kernel has ESP"
+        );
         return Ok(());
     }
     match probe_esp() {
