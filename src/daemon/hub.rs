@@ -51,7 +51,7 @@ impl HubRole {
             addrs,
             reqids,
             dirty: Vec::new(),
-            scratch: Zeroizing::new(Vec::new()),
+            scratch: Zeroizing::new(Vec::with_capacity(super::persist::RECORD_ROOM)),
             digests,
             source: None,
             fresh: Vec::new(),

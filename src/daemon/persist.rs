@@ -11,6 +11,12 @@ use zeroize::{Zeroize, Zeroizing};
 use super::role::Role;
 use crate::store::{Store, StoreError};
 
+/// More than any one record takes (two generations, the superseded SPIs,
+/// a 64-byte name, the reqid): buffers reserved this much per record never
+/// reallocate while records are written into them, so no copy of key
+/// material is left behind in freed memory.
+pub const RECORD_ROOM: usize = 1024;
+
 /// The durable side of a daemon.
 pub struct Persist {
     store: Store,
@@ -54,6 +60,10 @@ impl Persist {
         self.dirty.sort_unstable();
         self.dirty.dedup();
         self.buf.clear();
+        // Emptied and zeroed at the end of the last flush: growing it here
+        // copies nothing secret.
+        self.buf.reserve(self.dirty.len() * RECORD_ROOM);
+        self.one.reserve(RECORD_ROOM);
         self.spans.clear();
         for &i in &self.dirty {
             role.save(i, now, &mut self.one);
@@ -85,7 +95,8 @@ impl Persist {
     /// Rewrites the store from the current state of every peer.
     pub fn compact<R: Role>(&mut self, role: &mut R, now: Now) -> Result<(), StoreError> {
         let n = role.peer_count();
-        let mut buf = Zeroizing::new(Vec::new());
+        let mut buf = Zeroizing::new(Vec::with_capacity(n * RECORD_ROOM));
+        self.one.reserve(RECORD_ROOM);
         let mut spans = Vec::with_capacity(n);
         for i in 0..n {
             role.save(i, now, &mut self.one);

@@ -156,7 +156,7 @@ pub fn entry_digest(n: &HubPeer) -> u64 {
 /// them to a restore.
 pub fn current_records<R: Role>(role: &mut R, now: Now) -> Loaded {
     let mut records = HashMap::with_capacity(role.peer_count());
-    let mut buf = Zeroizing::new(Vec::new());
+    let mut buf = Zeroizing::new(Vec::with_capacity(super::persist::RECORD_ROOM));
     for i in 0..role.peer_count() {
         role.save(i, now, &mut buf);
         if !buf.is_empty() {
