@@ -425,6 +425,35 @@ fn watch(monitor: Monitor) -> anyhow::Result<AsyncFd<Monitor>> {
     AsyncFd::new(monitor).context("watching the XFRM notification socket")
 }
 
+/// Serves a started role until SIGTERM/SIGINT, then removes its control
+/// socket; its SAs and policies stay in the kernel.
+async fn run_role<R: Role>(
+    role: R,
+    xfrm: Xfrm,
+    peers: Vec<PeerKernel>,
+    udp: UdpSocket,
+    listener: UnixListener,
+    life: Lifecycle,
+    socket: &Path,
+) -> anyhow::Result<()> {
+    let stop = shutdown::on_signal()?;
+    let r = serve(
+        role,
+        KernelExec::new(xfrm, peers),
+        udp,
+        listener,
+        life,
+        stop,
+    )
+    .await;
+    let _ = std::fs::remove_file(socket);
+    info!(
+        role = R::NAME,
+        "stopped; its SAs and policies stay in the kernel"
+    );
+    r
+}
+
 /// Runs the hub of `cfg`, read from `path`, until SIGTERM/SIGINT; SIGHUP
 /// reloads `path`.
 pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
@@ -453,21 +482,9 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     life.monitor = Some(watch(monitor)?);
     life.persist = Some(Persist::new(store));
     life.forget = forget;
-    let stop = shutdown::on_signal()?;
     life.hangup = Some(hangup);
     info!(%address, port, nodes, socket = %socket.display(), "hub starting");
-    let r = serve(
-        role,
-        KernelExec::new(xfrm, peers),
-        udp,
-        listener,
-        life,
-        stop,
-    )
-    .await;
-    let _ = std::fs::remove_file(&socket);
-    info!("hub stopped; its SAs and policies stay in the kernel");
-    r
+    run_role(role, xfrm, peers, udp, listener, life, &socket).await
 }
 
 /// Runs the node of `cfg`, read from `path`, until SIGTERM/SIGINT; SIGHUP
@@ -490,21 +507,9 @@ pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     let (xfrm, mut life, monitor) = open_xfrm(own)?;
     life.monitor = Some(watch(monitor)?);
     life.persist = Some(Persist::new(store));
-    let stop = shutdown::on_signal()?;
     life.hangup = Some(hangup);
     info!(name = %cfg.name, address = %cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node starting");
-    let r = serve(
-        role,
-        KernelExec::new(xfrm, peers),
-        udp,
-        listener,
-        life,
-        stop,
-    )
-    .await;
-    let _ = std::fs::remove_file(&cfg.socket);
-    info!("node stopped; its SAs and policies stay in the kernel");
-    r
+    run_role(role, xfrm, peers, udp, listener, life, &cfg.socket).await
 }
 
 /// `rotor purge`: removes every SA and policy the daemon of `config`

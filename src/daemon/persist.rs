@@ -25,7 +25,6 @@ pub struct Persist {
     buf: Zeroizing<Vec<u8>>,
     one: Zeroizing<Vec<u8>>,
     spans: Vec<(usize, usize, usize)>,
-    errors: u64,
 }
 
 impl Persist {
@@ -37,13 +36,7 @@ impl Persist {
             buf: Zeroizing::new(Vec::new()),
             one: Zeroizing::new(Vec::new()),
             spans: Vec::new(),
-            errors: 0,
         }
-    }
-
-    /// Writes that failed so far.
-    pub fn errors(&self) -> u64 {
-        self.errors
     }
 
     /// Makes every changed record durable. On `Err` the caller must not send
@@ -79,10 +72,7 @@ impl Persist {
                 .map(|&(i, s, e)| (role.record_key(i), &buf[s..e])),
         );
         self.buf.zeroize();
-        if let Err(e) = r {
-            self.errors += 1;
-            return Err(e);
-        }
+        r?;
         if self.store.needs_compaction()
             && let Err(e) = self.compact(role, now)
         {
