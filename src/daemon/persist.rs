@@ -12,19 +12,18 @@ use super::role::Role;
 use crate::store::{Store, StoreError};
 
 /// More than any one record takes (two generations, the superseded SPIs,
-/// a 64-byte name, the reqid): buffers reserved this much per record never
-/// reallocate while records are written into them, so no copy of key
-/// material is left behind in freed memory.
+/// a 64-byte name, the reqid): a buffer reserved this much before its first
+/// use never reallocates while records are encoded into it, so no copy of
+/// key material is left behind in freed memory.
 pub const RECORD_ROOM: usize = 1024;
 
 /// The durable side of a daemon.
 pub struct Persist {
     store: Store,
     dirty: Vec<usize>,
-    /// Every record of one step, back to back.
-    buf: Zeroizing<Vec<u8>>,
+    /// One record at a time, on its way into the store's buffer; reserved
+    /// [`RECORD_ROOM`] up front.
     one: Zeroizing<Vec<u8>>,
-    spans: Vec<(usize, usize, usize)>,
 }
 
 impl Persist {
@@ -33,9 +32,7 @@ impl Persist {
         Persist {
             store,
             dirty: Vec::new(),
-            buf: Zeroizing::new(Vec::new()),
-            one: Zeroizing::new(Vec::new()),
-            spans: Vec::new(),
+            one: Zeroizing::new(Vec::with_capacity(RECORD_ROOM)),
         }
     }
 
@@ -52,26 +49,8 @@ impl Persist {
         }
         self.dirty.sort_unstable();
         self.dirty.dedup();
-        self.buf.clear();
-        // Emptied and zeroed at the end of the last flush: growing it here
-        // copies nothing secret.
-        self.buf.reserve(self.dirty.len() * RECORD_ROOM);
-        self.one.reserve(RECORD_ROOM);
-        self.spans.clear();
-        for &i in &self.dirty {
-            role.save(i, now, &mut self.one);
-            let start = self.buf.len();
-            self.buf.extend_from_slice(&self.one);
-            self.spans.push((i, start, self.buf.len()));
-        }
+        let r = Self::write(&mut self.store, &self.dirty, &mut self.one, role, now);
         self.one.zeroize();
-        let buf = &self.buf;
-        let r = self.store.write_batch(
-            self.spans
-                .iter()
-                .map(|&(i, s, e)| (role.record_key(i), &buf[s..e])),
-        );
-        self.buf.zeroize();
         r?;
         if self.store.needs_compaction()
             && let Err(e) = self.compact(role, now)
@@ -82,24 +61,33 @@ impl Persist {
         Ok(())
     }
 
+    fn write<R: Role>(
+        store: &mut Store,
+        ids: &[usize],
+        one: &mut Vec<u8>,
+        role: &mut R,
+        now: Now,
+    ) -> Result<(), StoreError> {
+        let mut batch = store.batch()?;
+        for &i in ids {
+            role.save(i, now, one);
+            batch.put(role.record_key(i), one)?;
+        }
+        batch.commit()
+    }
+
     /// Rewrites the store from the current state of every peer.
     pub fn compact<R: Role>(&mut self, role: &mut R, now: Now) -> Result<(), StoreError> {
         let n = role.peer_count();
-        let mut buf = Zeroizing::new(Vec::with_capacity(n * RECORD_ROOM));
-        self.one.reserve(RECORD_ROOM);
-        let mut spans = Vec::with_capacity(n);
-        for i in 0..n {
-            role.save(i, now, &mut self.one);
-            let start = buf.len();
-            buf.extend_from_slice(&self.one);
-            spans.push((i, start, buf.len()));
-        }
+        let r = (|| {
+            let mut c = self.store.compaction()?;
+            for i in 0..n {
+                role.save(i, now, &mut self.one);
+                c.put(role.record_key(i), &self.one)?;
+            }
+            c.finish()
+        })();
         self.one.zeroize();
-        let r = self.store.compact(
-            spans
-                .iter()
-                .map(|&(i, s, e)| (role.record_key(i), &buf[s..e])),
-        );
         if r.is_ok() {
             info!(records = n, "state store compacted");
         }

@@ -105,6 +105,26 @@ fn frame_crc(generation: u64, len: [u8; 4], body: &[u8]) -> u32 {
     h.finalize()
 }
 
+/// The head (length, CRC) of a frame whose `body_len` body bytes went
+/// through `body` (a CRC32 of the body alone), for a body streamed in
+/// pieces: equal to what [`finish_frame`] writes for the same body.
+pub(crate) fn frame_head(
+    generation: u64,
+    body_len: usize,
+    body: &crc32fast::Hasher,
+) -> [u8; FRAME_HEAD] {
+    debug_assert!(body_len <= MAX_FRAME);
+    let len = (body_len as u32).to_le_bytes();
+    let mut h = crc32fast::Hasher::new();
+    h.update(&generation.to_le_bytes());
+    h.update(&len);
+    h.combine(body);
+    let mut head = [0u8; FRAME_HEAD];
+    head[..4].copy_from_slice(&len);
+    head[4..].copy_from_slice(&h.finalize().to_le_bytes());
+    head
+}
+
 /// Makes room for `extra` more bytes without letting `Vec` reallocate
 /// behind our back: a reallocation would free the old block with key
 /// material still in it, so we copy into a new block and zeroize the old.

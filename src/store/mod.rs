@@ -3,9 +3,10 @@
 //! The daemon persists, per node, one opaque record of ~100–300 bytes (made
 //! by the protocol core; it holds key material) so that a restart resumes
 //! exactly where it stopped. Each burst of the event loop writes the records
-//! of every node that changed in **one group commit** ([`Store::write_batch`]:
-//! one `write`, one `fdatasync`), durable before any datagram of that burst
-//! is sent.
+//! of every node that changed in **one group commit** ([`Store::batch`]: one
+//! frame, one `fdatasync`), durable before any datagram of that burst is
+//! sent. Writes stream through one bounded buffer (see `writer`), so memory
+//! does not grow with the number of records.
 //!
 //! # Why not a B-tree (redb)
 //! Records are always rewritten whole, and the core can re-serialise every
@@ -44,11 +45,13 @@
 //! already contains); a log frame only counts if its CRC, seeded with the
 //! generation in the log header, checks.**
 //!
-//! * **Append** (`write_batch`/`remove_batch`): one `pwrite` of one frame at
-//!   the end of the log, then `fdatasync` (which also makes the new file size
-//!   durable). A crash before `fdatasync` returns may leave nothing, a prefix
-//!   of the frame, or the frame with holes (zeros or stale blocks): its
-//!   length runs past the end or its CRC fails, so it is a *torn tail*: it is
+//! * **Append** (a [`Batch`]): the frame's body at the end of the log, in
+//!   `pwrite`s of up to 256 KiB, then its head (length and CRC) in front of
+//!   it, then `fdatasync` (which also makes the new file size durable). A
+//!   crash before `fdatasync` returns may leave nothing, a prefix of the
+//!   frame, a body without its head (zeros: an impossible length) or the
+//!   frame with holes: its length is impossible or runs past the end, or its
+//!   CRC fails, so it is a *torn tail*: it is
 //!   cut off at open (`ftruncate` + `fdatasync`) and reported in
 //!   [`Loaded::torn_tail`]. That batch was never acknowledged, so no datagram
 //!   depended on it. Only the last frame can be torn, because no frame is
@@ -99,6 +102,10 @@
 
 mod format;
 mod lock;
+mod writer;
+
+use writer::SnapshotWriter;
+pub use writer::{Batch, Compaction};
 
 /// Takes the lock on a reqid range in this host's current network
 /// namespace: the file `reqids-BASE-NETNS.lock` in `dir` (created 0700),
@@ -125,7 +132,7 @@ mod tests;
 use std::collections::HashMap;
 use std::fmt;
 use std::fs::{self, File, OpenOptions};
-use std::io::{self, Read, Write};
+use std::io::{self, Read};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 
@@ -141,8 +148,6 @@ use format::{FileKind, Frame, HEADER_LEN, Header};
 const MIN_COMPACT_LOG: u64 = 16 << 20;
 /// ... or this many times the snapshot.
 const COMPACT_FACTOR: u64 = 4;
-/// Snapshot writes go to disk in chunks of about this size.
-const SNAP_CHUNK: usize = 256 << 10;
 /// The write buffer keeps at most this much capacity between batches.
 const KEEP_BUF: usize = 1 << 20;
 
@@ -449,7 +454,14 @@ impl Store {
             failed: None,
         };
         if !snap_exists {
-            store.snap_len = store.write_snapshot(1, std::iter::empty())?;
+            let w = SnapshotWriter::create(&store.tmp_path, 1, Vec::new())?;
+            let (len, buf) = w.finish();
+            store.recycle(buf);
+            if len.is_err() {
+                let _ = fs::remove_file(&store.tmp_path);
+            }
+            store.snap_len = len?;
+            store.install_snapshot()?;
         }
         // Make a rename by a process that died before its directory sync
         // durable before we repair the log against that snapshot.
@@ -466,18 +478,18 @@ impl Store {
         Ok((store, loaded))
     }
 
-    /// Appends `records` (key, new value) to the log as one frame in one
-    /// write, then `fdatasync`s: durable when this returns `Ok`. An empty
-    /// batch does nothing. Keys are 1..=255 bytes.
+    /// Appends `records` (key, new value) to the log as one frame, then
+    /// `fdatasync`s: durable when this returns `Ok`. An empty batch does
+    /// nothing. Keys are 1..=255 bytes. See [`Store::batch`] to stream one.
     pub fn write_batch<'a>(
         &mut self,
         records: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<(), StoreError> {
-        self.append(
-            records
-                .into_iter()
-                .map(|(key, value)| (format::KIND_PUT, key, value)),
-        )
+        let mut b = self.batch()?;
+        for (key, value) in records {
+            b.put(key, value)?;
+        }
+        b.commit()
     }
 
     /// Records that `keys` are gone (tombstones), like [`Store::write_batch`].
@@ -485,34 +497,30 @@ impl Store {
         &mut self,
         keys: impl IntoIterator<Item = &'a str>,
     ) -> Result<(), StoreError> {
-        self.append(keys.into_iter().map(|key| (format::KIND_DEL, key, &[][..])))
+        let mut b = self.batch()?;
+        for key in keys {
+            b.remove(key)?;
+        }
+        b.commit()
     }
 
     /// The log has grown past max(16 MiB, 4 x the snapshot): time for
-    /// [`Store::compact`].
+    /// [`Store::compaction`].
     pub fn needs_compaction(&self) -> bool {
         self.log_len > MIN_COMPACT_LOG.max(COMPACT_FACTOR * self.snap_len)
     }
 
     /// Replaces the snapshot with `all` — every live record, as of now —
-    /// and empties the log. Crash-safe at every step (see the module doc).
-    ///
-    /// `all` must be at least as new as every batch already written (the
-    /// core's live state is): the old log is discarded on the strength of
-    /// that. Records newer than what was logged are fine — persisted before
-    /// sent is the rule. On an error before the new snapshot is in place the
-    /// store is unchanged and usable; after, it is [`StoreError::Failed`].
+    /// and empties the log, like [`Store::compaction`] (which streams).
     pub fn compact<'a>(
         &mut self,
         all: impl IntoIterator<Item = (&'a str, &'a [u8])>,
     ) -> Result<(), StoreError> {
-        self.check_usable()?;
-        let generation = self.generation + 1;
-        self.snap_len = self.write_snapshot(generation, all.into_iter())?;
-        // The new snapshot is durable under its name: from here on the old
-        // log is one generation behind and is ignored at open.
-        self.generation = generation;
-        self.reset_log()
+        let mut c = self.compaction()?;
+        for (key, value) in all {
+            c.put(key, value)?;
+        }
+        c.finish()
     }
 
     /// Removes the snapshot, the log and the lock file, for uninstalling.
@@ -568,54 +576,6 @@ impl Store {
         Ok(())
     }
 
-    fn append<'a>(
-        &mut self,
-        entries: impl Iterator<Item = (u8, &'a str, &'a [u8])>,
-    ) -> Result<(), StoreError> {
-        self.check_usable()?;
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        let at = format::start_frame(&mut buf);
-        let mut any = false;
-        for (kind, key, value) in entries {
-            if let Err(e) = self.check_key(key, &self.log_path) {
-                self.recycle(buf);
-                return Err(e);
-            }
-            let bytes = format::frame_body_len(&buf, at)
-                .saturating_add(format::ENTRY_HEAD + key.len())
-                .saturating_add(value.len());
-            if bytes > format::MAX_FRAME {
-                self.recycle(buf);
-                return Err(StoreError::TooLarge {
-                    path: self.log_path.clone(),
-                    bytes,
-                });
-            }
-            format::push_entry(&mut buf, kind, key, value);
-            any = true;
-        }
-        if !any {
-            self.recycle(buf);
-            return Ok(());
-        }
-        format::finish_frame(&mut buf, at, self.generation);
-        let written = self
-            .log
-            .write_all_at(&buf, self.log_len)
-            .map_err(|e| ("append to", e))
-            .and_then(|()| self.log.sync_data().map_err(|e| ("sync", e)));
-        let len = buf.len() as u64;
-        self.recycle(buf);
-        match written {
-            Ok(()) => {
-                self.log_len += len;
-                Ok(())
-            }
-            Err((op, e)) => Err(self.fail(self.log_path.clone(), op, e)),
-        }
-    }
-
     /// Empties the log and gives it a header of the current generation,
     /// synced. A failure leaves the store failed.
     fn reset_log(&mut self) -> Result<(), StoreError> {
@@ -645,26 +605,10 @@ impl Store {
         }
     }
 
-    /// Writes `records` as a snapshot of `generation`: `.snap.tmp`, fsync,
-    /// rename, directory fsync. Returns its length. An error before the
-    /// rename leaves everything as it was; a failed directory sync leaves the
-    /// store failed.
-    fn write_snapshot<'a>(
-        &mut self,
-        generation: u64,
-        records: impl Iterator<Item = (&'a str, &'a [u8])>,
-    ) -> Result<u64, StoreError> {
-        let mut buf = std::mem::take(&mut self.buf);
-        buf.clear();
-        let result = self.write_tmp(generation, records, &mut buf);
-        self.recycle(buf);
-        let len = match result {
-            Ok(len) => len,
-            Err(e) => {
-                let _ = fs::remove_file(&self.tmp_path);
-                return Err(e);
-            }
-        };
+    /// Renames the synced `.snap.tmp` over the snapshot and syncs the
+    /// directory. A failed rename leaves everything as it was (the temporary
+    /// file is removed); a failed directory sync leaves the store failed.
+    fn install_snapshot(&mut self) -> Result<(), StoreError> {
         if let Err(e) = fs::rename(&self.tmp_path, &self.snap_path) {
             let _ = fs::remove_file(&self.tmp_path);
             return Err(io_err(&self.snap_path, "rename snapshot into place")(e));
@@ -672,55 +616,7 @@ impl Store {
         if let Err(e) = self.dir_file.sync_all() {
             return Err(self.fail(self.dir.clone(), "sync directory", e));
         }
-        Ok(len)
-    }
-
-    fn write_tmp<'a>(
-        &self,
-        generation: u64,
-        records: impl Iterator<Item = (&'a str, &'a [u8])>,
-        buf: &mut Vec<u8>,
-    ) -> Result<u64, StoreError> {
-        let path = &self.tmp_path;
-        remove_if_present(path)?;
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(path)
-            .map_err(io_err(path, "create"))?;
-        // Header last, once the count is known.
-        file.write_all(&[0u8; HEADER_LEN])
-            .map_err(io_err(path, "write"))?;
-        let mut len = HEADER_LEN as u64;
-        let mut count = 0u64;
-        for (key, value) in records {
-            self.check_key(key, path)?;
-            let bytes = value.len().saturating_add(format::ENTRY_HEAD + key.len());
-            if bytes > format::MAX_FRAME {
-                return Err(StoreError::TooLarge {
-                    path: path.clone(),
-                    bytes,
-                });
-            }
-            let at = format::start_frame(buf);
-            format::push_entry(buf, format::KIND_PUT, key, value);
-            format::finish_frame(buf, at, generation);
-            count += 1;
-            if buf.len() >= SNAP_CHUNK {
-                file.write_all(buf).map_err(io_err(path, "write"))?;
-                len += buf.len() as u64;
-                buf.as_mut_slice().zeroize();
-                buf.clear();
-            }
-        }
-        file.write_all(buf).map_err(io_err(path, "write"))?;
-        len += buf.len() as u64;
-        let header = format::encode_header(FileKind::Snapshot, Header { generation, count });
-        file.write_all_at(&header, 0)
-            .map_err(io_err(path, "write"))?;
-        file.sync_all().map_err(io_err(path, "sync"))?;
-        Ok(len)
+        Ok(())
     }
 
     /// Reads the snapshot into `records`; returns its generation.

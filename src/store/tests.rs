@@ -668,3 +668,107 @@ fn unknown_version_is_an_error_not_a_torn_header() {
     );
     assert!(err.to_string().contains("version"), "{err}");
 }
+
+/// A batch bigger than one write chunk is still one frame: it reads back
+/// whole, and whatever part of it a crash left (a body without its head,
+/// a prefix of the body) is a torn tail that leaves the state before it.
+#[test]
+fn a_batch_spanning_several_chunks_is_one_frame() {
+    let t = tmp();
+    let dir = state_dir(&t);
+    let (mut store, _) = open(&dir);
+    let mut before = State::new();
+    put(&mut store, &mut before, &[("a", b"old-a")]);
+    let start = fs::metadata(dir.join("hub.log")).unwrap().len() as usize;
+    let n = 3 * writer::CHUNK / 200;
+    let names: Vec<String> = (0..n).map(|i| format!("node-{i}")).collect();
+    let values: Vec<Vec<u8>> = (0..n).map(|i| record(i, 1)).collect();
+    let mut after = before.clone();
+    {
+        let mut b = store.batch().unwrap();
+        for (k, v) in names.iter().zip(&values) {
+            b.put(k, v).unwrap();
+            after.insert(k.clone(), v.clone());
+        }
+        b.remove("a").unwrap();
+        after.remove("a");
+        b.commit().unwrap();
+    }
+    drop(store);
+    let log = dir.join("hub.log");
+    let full = fs::read(&log).unwrap();
+    let len = u32::from_le_bytes(full[start..start + 4].try_into().unwrap()) as usize;
+    assert_eq!(
+        start + 8 + len,
+        full.len(),
+        "one frame holds the whole batch"
+    );
+    let (_s, got) = reopen(&dir);
+    assert_eq!(got, after);
+    drop(_s);
+
+    let mut no_head = full.clone();
+    no_head[start..start + 8].fill(0);
+    for (what, bytes) in [
+        ("body without head", no_head),
+        (
+            "first chunk only",
+            full[..start + 8 + writer::CHUNK].to_vec(),
+        ),
+        ("all but the last byte", full[..full.len() - 1].to_vec()),
+    ] {
+        fs::write(&log, &bytes).unwrap();
+        let (_s, loaded) = open(&dir);
+        assert!(loaded.torn_tail, "{what}");
+        assert_eq!(drain(loaded), before, "{what}");
+        assert_eq!(fs::metadata(&log).unwrap().len() as usize, start, "{what}");
+    }
+}
+
+/// A batch abandoned after part of it reached the log leaves the store
+/// failed (what follows the log's end is unknown), and nothing of it is
+/// read back.
+#[test]
+fn a_batch_dropped_after_a_chunk_fails_the_store() {
+    let t = tmp();
+    let dir = state_dir(&t);
+    let (mut store, _) = open(&dir);
+    let mut before = State::new();
+    put(&mut store, &mut before, &[("a", b"1")]);
+    {
+        let mut b = store.batch().unwrap();
+        for i in 0..(writer::CHUNK / 200 + 10) {
+            b.put(&format!("n{i}"), &record(i, 2)).unwrap();
+        }
+    }
+    assert!(matches!(
+        store.write_batch([("b", &b"2"[..])]),
+        Err(StoreError::Failed { .. })
+    ));
+    drop(store);
+    let (_s, loaded) = open(&dir);
+    assert!(loaded.torn_tail);
+    assert_eq!(drain(loaded), before);
+}
+
+/// An empty batch, or one dropped before it wrote anything, changes
+/// nothing and leaves the store usable.
+#[test]
+fn an_abandoned_small_batch_changes_nothing() {
+    let t = tmp();
+    let dir = state_dir(&t);
+    let (mut store, _) = open(&dir);
+    let mut state = State::new();
+    put(&mut store, &mut state, &[("a", b"1")]);
+    let len = fs::metadata(dir.join("hub.log")).unwrap().len();
+    store.batch().unwrap().commit().unwrap();
+    {
+        let mut b = store.batch().unwrap();
+        b.put("b", b"2").unwrap();
+    }
+    assert_eq!(fs::metadata(dir.join("hub.log")).unwrap().len(), len);
+    put(&mut store, &mut state, &[("c", b"3")]);
+    drop(store);
+    let (_s, got) = reopen(&dir);
+    assert_eq!(got, state);
+}

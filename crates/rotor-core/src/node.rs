@@ -17,7 +17,7 @@ use zeroize::Zeroizing;
 use crate::action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 use crate::config::{ConfigError, NodeConfig};
 use crate::generation::{EspKeys, Generation};
-use crate::key_schedule::{init_request_key, init_session_key, init_spi};
+use crate::key_schedule::{init_request_key, init_session_key, init_spi, record_psk_tag};
 use crate::machine::Machine;
 use crate::persist::{self, GenRecord, KernelView, Kind, Record, RestoreReport};
 use crate::secret::Secret32;
@@ -52,6 +52,9 @@ impl std::fmt::Debug for PendingInit {
 #[derive(Debug)]
 pub struct Node {
     cfg: NodeConfig,
+    /// [`record_psk_tag`] of the PSK and name, computed once (every record
+    /// carries it).
+    psk_tag: [u8; 16],
     init_spi: u32,
     latest: Option<Generation>,
     previous: Option<Generation>,
@@ -88,6 +91,7 @@ impl Node {
         cfg.validate()?;
         Ok(Node {
             init_spi: init_spi(&cfg.psk),
+            psk_tag: record_psk_tag(&cfg.psk, &cfg.name),
             cfg,
             latest: None,
             previous: None,
@@ -544,7 +548,7 @@ impl Node {
         persist::encode(
             Kind::Node,
             &self.cfg.name,
-            &self.cfg.psk,
+            &self.psk_tag,
             self.cfg.key_bits,
             &rec,
             out,
@@ -573,7 +577,7 @@ impl Node {
             return Ok((node, report));
         };
         let c = &node.cfg;
-        match persist::decode(Kind::Node, &c.name, &c.psk, c.key_bits, &data) {
+        match persist::decode(Kind::Node, &c.name, &node.psk_tag, c.key_bits, &data) {
             Ok(rec) => {
                 node.latest = rec.latest.map(|g| g.into_generation(&c.name, c.key_bits));
                 node.previous = rec.previous.map(|g| g.into_generation(&c.name, c.key_bits));

@@ -15,7 +15,7 @@
 //!       rx_top u64 | rx_lo u64 | rx_hi u64 | out_missing u8
 //! ```
 //!
-//! `psk_tag` is [`record_psk_tag`] (HKDF of the PSK and the name): a record
+//! `psk_tag` is [`crate::key_schedule::record_psk_tag`] (HKDF of the PSK and the name): a record
 //! of another node, or written under another PSK or ESP key size, is refused.
 //! The pending init (nonce, ephemeral key) and the hub's init reply cache are
 //! never stored: a node restored without a chain starts init again.
@@ -48,15 +48,22 @@
 //!   due, forced or asked for by the hello's flag, a rotation. The hello
 //!   proves the node held the latest generation, so I2 holds; a replayed
 //!   request flag costs at most one extra rotation, and the rotation is
-//!   itself written (window included), so that hello is not accepted again;
+//!   itself written (window included), so that hello is not accepted again.
+//!   The first such hello after a rotation confirms the generation; the
+//!   `confirmed` flag is written lazily too (one record per rotation
+//!   instead of two): a restored hub that lost it awaits the confirmation
+//!   again and takes it from the next such hello, replayed or not, which
+//!   proves exactly what the lost one did;
 //! * a hello under the previous generation (hub): the same key again (I4);
 //! * an ack, or a `key` resend of the generation the node holds (node): it
 //!   counts as an answer (one more hello interval before falling back to
 //!   init, only while an attacker keeps replaying fresh-to-the-window
 //!   messages, each once) and, for the resend, one more hello.
 //!
-//! Anything whose acceptance changes the chain (a confirming hello, a `key`
-//! for the next generation, an init, an init reply) is written at once,
+//! Anything whose acceptance changes the chain (the hello confirming an
+//! init's generation 1, which moves the outbound SA and retires the old
+//! chain; a `key` for the next generation, an init, an init reply) is
+//! written at once,
 //! window included, so it can never be accepted twice. The init high-water
 //! mark `last_init_ts` in particular is durable before the init's reply
 //! leaves (the init reply cache is not stored, so a replayed init is
@@ -71,7 +78,7 @@ use zeroize::Zeroize;
 use crate::action::SaDir;
 use crate::generation::Generation;
 use crate::hub::MAX_SUPERSEDED;
-use crate::key_schedule::{KeyBits, record_psk_tag};
+use crate::key_schedule::KeyBits;
 use crate::replay::ReplayWindow;
 use crate::secret::Secret32;
 
@@ -241,7 +248,7 @@ fn put_gen(out: &mut Vec<u8>, g: &GenRecord) {
 pub(crate) fn encode(
     kind: Kind,
     name: &str,
-    psk: &Secret32,
+    psk_tag: &[u8; 16],
     bits: KeyBits,
     r: &Record,
     out: &mut Vec<u8>,
@@ -256,10 +263,7 @@ pub(crate) fn encode(
         Kind::Node => KIND_NODE,
     });
     out.push(bits_byte(bits));
-    out.extend_from_slice(&record_psk_tag(
-        psk,
-        std::str::from_utf8(name).unwrap_or(""),
-    ));
+    out.extend_from_slice(psk_tag);
     out.extend_from_slice(&(name.len() as u16).to_be_bytes());
     out.extend_from_slice(name);
     let mut flags = 0;
@@ -348,12 +352,13 @@ impl<'a> Reader<'a> {
     }
 }
 
-/// Decodes a record of `kind` for node `name` under `psk` and `bits`, and
-/// checks that its fields belong together. Never panics.
+/// Decodes a record of `kind` for node `name` under the PSK whose
+/// [`crate::key_schedule::record_psk_tag`] is `psk_tag` and `bits`, and checks that its fields
+/// belong together. Never panics.
 pub(crate) fn decode(
     kind: Kind,
     name: &str,
-    psk: &Secret32,
+    psk_tag: &[u8; 16],
     bits: KeyBits,
     data: &[u8],
 ) -> Result<Record, RecordError> {
@@ -382,7 +387,7 @@ pub(crate) fn decode(
             String::from_utf8_lossy(rec_name).into_owned(),
         ));
     }
-    if tag != record_psk_tag(psk, name) {
+    if &tag != psk_tag {
         return Err(RecordError::WrongPsk);
     }
     if b != bits_byte(bits) {
@@ -487,6 +492,7 @@ fn check(kind: Kind, r: &Record) -> Result<(), RecordError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::key_schedule::record_psk_tag;
     use proptest::prelude::*;
 
     fn psk() -> Secret32 {
@@ -577,28 +583,28 @@ mod tests {
         #[test]
         fn hub_records_round_trip(r in record(Kind::HubEntry), name in "[a-z0-9]{1,20}") {
             let mut out = Vec::new();
-            encode(Kind::HubEntry, &name, &psk(), KeyBits::Aes256, &r, &mut out);
+            encode(Kind::HubEntry, &name, &record_psk_tag(&psk(), &name), KeyBits::Aes256, &r, &mut out);
             prop_assert!(out.len() <= max_record_len(name.len()));
-            let back = decode(Kind::HubEntry, &name, &psk(), KeyBits::Aes256, &out);
+            let back = decode(Kind::HubEntry, &name, &record_psk_tag(&psk(), &name), KeyBits::Aes256, &out);
             prop_assert_eq!(back, Ok(r));
             // Every strict prefix is refused, never a panic.
             for n in 0..out.len() {
-                prop_assert!(decode(Kind::HubEntry, &name, &psk(), KeyBits::Aes256, &out[..n]).is_err());
+                prop_assert!(decode(Kind::HubEntry, &name, &record_psk_tag(&psk(), &name), KeyBits::Aes256, &out[..n]).is_err());
             }
         }
 
         #[test]
         fn node_records_round_trip(r in record(Kind::Node), name in "[a-z0-9]{1,20}") {
             let mut out = Vec::new();
-            encode(Kind::Node, &name, &psk(), KeyBits::Aes128, &r, &mut out);
-            let back = decode(Kind::Node, &name, &psk(), KeyBits::Aes128, &out);
+            encode(Kind::Node, &name, &record_psk_tag(&psk(), &name), KeyBits::Aes128, &r, &mut out);
+            let back = decode(Kind::Node, &name, &record_psk_tag(&psk(), &name), KeyBits::Aes128, &out);
             prop_assert_eq!(back, Ok(r));
         }
 
         #[test]
         fn arbitrary_bytes_never_panic(data in proptest::collection::vec(any::<u8>(), 0..400)) {
-            let _ = decode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &data);
-            let _ = decode(Kind::Node, "mn1", &psk(), KeyBits::Aes128, &data);
+            let _ = decode(Kind::HubEntry, "mn1", &record_psk_tag(&psk(), "mn1"), KeyBits::Aes128, &data);
+            let _ = decode(Kind::Node, "mn1", &record_psk_tag(&psk(), "mn1"), KeyBits::Aes128, &data);
         }
 
         /// Valid header, then garbage: still never a panic.
@@ -609,10 +615,10 @@ mod tests {
         ) {
             let kind = if kind_hub { Kind::HubEntry } else { Kind::Node };
             let mut out = Vec::new();
-            encode(kind, "mn1", &psk(), KeyBits::Aes128, &Record::default(), &mut out);
+            encode(kind, "mn1", &record_psk_tag(&psk(), "mn1"), KeyBits::Aes128, &Record::default(), &mut out);
             out.truncate(4 + 3 + 16 + 2 + 3);
             out.extend_from_slice(&body);
-            let _ = decode(kind, "mn1", &psk(), KeyBits::Aes128, &out);
+            let _ = decode(kind, "mn1", &record_psk_tag(&psk(), "mn1"), KeyBits::Aes128, &out);
         }
     }
 
@@ -633,14 +639,23 @@ mod tests {
             ..Record::default()
         };
         let mut out = Vec::new();
-        encode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &r, &mut out);
+        encode(
+            Kind::HubEntry,
+            "mn1",
+            &record_psk_tag(&psk(), "mn1"),
+            KeyBits::Aes128,
+            &r,
+            &mut out,
+        );
         (r, out)
     }
 
     #[test]
     fn wrong_name_psk_bits_kind_version_are_refused() {
         let (_, out) = sample();
-        let d = |name, psk: &Secret32, bits, kind| decode(kind, name, psk, bits, &out);
+        let d = |name, psk: &Secret32, bits, kind| {
+            decode(kind, name, &record_psk_tag(psk, name), bits, &out)
+        };
         let (p, b, h) = (psk(), KeyBits::Aes128, Kind::HubEntry);
         assert!(d("mn1", &p, b, h).is_ok());
         assert_eq!(
@@ -658,21 +673,39 @@ mod tests {
         assert_eq!(d("mn1", &p, b, Kind::Node), Err(RecordError::WrongKind(1)));
         let mut v = out.clone();
         v[4] = 3;
-        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::Version(3)));
+        assert_eq!(
+            decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v),
+            Err(RecordError::Version(3))
+        );
         v[4] = 0;
-        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::Version(0)));
+        assert_eq!(
+            decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v),
+            Err(RecordError::Version(0))
+        );
         // Version 1 has the same layout (its exact counters are tight
         // reservations): read as it is, so an upgrade re-initialises nothing.
         v[4] = 1;
-        assert!(decode(h, "mn1", &p, b, &v).is_ok());
+        assert!(decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v).is_ok());
         v = out.clone();
         v[0] = b'x';
-        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::BadMagic));
+        assert_eq!(
+            decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v),
+            Err(RecordError::BadMagic)
+        );
         v = out.clone();
         v.push(0);
-        assert_eq!(decode(h, "mn1", &p, b, &v), Err(RecordError::Trailing));
         assert_eq!(
-            decode(h, "mn1", &p, b, &out[..out.len() - 1]),
+            decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v),
+            Err(RecordError::Trailing)
+        );
+        assert_eq!(
+            decode(
+                h,
+                "mn1",
+                &record_psk_tag(&p, "mn1"),
+                b,
+                &out[..out.len() - 1]
+            ),
             Err(RecordError::Truncated)
         );
     }
@@ -684,9 +717,22 @@ mod tests {
             l.tx_reserved = MAX_TX_RESERVED + 1;
         }
         let mut out = Vec::new();
-        encode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &r, &mut out);
+        encode(
+            Kind::HubEntry,
+            "mn1",
+            &record_psk_tag(&psk(), "mn1"),
+            KeyBits::Aes128,
+            &r,
+            &mut out,
+        );
         assert_eq!(
-            decode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &out),
+            decode(
+                Kind::HubEntry,
+                "mn1",
+                &record_psk_tag(&psk(), "mn1"),
+                KeyBits::Aes128,
+                &out
+            ),
             Err(RecordError::Invalid("send counter exhausted"))
         );
     }
@@ -696,8 +742,21 @@ mod tests {
         let (r, _) = sample();
         let enc = |r: &Record| {
             let mut out = Vec::new();
-            encode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, r, &mut out);
-            decode(Kind::HubEntry, "mn1", &psk(), KeyBits::Aes128, &out)
+            encode(
+                Kind::HubEntry,
+                "mn1",
+                &record_psk_tag(&psk(), "mn1"),
+                KeyBits::Aes128,
+                r,
+                &mut out,
+            );
+            decode(
+                Kind::HubEntry,
+                "mn1",
+                &record_psk_tag(&psk(), "mn1"),
+                KeyBits::Aes128,
+                &out,
+            )
         };
         let mut x = r.clone();
         if let Some(p) = x.previous.as_mut() {

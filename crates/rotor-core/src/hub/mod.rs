@@ -37,7 +37,7 @@ use rand::{RngCore, SeedableRng};
 use crate::action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 use crate::config::{ConfigError, HubConfig};
 use crate::generation::Generation;
-use crate::key_schedule::{KeyBits, init_spi};
+use crate::key_schedule::{KeyBits, init_spi, record_psk_tag};
 use crate::key_spi_table::{KeySpiTable, SpiOwner};
 use crate::machine::Machine;
 use crate::names::NameTable;
@@ -52,6 +52,10 @@ pub use timers::TIMER_BATCH;
 #[derive(Debug)]
 struct NodeState {
     psk: Secret32,
+    /// [`record_psk_tag`] of `psk` and the name, computed once: every record
+    /// write carries it, and an HKDF per write cost the hub more than the
+    /// rest of the encoding.
+    psk_tag: [u8; 16],
     init_spi: u32,
     rotate_interval_ms: u64,
     latest: Option<Generation>,
@@ -159,6 +163,7 @@ impl Hub {
             let spi = init_spi(&n.psk);
             table.add_init(spi, PeerId(i as u32));
             nodes.push(NodeState {
+                psk_tag: record_psk_tag(&n.psk, &n.name),
                 psk: n.psk,
                 init_spi: spi,
                 rotate_interval_ms: n.rotate_interval_ms,

@@ -62,7 +62,7 @@ impl Hub {
         persist::encode(
             Kind::HubEntry,
             self.shared.names.get(id),
-            &n.psk,
+            &n.psk_tag,
             self.shared.key_bits,
             &rec,
             out,
@@ -263,7 +263,7 @@ impl Shared {
         data: &[u8],
     ) -> Result<(), RecordError> {
         let name = self.names.get(id);
-        let rec = persist::decode(Kind::HubEntry, name, &n.psk, self.key_bits, data)?;
+        let rec = persist::decode(Kind::HubEntry, name, &n.psk_tag, self.key_bits, data)?;
         let spis: Vec<u32> = [&rec.latest, &rec.previous]
             .into_iter()
             .flatten()

@@ -79,8 +79,11 @@ impl Shared {
     /// A message under the latest generation: confirm it, rotate if due.
     fn in_sync(&mut self, now: Time, id: PeerId, n: &mut NodeState, requested: bool) {
         if !n.confirmed {
+            // Written lazily, like the window: a restart that lost it awaits
+            // the confirmation again, and the next hello under the latest
+            // generation (a replayed one proves as much, I2) gives it. The
+            // init exception below changes the chain and is written at once.
             n.confirmed = true;
-            self.mark(id, n);
             let (number, spi) = n
                 .latest
                 .as_ref()
@@ -95,6 +98,7 @@ impl Shared {
                 // confirmation; the chain it replaced can go now, and so can
                 // the init reply (the node has it).
                 n.last_init = None;
+                self.mark(id, n);
                 self.set_outbound(id, n, Some(spi));
                 for s in std::mem::take(&mut n.superseded) {
                     self.retire(now, id, s, true);
