@@ -459,6 +459,7 @@ async fn run_role<R: Role>(
 pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     // First, so a SIGHUP during a long start-up is not fatal.
     let hangup = shutdown::hangup()?;
+    rotor_sys::keep_out_of_core_dumps().context("keeping key material out of core dumps")?;
     let own = Ownership::default();
     let (address, port, socket) = (cfg.address, cfg.port, cfg.socket.clone());
     let fixed = reload::HubFixed::of(&cfg);
@@ -491,6 +492,7 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
 /// reloads `path`.
 pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     let hangup = shutdown::hangup()?;
+    rotor_sys::keep_out_of_core_dumps().context("keeping key material out of core dumps")?;
     let own = node_ownership(&cfg.name)?;
     let (store, mut loaded) = Store::open(&cfg.state_dir, &format!("node-{}", cfg.name))?;
     let _reqids = lock_reqids(Path::new(SOCKET_DIR), own.base())?;

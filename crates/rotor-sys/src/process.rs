@@ -17,6 +17,23 @@ pub fn malloc_trim() {
     }
 }
 
+/// Keeps this process's memory, which holds key material, out of core
+/// dumps and away from other users: `prctl(PR_SET_DUMPABLE, 0)` (no core
+/// file; `/proc/PID/mem` and ptrace only for root) and a core size limit of
+/// 0 (also inherited by anything the process starts).
+pub fn keep_out_of_core_dumps() -> io::Result<()> {
+    use rustix::process::{DumpableBehavior, Resource, Rlimit, set_dumpable_behavior, setrlimit};
+    set_dumpable_behavior(DumpableBehavior::NotDumpable)?;
+    setrlimit(
+        Resource::Core,
+        Rlimit {
+            current: Some(0),
+            maximum: Some(0),
+        },
+    )?;
+    Ok(())
+}
+
 /// Whose CPU time [`cpu_time`] reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Who {
@@ -73,6 +90,45 @@ pub fn unshare_network() -> io::Result<()> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// In a child, so the test process itself stays dumpable.
+    #[test]
+    fn out_of_core_dumps() {
+        use rustix::process::{DumpableBehavior, Resource, dumpable_behavior, getrlimit};
+        let h = std::thread::spawn(|| {
+            // Dumpability is per process: fork a child that reports back.
+            let out = std::process::Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "process::tests::child_checks_core_dumps",
+                    "--ignored",
+                ])
+                .env("ROTOR_SYS_CHILD", "1")
+                .output()
+                .unwrap();
+            assert!(
+                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+                "{}{}",
+                String::from_utf8_lossy(&out.stdout),
+                String::from_utf8_lossy(&out.stderr)
+            );
+        });
+        h.join().unwrap();
+        // This process was left alone.
+        assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::Dumpable);
+        let _ = getrlimit(Resource::Core);
+    }
+
+    #[test]
+    #[ignore = "run by out_of_core_dumps in a child process"]
+    fn child_checks_core_dumps() {
+        use rustix::process::{DumpableBehavior, Resource, dumpable_behavior, getrlimit};
+        assert_eq!(std::env::var("ROTOR_SYS_CHILD").as_deref(), Ok("1"));
+        keep_out_of_core_dumps().unwrap();
+        assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::NotDumpable);
+        let l = getrlimit(Resource::Core);
+        assert_eq!((l.current, l.maximum), (Some(0), Some(0)));
+    }
 
     #[test]
     fn cpu_time_advances() {
