@@ -1,0 +1,3 @@
+//! `rotor import`: other VPNs' configurations as rotor configurations.
+
+pub mod settings;
