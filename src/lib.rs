@@ -3,7 +3,7 @@
 //!
 //! Layout: [`config`] and [`keyfile`] read and validate what the operator
 //! wrote; [`check`] answers `rotor check`; [`import`]
-//! reads other VPNs' configurations; [`cli`] is the command line. The
+//! translates other VPNs' configurations (`rotor import`); [`cli`] is the command line. The
 //! protocol itself lives in `rotor-core` (sans-IO) and the kernel layer in
 //! `rotor-xfrm`; [`peer_kernel`] maps a peer's keys onto kernel operations;
 //! [`daemon`] is the event loop that drives either role; [`control`] is the
