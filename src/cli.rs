@@ -2,9 +2,10 @@
 //! see docs/design.md) and the tools of docs/operations.md. `--help` on each
 //! subcommand explains what it does and what it changes.
 
+use std::net::IpAddr;
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand};
+use clap::{Args, Parser, Subcommand};
 
 /// Rotates IPsec ESP keys in the Linux kernel for hub-and-spoke VPNs.
 #[derive(Parser, Debug)]
@@ -94,4 +95,53 @@ pub enum Command {
     },
     /// Print a fresh random 32-byte init key, base64 (like `wg genkey`); store it with mode 0600.
     Genkey,
+    /// Translate another VPN's configuration into rotor configurations and key files.
+    Import {
+        /// Where the configuration comes from.
+        #[command(subcommand)]
+        from: ImportFrom,
+    },
+}
+
+/// The configurations `rotor import` reads.
+#[derive(Subcommand, Debug)]
+pub enum ImportFrom {
+    /// Translate a hub-and-spoke strongSwan swanctl.conf into rotor's hub config, one config per
+    /// node and one fresh init key per node.
+    #[command(
+        long_about = "Translate a hub-and-spoke strongSwan configuration (swanctl.conf, \
+with its `include`s) into rotor configurations. Each connection becomes one node, named after \
+the connection: its address, ESP mode and subnets (children's local_ts/remote_ts) and \
+rekey_time (as rotate_interval). The hub is the address every connection shares (its \
+local_addrs, or its remote_addrs in a file written from the nodes' side; --hub names it when \
+local_addrs is unset).\n\n\
+Writes into --out DIR: hub.toml, NAME.toml for each node, and NAME.key (a fresh random init \
+key, mode 0600, not derived from the IKE PSK). Copy NAME.toml and NAME.key to node NAME. \
+Nothing else is changed: strongSwan keeps running until you cut over (see \
+docs/migrating-from-strongswan.md).\n\n\
+Refuses, naming the file, line and reason, what rotor cannot do: certificate or EAP \
+authentication, virtual IPs, a peer given as a range, subnet or name, traffic selectors with \
+protocols or ports, children whose subnet pairs rotor cannot express, updown scripts, marks, \
+interface ids and the like; then nothing is written. Settings that only concern IKE \
+(proposals, DPD, IKE rekeying, ...) are listed as ignored. Existing files are never \
+overwritten without --force."
+    )]
+    Swanctl(SwanctlArgs),
+}
+
+/// Arguments of `rotor import swanctl`.
+#[derive(Args, Debug)]
+pub struct SwanctlArgs {
+    /// The swanctl.conf to read (files it includes are read too, relative to it).
+    pub file: PathBuf,
+    /// Directory to write the configurations and key files into (created, mode 0700, if missing).
+    #[arg(long, value_name = "DIR")]
+    pub out: PathBuf,
+    /// Overwrite files that already exist in --out (their keys are replaced by new ones).
+    #[arg(long)]
+    pub force: bool,
+    /// The hub's address, when the connections do not name it (local_addrs unset) or when one
+    /// connection leaves it ambiguous.
+    #[arg(long, value_name = "ADDR")]
+    pub hub: Option<IpAddr>,
 }

@@ -2,7 +2,8 @@
 //! daemon can be driven from tests.
 //!
 //! Layout: [`config`] and [`keyfile`] read and validate what the operator
-//! wrote; [`check`] answers `rotor check`; [`cli`] is the command line. The
+//! wrote; [`check`] answers `rotor check`; [`import`]
+//! translates other VPNs' configurations (`rotor import`); [`cli`] is the command line. The
 //! protocol itself lives in `rotor-core` (sans-IO) and the kernel layer in
 //! `rotor-xfrm`; [`peer_kernel`] maps a peer's keys onto kernel operations;
 //! [`daemon`] is the event loop that drives either role; [`control`] is the
@@ -16,6 +17,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod import;
 pub mod keyfile;
 pub mod peer_kernel;
 pub mod sockets;

@@ -126,6 +126,7 @@ fn run(cli: Cli) -> anyhow::Result<()> {
             }
             Ok(())
         }
+        Command::Import { from } => rotor::import::run(from),
         Command::Rotate { socket, node, all } => {
             let socket = control::find_socket(socket)?;
             let v = control::call(&socket, &control::Request::Rotate { node, all })?;
