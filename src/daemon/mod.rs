@@ -9,7 +9,8 @@
 //! [`retry`] (what the kernel refused), [`reconcile`] (kernel against
 //! state: adoption at start, repair of drift), [`persist`] (the durable
 //! state), [`control_server`] (the control socket, off the loop),
-//! [`event_loop`], [`shutdown`] (signals), [`log`].
+//! [`event_loop`], [`shutdown`] (signals), [`log`] with [`summary`] and
+//! [`peer_warn`].
 //!
 //! Start-up runs every check that can fail before the first kernel change:
 //! configuration, the state directory's lock and records, the ESP probe,
@@ -28,12 +29,14 @@ pub mod hub;
 pub mod kernel;
 pub mod log;
 pub mod node;
+pub mod peer_warn;
 pub mod persist;
 pub mod reconcile;
 pub mod reload;
 pub mod retry;
 pub mod role;
 pub mod shutdown;
+pub mod summary;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
