@@ -174,7 +174,7 @@ pub async fn serve<R: Role, K: Kernel>(
     // back to the system (measured: ~1 KB per node at 10,000 nodes).
     rotor_sys::malloc_trim();
     let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
-    let server = control_server::spawn(listener, tx);
+    let server = control_server::spawn(listener, tx, R::NAME);
     let r = event_loop::run(
         &mut role,
         &mut kernel,
@@ -515,10 +515,21 @@ pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     run_role(role, xfrm, peers, udp, listener, life, &cfg.socket).await
 }
 
+/// What `rotor purge` removed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Purged {
+    /// SAs removed from the kernel.
+    pub sas: usize,
+    /// Policies removed from the kernel.
+    pub policies: usize,
+    /// The state directory whose records were deleted.
+    pub state_dir: std::path::PathBuf,
+}
+
 /// `rotor purge`: removes every SA and policy the daemon of `config`
 /// installed and its durable state. Holds the daemon's lock while it works,
 /// so it refuses while that daemon runs.
-pub fn purge(config: &Path) -> anyhow::Result<()> {
+pub fn purge(config: &Path) -> anyhow::Result<Purged> {
     let cfg = ConfigFile::read(config)?;
     let (state_dir, instance, own, peers) = match cfg.role()? {
         ConfigRole::Hub => {
@@ -544,11 +555,9 @@ pub fn purge(config: &Path) -> anyhow::Result<()> {
         .remove_all()
         .context("removing rotor's SAs and policies")?;
     store.purge()?;
-    println!(
-        "purged: {} SA(s) and {} policy(ies) removed from the kernel, state in {} deleted",
-        removed.sas,
-        removed.policies,
-        state_dir.display()
-    );
-    Ok(())
+    Ok(Purged {
+        sas: removed.sas,
+        policies: removed.policies,
+        state_dir,
+    })
 }
