@@ -12,6 +12,7 @@
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output};
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use rotor::keyfile::write_key;
 
@@ -21,12 +22,17 @@ struct Node {
 }
 
 /// A node configuration whose start fails at the bind. The name is unique
-/// per process: concurrent runs lock different reqids.
+/// per process and call: tests running at once lock different reqids.
 fn node() -> Node {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
     let dir = tempfile::tempdir().expect("tempdir");
     let d = dir.path();
     write_key(&d.join("n.key"), &[7; 32]).expect("key");
-    let name = format!("logtest{}", std::process::id());
+    let name = format!(
+        "logtest{}-{}",
+        std::process::id(),
+        NEXT.fetch_add(1, Ordering::Relaxed)
+    );
     let config = d.join("node.toml");
     std::fs::write(
         &config,
