@@ -7,6 +7,15 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
 
+/// The exit statuses, shown by `--help` (docs/cli.md has the same table).
+pub const EXIT_STATUS: &str = "Exit status:\n  \
+0  success\n  \
+1  failure at run time (the kernel or the daemon refused, a check failed, I/O)\n  \
+2  usage or configuration error (bad arguments, config file, key file, ROTOR_LOG)\n  \
+3  no daemon answers on the control socket (status, rotate, reload)\n\n\
+Output: results on stdout (--json: one JSON object, documented in docs/cli.md), \
+errors and logs on stderr.";
+
 /// Rotates IPsec ESP keys in the Linux kernel for hub-and-spoke VPNs.
 #[derive(Parser, Debug)]
 #[command(
@@ -20,7 +29,8 @@ a node with N, both accept both), so neither a rotation nor a lost key message i
 Quick start:\n  (umask 077; rotor genkey > /etc/rotor/mn1.key)   (copy it to the node too, mode 0600)\n  \
 rotor check --config /etc/rotor/hub.toml\n  rotor hub --config /etc/rotor/hub.toml        (on the hub)\n  \
 rotor node --config /etc/rotor/mn1.toml       (on the node)\n  rotor status\n\n\
-Durations are written like 500ms, 10s, 5m. See docs/configuration.md for every config key."
+Durations are written like 500ms, 10s, 5m. See docs/configuration.md for every config key.",
+    after_help = EXIT_STATUS
 )]
 pub struct Cli {
     /// What to do.
@@ -54,6 +64,9 @@ pub enum Command {
         /// Hub or node configuration file (TOML); the role is read from its [hub] or [node] table.
         #[arg(long, short)]
         config: PathBuf,
+        /// Print one JSON object (`ok`, `role`, `checks`) instead of a line per check.
+        #[arg(long)]
+        json: bool,
     },
     /// Make the running daemon re-read its configuration and apply the difference (same as
     /// SIGHUP): added nodes initialise, removed nodes' SAs, policies and state go, a changed node
@@ -64,6 +77,9 @@ pub enum Command {
         /// The daemon's control socket [default: the one socket in /run/rotor].
         #[arg(long)]
         socket: Option<PathBuf>,
+        /// Print one JSON object (`added`, `removed`, `changed`, `unchanged`).
+        #[arg(long)]
+        json: bool,
     },
     /// Remove everything a stopped daemon left in the kernel (its SAs and policies) and its
     /// durable state: for uninstalling, or to start over. Refuses while the daemon runs.
@@ -71,13 +87,16 @@ pub enum Command {
         /// The configuration the daemon ran with (hub or node, read from its table).
         #[arg(long, short)]
         config: PathBuf,
+        /// Print one JSON object (`sas`, `policies`, `state_dir`).
+        #[arg(long)]
+        json: bool,
     },
     /// Show the running daemon's key-SPI table, one row per peer.
     Status {
         /// The daemon's control socket [default: the one socket in /run/rotor].
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// Print one JSON object (`peers` array) instead of a table.
+        /// Print one JSON object (`role`, `peers`, `drops`, `kernel_errors`) instead of a table.
         #[arg(long)]
         json: bool,
     },
@@ -86,12 +105,15 @@ pub enum Command {
         /// The daemon's control socket [default: the one socket in /run/rotor].
         #[arg(long)]
         socket: Option<PathBuf>,
-        /// The node to rotate (hub only).
+        /// The node to rotate. On a node's socket only its own name is accepted.
         #[arg(long, conflicts_with = "all", required_unless_present = "all")]
         node: Option<String>,
         /// Rotate every node (hub), or this node's own keys (node).
         #[arg(long)]
         all: bool,
+        /// Print one JSON object (`role`, `rotating`).
+        #[arg(long)]
+        json: bool,
     },
     /// Print a fresh random 32-byte init key, base64 (like `wg genkey`); store it with mode 0600.
     Genkey,

@@ -6,9 +6,11 @@
 //! `{"cmd":"rotate","all":true}`, `{"cmd":"reload"}`. Responses: `{"ok":true,...}` or
 //! `{"ok":false,"error":"..."}`. The status response is a [`Status`]: `role`,
 //! `kernel_errors`, `drops` and the `peers` array of the key-SPI table (one
-//! [`PeerStatus`] per peer, documented in docs/operations.md, "Status"); the daemon
-//! writes it in pieces as it builds it (`daemon::control_server`), so it is
-//! still one line of JSON. No response ever contains key material.
+//! [`PeerStatus`] per peer); the daemon writes it in pieces as it builds it
+//! (`daemon::control_server`), so it is still one line of JSON. SPIs are
+//! strings `0x` + 8 hex digits, as `ip xfrm` and the table print them.
+//! docs/cli.md documents every field. No response ever contains key
+//! material.
 
 use std::io::{BufRead, BufReader, Write};
 use std::os::unix::net::UnixStream;
@@ -16,7 +18,18 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, bail};
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// No daemon answers on the control socket (none configured there, or it is
+/// not running): `rotor` exits with its own status for this (docs/cli.md).
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct NotRunning(pub String);
+
+/// Several daemons answer and none was chosen: a usage error.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Ambiguous(pub String);
 
 /// Where the daemons put their control sockets by default.
 pub const SOCKET_DIR: &str = "/run/rotor";
@@ -41,17 +54,19 @@ pub fn find_socket(explicit: Option<PathBuf>) -> anyhow::Result<PathBuf> {
     };
     live.sort();
     match live.len() {
-        0 => bail!(
+        0 => Err(NotRunning(format!(
             "no rotor daemon answers on a socket in {SOCKET_DIR} (is it running? a daemon with another `socket` setting needs --socket)"
-        ),
+        ))
+        .into()),
         1 => Ok(live.remove(0)),
-        _ => bail!(
+        _ => Err(Ambiguous(format!(
             "several rotor daemons run here; choose one with --socket: {}",
             live.iter()
                 .map(|p| p.display().to_string())
                 .collect::<Vec<_>>()
                 .join(", ")
-        ),
+        ))
+        .into()),
     }
 }
 
@@ -84,9 +99,11 @@ pub struct PeerStatus {
     pub name: String,
     /// Latest generation N (0 before the first key).
     pub generation: u64,
-    /// SPI this side sends on, if any.
+    /// SPI this side sends on, if any (`"0x1a2b3c4d"` in JSON).
+    #[serde(with = "spi_hex::option")]
     pub tx_spi: Option<u32>,
-    /// SPIs this side accepts.
+    /// SPIs this side accepts (strings like `tx_spi`).
+    #[serde(with = "spi_hex::list")]
     pub rx_spis: Vec<u32>,
     /// `init`, `in_sync`, `awaiting_confirm`, or `kernel_pending` (the
     /// kernel refused some of the peer's SAs or policies; retried).
@@ -149,6 +166,10 @@ pub const STATUS_TAIL: &str = "]}\n";
 pub struct RotateReply {
     /// Always true (a refusal is an [`ErrorReply`]).
     pub ok: bool,
+    /// `hub` (rotations started) or `node` (a rotation requested from
+    /// the hub); empty from a daemon that predates the field.
+    #[serde(default)]
+    pub role: String,
     /// Rotations started (hub) or requested (node, always 1).
     pub rotating: usize,
 }
@@ -191,11 +212,11 @@ impl ErrorReply {
 
 /// Sends one request and returns the parsed JSON response (or the daemon's error).
 pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
-    let mut s = UnixStream::connect(socket).with_context(|| {
-        format!(
-            "connecting to {} (is the daemon running? use --socket to name another)",
+    let mut s = UnixStream::connect(socket).map_err(|e| {
+        NotRunning(format!(
+            "connecting to {}: {e} (is the daemon running? use --socket to name another)",
             socket.display()
-        )
+        ))
     })?;
     s.set_read_timeout(Some(Duration::from_secs(10)))?;
     let mut line = serde_json::to_vec(req)?;
@@ -225,7 +246,7 @@ pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
 /// Renders the status as an aligned table.
 pub fn table(st: &Status) -> String {
     let mut out = format!(
-        "{:<16} {:>6} {:>12} {:<25} {:<17} {:>9} {:>7} {:>5} {:>10}\n",
+        "{:<16} {:>6} {:>10} {:<21} {:<17} {:>9} {:>7} {:>5} {:>10}\n",
         "PEER", "GEN", "TX_SPI", "RX_SPIS", "STATE", "ROTATIONS", "RESENDS", "INITS", "LAST_SEEN"
     );
     for p in &st.peers {
@@ -233,13 +254,13 @@ pub fn table(st: &Status) -> String {
             .tx_spi
             .map(|s| format!("{s:#010x}"))
             .unwrap_or_else(|| "-".into());
-        let rx: Vec<String> = p.rx_spis.iter().map(|s| format!("{s:#x}")).collect();
+        let rx: Vec<String> = p.rx_spis.iter().map(|s| format!("{s:#010x}")).collect();
         let seen = p
             .last_seen_ms
             .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
             .unwrap_or_else(|| "never".into());
         out.push_str(&format!(
-            "{:<16} {:>6} {:>12} {:<25} {:<17} {:>9} {:>7} {:>5} {:>10}\n",
+            "{:<16} {:>6} {:>10} {:<21} {:<17} {:>9} {:>7} {:>5} {:>10}\n",
             p.name,
             p.generation,
             tx,
@@ -255,7 +276,64 @@ pub fn table(st: &Status) -> String {
         let d: Vec<String> = st.drops.iter().map(|(k, v)| format!("{k}={v}")).collect();
         out.push_str(&format!("drops: {}\n", d.join(" ")));
     }
+    if st.kernel_errors > 0 {
+        out.push_str(&format!("kernel errors: {}\n", st.kernel_errors));
+    }
     out
+}
+
+/// SPIs in JSON: `"0x"` and 8 hex digits, the form `ip xfrm` and the status
+/// table print; plain integers are read too (a daemon from before).
+mod spi_hex {
+    use super::*;
+
+    fn text(spi: u32) -> String {
+        format!("{spi:#010x}")
+    }
+
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Wire {
+        Text(String),
+        Number(u32),
+    }
+
+    fn parse<E: serde::de::Error>(w: Wire) -> Result<u32, E> {
+        match w {
+            Wire::Number(n) => Ok(n),
+            Wire::Text(t) => t
+                .strip_prefix("0x")
+                .and_then(|h| u32::from_str_radix(h, 16).ok())
+                .ok_or_else(|| E::custom(format!("{t:?} is not an SPI (0x + hex digits)"))),
+        }
+    }
+
+    pub mod option {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &Option<u32>, s: S) -> Result<S::Ok, S::Error> {
+            v.map(text).serialize(s)
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<u32>, D::Error> {
+            Option::<Wire>::deserialize(d)?.map(parse).transpose()
+        }
+    }
+
+    pub mod list {
+        use super::*;
+
+        pub fn serialize<S: Serializer>(v: &[u32], s: S) -> Result<S::Ok, S::Error> {
+            s.collect_seq(v.iter().map(|spi| text(*spi)))
+        }
+
+        pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Vec<u32>, D::Error> {
+            Vec::<Wire>::deserialize(d)?
+                .into_iter()
+                .map(parse)
+                .collect()
+        }
+    }
 }
 
 #[cfg(test)]
@@ -285,6 +363,47 @@ mod tests {
             }
         );
         assert!(serde_json::from_str::<Request>(r#"{"cmd":"reboot"}"#).is_err());
+    }
+
+    #[test]
+    fn spis_are_hex_strings_in_json_and_integers_are_still_read() {
+        let row = PeerStatus {
+            name: "mn1".into(),
+            generation: 7,
+            tx_spi: Some(0x1a2b_3c4d),
+            rx_spis: vec![0x1006, 0xffff_ffff],
+            state: "in_sync".into(),
+            rotations: 6,
+            resends: 0,
+            inits: 1,
+            last_seen_ms: Some(5),
+        };
+        let v = serde_json::to_value(&row).unwrap();
+        assert_eq!(v["tx_spi"], "0x1a2b3c4d");
+        assert_eq!(
+            v["rx_spis"],
+            serde_json::json!(["0x00001006", "0xffffffff"])
+        );
+        let back: PeerStatus = serde_json::from_value(v).unwrap();
+        assert_eq!(back, row);
+        let none = PeerStatus {
+            tx_spi: None,
+            rx_spis: vec![],
+            ..row.clone()
+        };
+        assert_eq!(
+            serde_json::to_value(&none).unwrap()["tx_spi"],
+            serde_json::Value::Null
+        );
+        let mut old = serde_json::to_value(&row).unwrap();
+        old["tx_spi"] = serde_json::json!(4096);
+        old["rx_spis"] = serde_json::json!([4096, 4097]);
+        let back: PeerStatus = serde_json::from_value(old).unwrap();
+        assert_eq!((back.tx_spi, back.rx_spis), (Some(4096), vec![4096, 4097]));
+        let mut bad = serde_json::to_value(&row).unwrap();
+        bad["tx_spi"] = serde_json::json!("4096");
+        let e = serde_json::from_value::<PeerStatus>(bad).unwrap_err();
+        assert!(e.to_string().contains("not an SPI"), "{e}");
     }
 
     #[test]
@@ -343,7 +462,7 @@ mod tests {
         let t = table(&st);
         assert!(t.contains("mn1"));
         assert!(t.contains("0x00001006"));
-        assert!(t.contains("0x1006,0x1007"));
+        assert!(t.contains("0x00001006,0x00001007"));
         assert!(t.contains("awaiting_confirm"));
         assert!(t.contains("drops: replay=2"));
     }

@@ -2,8 +2,9 @@
 //! daemon can be driven from tests.
 //!
 //! Layout: [`config`] and [`keyfile`] read and validate what the operator
-//! wrote; [`check`] answers `rotor check`; [`import`]
-//! translates other VPNs' configurations (`rotor import`); [`cli`] is the command line. The
+//! wrote; [`check`] answers `rotor check`; [`import`] translates other
+//! VPNs' configurations (`rotor import`); [`cli`] is the command line;
+//! [`logging`] sets up the daemons' log. The
 //! protocol itself lives in `rotor-core` (sans-IO) and the kernel layer in
 //! `rotor-xfrm`; [`peer_kernel`] maps a peer's keys onto kernel operations;
 //! [`daemon`] is the event loop that drives either role; [`control`] is the
@@ -19,6 +20,7 @@ pub mod control;
 pub mod daemon;
 pub mod import;
 pub mod keyfile;
+pub mod logging;
 pub mod peer_kernel;
 pub mod sockets;
 pub mod store;

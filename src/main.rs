@@ -1,15 +1,30 @@
 //! `rotor`: the binary. Parses the command line and hands over to the role or
-//! tool; errors reach the user here, with context, as one readable report.
+//! tool; results go to stdout (as text, or as JSON with `--json`, see
+//! docs/cli.md), errors reach the user on stderr, with context, as one
+//! readable report, and the exit status says what kind of failure it was
+//! ([`rotor::cli::EXIT_STATUS`]).
 
+use std::path::PathBuf;
 use std::process::ExitCode;
 
 use anyhow::Context;
 use clap::Parser;
 use rand::RngCore;
+use serde::Serialize;
 use zeroize::Zeroizing;
 
 use rotor::cli::{Cli, Command};
-use rotor::{check, control, keyfile};
+use rotor::config::ConfigError;
+use rotor::control::{self, Ambiguous, NotRunning};
+use rotor::logging::FilterError;
+use rotor::{check, keyfile};
+
+/// Exit status of a failure at run time.
+const FAILED: u8 = 1;
+/// Exit status of a usage or configuration error (clap's own for usage).
+const USAGE: u8 = 2;
+/// Exit status when no daemon answers on the control socket.
+const NOT_RUNNING: u8 = 3;
 
 fn genkey() -> anyhow::Result<()> {
     let mut key = Zeroizing::new([0u8; keyfile::KEY_LEN]);
@@ -20,51 +35,6 @@ fn genkey() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// The log filter `ROTOR_LOG` asks for: a level (`warning` is taken for
-/// `warn`), or a tracing directive such as `rotor=debug,info`; unset or
-/// empty means `info`. A bare word that is no level is refused: tracing
-/// would take it for a target name and silently log nothing, errors
-/// included.
-fn log_filter(value: Option<&str>) -> Result<tracing_subscriber::EnvFilter, String> {
-    const LEVELS: [&str; 6] = ["off", "error", "warn", "info", "debug", "trace"];
-    let v = value.map(str::trim).unwrap_or("");
-    let directive = if v.is_empty() {
-        "info".to_string()
-    } else if v.contains(['=', ',', ':', '[']) {
-        v.to_string()
-    } else {
-        let w = v.to_ascii_lowercase();
-        let w = if w == "warning" {
-            "warn".to_string()
-        } else {
-            w
-        };
-        if !LEVELS.contains(&w.as_str()) {
-            return Err(format!(
-                "ROTOR_LOG={v}: not a log level; use one of {} (or a directive such as rotor=debug)",
-                LEVELS.join(", ")
-            ));
-        }
-        w
-    };
-    tracing_subscriber::EnvFilter::try_new(&directive).map_err(|e| format!("ROTOR_LOG={v}: {e}"))
-}
-
-/// Logs to stderr, with colours only when stderr is a terminal (a log file
-/// or the journal gets plain text).
-fn init_logging() -> anyhow::Result<()> {
-    use std::io::IsTerminal;
-    let value = std::env::var("ROTOR_LOG").ok();
-    let filter = log_filter(value.as_deref()).map_err(anyhow::Error::msg)?;
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_target(false)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .init();
-    Ok(())
-}
-
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
     tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -72,68 +42,169 @@ fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
         .context("starting the event loop")
 }
 
+fn print_json(v: &impl Serialize) -> anyhow::Result<()> {
+    println!(
+        "{}",
+        serde_json::to_string(v).context("encoding the JSON output")?
+    );
+    Ok(())
+}
+
+/// `rotor status`: the table, or the daemon's status without its `ok`.
+fn status(socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    let socket = control::find_socket(socket)?;
+    let v = control::call(&socket, &control::Request::Status)?;
+    let st: control::Status = serde_json::from_value(v).context("the daemon's status reply")?;
+    if json {
+        print_json(&st)
+    } else {
+        print!("{}", control::table(&st));
+        Ok(())
+    }
+}
+
+fn rotate(
+    socket: Option<PathBuf>,
+    node: Option<String>,
+    all: bool,
+    json: bool,
+) -> anyhow::Result<()> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        role: &'a str,
+        rotating: usize,
+    }
+    let socket = control::find_socket(socket)?;
+    let v = control::call(
+        &socket,
+        &control::Request::Rotate {
+            node: node.clone(),
+            all,
+        },
+    )?;
+    let r: control::RotateReply = serde_json::from_value(v).context("the daemon's rotate reply")?;
+    if json {
+        return print_json(&Out {
+            role: &r.role,
+            rotating: r.rotating,
+        });
+    }
+    match (r.role.as_str(), node) {
+        ("node", _) => println!("asked the hub for a rotation"),
+        (_, Some(n)) if !all => println!("rotating {n} now"),
+        _ => println!(
+            "rotating {} node(s), 256 per step of the hub's loop (`rotor status` shows progress)",
+            r.rotating
+        ),
+    }
+    Ok(())
+}
+
+fn reload(socket: Option<PathBuf>, json: bool) -> anyhow::Result<()> {
+    #[derive(Serialize)]
+    struct Out<'a> {
+        added: &'a [String],
+        removed: &'a [String],
+        changed: &'a [String],
+        unchanged: usize,
+    }
+    let socket = control::find_socket(socket)?;
+    let v = control::call(&socket, &control::Request::Reload)?;
+    let r: control::ReloadReply = serde_json::from_value(v).context("the daemon's reload reply")?;
+    if json {
+        return print_json(&Out {
+            added: &r.added,
+            removed: &r.removed,
+            changed: &r.changed,
+            unchanged: r.unchanged,
+        });
+    }
+    let list = |v: &[String]| {
+        if v.is_empty() {
+            "-".to_string()
+        } else {
+            v.join(",")
+        }
+    };
+    println!(
+        "reloaded: added {}, removed {}, changed {}, {} unchanged",
+        list(&r.added),
+        list(&r.removed),
+        list(&r.changed),
+        r.unchanged
+    );
+    Ok(())
+}
+
+fn check(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    if !json {
+        return check::run(config);
+    }
+    let (report, config_error) = check::report(config);
+    print_json(&report)?;
+    // A bad configuration goes to stderr as in every other mode.
+    if let Some(e) = config_error {
+        return Err(e.into());
+    }
+    match report.failed() {
+        0 => Ok(()),
+        n => anyhow::bail!("{n} check(s) failed"),
+    }
+}
+
+fn purge(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
+    rotor::logging::init()?;
+    let p = rotor::daemon::purge(config)?;
+    if json {
+        return print_json(&p);
+    }
+    println!(
+        "purged: {} SA(s) and {} policy(ies) removed from the kernel, state in {} deleted",
+        p.sas,
+        p.policies,
+        p.state_dir.display()
+    );
+    Ok(())
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Genkey => genkey(),
-        Command::Check { config } => check::run(&config),
+        Command::Check { config, json } => check(&config, json),
         Command::Hub { config } => {
+            rotor::logging::init()?;
             let cfg = rotor::config::load_hub(&config)?;
-            init_logging()?;
             runtime()?.block_on(rotor::daemon::run_hub(cfg, &config))
         }
         Command::Node { config } => {
+            rotor::logging::init()?;
             let cfg = rotor::config::load_node(&config)?;
-            init_logging()?;
             runtime()?.block_on(rotor::daemon::run_node(cfg, &config))
         }
-        Command::Reload { socket } => {
-            let socket = control::find_socket(socket)?;
-            let v = control::call(&socket, &control::Request::Reload)?;
-            let r: control::ReloadReply =
-                serde_json::from_value(v).context("the daemon's reload reply")?;
-            let list = |v: &[String]| {
-                if v.is_empty() {
-                    "-".to_string()
-                } else {
-                    v.join(",")
-                }
-            };
-            println!(
-                "reloaded: added {}, removed {}, changed {}, {} unchanged",
-                list(&r.added),
-                list(&r.removed),
-                list(&r.changed),
-                r.unchanged
-            );
-            Ok(())
-        }
-        Command::Purge { config } => {
-            init_logging()?;
-            rotor::daemon::purge(&config)
-        }
-        Command::Status { socket, json } => {
-            let socket = control::find_socket(socket)?;
-            let mut v = control::call(&socket, &control::Request::Status)?;
-            if json {
-                if let Some(o) = v.as_object_mut() {
-                    o.remove("ok");
-                }
-                println!("{v}");
-            } else {
-                let st: control::Status =
-                    serde_json::from_value(v).context("the daemon's status reply")?;
-                print!("{}", control::table(&st));
-            }
-            Ok(())
-        }
         Command::Import { from } => rotor::import::run(from),
-        Command::Rotate { socket, node, all } => {
-            let socket = control::find_socket(socket)?;
-            let v = control::call(&socket, &control::Request::Rotate { node, all })?;
-            println!("{v}");
-            Ok(())
+        Command::Reload { socket, json } => reload(socket, json),
+        Command::Purge { config, json } => purge(&config, json),
+        Command::Status { socket, json } => status(socket, json),
+        Command::Rotate {
+            socket,
+            node,
+            all,
+            json,
+        } => rotate(socket, node, all, json),
+    }
+}
+
+/// The exit status for `e` (see [`rotor::cli::EXIT_STATUS`]).
+fn exit_status(e: &anyhow::Error) -> u8 {
+    for cause in e.chain() {
+        if cause.is::<NotRunning>() {
+            return NOT_RUNNING;
+        }
+        if cause.is::<ConfigError>() || cause.is::<FilterError>() || cause.is::<Ambiguous>() {
+            return USAGE;
         }
     }
+    FAILED
 }
 
 fn main() -> ExitCode {
@@ -141,37 +212,10 @@ fn main() -> ExitCode {
     match run(cli) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("rotor: {e:#}");
-            ExitCode::FAILURE
+            // Under systemd the journal takes the error at its priority.
+            let prefix = if rotor::logging::journal() { "<3>" } else { "" };
+            eprintln!("{prefix}rotor: {e:#}");
+            ExitCode::from(exit_status(&e))
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::log_filter;
-
-    #[test]
-    fn rotor_log_takes_levels_and_directives_and_refuses_other_words() {
-        for ok in [
-            None,
-            Some(""),
-            Some("info"),
-            Some("WARNING"),
-            Some("warn"),
-            Some("debug"),
-            Some("rotor=debug,info"),
-            Some("off"),
-        ] {
-            assert!(log_filter(ok).is_ok(), "{ok:?}");
-        }
-        for bad in ["verbose", "warnings", "loud"] {
-            let e = log_filter(Some(bad)).unwrap_err();
-            assert!(
-                e.starts_with(&format!("ROTOR_LOG={bad}: not a log level")),
-                "{e}"
-            );
-        }
-        assert_eq!(log_filter(Some("warning")).unwrap().to_string(), "warn");
     }
 }

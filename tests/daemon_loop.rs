@@ -935,3 +935,37 @@ fn a_reload_adds_and_removes_nodes_and_the_others_notice_nothing() {
     n0.stop().unwrap();
     hub.stop().unwrap();
 }
+
+#[test]
+fn a_node_refuses_to_rotate_another_node_and_names_itself() {
+    let _g = serial();
+    let net = Net::new(39);
+    let (hub, node) = hub_and_node(&net, 2, 3);
+    let rotate = |socket: &Path, node: Option<&str>, all: bool| {
+        control::call(
+            socket,
+            &Request::Rotate {
+                node: node.map(str::to_string),
+                all,
+            },
+        )
+    };
+    let e = rotate(&node.socket, Some("n1"), false).expect_err("another node's name");
+    let e = format!("{e:#}");
+    assert!(
+        e.contains("this is node \"n0\"") && e.contains("--node \"n0\""),
+        "{e}"
+    );
+    for (name, all) in [(Some("n0"), false), (None, true)] {
+        let v = rotate(&node.socket, name, all).expect("its own rotation");
+        let r: control::RotateReply = serde_json::from_value(v).expect("rotate reply");
+        assert_eq!((r.role.as_str(), r.rotating), ("node", 1));
+    }
+    let v = rotate(&hub.socket, None, true).expect("the hub rotates all");
+    let r: control::RotateReply = serde_json::from_value(v).expect("rotate reply");
+    assert_eq!((r.role.as_str(), r.rotating), ("hub", 2));
+    let e = rotate(&hub.socket, Some("n9"), false).expect_err("no such node");
+    assert!(format!("{e:#}").contains("no node named \"n9\""), "{e:#}");
+    node.stop().unwrap();
+    hub.stop().unwrap();
+}

@@ -62,8 +62,13 @@ pub enum Call {
 }
 
 /// Accepts connections on `listener` until the task is aborted; each is
-/// served by a task of its own, whose calls go to `calls`.
-pub fn spawn(listener: UnixListener, calls: mpsc::Sender<Call>) -> JoinHandle<()> {
+/// served by a task of its own, whose calls go to `calls`. `role` (`hub` or
+/// `node`) goes into the answers that name it.
+pub fn spawn(
+    listener: UnixListener,
+    calls: mpsc::Sender<Call>,
+    role: &'static str,
+) -> JoinHandle<()> {
     tokio::spawn(async move {
         let slots = Arc::new(Semaphore::new(MAX_CONNECTIONS));
         loop {
@@ -83,7 +88,7 @@ pub fn spawn(listener: UnixListener, calls: mpsc::Sender<Call>) -> JoinHandle<()
             };
             let calls = calls.clone();
             tokio::spawn(async move {
-                serve(stream, &calls).await;
+                serve(stream, &calls, role).await;
                 drop(slot);
             });
         }
@@ -91,7 +96,7 @@ pub fn spawn(listener: UnixListener, calls: mpsc::Sender<Call>) -> JoinHandle<()
 }
 
 /// Answers one connection: one request line, one response line.
-async fn serve(stream: UnixStream, calls: &mpsc::Sender<Call>) {
+async fn serve(stream: UnixStream, calls: &mpsc::Sender<Call>, role: &'static str) {
     let (r, mut w) = stream.into_split();
     let mut reader = BufReader::new(r.take(control::MAX_REQUEST as u64));
     let mut line = String::new();
@@ -117,7 +122,12 @@ async fn serve(stream: UnixStream, calls: &mpsc::Sender<Call>) {
             }
             match answer.await {
                 Ok(Ok(rotating)) => {
-                    write_json(&mut w, &RotateReply { ok: true, rotating }).await;
+                    let reply = RotateReply {
+                        ok: true,
+                        role: role.to_string(),
+                        rotating,
+                    };
+                    write_json(&mut w, &reply).await;
                 }
                 Ok(Err(e)) => {
                     write_json(&mut w, &ErrorReply::new(e)).await;

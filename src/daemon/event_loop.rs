@@ -23,7 +23,7 @@ use tracing::{debug, error, info, warn};
 use super::clock::Clock;
 use super::control_server::{Call, PAGE};
 use super::kernel::KernelExec;
-use super::log;
+use super::log::{self, Logbook};
 use super::persist::Persist;
 use super::reconcile;
 use super::role::Role;
@@ -95,6 +95,7 @@ pub async fn run<R: Role, K: Kernel>(
     // With source addresses: a node sheds datagrams not from its hub.
     let mut batch = RecvBatch::with_addresses();
     let mut actions: Vec<Action> = Vec::new();
+    let mut book = Logbook::new(clock.mono(), kernel.errors());
     // What the start-up pass asked for (re-installs after a reboot) goes
     // out now, not at the first timer.
     execute(
@@ -104,6 +105,7 @@ pub async fn run<R: Role, K: Kernel>(
         clock.now(),
         life.persist.as_mut(),
         &mut actions,
+        &mut book,
     )
     .await?;
     // Datagrams shed for their source, shown with the machine's drops.
@@ -118,6 +120,7 @@ pub async fn run<R: Role, K: Kernel>(
         );
         // SAs kept over a reload go when their time is up.
         let due = earliest(due, life.linger.values().min().copied());
+        let due = earliest(due, book.due(kernel.errors()));
         let wake = due.map(|t| clock.instant(t));
         let mut full_burst = false;
         tokio::select! {
@@ -130,8 +133,12 @@ pub async fn run<R: Role, K: Kernel>(
                     // (without a vDSO each read is a system call).
                     let now = clock.now();
                     for d in (0..batch.len()).filter_map(|i| batch.get(i)) {
-                        if d.from.is_some_and(|from| role.accepts_from(from)) {
+                        if let Some(from) = d.from.filter(|from| role.accepts_from(*from)) {
+                            let unknown = log::unknown_spis(role.machine());
                             role.machine_mut().handle_datagram(now, d.data);
+                            if log::unknown_spis(role.machine()) != unknown {
+                                book.unknown_spi_from(role, from, now.mono);
+                            }
                         } else {
                             wrong_source += 1;
                         }
@@ -149,7 +156,7 @@ pub async fn run<R: Role, K: Kernel>(
                 let now = clock.now();
                 match r {
                     Ok(_) => {
-                        if let Some((at, urgent)) = on_kernel_events(role, life, &events, now) {
+                        if let Some((at, urgent)) = on_kernel_events(role, life, &mut book, &events, now) {
                             let at = if urgent { at } else { at.max(last_pass.plus_ms(RECONCILE_GAP_MS)) };
                             reconcile_at = Some(reconcile_at.map_or(at, |t| t.min(at)));
                         }
@@ -172,7 +179,16 @@ pub async fn run<R: Role, K: Kernel>(
                 Err(_) => break,
             }
         }
-        execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?;
+        execute(
+            role,
+            kernel,
+            udp,
+            now,
+            life.persist.as_mut(),
+            &mut actions,
+            &mut book,
+        )
+        .await?;
         // Only once every action is executed does the kernel show what the
         // machine believes: the pass compares the two.
         let linger_due = life.linger.values().min().copied();
@@ -191,7 +207,16 @@ pub async fn run<R: Role, K: Kernel>(
             rotor_sys::malloc_trim();
             match pass {
                 Ok(_) => {
-                    execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?
+                    execute(
+                        role,
+                        kernel,
+                        udp,
+                        now,
+                        life.persist.as_mut(),
+                        &mut actions,
+                        &mut book,
+                    )
+                    .await?
                 }
                 Err(e) => warn!("reconcile: dumping the kernel's XFRM state: {e}"),
             }
@@ -200,6 +225,7 @@ pub async fn run<R: Role, K: Kernel>(
         // its records written before it is replaced.
         if !life.reloads.is_empty() {
             let r = reload(role, kernel, life, now);
+            book.peers_changed();
             match &r {
                 Ok(c) => info!(
                     added = ?c.added,
@@ -213,8 +239,18 @@ pub async fn run<R: Role, K: Kernel>(
             for reply in life.reloads.drain(..).flatten() {
                 let _ = reply.send(r.clone());
             }
-            execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?;
+            execute(
+                role,
+                kernel,
+                udp,
+                now,
+                life.persist.as_mut(),
+                &mut actions,
+                &mut book,
+            )
+            .await?;
         }
+        book.tick(R::NAME, now.mono, kernel.errors());
         if full_burst {
             tokio::task::yield_now().await;
         }
@@ -245,6 +281,7 @@ async fn read_monitor(
 fn on_kernel_events<R: Role>(
     role: &mut R,
     life: &Lifecycle,
+    book: &mut Logbook,
     events: &[KernelEvent],
     now: Now,
 ) -> Option<(Time, bool)> {
@@ -261,10 +298,9 @@ fn on_kernel_events<R: Role>(
                     && !overdue.contains(&i)
                 {
                     overdue.push(i);
-                    warn!(
-                        peer = role.record_key(i),
-                        "an SA reached its soft lifetime: rotation overdue, rotating now"
-                    );
+                    if let Ok(p) = u32::try_from(i) {
+                        book.rotation_overdue(role.names().get(rotor_core::PeerId(p)), now.mono);
+                    }
                     role.rotate_overdue(now, i);
                 }
             }
@@ -308,6 +344,7 @@ async fn execute<R: Role, K: Kernel>(
     now: Now,
     persist: Option<&mut Persist>,
     actions: &mut Vec<Action>,
+    book: &mut Logbook,
 ) -> Result<(), StoreError> {
     actions.clear();
     while let Some(a) = role.machine_mut().poll_action() {
@@ -331,7 +368,7 @@ async fn execute<R: Role, K: Kernel>(
                     out.push((to, datagram));
                 }
             }
-            Action::Event(e) => log::event(e, role.names(), R::NAME),
+            Action::Event(e) => book.event(e, role.names(), R::NAME, now.mono),
             _ => {}
         }
     }

@@ -5,8 +5,9 @@
 
 use rotor_core::{Action, NameTable, PeerId, Time};
 use rotor_xfrm::{Kernel, Op, OpResult, RemoveReport, XfrmError};
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
+use super::peer_warn::{PeerWarnings, Trouble};
 use super::retry::RetryQueue;
 use crate::peer_kernel::PeerKernel;
 
@@ -17,6 +18,9 @@ pub struct KernelExec<K: Kernel> {
     peers: Vec<PeerKernel>,
     errors: u64,
     retry: RetryQueue,
+    /// Refusals are warned about once a minute per peer: a kernel that
+    /// refuses every SA of a large hub must not write a line per attempt.
+    warnings: PeerWarnings,
 }
 
 impl<K: Kernel> KernelExec<K> {
@@ -27,6 +31,7 @@ impl<K: Kernel> KernelExec<K> {
             peers,
             errors: 0,
             retry: RetryQueue::default(),
+            warnings: PeerWarnings::default(),
         }
     }
 
@@ -102,9 +107,10 @@ impl<K: Kernel> KernelExec<K> {
 
     /// Applies the kernel part of `actions` in one batch, preceded by the
     /// refused operations of the same peers (and any that are due). Failures
-    /// are logged with the peer, the errno and the kernel's text, counted,
-    /// and queued for retry; one peer's failure never stops another's
-    /// operations.
+    /// are counted and queued for retry, and logged with the peer, the errno
+    /// and the kernel's text: as a warning at most once a minute per peer
+    /// (with the number held back since), at debug otherwise. One peer's
+    /// failure never stops another's operations.
     pub fn apply(&mut self, now: Time, actions: &[Action], names: &NameTable) {
         let mut new: Vec<(PeerId, Op)> = Vec::new();
         for a in actions {
@@ -160,13 +166,25 @@ impl<K: Kernel> KernelExec<K> {
             };
             let why = describe(&op, &r);
             let p = self.retry.failed(now, peer, op, attempts);
-            warn!(
-                peer = names.get(peer),
-                errno,
-                attempt = p.attempts,
-                retry_in_ms = p.due.since(now),
-                "kernel refused: {why}"
-            );
+            let name = names.get(peer);
+            if let Some(held) = self.warnings.allow(name, Trouble::KernelRefused, now) {
+                warn!(
+                    peer = name,
+                    errno,
+                    attempt = p.attempts,
+                    retry_in_ms = p.due.since(now),
+                    suppressed = held,
+                    "kernel refused: {why}"
+                );
+            } else {
+                debug!(
+                    peer = name,
+                    errno,
+                    attempt = p.attempts,
+                    retry_in_ms = p.due.since(now),
+                    "kernel refused: {why}"
+                );
+            }
         }
     }
 

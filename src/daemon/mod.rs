@@ -9,7 +9,8 @@
 //! [`retry`] (what the kernel refused), [`reconcile`] (kernel against
 //! state: adoption at start, repair of drift), [`persist`] (the durable
 //! state), [`control_server`] (the control socket, off the loop),
-//! [`event_loop`], [`shutdown`] (signals), [`log`].
+//! [`event_loop`], [`shutdown`] (signals), [`log`] with [`summary`] and
+//! [`peer_warn`].
 //!
 //! Start-up runs every check that can fail before the first kernel change:
 //! configuration, the state directory's lock and records, the ESP probe,
@@ -28,12 +29,14 @@ pub mod hub;
 pub mod kernel;
 pub mod log;
 pub mod node;
+pub mod peer_warn;
 pub mod persist;
 pub mod reconcile;
 pub mod reload;
 pub mod retry;
 pub mod role;
 pub mod shutdown;
+pub mod summary;
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
@@ -171,7 +174,7 @@ pub async fn serve<R: Role, K: Kernel>(
     // back to the system (measured: ~1 KB per node at 10,000 nodes).
     rotor_sys::malloc_trim();
     let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
-    let server = control_server::spawn(listener, tx);
+    let server = control_server::spawn(listener, tx, R::NAME);
     let r = event_loop::run(
         &mut role,
         &mut kernel,
@@ -514,10 +517,21 @@ pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     run_role(role, xfrm, peers, udp, listener, life, &cfg.socket).await
 }
 
+/// What `rotor purge` removed.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize)]
+pub struct Purged {
+    /// SAs removed from the kernel.
+    pub sas: usize,
+    /// Policies removed from the kernel.
+    pub policies: usize,
+    /// The state directory whose records were deleted.
+    pub state_dir: std::path::PathBuf,
+}
+
 /// `rotor purge`: removes every SA and policy the daemon of `config`
 /// installed and its durable state. Holds the daemon's lock while it works,
 /// so it refuses while that daemon runs.
-pub fn purge(config: &Path) -> anyhow::Result<()> {
+pub fn purge(config: &Path) -> anyhow::Result<Purged> {
     let cfg = ConfigFile::read(config)?;
     let (state_dir, instance, own, peers) = match cfg.role()? {
         ConfigRole::Hub => {
@@ -543,11 +557,9 @@ pub fn purge(config: &Path) -> anyhow::Result<()> {
         .remove_all()
         .context("removing rotor's SAs and policies")?;
     store.purge()?;
-    println!(
-        "purged: {} SA(s) and {} policy(ies) removed from the kernel, state in {} deleted",
-        removed.sas,
-        removed.policies,
-        state_dir.display()
-    );
-    Ok(())
+    Ok(Purged {
+        sas: removed.sas,
+        policies: removed.policies,
+        state_dir,
+    })
 }

@@ -197,6 +197,12 @@ pub enum Event {
     Dropped {
         /// Why.
         reason: DropReason,
+        /// The peer one of whose SPIs the datagram's header carries (the
+        /// peer whose key it was checked against); `None` when the SPI is
+        /// no peer's, is shared by several peers' init keys, or the
+        /// datagram could not be parsed. An unauthenticated datagram may
+        /// carry any SPI: this names whose key failed, not who sent it.
+        peer: Option<PeerId>,
     },
     /// SAs the kernel lost were repaired (`kernel_lost`): `reinstalled` SAs
     /// were installed again; `blocked`: the outbound SA in use was lost and

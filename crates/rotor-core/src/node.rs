@@ -182,10 +182,10 @@ impl Node {
         }
     }
 
-    fn drop_reason(&mut self, reason: DropReason) {
+    fn drop_reason(&mut self, reason: DropReason, peer: Option<PeerId>) {
         *self.drops.entry(reason).or_insert(0) += 1;
         self.actions
-            .push_back(Action::Event(Event::Dropped { reason }));
+            .push_back(Action::Event(Event::Dropped { reason, peer }));
     }
 
     /// Fires due timers: hello (or init) sends, and SA deletions after grace.
@@ -311,8 +311,24 @@ impl Node {
     /// message for this node changes nothing but the drop counters.
     pub fn handle_datagram(&mut self, now: Now, data: &[u8]) {
         if let Err(r) = self.datagram(now.mono, data) {
-            self.drop_reason(r);
+            let peer = self.carries_own_spi(data).then_some(HUB);
+            self.drop_reason(r, peer);
         }
+    }
+
+    /// Whether `data`'s header carries one of this node's SPIs (its init
+    /// SPI or a generation's): then the hub's key was checked, see
+    /// [`Event::Dropped`]. Only called for dropped datagrams.
+    fn carries_own_spi(&self, data: &[u8]) -> bool {
+        let Ok(dg) = wire::parse(data) else {
+            return false;
+        };
+        let spi = dg.header.spi;
+        spi == self.init_spi
+            || [self.latest.as_ref(), self.previous.as_ref()]
+                .into_iter()
+                .flatten()
+                .any(|g| g.spi == spi)
     }
 
     fn datagram(&mut self, now: Time, data: &[u8]) -> Result<(), DropReason> {

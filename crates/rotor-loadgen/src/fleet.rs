@@ -258,7 +258,7 @@ impl Fleet {
                         self.stats.fallbacks += 1;
                         self.set_in_sync(i, false);
                     }
-                    Event::Dropped { reason } => {
+                    Event::Dropped { reason, .. } => {
                         dropped = true;
                         *self
                             .stats

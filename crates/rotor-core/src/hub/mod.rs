@@ -244,9 +244,21 @@ impl Hub {
     /// nothing but the drop counters.
     pub fn handle_datagram(&mut self, now: Now, data: &[u8]) {
         if let Err(r) = self.datagram(now, data) {
-            self.shared.drop_reason(r);
+            let peer = self.spi_owner(data);
+            self.shared.drop_reason(r, peer);
         }
         self.compact_timers();
+    }
+
+    /// The one node whose SPI `data`'s header carries (see
+    /// [`Event::Dropped`]). Only called for dropped datagrams: the parse is
+    /// repeated there rather than threaded through every handler.
+    fn spi_owner(&self, data: &[u8]) -> Option<PeerId> {
+        let dg = wire::parse(data).ok()?;
+        match self.shared.table.lookup(dg.header.spi)? {
+            SpiOwner::Init(id) | SpiOwner::Generation(id) => Some(id),
+            SpiOwner::SharedInit => None,
+        }
     }
 
     /// Routes a datagram by its header SPI (I5) to the handler of its node.
@@ -328,10 +340,10 @@ impl Shared {
         }
     }
 
-    fn drop_reason(&mut self, reason: DropReason) {
+    fn drop_reason(&mut self, reason: DropReason, peer: Option<PeerId>) {
         *self.drops.entry(reason).or_insert(0) += 1;
         self.actions
-            .push_back(Action::Event(Event::Dropped { reason }));
+            .push_back(Action::Event(Event::Dropped { reason, peer }));
     }
 
     /// Creates generation `number` for `id`, installs its inbound SA (I3: before
