@@ -116,6 +116,11 @@ pub struct PeerStatus {
     pub inits: u64,
     /// Milliseconds since the last authenticated message from the peer, if any.
     pub last_seen_ms: Option<u64>,
+    /// The kernel's side: how many of the peer's SA and policy operations
+    /// the kernel refused and rotor retries (0: the kernel holds what the
+    /// state says; a drift found by a reconcile pass is repaired at once).
+    #[serde(default)]
+    pub kernel_retrying: usize,
 }
 
 /// The status response.
@@ -246,8 +251,17 @@ pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
 /// Renders the status as an aligned table.
 pub fn table(st: &Status) -> String {
     let mut out = format!(
-        "{:<16} {:>6} {:>10} {:<21} {:<17} {:>9} {:>7} {:>5} {:>10}\n",
-        "PEER", "GEN", "TX_SPI", "RX_SPIS", "STATE", "ROTATIONS", "RESENDS", "INITS", "LAST_SEEN"
+        "{:<16} {:>6} {:>10} {:<21} {:<17} {:<11} {:>9} {:>7} {:>5} {:>10}\n",
+        "PEER",
+        "GEN",
+        "TX_SPI",
+        "RX_SPIS",
+        "STATE",
+        "KERNEL",
+        "ROTATIONS",
+        "RESENDS",
+        "INITS",
+        "LAST_SEEN"
     );
     for p in &st.peers {
         let tx = p
@@ -259,13 +273,18 @@ pub fn table(st: &Status) -> String {
             .last_seen_ms
             .map(|ms| format!("{:.1}s", ms as f64 / 1000.0))
             .unwrap_or_else(|| "never".into());
+        let kernel = match p.kernel_retrying {
+            0 => "ok".to_string(),
+            n => format!("retrying {n}"),
+        };
         out.push_str(&format!(
-            "{:<16} {:>6} {:>10} {:<21} {:<17} {:>9} {:>7} {:>5} {:>10}\n",
+            "{:<16} {:>6} {:>10} {:<21} {:<17} {:<11} {:>9} {:>7} {:>5} {:>10}\n",
             p.name,
             p.generation,
             tx,
             rx.join(","),
             p.state,
+            kernel,
             p.rotations,
             p.resends,
             p.inits,
@@ -377,6 +396,7 @@ mod tests {
             resends: 0,
             inits: 1,
             last_seen_ms: Some(5),
+            kernel_retrying: 0,
         };
         let v = serde_json::to_value(&row).unwrap();
         assert_eq!(v["tx_spi"], "0x1a2b3c4d");
@@ -423,6 +443,7 @@ mod tests {
             resends: 1,
             inits: 1,
             last_seen_ms: None,
+            kernel_retrying: 0,
         };
         for rows in [vec![], vec![row.clone()], vec![row.clone(), row.clone()]] {
             let body: Vec<String> = rows
@@ -455,11 +476,23 @@ mod tests {
                 resends: 1,
                 inits: 1,
                 last_seen_ms: Some(1500),
+                kernel_retrying: 0,
             }],
             drops: [("replay".to_string(), 2)].into_iter().collect(),
             kernel_errors: 0,
         };
         let t = table(&st);
+        assert!(t.contains("KERNEL") && t.contains(" ok "), "{t}");
+        let mut refused = st.clone();
+        refused.peers[0].kernel_retrying = 3;
+        refused.peers[0].state = "kernel_pending".into();
+        refused.kernel_errors = 5;
+        let r = table(&refused);
+        assert!(
+            r.contains("kernel_pending") && r.contains("retrying 3"),
+            "{r}"
+        );
+        assert!(r.contains("kernel errors: 5"), "{r}");
         assert!(t.contains("mn1"));
         assert!(t.contains("0x00001006"));
         assert!(t.contains("0x00001006,0x00001007"));

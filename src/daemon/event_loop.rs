@@ -504,7 +504,7 @@ fn answer<R: Role, K: Kernel>(
                     let p = role.peer_status(i, now.mono)?;
                     Some(to_wire_status(
                         p,
-                        kernel.has_pending(rotor_core::PeerId(i as u32)),
+                        kernel.pending_for(rotor_core::PeerId(i as u32)),
                     ))
                 })
                 .collect();
@@ -526,8 +526,8 @@ fn drops_map(
 /// A peer whose kernel operations wait for a retry is not in sync,
 /// whatever the protocol says: its SAs or policies are not (all) in the
 /// kernel.
-fn to_wire_status(p: rotor_core::PeerStatus, kernel_pending: bool) -> control::PeerStatus {
-    let state = if kernel_pending {
+fn to_wire_status(p: rotor_core::PeerStatus, kernel_retrying: usize) -> control::PeerStatus {
+    let state = if kernel_retrying > 0 {
         "kernel_pending".to_string()
     } else {
         p.state.as_str().to_string()
@@ -542,5 +542,6 @@ fn to_wire_status(p: rotor_core::PeerStatus, kernel_pending: bool) -> control::P
         resends: p.resends,
         inits: p.inits,
         last_seen_ms: p.last_seen_ms,
+        kernel_retrying,
     }
 }

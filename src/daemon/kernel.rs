@@ -79,6 +79,11 @@ impl<K: Kernel> KernelExec<K> {
         self.retry.has(peer)
     }
 
+    /// How many of `peer`'s refused operations wait for a retry.
+    pub fn pending_for(&self, peer: PeerId) -> usize {
+        self.retry.count(peer)
+    }
+
     /// Applies `ops` that belong to no action (reconcile, start-up): each
     /// refusal is logged with the kernel's errno and text and counted; none
     /// is queued (the next reconcile pass finds what is still wrong).

@@ -109,7 +109,12 @@ impl RetryQueue {
 
     /// Whether `peer` has operations waiting.
     pub fn has(&self, peer: PeerId) -> bool {
-        self.by_peer.get(&peer).is_some_and(|q| !q.is_empty())
+        self.count(peer) > 0
+    }
+
+    /// How many of `peer`'s operations wait.
+    pub fn count(&self, peer: PeerId) -> usize {
+        self.by_peer.get(&peer).map_or(0, VecDeque::len)
     }
 
     /// When the earliest pending operation is due.
