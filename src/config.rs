@@ -31,8 +31,8 @@ mod values;
 
 pub use values::NAME_MAX;
 use values::{
-    BoundedDuration, BoundedInt, DurationError, FilePath, HostAddr, HubEndpoint, KeyBits, ModeName,
-    Name, Subnet, fmt_ms, parse_ms,
+    BoundedDuration, BoundedInt, DurationError, FilePath, HostAddr, HubEndpoint, KeyBits,
+    MetricsListen, ModeName, Name, Subnet, fmt_ms, parse_ms,
 };
 
 /// Default UDP port of the control channel.
@@ -205,6 +205,10 @@ pub struct HubConfig {
     pub priority: u32,
     /// How far an init timestamp may be from the hub's clock.
     pub init_skew: Duration,
+    /// Where Prometheus metrics are served (`None`: not at all).
+    pub metrics: Option<SocketAddr>,
+    /// Whether the metrics carry one series per node too.
+    pub metrics_per_node: bool,
     /// The nodes.
     pub nodes: Vec<HubPeer>,
 }
@@ -240,6 +244,8 @@ pub struct NodeConfig {
     pub priority: u32,
     /// Mode and subnets (local = behind this node).
     pub mode: PeerMode,
+    /// Where Prometheus metrics are served (`None`: not at all).
+    pub metrics: Option<SocketAddr>,
 }
 
 /// Where the daemons keep their durable state unless `state_dir` says otherwise.
@@ -267,6 +273,8 @@ struct HubSection {
     replay_window: Option<ReplayWindow>,
     priority: Option<Priority>,
     init_skew: Option<InitSkew>,
+    metrics: Option<MetricsListen>,
+    metrics_per_node: Option<bool>,
 }
 
 #[derive(Deserialize)]
@@ -306,6 +314,7 @@ struct NodeSection {
     mode: Option<ModeName>,
     local_subnets: Option<Vec<Subnet>>,
     remote_subnets: Option<Vec<Subnet>>,
+    metrics: Option<MetricsListen>,
 }
 
 struct Ctx<'a> {
@@ -636,6 +645,8 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         replay_window: h.replay_window.map_or(1024, |w| w.0),
         priority: h.priority.map_or(1000, |p| p.0),
         init_skew: h.init_skew.map_or(Duration::from_secs(120), |d| d.0),
+        metrics: h.metrics.map(|m| m.0),
+        metrics_per_node: h.metrics_per_node.unwrap_or(false),
         nodes,
     })
 }
@@ -708,6 +719,7 @@ fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
         replay_window: n.replay_window.map_or(1024, |w| w.0),
         priority: n.priority.map_or(1000, |p| p.0),
         mode,
+        metrics: n.metrics.map(|m| m.0),
     })
 }
 

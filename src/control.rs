@@ -121,6 +121,11 @@ pub struct PeerStatus {
     /// state says; a drift found by a reconcile pass is repaired at once).
     #[serde(default)]
     pub kernel_retrying: usize,
+    /// Milliseconds since this peer's latest key was made (hub: first sent;
+    /// since the daemon started, for a key restored from its state); `None`
+    /// on a node, or before the first key.
+    #[serde(default)]
+    pub key_age_ms: Option<u64>,
 }
 
 /// The status response.
@@ -134,6 +139,15 @@ pub struct Status {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Kernel operations that failed (and were retried or reconciled).
     pub kernel_errors: u64,
+    /// Kernel operations refused and waiting for a retry now.
+    #[serde(default)]
+    pub kernel_retrying: u64,
+    /// Control datagrams received since the daemon started.
+    #[serde(default)]
+    pub control_received: u64,
+    /// Control datagrams sent since the daemon started.
+    #[serde(default)]
+    pub control_sent: u64,
 }
 
 /// The head of a status response: everything but the peers, which follow it
@@ -146,6 +160,15 @@ pub struct StatusHead {
     pub drops: std::collections::BTreeMap<String, u64>,
     /// Kernel operations that failed (and were retried or reconciled).
     pub kernel_errors: u64,
+    /// Kernel operations refused and waiting for a retry now.
+    #[serde(default)]
+    pub kernel_retrying: u64,
+    /// Control datagrams received since the daemon started.
+    #[serde(default)]
+    pub control_received: u64,
+    /// Control datagrams sent since the daemon started.
+    #[serde(default)]
+    pub control_sent: u64,
 }
 
 impl StatusHead {
@@ -397,6 +420,7 @@ mod tests {
             inits: 1,
             last_seen_ms: Some(5),
             kernel_retrying: 0,
+            key_age_ms: None,
         };
         let v = serde_json::to_value(&row).unwrap();
         assert_eq!(v["tx_spi"], "0x1a2b3c4d");
@@ -432,6 +456,9 @@ mod tests {
             role: "hub".into(),
             drops: [("replay".to_string(), 2)].into_iter().collect(),
             kernel_errors: 3,
+            kernel_retrying: 1,
+            control_received: 10,
+            control_sent: 9,
         };
         let row = PeerStatus {
             name: "mn1".into(),
@@ -444,6 +471,7 @@ mod tests {
             inits: 1,
             last_seen_ms: None,
             kernel_retrying: 0,
+            key_age_ms: None,
         };
         for rows in [vec![], vec![row.clone()], vec![row.clone(), row.clone()]] {
             let body: Vec<String> = rows
@@ -477,9 +505,13 @@ mod tests {
                 inits: 1,
                 last_seen_ms: Some(1500),
                 kernel_retrying: 0,
+                key_age_ms: None,
             }],
             drops: [("replay".to_string(), 2)].into_iter().collect(),
             kernel_errors: 0,
+            kernel_retrying: 0,
+            control_received: 0,
+            control_sent: 0,
         };
         let t = table(&st);
         assert!(t.contains("KERNEL") && t.contains(" ok "), "{t}");

@@ -48,6 +48,19 @@ impl Daemon {
         kernel: ModelKernel,
         store: Option<Store>,
     ) -> Daemon {
+        Self::start_with_metrics(role, peers, udp_at, socket, kernel, store, None)
+    }
+
+    /// Like [`Daemon::start`], serving metrics (per node) on `metrics`.
+    fn start_with_metrics<R: Role + Send + 'static>(
+        role: R,
+        peers: Vec<PeerKernel>,
+        udp_at: SocketAddr,
+        socket: PathBuf,
+        kernel: ModelKernel,
+        store: Option<Store>,
+        metrics: Option<std::net::TcpListener>,
+    ) -> Daemon {
         let udp = UdpSocket::bind(udp_at).expect("bind UDP");
         udp.set_nonblocking(true).unwrap();
         let _ = std::fs::remove_file(&socket);
@@ -62,6 +75,10 @@ impl Daemon {
             rt.block_on(async move {
                 let udp = tokio::net::UdpSocket::from_std(udp)?;
                 let listener = tokio::net::UnixListener::from_std(listener)?;
+                let metrics = match metrics {
+                    Some(l) => Some((tokio::net::TcpListener::from_std(l)?, true)),
+                    None => None,
+                };
                 let life = Lifecycle {
                     persist: store.map(Persist::new),
                     monitor: None,
@@ -71,6 +88,7 @@ impl Daemon {
                     linger: Default::default(),
                     reloads: Vec::new(),
                     forget: Vec::new(),
+                    metrics,
                 };
                 daemon::serve(
                     role,
@@ -192,6 +210,8 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
         replay_window: 64,
         priority: 1000,
         init_skew: Duration::from_secs(30),
+        metrics: None,
+        metrics_per_node: false,
         nodes: (0..nodes)
             .map(|i| HubPeer {
                 name: format!("n{i}"),
@@ -220,6 +240,7 @@ fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
         replay_window: 64,
         priority: 1000,
         mode: PeerMode::Transport,
+        metrics: None,
     }
 }
 
@@ -967,5 +988,95 @@ fn a_node_refuses_to_rotate_another_node_and_names_itself() {
     let e = rotate(&hub.socket, Some("n9"), false).expect_err("no such node");
     assert!(format!("{e:#}").contains("no node named \"n9\""), "{e:#}");
     node.stop().unwrap();
+    hub.stop().unwrap();
+}
+
+/// One HTTP GET of `path` on `at`: (status line, body).
+fn http_get(at: SocketAddr, path: &str) -> (String, String) {
+    use std::io::{Read, Write};
+    let mut c = std::net::TcpStream::connect(at).expect("connect to the metrics listener");
+    c.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    write!(c, "GET {path} HTTP/1.1\r\nHost: rotor\r\n\r\n").unwrap();
+    let mut text = String::new();
+    c.read_to_string(&mut text).expect("read the answer");
+    let (head, body) = text.split_once("\r\n\r\n").expect("a head and a body");
+    let status = head.lines().next().unwrap_or_default().to_string();
+    let len: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("Content-Length: "))
+        .and_then(|v| v.trim().parse().ok())
+        .expect("Content-Length");
+    assert_eq!(len, body.len(), "Content-Length matches the body");
+    (status, body.to_string())
+}
+
+/// The value of the sample `key` (name and labels) in an exposition.
+fn sample(text: &str, key: &str) -> Option<f64> {
+    text.lines()
+        .filter(|l| !l.starts_with('#'))
+        .find_map(|l| l.rsplit_once(' ').filter(|(k, _)| *k == key))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+#[test]
+fn a_scrape_shows_the_fleet_in_prometheus_text() {
+    let _g = serial();
+    let net = Net::new(40);
+    let cfg = hub_config(&net, 2, |i| net.node_ip(i));
+    let socket = cfg.socket.clone();
+    let (store, mut loaded) = Store::open(&cfg.state_dir, "hub").unwrap();
+    let (role, peers, _) = daemon::hub_parts(cfg, Ownership::default(), Some(&mut loaded)).unwrap();
+    drop(loaded);
+    let listener = std::net::TcpListener::bind((net.hub_ip(), 0)).unwrap();
+    listener.set_nonblocking(true).unwrap();
+    let at = listener.local_addr().unwrap();
+    let hub_at = SocketAddr::new(net.hub_ip(), net.port);
+    let hub = Daemon::start_with_metrics(
+        role,
+        peers,
+        hub_at,
+        socket,
+        ModelKernel::new(Ownership::default()),
+        Some(store),
+        Some(listener),
+    );
+    let (_, before) = http_get(at, "/metrics");
+    assert_eq!(
+        sample(&before, "rotor_peers{state=\"init\"}"),
+        Some(2.0),
+        "{before}"
+    );
+    assert_eq!(sample(&before, "rotor_rotations_total"), Some(0.0));
+    let n0 = start_node(&net, node_config(&net, 0, hub_at));
+    let n1 = start_node(&net, node_config(&net, 1, hub_at));
+    wait_for("both nodes rotated", Duration::from_secs(10), || {
+        node_row(&n0).generation >= 3 && node_row(&n1).generation >= 3
+    });
+    let (status, text) = http_get(at, "/metrics");
+    assert!(status.starts_with("HTTP/1.1 200"), "{status}");
+    let rotations = sample(&text, "rotor_rotations_total").expect("rotations");
+    let st = hub.status();
+    let table: u64 = st.peers.iter().map(|p| p.rotations).sum();
+    assert!(
+        rotations >= 4.0 && rotations <= table as f64,
+        "{rotations} vs {table}"
+    );
+    assert_eq!(sample(&text, "rotor_inits_total"), Some(2.0), "{text}");
+    assert!(sample(&text, "rotor_control_datagrams_received_total").unwrap_or(0.0) > 0.0);
+    assert!(sample(&text, "rotor_control_datagrams_sent_total").unwrap_or(0.0) > 0.0);
+    let lag = sample(&text, "rotor_rotation_lag_seconds").expect("lag");
+    assert!(lag < 5.0, "keys rotate every second here: lag {lag}");
+    assert_eq!(sample(&text, "rotor_kernel_errors_total"), Some(0.0));
+    let in_sync = sample(&text, "rotor_peers{state=\"in_sync\"}").unwrap_or(0.0)
+        + sample(&text, "rotor_peers{state=\"awaiting_confirm\"}").unwrap_or(0.0);
+    assert_eq!(in_sync, 2.0, "{text}");
+    for n in ["n0", "n1"] {
+        let key = format!("rotor_node_rotations_total{{node=\"{n}\"}}");
+        assert!(sample(&text, &key).unwrap_or(0.0) >= 2.0, "{key} in {text}");
+    }
+    let (status, _) = http_get(at, "/");
+    assert!(status.starts_with("HTTP/1.1 404"), "{status}");
+    n0.stop().unwrap();
+    n1.stop().unwrap();
     hub.stop().unwrap();
 }

@@ -261,6 +261,32 @@ impl<'de> Deserialize<'de> for HostAddr {
     }
 }
 
+/// Where the Prometheus metrics are served: `ADDR:PORT`, `[V6]:PORT`, or a
+/// bare port, which means loopback (`127.0.0.1:PORT`). Port 0 is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) struct MetricsListen(pub SocketAddr);
+
+impl<'de> Deserialize<'de> for MetricsListen {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let sa = match (s.parse::<SocketAddr>(), s.parse::<u16>()) {
+            (Ok(sa), _) => sa,
+            (_, Ok(port)) => SocketAddr::new(IpAddr::V4(Ipv4Addr::LOCALHOST), port),
+            _ => {
+                return Err(de::Error::custom(format!(
+                    "{s:?} is not ADDRESS:PORT or a port (e.g. \"127.0.0.1:9474\", \"[::1]:9474\" or \"9474\")"
+                )));
+            }
+        };
+        if sa.port() == 0 {
+            return Err(de::Error::custom(format!(
+                "{s:?} has port 0; use a port in 1..=65535"
+            )));
+        }
+        Ok(MetricsListen(sa))
+    }
+}
+
 /// The hub's control address as a node writes it: `ADDR:PORT`,
 /// `[V6]:PORT` or a bare address (port [`DEFAULT_PORT`]). The address obeys
 /// [`HostAddr`]'s rules and the port is not 0.

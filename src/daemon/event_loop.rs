@@ -70,6 +70,9 @@ pub struct Lifecycle {
     /// Reloads asked for (with the caller's reply channel, if any), done
     /// once the step's actions are executed.
     pub reloads: Vec<Option<oneshot::Sender<Result<ReloadReply, String>>>>,
+    /// The Prometheus listener until the loop's servers start (with whether
+    /// it serves per-node series).
+    pub metrics: Option<(tokio::net::TcpListener, bool)>,
 }
 
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
@@ -144,13 +147,14 @@ pub async fn run<R: Role, K: Kernel>(
                         }
                         taken += 1;
                     }
+                    book.received += batch.len() as u64;
                     more = taken < MAX_BURST
                         && udp_batch::try_recv_many(udp, &mut batch).is_ok_and(|n| n > 0);
                 }
                 full_burst = taken >= MAX_BURST;
             }
             _ = sleep_until(wake) => {}
-            Some(call) = calls.recv() => answer(role, kernel, life, wrong_source, clock.now(), call),
+            Some(call) = calls.recv() => answer(role, kernel, life, (wrong_source, &book), clock.now(), call),
             Some(()) = hangup(life.hangup.as_mut()) => life.reloads.push(None),
             r = read_monitor(life.monitor.as_mut(), &mut events) => {
                 let now = clock.now();
@@ -175,7 +179,7 @@ pub async fn run<R: Role, K: Kernel>(
         }
         for _ in 0..CALLS_PER_TURN {
             match calls.try_recv() {
-                Ok(call) => answer(role, kernel, life, wrong_source, now, call),
+                Ok(call) => answer(role, kernel, life, (wrong_source, &book), now, call),
                 Err(_) => break,
             }
         }
@@ -374,6 +378,7 @@ async fn execute<R: Role, K: Kernel>(
     }
     if !out.is_empty() {
         let (_, refused) = udp_batch::send_many(udp, &out).await;
+        book.sent += out.len().saturating_sub(refused) as u64;
         if refused > 0 {
             debug!(
                 role = R::NAME,
@@ -479,7 +484,7 @@ fn answer<R: Role, K: Kernel>(
     role: &mut R,
     kernel: &KernelExec<K>,
     life: &mut Lifecycle,
-    wrong_source: u64,
+    (wrong_source, book): (u64, &Logbook),
     now: Now,
     call: Call,
 ) {
@@ -496,6 +501,9 @@ fn answer<R: Role, K: Kernel>(
                     role: R::NAME.to_string(),
                     drops,
                     kernel_errors: kernel.errors(),
+                    kernel_retrying: kernel.pending() as u64,
+                    control_received: book.received,
+                    control_sent: book.sent,
                 }
             });
             let end = role.peer_count().min(from.saturating_add(PAGE));
@@ -543,5 +551,6 @@ fn to_wire_status(p: rotor_core::PeerStatus, kernel_retrying: usize) -> control:
         inits: p.inits,
         last_seen_ms: p.last_seen_ms,
         kernel_retrying,
+        key_age_ms: p.key_age_ms,
     }
 }

@@ -26,6 +26,10 @@ pub struct Logbook {
     /// Peer index by address, built at the first datagram under an unknown
     /// SPI (most hubs never need it) and dropped at a reload.
     by_addr: Option<HashMap<IpAddr, Option<usize>>>,
+    /// Control datagrams received since the start (status and metrics).
+    pub received: u64,
+    /// Control datagrams handed to the kernel to send since the start.
+    pub sent: u64,
 }
 
 /// Datagrams the machine has dropped for an unknown SPI so far: compared
@@ -42,6 +46,8 @@ impl Logbook {
             summary: Summary::new(SUMMARY_EVERY_MS, now, kernel_errors),
             warnings: PeerWarnings::default(),
             by_addr: None,
+            received: 0,
+            sent: 0,
         }
     }
 

@@ -28,6 +28,7 @@ pub mod event_loop;
 pub mod hub;
 pub mod kernel;
 pub mod log;
+pub mod metrics;
 pub mod node;
 pub mod peer_warn;
 pub mod persist;
@@ -174,6 +175,10 @@ pub async fn serve<R: Role, K: Kernel>(
     // back to the system (measured: ~1 KB per node at 10,000 nodes).
     rotor_sys::malloc_trim();
     let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
+    let scrapes = life
+        .metrics
+        .take()
+        .map(|(l, per_node)| metrics::spawn(l, tx.clone(), R::NAME, per_node));
     let server = control_server::spawn(listener, tx, R::NAME);
     let r = event_loop::run(
         &mut role,
@@ -186,6 +191,9 @@ pub async fn serve<R: Role, K: Kernel>(
     )
     .await;
     server.abort();
+    if let Some(s) = scrapes {
+        s.abort();
+    }
     r.context("the durable state")
 }
 
@@ -398,6 +406,20 @@ fn bind(udp_at: SocketAddr, socket: &Path) -> anyhow::Result<(UdpSocket, UnixLis
     Ok((udp, listener))
 }
 
+/// The metrics listener, if configured (with whether it serves per-node
+/// series): bound with the other sockets, before any kernel change.
+fn bind_metrics(
+    at: Option<(SocketAddr, bool)>,
+) -> anyhow::Result<Option<(tokio::net::TcpListener, bool)>> {
+    let Some((at, per_node)) = at else {
+        return Ok(None);
+    };
+    let l = std::net::TcpListener::bind(at)
+        .with_context(|| format!("binding the metrics listener {at} (`metrics`)"))?;
+    l.set_nonblocking(true)?;
+    Ok(Some((tokio::net::TcpListener::from_std(l)?, per_node)))
+}
+
 /// The XFRM sockets: one for changes, one for the kernel's notifications.
 fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
     let xfrm = Xfrm::open(own).context("opening the XFRM netlink socket")?;
@@ -414,6 +436,7 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         linger: HashMap::new(),
         reloads: Vec::new(),
         forget: Vec::new(),
+        metrics: None,
     };
     Ok((xfrm, life, monitor))
 }
@@ -465,6 +488,7 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     rotor_sys::keep_out_of_core_dumps().context("keeping key material out of core dumps")?;
     let own = Ownership::default();
     let (address, port, socket) = (cfg.address, cfg.port, cfg.socket.clone());
+    let metrics = cfg.metrics.map(|at| (at, cfg.metrics_per_node));
     let fixed = reload::HubFixed::of(&cfg);
     let (store, mut loaded) = Store::open(&cfg.state_dir, "hub")?;
     let _reqids = lock_reqids(Path::new(SOCKET_DIR), own.base())?;
@@ -482,9 +506,11 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     require_esp()?;
     let nodes = peers.len();
     let (udp, listener) = bind(SocketAddr::new(address, port), &socket)?;
+    let metrics = bind_metrics(metrics)?;
     let (xfrm, mut life, monitor) = open_xfrm(own)?;
     life.monitor = Some(watch(monitor)?);
     life.persist = Some(Persist::new(store));
+    life.metrics = metrics;
     life.forget = forget;
     life.hangup = Some(hangup);
     info!(%address, port, nodes, socket = %socket.display(), "hub starting");
@@ -509,9 +535,11 @@ pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     drop(loaded);
     require_esp()?;
     let (udp, listener) = bind(SocketAddr::new(cfg.address, cfg.hub.port()), &cfg.socket)?;
+    let metrics = bind_metrics(cfg.metrics.map(|at| (at, false)))?;
     let (xfrm, mut life, monitor) = open_xfrm(own)?;
     life.monitor = Some(watch(monitor)?);
     life.persist = Some(Persist::new(store));
+    life.metrics = metrics;
     life.hangup = Some(hangup);
     info!(name = %cfg.name, address = %cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node starting");
     run_role(role, xfrm, peers, udp, listener, life, &cfg.socket).await

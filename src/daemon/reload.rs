@@ -46,6 +46,8 @@ pub struct HubFixed {
     key_bits: u16,
     replay_window: u32,
     priority: u32,
+    metrics: Option<SocketAddr>,
+    metrics_per_node: bool,
 }
 
 impl HubFixed {
@@ -59,6 +61,8 @@ impl HubFixed {
             key_bits: cfg.key_bits,
             replay_window: cfg.replay_window,
             priority: cfg.priority,
+            metrics: cfg.metrics,
+            metrics_per_node: cfg.metrics_per_node,
         }
     }
 
@@ -70,6 +74,11 @@ impl HubFixed {
                 v.push(key);
             }
         };
+        c(self.metrics == new.metrics, "hub.metrics");
+        c(
+            self.metrics_per_node == new.metrics_per_node,
+            "hub.metrics_per_node",
+        );
         c(self.address == new.address, "hub.address");
         c(self.port == new.port, "hub.port");
         c(self.socket == new.socket, "hub.socket");
@@ -92,6 +101,7 @@ pub struct NodeFixed {
     key_bits: u16,
     replay_window: u32,
     priority: u32,
+    metrics: Option<SocketAddr>,
 }
 
 impl NodeFixed {
@@ -106,6 +116,7 @@ impl NodeFixed {
             key_bits: cfg.key_bits,
             replay_window: cfg.replay_window,
             priority: cfg.priority,
+            metrics: cfg.metrics,
         }
     }
 
@@ -117,6 +128,7 @@ impl NodeFixed {
                 v.push(key);
             }
         };
+        c(self.metrics == new.metrics, "node.metrics");
         c(self.name == new.name, "node.name");
         c(self.address == new.address, "node.address");
         c(self.hub == new.hub, "node.hub");

@@ -179,6 +179,7 @@ impl Node {
             resends: 0,
             inits: self.inits,
             last_seen_ms: self.last_seen.map(|t| now.since(t)),
+            key_age_ms: None,
         }
     }
 

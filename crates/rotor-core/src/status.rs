@@ -52,4 +52,8 @@ pub struct PeerStatus {
     pub inits: u64,
     /// Milliseconds since the last authenticated message from the peer.
     pub last_seen_ms: Option<u64>,
+    /// Milliseconds since the latest key was made (hub: first sent, or
+    /// restored); `None` where the side does not track it (a node) or
+    /// before the first key.
+    pub key_age_ms: Option<u64>,
 }

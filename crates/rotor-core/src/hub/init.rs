@@ -92,6 +92,7 @@ impl Shared {
         n.confirmed = false;
         n.force_rotate = false;
         n.inits += 1;
+        n.key_sent_at = now.mono;
         n.last_seen = Some(now.mono);
         n.rotate_at = now.mono.plus_ms(n.rotate_interval_ms);
         self.push_rotation(n.rotate_at, id);

@@ -319,6 +319,7 @@ impl Hub {
             resends: n.resends,
             inits: n.inits,
             last_seen_ms: n.last_seen.map(|t| now.since(t)),
+            key_age_ms: n.latest.as_ref().map(|_| now.since(n.key_sent_at)),
         })
     }
 
