@@ -360,7 +360,7 @@ fn require_esp() -> anyhow::Result<()> {
     match probe_esp() {
         Capability::Ok => Ok(()),
         Capability::NotPermitted(m) => {
-            bail!("{m} (rotor needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN)")
+            bail!("{m} (rotor needs root or CAP_NET_ADMIN)")
         }
         Capability::Refused(e) => bail!(
             "this kernel cannot hold rotor's SAs: {e} (it needs ESP with rfc4106(gcm(aes)) and ESN; `rotor check` says more)"
