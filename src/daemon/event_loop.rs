@@ -24,6 +24,7 @@ use super::clock::Clock;
 use super::control_server::{Call, PAGE};
 use super::kernel::KernelExec;
 use super::log;
+use super::notify::Notifier;
 use super::persist::Persist;
 use super::reconcile;
 use super::role::Role;
@@ -70,6 +71,9 @@ pub struct Lifecycle {
     /// Reloads asked for (with the caller's reply channel, if any), done
     /// once the step's actions are executed.
     pub reloads: Vec<Option<oneshot::Sender<Result<ReloadReply, String>>>>,
+    /// The service manager's notifications (readiness, reloads, stopping,
+    /// watchdog); the default sends none.
+    pub notify: Notifier,
 }
 
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
@@ -106,6 +110,8 @@ pub async fn run<R: Role, K: Kernel>(
         &mut actions,
     )
     .await?;
+    // From here on control calls are answered: the daemon serves.
+    life.notify.ready();
     // Datagrams shed for their source, shown with the machine's drops.
     let mut wrong_source: u64 = 0;
     loop {
@@ -118,10 +124,14 @@ pub async fn run<R: Role, K: Kernel>(
         );
         // SAs kept over a reload go when their time is up.
         let due = earliest(due, life.linger.values().min().copied());
+        let due = earliest(due, life.notify.next_ping());
         let wake = due.map(|t| clock.instant(t));
         let mut full_burst = false;
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                life.notify.stopping();
+                return Ok(());
+            }
             r = udp_batch::recv_many(udp, &mut batch) => {
                 let mut more = r.is_ok();
                 let mut taken = 0;
@@ -199,6 +209,7 @@ pub async fn run<R: Role, K: Kernel>(
         // Likewise a reload: the old machine's actions are all executed and
         // its records written before it is replaced.
         if !life.reloads.is_empty() {
+            life.notify.reloading();
             let r = reload(role, kernel, life, now);
             match &r {
                 Ok(c) => info!(
@@ -214,7 +225,10 @@ pub async fn run<R: Role, K: Kernel>(
                 let _ = reply.send(r.clone());
             }
             execute(role, kernel, udp, now, life.persist.as_mut(), &mut actions).await?;
+            life.notify.ready();
         }
+        // Only a loop that turns pings: one stuck anywhere gets restarted.
+        life.notify.ping_if_due(clock.mono());
         if full_burst {
             tokio::task::yield_now().await;
         }

@@ -9,7 +9,7 @@
 //! [`retry`] (what the kernel refused), [`reconcile`] (kernel against
 //! state: adoption at start, repair of drift), [`persist`] (the durable
 //! state), [`control_server`] (the control socket, off the loop),
-//! [`event_loop`], [`shutdown`] (signals), [`log`].
+//! [`event_loop`], [`shutdown`] (signals), [`notify`] (the service manager), [`log`].
 //!
 //! Start-up runs every check that can fail before the first kernel change:
 //! configuration, the state directory's lock and records, the ESP probe,
@@ -28,6 +28,7 @@ pub mod hub;
 pub mod kernel;
 pub mod log;
 pub mod node;
+pub mod notify;
 pub mod persist;
 pub mod reconcile;
 pub mod reload;
@@ -411,6 +412,7 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         linger: HashMap::new(),
         reloads: Vec::new(),
         forget: Vec::new(),
+        notify: notify::Notifier::default(),
     };
     Ok((xfrm, life, monitor))
 }
@@ -433,10 +435,11 @@ async fn run_role<R: Role>(
     peers: Vec<PeerKernel>,
     udp: UdpSocket,
     listener: UnixListener,
-    life: Lifecycle,
+    mut life: Lifecycle,
     socket: &Path,
 ) -> anyhow::Result<()> {
     let stop = shutdown::on_signal()?;
+    life.notify = notify::Notifier::from_env()?;
     let r = serve(
         role,
         KernelExec::new(xfrm, peers),
