@@ -12,7 +12,7 @@
 #     WATCHDOG_USEC, brackets `rotor reload` with RELOADING=1 (with the
 #     monotonic clock) and READY=1, and says STOPPING=1 at SIGTERM
 . "$(dirname "$0")/daemon-lib.sh"
-CONFINE=(setpriv --bounding-set=-all,+net_admin --inh-caps=-all --no-new-privs)
+CONFINE=(setpriv '--bounding-set=-all,+net_admin' --inh-caps=-all --no-new-privs)
 topo_up 1
 configs 1 1s 500ms
 sas() { ip -n hub xfrm state | grep -c '^src'; }
