@@ -32,8 +32,9 @@ pub enum NotifyError {
     /// `$WATCHDOG_USEC` is not a positive number of microseconds.
     #[error("WATCHDOG_USEC={0}: not a positive number of microseconds")]
     Watchdog(String),
-    /// The notification socket could not be created.
-    #[error("creating the notification socket: {0}")]
+    /// The notification socket's address is unusable (too long), or the
+    /// sending socket could not be created.
+    #[error("the notification socket: {0}")]
     Io(#[from] std::io::Error),
 }
 
@@ -109,12 +110,14 @@ impl Notifier {
         self.send("READY=1");
     }
 
-    /// A reload begins. The manager's clock reading goes with it, which
+    /// A reload begins. The CLOCK_MONOTONIC reading goes with it, which
     /// `Type=notify-reload` requires to tell this reload from an earlier one.
     pub fn reloading(&self) {
         let t = rustix::time::clock_gettime(rustix::time::ClockId::Monotonic);
-        let usec = u64::try_from(t.tv_sec).unwrap_or(0) * 1_000_000
-            + u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000;
+        let usec = u64::try_from(t.tv_sec)
+            .unwrap_or(0)
+            .saturating_mul(1_000_000)
+            .saturating_add(u64::try_from(t.tv_nsec).unwrap_or(0) / 1_000);
         self.send(&format!("RELOADING=1\nMONOTONIC_USEC={usec}"));
     }
 
