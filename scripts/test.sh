@@ -1,12 +1,14 @@
 #!/bin/bash
 # Runs every test rotor has: formatting, lints, the Rust tests (unit, golden
 # bytes, property tests, the seeded simulation), then each real-kernel scenario
-# in netns-tests/ inside User-Mode Linux. Installs the Debian packages it needs
-# when run as root. Exit status 0 only if everything passed.
+# in netns-tests/ inside User-Mode Linux, then the Debian package installed
+# into a fresh Debian root (packaging/test-deb.sh). Installs the Debian
+# packages it needs when run as root. Exit status 0 only if everything passed.
 #
 #   scripts/test.sh              everything
 #   scripts/test.sh --quick      only the Rust checks (no UML)
 #   scripts/test.sh 10-xfrm      only the netns tests whose name matches
+#   scripts/test.sh deb          only the Debian package's test (and the Rust checks)
 set -u
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
@@ -16,7 +18,7 @@ FILTER=""
 for a in "$@"; do
 	case $a in
 	--quick) QUICK=1 ;;
-	-h | --help) sed -n '2,10p' "$0"; exit 0 ;;
+	-h | --help) sed -n '2,12p' "$0"; exit 0 ;;
 	*) FILTER=$a ;;
 	esac
 done
@@ -33,6 +35,8 @@ command -v iptables-legacy >/dev/null || need_pkgs+=(iptables)
 command -v modprobe >/dev/null || need_pkgs+=(kmod)
 command -v ping >/dev/null || need_pkgs+=(iputils-ping)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
+command -v man >/dev/null || need_pkgs+=(man-db)
 if [ "$QUICK" = 0 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
 	[ "$(id -u)" = 0 ] || die "missing packages ${need_pkgs[*]}: run as root, or apt-get install them"
 	step "installing ${need_pkgs[*]}"
@@ -76,6 +80,11 @@ if [ "$QUICK" = 0 ]; then
 		scripts/uml-run.sh "$t"
 		record "$t" $?
 	done
+	if [[ deb == *"$FILTER"* ]]; then
+		step "Debian package: built, installed into a fresh Debian root, units verified"
+		packaging/test-deb.sh
+		record deb $?
+	fi
 fi
 
 echo

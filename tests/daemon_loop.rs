@@ -9,6 +9,7 @@
 //! answers, and two daemons fleets on two cores would measure each other.
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, UdpSocket};
+use std::os::unix::net::UnixDatagram;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
@@ -17,6 +18,7 @@ use std::time::{Duration, Instant};
 
 use rotor::config::{HubConfig, HubPeer, NodeConfig, PeerMode};
 use rotor::control::{self, Request, Status};
+use rotor::daemon::notify::Notifier;
 use rotor::daemon::persist::Persist;
 use rotor::daemon::{self, KernelExec, Lifecycle, Role};
 use rotor::peer_kernel::PeerKernel;
@@ -48,10 +50,19 @@ impl Daemon {
         kernel: ModelKernel,
         store: Option<Store>,
     ) -> Daemon {
-        Self::start_with_metrics(role, peers, udp_at, socket, kernel, store, None)
+        Self::start_full(
+            role,
+            peers,
+            udp_at,
+            socket,
+            kernel,
+            store,
+            None,
+            Notifier::default(),
+        )
     }
 
-    /// Like [`Daemon::start`], serving metrics (per node) on `metrics`.
+    /// [`Daemon::start`], serving metrics (per node) on `metrics`.
     fn start_with_metrics<R: Role + Send + 'static>(
         role: R,
         peers: Vec<PeerKernel>,
@@ -59,7 +70,44 @@ impl Daemon {
         socket: PathBuf,
         kernel: ModelKernel,
         store: Option<Store>,
+        metrics: std::net::TcpListener,
+    ) -> Daemon {
+        Self::start_full(
+            role,
+            peers,
+            udp_at,
+            socket,
+            kernel,
+            store,
+            Some(metrics),
+            Notifier::default(),
+        )
+    }
+
+    /// [`Daemon::start`], with the service manager's notifications going
+    /// where `notify` says.
+    fn start_notifying<R: Role + Send + 'static>(
+        role: R,
+        peers: Vec<PeerKernel>,
+        udp_at: SocketAddr,
+        socket: PathBuf,
+        kernel: ModelKernel,
+        store: Option<Store>,
+        notify: Notifier,
+    ) -> Daemon {
+        Self::start_full(role, peers, udp_at, socket, kernel, store, None, notify)
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn start_full<R: Role + Send + 'static>(
+        role: R,
+        peers: Vec<PeerKernel>,
+        udp_at: SocketAddr,
+        socket: PathBuf,
+        kernel: ModelKernel,
+        store: Option<Store>,
         metrics: Option<std::net::TcpListener>,
+        notify: Notifier,
     ) -> Daemon {
         let udp = UdpSocket::bind(udp_at).expect("bind UDP");
         udp.set_nonblocking(true).unwrap();
@@ -89,6 +137,7 @@ impl Daemon {
                     reloads: Vec::new(),
                     forget: Vec::new(),
                     metrics,
+                    notify,
                 };
                 daemon::serve(
                     role,
@@ -1038,7 +1087,7 @@ fn a_scrape_shows_the_fleet_in_prometheus_text() {
         socket,
         ModelKernel::new(Ownership::default()),
         Some(store),
-        Some(listener),
+        listener,
     );
     let (_, before) = http_get(at, "/metrics");
     assert_eq!(
@@ -1079,4 +1128,112 @@ fn a_scrape_shows_the_fleet_in_prometheus_text() {
     n0.stop().unwrap();
     n1.stop().unwrap();
     hub.stop().unwrap();
+}
+
+/// The next notification on `manager` other than a watchdog ping (whose
+/// arrival times go to `pings`), within `within`.
+fn next_notification(
+    manager: &UnixDatagram,
+    pings: &mut Vec<Instant>,
+    within: Duration,
+) -> Option<String> {
+    let t0 = Instant::now();
+    let mut buf = [0u8; 256];
+    while t0.elapsed() < within {
+        let Ok(n) = manager.recv(&mut buf) else {
+            continue;
+        };
+        let msg = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if msg == "WATCHDOG=1" {
+            pings.push(Instant::now());
+        } else {
+            return Some(msg);
+        }
+    }
+    None
+}
+
+#[test]
+fn the_service_manager_hears_ready_reloads_watchdog_pings_and_stopping() {
+    let _g = serial();
+    let net = Net::new(41);
+    let nodes = [("n0", net.node_ip(0), 0)];
+    let path = write_hub_toml(&net, &nodes, net.port);
+    let cfg = rotor::config::load_hub(&path).unwrap();
+    let fixed = daemon::reload::HubFixed::of(&cfg);
+    let own = Ownership::default();
+    let (store, mut loaded) = Store::open(&cfg.state_dir, "hub").unwrap();
+    let (mut role, peers, _) = daemon::hub_parts(cfg, own, Some(&mut loaded)).unwrap();
+    role.set_source(daemon::reload::Source {
+        path: path.clone(),
+        own,
+        fixed,
+    });
+    drop(loaded);
+    let manager_at = net.dir.path().join("notify");
+    let manager = UnixDatagram::bind(&manager_at).unwrap();
+    manager
+        .set_read_timeout(Some(Duration::from_millis(20)))
+        .unwrap();
+    // A 400 ms watchdog: the loop pings every 200 ms.
+    let notify = Notifier::new(
+        Some(manager_at.as_os_str()),
+        Some(std::ffi::OsStr::new("400000")),
+    )
+    .unwrap();
+    let hub = Daemon::start_notifying(
+        role,
+        peers,
+        SocketAddr::new(net.hub_ip(), net.port),
+        net.sock("hub"),
+        ModelKernel::new(own),
+        Some(store),
+        notify,
+    );
+    let mut pings = Vec::new();
+    let wait = Duration::from_secs(5);
+    assert_eq!(
+        next_notification(&manager, &mut pings, wait).as_deref(),
+        Some("READY=1")
+    );
+    // READY=1 came after the start-up reconcile: n0's policies are in.
+    assert!(
+        hub.kernel
+            .outbound()
+            .iter()
+            .any(|(id, _)| id.selector.dst.addr == net.node_ip(0))
+    );
+    // An idle hub (its node never runs) still pings, within every period.
+    assert_eq!(
+        next_notification(&manager, &mut pings, Duration::from_secs(2)),
+        None
+    );
+    assert!(pings.len() >= 5, "{} pings in 2 s", pings.len());
+    let widest = pings.windows(2).map(|w| w[1] - w[0]).max().unwrap();
+    assert!(
+        widest < Duration::from_millis(400),
+        "{widest:?} between pings"
+    );
+    // A reload, taken or refused, is bracketed by RELOADING=1 (with the
+    // monotonic clock) and READY=1.
+    for (toml, taken) in [(None, true), (Some("[hub]\naddress = "), false)] {
+        if let Some(t) = toml {
+            std::fs::write(&path, t).unwrap();
+        }
+        assert_eq!(reload(&hub).is_ok(), taken);
+        let msg = next_notification(&manager, &mut pings, wait).unwrap();
+        let usec = msg
+            .strip_prefix("RELOADING=1\nMONOTONIC_USEC=")
+            .and_then(|u| u.parse::<u64>().ok());
+        assert!(usec.is_some_and(|u| u > 0), "{msg:?}");
+        assert_eq!(
+            next_notification(&manager, &mut pings, wait).as_deref(),
+            Some("READY=1")
+        );
+    }
+    hub.stop().unwrap();
+    assert_eq!(
+        next_notification(&manager, &mut pings, wait).as_deref(),
+        Some("STOPPING=1")
+    );
 }

@@ -24,6 +24,7 @@ use super::clock::Clock;
 use super::control_server::{Call, PAGE};
 use super::kernel::KernelExec;
 use super::log::{self, Logbook};
+use super::notify::Notifier;
 use super::persist::Persist;
 use super::reconcile;
 use super::role::Role;
@@ -73,6 +74,9 @@ pub struct Lifecycle {
     /// The Prometheus listener until the loop's servers start (with whether
     /// it serves per-node series).
     pub metrics: Option<(tokio::net::TcpListener, bool)>,
+    /// The service manager's notifications (readiness, reloads, stopping,
+    /// watchdog); the default sends none.
+    pub notify: Notifier,
 }
 
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
@@ -111,6 +115,8 @@ pub async fn run<R: Role, K: Kernel>(
         &mut book,
     )
     .await?;
+    // From here on control calls are answered: the daemon serves.
+    life.notify.ready();
     // Datagrams shed for their source, shown with the machine's drops.
     let mut wrong_source: u64 = 0;
     loop {
@@ -124,10 +130,14 @@ pub async fn run<R: Role, K: Kernel>(
         // SAs kept over a reload go when their time is up.
         let due = earliest(due, life.linger.values().min().copied());
         let due = earliest(due, book.due(kernel.errors()));
+        let due = earliest(due, life.notify.next_ping());
         let wake = due.map(|t| clock.instant(t));
         let mut full_burst = false;
         tokio::select! {
-            _ = &mut shutdown => return Ok(()),
+            _ = &mut shutdown => {
+                life.notify.stopping();
+                return Ok(());
+            }
             r = udp_batch::recv_many(udp, &mut batch) => {
                 let mut more = r.is_ok();
                 let mut taken = 0;
@@ -228,6 +238,7 @@ pub async fn run<R: Role, K: Kernel>(
         // Likewise a reload: the old machine's actions are all executed and
         // its records written before it is replaced.
         if !life.reloads.is_empty() {
+            life.notify.reloading();
             let r = reload(role, kernel, life, now);
             book.peers_changed();
             match &r {
@@ -253,8 +264,11 @@ pub async fn run<R: Role, K: Kernel>(
                 &mut book,
             )
             .await?;
+            life.notify.ready();
         }
         book.tick(R::NAME, now.mono, kernel.errors());
+        // Only a loop that turns pings: one stuck anywhere gets restarted.
+        life.notify.ping_if_due(clock.mono());
         if full_burst {
             tokio::task::yield_now().await;
         }

@@ -9,8 +9,8 @@
 //! [`retry`] (what the kernel refused), [`reconcile`] (kernel against
 //! state: adoption at start, repair of drift), [`persist`] (the durable
 //! state), [`control_server`] (the control socket, off the loop),
-//! [`event_loop`], [`shutdown`] (signals), [`log`] with [`summary`] and
-//! [`peer_warn`].
+//! [`event_loop`], [`shutdown`] (signals), [`notify`] (the service manager),
+//! [`metrics`] (Prometheus), [`log`] with [`summary`] and [`peer_warn`].
 //!
 //! Start-up runs every check that can fail before the first kernel change:
 //! configuration, the state directory's lock and records, the ESP probe,
@@ -30,6 +30,7 @@ pub mod kernel;
 pub mod log;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod peer_warn;
 pub mod persist;
 pub mod reconcile;
@@ -371,7 +372,7 @@ fn require_esp() -> anyhow::Result<()> {
     match probe_esp() {
         Capability::Ok => Ok(()),
         Capability::NotPermitted(m) => {
-            bail!("{m} (rotor needs root, or CAP_NET_ADMIN and CAP_SYS_ADMIN)")
+            bail!("{m} (rotor needs root or CAP_NET_ADMIN)")
         }
         Capability::Refused(e) => bail!(
             "this kernel cannot hold rotor's SAs: {e} (it needs ESP with rfc4106(gcm(aes)) and ESN; `rotor check` says more)"
@@ -437,6 +438,7 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         reloads: Vec::new(),
         forget: Vec::new(),
         metrics: None,
+        notify: notify::Notifier::default(),
     };
     Ok((xfrm, life, monitor))
 }
@@ -459,10 +461,11 @@ async fn run_role<R: Role>(
     peers: Vec<PeerKernel>,
     udp: UdpSocket,
     listener: UnixListener,
-    life: Lifecycle,
+    mut life: Lifecycle,
     socket: &Path,
 ) -> anyhow::Result<()> {
     let stop = shutdown::on_signal()?;
+    life.notify = notify::Notifier::from_env()?;
     let r = serve(
         role,
         KernelExec::new(xfrm, peers),

@@ -57,7 +57,7 @@ enum Cmd {
     },
     /// Delete every rotor-owned SA and policy in this namespace, nothing else.
     RemoveOwned,
-    /// Check that this kernel can create rotor's ESP SAs (changes nothing).
+    /// Check that this kernel can create rotor's ESP SAs (leaves nothing behind).
     Probe,
     /// Send COUNT small UDP datagrams to ADDR:PORT, optionally from a socket
     /// exempted from IPsec (the control channel's bypass).
