@@ -6,7 +6,29 @@
 . "$(dirname "$0")/daemon-lib.sh"
 N=3
 DURATION=${ROTOR_S1_SECONDS:-60}
+METRICS=127.0.0.1:9474
 steady S1 $N "$DURATION"
+# Metrics: a real scrape of the running hub, checked by Prometheus' own
+# promtool and against the hub's status.
+ip netns exec hub python3 -c '
+import sys, urllib.request
+r = urllib.request.urlopen("http://127.0.0.1:9474/metrics", timeout=5)
+assert r.status == 200 and r.headers["Content-Type"].startswith("text/plain; version=0.0.4")
+sys.stdout.write(r.read().decode())' >"$WORK/metrics.txt"
+check "metrics: promtool accepts the scrape ($(wc -l <"$WORK/metrics.txt") lines)" sh -c "promtool check metrics <'$WORK/metrics.txt'"
+sample() { awk -v k="$1" '$1 == k { print $2 }' "$WORK/metrics.txt"; }
+rot_status=$(hub_status | python3 -c 'import json,sys; print(sum(p["rotations"] for p in json.load(sys.stdin)["peers"]))')
+check "metrics: rotor_rotations_total ($(sample rotor_rotations_total)) is within the status' total ($rot_status) and >= $((N * (DURATION - 5)))" \
+	sh -c "[ $(sample rotor_rotations_total) -le $rot_status ] && [ $(sample rotor_rotations_total) -ge $((N * (DURATION - 5))) ]"
+check "metrics: 3 peers in sync or awaiting confirmation" \
+	test "$(( $(sample 'rotor_peers{state="in_sync"}') + $(sample 'rotor_peers{state="awaiting_confirm"}') ))" -eq $N
+check "metrics: one init per node ($(sample rotor_inits_total))" test "$(sample rotor_inits_total)" -eq $N
+check "metrics: a series per node" test "$(grep -c '^rotor_node_rotations_total{node="n[1-3]"}' "$WORK/metrics.txt")" -eq $N
+check "metrics: rotation lag under 5 s with 1 s rotations ($(sample rotor_rotation_lag_seconds))" \
+	python3 -c "import sys; sys.exit(not float('$(sample rotor_rotation_lag_seconds)') < 5)"
+# Key material stays out of core dumps: no core file limit, not dumpable.
+check "the hub may not dump core ($(grep 'Max core file size' /proc/$HUB_PID/limits | tr -s ' '))" \
+	sh -c "grep -Eq 'Max core file size +0 +0 ' /proc/$HUB_PID/limits"
 ip netns exec hub ip -s xfrm state | grep -c "^src" | sed 's/^/  hub SAs now: /'
 # S8: SIGTERM leaves rotor's SAs and policies in place (traffic goes on);
 # `rotor purge` removes exactly them. A foreign SA and policy (reqid 7,

@@ -124,6 +124,7 @@ socket = "$WORK/hub.sock"
 state_dir = "$WORK/state"
 EOT
 	[ -n "${SA_LIFETIME:-}" ] && echo "sa_lifetime = \"$SA_LIFETIME\"" >>"$WORK/hub.toml"
+	[ -n "${METRICS:-}" ] && printf 'metrics = "%s"\nmetrics_per_node = true\n' "$METRICS" >>"$WORK/hub.toml"
 	for i in $(seq 1 "$n"); do
 		(umask 077; "$ROTOR" genkey >"$WORK/n$i.key")
 		cat >>"$WORK/hub.toml" <<EOT

@@ -35,6 +35,7 @@ command -v iptables-legacy >/dev/null || need_pkgs+=(iptables)
 command -v modprobe >/dev/null || need_pkgs+=(kmod)
 command -v ping >/dev/null || need_pkgs+=(iputils-ping)
 command -v python3 >/dev/null || need_pkgs+=(python3)
+command -v promtool >/dev/null || need_pkgs+=(prometheus)
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 command -v man >/dev/null || need_pkgs+=(man-db)
 if [ "$QUICK" = 0 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
