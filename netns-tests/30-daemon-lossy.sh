@@ -6,7 +6,7 @@
 # zero data lost, every node back in sync.
 . "$(dirname "$0")/daemon-lib.sh"
 N=3
-DURATION=${ROTOR_S3_SECONDS:-60}
+DURATION=${ROTOR_S3_SECONDS:-45}
 topo_up $N
 configs $N 1s 500ms
 start_hub
