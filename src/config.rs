@@ -24,7 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
-use crate::keyfile::{KEY_LEN, read_key};
+use crate::keyfile::{KEY_LEN, KeyReader};
 use rotor_xfrm::IpNet;
 
 mod values;
@@ -319,6 +319,7 @@ struct NodeSection {
 
 struct Ctx<'a> {
     file: &'a Path,
+    keys: std::cell::RefCell<KeyReader>,
 }
 
 impl Ctx<'_> {
@@ -336,7 +337,10 @@ impl Ctx<'_> {
         } else {
             path.to_path_buf()
         };
-        read_key(&path).map_err(|e| self.err(key, e.to_string()))
+        self.keys
+            .borrow_mut()
+            .read(&path)
+            .map_err(|e| self.err(key, e.to_string()))
     }
 
     fn mode(
@@ -516,7 +520,10 @@ pub fn load_node(file: &Path) -> Result<NodeConfig, ConfigError> {
 }
 
 fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
-    let cx = Ctx { file };
+    let cx = Ctx {
+        file,
+        keys: Default::default(),
+    };
     let h = raw.hub;
     let address = h.address.0;
     let rotate_interval = h.rotate_interval.map_or(Duration::from_secs(60), |d| d.0);
@@ -610,6 +617,7 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
             rotate_interval: rotate,
         });
     }
+    check_overlaps(&cx, &nodes)?;
     // An SA is in use for up to two rotations and the grace period: a
     // shorter hard lifetime would expire keys in normal operation.
     let sa_lifetime = h.sa_lifetime.map(|d| d.0);
@@ -651,6 +659,63 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
     })
 }
 
+/// No two tunnel-mode nodes may claim overlapping remote subnets: traffic
+/// to the overlap would follow whichever of their policies the kernel found
+/// first, i.e. go to the wrong node. Sorted by start, so a 100,000-node
+/// configuration costs one sort, not a comparison of every pair.
+fn check_overlaps(cx: &Ctx<'_>, nodes: &[HubPeer]) -> Result<(), ConfigError> {
+    fn range(n: &IpNet) -> (bool, u128, u128) {
+        let (v6, bits, width) = match n.addr {
+            IpAddr::V4(a) => (false, u128::from(u32::from(a)), 32u32),
+            IpAddr::V6(a) => (true, u128::from(a), 128u32),
+        };
+        let host = width.saturating_sub(u32::from(n.prefix));
+        let mask = if host >= 128 {
+            u128::MAX
+        } else {
+            (1u128 << host) - 1
+        };
+        (v6, bits & !mask, (bits & !mask) | mask)
+    }
+    let mut ranges: Vec<(bool, u128, u128, usize, IpNet)> = Vec::new();
+    for (i, n) in nodes.iter().enumerate() {
+        if let PeerMode::Tunnel { remote, .. } = &n.mode {
+            for net in remote {
+                let (v6, lo, hi) = range(net);
+                ranges.push((v6, lo, hi, i, *net));
+            }
+        }
+    }
+    ranges.sort_unstable_by_key(|r| (r.0, r.1, r.2));
+    // The widest range seen so far in the family: a later start inside it
+    // overlaps (a /8 followed by two /24s inside it catches both).
+    let mut widest: Option<(bool, u128, usize, IpNet)> = None;
+    for &(v6, lo, hi, i, net) in &ranges {
+        if let Some((wv6, whi, j, wnet)) = widest
+            && wv6 == v6
+            && lo <= whi
+            && i != j
+        {
+            let (first, second, a, b) = if j < i {
+                (j, i, wnet, net)
+            } else {
+                (i, j, net, wnet)
+            };
+            return Err(cx.err(
+                format!("node[{second}].remote_subnets"),
+                format!(
+                    "{b} overlaps {a} of node[{first}] ({:?}): traffic to the overlap would go to either node; give each node its own subnets",
+                    nodes[first].name
+                ),
+            ));
+        }
+        if widest.is_none_or(|(wv6, whi, _, _)| wv6 != v6 || hi > whi) {
+            widest = Some((v6, hi, i, net));
+        }
+    }
+    Ok(())
+}
+
 /// Checks `grace` <= [`GRACE_PER_ROTATION_MAX`] × `rotate`; the error names
 /// `key`, the setting the operator wrote that breaks the relation.
 fn check_grace(
@@ -675,7 +740,10 @@ fn check_grace(
 }
 
 fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
-    let cx = Ctx { file };
+    let cx = Ctx {
+        file,
+        keys: Default::default(),
+    };
     let n = raw.node;
     let address = n.address.0;
     let hub = n.hub.0;
@@ -831,6 +899,41 @@ mode = "transport"
                 assert_eq!(remote.len(), 2);
             }
             m => panic!("{m:?}"),
+        }
+    }
+
+    #[test]
+    fn overlapping_remote_subnets_of_two_nodes_are_refused() {
+        let two = |a: &str, b: &str| {
+            format!(
+                "{}\n[[node]]\nname = \"mn2\"\naddress = \"10.9.0.3\"\npsk_file = \"mn2.key\"\nmode = \"tunnel\"\nlocal_subnets = [\"10.1.0.0/24\"]\nremote_subnets = [{b}]\n",
+                MINIMAL.replace(
+                    "mode = \"transport\"",
+                    &format!("mode = \"tunnel\"\nlocal_subnets = [\"10.1.0.0/24\"]\nremote_subnets = [{a}]"),
+                )
+            )
+        };
+        for (a, b) in [
+            ("\"10.2.0.0/16\"", "\"10.2.7.0/24\""),
+            ("\"10.2.7.0/24\"", "\"10.0.0.0/8\""),
+            ("\"10.5.0.0/24\", \"10.2.0.0/24\"", "\"10.2.0.128/25\""),
+            ("\"10.2.0.0/24\"", "\"10.2.0.0/24\""),
+        ] {
+            let (_d, f) = setup(&two(a, b));
+            let e = load_hub(&f).unwrap_err().to_string();
+            assert!(
+                e.contains("node[1].remote_subnets")
+                    && e.contains("overlaps")
+                    && e.contains("\"mn1\""),
+                "{a} / {b}: {e}"
+            );
+        }
+        for (a, b) in [
+            ("\"10.2.0.0/24\"", "\"10.2.1.0/24\""),
+            ("\"10.2.0.0/25\"", "\"10.2.0.128/25\""),
+        ] {
+            let (_d, f) = setup(&two(a, b));
+            assert!(load_hub(&f).is_ok(), "{a} / {b}");
         }
     }
 

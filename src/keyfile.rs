@@ -5,6 +5,7 @@
 //! protects every node's (re)initialisation. Key bytes are held in zeroizing
 //! buffers and never appear in errors.
 
+use std::collections::HashSet;
 use std::fs;
 use std::io;
 use std::os::unix::fs::{MetadataExt, OpenOptionsExt};
@@ -57,21 +58,128 @@ pub enum KeyFileError {
         /// What is wrong (never the content).
         why: String,
     },
+    /// The key file is a symbolic link (rotor opens key files only directly,
+    /// so a link planted in their place is never followed).
+    #[error("{path}: is a symbolic link; point psk_file at the key file itself")]
+    Symlink {
+        /// The link.
+        path: PathBuf,
+    },
+    /// A directory on the way to the key file lets another user replace it.
+    #[error("{dir} (on the way to {path}): {why}")]
+    Directory {
+        /// The key file.
+        path: PathBuf,
+        /// The directory.
+        dir: PathBuf,
+        /// What is wrong with it.
+        why: String,
+    },
 }
 
-/// Reads and checks a key file. The path is shown in errors; the key never is.
-pub fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
-    use std::io::Read;
+/// Reads key files, checking each directory on the way to them once: a hub
+/// reads 100,000 keys, usually from one directory.
+#[derive(Debug, Default)]
+pub struct KeyReader {
+    safe_dirs: HashSet<PathBuf>,
+}
+
+impl KeyReader {
+    /// Reads and checks the key file at `path` (see [`read_key`]).
+    pub fn read(&mut self, path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !self.safe_dirs.contains(parent) {
+            self.check_dirs(path, parent)?;
+            self.safe_dirs.insert(parent.to_path_buf());
+        }
+        read_file(path)
+    }
+
+    /// Every directory from the file's (resolved) parent up to `/` must
+    /// belong to root or to us, and must not be writable by group or others
+    /// unless it is sticky (like `/tmp`, where others cannot rename or
+    /// remove our files): otherwise another user could swap the key file.
+    fn check_dirs(&mut self, path: &Path, parent: &Path) -> Result<(), KeyFileError> {
+        let dir_err = |dir: &Path, why: String| KeyFileError::Directory {
+            path: path.to_path_buf(),
+            dir: dir.to_path_buf(),
+            why,
+        };
+        let real = fs::canonicalize(parent).map_err(|source| KeyFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        })?;
+        let me = euid();
+        for dir in real.ancestors() {
+            if self.safe_dirs.contains(dir) {
+                break;
+            }
+            let meta = fs::metadata(dir).map_err(|e| dir_err(dir, format!("cannot stat: {e}")))?;
+            let mode = meta.mode() & 0o7777;
+            if meta.uid() != 0 && meta.uid() != me {
+                return Err(dir_err(
+                    dir,
+                    format!(
+                        "owned by uid {}, neither root nor rotor's uid {me}: its owner could replace the key",
+                        meta.uid()
+                    ),
+                ));
+            }
+            if mode & 0o022 != 0 && mode & 0o1000 == 0 {
+                return Err(dir_err(
+                    dir,
+                    format!(
+                        "mode {mode:04o} lets other users replace the key file; run `chmod go-w {}`",
+                        dir.display()
+                    ),
+                ));
+            }
+            self.safe_dirs.insert(dir.to_path_buf());
+        }
+        Ok(())
+    }
+}
+
+fn euid() -> u32 {
     use std::sync::OnceLock;
+    static EUID: OnceLock<u32> = OnceLock::new();
+    *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
+}
+
+/// Reads and checks a key file: not a symbolic link, mode 0600 or
+/// stricter, owned by rotor's user, in directories no other user can write
+/// (see [`KeyReader`], which checks each directory once for many keys). The
+/// path is shown in errors; the key never is.
+pub fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
+    KeyReader::default().read(path)
+}
+
+fn read_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
+    use std::io::Read;
     // One open, one fstat, one read per key: a hub reads 100,000 of them at
     // every start. The checks look at the file that is read, not at
-    // whatever the path named a moment earlier.
-    static EUID: OnceLock<u32> = OnceLock::new();
+    // whatever the path named a moment earlier; O_NOFOLLOW refuses a link
+    // in the file's place.
     let read_err = |source| KeyFileError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = fs::File::open(path).map_err(read_err)?;
+    let mut file = match fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
+        .open(path)
+    {
+        Ok(f) => f,
+        Err(e) if e.raw_os_error() == Some(rustix::io::Errno::LOOP.raw_os_error()) => {
+            return Err(KeyFileError::Symlink {
+                path: path.to_path_buf(),
+            });
+        }
+        Err(e) => return Err(read_err(e)),
+    };
     let meta = file.metadata().map_err(read_err)?;
     let mode = meta.mode() & 0o7777;
     if mode & 0o077 != 0 {
@@ -80,7 +188,7 @@ pub fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
             mode,
         });
     }
-    let me = *EUID.get_or_init(|| rustix::process::geteuid().as_raw());
+    let me = euid();
     if meta.uid() != me {
         return Err(KeyFileError::Owner {
             path: path.to_path_buf(),
@@ -202,6 +310,65 @@ mod tests {
             e.contains("not valid base64") && !e.contains("at all"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn a_symlink_in_the_key_files_place_is_refused() {
+        let dir = tempfile::tempdir().unwrap();
+        let real = dir.path().join("real");
+        write_key(&real, &[7; 32]).unwrap();
+        let link = dir.path().join("k");
+        std::os::unix::fs::symlink(&real, &link).unwrap();
+        let e = read_key(&link).unwrap_err();
+        assert!(matches!(e, KeyFileError::Symlink { .. }), "{e}");
+        assert!(e.to_string().contains("symbolic link"), "{e}");
+    }
+
+    #[test]
+    fn a_directory_others_can_write_is_refused_unless_sticky() {
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        fs::create_dir(&keys).unwrap();
+        let p = keys.join("k");
+        write_key(&p, &[7; 32]).unwrap();
+        for mode in [0o777, 0o775, 0o757] {
+            fs::set_permissions(&keys, fs::Permissions::from_mode(mode)).unwrap();
+            let e = read_key(&p).unwrap_err();
+            assert!(matches!(e, KeyFileError::Directory { .. }), "{e}");
+            let e = e.to_string();
+            assert!(
+                e.contains(&format!("{mode:04o}")) && e.contains("chmod go-w"),
+                "{e}"
+            );
+        }
+        // Sticky (as /tmp): others cannot rename or remove our file.
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o1777)).unwrap();
+        assert!(read_key(&p).is_ok());
+        fs::set_permissions(&keys, fs::Permissions::from_mode(0o700)).unwrap();
+        // One reader checks a directory once, and still refuses a bad one.
+        let mut r = KeyReader::default();
+        assert!(r.read(&p).is_ok());
+        let other = dir.path().join("open");
+        fs::create_dir(&other).unwrap();
+        write_key(&other.join("k"), &[8; 32]).unwrap();
+        fs::set_permissions(&other, fs::Permissions::from_mode(0o777)).unwrap();
+        assert!(r.read(&other.join("k")).is_err());
+    }
+
+    #[test]
+    fn a_directory_of_another_user_is_refused() {
+        if rustix::process::geteuid().as_raw() != 0 {
+            eprintln!("skipped: needs root to chown");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let keys = dir.path().join("keys");
+        fs::create_dir(&keys).unwrap();
+        let p = keys.join("k");
+        write_key(&p, &[7; 32]).unwrap();
+        std::os::unix::fs::chown(&keys, Some(4242), None).unwrap();
+        let e = read_key(&p).unwrap_err().to_string();
+        assert!(e.contains("owned by uid 4242"), "{e}");
     }
 
     #[test]

@@ -2,7 +2,7 @@
 //! local Unix control socket (root only).
 
 use std::net::{SocketAddr, UdpSocket};
-use std::os::unix::fs::PermissionsExt;
+use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, bail};
@@ -55,7 +55,15 @@ pub fn bind_control_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
     }
-    if path.exists() {
+    if let Ok(meta) = std::fs::symlink_metadata(path) {
+        // Only a socket is ours to replace: a file or link at that path is
+        // something else's, and deleting it would destroy it.
+        if !meta.file_type().is_socket() {
+            bail!(
+                "{} exists and is not a socket; rotor will not remove it: move it away, or set another `socket`",
+                path.display()
+            );
+        }
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             bail!(
                 "{} is in use by a running daemon: stop it first, or set another `socket`",
@@ -74,4 +82,34 @@ pub fn bind_control_unix(path: &Path) -> anyhow::Result<tokio::net::UnixListener
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
     l.set_nonblocking(true)?;
     Ok(tokio::net::UnixListener::from_std(l)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A stale socket is replaced; a regular file or a link at the socket's
+    /// path is left alone and named in the error.
+    #[tokio::test]
+    async fn only_a_stale_socket_is_replaced() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("rotor.sock");
+        drop(std::os::unix::net::UnixListener::bind(&p).unwrap());
+        let l = bind_control_unix(&p).expect("a stale socket is replaced");
+        drop(l);
+        std::fs::remove_file(&p).unwrap();
+        std::fs::write(&p, b"precious").unwrap();
+        let e = format!("{:#}", bind_control_unix(&p).unwrap_err());
+        assert!(e.contains("not a socket"), "{e}");
+        assert_eq!(std::fs::read(&p).unwrap(), b"precious");
+        std::fs::remove_file(&p).unwrap();
+        std::os::unix::fs::symlink(dir.path().join("elsewhere"), &p).unwrap();
+        assert!(bind_control_unix(&p).is_err());
+        assert!(
+            std::fs::symlink_metadata(&p)
+                .unwrap()
+                .file_type()
+                .is_symlink()
+        );
+    }
 }
