@@ -6,6 +6,13 @@
 //! outbound, switches to it, and confirms with a hello under N+1 (I3). After
 //! `retries` unanswered hellos it falls back to init, keeping its current SAs
 //! until the init reply gives it a new chain (make before break).
+//!
+//! A hello the hub has not answered within a quarter of the interval is
+//! repeated (a fresh counter each time), up to [`HELLOS_PER_RETRY`] ×
+//! `retries` unanswered hellos in a row: under heavy loss the node keeps its
+//! chain (a lost hello or ack costs a quarter interval, not an init), while
+//! a dead hub is still given up on after about `(retries + 1) ×
+//! hello_interval`.
 
 use std::collections::{BTreeMap, VecDeque};
 
@@ -26,6 +33,13 @@ use crate::wire::{self, Message};
 
 /// The hub, as seen from a node.
 pub const HUB: PeerId = PeerId(0);
+
+/// Hellos per configured retry: a node falls back to init after
+/// `HELLOS_PER_RETRY × retries` unanswered hellos in a row, repeated a
+/// quarter interval apart, i.e. after about the same silence as `retries`
+/// hellos a whole interval apart, but with four times the chances for one
+/// of them to get through.
+pub const HELLOS_PER_RETRY: u32 = 4;
 
 /// An init request waiting for its reply. Retransmissions send the same
 /// datagram, so the hub answers them with the same reply (one generation 1
@@ -65,6 +79,9 @@ pub struct Node {
     init_attempts: u32,
     last_init_ts: u64,
     unanswered: u32,
+    /// When the last hello went out (a timely answer resumes the normal
+    /// cadence from it).
+    last_hello_at: Time,
     rotate_requested: bool,
     /// When to send the next hello (running) or init (initialising).
     next_send: Time,
@@ -100,6 +117,7 @@ impl Node {
             init_attempts: 0,
             last_init_ts: 0,
             unanswered: 0,
+            last_hello_at: now,
             rotate_requested: false,
             next_send: now,
             retire_queue: VecDeque::new(),
@@ -215,7 +233,7 @@ impl Node {
             return;
         }
         let running = self.latest.is_some() && self.pending.is_none();
-        if running && self.unanswered < self.cfg.retries {
+        if running && self.unanswered < HELLOS_PER_RETRY.saturating_mul(self.cfg.retries) {
             self.send_hello(now);
         } else {
             if running {
@@ -249,7 +267,18 @@ impl Node {
                 self.dirty = true;
             }
         }
-        self.next_send = now.plus_ms(self.cfg.hello_interval_ms);
+        self.last_hello_at = now;
+        // Repeated if unanswered by then; an answer moves this back to the
+        // normal cadence (`answered`).
+        self.next_send = now.plus_ms(self.repeat_after_ms());
+    }
+
+    /// How long a hello waits for its answer before it is repeated: a
+    /// quarter of the interval, at least 50 ms (a round trip), at most the
+    /// interval.
+    fn repeat_after_ms(&self) -> u64 {
+        let i = self.cfg.hello_interval_ms;
+        (i / 4).max(50).min(i)
     }
 
     /// Sends the pending init request again, or a fresh one (new nonce, new
@@ -424,6 +453,9 @@ impl Node {
     fn answered(&mut self, now: Time) {
         self.unanswered = 0;
         self.last_seen = Some(now);
+        if self.pending.is_none() {
+            self.next_send = self.last_hello_at.plus_ms(self.cfg.hello_interval_ms);
+        }
     }
 
     /// Installs generation N+1 received under N: inbound first, then

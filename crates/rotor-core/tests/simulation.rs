@@ -1009,8 +1009,17 @@ fn steady_rotation_under_control_loss_loses_no_data() {
             // Every node initialised at least once; under loss some fall back to
             // init after RETRIES unanswered hellos, which must not lose data.
             assert!(f.inits >= 100, "{label}");
+            // Unanswered hellos are repeated a quarter interval apart, so
+            // a node falls back to init only after 4 x RETRIES lost round
+            // trips in a row: never at 10 % loss (p ~ 1e-9 per hello), a few
+            // times in 8,000 hellos at 30 % (0.51^12), where 3 hellos an
+            // interval apart gave ~1,000.
+            if loss <= 0.1 {
+                assert_eq!(f.inits, 100, "{label}: re-init without real silence");
+            } else if loss <= 0.3 {
+                assert!(f.inits <= 110, "{label}: {} inits at 30 % loss", f.inits);
+            }
             if loss == 0.0 {
-                assert_eq!(f.inits, 100, "{label}: re-init without loss");
                 // Without loss a resend is waste: only a hello that crossed
                 // the key and came later than CROSSING_HOLDOFF_MS (delay
                 // jitter) may cause one. Before the hold-off, ~38 % of
@@ -1065,11 +1074,16 @@ fn restarts_under_control_loss_recover_without_keying_loss() {
     for seed in 0..seeds() {
         let mut s = Sim::new(300 + seed, 100, 0.2);
         s.run(Time(10_000));
+        // The start-up's inits under loss can take longer than 10 s for a
+        // node (a reply lost 7 times in a row); the bound is for restarts.
+        while s.outage.iter().any(Option::is_some) && s.now < Time(30_000) {
+            s.run(s.now.plus_ms(500));
+        }
         s.fig.worst_outage_ms = 0;
         s.restart_node(3);
-        s.run(Time(20_000));
+        s.run(s.now.plus_ms(10_000));
         s.restart_hub();
-        s.run(Time(45_000));
+        s.run(s.now.plus_ms(25_000));
         let recovered = s.outage.iter().all(Option::is_none);
         let label = format!("restarts-lossy seed={seed}");
         let f = s.finish(&label);
@@ -1234,6 +1248,11 @@ fn rotate_all_is_paced_and_complete() {
         // Rotations only when asked: every rotation below is rotate_all's.
         let mut s = Sim::with_rotate_interval(300 + seed, n, 0.05, 3_600_000);
         s.run(Time(3_000));
+        // Every node past its start-up init (a reply lost a few times in a
+        // row can take longer than 3 s): the rounds measure rotate_all.
+        while s.outage.iter().any(Option::is_some) && s.now < Time(30_000) {
+            s.run(s.now.plus_ms(500));
+        }
         for round in 0..6 {
             // A node that falls back to init (3 hellos lost) gets fresh keys
             // that way: it counts as rotated.
