@@ -13,7 +13,7 @@ check "every node initialised and both sides send" wait_all_sending $N 20
 sleep 1
 captured=$(ip netns exec hub python3 "$HERE/hostile.py" capture --iface veth0 --seconds 3 --out "$WORK/samples.json" | python3 -c "import json,sys; print(json.load(sys.stdin)['captured'])")
 check "S6: genuine control messages captured for replay ($captured)" test "$captured" -ge 4
-snapshot() { # hub and node statuses without last_seen_ms
+snapshot() { # hub and node statuses without last_seen_ms and key_age_ms (clocks)
 	{
 		hub_status
 		for i in $(seq 1 $N); do ip netns exec n$i "$ROTOR" status --socket "$WORK/n$i.sock" --json; done
@@ -23,6 +23,7 @@ for line in sys.stdin:
     d=json.loads(line)
     for p in d['peers']:
         p.pop('last_seen_ms', None)
+        p.pop('key_age_ms', None)
     print(json.dumps(d['peers'], sort_keys=True))"
 }
 drops() { # total drops of the hub, or of node I
