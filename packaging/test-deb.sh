@@ -48,7 +48,7 @@ for d in /etc/rotor /var/lib/rotor; do
 	m=$(in_root stat -c '%a %U' $d)
 	check "$d is there, mode 0700, root's ($m)" test "$m" = "700 root"
 done
-for page in rotor rotor-hub rotor-node rotor-check rotor-reload rotor-status rotor-rotate rotor-purge rotor-genkey; do
+for page in rotor rotor-hub rotor-node rotor-check rotor-reload rotor-status rotor-rotate rotor-purge rotor-genkey rotor-import; do
 	f=$R/usr/share/man/man1/$page.1.gz
 	sub=${page#rotor}
 	check "man -l renders $page(1) with its synopsis" bash -c "MANWIDTH=80 man -l '$f' 2>/dev/null | grep -q '^ *rotor${sub:+ ${sub#-}} \\['"
