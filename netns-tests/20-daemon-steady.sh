@@ -5,7 +5,7 @@
 # per node, one init each. S8: stop and purge.
 . "$(dirname "$0")/daemon-lib.sh"
 N=3
-DURATION=${ROTOR_S1_SECONDS:-45}
+DURATION=${ROTOR_S1_SECONDS:-30}
 METRICS=127.0.0.1:9474
 steady S1 $N "$DURATION"
 # Metrics: a real scrape of the running hub, checked by Prometheus' own

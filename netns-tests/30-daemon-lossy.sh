@@ -6,7 +6,7 @@
 # zero data lost, every node back in sync.
 . "$(dirname "$0")/daemon-lib.sh"
 N=3
-DURATION=${ROTOR_S3_SECONDS:-45}
+DURATION=${ROTOR_S3_SECONDS:-30}
 topo_up $N
 # retries 5: a node gives up on its hub after 20 unanswered hellos (a
 # quarter interval apart, ~3 s of silence); at 30 % loss each way that
