@@ -88,7 +88,11 @@ if [ "$QUICK" = 0 ]; then
 		case $t in *"$FILTER"*) ;; *) continue ;; esac
 		# Timing-sensitive scenarios start once the package test is done.
 		case $t in netns-tests/0* | netns-tests/1*) ;; *)
-			if [ -n "$DEB_PID" ]; then wait "$DEB_PID"; DEB_RC=$?; DEB_PID=done; fi ;;
+			if [ -n "$DEB_PID" ] && [ "$DEB_PID" != done ]; then
+				wait "$DEB_PID"
+				DEB_RC=$?
+				DEB_PID=done
+			fi ;;
 		esac
 		step "UML: $t"
 		scripts/uml-run.sh "$t"
