@@ -129,7 +129,11 @@ fn config(file: &Path, report: &mut Report) -> Result<(), ConfigError> {
                 };
                 report.checks.push(Check::pass(
                     format!("node {}", n.name),
-                    format!("{} {mode}, key file 0600", n.address),
+                    format!(
+                        "{} {mode}, key file 0600",
+                        n.address
+                            .map_or_else(|| "address learned".to_string(), |a| a.to_string())
+                    ),
                 ));
             }
         }
@@ -140,7 +144,13 @@ fn config(file: &Path, report: &mut Report) -> Result<(), ConfigError> {
                 "config",
                 format!(
                     "node {} at {}, hub {}, hello every {:?}, key file 0600",
-                    c.name, c.address, c.hub, c.hello_interval
+                    c.name,
+                    c.address.map_or_else(
+                        || "the address its route to the hub gives (followed)".to_string(),
+                        |a| a.to_string()
+                    ),
+                    c.hub,
+                    c.hello_interval
                 ),
             ));
         }

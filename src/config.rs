@@ -170,8 +170,11 @@ pub enum PeerMode {
 pub struct HubPeer {
     /// Unique name.
     pub name: String,
-    /// Outer address of the node.
-    pub address: IpAddr,
+    /// Outer address of the node, if configured: it is then the only
+    /// address the node may be reached at (its port may still change
+    /// behind a NAT). `None`: learned from the node's authenticated
+    /// messages, and followed when it moves.
+    pub address: Option<IpAddr>,
     /// Pre-shared init key.
     pub psk: Zeroizing<[u8; KEY_LEN]>,
     /// Mode and subnets (local = behind the hub).
@@ -218,8 +221,11 @@ pub struct HubConfig {
 pub struct NodeConfig {
     /// This node's name (as in the hub's config).
     pub name: String,
-    /// Outer address of this node.
-    pub address: IpAddr,
+    /// Outer address of this node, if configured: the node then binds to
+    /// it and stays there. `None`: the node sends from whatever address
+    /// its route to the hub gives, and follows it when it changes
+    /// (roaming).
+    pub address: Option<IpAddr>,
     /// The hub's control address.
     pub hub: SocketAddr,
     /// Pre-shared init key.
@@ -281,7 +287,7 @@ struct HubSection {
 #[serde(deny_unknown_fields)]
 struct NodeEntry {
     name: Name,
-    address: HostAddr,
+    address: Option<HostAddr>,
     psk_file: FilePath,
     mode: Option<ModeName>,
     local_subnets: Option<Vec<Subnet>>,
@@ -299,7 +305,7 @@ struct NodeFile {
 #[serde(deny_unknown_fields)]
 struct NodeSection {
     name: Name,
-    address: HostAddr,
+    address: Option<HostAddr>,
     hub: HubEndpoint,
     psk_file: FilePath,
     hello_interval: Option<HelloInterval>,
@@ -564,24 +570,29 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
                 format!("{name:?} is used by an earlier node"),
             ));
         }
-        let a = n.address.0;
-        if a.is_ipv4() != address.is_ipv4() {
-            return Err(cx.err(
-                format!("{p}.address"),
-                "must be of the same address family as hub.address",
-            ));
-        }
-        if a == address {
-            return Err(cx.err(
-                format!("{p}.address"),
-                format!("{a} is hub.address; a node needs an address of its own"),
-            ));
-        }
-        if !addrs.insert(a) {
-            return Err(cx.err(
-                format!("{p}.address"),
-                format!("{a} is used by an earlier node"),
-            ));
+        let a = n.address.map(|a| a.0);
+        if let Some(a) = a {
+            if a.is_ipv4() != address.is_ipv4() {
+                return Err(cx.err(
+                    format!("{p}.address"),
+                    "must be of the same address family as hub.address",
+                ));
+            }
+            if a == address {
+                return Err(cx.err(
+                    format!("{p}.address"),
+                    format!("{a} is hub.address; a node needs an address of its own"),
+                ));
+            }
+            // Tunnel nodes behind one NAT share its address; transport
+            // selectors are the addresses themselves, so two transport
+            // nodes at one address would share one policy.
+            if !addrs.insert(a) && n.mode != Some(ModeName::Tunnel) {
+                return Err(cx.err(
+                    format!("{p}.address"),
+                    format!("{a} is used by an earlier node (only tunnel-mode nodes, behind one NAT, may share an address)"),
+                ));
+            }
         }
         let rotate = match n.rotate_interval {
             Some(d) => {
@@ -745,19 +756,21 @@ fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
         keys: Default::default(),
     };
     let n = raw.node;
-    let address = n.address.0;
+    let address = n.address.map(|a| a.0);
     let hub = n.hub.0;
-    if hub.is_ipv4() != address.is_ipv4() {
-        return Err(cx.err(
-            "node.hub",
-            "must be of the same address family as node.address",
-        ));
-    }
-    if hub.ip() == address {
-        return Err(cx.err(
-            "node.hub",
-            format!("{} is node.address; the hub is another host", hub.ip()),
-        ));
+    if let Some(address) = address {
+        if hub.is_ipv4() != address.is_ipv4() {
+            return Err(cx.err(
+                "node.hub",
+                "must be of the same address family as node.address",
+            ));
+        }
+        if hub.ip() == address {
+            return Err(cx.err(
+                "node.hub",
+                format!("{} is node.address; the hub is another host", hub.ip()),
+            ));
+        }
     }
     let name = n.name.0;
     let psk = cx.psk("node.psk_file", &n.psk_file.0)?;
@@ -766,7 +779,7 @@ fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
         n.mode,
         n.local_subnets.as_deref(),
         n.remote_subnets.as_deref(),
-        address,
+        address.unwrap_or(hub.ip()),
     )?;
     Ok(NodeConfig {
         socket: n

@@ -20,12 +20,12 @@
 //!   each other's link-layer address (strongSwan asks its users for the same
 //!   bypass by hand).
 
-use std::net::IpAddr;
+use std::net::{IpAddr, SocketAddr};
 
 use rotor_core::{Action, SaDir};
 use rotor_xfrm::{
     AeadKey, IpNet, Lifetimes, Mode, Op, PolicyDir, PolicyId, PolicySelector, PolicySpec, SaId,
-    SaSpec,
+    SaSpec, UdpEncap,
 };
 
 use crate::config::PeerMode;
@@ -46,8 +46,18 @@ pub struct PeerKernel {
     pub reqid: u32,
     /// This host's outer address.
     pub local: IpAddr,
-    /// The peer's outer address.
+    /// The peer's outer address; unspecified while unknown (a hub learns
+    /// a node's address from its first authenticated message): no SA or
+    /// policy of the peer is in the kernel then.
     pub remote: IpAddr,
+    /// This host's control port, the source port of its ESP-in-UDP.
+    pub local_port: u16,
+    /// The peer's control port as seen from here (behind a NAT, the port
+    /// the NAT maps it to): the destination port of ESP-in-UDP.
+    pub remote_port: u16,
+    /// A NAT sits between: ESP travels in UDP (RFC 3948) between the two
+    /// control ports.
+    pub nat: bool,
     /// Transport, or tunnel with local/remote subnets.
     pub mode: PeerMode,
     /// Policy priority.
@@ -61,6 +71,87 @@ pub struct PeerKernel {
 }
 
 impl PeerKernel {
+    /// Whether the peer's address is known (else it has nothing in the
+    /// kernel and every operation for it is skipped).
+    pub fn known(&self) -> bool {
+        !self.remote.is_unspecified()
+    }
+
+    /// The ESP-in-UDP encapsulation of this peer's SAs, if any.
+    pub fn encap(&self) -> Option<UdpEncap> {
+        self.nat.then_some(UdpEncap {
+            sport: self.local_port,
+            dport: self.remote_port,
+        })
+    }
+
+    /// This layout after a path change ([`Action::PeerPath`]): the peer at
+    /// `remote`, this host at `local` (`None`: unchanged), ESP in UDP if
+    /// `nat`.
+    pub fn moved(
+        &self,
+        remote: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        nat: bool,
+    ) -> PeerKernel {
+        let mut to = self.clone();
+        if let Some(r) = remote {
+            to.remote = r.ip().to_canonical();
+            to.remote_port = r.port();
+        }
+        if let Some(l) = local {
+            to.local = l.ip().to_canonical();
+            to.local_port = l.port();
+        }
+        to.nat = nat;
+        to
+    }
+
+    /// What moving from this layout to `to` takes in the kernel, before
+    /// the core re-installs its SAs there: outbound traffic blocked on the
+    /// new path (fail closed until the core names an SA), the inbound
+    /// policies and neighbour-discovery bypass of the new path in, those
+    /// of the old path that the new one does not have out, and the SAs
+    /// `old_sas` deleted where they were.
+    pub fn move_ops(&self, to: &PeerKernel, old_sas: &[(SaDir, u32)]) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let new_ids: Vec<PolicyId> = to
+            .set_outbound(None)
+            .iter()
+            .chain(to.inbound_policies().iter())
+            .filter_map(|op| match op {
+                Op::UpdatePolicy(p) => Some(p.id),
+                _ => None,
+            })
+            .chain(to.nd_bypass_ids())
+            .collect();
+        ops.extend(to.set_outbound(None));
+        ops.extend(to.inbound_policies());
+        ops.extend(to.nd_bypass());
+        let old_ids = self
+            .set_outbound(None)
+            .into_iter()
+            .chain(self.inbound_policies())
+            .filter_map(|op| match op {
+                Op::UpdatePolicy(p) => Some(p.id),
+                _ => None,
+            })
+            .chain(self.nd_bypass_ids());
+        ops.extend(
+            old_ids
+                .filter(|id| !new_ids.contains(id))
+                .map(Op::DeletePolicy),
+        );
+        if self.known() {
+            ops.extend(
+                old_sas
+                    .iter()
+                    .map(|&(dir, spi)| Op::DeleteSa(self.sa_id(dir, spi))),
+            );
+        }
+        ops
+    }
+
     /// The XFRM mode of this peer's SAs and policy templates.
     pub fn xfrm_mode(&self) -> Mode {
         match self.mode {
@@ -90,7 +181,7 @@ impl PeerKernel {
             key,
             replay_window: self.replay_window,
             esn: true,
-            encap: None,
+            encap: self.encap(),
             lifetimes: Lifetimes {
                 add_seconds: self.lifetime,
                 ..Lifetimes::default()
@@ -105,6 +196,11 @@ impl PeerKernel {
     /// only on an ESP key of a length rfc4106 does not have, which the core
     /// never makes; nothing is pushed then.
     pub fn ops_for(&self, action: &Action, mut push: impl FnMut(Op)) -> Result<(), BadEspKey> {
+        if !self.known() {
+            // Nothing of an unknown peer is in the kernel; its path change
+            // comes with the re-installs.
+            return Ok(());
+        }
         match action {
             Action::InstallSa { dir, spi, key, .. } => {
                 let k = AeadKey::new(key.expose().to_vec()).ok_or(BadEspKey)?;
@@ -118,7 +214,8 @@ impl PeerKernel {
                 SaDir::In => self.delete_inbound_sa(*spi),
                 SaDir::Out => self.delete_outbound_sa(*spi),
             }),
-            Action::Send { .. } | Action::Event(_) => {}
+            // The executor moves the layout itself (it replaces this one).
+            Action::PeerPath { .. } | Action::Send { .. } | Action::Event(_) => {}
         }
         Ok(())
     }
@@ -196,7 +293,7 @@ impl PeerKernel {
     /// IPv4 or tunnel mode; for IPv6 transport mode, NS and NA in both
     /// directions.
     pub fn nd_bypass_ids(&self) -> Vec<PolicyId> {
-        if !matches!(self.mode, PeerMode::Transport) || self.local.is_ipv4() {
+        if !matches!(self.mode, PeerMode::Transport) || self.local.is_ipv4() || !self.known() {
             return Vec::new();
         }
         let (l, r) = (IpNet::host(self.local), IpNet::host(self.remote));
@@ -233,6 +330,9 @@ impl PeerKernel {
     /// they accept any SA with this peer's reqid.
     pub fn inbound_policies(&self) -> Vec<Op> {
         let mut ops = Vec::new();
+        if !self.known() {
+            return ops;
+        }
         for (l, r) in self.outbound_selectors() {
             ops.push(Op::UpdatePolicy(self.policy(PolicyDir::In, r, l, 0, false)));
             if matches!(self.mode, PeerMode::Tunnel { .. }) {
@@ -251,6 +351,9 @@ impl PeerKernel {
     /// Points outbound traffic at `spi`, atomically per selector; `None`
     /// blocks it (fail closed).
     pub fn set_outbound(&self, spi: Option<u32>) -> Vec<Op> {
+        if !self.known() {
+            return Vec::new();
+        }
         self.outbound_selectors()
             .into_iter()
             .map(|(l, r)| {
@@ -273,6 +376,9 @@ mod tests {
             priority: 1000,
             replay_window: 1024,
             lifetime: None,
+            local_port: 4820,
+            remote_port: 4820,
+            nat: false,
         }
     }
 

@@ -17,8 +17,10 @@ use tracing::warn;
 const UDP_BUFFER: usize = 8 * 1024 * 1024;
 
 /// Binds the UDP control channel at `addr`, exempts it from every IPsec
-/// policy (so it works while the SAs it manages are broken) and enlarges its
-/// buffers. Non-blocking, ready for tokio.
+/// policy (so it works while the SAs it manages are broken), makes it the
+/// ESP-in-UDP endpoint of its port (RFC 3948: ESP of peers behind a NAT
+/// arrives there; control datagrams carry the non-ESP marker) and enlarges
+/// its buffers. Non-blocking, ready for tokio.
 pub fn bind_control_udp(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
     let sock = UdpSocket::bind(addr).with_context(|| {
         format!("binding the UDP control channel on {addr} (is another rotor running, or the address not configured here?)")
@@ -32,6 +34,9 @@ pub fn bind_control_udp(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocke
         format!(
             "exempting the control socket {addr} from IPsec (IP_XFRM_POLICY needs CAP_NET_ADMIN)"
         )
+    })?;
+    sockopt::set_udp_encap_espinudp(&sock).with_context(|| {
+        format!("making {addr} the ESP-in-UDP port (UDP_ENCAP; the kernel needs CONFIG_XFRM)")
     })?;
     // The kernel's default buffers still work (a burst may then lose
     // datagrams, which the protocol retries): warn, don't fail.

@@ -138,6 +138,7 @@ impl Daemon {
                     forget: Vec::new(),
                     metrics,
                     notify,
+                    routes: None,
                 };
                 daemon::serve(
                     role,
@@ -264,7 +265,7 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
         nodes: (0..nodes)
             .map(|i| HubPeer {
                 name: format!("n{i}"),
-                address: addr_of(i),
+                address: Some(addr_of(i)),
                 psk: psk(i),
                 mode: PeerMode::Transport,
                 rotate_interval: ROTATE,
@@ -276,7 +277,7 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
 fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
     NodeConfig {
         name: format!("n{i}"),
-        address: net.node_ip(i),
+        address: Some(net.node_ip(i)),
         hub,
         psk: psk(i),
         hello_interval: HELLO,
@@ -313,7 +314,10 @@ fn start_node(net: &Net, cfg: NodeConfig) -> Daemon {
 
 fn start_node_on(net: &Net, cfg: NodeConfig, kernel: ModelKernel) -> Daemon {
     let socket = cfg.socket.clone();
-    let at = SocketAddr::new(cfg.address, net.port);
+    let at = SocketAddr::new(
+        cfg.address.expect("the tests configure node addresses"),
+        net.port,
+    );
     let (store, mut loaded) = Store::open(&cfg.state_dir, &format!("node-{}", cfg.name)).unwrap();
     let (role, peers, _) =
         daemon::node_parts(&cfg, Ownership::default(), Some(&mut loaded)).unwrap();
@@ -499,7 +503,8 @@ impl Relay {
                 let mut buf = [0u8; 2048];
                 while !stop.load(Ordering::Relaxed) {
                     if let Ok((n, _)) = back.recv_from(&mut buf) {
-                        let is_key = n > 1 && buf[1] == 3;
+                        // After the 4-byte non-ESP marker: version, type.
+                        let is_key = n > 5 && buf[5] == 3;
                         if is_key
                             && drop_keys
                                 .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |k| {
@@ -686,11 +691,12 @@ fn a_socket_full_of_junk_delays_neither_status_nor_grace_deletions() {
             let from = SocketAddr::new(IpAddr::V4(Ipv4Addr::new(127, net.net, 8, k + 1)), 0);
             std::thread::spawn(move || {
                 let s = UdpSocket::bind(from).unwrap();
-                // Version 1, type hello, an SPI nobody has: the cheapest
-                // drop for the hub, so the flood outruns it.
-                let mut junk = [0u8; 64];
-                junk[0] = 1;
-                junk[1] = 1;
+                // The non-ESP marker, version 1, type hello, an SPI nobody
+                // has: the cheapest drop for the hub, so the flood outruns
+                // it.
+                let mut junk = [0u8; 68];
+                junk[4] = 1;
+                junk[5] = 1;
                 let t0 = Instant::now();
                 while !stop.load(Ordering::Relaxed) && t0.elapsed() < Duration::from_secs(10) {
                     for _ in 0..64 {

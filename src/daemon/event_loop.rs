@@ -28,6 +28,7 @@ use super::notify::Notifier;
 use super::persist::Persist;
 use super::reconcile;
 use super::role::Role;
+use super::route_watch::RouteWatch;
 use crate::control::{self, ReloadReply, StatusHead};
 use crate::store::StoreError;
 use crate::udp_batch::{self, RecvBatch};
@@ -77,6 +78,9 @@ pub struct Lifecycle {
     /// The service manager's notifications (readiness, reloads, stopping,
     /// watchdog); the default sends none.
     pub notify: Notifier,
+    /// Address and route changes (a node follows its own address);
+    /// `None`: not watched.
+    pub routes: Option<AsyncFd<RouteWatch>>,
 }
 
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
@@ -146,14 +150,20 @@ pub async fn run<R: Role, K: Kernel>(
                     // (without a vDSO each read is a system call).
                     let now = clock.now();
                     for d in (0..batch.len()).filter_map(|i| batch.get(i)) {
-                        if let Some(from) = d.from.filter(|from| role.accepts_from(*from)) {
-                            let unknown = log::unknown_spis(role.machine());
-                            role.machine_mut().handle_datagram(now, d.data);
-                            if log::unknown_spis(role.machine()) != unknown {
-                                book.unknown_spi_from(role, from, now.mono);
+                        let from = d
+                            .from
+                            .map(|f| SocketAddr::new(f.ip().to_canonical(), f.port()))
+                            .filter(|from| role.accepts_from(*from));
+                        match (from, rotor_core::wire::unframe(d.data)) {
+                            (Some(from), Some(message)) => {
+                                let unknown = log::unknown_spis(role.machine());
+                                role.machine_mut().handle_datagram(now, from, message);
+                                if log::unknown_spis(role.machine()) != unknown {
+                                    book.unknown_spi_from(role, from, now.mono);
+                                }
                             }
-                        } else {
-                            wrong_source += 1;
+                            (None, _) => wrong_source += 1,
+                            (Some(_), None) => book.unframed += 1,
                         }
                         taken += 1;
                     }
@@ -166,6 +176,16 @@ pub async fn run<R: Role, K: Kernel>(
             _ = sleep_until(wake) => {}
             Some(call) = calls.recv() => answer(role, kernel, life, (wrong_source, &book), clock.now(), call),
             Some(()) = hangup(life.hangup.as_mut()) => life.reloads.push(None),
+            r = read_routes(life.routes.as_mut()) => {
+                match r {
+                    Ok(true) => role.route_changed(clock.now()),
+                    Ok(false) => {}
+                    Err(e) => {
+                        warn!("reading the kernel's route notifications: {e}; address changes are no longer followed");
+                        life.routes = None;
+                    }
+                }
+            }
             r = read_monitor(life.monitor.as_mut(), &mut events) => {
                 let now = clock.now();
                 match r {
@@ -275,6 +295,18 @@ pub async fn run<R: Role, K: Kernel>(
     }
 }
 
+/// Waits for address or route notifications and reads them all; whether
+/// there were any. Never completes without a watch.
+async fn read_routes(w: Option<&mut AsyncFd<RouteWatch>>) -> std::io::Result<bool> {
+    let Some(w) = w else {
+        return std::future::pending().await;
+    };
+    let mut guard = w.readable_mut().await?;
+    let r = guard.get_inner_mut().drain();
+    guard.clear_ready();
+    r
+}
+
 /// Waits until the monitor has notifications and reads all of them into
 /// `out`; never completes without a monitor.
 async fn read_monitor(
@@ -378,18 +410,31 @@ async fn execute<R: Role, K: Kernel>(
         return Err(e);
     }
     kernel.apply(now.mono, actions, role.names());
-    let mut out: Vec<(SocketAddr, &[u8])> = Vec::new();
+    // A move applies to the whole step's datagrams: an init's reply is
+    // queued before the move its acceptance causes.
+    for a in actions.iter() {
+        if let Action::PeerPath {
+            peer,
+            remote: Some(to),
+            ..
+        } = a
+        {
+            role.peer_moved(*peer, *to);
+        }
+    }
+    let mut framed: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
     for a in actions.iter() {
         match a {
             Action::Send { peer, datagram } => {
                 if let Some(to) = role.peer_addr(*peer) {
-                    out.push((to, datagram));
+                    framed.push((to, rotor_core::wire::frame(datagram)));
                 }
             }
             Action::Event(e) => book.event(e, role.names(), R::NAME, now.mono),
             _ => {}
         }
     }
+    let out: Vec<(SocketAddr, &[u8])> = framed.iter().map(|(a, d)| (*a, &d[..])).collect();
     if !out.is_empty() {
         let (_, refused) = udp_batch::send_many(udp, &out).await;
         book.sent += out.len().saturating_sub(refused) as u64;
@@ -510,6 +555,9 @@ fn answer<R: Role, K: Kernel>(
                 let mut drops = drops_map(role.machine().drops());
                 if wrong_source > 0 {
                     drops.insert("wrong_source".to_string(), wrong_source);
+                }
+                if book.unframed > 0 {
+                    drops.insert("no_marker".to_string(), book.unframed);
                 }
                 StatusHead {
                     role: R::NAME.to_string(),

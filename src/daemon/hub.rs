@@ -93,7 +93,16 @@ impl Role for HubRole {
     }
 
     fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr> {
-        self.addrs.get(peer.0 as usize).copied()
+        self.addrs
+            .get(peer.0 as usize)
+            .copied()
+            .filter(|a| !a.ip().is_unspecified())
+    }
+
+    fn peer_moved(&mut self, peer: PeerId, to: SocketAddr) {
+        if let Some(a) = self.addrs.get_mut(peer.0 as usize) {
+            *a = to;
+        }
     }
 
     fn names(&self) -> &NameTable {
@@ -137,7 +146,7 @@ impl Role for HubRole {
         out.extend(self.dirty.iter().map(|p| p.0 as usize));
     }
 
-    /// The node's reqid, then the core's record.
+    /// The node's reqid, its path once known, then the core's record.
     fn save(&mut self, index: usize, now: Now, out: &mut Vec<u8>) {
         out.clear();
         let (Ok(i), Some(q)) = (u32::try_from(index), self.reqids.get(index)) else {
@@ -145,6 +154,9 @@ impl Role for HubRole {
         };
         self.hub.save_node(PeerId(i), now, &mut self.scratch);
         out.extend_from_slice(&q.to_le_bytes());
+        if let Some((to, nat)) = self.hub.path(PeerId(i)) {
+            super::put_path(out, to, nat);
+        }
         out.extend_from_slice(&self.scratch);
         self.scratch.zeroize();
     }

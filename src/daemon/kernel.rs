@@ -119,6 +119,26 @@ impl<K: Kernel> KernelExec<K> {
     pub fn apply(&mut self, now: Time, actions: &[Action], names: &NameTable) {
         let mut new: Vec<(PeerId, Op)> = Vec::new();
         for a in actions {
+            if let Action::PeerPath {
+                peer,
+                remote,
+                local,
+                nat,
+                old_sas,
+            } = a
+            {
+                // In order: the actions after it (re-installs) go to the
+                // new path.
+                let Some(p) = self.peers.get_mut(peer.0 as usize) else {
+                    continue;
+                };
+                let to = p.moved(*remote, *local, *nat);
+                new.extend(p.move_ops(&to, old_sas).into_iter().map(|op| (*peer, op)));
+                *p = to;
+                // What waits for a retry names the old path.
+                self.retry.forget_peer(*peer);
+                continue;
+            }
             let Some(peer) = action_peer(a) else { continue };
             let Some(p) = self.peers.get(peer.0 as usize) else {
                 self.errors += 1;
@@ -227,7 +247,7 @@ fn action_peer(a: &Action) -> Option<PeerId> {
         Action::InstallSa { peer, .. }
         | Action::SetOutbound { peer, .. }
         | Action::DeleteSa { peer, .. } => Some(*peer),
-        Action::Send { .. } | Action::Event(_) => None,
+        Action::PeerPath { .. } | Action::Send { .. } | Action::Event(_) => None,
     }
 }
 

@@ -30,6 +30,9 @@ pub struct Logbook {
     pub received: u64,
     /// Control datagrams handed to the kernel to send since the start.
     pub sent: u64,
+    /// Datagrams on the control port without the non-ESP marker (and not
+    /// taken as ESP by the kernel): never shown to the machine.
+    pub unframed: u64,
 }
 
 /// Datagrams the machine has dropped for an unknown SPI so far: compared
@@ -48,6 +51,7 @@ impl Logbook {
             by_addr: None,
             received: 0,
             sent: 0,
+            unframed: 0,
         }
     }
 
@@ -93,6 +97,27 @@ impl Logbook {
                 peer = name(peer),
                 spi = format!("{spi:#010x}"),
                 "initialised"
+            ),
+            // A node that moves is news, and rare; a hub learning where a
+            // node is at its first message is not.
+            Event::Moved {
+                peer,
+                to,
+                nat,
+                first,
+            } if !*first => info!(
+                role,
+                peer = name(peer),
+                %to,
+                nat,
+                "moved"
+            ),
+            Event::Moved { peer, to, nat, .. } => debug!(
+                role,
+                peer = name(peer),
+                %to,
+                nat,
+                "reached at"
             ),
             Event::Confirmed { peer, generation } => {
                 debug!(role, peer = name(peer), generation, "confirmed")

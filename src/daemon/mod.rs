@@ -37,11 +37,12 @@ pub mod reconcile;
 pub mod reload;
 pub mod retry;
 pub mod role;
+pub mod route_watch;
 pub mod shutdown;
 pub mod summary;
 
 use std::collections::{HashMap, HashSet};
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::time::Duration;
 
@@ -248,18 +249,39 @@ pub fn hub_parts(
     let mut addrs: Vec<SocketAddr> = Vec::with_capacity(nodes.len());
     let mut specs = Vec::with_capacity(nodes.len());
     let digests = nodes.iter().map(reload::entry_digest).collect();
-    for (n, reqid) in nodes.into_iter().zip(reqids) {
+    // Where each node is: the path its record holds (learned, followed
+    // when it moved), unless the configuration pins another address.
+    let mut paths: Vec<Option<(SocketAddr, bool, bool)>> = Vec::with_capacity(nodes.len());
+    for (i, n) in nodes.iter().enumerate() {
+        let stored = records
+            .get(i)
+            .and_then(|r| r.as_deref())
+            .and_then(|r| split_reqid(r))
+            .and_then(|(_, rest)| split_path(rest).0);
+        paths.push(match (n.address, stored) {
+            (Some(a), Some((p, nat))) if p.ip() == a => Some((p, nat, true)),
+            (Some(a), _) => Some((SocketAddr::new(a, cfg.port), false, true)),
+            (None, Some((p, nat))) => Some((p, nat, false)),
+            (None, None) => None,
+        });
+    }
+    let unknown = SocketAddr::new(unspecified_like(cfg.address), 0);
+    for ((n, reqid), path) in nodes.into_iter().zip(reqids).zip(&paths) {
         let reqid = reqid.context("reqid assignment")?;
+        let (at, nat) = path.map_or((unknown, false), |(p, nat, _)| (p, nat));
         peers.push(PeerKernel {
             reqid,
             local: cfg.address,
-            remote: n.address,
+            remote: at.ip(),
+            local_port: cfg.port,
+            remote_port: at.port(),
+            nat,
             mode: n.mode,
             priority: cfg.priority,
             replay_window: cfg.replay_window,
             lifetime: Some(hub_lifetime(n.rotate_interval, cfg.grace, cfg.sa_lifetime)),
         });
-        addrs.push(SocketAddr::new(n.address, cfg.port));
+        addrs.push(at);
         specs.push(rotor_core::NodeSpec {
             name: n.name,
             psk: Secret32::new(*n.psk),
@@ -282,10 +304,16 @@ pub fn hub_parts(
         Hub::restore(core_cfg, now, seed()?, |name| {
             let i = *index.get(name)?;
             let r = records.get_mut(i)?.take()?;
-            split_reqid(&r).map(|(_, core)| Zeroizing::new(core.to_vec()))
+            split_reqid(&r).map(|(_, rest)| Zeroizing::new(split_path(rest).1.to_vec()))
         })
     }
     .context("hub configuration")?;
+    let (mut hub, report) = (hub, report);
+    for (i, p) in paths.iter().enumerate() {
+        if let Some((to, nat, pinned)) = *p {
+            hub.set_path(PeerId(i as u32), to, nat, pinned);
+        }
+    }
     let reqids = peers.iter().map(|p| p.reqid).collect();
     let mut role = HubRole::new(hub, names, addrs, reqids, digests);
     role.mark_fresh(fresh);
@@ -299,10 +327,24 @@ pub fn node_parts(
     own: Ownership,
     loaded: Option<&mut Loaded>,
 ) -> anyhow::Result<(NodeRole, Vec<PeerKernel>, RestoreReport)> {
+    // Where the node sends from: its configured address, else what its
+    // route to the hub gives (the route watch follows later moves).
+    let local = match cfg.address {
+        Some(a) => a,
+        None => route_source(cfg.hub).with_context(|| {
+            format!(
+                "no route to the hub {}: set node.address, or start once the network is up",
+                cfg.hub
+            )
+        })?,
+    };
     let peer = PeerKernel {
         reqid: own.base(),
-        local: cfg.address,
+        local,
         remote: cfg.hub.ip(),
+        local_port: cfg.hub.port(),
+        remote_port: cfg.hub.port(),
+        nat: false,
         mode: cfg.mode.clone(),
         priority: cfg.priority,
         replay_window: cfg.replay_window,
@@ -318,8 +360,20 @@ pub fn node_parts(
     };
     let now = Clock::default().now();
     let record = loaded.and_then(|l| l.take(&cfg.name));
-    let (node, report) =
+    let (stored, record) = match record {
+        Some(r) => {
+            let (path, core) = split_path(&r);
+            (path, Some(Zeroizing::new(core.to_vec())))
+        }
+        None => (None, None),
+    };
+    let (mut node, report) =
         Node::restore(core_cfg, now, seed()?, record).context("node configuration")?;
+    // The NAT verdict is the hub's, as last heard.
+    let nat = stored.is_some_and(|(_, nat)| nat);
+    let mut peer = peer;
+    peer.nat = nat;
+    node.set_path(SocketAddr::new(local, cfg.hub.port()), nat);
     Ok((
         NodeRole::new(node, cfg.name.clone(), cfg.hub, node_digest(cfg)),
         vec![peer],
@@ -338,10 +392,71 @@ fn node_digest(cfg: &NodeConfig) -> u64 {
 }
 
 /// A hub's stored record: the node's reqid (4 bytes, little-endian), then
-/// the core's record. `None` if too short.
+/// (once the node's path is known) its path block ([`put_path`]), then the
+/// core's record. `None` if too short.
 pub fn split_reqid(record: &[u8]) -> Option<(u32, &[u8])> {
     let (q, rest) = record.split_first_chunk::<4>()?;
     Some((u32::from_le_bytes(*q), rest))
+}
+
+/// Tag of the path block: the core's records start with another magic.
+const PATH_TAG: &[u8; 4] = b"path";
+/// Length of the path block: tag, endpoint, NAT flag.
+const PATH_LEN: usize = 4 + rotor_core::wire::ENDPOINT_LEN + 1;
+
+/// Appends the path block of a node reached at `to` (through a NAT if
+/// `nat`): where a restarted hub finds the node's SAs and sends to it.
+pub fn put_path(out: &mut Vec<u8>, to: SocketAddr, nat: bool) {
+    let ip = match to.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    out.extend_from_slice(PATH_TAG);
+    out.extend_from_slice(&ip.octets());
+    out.extend_from_slice(&to.port().to_be_bytes());
+    out.push(u8::from(nat));
+}
+
+/// The path block at the start of `rest`, if there is one, and what
+/// follows it (the core's record).
+pub fn split_path(rest: &[u8]) -> (Option<(SocketAddr, bool)>, &[u8]) {
+    let Some(block) = rest.get(..PATH_LEN).filter(|b| b.starts_with(PATH_TAG)) else {
+        return (None, rest);
+    };
+    let mut ip = [0u8; 16];
+    ip.copy_from_slice(&block[4..20]);
+    let ip = std::net::Ipv6Addr::from(ip);
+    let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
+    let port = u16::from_be_bytes([block[20], block[21]]);
+    (
+        Some((SocketAddr::new(ip, port), block[22] != 0)),
+        &rest[PATH_LEN..],
+    )
+}
+
+/// The source address this host's routes give datagrams to `hub` (a
+/// connected UDP socket's local address; nothing is sent). The probe is
+/// exempt from IPsec: a blocking policy towards the hub would refuse the
+/// route lookup.
+pub fn route_source(hub: SocketAddr) -> Option<IpAddr> {
+    let s = std::net::UdpSocket::bind(SocketAddr::new(unspecified_like(hub.ip()), 0)).ok()?;
+    let family = if hub.is_ipv4() {
+        rotor_xfrm::Family::V4
+    } else {
+        rotor_xfrm::Family::V6
+    };
+    // Without the exemption the probe still works unless a policy blocks.
+    let _ = rotor_xfrm::bypass_ipsec(&s, family);
+    s.connect(hub).ok()?;
+    Some(s.local_addr().ok()?.ip()).filter(|ip| !ip.is_unspecified())
+}
+
+/// The unspecified address of `a`'s family: where an unknown node is.
+fn unspecified_like(a: IpAddr) -> IpAddr {
+    match a {
+        IpAddr::V4(_) => std::net::Ipv4Addr::UNSPECIFIED.into(),
+        IpAddr::V6(_) => std::net::Ipv6Addr::UNSPECIFIED.into(),
+    }
 }
 
 /// A seed for a machine's random number generator, from the OS.
@@ -439,8 +554,18 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         forget: Vec::new(),
         metrics: None,
         notify: notify::Notifier::default(),
+        routes: None,
     };
     Ok((xfrm, life, monitor))
+}
+
+/// Subscribes to address and route changes and registers the socket with
+/// the runtime (as [`watch`]: `RouteWatch` owns its socket).
+#[allow(deprecated)]
+fn watch_routes() -> anyhow::Result<AsyncFd<route_watch::RouteWatch>> {
+    route_watch::RouteWatch::open()
+        .and_then(AsyncFd::new)
+        .context("subscribing to the kernel's address and route notifications")
 }
 
 /// Registers the notification socket with the runtime.
@@ -537,14 +662,25 @@ pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     log_restore(&report, loaded.torn_tail);
     drop(loaded);
     require_esp()?;
-    let (udp, listener) = bind(SocketAddr::new(cfg.address, cfg.hub.port()), &cfg.socket)?;
+    // Bound to the configured address, or to none in particular: a node
+    // that follows its route keeps its socket when it moves.
+    let (udp, listener) = bind(
+        SocketAddr::new(
+            cfg.address.unwrap_or(unspecified_like(cfg.hub.ip())),
+            cfg.hub.port(),
+        ),
+        &cfg.socket,
+    )?;
     let metrics = bind_metrics(cfg.metrics.map(|at| (at, false)))?;
     let (xfrm, mut life, monitor) = open_xfrm(own)?;
     life.monitor = Some(watch(monitor)?);
     life.persist = Some(Persist::new(store));
     life.metrics = metrics;
     life.hangup = Some(hangup);
-    info!(name = %cfg.name, address = %cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node starting");
+    if cfg.address.is_none() {
+        life.routes = Some(watch_routes()?);
+    }
+    info!(name = %cfg.name, address = ?cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node starting");
     run_role(role, xfrm, peers, udp, listener, life, &cfg.socket).await
 }
 

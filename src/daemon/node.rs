@@ -15,6 +15,8 @@ pub struct NodeRole {
     name: String,
     names: NameTable,
     hub: SocketAddr,
+    /// The core's record on its way into the stored one.
+    scratch: zeroize::Zeroizing<Vec<u8>>,
     /// A digest of the configuration, to report whether a reload changed it.
     digest: u64,
     /// The configuration file, for reloads.
@@ -30,6 +32,7 @@ impl NodeRole {
             name,
             names: NameTable::from_names(["hub"]),
             hub,
+            scratch: zeroize::Zeroizing::new(Vec::new()),
             digest,
             source: None,
         }
@@ -97,11 +100,26 @@ impl Role for NodeRole {
         }
     }
 
+    /// The node's path (where it sends from, the hub's NAT verdict), then
+    /// the core's record.
     fn save(&mut self, index: usize, now: Now, out: &mut Vec<u8>) {
+        out.clear();
         if index == 0 {
-            self.node.save(now, out);
-        } else {
-            out.clear();
+            self.node.save(now, &mut self.scratch);
+            let (from, nat) = self.node.path();
+            super::put_path(out, from, nat);
+            out.extend_from_slice(&self.scratch);
+            zeroize::Zeroize::zeroize(&mut *self.scratch);
+        }
+    }
+
+    fn route_changed(&mut self, now: Now) {
+        let (from, _) = self.node.path();
+        if let Some(ip) = super::route_source(self.hub)
+            && ip != from.ip()
+        {
+            self.node
+                .local_moved(now, SocketAddr::new(ip, self.hub.port()));
         }
     }
 

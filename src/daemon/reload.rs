@@ -94,7 +94,7 @@ impl HubFixed {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct NodeFixed {
     name: String,
-    address: IpAddr,
+    address: Option<IpAddr>,
     hub: SocketAddr,
     socket: PathBuf,
     state_dir: PathBuf,

@@ -107,6 +107,15 @@ impl RetryQueue {
         self.prune();
     }
 
+    /// Drops every operation of `peer` waiting for a retry (its path moved:
+    /// they name the old one).
+    pub fn forget_peer(&mut self, peer: PeerId) {
+        if let Some(q) = self.by_peer.remove(&peer) {
+            self.len -= q.len();
+        }
+        self.prune();
+    }
+
     /// Whether `peer` has operations waiting.
     pub fn has(&self, peer: PeerId) -> bool {
         self.count(peer) > 0

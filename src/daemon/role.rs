@@ -28,6 +28,16 @@ pub trait Role {
     }
     /// Where control datagrams for `peer` go.
     fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr>;
+    /// The machine moved `peer` to `to` ([`rotor_core::Action::PeerPath`]):
+    /// control datagrams go there from now on.
+    fn peer_moved(&mut self, peer: PeerId, to: SocketAddr) {
+        let _ = (peer, to);
+    }
+    /// This host's addresses or routes changed: a role that follows its
+    /// own address (a node) checks where it now sends from.
+    fn route_changed(&mut self, now: Now) {
+        let _ = now;
+    }
     /// Peer names, indexed by [`PeerId`].
     fn names(&self) -> &NameTable;
     /// Rows of the key-SPI table.

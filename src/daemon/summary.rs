@@ -86,6 +86,7 @@ impl Summary {
             Event::Initialised { .. } => c.inits += 1,
             Event::Dropped { reason, .. } => *c.drops.entry(reason.name()).or_insert(0) += 1,
             Event::Confirmed { .. }
+            | Event::Moved { .. }
             | Event::FallbackToInit { .. }
             | Event::KernelRepaired { .. } => {}
         }

@@ -8,6 +8,7 @@
 //! later timeout).
 
 use std::fmt;
+use std::net::SocketAddr;
 
 use crate::secret::EspKey;
 use crate::wire::WireError;
@@ -91,6 +92,28 @@ pub enum Action {
         dir: SaDir,
         /// Its SPI.
         spi: u32,
+    },
+    /// The path to the peer changed: an authenticated, fresh message came
+    /// from another address or port, the NAT verdict changed, or this
+    /// host's own address did. From this action on, control datagrams to
+    /// the peer go to `remote` and its SAs and policies live between
+    /// `local` and `remote` (`None`: unchanged), carried in UDP if `nat`.
+    /// `old_sas` were installed on the old path: the caller removes them
+    /// there. The core re-installs what it still needs on the new path in
+    /// the actions that follow (inbound SAs and never-used outbound ones;
+    /// an outbound SA that was sent on is re-keyed instead, since the
+    /// kernel would restart its sequence numbers under the same key).
+    PeerPath {
+        /// The peer.
+        peer: PeerId,
+        /// Where the peer is now.
+        remote: Option<SocketAddr>,
+        /// This host's address towards the peer now.
+        local: Option<SocketAddr>,
+        /// ESP in UDP (RFC 3948) between the two.
+        nat: bool,
+        /// SAs installed on the old path.
+        old_sas: Vec<(SaDir, u32)>,
     },
     /// Send a control datagram to the peer.
     Send {
@@ -180,6 +203,18 @@ pub enum Event {
         peer: PeerId,
         /// Generation-1 SPI.
         spi: u32,
+    },
+    /// A peer's path changed (see [`Action::PeerPath`]): on the hub, the
+    /// node is now reached at `to`; on a node, it now sends from `to`.
+    Moved {
+        /// The peer.
+        peer: PeerId,
+        /// The new endpoint.
+        to: SocketAddr,
+        /// ESP in UDP.
+        nat: bool,
+        /// The first path known for the peer (learned, not moved).
+        first: bool,
     },
     /// The hub saw the node use its latest generation for the first time.
     Confirmed {

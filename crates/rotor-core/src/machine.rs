@@ -2,6 +2,7 @@
 //! simulation, a load generator) runs either the same way.
 
 use std::collections::BTreeMap;
+use std::net::SocketAddr;
 
 use crate::action::{Action, DropReason, Now, Time};
 
@@ -15,10 +16,10 @@ use crate::action::{Action, DropReason, Now, Time};
 /// feeding the next input. Randomness is the machine's own (seeded when it is
 /// built), so a run is reproducible from its seeds and inputs.
 pub trait Machine {
-    /// Handles one datagram from the peer(s). Anything that is not a valid,
-    /// fresh message changes nothing but [`drops`](Machine::drops) (and queues a
-    /// `Dropped` event).
-    fn handle_datagram(&mut self, now: Now, data: &[u8]);
+    /// Handles one datagram from the peer(s), received from `from`.
+    /// Anything that is not a valid, fresh message changes nothing but
+    /// [`drops`](Machine::drops) (and queues a `Dropped` event).
+    fn handle_datagram(&mut self, now: Now, from: SocketAddr, data: &[u8]);
 
     /// Fires the timers due at `now.mono`. Calling it early is harmless: it
     /// fires only what is due.

@@ -15,6 +15,7 @@
 //! hello_interval`.
 
 use std::collections::{BTreeMap, VecDeque};
+use std::net::{Ipv4Addr, SocketAddr};
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -97,6 +98,11 @@ pub struct Node {
     drops: BTreeMap<DropReason, u64>,
     /// Init nonces, ephemeral keys and backoff jitter.
     rng: StdRng,
+    /// Where this node sends from, as it sees it (said in every hello, so
+    /// the hub can tell a NAT; unspecified until the caller knows).
+    source: SocketAddr,
+    /// The hub's verdict: a NAT sits between (ESP in UDP).
+    nat: bool,
 }
 
 impl Node {
@@ -125,6 +131,8 @@ impl Node {
             last_seen: None,
             rotations: 0,
             inits: 0,
+            source: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
+            nat: false,
             actions: VecDeque::new(),
             drops: BTreeMap::new(),
             rng: StdRng::from_seed(rng_seed),
@@ -254,6 +262,7 @@ impl Node {
                 counter,
                 generation: g.number,
                 rotate,
+                source: self.source,
             }
             .seal(&g.ctl_n2h);
             self.actions.push_back(Action::Send {
@@ -339,7 +348,10 @@ impl Node {
 
     /// Handles a datagram from the hub. Anything that is not a valid, fresh
     /// message for this node changes nothing but the drop counters.
-    pub fn handle_datagram(&mut self, now: Now, data: &[u8]) {
+    /// `from` is not looked at: the caller passes only what comes from the
+    /// hub's address, and the hub's keys authenticate the rest.
+    pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, data: &[u8]) {
+        let _ = from;
         if let Err(r) = self.datagram(now.mono, data) {
             let peer = self.carries_own_spi(data).then_some(HUB);
             self.drop_reason(r, peer);
@@ -380,7 +392,7 @@ impl Node {
             _ => None,
         }
         .ok_or(DropReason::UnknownSpi)?;
-        if dg.header.flags != 0 {
+        if dg.header.flags & !wire::FLAG_NAT != 0 {
             return Err(DropReason::UnexpectedType);
         }
         if !g.rx_window.check(dg.header.counter) {
@@ -398,9 +410,37 @@ impl Node {
             }
             self.dirty = true;
         }
+        let nat = matches!(
+            msg,
+            Message::Ack { nat: true, .. } | Message::Key { nat: true, .. }
+        );
+        let r = self.answer(now, is_latest, dg.header.counter, msg);
+        if r.is_ok() && nat != self.nat {
+            // Authenticated and fresh: the hub's verdict on the path holds.
+            self.nat = nat;
+            self.repath(now, None, true);
+        }
+        r
+    }
+
+    /// An authenticated answer from the hub under the latest generation
+    /// (`is_latest`) or the previous one.
+    fn answer(
+        &mut self,
+        now: Time,
+        is_latest: bool,
+        counter: u64,
+        msg: Message,
+    ) -> Result<(), DropReason> {
+        let g = if is_latest {
+            self.latest.as_mut()
+        } else {
+            self.previous.as_mut()
+        }
+        .ok_or(DropReason::UnknownSpi)?;
         match msg {
             Message::Ack { .. } => {
-                g.rx_window.commit(dg.header.counter);
+                g.rx_window.commit(counter);
                 self.answered(now);
                 Ok(())
             }
@@ -421,7 +461,7 @@ impl Node {
                             && spi > 0xff =>
                     {
                         if let Some(l) = self.latest.as_mut() {
-                            l.rx_window.commit(dg.header.counter);
+                            l.rx_window.commit(counter);
                         }
                         self.answered(now);
                         self.adopt_next(now, generation, spi, secret);
@@ -434,7 +474,7 @@ impl Node {
                         } else {
                             self.previous.as_mut()
                         } {
-                            g.rx_window.commit(dg.header.counter);
+                            g.rx_window.commit(counter);
                         }
                         self.answered(now);
                         self.send_hello(now);
@@ -522,6 +562,7 @@ impl Node {
             generation,
             gen_spi: spi,
             secret,
+            nat,
             ..
         } = dg.open(&key).map_err(DropReason::Wire)?
         else {
@@ -529,6 +570,13 @@ impl Node {
         };
         if generation != 1 || spi <= 0xff {
             return Err(DropReason::StaleGeneration);
+        }
+        if nat != self.nat {
+            // The new chain goes in on the path the hub sees; what is
+            // installed of the old one moves there without repair (it is
+            // superseded below).
+            self.nat = nat;
+            self.repath(now, None, false);
         }
         // Accepted: adopt the new chain, retire the old one after grace.
         self.pending = None;
@@ -566,6 +614,78 @@ impl Node {
             .push_back(Action::Event(Event::Initialised { peer: HUB, spi }));
         self.send_hello(now);
         Ok(())
+    }
+}
+
+/// Where the node sends from, and the NAT verdict.
+impl Node {
+    /// Sets where this node sends from and whether the hub sees it behind
+    /// a NAT, at start-up (configured, or restored): moves nothing, the
+    /// kernel already holds the SAs (or none).
+    pub fn set_path(&mut self, source: SocketAddr, nat: bool) {
+        self.source = source;
+        self.nat = nat;
+    }
+
+    /// Where this node sends from and whether through a NAT.
+    pub fn path(&self) -> (SocketAddr, bool) {
+        (self.source, self.nat)
+    }
+
+    /// This host's address towards the hub changed to `to` (the caller
+    /// watches its addresses and routes): the SAs move there
+    /// ([`Action::PeerPath`]), the ones sent on are re-keyed, and a hello
+    /// from the new address tells the hub at once.
+    pub fn local_moved(&mut self, now: Now, to: SocketAddr) {
+        if to == self.source {
+            return;
+        }
+        self.source = to;
+        self.repath(now.mono, Some(to), true);
+        self.actions.push_back(Action::Event(Event::Moved {
+            peer: HUB,
+            to,
+            nat: self.nat,
+            first: false,
+        }));
+    }
+
+    /// Moves every installed SA to the current path: [`Action::PeerPath`]
+    /// with what is installed, then (if `repair`) the latest and previous
+    /// generations are handled as lost by the kernel, which re-installs
+    /// inbound SAs, re-keys the outbound one and says hello at once.
+    fn repath(&mut self, now: Time, local: Option<SocketAddr>, repair: bool) {
+        let mut lost: Vec<(SaDir, u32)> = Vec::new();
+        for g in [&self.latest, &self.previous].into_iter().flatten() {
+            lost.push((SaDir::In, g.spi));
+            if !g.out_missing {
+                lost.push((SaDir::Out, g.spi));
+            }
+        }
+        let mut old_sas = lost.clone();
+        for &s in &self.superseded {
+            old_sas.push((SaDir::In, s));
+            old_sas.push((SaDir::Out, s));
+        }
+        for &(_, spi, out) in &self.retire_queue {
+            old_sas.push((SaDir::In, spi));
+            if out {
+                old_sas.push((SaDir::Out, spi));
+            }
+        }
+        self.dirty = true;
+        self.actions.push_back(Action::PeerPath {
+            peer: HUB,
+            remote: None,
+            local,
+            nat: self.nat,
+            old_sas,
+        });
+        if repair && !lost.is_empty() {
+            self.lose(now, &lost);
+        } else if self.latest.is_some() && self.pending.is_none() {
+            self.next_send = now;
+        }
     }
 }
 
@@ -686,6 +806,10 @@ impl Node {
     /// once), retire through the normal rotations. Emits
     /// [`Event::KernelRepaired`] and marks the node dirty.
     pub fn kernel_lost(&mut self, now: Now, lost: &[(SaDir, u32)]) {
+        self.lose(now.mono, lost);
+    }
+
+    fn lose(&mut self, now: Time, lost: &[(SaDir, u32)]) {
         let mut reinstalled = 0u32;
         let mut blocked = false;
         let mut any = false;
@@ -735,13 +859,13 @@ impl Node {
             reinstalled,
             blocked,
         }));
-        self.request_rotation(now.mono);
+        self.request_rotation(now);
     }
 }
 
 impl Machine for Node {
-    fn handle_datagram(&mut self, now: Now, data: &[u8]) {
-        Node::handle_datagram(self, now, data)
+    fn handle_datagram(&mut self, now: Now, from: SocketAddr, data: &[u8]) {
+        Node::handle_datagram(self, now, from, data)
     }
 
     fn handle_timeout(&mut self, now: Now) {

@@ -16,6 +16,8 @@
 //! panic; [`Datagram::open`] authenticates before anything is decoded and
 //! gives the [`Message`] back.
 
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 
@@ -23,6 +25,12 @@ use crate::secret::{ControlKey, Secret32};
 
 /// Protocol version carried in byte 0.
 pub const VERSION: u8 = 1;
+/// What every control datagram starts with on the wire, before the
+/// header: the RFC 3948 non-ESP marker. The control port is also the
+/// ESP-in-UDP port, and the kernel takes a datagram there that starts with
+/// four non-zero bytes as ESP; the marker makes it pass the datagram to
+/// rotor instead. [`frame`] adds it, [`unframe`] checks and removes it.
+pub const NON_ESP_MARKER: [u8; 4] = [0; 4];
 /// Length of the clear header.
 pub const HEADER_LEN: usize = 16;
 /// Length of the AEAD tag.
@@ -30,6 +38,13 @@ pub const TAG_LEN: usize = 16;
 /// `flags` bit of a `key` message that answers an `init`: it carries the hub's
 /// nonce and ephemeral public key in clear.
 pub const FLAG_INIT_REPLY: u16 = 0x0001;
+/// `flags` bit of a `key` or `ack` message: the hub saw the node's hello
+/// come from another address or port than the node said it sent from (a
+/// NAT on the path), so both ends carry ESP in UDP (RFC 3948).
+pub const FLAG_NAT: u16 = 0x0002;
+/// Length of an endpoint on the wire: the IPv6 address (IPv4 as
+/// IPv4-mapped `::ffff:a.b.c.d`) then the port.
+pub const ENDPOINT_LEN: usize = 18;
 
 /// Message type (byte 1).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -134,6 +149,10 @@ pub enum Message {
         generation: u64,
         /// The node asks for a rotation.
         rotate: bool,
+        /// The address and port the node sent the hello from, as it sees
+        /// them (unspecified, port 0, when it cannot tell): the hub compares
+        /// them with what it received from to detect a NAT.
+        source: SocketAddr,
     },
     /// Node -> hub (re)initialisation request under the init request key.
     Init {
@@ -164,6 +183,8 @@ pub enum Message {
         gen_spi: u32,
         /// The generation secret.
         secret: Secret32,
+        /// The hub sees the node behind a NAT (flag [`FLAG_NAT`]).
+        nat: bool,
     },
     /// Hub -> node: in sync, nothing to change.
     Ack {
@@ -173,10 +194,12 @@ pub enum Message {
         counter: u64,
         /// Hub's latest generation.
         generation: u64,
+        /// The hub sees the node behind a NAT (flag [`FLAG_NAT`]).
+        nat: bool,
     },
 }
 
-const HELLO_LEN: usize = 9;
+const HELLO_LEN: usize = 9 + ENDPOINT_LEN;
 const INIT_LEN: usize = 40;
 const KEY_LEN: usize = 44;
 const ACK_LEN: usize = 8;
@@ -193,12 +216,55 @@ fn body_len(kind: MsgType) -> usize {
 }
 
 fn clear_len(kind: MsgType, flags: u16) -> Result<usize, WireError> {
-    match (kind, flags) {
+    // Only the hub's messages carry the NAT verdict.
+    let nat = if matches!(kind, MsgType::Key | MsgType::Ack) {
+        FLAG_NAT
+    } else {
+        0
+    };
+    match (kind, flags & !nat) {
         (MsgType::Init, 0) => Ok(32),
         (MsgType::Key, FLAG_INIT_REPLY) => Ok(64),
         (_, 0) => Ok(0),
         _ => Err(WireError::BadFlags),
     }
+}
+
+/// `message` as it goes on the wire: [`NON_ESP_MARKER`] first.
+pub fn frame(message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(NON_ESP_MARKER.len() + message.len());
+    out.extend_from_slice(&NON_ESP_MARKER);
+    out.extend_from_slice(message);
+    out
+}
+
+/// The message inside a datagram received from the wire; `None` if it does
+/// not start with [`NON_ESP_MARKER`].
+pub fn unframe(datagram: &[u8]) -> Option<&[u8]> {
+    datagram.strip_prefix(&NON_ESP_MARKER[..])
+}
+
+/// Writes `a` as [`ENDPOINT_LEN`] bytes.
+fn put_endpoint(out: &mut Vec<u8>, a: &SocketAddr) {
+    let ip = match a.ip() {
+        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        IpAddr::V6(v6) => v6,
+    };
+    out.extend_from_slice(&ip.octets());
+    out.extend_from_slice(&a.port().to_be_bytes());
+}
+
+/// Reads an endpoint written by [`put_endpoint`] (`b` holds at least
+/// [`ENDPOINT_LEN`] bytes).
+fn endpoint_at(b: &[u8]) -> Option<SocketAddr> {
+    let ip: [u8; 16] = b.get(..16)?.try_into().ok()?;
+    let port = u16::from_be_bytes(b.get(16..18)?.try_into().ok()?);
+    let ip = Ipv6Addr::from(ip);
+    let ip = match ip.to_ipv4_mapped() {
+        Some(v4) => IpAddr::V4(v4),
+        None => IpAddr::V6(ip),
+    };
+    Some(SocketAddr::new(ip, port))
 }
 
 impl Message {
@@ -212,13 +278,17 @@ impl Message {
         }
     }
 
-    /// The flags: [`FLAG_INIT_REPLY`] on an init reply, else 0.
+    /// The flags: [`FLAG_INIT_REPLY`] on an init reply, [`FLAG_NAT`] on
+    /// a key or ack to a node behind a NAT.
     pub fn flags(&self) -> u16 {
+        let nat = |n: &bool| if *n { FLAG_NAT } else { 0 };
         match self {
             Message::Key {
                 init_reply: Some(_),
+                nat: n,
                 ..
-            } => FLAG_INIT_REPLY,
+            } => FLAG_INIT_REPLY | nat(n),
+            Message::Key { nat: n, .. } | Message::Ack { nat: n, .. } => nat(n),
             _ => 0,
         }
     }
@@ -237,7 +307,7 @@ impl Message {
         }
     }
 
-    /// Length of the sealed datagram (41, 104, 76, 140 or 40 bytes).
+    /// Length of the sealed datagram (59, 104, 76, 140 or 40 bytes).
     pub fn sealed_len(&self) -> usize {
         let h = self.header();
         // clear_len accepts every (kind, flags) a Message has.
@@ -266,10 +336,14 @@ impl Message {
         let aad_len = out.len();
         match self {
             Message::Hello {
-                generation, rotate, ..
+                generation,
+                rotate,
+                source,
+                ..
             } => {
                 out.extend_from_slice(&generation.to_be_bytes());
                 out.push(u8::from(*rotate));
+                put_endpoint(&mut out, source);
             }
             Message::Init {
                 timestamp_ms,
@@ -379,7 +453,7 @@ impl Datagram<'_> {
     /// The clear extension of an init reply (unauthenticated until
     /// [`Self::open`]); `None` for every other message.
     pub fn init_reply(&self) -> Option<InitReply> {
-        if self.header.kind != MsgType::Key || self.header.flags != FLAG_INIT_REPLY {
+        if self.header.kind != MsgType::Key || self.header.flags & FLAG_INIT_REPLY == 0 {
             return None;
         }
         let (n, p) = self.clear.split_at_checked(32)?;
@@ -412,13 +486,20 @@ impl Datagram<'_> {
         .map_err(|_| WireError::AuthFailed)?;
         // parse() fixed the length for the type, so these reads are in bounds.
         let p = &*plain;
-        let Header { spi, counter, .. } = self.header;
+        let Header {
+            spi,
+            counter,
+            flags,
+            ..
+        } = self.header;
+        let nat = flags & FLAG_NAT != 0;
         Ok(match self.header.kind {
             MsgType::Hello => Message::Hello {
                 spi,
                 counter,
                 generation: u64_at(p, 0),
                 rotate: p[8] & 1 != 0,
+                source: endpoint_at(&p[9..9 + ENDPOINT_LEN]).ok_or(WireError::BadLength)?,
             },
             MsgType::Init => Message::Init {
                 spi,
@@ -437,12 +518,14 @@ impl Datagram<'_> {
                     generation: u64_at(p, 0),
                     gen_spi: u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
                     secret: Secret32::new(*s),
+                    nat,
                 }
             }
             MsgType::Ack => Message::Ack {
                 spi,
                 counter,
                 generation: u64_at(p, 0),
+                nat,
             },
         })
     }
@@ -475,6 +558,18 @@ mod tests {
                     counter,
                     generation: 7,
                     rotate: true,
+                    source: "192.0.2.7:4820".parse().unwrap(),
+                },
+            ),
+            (
+                h(MsgType::Hello, 0),
+                vec![],
+                Message::Hello {
+                    spi,
+                    counter,
+                    generation: 7,
+                    rotate: false,
+                    source: "[2001:db8::7]:40000".parse().unwrap(),
                 },
             ),
             (
@@ -498,6 +593,20 @@ mod tests {
                     generation: 8,
                     gen_spi: 0xabcd,
                     secret: Secret32::new([6; 32]),
+                    nat: false,
+                },
+            ),
+            (
+                h(MsgType::Key, FLAG_NAT),
+                vec![],
+                Message::Key {
+                    spi,
+                    counter,
+                    init_reply: None,
+                    generation: 8,
+                    gen_spi: 0xabcd,
+                    secret: Secret32::new([6; 32]),
+                    nat: true,
                 },
             ),
             (
@@ -513,6 +622,23 @@ mod tests {
                     generation: 1,
                     gen_spi: 0x999,
                     secret: Secret32::new([7; 32]),
+                    nat: false,
+                },
+            ),
+            (
+                h(MsgType::Key, FLAG_INIT_REPLY | FLAG_NAT),
+                vec![3; 64],
+                Message::Key {
+                    spi,
+                    counter,
+                    init_reply: Some(InitReply {
+                        hub_nonce: [3; 32],
+                        hub_pub: [3; 32],
+                    }),
+                    generation: 1,
+                    gen_spi: 0x999,
+                    secret: Secret32::new([7; 32]),
+                    nat: true,
                 },
             ),
             (
@@ -522,6 +648,17 @@ mod tests {
                     spi,
                     counter,
                     generation: 8,
+                    nat: false,
+                },
+            ),
+            (
+                h(MsgType::Ack, FLAG_NAT),
+                vec![],
+                Message::Ack {
+                    spi,
+                    counter,
+                    generation: 8,
+                    nat: true,
                 },
             ),
         ]
@@ -572,7 +709,7 @@ mod tests {
                 m.seal(&key(1)).len()
             })
             .collect();
-        assert_eq!(sizes, vec![41, 104, 76, 140, 40]);
+        assert_eq!(sizes, vec![59, 59, 104, 76, 76, 140, 140, 40, 40]);
     }
 
     /// A message whose parts do not match (a clear extension or a flag on a
@@ -585,6 +722,7 @@ mod tests {
             counter: 0,
             generation: 1,
             rotate: false,
+            source: "192.0.2.1:4820".parse().unwrap(),
         }
         .seal(&key(1));
         // A hello with a 32-byte clear extension spliced in.
@@ -596,11 +734,15 @@ mod tests {
         let mut flagged = hello.clone();
         flagged[3] = FLAG_INIT_REPLY as u8;
         assert_eq!(parse(&flagged).err(), Some(WireError::BadFlags));
+        // Only the hub's messages carry the NAT verdict.
+        flagged[3] = FLAG_NAT as u8;
+        assert_eq!(parse(&flagged).err(), Some(WireError::BadFlags));
         // An ack-sized body under a hello header.
         let ack = Message::Ack {
             spi: 1,
             counter: 0,
             generation: 1,
+            nat: false,
         }
         .seal(&key(1));
         let mut retyped = ack.clone();

@@ -4,7 +4,7 @@
 
 use proptest::prelude::*;
 use rotor_core::key_schedule::init_request_key;
-use rotor_core::wire::{self, FLAG_INIT_REPLY, Header, InitReply, Message, MsgType};
+use rotor_core::wire::{self, FLAG_INIT_REPLY, FLAG_NAT, Header, InitReply, Message, MsgType};
 use rotor_core::{
     Action, Event, Hub, HubConfig, KeyBits, Node, NodeConfig, NodeSpec, Now, Secret32, Time,
 };
@@ -19,19 +19,37 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
     let spi = any::<u32>();
     let counter = any::<u64>();
     prop_oneof![
-        (spi, counter, any::<u64>(), any::<bool>()).prop_map(
-            |(spi, counter, generation, rotate)| (
-                MsgType::Hello,
-                0,
-                vec![],
-                Message::Hello {
-                    spi,
-                    counter,
-                    generation,
-                    rotate
-                }
-            )
-        ),
+        (
+            spi,
+            counter,
+            any::<u64>(),
+            any::<bool>(),
+            any::<[u8; 16]>(),
+            any::<bool>(),
+            any::<u16>()
+        )
+            .prop_map(|(spi, counter, generation, rotate, ip, v4, port)| {
+                let ip: std::net::IpAddr = if v4 {
+                    std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).into()
+                } else {
+                    // IPv4-mapped IPv6 addresses are how IPv4 travels: they
+                    // come back as IPv4.
+                    let v6 = std::net::Ipv6Addr::from(ip);
+                    v6.to_ipv4_mapped().map_or(v6.into(), Into::into)
+                };
+                (
+                    MsgType::Hello,
+                    0,
+                    vec![],
+                    Message::Hello {
+                        spi,
+                        counter,
+                        generation,
+                        rotate,
+                        source: std::net::SocketAddr::new(ip, port),
+                    },
+                )
+            }),
         (
             spi,
             counter,
@@ -56,43 +74,48 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
             any::<u64>(),
             any::<u32>(),
             any::<[u8; 32]>(),
-            any::<bool>(),
+            (any::<bool>(), any::<bool>()),
             any::<[u8; 32]>()
         )
-            .prop_map(|((spi, counter), generation, gen_spi, s, init, extra)| {
-                let (flags, clear, init_reply) = if init {
-                    let mut c = extra.to_vec();
-                    c.extend_from_slice(&extra);
-                    let r = InitReply {
-                        hub_nonce: extra,
-                        hub_pub: extra,
+            .prop_map(
+                |((spi, counter), generation, gen_spi, s, (init, nat), extra)| {
+                    let (flags, clear, init_reply) = if init {
+                        let mut c = extra.to_vec();
+                        c.extend_from_slice(&extra);
+                        let r = InitReply {
+                            hub_nonce: extra,
+                            hub_pub: extra,
+                        };
+                        (FLAG_INIT_REPLY, c, Some(r))
+                    } else {
+                        (0, vec![], None)
                     };
-                    (FLAG_INIT_REPLY, c, Some(r))
-                } else {
-                    (0, vec![], None)
-                };
-                (
-                    MsgType::Key,
-                    flags,
-                    clear,
-                    Message::Key {
-                        spi,
-                        counter,
-                        init_reply,
-                        generation,
-                        gen_spi,
-                        secret: Secret32::new(s),
-                    },
-                )
-            }),
-        (spi, counter, any::<u64>()).prop_map(|(spi, counter, generation)| (
+                    let flags = flags | if nat { FLAG_NAT } else { 0 };
+                    (
+                        MsgType::Key,
+                        flags,
+                        clear,
+                        Message::Key {
+                            spi,
+                            counter,
+                            init_reply,
+                            generation,
+                            gen_spi,
+                            secret: Secret32::new(s),
+                            nat,
+                        },
+                    )
+                }
+            ),
+        (spi, counter, any::<u64>(), any::<bool>()).prop_map(|(spi, counter, generation, nat)| (
             MsgType::Ack,
-            0,
+            if nat { FLAG_NAT } else { 0 },
             vec![],
             Message::Ack {
                 spi,
                 counter,
-                generation
+                generation,
+                nat
             }
         )),
     ]
@@ -146,7 +169,7 @@ proptest! {
         }
         let now = Now::new(Time(5), 1_750_000_000_000);
         let mut h = hub();
-        h.handle_datagram(now, &data);
+        h.handle_datagram(now, "192.0.2.9:4820".parse().unwrap(), &data);
         while let Some(a) = h.poll_action() {
             prop_assert!(matches!(a, Action::Event(Event::Dropped { .. })), "{:?}", a);
         }
@@ -159,7 +182,7 @@ proptest! {
             grace_ms: 1000,
             key_bits: KeyBits::Aes128,
         }, Now::new(Time(0), 1_750_000_000_000), [4; 32]).unwrap();
-        n.handle_datagram(now, &data);
+        n.handle_datagram(now, "192.0.2.1:4820".parse().unwrap(), &data);
         while let Some(a) = n.poll_action() {
             prop_assert!(matches!(a, Action::Event(Event::Dropped { .. })), "{:?}", a);
         }

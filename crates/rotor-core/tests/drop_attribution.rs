@@ -57,7 +57,11 @@ fn init_from(name: &str, key: Secret32, unix_ms: u64) -> Vec<u8> {
 
 /// The events a datagram caused at the hub.
 fn drops(h: &mut Hub, data: &[u8]) -> Vec<(DropReason, Option<PeerId>)> {
-    h.handle_datagram(Now::new(Time(10), UNIX_MS), data);
+    h.handle_datagram(
+        Now::new(Time(10), UNIX_MS),
+        "192.0.2.2:4820".parse().unwrap(),
+        data,
+    );
     std::iter::from_fn(|| h.poll_action())
         .filter_map(|a| match a {
             Action::Event(Event::Dropped { reason, peer }) => Some((reason, peer)),
@@ -123,7 +127,11 @@ fn a_node_names_the_hub_when_a_reply_under_its_spi_fails() {
         .expect("init");
     // The hub's genuine reply, one byte of its ciphertext flipped.
     let mut h = hub();
-    h.handle_datagram(Now::new(Time(10), UNIX_MS), &init);
+    h.handle_datagram(
+        Now::new(Time(10), UNIX_MS),
+        "192.0.2.2:4820".parse().unwrap(),
+        &init,
+    );
     let mut reply = std::iter::from_fn(|| h.poll_action())
         .find_map(|a| match a {
             Action::Send { datagram, .. } => Some(datagram),
@@ -132,7 +140,11 @@ fn a_node_names_the_hub_when_a_reply_under_its_spi_fails() {
         .expect("the hub answers the init");
     let last = reply.len() - 1;
     reply[last] ^= 1;
-    n.handle_datagram(Now::new(Time(20), UNIX_MS), &reply);
+    n.handle_datagram(
+        Now::new(Time(20), UNIX_MS),
+        "192.0.2.1:4820".parse().unwrap(),
+        &reply,
+    );
     let got: Vec<_> = std::iter::from_fn(|| n.poll_action())
         .filter_map(|a| match a {
             Action::Event(Event::Dropped { reason, peer }) => Some((reason, peer)),

@@ -21,6 +21,7 @@
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap, HashSet};
+use std::net::SocketAddr;
 
 use rand::{Rng, RngCore, SeedableRng};
 use rand_chacha::ChaCha20Rng;
@@ -31,6 +32,14 @@ use rotor_core::{
 use zeroize::Zeroizing;
 
 const HELLO_MS: u64 = 500;
+
+/// Where node `i` starts.
+fn node_addr(i: usize) -> SocketAddr {
+    SocketAddr::new(
+        std::net::Ipv4Addr::new(10, 1, (i / 250) as u8, (i % 250) as u8 + 2).into(),
+        4820,
+    )
+}
 const RETRIES: u32 = 3;
 const ROTATE_MS: u64 = 2_000;
 const GRACE_MS: u64 = 2_000;
@@ -56,6 +65,7 @@ struct Kernel {
 #[derive(Debug)]
 enum Ev {
     Ctrl {
+        from: SocketAddr,
         to: Host,
         data: Vec<u8>,
     },
@@ -77,6 +87,8 @@ struct Net {
 
 #[derive(Default, Debug)]
 struct Figures {
+    /// Path changes executed (hub or node).
+    moves: u64,
     events: u64,
     ctrl_sent: u64,
     ctrl_lost: u64,
@@ -92,6 +104,8 @@ struct Figures {
 }
 
 struct Sim {
+    /// Where each node sends from (roaming tests change it).
+    addrs: Vec<SocketAddr>,
     now: Time,
     rng: ChaCha20Rng,
     hub: Hub,
@@ -232,9 +246,40 @@ impl Sim {
             fresh_replays: 0,
             writes: HashMap::new(),
             sends: HashMap::new(),
+            addrs: (0..n).map(node_addr).collect(),
         };
+        s.seat_hub();
+        for i in 0..n {
+            s.seat_node(i);
+        }
         s.schedule(Time(DATA_TICK_MS), Ev::DataTick);
         s
+    }
+
+    /// Where the hub is.
+    fn hub_addr() -> SocketAddr {
+        "192.0.2.1:4820".parse().unwrap()
+    }
+
+    /// Tells the hub where every node is (as the daemon does from its
+    /// configuration or stored paths): no move at the first message.
+    fn seat_hub(&mut self) {
+        for (i, a) in self.addrs.iter().enumerate() {
+            self.hub.set_path(PeerId(i as u32), *a, false, false);
+        }
+    }
+
+    /// Tells node `i` where it sends from.
+    fn seat_node(&mut self, i: usize) {
+        self.nodes[i].set_path(self.addrs[i], false);
+    }
+
+    /// Where `host` sends from.
+    fn addr_of(&self, host: Host) -> SocketAddr {
+        match host {
+            Host::Hub => Self::hub_addr(),
+            Host::Node(i) => self.addrs[i],
+        }
     }
 
     fn schedule(&mut self, at: Time, ev: Ev) {
@@ -440,14 +485,36 @@ impl Sim {
                 };
                 for _ in 0..copies {
                     let d = self.rng.gen_range(1..=MAX_CTRL_DELAY_MS);
+                    let from = self.addr_of(host);
                     self.schedule(
                         self.now.plus_ms(d),
                         Ev::Ctrl {
+                            from,
                             to,
                             data: datagram.clone(),
                         },
                     );
                 }
+            }
+            Action::PeerPath { peer, old_sas, .. } => {
+                // The SAs leave the old path; the core re-installs what it
+                // still needs in the actions that follow, and the daemon
+                // blocks outbound traffic on the new path until then.
+                self.fig.moves += 1;
+                for (dir, spi) in old_sas {
+                    let inbound = dir == SaDir::In;
+                    self.kernels
+                        .get_mut(&host)
+                        .unwrap()
+                        .sas
+                        .remove(&(peer.0, inbound, spi));
+                    self.flushed.insert((host, peer.0, inbound, spi));
+                }
+                self.kernels
+                    .get_mut(&host)
+                    .unwrap()
+                    .outbound
+                    .insert(peer.0, None);
             }
             Action::Event(e) => match e {
                 Event::Rotated { .. } if host == Host::Hub => self.fig.rotations += 1,
@@ -592,10 +659,10 @@ impl Sim {
                     };
                     let ev = self.events[idx].take();
                     match ev {
-                        Some(Ev::Ctrl { to, data }) => {
+                        Some(Ev::Ctrl { from, to, data }) => {
                             let now = self.clock();
                             let replays = machine_replays(self.machine(to));
-                            self.machine(to).handle_datagram(now, &data);
+                            self.machine(to).handle_datagram(now, from, &data);
                             if machine_replays(self.machine(to)) > replays
                                 && !self.old_life.contains(&data)
                             {
@@ -678,6 +745,7 @@ impl Sim {
         // repeat the nonces and ephemeral keys of its previous life.
         let seed = self.rng.r#gen();
         self.nodes[i] = Node::new(self.node_cfgs[i].clone(), self.clock(), seed).unwrap();
+        self.seat_node(i);
         self.kernels.insert(Host::Node(i), Kernel::default());
         self.outage[i] = Some((self.now, inits));
     }
@@ -741,6 +809,7 @@ impl Sim {
         })
         .unwrap();
         self.hub = hub;
+        self.seat_hub();
         assert!(self.hub.poll_action().is_none(), "restore emitted actions");
         self.last_report = Some(report);
         for i in 0..self.nodes.len() {
@@ -770,6 +839,7 @@ impl Sim {
         )
         .unwrap();
         self.nodes[i] = node;
+        self.seat_node(i);
         assert!(
             self.nodes[i].poll_action().is_none(),
             "restore emitted actions"
@@ -786,7 +856,7 @@ impl Sim {
     /// spi)` holds as sent by the host's previous life.
     fn mark_old_life(&mut self, from_restarted: impl Fn(Host, u32) -> bool) {
         for ev in self.events.iter().flatten() {
-            if let Ev::Ctrl { to, data } = ev
+            if let Ev::Ctrl { to, data, .. } = ev
                 && let Some(spi) = data.get(4..8)
                 && from_restarted(*to, u32::from_be_bytes(spi.try_into().unwrap()))
             {
@@ -890,6 +960,7 @@ impl Sim {
         let seed = self.rng.r#gen();
         self.hub = Hub::new(self.hub_cfg.clone(), self.clock(), seed).unwrap();
         self.hub.start();
+        self.seat_hub();
         self.kernels.insert(Host::Hub, Kernel::default());
         for i in 0..self.nodes.len() {
             self.outage[i] = Some((self.now, 0));
@@ -1180,7 +1251,9 @@ fn hostile_datagrams_change_no_state() {
         let nodes_before: Vec<_> = s.nodes.iter().map(|n| n.status(s.now)).collect();
         let drops_before: u64 = s.machine(target).drops().values().sum();
         let now = s.clock();
-        s.machine(target).handle_datagram(now, &data);
+        // From anywhere: an attacker's address must not move a node.
+        let from: SocketAddr = "203.0.113.66:4820".parse().unwrap();
+        s.machine(target).handle_datagram(now, from, &data);
         // An exact replay of the latest init is a retransmission: the hub
         // answers it with the same reply. Nothing else may produce more than a
         // "dropped" event.
@@ -1804,5 +1877,109 @@ fn lazy_records_restarts_never_reuse_a_counter() {
             f.data_lost_outage, 0,
             "{label}: a hitless restart lost data"
         );
+    }
+}
+
+/// Nodes move (a new address, as after a DHCP change or a Wi-Fi handover),
+/// under control loss: each node's core moves its SAs and says hello from
+/// the new address at once, and the hub follows the first fresh,
+/// authenticated hello from there. The chains continue (no init), no data
+/// is lost to keying, every step keeps the invariants, and a hello captured
+/// before a move and replayed afterwards from the old address moves
+/// nothing back.
+#[test]
+fn roaming_nodes_keep_their_chains_and_old_hellos_move_nothing() {
+    for seed in 0..seeds() {
+        for loss in [0.0, 0.1] {
+            let n = 20;
+            let mut s = Sim::new(900 + seed, n, 0.0);
+            s.net.dup = 0.0;
+            s.run(Time(3_000));
+            s.converge(5_000).expect("convergence");
+            s.net.loss = loss;
+            let label = format!("roaming seed={seed} loss={loss}");
+            let mut moved = 0;
+            s.fig.worst_outage_ms = 0;
+            for k in 0..8 {
+                let i = s.rng.gen_range(0..n);
+                let old = s.addrs[i];
+                // A hello node i sent from its old address, as a capture.
+                let spis: HashSet<u32> = s.nodes[i]
+                    .kernel_view()
+                    .sas
+                    .iter()
+                    .map(|(_, spi)| *spi)
+                    .collect();
+                let captured = s.delivered.iter().rev().find_map(|(to, d)| {
+                    let spi = u32::from_be_bytes(d.get(4..8)?.try_into().ok()?);
+                    (*to == Host::Hub && d.get(1) == Some(&1) && spis.contains(&spi))
+                        .then(|| d.clone())
+                });
+                let gen_before = s.nodes[i].generation();
+                let to = SocketAddr::new(
+                    std::net::Ipv4Addr::new(10, 2, k as u8, (i % 250) as u8 + 2).into(),
+                    4820,
+                );
+                s.addrs[i] = to;
+                // The outbound SAs cannot move with their keys (the kernel
+                // would restart their sequence numbers): a move is an
+                // outage until the re-key, which ends it.
+                let inits = s.hub.status(s.now)[i].inits;
+                s.outage[i] = Some((s.now, inits.saturating_sub(1)));
+                let now = s.clock();
+                s.nodes[i].local_moved(now, to);
+                s.after_step(Host::Node(i));
+                moved += 1;
+                s.run(s.now.plus_ms(4 * HELLO_MS));
+                assert_eq!(
+                    s.hub.path(PeerId(i as u32)),
+                    Some((to, false)),
+                    "{label}: the hub did not follow node {i}"
+                );
+                assert!(
+                    s.nodes[i].generation() >= gen_before,
+                    "{label}: node {i}'s chain went back"
+                );
+                if let Some(d) = captured {
+                    let now = s.clock();
+                    s.hub.handle_datagram(now, old, &d);
+                    while let Some(a) = s.hub.poll_action() {
+                        assert!(
+                            matches!(a, Action::Event(Event::Dropped { .. })),
+                            "{label}: an old hello replayed from {old} caused {a:?}"
+                        );
+                    }
+                    assert_eq!(
+                        s.hub.path(PeerId(i as u32)),
+                        Some((to, false)),
+                        "{label}: an old hello moved node {i} back"
+                    );
+                }
+            }
+            s.net.loss = 0.0;
+            s.converge(5_000).expect("convergence after the moves");
+            s.run(s.now.plus_ms(GRACE_MS + 2 * ROTATE_MS));
+            assert!(
+                s.hub.status(s.now).iter().all(|p| p.inits == 1),
+                "{label}: a node re-initialised"
+            );
+            let f = s.finish(&label);
+            assert!(f.moves >= 2 * moved, "{label}: {} moves", f.moves);
+            assert_eq!(f.data_lost_keying, 0, "{label}");
+            // A hello at once from the new address, the hub's re-key in
+            // answer: a round trip or two, and a repeated hello per loss.
+            if loss == 0.0 {
+                assert!(
+                    f.worst_outage_ms <= 4 * MAX_CTRL_DELAY_MS,
+                    "{label}: a move cost {} ms",
+                    f.worst_outage_ms
+                );
+            }
+            assert!(
+                f.worst_outage_ms <= 1_000,
+                "{label}: a move cost {} ms",
+                f.worst_outage_ms
+            );
+        }
     }
 }

@@ -13,7 +13,7 @@
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap};
 use std::io::Write;
-use std::net::{IpAddr, Ipv4Addr, SocketAddrV4};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
@@ -160,8 +160,11 @@ impl Fleet {
         let mut slots = Vec::with_capacity(nodes.len());
         for (i, n) in nodes.into_iter().enumerate() {
             let name = n.name.clone();
-            let node = Node::new(n, start, seeds.r#gen())
+            let mut node = Node::new(n, start, seeds.r#gen())
                 .with_context(|| format!("node {i} ({name}): invalid settings"))?;
+            // Each node says where it sends from, so the hub sees no NAT.
+            let from = cfg.addr_map.addr(cfg.first_addr, i as u32);
+            node.set_path(SocketAddr::new(IpAddr::V4(from), cfg.hub.port()), false);
             slots.push(Slot {
                 node,
                 armed: None,
@@ -203,6 +206,9 @@ impl Fleet {
             reqid: self.own.reqid_for(i as u32)?,
             local: IpAddr::V4(self.addr(i)),
             remote: IpAddr::V4(*self.cfg.hub.ip()),
+            local_port: self.cfg.hub.port(),
+            remote_port: self.cfg.hub.port(),
+            nat: false,
             mode: PeerMode::Transport,
             priority: 1000,
             replay_window: 1024,
@@ -239,7 +245,7 @@ impl Fleet {
                 Action::Send { datagram, .. } => self.out.push(Outgoing {
                     from: self.addr(i),
                     to: self.cfg.hub,
-                    data: datagram,
+                    data: wire::frame(&datagram),
                 }),
                 Action::Event(e) => match e {
                     Event::Rotated { .. } => {
@@ -268,6 +274,7 @@ impl Fleet {
                     }
                     Event::Resent { .. }
                     | Event::Confirmed { .. }
+                    | Event::Moved { .. }
                     | Event::KernelRepaired { .. } => {}
                 },
                 kernel_action => {
@@ -363,11 +370,17 @@ impl Fleet {
                 .or_insert(0) += 1;
             return;
         }
+        let Some(data) = wire::unframe(data) else {
+            *self.stats.drops.entry("unframed".into()).or_insert(0) += 1;
+            return;
+        };
         let ack_spi = wire::parse(data)
             .ok()
             .filter(|d| d.header.kind == MsgType::Ack)
             .map(|d| d.header.spi);
-        self.slots[i].node.handle_datagram(now, data);
+        self.slots[i]
+            .node
+            .handle_datagram(now, SocketAddr::V4(from), data);
         let dropped = self.drain(i);
         if !dropped && ack_spi.is_some() && ack_spi == self.slots[i].node.tx_spi() {
             self.set_in_sync(i, true);

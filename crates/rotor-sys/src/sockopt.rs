@@ -80,6 +80,24 @@ pub fn set_pktinfo(sock: impl AsFd, on: bool) -> io::Result<()> {
     )
 }
 
+/// Makes a UDP socket the kernel's ESP-in-UDP endpoint (RFC 3948,
+/// `UDP_ENCAP` = `UDP_ENCAP_ESPINUDP`): datagrams arriving on its port whose
+/// first four bytes are not zero are taken as ESP and handed to the SA
+/// they name (or dropped by the kernel if there is none); those that start
+/// with the four-zero-byte non-ESP marker reach the socket as usual, as do
+/// datagrams of up to 8 bytes other than a one-byte 0xff keepalive, which
+/// the kernel eats. Works on IPv4 and IPv6 sockets.
+pub fn set_udp_encap_espinudp(sock: impl AsFd) -> io::Result<()> {
+    const UDP_ENCAP: libc::c_int = 100;
+    const UDP_ENCAP_ESPINUDP: libc::c_int = 2;
+    setsockopt_bytes(
+        sock.as_fd(),
+        libc::IPPROTO_UDP,
+        UDP_ENCAP,
+        &UDP_ENCAP_ESPINUDP.to_ne_bytes(),
+    )
+}
+
 /// Installs one per-socket IPsec policy (`IP_XFRM_POLICY` or
 /// `IPV6_XFRM_POLICY`, by `family`). `policy` is a `struct
 /// xfrm_userpolicy_info` (optionally followed by templates) in the kernel's

@@ -107,6 +107,7 @@ impl Shared {
             generation: 1,
             gen_spi: spi,
             secret: gen1.secret.clone(),
+            nat: n.nat,
         }
         .seal(&session);
         n.latest = Some(gen1);

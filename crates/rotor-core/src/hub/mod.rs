@@ -24,12 +24,14 @@
 //! `rotate --all` pacing and the grace-period retire queue.
 
 mod init;
+mod path;
 mod persist;
 mod rotation;
 mod timers;
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BinaryHeap, VecDeque};
+use std::net::SocketAddr;
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
@@ -45,6 +47,7 @@ use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
 use crate::wire::{self, MsgType};
 
+pub use path::behind_nat;
 pub use timers::TIMER_BATCH;
 
 /// One node's entry: its chain and counters. Kept small (a unit test
@@ -85,6 +88,17 @@ struct NodeState {
     rotations: u64,
     resends: u64,
     inits: u64,
+    /// Where the node is reached (`None`: not heard from yet, and no
+    /// address configured).
+    path: path::Place,
+    /// A NAT sits between: ESP in UDP.
+    nat: bool,
+    /// The path's address is configured: messages from elsewhere are
+    /// answered there but never move the node (its port may change).
+    pinned: bool,
+    /// Freshness (generation, counter) of the message that set `path`:
+    /// only a fresher one moves the node (see [`path`]).
+    path_mark: u64,
     /// Durable state changed since the last [`Hub::take_dirty`] (the id is
     /// then in `Shared::dirty`).
     dirty: bool,
@@ -182,6 +196,10 @@ impl Hub {
                 rotations: 0,
                 resends: 0,
                 inits: 0,
+                path: path::Place::default(),
+                nat: false,
+                pinned: false,
+                path_mark: 0,
                 dirty: false,
             });
         }
@@ -239,11 +257,11 @@ impl Hub {
         &self.shared.drops
     }
 
-    /// Handles a datagram from the network. `now.unix_ms` is checked against
-    /// init timestamps. A datagram that is not a valid, fresh message changes
-    /// nothing but the drop counters.
-    pub fn handle_datagram(&mut self, now: Now, data: &[u8]) {
-        if let Err(r) = self.datagram(now, data) {
+    /// Handles a datagram from the network, received from `from`.
+    /// `now.unix_ms` is checked against init timestamps. A datagram that is
+    /// not a valid, fresh message changes nothing but the drop counters.
+    pub fn handle_datagram(&mut self, now: Now, from: SocketAddr, data: &[u8]) {
+        if let Err(r) = self.datagram(now, from, data) {
             let peer = self.spi_owner(data);
             self.shared.drop_reason(r, peer);
         }
@@ -262,7 +280,7 @@ impl Hub {
     }
 
     /// Routes a datagram by its header SPI (I5) to the handler of its node.
-    fn datagram(&mut self, now: Now, data: &[u8]) -> Result<(), DropReason> {
+    fn datagram(&mut self, now: Now, from: SocketAddr, data: &[u8]) -> Result<(), DropReason> {
         let dg = wire::parse(data).map_err(DropReason::Wire)?;
         let Hub { nodes, shared: sh } = self;
         match sh.table.lookup(dg.header.spi) {
@@ -270,12 +288,12 @@ impl Hub {
             Some(SpiOwner::Init(_) | SpiOwner::SharedInit) if dg.header.kind != MsgType::Init => {
                 Err(DropReason::UnexpectedType)
             }
-            Some(SpiOwner::Init(id)) => sh.init(now, id, entry(nodes, id)?, &dg),
+            Some(SpiOwner::Init(id)) => sh.init_from(now, id, entry(nodes, id)?, from, &dg),
             Some(SpiOwner::SharedInit) => {
                 // Colliding init SPIs (rare): the AEAD picks the node.
                 let mut last = DropReason::Wire(wire::WireError::AuthFailed);
                 for id in sh.table.init_candidates(dg.header.spi) {
-                    match entry(nodes, id).and_then(|n| sh.init(now, id, n, &dg)) {
+                    match entry(nodes, id).and_then(|n| sh.init_from(now, id, n, from, &dg)) {
                         Ok(()) => return Ok(()),
                         Err(e) => last = e,
                     }
@@ -286,7 +304,7 @@ impl Hub {
                 if dg.header.kind != MsgType::Hello {
                     return Err(DropReason::UnexpectedType);
                 }
-                sh.hello(now.mono, id, entry(nodes, id)?, &dg)
+                sh.hello(now.mono, id, entry(nodes, id)?, from, &dg)
             }
         }
     }
@@ -323,6 +341,25 @@ impl Hub {
         })
     }
 
+    /// Where node `id` is reached and whether through a NAT (`None`: not
+    /// heard from, nothing configured or restored).
+    pub fn path(&self, id: PeerId) -> Option<(SocketAddr, bool)> {
+        let n = self.nodes.get(id.0 as usize)?;
+        n.path.get().map(|p| (p, n.nat))
+    }
+
+    /// Sets where node `id` is, as configured or restored after a restart,
+    /// without moving anything: the kernel already holds its SAs there (or
+    /// none). Later messages move it as usual, except that a `pinned`
+    /// node's address never changes (its port may, behind a NAT).
+    pub fn set_path(&mut self, id: PeerId, to: SocketAddr, nat: bool, pinned: bool) {
+        if let Some(n) = self.nodes.get_mut(id.0 as usize) {
+            n.path = path::Place::of(to);
+            n.nat = nat;
+            n.pinned = pinned;
+        }
+    }
+
     /// Latest generation number per node (0 before init), for invariant checks.
     pub fn generation_of(&self, id: PeerId) -> u64 {
         self.nodes
@@ -333,6 +370,24 @@ impl Hub {
 }
 
 impl Shared {
+    /// An init under node `id`'s init SPI from `from`: an accepted one
+    /// (not a retransmission) also sets where the node is.
+    fn init_from(
+        &mut self,
+        now: Now,
+        id: PeerId,
+        n: &mut NodeState,
+        from: SocketAddr,
+        dg: &wire::Datagram<'_>,
+    ) -> Result<(), DropReason> {
+        let before = n.inits;
+        self.init(now, id, n, dg)?;
+        if n.inits != before {
+            self.heard_from(now.mono, id, n, from, None, None);
+        }
+        Ok(())
+    }
+
     /// Notes that node `id`'s durable state changed (see [`Hub::take_dirty`]).
     fn mark(&mut self, id: PeerId, n: &mut NodeState) {
         if !n.dirty {
@@ -385,8 +440,8 @@ impl Shared {
 }
 
 impl Machine for Hub {
-    fn handle_datagram(&mut self, now: Now, data: &[u8]) {
-        Hub::handle_datagram(self, now, data)
+    fn handle_datagram(&mut self, now: Now, from: SocketAddr, data: &[u8]) {
+        Hub::handle_datagram(self, now, from, data)
     }
 
     fn handle_timeout(&mut self, now: Now) {
@@ -415,6 +470,6 @@ mod tests {
     #[test]
     fn per_node_state_stays_small() {
         let size = std::mem::size_of::<NodeState>();
-        assert!(size <= 456, "NodeState is {size} bytes");
+        assert!(size <= 488, "NodeState is {size} bytes");
     }
 }

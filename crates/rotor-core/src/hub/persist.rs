@@ -178,6 +178,25 @@ impl Hub {
         let Some(n) = nodes.get_mut(id.0 as usize) else {
             return;
         };
+        sh.lose(now.mono, id, n, lost, true);
+        self.compact_timers();
+    }
+}
+
+impl Shared {
+    /// [`Hub::kernel_lost`] for an entry already in hand (also the second
+    /// half of a path change: the SAs on the old path are gone). Without
+    /// `rotate_now`, a blocked node is rotated by the message being handled
+    /// (a path changes only on one), not from inside its handling.
+    pub(super) fn lose(
+        &mut self,
+        now: Time,
+        id: PeerId,
+        n: &mut NodeState,
+        lost: &[(SaDir, u32)],
+        rotate_now: bool,
+    ) {
+        let sh = self;
         let mut reinstalled = 0u32;
         let mut blocked = false;
         let mut any = false;
@@ -243,12 +262,11 @@ impl Hub {
             reinstalled,
             blocked,
         }));
-        if blocked && n.confirmed && n.latest.is_some() {
+        if rotate_now && blocked && n.confirmed && n.latest.is_some() {
             // The node proved it holds the latest generation: rotate now
             // rather than stay blocked until its next hello.
-            sh.rotate(now.mono, id, n);
+            sh.rotate(now, id, n);
         }
-        self.compact_timers();
     }
 }
 

@@ -2,6 +2,8 @@
 //! rotation to the next (I2: only after proof of the latest), `ack` when
 //! nothing is due, and the resend of the same key to a node that missed it (I4).
 
+use std::net::SocketAddr;
+
 use super::{CROSSING_HOLDOFF_MS, NodeState, Shared};
 use crate::action::{Action, DropReason, Event, PeerId, Time};
 use crate::generation::Generation;
@@ -10,7 +12,7 @@ use crate::wire::{Datagram, Message};
 /// `key` for `latest`, sealed under `prev` (the generation the node holds),
 /// and whether its counter starts a reservation block (the caller marks the
 /// node dirty, see [`crate::generation::TX_RESERVE`]).
-fn key_message(latest: &Generation, prev: &mut Generation) -> (Vec<u8>, bool) {
+fn key_message(latest: &Generation, prev: &mut Generation, nat: bool) -> (Vec<u8>, bool) {
     let (counter, reserve) = prev.next_counter();
     let datagram = Message::Key {
         spi: prev.spi,
@@ -19,20 +21,23 @@ fn key_message(latest: &Generation, prev: &mut Generation) -> (Vec<u8>, bool) {
         generation: latest.number,
         gen_spi: latest.spi,
         secret: latest.secret.clone(),
+        nat,
     }
     .seal(&prev.ctl_h2n);
     (datagram, reserve)
 }
 
 impl Shared {
-    /// A hello under one of node `id`'s generation SPIs. Only the latest and
-    /// previous generations are answered; one replaced and awaiting deletion
-    /// is stale.
+    /// A hello under one of node `id`'s generation SPIs, received from
+    /// `from`. Only the latest and previous generations are answered; one
+    /// replaced and awaiting deletion is stale. The freshest hello yet sets
+    /// where the node is (see [`super::path`]) before it is answered.
     pub(super) fn hello(
         &mut self,
         now: Time,
         id: PeerId,
         n: &mut NodeState,
+        from: SocketAddr,
         dg: &Datagram<'_>,
     ) -> Result<(), DropReason> {
         let spi = dg.header.spi;
@@ -50,6 +55,7 @@ impl Shared {
         let Message::Hello {
             generation: claimed,
             rotate,
+            source,
             ..
         } = dg.open(&g.ctl_n2h).map_err(DropReason::Wire)?
         else {
@@ -65,7 +71,16 @@ impl Shared {
         // accepted once more after a restart, which is harmless (see
         // `crate::persist`: an ack, the same key again, a due rotation).
         g.rx_window.commit(dg.header.counter);
+        let number = g.number;
         n.last_seen = Some(now);
+        self.heard_from(
+            now,
+            id,
+            n,
+            from,
+            Some((number, dg.header.counter)),
+            Some(source),
+        );
         if is_latest {
             self.in_sync(now, id, n, rotate);
         } else if !n.crossing_spared && now.since(n.key_sent_at) < CROSSING_HOLDOFF_MS {
@@ -120,6 +135,7 @@ impl Shared {
                 spi: g.spi,
                 counter,
                 generation: g.number,
+                nat: n.nat,
             }
             .seal(&g.ctl_h2n);
             if reserve {
@@ -163,7 +179,7 @@ impl Shared {
         self.push_rotation(n.rotate_at, id);
         if let (Some(latest), Some(prev)) = (n.latest.as_ref(), n.previous.as_mut()) {
             // Marked dirty above whatever the counter.
-            let (datagram, _) = key_message(latest, prev);
+            let (datagram, _) = key_message(latest, prev, n.nat);
             self.actions.push_back(Action::Send { peer: id, datagram });
         }
         self.actions.push_back(Action::Event(Event::Rotated {
@@ -184,7 +200,7 @@ impl Shared {
             return;
         };
         let (generation, spi) = (latest.number, latest.spi);
-        let (datagram, reserve) = key_message(latest, prev);
+        let (datagram, reserve) = key_message(latest, prev, n.nat);
         if reserve {
             self.mark(id, n);
         }

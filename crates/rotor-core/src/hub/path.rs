@@ -1,0 +1,172 @@
+//! Where each node is: the address and port its freshest authenticated
+//! message came from, and whether a NAT sits on the way (then its ESP
+//! travels in UDP, RFC 3948).
+//!
+//! A node is its name and keys, not its address. Only a message that
+//! authenticates and is the freshest yet from its node (a higher
+//! generation, or a higher counter in the same one) or an accepted init
+//! (its timestamp is strictly newer than every earlier one) may move it:
+//! an old hello captured on the way and replayed later, from anywhere, is
+//! either refused by the replay window or older than the message that set
+//! the current path, and moves nothing.
+
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+
+use super::{NodeState, Shared};
+use crate::action::{Action, Event, PeerId, SaDir, Time};
+
+/// Whether a node that says it sent from `claimed` but was seen at `seen`
+/// is behind a NAT. A node that could not tell its own address claims the
+/// unspecified one: only the ports are compared then.
+pub fn behind_nat(claimed: SocketAddr, seen: SocketAddr) -> bool {
+    claimed.port() != seen.port()
+        || (!claimed.ip().is_unspecified()
+            && claimed.ip().to_canonical() != seen.ip().to_canonical())
+}
+
+/// Where a node is, packed (19 bytes against `Option<SocketAddr>`'s 32:
+/// it is in every node's entry).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub(super) struct Place {
+    ip: [u8; 16],
+    port: u16,
+    known: bool,
+}
+
+impl Place {
+    /// `a`, IPv4 as IPv4-mapped.
+    pub(super) fn of(a: SocketAddr) -> Place {
+        let ip = match a.ip() {
+            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+            IpAddr::V6(v6) => v6,
+        };
+        Place {
+            ip: ip.octets(),
+            port: a.port(),
+            known: true,
+        }
+    }
+
+    /// The address, if known.
+    pub(super) fn get(self) -> Option<SocketAddr> {
+        self.known.then(|| {
+            let ip = Ipv6Addr::from(self.ip);
+            SocketAddr::new(
+                ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4),
+                self.port,
+            )
+        })
+    }
+}
+
+/// The freshness of a message authenticated under `generation` with
+/// `counter`, as one number (saturating: a generation or a counter past
+/// 2^32 stops moving nodes until the next one, never moves one back).
+fn freshness(generation: u64, counter: u64) -> u64 {
+    (generation.min(u64::from(u32::MAX)) << 32) | counter.min(u64::from(u32::MAX))
+}
+
+impl Shared {
+    /// Node `id`'s message came from `from`. `fresh` is the (generation,
+    /// counter) it was authenticated under, `None` for an accepted init;
+    /// `claimed` is where the node says it sent from (hellos only). Moves
+    /// the node if the message is the freshest yet and its path differs.
+    pub(super) fn heard_from(
+        &mut self,
+        now: Time,
+        id: PeerId,
+        n: &mut NodeState,
+        from: SocketAddr,
+        fresh: Option<(u64, u64)>,
+        claimed: Option<SocketAddr>,
+    ) {
+        let path = n.path.get();
+        if n.pinned && path.is_some_and(|p| p.ip() != from.ip()) {
+            return;
+        }
+        match fresh.map(|(g, c)| freshness(g, c)) {
+            Some(mark) if path.is_some() && mark <= n.path_mark => return,
+            Some(mark) => n.path_mark = mark,
+            // A new chain: its hellos start over at generation 1.
+            None => n.path_mark = 0,
+        }
+        let nat = match claimed {
+            Some(c) => behind_nat(c, from),
+            // An init says nothing about its source; the next hello does.
+            None => n.nat,
+        };
+        if path == Some(from) && n.nat == nat {
+            return;
+        }
+        self.move_path(now, id, n, from, nat);
+    }
+
+    /// Sets node `id`'s path and moves its SAs there: the caller removes
+    /// them on the old path ([`Action::PeerPath`]) and the core re-installs
+    /// or re-keys them as after a kernel loss ([`Shared::lose`]).
+    pub(super) fn move_path(
+        &mut self,
+        now: Time,
+        id: PeerId,
+        n: &mut NodeState,
+        to: SocketAddr,
+        nat: bool,
+    ) {
+        let mut lost: Vec<(SaDir, u32)> = Vec::new();
+        for g in [&n.latest, &n.previous].into_iter().flatten() {
+            lost.push((SaDir::In, g.spi));
+            if !g.out_missing {
+                lost.push((SaDir::Out, g.spi));
+            }
+        }
+        for &s in &n.superseded {
+            lost.push((SaDir::In, s));
+            lost.push((SaDir::Out, s));
+        }
+        let mut old_sas = lost.clone();
+        for &(_, p, spi, out) in &self.retire_queue {
+            if p == id {
+                old_sas.push((SaDir::In, spi));
+                if out {
+                    old_sas.push((SaDir::Out, spi));
+                }
+            }
+        }
+        let first = n.path.get().is_none();
+        n.path = Place::of(to);
+        n.nat = nat;
+        self.mark(id, n);
+        self.actions.push_back(Action::PeerPath {
+            peer: id,
+            remote: Some(to),
+            local: None,
+            nat,
+            old_sas,
+        });
+        self.actions.push_back(Action::Event(Event::Moved {
+            peer: id,
+            to,
+            nat,
+            first,
+        }));
+        if !lost.is_empty() {
+            self.lose(now, id, n, &lost, false);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn nat_is_a_changed_port_or_a_changed_known_address() {
+        let a = |s: &str| s.parse::<SocketAddr>().unwrap();
+        assert!(!behind_nat(a("10.0.0.2:4820"), a("10.0.0.2:4820")));
+        assert!(behind_nat(a("10.0.0.2:4820"), a("198.51.100.1:4820")));
+        assert!(behind_nat(a("10.0.0.2:4820"), a("10.0.0.2:61000")));
+        assert!(!behind_nat(a("0.0.0.0:4820"), a("198.51.100.1:4820")));
+        assert!(behind_nat(a("0.0.0.0:4820"), a("198.51.100.1:1024")));
+        assert!(!behind_nat(a("10.0.0.2:4820"), a("[::ffff:10.0.0.2]:4820")));
+    }
+}
