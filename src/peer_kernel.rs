@@ -69,8 +69,10 @@ impl PeerKernel {
         }
     }
 
-    /// (src, dst) selector pairs of traffic from this side to the peer.
-    fn outbound_selectors(&self) -> Vec<(IpNet, IpNet)> {
+    /// (src, dst) selector pairs of traffic from this side to the peer:
+    /// what the outbound policies select, and the clear-text guard drops
+    /// when it leaves untransformed.
+    pub fn outbound_selectors(&self) -> Vec<(IpNet, IpNet)> {
         match &self.mode {
             PeerMode::Transport => vec![(IpNet::host(self.local), IpNet::host(self.remote))],
             PeerMode::Tunnel { local, remote } => local

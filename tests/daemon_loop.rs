@@ -138,6 +138,7 @@ impl Daemon {
                     forget: Vec::new(),
                     metrics,
                     notify,
+                    guard: None,
                 };
                 daemon::serve(
                     role,
@@ -261,6 +262,7 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
         init_skew: Duration::from_secs(30),
         metrics: None,
         metrics_per_node: false,
+        guard: rotor::guard::GuardBackend::Off,
         nodes: (0..nodes)
             .map(|i| HubPeer {
                 name: format!("n{i}"),
@@ -290,6 +292,7 @@ fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
         priority: 1000,
         mode: PeerMode::Transport,
         metrics: None,
+        guard: rotor::guard::GuardBackend::Off,
     }
 }
 

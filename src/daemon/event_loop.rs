@@ -29,6 +29,7 @@ use super::persist::Persist;
 use super::reconcile;
 use super::role::Role;
 use crate::control::{self, ReloadReply, StatusHead};
+use crate::guard::Guard;
 use crate::store::StoreError;
 use crate::udp_batch::{self, RecvBatch};
 
@@ -77,6 +78,9 @@ pub struct Lifecycle {
     /// The service manager's notifications (readiness, reloads, stopping,
     /// watchdog); the default sends none.
     pub notify: Notifier,
+    /// The clear-text guard, installed before the loop starts; `None`:
+    /// configured off (or tests of the loop alone).
+    pub guard: Option<Guard>,
 }
 
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
@@ -210,6 +214,11 @@ pub async fn run<R: Role, K: Kernel>(
             || next_reconcile <= now.mono
             || linger_due.is_some_and(|t| t <= now.mono)
         {
+            // The guard is not in XFRM, so no notification reports a change
+            // to it: the periodic pass checks it.
+            if next_reconcile <= now.mono {
+                check_guard(life.guard.as_mut(), kernel);
+            }
             life.linger.retain(|_, until| *until > now.mono);
             reconcile_at = None;
             last_pass = now.mono;
@@ -403,6 +412,33 @@ async fn execute<R: Role, K: Kernel>(
     Ok(())
 }
 
+/// Checks the clear-text guard against the peers' selectors and puts back
+/// whatever is missing or wrong (someone's `iptables -F`, `ipset flush`).
+fn check_guard<K: Kernel>(guard: Option<&mut Guard>, kernel: &KernelExec<K>) {
+    let Some(g) = guard else { return };
+    match g.repair(&kernel.guard_selectors()) {
+        Ok(bad) if bad.is_empty() => {}
+        Ok(bad) => warn!(
+            "the clear-text guard had changed ({}): put back whole",
+            bad.join("; ")
+        ),
+        Err(e) => error!("checking the clear-text guard: {e}"),
+    }
+}
+
+/// Sorted `a` without the pairs in sorted `b`.
+fn pairs_minus(
+    a: &[(rotor_xfrm::IpNet, rotor_xfrm::IpNet)],
+    b: &[(rotor_xfrm::IpNet, rotor_xfrm::IpNet)],
+) -> Vec<(rotor_xfrm::IpNet, rotor_xfrm::IpNet)> {
+    let key =
+        |p: &(rotor_xfrm::IpNet, rotor_xfrm::IpNet)| (p.0.addr, p.0.prefix, p.1.addr, p.1.prefix);
+    a.iter()
+        .filter(|p| b.binary_search_by_key(&key(p), key).is_err())
+        .copied()
+        .collect()
+}
+
 /// The next SIGHUP; never without a handler.
 async fn hangup(h: Option<&mut Signal>) -> Option<()> {
     match h {
@@ -423,6 +459,18 @@ fn reload<R: Role, K: Kernel>(
     now: Now,
 ) -> Result<ReloadReply, String> {
     let (new, peers, reply) = role.rebuild(now)?;
+    // New peers' pairs are guarded before their policies go in; a guard
+    // that cannot take them refuses the reload while nothing has changed.
+    let key =
+        |p: &(rotor_xfrm::IpNet, rotor_xfrm::IpNet)| (p.0.addr, p.0.prefix, p.1.addr, p.1.prefix);
+    let mut old_pairs = kernel.guard_selectors();
+    old_pairs.sort_unstable_by_key(key);
+    let mut new_pairs: Vec<_> = peers.iter().flat_map(|p| p.outbound_selectors()).collect();
+    new_pairs.sort_unstable_by_key(key);
+    if let Some(g) = life.guard.as_mut() {
+        g.change(&pairs_minus(&new_pairs, &old_pairs), &[])
+            .map_err(|e| format!("the clear-text guard: {e}; nothing was changed"))?;
+    }
     // Removed peers' records go first: if that fails nothing is swapped
     // (and the store refuses further writes: the daemon stops at its next
     // step, a restart resumes from what is durable).
@@ -489,6 +537,13 @@ fn reload<R: Role, K: Kernel>(
     let linger: HashSet<SaId> = life.linger.keys().copied().collect();
     if let Err(e) = reconcile::run(role, kernel, now, &linger) {
         warn!("reconcile after the reload: {e}");
+    }
+    // Removed pairs leave the guard once their policies are gone: until
+    // then their traffic is dropped rather than sent in clear.
+    if let Some(g) = life.guard.as_mut()
+        && let Err(e) = g.change(&[], &pairs_minus(&old_pairs, &new_pairs))
+    {
+        warn!("removing the pairs of removed or changed peers from the clear-text guard: {e}");
     }
     Ok(reply)
 }

@@ -63,6 +63,15 @@ impl<K: Kernel> KernelExec<K> {
         self.retry = RetryQueue::default();
     }
 
+    /// Every peer's outbound selector pairs (what the clear-text guard
+    /// covers), in peer order.
+    pub fn guard_selectors(&self) -> Vec<(rotor_xfrm::IpNet, rotor_xfrm::IpNet)> {
+        self.peers
+            .iter()
+            .flat_map(|p| p.outbound_selectors())
+            .collect()
+    }
+
     /// Kernel layout of peer `index`.
     pub fn peer(&self, index: usize) -> Option<&PeerKernel> {
         self.peers.get(index)
