@@ -6,6 +6,9 @@
 #
 # Set before sourcing:
 #   FAMILY=6   outer addresses fd00:9::1 (hub), fd00:9::(i+1) (nodes)
+#   ROTOR_TEST_GUARD=off  no clear-text guard, to show what it prevents
+#              (default iptables-legacy: UML's kernel has no nf_tables for
+#              IPv4/IPv6, so not the nf_tables iptables)
 #   TUNNEL=1   tunnel mode: namespace hublan (10.1.0.2/24) sits behind the hub
 #              (10.1.0.1) and n<i>lan (10.2.<i>.2/24) behind node i
 #              (10.2.<i>.1); the gateways forward, and the probes run between
@@ -15,6 +18,7 @@
 set -u
 FAMILY=${FAMILY:-4}
 TUNNEL=${TUNNEL:-0}
+GUARD=${ROTOR_TEST_GUARD:-iptables-legacy}
 # outer I: the outer address of the hub (0) or of node I
 outer() { if [ "$FAMILY" = 6 ]; then echo "fd00:9::$(($1 + 1))"; else echo "10.9.0.$(($1 + 1))"; fi; }
 # endpoint ADDR PORT: ADDR:PORT, bracketed for IPv6
@@ -122,6 +126,7 @@ rotate_interval = "$rotate"
 grace = "3s"
 socket = "$WORK/hub.sock"
 state_dir = "$WORK/state"
+guard = "$GUARD"
 EOT
 	[ -n "${SA_LIFETIME:-}" ] && echo "sa_lifetime = \"$SA_LIFETIME\"" >>"$WORK/hub.toml"
 	[ -n "${METRICS:-}" ] && printf 'metrics = "%s"\nmetrics_per_node = true\n' "$METRICS" >>"$WORK/hub.toml"
@@ -150,6 +155,7 @@ retries = $retries
 grace = "3s"
 socket = "$WORK/n$i.sock"
 state_dir = "$WORK/state"
+guard = "$GUARD"
 EOT
 		[ -n "${SA_LIFETIME:-}" ] && echo "sa_lifetime = \"$SA_LIFETIME\"" >>"$WORK/n$i.toml"
 		[ "$TUNNEL" = 1 ] && cat >>"$WORK/n$i.toml" <<EOT
@@ -455,6 +461,15 @@ print(f"FIGURES {label}: rotations={rot} resends={res} inits={ini} "
 PY
 }
 
+# guard_objects NS: the clear-text guard's chains (both families) and sets in NS
+guard_objects() {
+	{
+		ip netns exec "$1" iptables-legacy -S
+		ip netns exec "$1" ip6tables-legacy -S
+	} 2>/dev/null | awk '$1 == "-N" && $2 ~ /^ROTOR-GUARD-/ { print $2 }'
+	ip netns exec "$1" ipset list -n 2>/dev/null | grep '^rotor-guard-'
+}
+
 # stop_all_clean LABEL: SIGTERM to every daemon (hub, n1..n$NODES): each
 # leaves its SAs and policies in the kernel (checked); then `rotor purge`
 # with each config, after which no XFRM policy or SA is left in any namespace
@@ -468,7 +483,9 @@ stop_all_clean() {
 	for i in $(seq 0 "$NODES"); do
 		ns=hub; cfg=hub; [ "$i" -gt 0 ] && ns=n$i && cfg=n$i
 		check "$label: after SIGTERM $ns keeps its policies and SAs" test "$(ip -n $ns xfrm policy | grep -c '^src')" -gt 0 -a "$(ip -n $ns xfrm state | grep -c '^src')" -gt 0
+		[ "$GUARD" != off ] && check "$label: and its clear-text guard ($(guard_objects $ns | wc -l) objects)" test "$(guard_objects $ns | wc -l)" -ge 2
 		ip netns exec $ns "$ROTOR" purge --config "$WORK/$cfg.toml" >>"$WORK/purge.log" 2>&1
 		check "$label: after rotor purge no XFRM policy or SA is left in $ns" test "$(ip -n $ns xfrm policy | grep -c '^src'):$(ip -n $ns xfrm state | grep -c '^src')" = 0:0
+		check "$label: nor any object of the clear-text guard ($(guard_objects $ns | tr '\n' ' '))" test -z "$(guard_objects $ns)"
 	done
 }

@@ -300,6 +300,8 @@ gen() { # N DIR
 	"$LOADGEN" gen --count "$1" --dir "$2" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" \
 		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" >/dev/null || return 1
 	sed -i "s|^state_dir = .*|state_dir = \"$STATE/n$1\"|" "$2/hub.toml"
+	# UML's kernel has no nf_tables for IPv4: the guard uses the legacy tools.
+	sed -i '/^\[hub\]$/a guard = "iptables-legacy"' "$2/hub.toml"
 }
 
 start_hub() { # CONFIG LOGFILE

@@ -80,6 +80,9 @@ for lib in $(readelf -d --wide "$BIN" | sed -n 's/.*(NEEDED).*\[\(.*\)\]/\1/p');
 	case ", $DEPENDS, " in *", $pkg, "*) ;; *) DEPENDS=${DEPENDS:+$DEPENDS, }$pkg ;; esac
 done
 
+# The clear-text guard runs these (src/guard.rs).
+DEPENDS="$DEPENDS, iptables, ipset"
+
 {
 	echo "Package: rotor"
 	echo "Version: $VERSION"

@@ -16,7 +16,7 @@
 # /dev/null. Inside: /tmp is the host's /tmp (writable, shared), /run, /dev/shm
 # and /var/tmp are fresh tmpfs, everything else is the host's, read-only; the
 # modules in MODULES below (ESP, XFRM netlink, AES-GCM, veth, netem, iptables
-# matches, bridge) are loaded and lo is up. The in-UML side of the rig
+# matches, ipset, bridge) are loaded and lo is up. The in-UML side of the rig
 # is scripts/uml-init.sh.
 #
 # Its stdout+stderr stream to our stdout as they come; our exit status is its
@@ -29,7 +29,7 @@
 # process group is killed when the test has not started after --boot-timeout,
 # at boot-timeout + timeout + 30 s, and when we exit for any reason (a
 # detached reaper covers even our being SIGKILLed). Installs user-mode-linux,
-# iproute2, iptables, kmod when missing (as root). Parallel runs are fine:
+# iproute2, iptables, ipset, kmod when missing (as root). Parallel runs are fine:
 # each has its own directory.
 set -u
 
@@ -40,7 +40,7 @@ BOOT_TIMEOUT=60
 MODULES="sha512_generic cryptomgr xfrm_user esp4 esp6 veth gcm ghash-generic ctr
 seqiv echainiv authenc hmac cbc drbg jitterentropy_rng sch_netem ip_tables
 iptable_filter ip6_tables ip6table_filter xt_tcpudp xt_multiport xt_statistic
-xt_u32 xt_quota bridge sch_prio cls_u32"
+xt_u32 xt_quota bridge sch_prio cls_u32 xt_policy xt_set ip_set ip_set_hash_netnet"
 MODULES=$(tr -s '\n' ' ' <<<"$MODULES")
 
 usage() {
@@ -83,6 +83,7 @@ install_missing() {
 	command -v linux.uml >/dev/null || pkgs+=(user-mode-linux)
 	command -v ip >/dev/null || pkgs+=(iproute2)
 	command -v iptables-legacy >/dev/null || pkgs+=(iptables)
+	command -v ipset >/dev/null || pkgs+=(ipset)
 	command -v modprobe >/dev/null || pkgs+=(kmod)
 	[ ${#pkgs[@]} -eq 0 ] && return 0
 	[ "$(id -u)" = 0 ] || die "missing ${pkgs[*]}: run as root, or: sudo apt-get install ${pkgs[*]}"
@@ -90,8 +91,8 @@ install_missing() {
 	echo "$PROG: installing ${pkgs[*]}" >&2
 	apt-get update -qq >&2 || die "apt-get update failed"
 	# The full set: cheap when present, and iptables brings iptables-legacy.
-	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq user-mode-linux iproute2 iptables kmod >&2 ||
-		die "apt-get install user-mode-linux iproute2 iptables kmod failed"
+	DEBIAN_FRONTEND=noninteractive apt-get install -y -qq user-mode-linux iproute2 iptables ipset kmod >&2 ||
+		die "apt-get install user-mode-linux iproute2 iptables ipset kmod failed"
 	command -v linux.uml >/dev/null || die "linux.uml still missing after installing user-mode-linux"
 }
 install_missing

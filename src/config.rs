@@ -24,6 +24,7 @@ use std::time::Duration;
 use serde::Deserialize;
 use zeroize::Zeroizing;
 
+use crate::guard::GuardBackend;
 use crate::keyfile::{KEY_LEN, KeyReader};
 use rotor_xfrm::IpNet;
 
@@ -212,6 +213,8 @@ pub struct HubConfig {
     pub metrics: Option<SocketAddr>,
     /// Whether the metrics carry one series per node too.
     pub metrics_per_node: bool,
+    /// The tools of the clear-text guard, or off ([`crate::guard`]).
+    pub guard: GuardBackend,
     /// The nodes.
     pub nodes: Vec<HubPeer>,
 }
@@ -252,6 +255,8 @@ pub struct NodeConfig {
     pub mode: PeerMode,
     /// Where Prometheus metrics are served (`None`: not at all).
     pub metrics: Option<SocketAddr>,
+    /// The tools of the clear-text guard, or off ([`crate::guard`]).
+    pub guard: GuardBackend,
 }
 
 /// Where the daemons keep their durable state unless `state_dir` says otherwise.
@@ -281,6 +286,7 @@ struct HubSection {
     init_skew: Option<InitSkew>,
     metrics: Option<MetricsListen>,
     metrics_per_node: Option<bool>,
+    guard: Option<GuardBackend>,
 }
 
 #[derive(Deserialize)]
@@ -321,6 +327,7 @@ struct NodeSection {
     local_subnets: Option<Vec<Subnet>>,
     remote_subnets: Option<Vec<Subnet>>,
     metrics: Option<MetricsListen>,
+    guard: Option<GuardBackend>,
 }
 
 struct Ctx<'a> {
@@ -666,6 +673,7 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         init_skew: h.init_skew.map_or(Duration::from_secs(120), |d| d.0),
         metrics: h.metrics.map(|m| m.0),
         metrics_per_node: h.metrics_per_node.unwrap_or(false),
+        guard: h.guard.unwrap_or(GuardBackend::Iptables),
         nodes,
     })
 }
@@ -801,6 +809,7 @@ fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
         priority: n.priority.map_or(1000, |p| p.0),
         mode,
         metrics: n.metrics.map(|m| m.0),
+        guard: n.guard.unwrap_or(GuardBackend::Iptables),
     })
 }
 

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod control;
 pub mod daemon;
+pub mod guard;
 pub mod import;
 pub mod keyfile;
 pub mod logging;

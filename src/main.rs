@@ -159,9 +159,14 @@ fn purge(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
         return print_json(&p);
     }
     println!(
-        "purged: {} SA(s) and {} policy(ies) removed from the kernel, state in {} deleted",
+        "purged: {} SA(s) and {} policy(ies) removed from the kernel{}, state in {} deleted",
         p.sas,
         p.policies,
+        if p.guard {
+            " with the clear-text guard"
+        } else {
+            ""
+        },
         p.state_dir.display()
     );
     Ok(())

@@ -160,9 +160,14 @@ impl PeerKernel {
         }
     }
 
-    /// (src, dst) selector pairs of traffic from this side to the peer.
-    fn outbound_selectors(&self) -> Vec<(IpNet, IpNet)> {
+    /// (src, dst) selector pairs of traffic from this side to the peer:
+    /// what the outbound policies select, and the clear-text guard drops
+    /// when it leaves untransformed. A transport peer whose address is not known yet has none; a tunnel
+    /// peer's are its subnets wherever it is (the clear-text guard drops
+    /// their traffic until the peer's policies are in).
+    pub fn outbound_selectors(&self) -> Vec<(IpNet, IpNet)> {
         match &self.mode {
+            PeerMode::Transport if !self.known() => Vec::new(),
             PeerMode::Transport => vec![(IpNet::host(self.local), IpNet::host(self.remote))],
             PeerMode::Tunnel { local, remote } => local
                 .iter()

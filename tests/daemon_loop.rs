@@ -139,6 +139,7 @@ impl Daemon {
                     metrics,
                     notify,
                     routes: None,
+                    guard: None,
                 };
                 daemon::serve(
                     role,
@@ -262,6 +263,7 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
         init_skew: Duration::from_secs(30),
         metrics: None,
         metrics_per_node: false,
+        guard: rotor::guard::GuardBackend::Off,
         nodes: (0..nodes)
             .map(|i| HubPeer {
                 name: format!("n{i}"),
@@ -291,6 +293,7 @@ fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
         priority: 1000,
         mode: PeerMode::Transport,
         metrics: None,
+        guard: rotor::guard::GuardBackend::Off,
     }
 }
 

@@ -30,6 +30,7 @@ use super::reconcile;
 use super::role::Role;
 use super::route_watch::RouteWatch;
 use crate::control::{self, ReloadReply, StatusHead};
+use crate::guard::Guard;
 use crate::store::StoreError;
 use crate::udp_batch::{self, RecvBatch};
 
@@ -81,6 +82,9 @@ pub struct Lifecycle {
     /// Address and route changes (a node follows its own address);
     /// `None`: not watched.
     pub routes: Option<AsyncFd<RouteWatch>>,
+    /// The clear-text guard, installed before the loop starts; `None`:
+    /// configured off (or tests of the loop alone).
+    pub guard: Option<Guard>,
 }
 
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
@@ -114,7 +118,7 @@ pub async fn run<R: Role, K: Kernel>(
         kernel,
         udp,
         clock.now(),
-        life.persist.as_mut(),
+        life,
         &mut actions,
         &mut book,
     )
@@ -213,16 +217,7 @@ pub async fn run<R: Role, K: Kernel>(
                 Err(_) => break,
             }
         }
-        execute(
-            role,
-            kernel,
-            udp,
-            now,
-            life.persist.as_mut(),
-            &mut actions,
-            &mut book,
-        )
-        .await?;
+        execute(role, kernel, udp, now, life, &mut actions, &mut book).await?;
         // Only once every action is executed does the kernel show what the
         // machine believes: the pass compares the two.
         let linger_due = life.linger.values().min().copied();
@@ -230,6 +225,11 @@ pub async fn run<R: Role, K: Kernel>(
             || next_reconcile <= now.mono
             || linger_due.is_some_and(|t| t <= now.mono)
         {
+            // The guard is not in XFRM, so no notification reports a change
+            // to it: the periodic pass checks it.
+            if next_reconcile <= now.mono {
+                check_guard(life.guard.as_mut(), kernel);
+            }
             life.linger.retain(|_, until| *until > now.mono);
             reconcile_at = None;
             last_pass = now.mono;
@@ -240,18 +240,7 @@ pub async fn run<R: Role, K: Kernel>(
             // their pages back (at 10,000 peers ~1 KB per peer otherwise).
             rotor_sys::malloc_trim();
             match pass {
-                Ok(_) => {
-                    execute(
-                        role,
-                        kernel,
-                        udp,
-                        now,
-                        life.persist.as_mut(),
-                        &mut actions,
-                        &mut book,
-                    )
-                    .await?
-                }
+                Ok(_) => execute(role, kernel, udp, now, life, &mut actions, &mut book).await?,
                 Err(e) => warn!("reconcile: dumping the kernel's XFRM state: {e}"),
             }
         }
@@ -274,16 +263,7 @@ pub async fn run<R: Role, K: Kernel>(
             for reply in life.reloads.drain(..).flatten() {
                 let _ = reply.send(r.clone());
             }
-            execute(
-                role,
-                kernel,
-                udp,
-                now,
-                life.persist.as_mut(),
-                &mut actions,
-                &mut book,
-            )
-            .await?;
+            execute(role, kernel, udp, now, life, &mut actions, &mut book).await?;
             life.notify.ready();
         }
         book.tick(R::NAME, now.mono, kernel.errors());
@@ -392,10 +372,11 @@ async fn execute<R: Role, K: Kernel>(
     kernel: &mut KernelExec<K>,
     udp: &UdpSocket,
     now: Now,
-    persist: Option<&mut Persist>,
+    life: &mut Lifecycle,
     actions: &mut Vec<Action>,
     book: &mut Logbook,
 ) -> Result<(), StoreError> {
+    let (persist, guard) = (life.persist.as_mut(), life.guard.as_mut());
     actions.clear();
     while let Some(a) = role.machine_mut().poll_action() {
         actions.push(a);
@@ -410,6 +391,15 @@ async fn execute<R: Role, K: Kernel>(
         return Err(e);
     }
     kernel.apply(now.mono, actions, role.names());
+    // Moved peers' new pairs are guarded once their policies (blocking
+    // until the re-key) are in; the old ones are no longer theirs.
+    let (add, del) = kernel.take_moved_pairs();
+    if let Some(g) = guard
+        && !(add.is_empty() && del.is_empty())
+        && let Err(e) = g.change(&add, &del)
+    {
+        warn!("moving peers' pairs in the clear-text guard: {e}");
+    }
     // A move applies to the whole step's datagrams: an init's reply is
     // queued before the move its acceptance causes.
     for a in actions.iter() {
@@ -448,6 +438,33 @@ async fn execute<R: Role, K: Kernel>(
     Ok(())
 }
 
+/// Checks the clear-text guard against the peers' selectors and puts back
+/// whatever is missing or wrong (someone's `iptables -F`, `ipset flush`).
+fn check_guard<K: Kernel>(guard: Option<&mut Guard>, kernel: &KernelExec<K>) {
+    let Some(g) = guard else { return };
+    match g.repair(&kernel.guard_selectors()) {
+        Ok(bad) if bad.is_empty() => {}
+        Ok(bad) => warn!(
+            "the clear-text guard had changed ({}): put back whole",
+            bad.join("; ")
+        ),
+        Err(e) => error!("checking the clear-text guard: {e}"),
+    }
+}
+
+/// Sorted `a` without the pairs in sorted `b`.
+fn pairs_minus(
+    a: &[(rotor_xfrm::IpNet, rotor_xfrm::IpNet)],
+    b: &[(rotor_xfrm::IpNet, rotor_xfrm::IpNet)],
+) -> Vec<(rotor_xfrm::IpNet, rotor_xfrm::IpNet)> {
+    let key =
+        |p: &(rotor_xfrm::IpNet, rotor_xfrm::IpNet)| (p.0.addr, p.0.prefix, p.1.addr, p.1.prefix);
+    a.iter()
+        .filter(|p| b.binary_search_by_key(&key(p), key).is_err())
+        .copied()
+        .collect()
+}
+
 /// The next SIGHUP; never without a handler.
 async fn hangup(h: Option<&mut Signal>) -> Option<()> {
     match h {
@@ -468,6 +485,18 @@ fn reload<R: Role, K: Kernel>(
     now: Now,
 ) -> Result<ReloadReply, String> {
     let (new, peers, reply) = role.rebuild(now)?;
+    // New peers' pairs are guarded before their policies go in; a guard
+    // that cannot take them refuses the reload while nothing has changed.
+    let key =
+        |p: &(rotor_xfrm::IpNet, rotor_xfrm::IpNet)| (p.0.addr, p.0.prefix, p.1.addr, p.1.prefix);
+    let mut old_pairs = kernel.guard_selectors();
+    old_pairs.sort_unstable_by_key(key);
+    let mut new_pairs: Vec<_> = peers.iter().flat_map(|p| p.outbound_selectors()).collect();
+    new_pairs.sort_unstable_by_key(key);
+    if let Some(g) = life.guard.as_mut() {
+        g.change(&pairs_minus(&new_pairs, &old_pairs), &[])
+            .map_err(|e| format!("the clear-text guard: {e}; nothing was changed"))?;
+    }
     // Removed peers' records go first: if that fails nothing is swapped
     // (and the store refuses further writes: the daemon stops at its next
     // step, a restart resumes from what is durable).
@@ -534,6 +563,13 @@ fn reload<R: Role, K: Kernel>(
     let linger: HashSet<SaId> = life.linger.keys().copied().collect();
     if let Err(e) = reconcile::run(role, kernel, now, &linger) {
         warn!("reconcile after the reload: {e}");
+    }
+    // Removed pairs leave the guard once their policies are gone: until
+    // then their traffic is dropped rather than sent in clear.
+    if let Some(g) = life.guard.as_mut()
+        && let Err(e) = g.change(&[], &pairs_minus(&old_pairs, &new_pairs))
+    {
+        warn!("removing the pairs of removed or changed peers from the clear-text guard: {e}");
     }
     Ok(reply)
 }

@@ -4,12 +4,15 @@
 //! [`RetryQueue`] until the kernel takes them.
 
 use rotor_core::{Action, NameTable, PeerId, Time};
-use rotor_xfrm::{Kernel, Op, OpResult, RemoveReport, XfrmError};
+use rotor_xfrm::{IpNet, Kernel, Op, OpResult, RemoveReport, XfrmError};
 use tracing::{debug, info, warn};
 
 use super::peer_warn::{PeerWarnings, Trouble};
 use super::retry::RetryQueue;
 use crate::peer_kernel::PeerKernel;
+
+/// Selector pairs (source, destination prefix).
+pub type Pairs = Vec<(IpNet, IpNet)>;
 
 /// The kernel side of a daemon: its peers' layout and what the kernel
 /// refused.
@@ -21,6 +24,9 @@ pub struct KernelExec<K: Kernel> {
     /// Refusals are warned about once a minute per peer: a kernel that
     /// refuses every SA of a large hub must not write a line per attempt.
     warnings: PeerWarnings,
+    /// Selector pairs that path changes added and removed, for the
+    /// clear-text guard ([`Self::take_moved_pairs`]).
+    moved_pairs: (Pairs, Pairs),
 }
 
 impl<K: Kernel> KernelExec<K> {
@@ -32,6 +38,7 @@ impl<K: Kernel> KernelExec<K> {
             errors: 0,
             retry: RetryQueue::default(),
             warnings: PeerWarnings::default(),
+            moved_pairs: (Vec::new(), Vec::new()),
         }
     }
 
@@ -61,6 +68,21 @@ impl<K: Kernel> KernelExec<K> {
     pub fn replace_peers(&mut self, peers: Vec<PeerKernel>) {
         self.peers = peers;
         self.retry = RetryQueue::default();
+    }
+
+    /// Every peer's outbound selector pairs (what the clear-text guard
+    /// covers), in peer order.
+    pub fn guard_selectors(&self) -> Vec<(rotor_xfrm::IpNet, rotor_xfrm::IpNet)> {
+        self.peers
+            .iter()
+            .flat_map(|p| p.outbound_selectors())
+            .collect()
+    }
+
+    /// The selector pairs path changes added and removed since the last
+    /// call.
+    pub fn take_moved_pairs(&mut self) -> (Pairs, Pairs) {
+        std::mem::take(&mut self.moved_pairs)
     }
 
     /// Kernel layout of peer `index`.
@@ -134,6 +156,11 @@ impl<K: Kernel> KernelExec<K> {
                 };
                 let to = p.moved(*remote, *local, *nat);
                 new.extend(p.move_ops(&to, old_sas).into_iter().map(|op| (*peer, op)));
+                let (old_pairs, new_pairs) = (p.outbound_selectors(), to.outbound_selectors());
+                if old_pairs != new_pairs {
+                    self.moved_pairs.0.extend(new_pairs);
+                    self.moved_pairs.1.extend(old_pairs);
+                }
                 *p = to;
                 // What waits for a retry names the old path.
                 self.retry.forget_peer(*peer);

@@ -65,6 +65,7 @@ pub use role::Role;
 
 use crate::config::{ConfigFile, HubConfig, NodeConfig, Role as ConfigRole};
 use crate::control::SOCKET_DIR;
+use crate::guard::{Guard, GuardBackend};
 use crate::peer_kernel::PeerKernel;
 use crate::sockets::{bind_control_udp, bind_control_unix};
 use crate::store::{Loaded, Store, lock_reqids};
@@ -136,14 +137,22 @@ pub async fn serve<R: Role, K: Kernel>(
     let clock = Clock::default();
     // Records before the first kernel change: a peer's reqid (and a
     // refused record's replacement) is durable before any object carries it.
-    if let Some(p) = life.persist.as_mut() {
-        p.flush(&mut role, clock.now())
-            .context("writing the state")?;
+    if let Some(p) = life.persist.as_mut()
+        && let Err(e) = p.flush(&mut role, clock.now())
+    {
+        undo_guard(&mut life);
+        return Err(e).context("writing the state");
     }
-    let report = reconcile::run(&mut role, &mut kernel, clock.now(), &HashSet::new())
-        .map_err(|e| anyhow::anyhow!("reading rotor's SAs and policies from the kernel: {e}"))?;
+    let report = match reconcile::run(&mut role, &mut kernel, clock.now(), &HashSet::new()) {
+        Ok(r) => r,
+        Err(e) => {
+            undo_guard(&mut life);
+            bail!("reading rotor's SAs and policies from the kernel: {e}");
+        }
+    };
     if report.refused > 0 {
         reconcile::undo(&mut kernel, &report.created);
+        undo_guard(&mut life);
         bail!(
             "the kernel refused {} of the operations that set up the peers (see the log above); nothing was left behind",
             report.refused
@@ -157,6 +166,13 @@ pub async fn serve<R: Role, K: Kernel>(
         stale_policies = report.stale_policies,
         "kernel state adopted"
     );
+    // What a previous run's guard held beyond today's peers goes now that
+    // their policies are gone.
+    if let Some(g) = life.guard.as_mut()
+        && let Err(e) = g.sync(&kernel.guard_selectors())
+    {
+        warn!("trimming the clear-text guard to the configured peers: {e}");
+    }
     life.reqids = (0..role.peer_count())
         .filter_map(|i| kernel.peer(i).map(|p| (p.reqid, i)))
         .collect();
@@ -197,6 +213,32 @@ pub async fn serve<R: Role, K: Kernel>(
         s.abort();
     }
     r.context("the durable state")
+}
+
+/// Removes the guard again if this start created it (a start that failed
+/// before any peer was served).
+fn undo_guard(life: &mut Lifecycle) {
+    if let Some(g) = life.guard.as_mut() {
+        g.undo_fresh();
+    }
+}
+
+/// Puts in the clear-text guard configured in `life` for `peers` before
+/// any policy; warns when it is configured off. Refuses to go on when it
+/// cannot be installed: nothing of it is left behind then.
+fn install_guard(life: &mut Lifecycle, peers: &[PeerKernel]) -> anyhow::Result<()> {
+    let Some(g) = life.guard.as_mut() else {
+        warn!(
+            "guard = \"off\": protected flows can leave in clear between a deletion of rotor's policies (ip xfrm policy flush) and their repair"
+        );
+        return Ok(());
+    };
+    let selectors: Vec<_> = peers.iter().flat_map(|p| p.outbound_selectors()).collect();
+    let pairs = g
+        .install(&selectors)
+        .context("installing the clear-text guard (`guard`)")?;
+    info!(pairs, "clear-text guard in place: {}", g.describe());
+    Ok(())
 }
 
 /// The hub's role and kernel layout from its configuration, resuming every
@@ -555,6 +597,7 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         metrics: None,
         notify: notify::Notifier::default(),
         routes: None,
+        guard: None,
     };
     Ok((xfrm, life, monitor))
 }
@@ -591,6 +634,8 @@ async fn run_role<R: Role>(
 ) -> anyhow::Result<()> {
     let stop = shutdown::on_signal()?;
     life.notify = notify::Notifier::from_env()?;
+    // Last before the first policy: every check that can fail is behind.
+    install_guard(&mut life, &peers)?;
     let r = serve(
         role,
         KernelExec::new(xfrm, peers),
@@ -603,7 +648,7 @@ async fn run_role<R: Role>(
     let _ = std::fs::remove_file(socket);
     info!(
         role = R::NAME,
-        "stopped; its SAs and policies stay in the kernel"
+        "stopped; its SAs, policies and clear-text guard stay in the kernel"
     );
     r
 }
@@ -617,6 +662,7 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     let own = Ownership::default();
     let (address, port, socket) = (cfg.address, cfg.port, cfg.socket.clone());
     let metrics = cfg.metrics.map(|at| (at, cfg.metrics_per_node));
+    let guard = Guard::new(cfg.guard, own, port);
     let fixed = reload::HubFixed::of(&cfg);
     let (store, mut loaded) = Store::open(&cfg.state_dir, "hub")?;
     let _reqids = lock_reqids(Path::new(SOCKET_DIR), own.base())?;
@@ -641,6 +687,7 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     life.metrics = metrics;
     life.forget = forget;
     life.hangup = Some(hangup);
+    life.guard = guard;
     info!(%address, port, nodes, socket = %socket.display(), "hub starting");
     run_role(role, xfrm, peers, udp, listener, life, &socket).await
 }
@@ -680,6 +727,7 @@ pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     if cfg.address.is_none() {
         life.routes = Some(watch_routes()?);
     }
+    life.guard = Guard::new(cfg.guard, own, cfg.hub.port());
     info!(name = %cfg.name, address = ?cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node starting");
     run_role(role, xfrm, peers, udp, listener, life, &cfg.socket).await
 }
@@ -693,6 +741,8 @@ pub struct Purged {
     pub policies: usize,
     /// The state directory whose records were deleted.
     pub state_dir: std::path::PathBuf,
+    /// Whether a clear-text guard was there and removed.
+    pub guard: bool,
 }
 
 /// `rotor purge`: removes every SA and policy the daemon of `config`
@@ -700,19 +750,21 @@ pub struct Purged {
 /// so it refuses while that daemon runs.
 pub fn purge(config: &Path) -> anyhow::Result<Purged> {
     let cfg = ConfigFile::read(config)?;
-    let (state_dir, instance, own, peers) = match cfg.role()? {
+    let (state_dir, instance, own, peers, backend) = match cfg.role()? {
         ConfigRole::Hub => {
             let c = cfg.into_hub()?;
             let own = Ownership::default();
             let dir = c.state_dir.clone();
+            let backend = c.guard;
             let (_, peers, _) = hub_parts(c, own, None)?;
-            (dir, "hub".to_string(), own, peers)
+            (dir, "hub".to_string(), own, peers, backend)
         }
         ConfigRole::Node => {
             let c = cfg.into_node()?;
             let own = node_ownership(&c.name)?;
             let (_, peers, _) = node_parts(&c, own, None)?;
-            (c.state_dir.clone(), format!("node-{}", c.name), own, peers)
+            let dir = c.state_dir.clone();
+            (dir, format!("node-{}", c.name), own, peers, c.guard)
         }
     };
     let (store, loaded) = Store::open(&state_dir, &instance)?;
@@ -723,10 +775,38 @@ pub fn purge(config: &Path) -> anyhow::Result<Purged> {
     let removed = kx
         .remove_all()
         .context("removing rotor's SAs and policies")?;
+    // After the policies: until the guard goes too, the flows it covered
+    // are dropped, not sent in clear.
+    let guard = purge_guard(backend, own)?;
     store.purge()?;
     Ok(Purged {
         sas: removed.sas,
         policies: removed.policies,
         state_dir,
+        guard,
     })
+}
+
+/// Removes the instance's clear-text guard. With `guard = "off"` one a
+/// previous configuration installed is looked for with the default tools,
+/// and their absence is no error.
+fn purge_guard(backend: GuardBackend, own: Ownership) -> anyhow::Result<bool> {
+    let off = backend == GuardBackend::Off;
+    let tools = if off { GuardBackend::Iptables } else { backend };
+    let Some(mut g) = Guard::new(tools, own, 0) else {
+        return Ok(false);
+    };
+    match g.remove() {
+        Ok(found) => {
+            if found {
+                info!("removed the clear-text guard {}", g.chain());
+            }
+            Ok(found)
+        }
+        Err(e) if off => {
+            warn!("looking for a clear-text guard to remove: {e}");
+            Ok(false)
+        }
+        Err(e) => Err(e).context("removing the clear-text guard"),
+    }
 }

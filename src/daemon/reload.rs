@@ -8,7 +8,7 @@
 //! peers get their policies and initialise; removed peers' objects and
 //! records go. Settings the running sockets or every peer's SAs depend on
 //! (addresses, ports, sockets, the state directory, key size, replay
-//! window, policy priority) need a restart, which is hitless too.
+//! window, policy priority, the guard's tools) need a restart, which is hitless too.
 
 use std::collections::HashMap;
 use std::hash::{DefaultHasher, Hash, Hasher};
@@ -22,6 +22,7 @@ use zeroize::Zeroizing;
 use super::role::Role;
 use crate::config::{HubConfig, HubPeer, NodeConfig};
 use crate::control::ReloadReply;
+use crate::guard::GuardBackend;
 use crate::store::Loaded;
 
 /// Where a running role's configuration came from, and the settings of it
@@ -48,6 +49,7 @@ pub struct HubFixed {
     priority: u32,
     metrics: Option<SocketAddr>,
     metrics_per_node: bool,
+    guard: GuardBackend,
 }
 
 impl HubFixed {
@@ -63,6 +65,7 @@ impl HubFixed {
             priority: cfg.priority,
             metrics: cfg.metrics,
             metrics_per_node: cfg.metrics_per_node,
+            guard: cfg.guard,
         }
     }
 
@@ -86,6 +89,7 @@ impl HubFixed {
         c(self.key_bits == new.key_bits, "hub.key_bits");
         c(self.replay_window == new.replay_window, "hub.replay_window");
         c(self.priority == new.priority, "hub.priority");
+        c(self.guard == new.guard, "hub.guard");
         v
     }
 }
@@ -102,6 +106,7 @@ pub struct NodeFixed {
     replay_window: u32,
     priority: u32,
     metrics: Option<SocketAddr>,
+    guard: GuardBackend,
 }
 
 impl NodeFixed {
@@ -117,6 +122,7 @@ impl NodeFixed {
             replay_window: cfg.replay_window,
             priority: cfg.priority,
             metrics: cfg.metrics,
+            guard: cfg.guard,
         }
     }
 
@@ -140,6 +146,7 @@ impl NodeFixed {
             "node.replay_window",
         );
         c(self.priority == new.priority, "node.priority");
+        c(self.guard == new.guard, "node.guard");
         v
     }
 }
