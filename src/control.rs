@@ -126,6 +126,13 @@ pub struct PeerStatus {
     /// on a node, or before the first key.
     #[serde(default)]
     pub key_age_ms: Option<u64>,
+    /// Where the peer is reached (`ADDR:PORT`; on a hub, learned from the
+    /// node's freshest authenticated message), `None` before it is known.
+    #[serde(default)]
+    pub endpoint: Option<String>,
+    /// A NAT sits between: ESP travels in UDP on the control port.
+    #[serde(default)]
+    pub nat: bool,
 }
 
 /// The status response.
@@ -274,8 +281,9 @@ pub fn call(socket: &Path, req: &Request) -> anyhow::Result<serde_json::Value> {
 /// Renders the status as an aligned table.
 pub fn table(st: &Status) -> String {
     let mut out = format!(
-        "{:<16} {:>6} {:>10} {:<21} {:<17} {:<11} {:>9} {:>7} {:>5} {:>10}\n",
+        "{:<16} {:<23} {:>6} {:>10} {:<21} {:<17} {:<11} {:>9} {:>7} {:>5} {:>10}\n",
         "PEER",
+        "REACHED_AT",
         "GEN",
         "TX_SPI",
         "RX_SPIS",
@@ -300,9 +308,15 @@ pub fn table(st: &Status) -> String {
             0 => "ok".to_string(),
             n => format!("retrying {n}"),
         };
+        let at = match (&p.endpoint, p.nat) {
+            (Some(e), true) => format!("{e} nat"),
+            (Some(e), false) => e.clone(),
+            (None, _) => "-".into(),
+        };
         out.push_str(&format!(
-            "{:<16} {:>6} {:>10} {:<21} {:<17} {:<11} {:>9} {:>7} {:>5} {:>10}\n",
+            "{:<16} {:<23} {:>6} {:>10} {:<21} {:<17} {:<11} {:>9} {:>7} {:>5} {:>10}\n",
             p.name,
+            at,
             p.generation,
             tx,
             rx.join(","),
@@ -421,6 +435,8 @@ mod tests {
             last_seen_ms: Some(5),
             kernel_retrying: 0,
             key_age_ms: None,
+            endpoint: None,
+            nat: false,
         };
         let v = serde_json::to_value(&row).unwrap();
         assert_eq!(v["tx_spi"], "0x1a2b3c4d");
@@ -472,6 +488,8 @@ mod tests {
             last_seen_ms: None,
             kernel_retrying: 0,
             key_age_ms: None,
+            endpoint: None,
+            nat: false,
         };
         for rows in [vec![], vec![row.clone()], vec![row.clone(), row.clone()]] {
             let body: Vec<String> = rows
@@ -506,6 +524,8 @@ mod tests {
                 last_seen_ms: Some(1500),
                 kernel_retrying: 0,
                 key_age_ms: None,
+                endpoint: None,
+                nat: false,
             }],
             drops: [("replay".to_string(), 2)].into_iter().collect(),
             kernel_errors: 0,

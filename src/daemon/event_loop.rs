@@ -611,6 +611,7 @@ fn answer<R: Role, K: Kernel>(
                     Some(to_wire_status(
                         p,
                         kernel.pending_for(rotor_core::PeerId(i as u32)),
+                        role.peer_path(i),
                     ))
                 })
                 .collect();
@@ -632,7 +633,11 @@ fn drops_map(
 /// A peer whose kernel operations wait for a retry is not in sync,
 /// whatever the protocol says: its SAs or policies are not (all) in the
 /// kernel.
-fn to_wire_status(p: rotor_core::PeerStatus, kernel_retrying: usize) -> control::PeerStatus {
+fn to_wire_status(
+    p: rotor_core::PeerStatus,
+    kernel_retrying: usize,
+    path: Option<(SocketAddr, bool)>,
+) -> control::PeerStatus {
     let state = if kernel_retrying > 0 {
         "kernel_pending".to_string()
     } else {
@@ -650,5 +655,7 @@ fn to_wire_status(p: rotor_core::PeerStatus, kernel_retrying: usize) -> control:
         last_seen_ms: p.last_seen_ms,
         kernel_retrying,
         key_age_ms: p.key_age_ms,
+        endpoint: path.map(|(a, _)| a.to_string()),
+        nat: path.is_some_and(|(_, nat)| nat),
     }
 }

@@ -99,6 +99,10 @@ impl Role for HubRole {
             .filter(|a| !a.ip().is_unspecified())
     }
 
+    fn peer_path(&self, index: usize) -> Option<(SocketAddr, bool)> {
+        self.hub.path(PeerId(u32::try_from(index).ok()?))
+    }
+
     fn peer_moved(&mut self, peer: PeerId, to: SocketAddr) {
         if let Some(a) = self.addrs.get_mut(peer.0 as usize) {
             *a = to;

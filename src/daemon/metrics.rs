@@ -411,6 +411,8 @@ mod tests {
             last_seen_ms: Some(1500),
             kernel_retrying: 0,
             key_age_ms: age,
+            endpoint: None,
+            nat: false,
         }
     }
 

@@ -113,6 +113,11 @@ impl Role for NodeRole {
         }
     }
 
+    /// The hub's address, with the hub's NAT verdict.
+    fn peer_path(&self, index: usize) -> Option<(SocketAddr, bool)> {
+        (index == 0).then(|| (self.hub, self.node.path().1))
+    }
+
     fn route_changed(&mut self, now: Now) {
         let (from, _) = self.node.path();
         if let Some(ip) = super::route_source(self.hub)

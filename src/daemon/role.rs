@@ -28,6 +28,8 @@ pub trait Role {
     }
     /// Where control datagrams for `peer` go.
     fn peer_addr(&self, peer: PeerId) -> Option<SocketAddr>;
+    /// Where peer `index` is reached and whether through a NAT, if known.
+    fn peer_path(&self, index: usize) -> Option<(SocketAddr, bool)>;
     /// The machine moved `peer` to `to` ([`rotor_core::Action::PeerPath`]):
     /// control datagrams go there from now on.
     fn peer_moved(&mut self, peer: PeerId, to: SocketAddr) {

@@ -682,7 +682,7 @@ impl Node {
             old_sas,
         });
         if repair && !lost.is_empty() {
-            self.lose(now, &lost);
+            self.lose(now, &lost, true);
         } else if self.latest.is_some() && self.pending.is_none() {
             self.next_send = now;
         }
@@ -806,10 +806,12 @@ impl Node {
     /// once), retire through the normal rotations. Emits
     /// [`Event::KernelRepaired`] and marks the node dirty.
     pub fn kernel_lost(&mut self, now: Now, lost: &[(SaDir, u32)]) {
-        self.lose(now.mono, lost);
+        self.lose(now.mono, lost, false);
     }
 
-    fn lose(&mut self, now: Time, lost: &[(SaDir, u32)]) {
+    /// [`Self::kernel_lost`]; for a path change (`moved`) without an
+    /// [`Event::KernelRepaired`] (the move is reported).
+    fn lose(&mut self, now: Time, lost: &[(SaDir, u32)], moved: bool) {
         let mut reinstalled = 0u32;
         let mut blocked = false;
         let mut any = false;
@@ -854,11 +856,13 @@ impl Node {
             return;
         }
         self.dirty = true;
-        self.actions.push_back(Action::Event(Event::KernelRepaired {
-            peer: HUB,
-            reinstalled,
-            blocked,
-        }));
+        if !moved {
+            self.actions.push_back(Action::Event(Event::KernelRepaired {
+                peer: HUB,
+                reinstalled,
+                blocked,
+            }));
+        }
         self.request_rotation(now);
     }
 }

@@ -150,7 +150,7 @@ impl Shared {
             first,
         }));
         if !lost.is_empty() {
-            self.lose(now, id, n, &lost, false);
+            self.lose(now, id, n, &lost, true);
         }
     }
 }

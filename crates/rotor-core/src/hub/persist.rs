@@ -178,23 +178,24 @@ impl Hub {
         let Some(n) = nodes.get_mut(id.0 as usize) else {
             return;
         };
-        sh.lose(now.mono, id, n, lost, true);
+        sh.lose(now.mono, id, n, lost, false);
         self.compact_timers();
     }
 }
 
 impl Shared {
     /// [`Hub::kernel_lost`] for an entry already in hand (also the second
-    /// half of a path change: the SAs on the old path are gone). Without
-    /// `rotate_now`, a blocked node is rotated by the message being handled
-    /// (a path changes only on one), not from inside its handling.
+    /// half of a path change: the SAs on the old path are gone). For a
+    /// path change (`moved`), a blocked node is rotated by the message being
+    /// handled (a path changes only on one), not from inside its handling,
+    /// and no [`Event::KernelRepaired`] is reported (the move is).
     pub(super) fn lose(
         &mut self,
         now: Time,
         id: PeerId,
         n: &mut NodeState,
         lost: &[(SaDir, u32)],
-        rotate_now: bool,
+        moved: bool,
     ) {
         let sh = self;
         let mut reinstalled = 0u32;
@@ -257,12 +258,14 @@ impl Shared {
         }
         n.force_rotate = true;
         sh.mark(id, n);
-        sh.actions.push_back(Action::Event(Event::KernelRepaired {
-            peer: id,
-            reinstalled,
-            blocked,
-        }));
-        if rotate_now && blocked && n.confirmed && n.latest.is_some() {
+        if !moved {
+            sh.actions.push_back(Action::Event(Event::KernelRepaired {
+                peer: id,
+                reinstalled,
+                blocked,
+            }));
+        }
+        if !moved && blocked && n.confirmed && n.latest.is_some() {
             // The node proved it holds the latest generation: rotate now
             // rather than stay blocked until its next hello.
             sh.rotate(now, id, n);
