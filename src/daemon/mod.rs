@@ -166,13 +166,11 @@ pub async fn serve<R: Role, K: Kernel>(
         stale_policies = report.stale_policies,
         "kernel state adopted"
     );
-    // What a previous run's guard held beyond today's peers goes now that
-    // their policies are gone.
-    if let Some(g) = life.guard.as_mut()
-        && let Err(e) = g.sync(&kernel.guard_selectors())
-    {
-        warn!("trimming the clear-text guard to the configured peers: {e}");
-    }
+    // What a previous run's guard held beyond today's peers (nodes no
+    // longer configured) is trimmed by the first periodic check, not here:
+    // every process the guard runs holds the start (hundreds of ms each in
+    // UML), and until then the extra pairs only drop traffic no policy
+    // protects any more.
     life.reqids = (0..role.peer_count())
         .filter_map(|i| kernel.peer(i).map(|p| (p.reqid, i)))
         .collect();
