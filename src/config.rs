@@ -98,6 +98,9 @@ type SaLifetime = BoundedDuration<SA_LIFETIME_MIN_MS, SA_LIFETIME_MAX_MS>;
 type RotateInterval = BoundedDuration<ROTATE_INTERVAL_MIN_MS, ROTATE_INTERVAL_MAX_MS>;
 type Grace = BoundedDuration<GRACE_MIN_MS, GRACE_MAX_MS>;
 type InitSkew = BoundedDuration<INIT_SKEW_MIN_MS, INIT_SKEW_MAX_MS>;
+/// 0 to 10 s (`rotor_core::config::MAX_RATCHET_EPOCH_MS`): how long the hub
+/// uses one X25519 key pair for the ratchet of its rotations.
+type RatchetEpoch = BoundedDuration<0, { rotor_core::config::MAX_RATCHET_EPOCH_MS }>;
 type HelloInterval = BoundedDuration<HELLO_INTERVAL_MIN_MS, HELLO_INTERVAL_MAX_MS>;
 /// A UDP port; 0 would mean "any port" to the socket layer, never a hub's.
 type Port = BoundedInt<u16, 1, { u16::MAX as u64 }>;
@@ -205,6 +208,9 @@ pub struct HubConfig {
     pub priority: u32,
     /// How far an init timestamp may be from the hub's clock.
     pub init_skew: Duration,
+    /// How long one X25519 key pair of the hub serves the ratchet of its
+    /// rotations (0: one per rotation).
+    pub ratchet_epoch: Duration,
     /// Where Prometheus metrics are served (`None`: not at all).
     pub metrics: Option<SocketAddr>,
     /// Whether the metrics carry one series per node too.
@@ -273,6 +279,7 @@ struct HubSection {
     replay_window: Option<ReplayWindow>,
     priority: Option<Priority>,
     init_skew: Option<InitSkew>,
+    ratchet_epoch: Option<RatchetEpoch>,
     metrics: Option<MetricsListen>,
     metrics_per_node: Option<bool>,
 }
@@ -653,6 +660,10 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         replay_window: h.replay_window.map_or(1024, |w| w.0),
         priority: h.priority.map_or(1000, |p| p.0),
         init_skew: h.init_skew.map_or(Duration::from_secs(120), |d| d.0),
+        ratchet_epoch: h.ratchet_epoch.map_or(
+            Duration::from_millis(rotor_core::config::DEFAULT_RATCHET_EPOCH_MS),
+            |d| d.0,
+        ),
         metrics: h.metrics.map(|m| m.0),
         metrics_per_node: h.metrics_per_node.unwrap_or(false),
         nodes,
@@ -1087,6 +1098,11 @@ mode = "transport"
                     ("\"99ms\"", "less than the minimum, 100ms"),
                     ("\"3601s\"", "more than the maximum, 1h"),
                 ],
+            ),
+            (
+                "ratchet_epoch",
+                &["\"0s\"", "\"10s\""],
+                &[("\"10001ms\"", "more than the maximum, 10s")],
             ),
             (
                 "init_skew",

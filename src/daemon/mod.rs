@@ -271,6 +271,7 @@ pub fn hub_parts(
         grace_ms: millis(cfg.grace),
         key_bits: key_bits(cfg.key_bits),
         init_skew_ms: millis(cfg.init_skew),
+        ratchet_epoch_ms: millis(cfg.ratchet_epoch),
     };
     let now = Clock::default().now();
     let (hub, report) = if records.is_empty() {

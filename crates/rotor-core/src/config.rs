@@ -18,6 +18,9 @@ pub enum ConfigError {
     /// Two nodes share a PSK: their init messages would be indistinguishable.
     #[error("nodes {0:?} and {1:?} have the same init key; every node needs its own")]
     DuplicatePsk(String, String),
+    /// A duration above its upper bound.
+    #[error("{0} must be at most {1} ms")]
+    TooLong(&'static str, u64),
     /// The hub has no nodes.
     #[error("no nodes configured")]
     NoNodes,
@@ -48,7 +51,19 @@ pub struct HubConfig {
     pub key_bits: KeyBits,
     /// Largest accepted distance between an init's timestamp and the hub's clock.
     pub init_skew_ms: u64,
+    /// How long the hub uses one X25519 key pair for the ratchet of the
+    /// rotations it makes (0: a fresh key pair per rotation; at most
+    /// [`MAX_RATCHET_EPOCH_MS`]). The key pair is zeroized when its epoch
+    /// ends, so a compromise of the hub reveals at most the rotations of one
+    /// epoch beyond the keys it holds anyway.
+    pub ratchet_epoch_ms: u64,
 }
+
+/// Default of [`HubConfig::ratchet_epoch_ms`].
+pub const DEFAULT_RATCHET_EPOCH_MS: u64 = 1_000;
+
+/// Upper bound of [`HubConfig::ratchet_epoch_ms`].
+pub const MAX_RATCHET_EPOCH_MS: u64 = 10_000;
 
 /// Node settings.
 #[derive(Debug, Clone)]
@@ -81,6 +96,9 @@ impl HubConfig {
         }
         if self.init_skew_ms == 0 {
             return Err(ConfigError::Zero("init_skew"));
+        }
+        if self.ratchet_epoch_ms > MAX_RATCHET_EPOCH_MS {
+            return Err(ConfigError::TooLong("ratchet_epoch", MAX_RATCHET_EPOCH_MS));
         }
         let mut names = std::collections::HashSet::new();
         let mut psks = std::collections::HashMap::new();

@@ -21,8 +21,10 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 
 use crate::secret::{ControlKey, Secret32};
 
-/// Protocol version carried in byte 0.
-pub const VERSION: u8 = 1;
+/// Protocol version carried in byte 0. Version 2 added the ratchet shares
+/// (a node's X25519 share at the end of the hello body, the hub's at the end
+/// of the key body); a datagram of any other version is dropped.
+pub const VERSION: u8 = 2;
 /// Length of the clear header.
 pub const HEADER_LEN: usize = 16;
 /// Length of the AEAD tag.
@@ -38,7 +40,8 @@ pub enum MsgType {
     Hello = 1,
     /// Node -> hub (re)initialisation request under a PSK-derived key.
     Init = 2,
-    /// Hub -> node: a generation's secret.
+    /// Hub -> node: a new generation (its secret, or what the node derives
+    /// it from).
     Key = 3,
     /// Hub -> node: in sync, nothing to change.
     Ack = 4,
@@ -134,6 +137,9 @@ pub enum Message {
         generation: u64,
         /// The node asks for a rotation.
         rotate: bool,
+        /// The node's X25519 share for the ratchet step out of this
+        /// generation: the same in every hello under it.
+        share: [u8; 32],
     },
     /// Node -> hub (re)initialisation request under the init request key.
     Init {
@@ -148,7 +154,7 @@ pub enum Message {
         /// Node's ephemeral X25519 public key.
         eph_pub: [u8; 32],
     },
-    /// Hub -> node: a generation's secret and SPI.
+    /// Hub -> node: a generation's SPI and what its secret comes from.
     Key {
         /// SPI of the key that protects it: a generation's, or the node's
         /// init SPI for an init reply.
@@ -162,8 +168,14 @@ pub enum Message {
         generation: u64,
         /// SPI of the generation carried.
         gen_spi: u32,
-        /// The generation secret.
+        /// An init reply: generation 1's secret. A rotation: the hub's
+        /// random value, from which, with the X25519 result of the two
+        /// shares, the node derives the generation's secret
+        /// ([`crate::key_schedule::ratchet_secret`]).
         secret: Secret32,
+        /// A rotation: the hub's X25519 share. An init reply: zero (the
+        /// init's own exchange protects generation 1).
+        hub_share: [u8; 32],
     },
     /// Hub -> node: in sync, nothing to change.
     Ack {
@@ -176,9 +188,9 @@ pub enum Message {
     },
 }
 
-const HELLO_LEN: usize = 9;
+const HELLO_LEN: usize = 9 + 32;
 const INIT_LEN: usize = 40;
-const KEY_LEN: usize = 44;
+const KEY_LEN: usize = 44 + 32;
 const ACK_LEN: usize = 8;
 /// Longest body: the buffer [`Datagram::open`] decrypts into.
 const MAX_BODY_LEN: usize = KEY_LEN;
@@ -237,7 +249,7 @@ impl Message {
         }
     }
 
-    /// Length of the sealed datagram (41, 104, 76, 140 or 40 bytes).
+    /// Length of the sealed datagram (73, 104, 108, 172 or 40 bytes).
     pub fn sealed_len(&self) -> usize {
         let h = self.header();
         // clear_len accepts every (kind, flags) a Message has.
@@ -266,10 +278,14 @@ impl Message {
         let aad_len = out.len();
         match self {
             Message::Hello {
-                generation, rotate, ..
+                generation,
+                rotate,
+                share,
+                ..
             } => {
                 out.extend_from_slice(&generation.to_be_bytes());
                 out.push(u8::from(*rotate));
+                out.extend_from_slice(share);
             }
             Message::Init {
                 timestamp_ms,
@@ -283,11 +299,13 @@ impl Message {
                 generation,
                 gen_spi,
                 secret,
+                hub_share,
                 ..
             } => {
                 out.extend_from_slice(&generation.to_be_bytes());
                 out.extend_from_slice(&gen_spi.to_be_bytes());
                 out.extend_from_slice(secret.expose());
+                out.extend_from_slice(hub_share);
             }
             Message::Ack { generation, .. } => out.extend_from_slice(&generation.to_be_bytes()),
         }
@@ -419,6 +437,7 @@ impl Datagram<'_> {
                 counter,
                 generation: u64_at(p, 0),
                 rotate: p[8] & 1 != 0,
+                share: array32(&p[9..41]).ok_or(WireError::BadLength)?,
             },
             MsgType::Init => Message::Init {
                 spi,
@@ -437,6 +456,7 @@ impl Datagram<'_> {
                     generation: u64_at(p, 0),
                     gen_spi: u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
                     secret: Secret32::new(*s),
+                    hub_share: array32(&p[44..76]).ok_or(WireError::BadLength)?,
                 }
             }
             MsgType::Ack => Message::Ack {
@@ -475,6 +495,7 @@ mod tests {
                     counter,
                     generation: 7,
                     rotate: true,
+                    share: [4; 32],
                 },
             ),
             (
@@ -498,6 +519,7 @@ mod tests {
                     generation: 8,
                     gen_spi: 0xabcd,
                     secret: Secret32::new([6; 32]),
+                    hub_share: [8; 32],
                 },
             ),
             (
@@ -513,6 +535,7 @@ mod tests {
                     generation: 1,
                     gen_spi: 0x999,
                     secret: Secret32::new([7; 32]),
+                    hub_share: [0; 32],
                 },
             ),
             (
@@ -553,6 +576,19 @@ mod tests {
         }
     }
 
+    /// Version 1 datagrams (no ratchet shares) are refused before any
+    /// cryptography, whatever their length.
+    #[test]
+    fn other_versions_are_refused() {
+        for (_, _, msg) in samples() {
+            let mut d = msg.seal(&key(1));
+            for v in [0, 1, 3, 255] {
+                d[0] = v;
+                assert_eq!(parse(&d).err(), Some(WireError::BadVersion));
+            }
+        }
+    }
+
     #[test]
     fn every_truncation_is_rejected() {
         for (_, _, msg) in samples() {
@@ -572,7 +608,7 @@ mod tests {
                 m.seal(&key(1)).len()
             })
             .collect();
-        assert_eq!(sizes, vec![41, 104, 76, 140, 40]);
+        assert_eq!(sizes, vec![73, 104, 108, 172, 40]);
     }
 
     /// A message whose parts do not match (a clear extension or a flag on a
@@ -585,6 +621,7 @@ mod tests {
             counter: 0,
             generation: 1,
             rotate: false,
+            share: [0; 32],
         }
         .seal(&key(1));
         // A hello with a 32-byte clear extension spliced in.

@@ -19,8 +19,8 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
     let spi = any::<u32>();
     let counter = any::<u64>();
     prop_oneof![
-        (spi, counter, any::<u64>(), any::<bool>()).prop_map(
-            |(spi, counter, generation, rotate)| (
+        (spi, counter, any::<u64>(), any::<bool>(), any::<[u8; 32]>()).prop_map(
+            |(spi, counter, generation, rotate, share)| (
                 MsgType::Hello,
                 0,
                 vec![],
@@ -28,7 +28,8 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
                     spi,
                     counter,
                     generation,
-                    rotate
+                    rotate,
+                    share
                 }
             )
         ),
@@ -57,34 +58,38 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
             any::<u32>(),
             any::<[u8; 32]>(),
             any::<bool>(),
+            any::<[u8; 32]>(),
             any::<[u8; 32]>()
         )
-            .prop_map(|((spi, counter), generation, gen_spi, s, init, extra)| {
-                let (flags, clear, init_reply) = if init {
-                    let mut c = extra.to_vec();
-                    c.extend_from_slice(&extra);
-                    let r = InitReply {
-                        hub_nonce: extra,
-                        hub_pub: extra,
+            .prop_map(
+                |((spi, counter), generation, gen_spi, s, init, extra, hub_share)| {
+                    let (flags, clear, init_reply) = if init {
+                        let mut c = extra.to_vec();
+                        c.extend_from_slice(&extra);
+                        let r = InitReply {
+                            hub_nonce: extra,
+                            hub_pub: extra,
+                        };
+                        (FLAG_INIT_REPLY, c, Some(r))
+                    } else {
+                        (0, vec![], None)
                     };
-                    (FLAG_INIT_REPLY, c, Some(r))
-                } else {
-                    (0, vec![], None)
-                };
-                (
-                    MsgType::Key,
-                    flags,
-                    clear,
-                    Message::Key {
-                        spi,
-                        counter,
-                        init_reply,
-                        generation,
-                        gen_spi,
-                        secret: Secret32::new(s),
-                    },
-                )
-            }),
+                    (
+                        MsgType::Key,
+                        flags,
+                        clear,
+                        Message::Key {
+                            spi,
+                            counter,
+                            init_reply,
+                            generation,
+                            gen_spi,
+                            secret: Secret32::new(s),
+                            hub_share,
+                        },
+                    )
+                }
+            ),
         (spi, counter, any::<u64>()).prop_map(|(spi, counter, generation)| (
             MsgType::Ack,
             0,
@@ -110,6 +115,7 @@ fn hub() -> Hub {
         grace_ms: 1000,
         key_bits: KeyBits::Aes128,
         init_skew_ms: 120_000,
+        ratchet_epoch_ms: rotor_core::config::DEFAULT_RATCHET_EPOCH_MS,
     };
     Hub::new(cfg, Now::new(Time(0), 1_750_000_000_000), [3; 32]).unwrap()
 }
@@ -141,7 +147,7 @@ proptest! {
     #[test]
     fn state_machines_only_drop_garbage(mut data in proptest::collection::vec(any::<u8>(), 0..200), ty in 1u8..=4) {
         if data.len() >= 2 {
-            data[0] = 1;
+            data[0] = wire::VERSION;
             data[1] = ty;
         }
         let now = Now::new(Time(5), 1_750_000_000_000);

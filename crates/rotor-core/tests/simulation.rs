@@ -172,6 +172,7 @@ impl Sim {
             grace_ms: GRACE_MS,
             key_bits: KeyBits::Aes128,
             init_skew_ms: 120_000,
+            ratchet_epoch_ms: rotor_core::config::DEFAULT_RATCHET_EPOCH_MS,
         };
         let node_cfgs: Vec<NodeConfig> = (0..n)
             .map(|i| NodeConfig {
