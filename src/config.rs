@@ -101,6 +101,8 @@ type InitSkew = BoundedDuration<INIT_SKEW_MIN_MS, INIT_SKEW_MAX_MS>;
 /// 0 to 10 s (`rotor_core::config::MAX_RATCHET_EPOCH_MS`): how long the hub
 /// uses one X25519 key pair for the ratchet of its rotations.
 type RatchetEpoch = BoundedDuration<0, { rotor_core::config::MAX_RATCHET_EPOCH_MS }>;
+/// 1 (every rotation) to 16 rotations per X25519 ratchet step.
+type RatchetEvery = BoundedInt<u32, 1, { rotor_core::config::MAX_RATCHET_EVERY as u64 }>;
 type HelloInterval = BoundedDuration<HELLO_INTERVAL_MIN_MS, HELLO_INTERVAL_MAX_MS>;
 /// A UDP port; 0 would mean "any port" to the socket layer, never a hub's.
 type Port = BoundedInt<u16, 1, { u16::MAX as u64 }>;
@@ -211,6 +213,8 @@ pub struct HubConfig {
     /// How long one X25519 key pair of the hub serves the ratchet of its
     /// rotations (0: one per rotation).
     pub ratchet_epoch: Duration,
+    /// Every how many rotations of a node is an X25519 ratchet step.
+    pub ratchet_every: u32,
     /// Where Prometheus metrics are served (`None`: not at all).
     pub metrics: Option<SocketAddr>,
     /// Whether the metrics carry one series per node too.
@@ -280,6 +284,7 @@ struct HubSection {
     priority: Option<Priority>,
     init_skew: Option<InitSkew>,
     ratchet_epoch: Option<RatchetEpoch>,
+    ratchet_every: Option<RatchetEvery>,
     metrics: Option<MetricsListen>,
     metrics_per_node: Option<bool>,
 }
@@ -664,6 +669,9 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
             Duration::from_millis(rotor_core::config::DEFAULT_RATCHET_EPOCH_MS),
             |d| d.0,
         ),
+        ratchet_every: h
+            .ratchet_every
+            .map_or(rotor_core::config::DEFAULT_RATCHET_EVERY, |n| n.0),
         metrics: h.metrics.map(|m| m.0),
         metrics_per_node: h.metrics_per_node.unwrap_or(false),
         nodes,
@@ -1111,6 +1119,11 @@ mode = "transport"
                     ("\"59999ms\"", "less than the minimum, 1m"),
                     ("\"61m\"", "more than the maximum, 1h"),
                 ],
+            ),
+            (
+                "ratchet_every",
+                &["1", "16"],
+                &[("0", "0 is outside 1..=16"), ("17", "17 is outside 1..=16")],
             ),
             (
                 "port",

@@ -260,6 +260,7 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
         priority: 1000,
         init_skew: Duration::from_secs(30),
         ratchet_epoch: Duration::from_secs(1),
+        ratchet_every: 1,
         metrics: None,
         metrics_per_node: false,
         nodes: (0..nodes)

@@ -438,15 +438,22 @@ impl Node {
                             && Some(spi) != prev_spi
                             && spi > 0xff =>
                     {
-                        let eph = self.ratchet.as_ref().ok_or(DropReason::StaleGeneration)?;
-                        let dh = eph.agree(&hub_share).ok_or(DropReason::BadEphemeral)?;
+                        // A zero hub share: the hub made this rotation
+                        // without a ratchet step (`ratchet_every`).
+                        let (dh, node_share) = if hub_share == [0; 32] {
+                            (Zeroizing::new([0; 32]), [0; 32])
+                        } else {
+                            let eph = self.ratchet.as_ref().ok_or(DropReason::StaleGeneration)?;
+                            let dh = eph.agree(&hub_share).ok_or(DropReason::BadEphemeral)?;
+                            (dh, *eph.public())
+                        };
                         let secret = ratchet_secret(
                             hub_random.expose(),
                             &dh,
                             &self.cfg.name,
                             generation,
                             spi,
-                            eph.public(),
+                            &node_share,
                             &hub_share,
                         );
                         if let Some(l) = self.latest.as_mut() {
@@ -900,7 +907,7 @@ mod tests {
     /// derivation from what it can see yields N+1's keys; with the node's
     /// ephemeral private key as well (the control case, which shows the
     /// attack code extracts the right parts), it does.
-    fn hub_and_node() -> (Hub, Node, NodeConfig) {
+    fn hub_and_node(ratchet_every: u32) -> (Hub, Node, NodeConfig) {
         let hub_cfg = HubConfig {
             nodes: vec![NodeSpec {
                 name: "mn0".into(),
@@ -911,6 +918,7 @@ mod tests {
             key_bits: KeyBits::Aes128,
             init_skew_ms: 120_000,
             ratchet_epoch_ms: 1000,
+            ratchet_every,
         };
         let mut hub = Hub::new(hub_cfg, at(0), [2; 32]).expect("hub config");
         hub.start();
@@ -928,7 +936,7 @@ mod tests {
 
     #[test]
     fn a_stolen_generation_secret_and_a_capture_do_not_yield_the_next() {
-        let (mut hub, mut node, _) = hub_and_node();
+        let (mut hub, mut node, _) = hub_and_node(1);
         let (mut capture, mut installed) = (Vec::new(), Vec::new());
         node.handle_timeout(at(0));
         pump(&mut hub, &mut node, at(0), &mut capture, &mut installed);
@@ -1011,7 +1019,7 @@ mod tests {
     /// unconfirmed generation instead of resending it; the node adopts it.
     #[test]
     fn a_generation_made_for_a_lost_share_is_replaced() {
-        let (mut hub, mut node, cfg) = hub_and_node();
+        let (mut hub, mut node, cfg) = hub_and_node(1);
         let (mut capture, mut installed) = (Vec::new(), Vec::new());
         node.handle_timeout(at(0));
         pump(&mut hub, &mut node, at(0), &mut capture, &mut installed);
@@ -1047,5 +1055,63 @@ mod tests {
         assert_eq!(node.tx_spi(), status.rx_spis.last().copied());
         assert_eq!(hub.drops().values().sum::<u64>(), 0);
         assert_eq!(node.drops().values().sum::<u64>(), 0);
+    }
+
+    /// With `ratchet_every = 2` the documented granularity holds, no more:
+    /// a stolen secret of generation 2 (a ratchet step) and a capture yield
+    /// generation 3 (a rotation without a step, whose secret comes from the
+    /// random value sent under 2) and stop at generation 4 (the next step).
+    #[test]
+    fn every_other_rotation_exposes_one_generation_and_no_more() {
+        let (mut hub, mut node, _) = hub_and_node(2);
+        let (mut capture, mut installed) = (Vec::new(), Vec::new());
+        node.handle_timeout(at(0));
+        pump(&mut hub, &mut node, at(0), &mut capture, &mut installed);
+        let id = PeerId(0);
+        hub.rotate_now(at(10), id).expect("node 0");
+        pump(&mut hub, &mut node, at(10), &mut capture, &mut installed);
+        let (n, spi, stolen) = node
+            .latest
+            .as_ref()
+            .map(|g| (g.number, g.spi, g.secret.clone()))
+            .expect("generation 2");
+        assert_eq!(n, 2);
+        for t in [20, 30] {
+            hub.rotate_now(at(t), id).expect("node 0");
+            pump(&mut hub, &mut node, at(t), &mut capture, &mut installed);
+        }
+        assert_eq!(node.generation(), 4);
+        assert_eq!(hub.drops().values().sum::<u64>(), 0);
+        let real = |spi: u32| {
+            installed
+                .iter()
+                .find(|(s, dir, _)| *s == spi && *dir == SaDir::In)
+                .map(|(_, _, k)| k.clone())
+        };
+        // Generation 3: no step, so the loot of generation 2 yields it.
+        let loot = open_capture(&capture, &stolen, n, spi);
+        let (g3, spi3, value, hub_share) = loot.key.expect("the key for 3 opens");
+        assert_eq!((g3, hub_share), (3, [0; 32]));
+        let secret3 = ratchet_secret(value.expose(), &[0; 32], "mn0", 3, spi3, &[0; 32], &[0; 32]);
+        let keys3 = generation_keys(&secret3, "mn0", 3, spi3, KeyBits::Aes128);
+        assert_eq!(Some(keys3.esp_h2n), real(spi3));
+        // Generation 4: a step; generation 3's secret no longer helps.
+        let loot = open_capture(&capture, &secret3, 3, spi3);
+        let (g4, spi4, value, hub_share) = loot.key.expect("the key for 4 opens");
+        assert_eq!(g4, 4);
+        assert_ne!(hub_share, [0; 32]);
+        for dh in [[0; 32], loot.node_share, hub_share, *value.expose()] {
+            let guess = ratchet_secret(
+                value.expose(),
+                &dh,
+                "mn0",
+                4,
+                spi4,
+                &loot.node_share,
+                &hub_share,
+            );
+            let keys = generation_keys(&guess, "mn0", 4, spi4, KeyBits::Aes128);
+            assert_ne!(Some(keys.esp_h2n), real(spi4));
+        }
     }
 }

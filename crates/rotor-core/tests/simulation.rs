@@ -173,6 +173,7 @@ impl Sim {
             key_bits: KeyBits::Aes128,
             init_skew_ms: 120_000,
             ratchet_epoch_ms: rotor_core::config::DEFAULT_RATCHET_EPOCH_MS,
+            ratchet_every: rotor_core::config::DEFAULT_RATCHET_EVERY,
         };
         let node_cfgs: Vec<NodeConfig> = (0..n)
             .map(|i| NodeConfig {

@@ -121,6 +121,8 @@ struct Shared {
     key_bits: KeyBits,
     /// How long one X25519 key pair of the hub serves rotations.
     ratchet_epoch_ms: u64,
+    /// Every how many rotations of a node is a ratchet step.
+    ratchet_every: u64,
     /// The hub's ratchet key pair of the current epoch.
     epoch: HubEpoch,
     /// Rotation deadlines (lazy: an entry is live if it equals the node's
@@ -220,6 +222,7 @@ impl Hub {
                 init_skew_ms: cfg.init_skew_ms,
                 key_bits: cfg.key_bits,
                 ratchet_epoch_ms: cfg.ratchet_epoch_ms,
+                ratchet_every: u64::from(cfg.ratchet_every),
                 epoch: HubEpoch::default(),
                 rotate_heap: BinaryHeap::new(),
                 rotate_all: None,

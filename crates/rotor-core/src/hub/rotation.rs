@@ -85,7 +85,11 @@ impl Shared {
         } else if n.confirmed {
             // The node proved it holds the latest generation: a hello under
             // the previous one is a late copy, and needs no answer.
-        } else if n.pending.as_ref().is_none_or(|p| p.node_share != share) {
+        } else if n
+            .pending
+            .as_ref()
+            .is_none_or(|p| p.hub_share != [0; 32] && p.node_share != share)
+        {
             // The latest generation was derived for a share the node no
             // longer has (its state is older than our key: a record of a
             // version without the ratchet), or we lack what its key message
@@ -153,10 +157,18 @@ impl Shared {
         }
     }
 
-    /// Generation `number` of node `id` by the ratchet with the node's
-    /// `node_share`: the hub's share of the epoch, a fresh random value, a
-    /// fresh SPI; its SAs installed. `None` (and a counted `BadEphemeral`
-    /// drop) when the share contributes nothing to the X25519 result.
+    /// Whether the rotation to generation `number` is an X25519 ratchet
+    /// step (see `HubConfig::ratchet_every`).
+    fn is_ratchet_step(&self, number: u64) -> bool {
+        number.is_multiple_of(self.ratchet_every)
+    }
+
+    /// Generation `number` of node `id`: a fresh random value and SPI, and,
+    /// if the rotation is a ratchet step, the X25519 result of the node's
+    /// `node_share` and the hub's share of the epoch (otherwise both shares
+    /// are zero in the derivation and the `key` message); its SAs
+    /// installed. `None` (and a counted `BadEphemeral` drop) when the share
+    /// contributes nothing to the X25519 result.
     fn ratchet_generation(
         &mut self,
         now: Time,
@@ -164,12 +176,18 @@ impl Shared {
         number: u64,
         node_share: &[u8; 32],
     ) -> Option<(Generation, PendingKey)> {
-        let eph = self.epoch.get(now, self.ratchet_epoch_ms, &mut self.rng);
-        let hub_share = *eph.public();
-        let Some(dh) = eph.agree(node_share) else {
-            self.drop_reason(DropReason::BadEphemeral, Some(id));
-            return None;
+        let (dh, hub_share, node_share) = if self.is_ratchet_step(number) {
+            let eph = self.epoch.get(now, self.ratchet_epoch_ms, &mut self.rng);
+            let hub_share = *eph.public();
+            let Some(dh) = eph.agree(node_share) else {
+                self.drop_reason(DropReason::BadEphemeral, Some(id));
+                return None;
+            };
+            (dh, hub_share, *node_share)
+        } else {
+            (zeroize::Zeroizing::new([0; 32]), [0; 32], [0; 32])
         };
+        let node_share = &node_share;
         let random = self.random32();
         let spi = self.table.allocate(&mut self.rng, id);
         let secret = ratchet_secret(
@@ -201,7 +219,7 @@ impl Shared {
             return false;
         };
         let share = std::mem::take(&mut n.node_share);
-        let Some((new, pending)) = (share != [0; 32])
+        let Some((new, pending)) = (share != [0; 32] || !self.is_ratchet_step(number))
             .then(|| self.ratchet_generation(now, id, number, &share))
             .flatten()
         else {
