@@ -21,7 +21,8 @@
 //!   message costs O(1) table lookups;
 //! * I9 forward secrecy per rotation: [`ratchet`]; generation N+1's secret
 //!   needs an X25519 private key of that rotation, which neither side keeps
-//!   once N+1's keys are derived.
+//!   once N+1's keys are derived (every rotation by default; every k-th
+//!   with `HubConfig::ratchet_every` = k).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]

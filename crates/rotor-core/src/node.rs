@@ -1,9 +1,11 @@
 //! A node's state machine.
 //!
 //! The node sends on its latest generation N and accepts N and N-1 (I1). It
-//! says `hello` under N every interval; the hub answers every hello (`ack`, or
-//! `key` for N+1). On `key` N+1 under N it installs N+1 inbound first, then
-//! outbound, switches to it, and confirms with a hello under N+1 (I3). After
+//! says `hello` under N every interval, carrying its ratchet share for the
+//! step out of N; the hub answers every hello (`ack`, or `key` for N+1). On
+//! `key` N+1 under N it derives N+1's secret with its ratchet private key
+//! (then replaces that key), installs N+1 inbound first, then outbound,
+//! switches to it, and confirms with a hello under N+1 (I3). After
 //! `retries` unanswered hellos it falls back to init, keeping its current SAs
 //! until the init reply gives it a new chain (make before break).
 //!

@@ -14,7 +14,10 @@
 //! The hub reuses one key pair for every rotation of a short epoch
 //! (`HubConfig::ratchet_epoch_ms`, at most a few seconds; 0: a key pair per
 //! rotation) and zeroizes it when the epoch ends: one X25519 operation per
-//! rotation instead of two.
+//! rotation instead of two. A hub configured with
+//! `HubConfig::ratchet_every` = k makes only every k-th rotation a step; the
+//! others carry zero shares and derive the secret from the random value
+//! alone.
 
 use std::fmt;
 
