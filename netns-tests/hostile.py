@@ -9,6 +9,10 @@
 """
 import argparse, json, random, socket, struct, sys, time
 
+# Control protocol version (docs/protocol.md): forged datagrams carry it so
+# they get past the version check to the length and authentication checks.
+VERSION = 2
+
 
 def capture(a):
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
@@ -36,7 +40,8 @@ def capture(a):
 
 def attack(a):
     rnd = random.Random(a.seed)
-    samples = [bytes.fromhex(h) for h in json.load(open(a.samples))] or [b"\x01\x01" + bytes(39)]
+    # Without samples: a hello-sized datagram (protocol version 2: 73 bytes).
+    samples = [bytes.fromhex(h) for h in json.load(open(a.samples))] or [bytes([VERSION, 1]) + bytes(71)]
     host, _, port = a.to.rpartition(":")
     s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     for k in range(a.count):
@@ -45,7 +50,7 @@ def attack(a):
         if kind == 0:
             d = bytes(rnd.getrandbits(8) for _ in range(rnd.randrange(0, 200)))
             if len(d) > 2 and rnd.random() < 0.5:
-                d = bytes([1, rnd.randrange(1, 5)]) + d[2:]
+                d = bytes([VERSION, rnd.randrange(1, 5)]) + d[2:]
         elif kind == 1:
             d = base[: rnd.randrange(0, len(base))]
         elif kind == 2:

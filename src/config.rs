@@ -99,6 +99,11 @@ type SaLifetime = BoundedDuration<SA_LIFETIME_MIN_MS, SA_LIFETIME_MAX_MS>;
 type RotateInterval = BoundedDuration<ROTATE_INTERVAL_MIN_MS, ROTATE_INTERVAL_MAX_MS>;
 type Grace = BoundedDuration<GRACE_MIN_MS, GRACE_MAX_MS>;
 type InitSkew = BoundedDuration<INIT_SKEW_MIN_MS, INIT_SKEW_MAX_MS>;
+/// 0 to 10 s (`rotor_core::config::MAX_RATCHET_EPOCH_MS`): how long the hub
+/// uses one X25519 key pair for the ratchet of its rotations.
+type RatchetEpoch = BoundedDuration<0, { rotor_core::config::MAX_RATCHET_EPOCH_MS }>;
+/// 1 (every rotation) to 16 rotations per X25519 ratchet step.
+type RatchetEvery = BoundedInt<u32, 1, { rotor_core::config::MAX_RATCHET_EVERY as u64 }>;
 type HelloInterval = BoundedDuration<HELLO_INTERVAL_MIN_MS, HELLO_INTERVAL_MAX_MS>;
 /// A UDP port; 0 would mean "any port" to the socket layer, never a hub's.
 type Port = BoundedInt<u16, 1, { u16::MAX as u64 }>;
@@ -209,6 +214,11 @@ pub struct HubConfig {
     pub priority: u32,
     /// How far an init timestamp may be from the hub's clock.
     pub init_skew: Duration,
+    /// How long one X25519 key pair of the hub serves the ratchet of its
+    /// rotations (0: one per rotation).
+    pub ratchet_epoch: Duration,
+    /// Every how many rotations of a node is an X25519 ratchet step.
+    pub ratchet_every: u32,
     /// Where Prometheus metrics are served (`None`: not at all).
     pub metrics: Option<SocketAddr>,
     /// Whether the metrics carry one series per node too.
@@ -284,6 +294,8 @@ struct HubSection {
     replay_window: Option<ReplayWindow>,
     priority: Option<Priority>,
     init_skew: Option<InitSkew>,
+    ratchet_epoch: Option<RatchetEpoch>,
+    ratchet_every: Option<RatchetEvery>,
     metrics: Option<MetricsListen>,
     metrics_per_node: Option<bool>,
     guard: Option<GuardBackend>,
@@ -671,6 +683,13 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         replay_window: h.replay_window.map_or(1024, |w| w.0),
         priority: h.priority.map_or(1000, |p| p.0),
         init_skew: h.init_skew.map_or(Duration::from_secs(120), |d| d.0),
+        ratchet_epoch: h.ratchet_epoch.map_or(
+            Duration::from_millis(rotor_core::config::DEFAULT_RATCHET_EPOCH_MS),
+            |d| d.0,
+        ),
+        ratchet_every: h
+            .ratchet_every
+            .map_or(rotor_core::config::DEFAULT_RATCHET_EVERY, |n| n.0),
         metrics: h.metrics.map(|m| m.0),
         metrics_per_node: h.metrics_per_node.unwrap_or(false),
         guard: h.guard.unwrap_or(GuardBackend::Iptables),
@@ -1111,12 +1130,22 @@ mode = "transport"
                 ],
             ),
             (
+                "ratchet_epoch",
+                &["\"0s\"", "\"10s\""],
+                &[("\"10001ms\"", "more than the maximum, 10s")],
+            ),
+            (
                 "init_skew",
                 &["\"60s\"", "\"1h\""],
                 &[
                     ("\"59999ms\"", "less than the minimum, 1m"),
                     ("\"61m\"", "more than the maximum, 1h"),
                 ],
+            ),
+            (
+                "ratchet_every",
+                &["1", "16"],
+                &[("0", "0 is outside 1..=16"), ("17", "17 is outside 1..=16")],
             ),
             (
                 "port",

@@ -261,6 +261,8 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
         replay_window: 64,
         priority: 1000,
         init_skew: Duration::from_secs(30),
+        ratchet_epoch: Duration::from_secs(1),
+        ratchet_every: 1,
         metrics: None,
         metrics_per_node: false,
         guard: rotor::guard::GuardBackend::Off,

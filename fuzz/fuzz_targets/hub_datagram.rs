@@ -18,6 +18,8 @@ fuzz_target!(|data: &[u8]| {
         grace_ms: 1000,
         key_bits: KeyBits::Aes128,
         init_skew_ms: 120_000,
+        ratchet_epoch_ms: rotor_core::config::DEFAULT_RATCHET_EPOCH_MS,
+            ratchet_every: rotor_core::config::DEFAULT_RATCHET_EVERY,
     };
     let Ok(mut hub) = Hub::new(cfg, Now::new(Time(0), 1_750_000_000_000), [1; 32]) else {
         return;

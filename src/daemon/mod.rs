@@ -333,6 +333,8 @@ pub fn hub_parts(
         grace_ms: millis(cfg.grace),
         key_bits: key_bits(cfg.key_bits),
         init_skew_ms: millis(cfg.init_skew),
+        ratchet_epoch_ms: millis(cfg.ratchet_epoch),
+        ratchet_every: cfg.ratchet_every,
     };
     let now = Clock::default().now();
     let (hub, report) = if records.is_empty() {

@@ -18,6 +18,12 @@ pub enum ConfigError {
     /// Two nodes share a PSK: their init messages would be indistinguishable.
     #[error("nodes {0:?} and {1:?} have the same init key; every node needs its own")]
     DuplicatePsk(String, String),
+    /// A duration above its upper bound.
+    #[error("{0} must be at most {1} ms")]
+    TooLong(&'static str, u64),
+    /// A count above its upper bound.
+    #[error("{0} must be at most {1}")]
+    TooMany(&'static str, u32),
     /// The hub has no nodes.
     #[error("no nodes configured")]
     NoNodes,
@@ -48,7 +54,32 @@ pub struct HubConfig {
     pub key_bits: KeyBits,
     /// Largest accepted distance between an init's timestamp and the hub's clock.
     pub init_skew_ms: u64,
+    /// How long the hub uses one X25519 key pair for the ratchet of the
+    /// rotations it makes (0: a fresh key pair per rotation; at most
+    /// [`MAX_RATCHET_EPOCH_MS`]). The key pair is zeroized when its epoch
+    /// ends, so a compromise of the hub reveals at most the rotations of one
+    /// epoch beyond the keys it holds anyway.
+    pub ratchet_epoch_ms: u64,
+    /// Every how many rotations of a node is an X25519 ratchet step (1:
+    /// every rotation; at most [`MAX_RATCHET_EVERY`]). The rotations in
+    /// between derive the new secret from the hub's random value alone, as
+    /// protocol version 1 did, so a stolen generation secret also yields the
+    /// generations up to the next step: the hub trades forward-secrecy
+    /// granularity for one X25519 operation per rotation it skips.
+    pub ratchet_every: u32,
 }
+
+/// Default of [`HubConfig::ratchet_every`]: every rotation.
+pub const DEFAULT_RATCHET_EVERY: u32 = 1;
+
+/// Upper bound of [`HubConfig::ratchet_every`].
+pub const MAX_RATCHET_EVERY: u32 = 16;
+
+/// Default of [`HubConfig::ratchet_epoch_ms`].
+pub const DEFAULT_RATCHET_EPOCH_MS: u64 = 1_000;
+
+/// Upper bound of [`HubConfig::ratchet_epoch_ms`].
+pub const MAX_RATCHET_EPOCH_MS: u64 = 10_000;
 
 /// Node settings.
 #[derive(Debug, Clone)]
@@ -81,6 +112,15 @@ impl HubConfig {
         }
         if self.init_skew_ms == 0 {
             return Err(ConfigError::Zero("init_skew"));
+        }
+        if self.ratchet_every == 0 {
+            return Err(ConfigError::Zero("ratchet_every"));
+        }
+        if self.ratchet_every > MAX_RATCHET_EVERY {
+            return Err(ConfigError::TooMany("ratchet_every", MAX_RATCHET_EVERY));
+        }
+        if self.ratchet_epoch_ms > MAX_RATCHET_EPOCH_MS {
+            return Err(ConfigError::TooLong("ratchet_epoch", MAX_RATCHET_EPOCH_MS));
         }
         let mut names = std::collections::HashSet::new();
         let mut psks = std::collections::HashMap::new();

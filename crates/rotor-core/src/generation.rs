@@ -35,7 +35,10 @@ pub struct Generation {
     pub number: u64,
     /// The SPI that names it in both directions.
     pub spi: u32,
-    /// The generation secret (sent to the node in a `key` message).
+    /// The generation secret: the compact form of its four keys (the ESP
+    /// keys are re-derived from it to repair the kernel). It yields no other
+    /// generation: generation 1's is random, later ones come out of a
+    /// ratchet step ([`crate::ratchet`]).
     pub secret: Secret32,
     /// Key of control messages hub -> node under this generation.
     pub ctl_h2n: ControlKey,

@@ -89,6 +89,44 @@ fn expand(hk: &Hkdf<Sha256>, parts: &[&[u8]], out: &mut [u8]) {
     }
 }
 
+/// The secret of generation `generation` (N+1) created by a rotation under
+/// N: HKDF-SHA256 with salt `"rotor/2 ratchet"` over the hub's random value
+/// `hub_random` (carried in the `key` message, encrypted under N) followed by
+/// the X25519 result `dh` of the node's share for N and the hub's share,
+/// bound to the node, the generation, its SPI and both shares. A passive
+/// attacker who holds generation N's secret can decrypt `hub_random` and both
+/// shares, but not `dh`: without one of the two ephemeral private keys, the
+/// new secret stays out of reach (forward secrecy per rotation).
+#[allow(clippy::too_many_arguments)]
+pub fn ratchet_secret(
+    hub_random: &[u8; 32],
+    dh: &[u8; 32],
+    node: &str,
+    generation: u64,
+    spi: u32,
+    node_share: &[u8; 32],
+    hub_share: &[u8; 32],
+) -> Secret32 {
+    let mut ikm = zeroize::Zeroizing::new([0u8; 64]);
+    ikm[..32].copy_from_slice(hub_random);
+    ikm[32..].copy_from_slice(dh);
+    let hk = Hkdf::<Sha256>::new(Some(b"rotor/2 ratchet"), ikm.as_ref());
+    let mut s = zeroize::Zeroizing::new([0u8; 32]);
+    expand(
+        &hk,
+        &[
+            b"ratchet",
+            node.as_bytes(),
+            &generation.to_be_bytes(),
+            &spi.to_be_bytes(),
+            node_share,
+            hub_share,
+        ],
+        s.as_mut(),
+    );
+    Secret32::new(*s)
+}
+
 /// Derives a generation's four keys from its secret.
 pub fn generation_keys(
     secret: &Secret32,
@@ -230,6 +268,69 @@ mod tests {
         ctl_h2n=430a23a1455d6a44d583f928df6a975643a6260e9d6ee084824976de6911e5a5 \
         ctl_n2h=e7c66ae243fbea397955aeb25f48fef5e5a1c996512c9ac54a1b65a311b68e7f \
         init_spi=0x29b997c2";
+
+    /// Known-answer vector of the ratchet (protocol version 2), also printed
+    /// in docs/protocol.md with an independent Python implementation
+    /// (RFC 7748 X25519 and RFC 5869 HKDF from the standard library only).
+    #[test]
+    fn ratchet_known_answer_vector() {
+        use crate::ratchet::Ephemeral;
+        let node = Ephemeral::from_private([0x03; 32]);
+        let hub = Ephemeral::from_private([0x04; 32]);
+        let dh = node.agree(hub.public()).expect("contributory");
+        assert_eq!(Some(&dh), hub.agree(node.public()).as_ref());
+        let secret = ratchet_secret(
+            &[0x05; 32],
+            &dh,
+            "mn1",
+            2,
+            0x1000_0002,
+            node.public(),
+            hub.public(),
+        );
+        let k = generation_keys(&secret, "mn1", 2, 0x1000_0002, KeyBits::Aes128);
+        let hex = |b: &[u8]| b.iter().map(|x| format!("{x:02x}")).collect::<String>();
+        let got = format!(
+            "node_share={} hub_share={} dh={} secret={} esp_h2n={} esp_n2h={} ctl_h2n={} ctl_n2h={}",
+            hex(node.public()),
+            hex(hub.public()),
+            hex(&*dh),
+            hex(secret.expose()),
+            hex(k.esp_h2n.expose()),
+            hex(k.esp_n2h.expose()),
+            hex(&k.ctl_h2n.0),
+            hex(&k.ctl_n2h.0),
+        );
+        assert_eq!(got, RATCHET_KAT);
+    }
+
+    const RATCHET_KAT: &str = "\
+        node_share=5dfedd3b6bd47f6fa28ee15d969d5bb0ea53774d488bdaf9df1c6e0124b3ef22 \
+        hub_share=ac01b2209e86354fb853237b5de0f4fab13c7fcbf433a61c019369617fecf10b \
+        dh=40e47a3f525bdcac491d418978d7db5af623ac7afe7623c6d78a5d4fce9d0f63 \
+        secret=e3b74ced2f4c33d20ccbc72d799c898634557ee92eb077250a24d509b7f61ec6 \
+        esp_h2n=9f2d67ca642e58fb4f2c5f735944d793c5b7f27c \
+        esp_n2h=f6099219134fe6b46a59f4bdbcafd260f9719404 \
+        ctl_h2n=eafbad268384f185d16eff2df0c82de6144ee1698392bf51646044366a780baa \
+        ctl_n2h=fe11dd7ca37492bf3f8e7951976ef1228844a9134ecdfbd3fb262d175ed8b3ad";
+
+    #[test]
+    fn ratchet_secret_depends_on_every_input() {
+        let base = || ratchet_secret(&[1; 32], &[2; 32], "a", 2, 0x100, &[3; 32], &[4; 32]);
+        let variants = [
+            ratchet_secret(&[9; 32], &[2; 32], "a", 2, 0x100, &[3; 32], &[4; 32]),
+            ratchet_secret(&[1; 32], &[9; 32], "a", 2, 0x100, &[3; 32], &[4; 32]),
+            ratchet_secret(&[1; 32], &[2; 32], "b", 2, 0x100, &[3; 32], &[4; 32]),
+            ratchet_secret(&[1; 32], &[2; 32], "a", 3, 0x100, &[3; 32], &[4; 32]),
+            ratchet_secret(&[1; 32], &[2; 32], "a", 2, 0x101, &[3; 32], &[4; 32]),
+            ratchet_secret(&[1; 32], &[2; 32], "a", 2, 0x100, &[9; 32], &[4; 32]),
+            ratchet_secret(&[1; 32], &[2; 32], "a", 2, 0x100, &[3; 32], &[9; 32]),
+        ];
+        for v in variants {
+            assert_ne!(v, base());
+        }
+        assert_eq!(base(), base());
+    }
 
     #[test]
     fn init_spi_is_never_reserved() {

@@ -18,7 +18,11 @@
 //! * I6 no key reuse: [`key_schedule`]; the PSK never becomes an ESP key;
 //! * I7 authenticated control: [`wire`] (AEAD) and [`replay`] (windows);
 //! * I8 isolation and cost: per-node state is a fixed set of fields, and every
-//!   message costs O(1) table lookups.
+//!   message costs O(1) table lookups;
+//! * I9 forward secrecy per rotation: [`ratchet`]; generation N+1's secret
+//!   needs an X25519 private key of that rotation, which neither side keeps
+//!   once N+1's keys are derived (every rotation by default; every k-th
+//!   with `HubConfig::ratchet_every` = k).
 
 #![forbid(unsafe_code)]
 #![warn(missing_docs)]
@@ -33,6 +37,7 @@ pub mod machine;
 pub mod names;
 pub mod node;
 pub mod persist;
+pub mod ratchet;
 pub mod replay;
 pub mod secret;
 pub mod status;

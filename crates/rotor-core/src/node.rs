@@ -1,9 +1,11 @@
 //! A node's state machine.
 //!
 //! The node sends on its latest generation N and accepts N and N-1 (I1). It
-//! says `hello` under N every interval; the hub answers every hello (`ack`, or
-//! `key` for N+1). On `key` N+1 under N it installs N+1 inbound first, then
-//! outbound, switches to it, and confirms with a hello under N+1 (I3). After
+//! says `hello` under N every interval, carrying its ratchet share for the
+//! step out of N; the hub answers every hello (`ack`, or `key` for N+1). On
+//! `key` N+1 under N it derives N+1's secret with its ratchet private key
+//! (then replaces that key), installs N+1 inbound first, then outbound,
+//! switches to it, and confirms with a hello under N+1 (I3). After
 //! `retries` unanswered hellos it falls back to init, keeping its current SAs
 //! until the init reply gives it a new chain (make before break).
 //!
@@ -25,9 +27,12 @@ use zeroize::Zeroizing;
 use crate::action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 use crate::config::{ConfigError, NodeConfig};
 use crate::generation::{EspKeys, Generation};
-use crate::key_schedule::{init_request_key, init_session_key, init_spi, record_psk_tag};
+use crate::key_schedule::{
+    init_request_key, init_session_key, init_spi, ratchet_secret, record_psk_tag,
+};
 use crate::machine::Machine;
 use crate::persist::{self, GenRecord, KernelView, Kind, Record, RestoreReport};
+use crate::ratchet::Ephemeral;
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
 use crate::wire::{self, Message};
@@ -73,6 +78,10 @@ pub struct Node {
     init_spi: u32,
     latest: Option<Generation>,
     previous: Option<Generation>,
+    /// The key pair of the ratchet step out of `latest`: its public share
+    /// goes in every hello under `latest`; it derives the next generation's
+    /// secret, and is then replaced (the old private key zeroized).
+    ratchet: Option<Ephemeral>,
     pending: Option<PendingInit>,
     /// The chain an init reply replaced: kept until the hub is heard under the
     /// new chain (proof it no longer sends on the old one), then retired.
@@ -118,6 +127,7 @@ impl Node {
             cfg,
             latest: None,
             previous: None,
+            ratchet: None,
             pending: None,
             superseded: Vec::new(),
             init_attempts: 0,
@@ -255,6 +265,14 @@ impl Node {
 
     fn send_hello(&mut self, now: Time) {
         let rotate = self.rotate_requested;
+        if self.latest.is_some() && self.ratchet.is_none() {
+            // Every path that sets a latest generation makes its key pair;
+            // this only covers a state that somehow lacks one. The record
+            // holds it before the hello carrying its share leaves.
+            self.ratchet = Some(Ephemeral::generate(&mut self.rng));
+            self.dirty = true;
+        }
+        let share = self.ratchet.as_ref().map_or([0; 32], |e| *e.public());
         if let Some(g) = self.latest.as_mut() {
             let (counter, reserve) = g.next_counter();
             let datagram = Message::Hello {
@@ -262,6 +280,7 @@ impl Node {
                 counter,
                 generation: g.number,
                 rotate,
+                share,
                 source: self.source,
             }
             .seal(&g.ctl_n2h);
@@ -447,7 +466,8 @@ impl Node {
             Message::Key {
                 generation,
                 gen_spi: spi,
-                secret,
+                secret: hub_random,
+                hub_share,
                 ..
             } => {
                 let latest = self.latest.as_ref().map(|l| (l.number, l.spi));
@@ -460,6 +480,24 @@ impl Node {
                             && Some(spi) != prev_spi
                             && spi > 0xff =>
                     {
+                        // A zero hub share: the hub made this rotation
+                        // without a ratchet step (`ratchet_every`).
+                        let (dh, node_share) = if hub_share == [0; 32] {
+                            (Zeroizing::new([0; 32]), [0; 32])
+                        } else {
+                            let eph = self.ratchet.as_ref().ok_or(DropReason::StaleGeneration)?;
+                            let dh = eph.agree(&hub_share).ok_or(DropReason::BadEphemeral)?;
+                            (dh, *eph.public())
+                        };
+                        let secret = ratchet_secret(
+                            hub_random.expose(),
+                            &dh,
+                            &self.cfg.name,
+                            generation,
+                            spi,
+                            &node_share,
+                            &hub_share,
+                        );
                         if let Some(l) = self.latest.as_mut() {
                             l.rx_window.commit(counter);
                         }
@@ -512,6 +550,9 @@ impl Node {
         }
         self.previous = self.latest.take();
         self.latest = Some(g);
+        // The step that derived `g` is done: its private key goes (zeroized
+        // on drop), and the next step gets a fresh one.
+        self.ratchet = Some(Ephemeral::generate(&mut self.rng));
         self.rotations += 1;
         self.rotate_requested = false;
         self.dirty = true;
@@ -606,6 +647,7 @@ impl Node {
         let (g, esp) = Generation::new(1, spi, secret, &self.cfg.name, self.cfg.key_bits);
         self.install(g.spi, esp);
         self.latest = Some(g);
+        self.ratchet = Some(Ephemeral::generate(&mut self.rng));
         self.inits += 1;
         self.dirty = true;
         self.unanswered = 0;
@@ -712,6 +754,10 @@ impl Node {
             rotations: self.rotations,
             inits: self.inits,
             rotate_requested: self.rotate_requested,
+            ratchet_private: self
+                .ratchet
+                .as_ref()
+                .map(|e| Secret32::new(*e.private_bytes())),
             ..Record::default()
         };
         persist::encode(
@@ -755,6 +801,17 @@ impl Node {
                 node.rotations = rec.rotations;
                 node.inits = rec.inits;
                 node.rotate_requested = rec.rotate_requested;
+                node.ratchet = match rec.ratchet_private {
+                    Some(k) => Some(Ephemeral::from_private(*k.expose())),
+                    // A record of a version without the ratchet: a fresh
+                    // key pair, stored before its first hello leaves (the
+                    // hub re-keys a generation it made for another share).
+                    None if node.latest.is_some() => {
+                        node.dirty = true;
+                        Some(Ephemeral::generate(&mut node.rng))
+                    }
+                    None => None,
+                };
                 report.restored = 1;
             }
             Err(e) => {
@@ -886,5 +943,311 @@ impl Machine for Node {
 
     fn drops(&self) -> &BTreeMap<DropReason, u64> {
         Node::drops(self)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{HubConfig, NodeSpec};
+    use crate::hub::Hub;
+    use crate::key_schedule::{KeyBits, generation_keys, ratchet_secret};
+    use crate::secret::EspKey;
+
+    const UNIX: u64 = 1_750_000_000_000;
+
+    fn at(ms: u64) -> Now {
+        Now::new(Time(ms), UNIX + ms)
+    }
+
+    const NODE_AT: &str = "192.0.2.2:4820";
+    const HUB_AT: &str = "192.0.2.1:4820";
+
+    /// Delivers every datagram both ways until nothing moves; records each
+    /// one (the passive attacker's capture) and the node's installed keys.
+    fn pump(
+        hub: &mut Hub,
+        node: &mut Node,
+        now: Now,
+        capture: &mut Vec<Vec<u8>>,
+        installed: &mut Vec<(u32, SaDir, EspKey)>,
+    ) {
+        loop {
+            let mut moved = false;
+            while let Some(a) = node.poll_action() {
+                match a {
+                    Action::Send { datagram, .. } => {
+                        hub.handle_datagram(now, NODE_AT.parse().expect("address"), &datagram);
+                        capture.push(datagram);
+                        moved = true;
+                    }
+                    Action::InstallSa { dir, spi, key, .. } => installed.push((spi, dir, key)),
+                    _ => {}
+                }
+            }
+            while let Some(a) = hub.poll_action() {
+                if let Action::Send { datagram, .. } = a {
+                    node.handle_datagram(now, HUB_AT.parse().expect("address"), &datagram);
+                    capture.push(datagram);
+                    moved = true;
+                }
+            }
+            if !moved {
+                break;
+            }
+        }
+    }
+
+    /// What a passive attacker holding generation N's secret learns from a
+    /// capture: every message under N opens, so it reads the node's share
+    /// (hellos under N) and the `key` message for N+1 (number, SPI, the
+    /// 32-byte value, the hub's share).
+    struct Loot {
+        node_share: [u8; 32],
+        key: Option<(u64, u32, Secret32, [u8; 32])>,
+    }
+
+    fn open_capture(capture: &[Vec<u8>], secret: &Secret32, n: u64, spi: u32) -> Loot {
+        let keys = generation_keys(secret, "mn0", n, spi, KeyBits::Aes128);
+        let mut loot = Loot {
+            node_share: [0; 32],
+            key: None,
+        };
+        for d in capture {
+            let Ok(dg) = wire::parse(d) else { continue };
+            if dg.header.spi != spi {
+                continue;
+            }
+            match dg.open(&keys.ctl_n2h).or_else(|_| dg.open(&keys.ctl_h2n)) {
+                Ok(Message::Hello { share, .. }) => loot.node_share = share,
+                Ok(Message::Key {
+                    generation,
+                    gen_spi,
+                    secret,
+                    hub_share,
+                    ..
+                }) => loot.key = Some((generation, gen_spi, secret, hub_share)),
+                _ => {}
+            }
+        }
+        loot
+    }
+
+    /// Version 1 sent generation N+1's secret under N's control key, so one
+    /// stolen generation secret and a capture gave every later generation.
+    /// Version 2: the same attacker opens the same messages, but neither the
+    /// value the `key` message carries (the version 1 attack) nor any
+    /// derivation from what it can see yields N+1's keys; with the node's
+    /// ephemeral private key as well (the control case, which shows the
+    /// attack code extracts the right parts), it does.
+    fn hub_and_node(ratchet_every: u32) -> (Hub, Node, NodeConfig) {
+        let hub_cfg = HubConfig {
+            nodes: vec![NodeSpec {
+                name: "mn0".into(),
+                psk: Secret32::new([1; 32]),
+                rotate_interval_ms: 3_600_000,
+            }],
+            grace_ms: 1000,
+            key_bits: KeyBits::Aes128,
+            init_skew_ms: 120_000,
+            ratchet_epoch_ms: 1000,
+            ratchet_every,
+        };
+        let mut hub = Hub::new(hub_cfg, at(0), [2; 32]).expect("hub config");
+        hub.start();
+        let node_cfg = NodeConfig {
+            name: "mn0".into(),
+            psk: Secret32::new([1; 32]),
+            hello_interval_ms: 1000,
+            retries: 3,
+            grace_ms: 1000,
+            key_bits: KeyBits::Aes128,
+        };
+        let mut node = Node::new(node_cfg.clone(), at(0), [3; 32]).expect("node config");
+        node.set_path(NODE_AT.parse().expect("address"), false);
+        hub.set_path(PeerId(0), NODE_AT.parse().expect("address"), false, false);
+        (hub, node, node_cfg)
+    }
+
+    #[test]
+    fn a_stolen_generation_secret_and_a_capture_do_not_yield_the_next() {
+        let (mut hub, mut node, _) = hub_and_node(1);
+        let (mut capture, mut installed) = (Vec::new(), Vec::new());
+        node.handle_timeout(at(0));
+        pump(&mut hub, &mut node, at(0), &mut capture, &mut installed);
+        let id = PeerId(0);
+        hub.rotate_now(at(10), id).expect("node 0");
+        pump(&mut hub, &mut node, at(10), &mut capture, &mut installed);
+        assert_eq!(node.generation(), 2);
+
+        // The theft: generation 2's secret (and, for the control case
+        // only, the private key the node holds for the step out of it).
+        let (n, spi, stolen) = node
+            .latest
+            .as_ref()
+            .map(|g| (g.number, g.spi, g.secret.clone()))
+            .expect("generation 2");
+        let node_private = node.ratchet.as_ref().map(|e| *e.private_bytes());
+
+        hub.rotate_now(at(20), id).expect("node 0");
+        pump(&mut hub, &mut node, at(20), &mut capture, &mut installed);
+        assert_eq!(node.generation(), 3);
+        let next_spi = node.tx_spi().expect("generation 3");
+        let real = installed
+            .iter()
+            .find(|(s, dir, _)| *s == next_spi && *dir == SaDir::In)
+            .map(|(_, _, k)| k.clone())
+            .expect("generation 3 installed");
+
+        let loot = open_capture(&capture, &stolen, n, spi);
+        let (next_gen, gen_spi, value, hub_share) = loot.key.expect("the key message opens");
+        assert_eq!((next_gen, gen_spi), (3, next_spi));
+        assert_ne!(loot.node_share, [0; 32], "the hello under N opens");
+        let h2n = |secret: &Secret32| {
+            generation_keys(secret, "mn0", next_gen, gen_spi, KeyBits::Aes128).esp_h2n
+        };
+        // The version 1 attack: the value is the secret.
+        assert_ne!(h2n(&value), real, "the key message carried the secret");
+        // Every X25519 stand-in computable without a private key.
+        for dh in [
+            [0; 32],
+            loot.node_share,
+            hub_share,
+            *value.expose(),
+            *stolen.expose(),
+        ] {
+            let guess = ratchet_secret(
+                value.expose(),
+                &dh,
+                "mn0",
+                next_gen,
+                gen_spi,
+                &loot.node_share,
+                &hub_share,
+            );
+            assert_ne!(h2n(&guess), real);
+        }
+        // Control: with the node's ephemeral private key the same loot
+        // gives generation 3.
+        let eph = Ephemeral::from_private(node_private.expect("a ratchet key"));
+        assert_eq!(eph.public(), &loot.node_share);
+        let dh = eph.agree(&hub_share).expect("contributory");
+        let secret = ratchet_secret(
+            value.expose(),
+            &dh,
+            "mn0",
+            next_gen,
+            gen_spi,
+            &loot.node_share,
+            &hub_share,
+        );
+        assert_eq!(h2n(&secret), real);
+        // And the node no longer holds that private key.
+        let now_private = node.ratchet.as_ref().map(|e| *e.private_bytes());
+        assert_ne!(now_private, node_private);
+    }
+
+    /// A node restored from a record of a version without the ratchet (an
+    /// upgrade) has a fresh key pair, so it cannot derive a generation the
+    /// hub made for its old share: the hub sees the new share in the
+    /// node's hello under the previous generation and replaces the
+    /// unconfirmed generation instead of resending it; the node adopts it.
+    #[test]
+    fn a_generation_made_for_a_lost_share_is_replaced() {
+        let (mut hub, mut node, cfg) = hub_and_node(1);
+        let (mut capture, mut installed) = (Vec::new(), Vec::new());
+        node.handle_timeout(at(0));
+        pump(&mut hub, &mut node, at(0), &mut capture, &mut installed);
+        let id = PeerId(0);
+        hub.rotate_now(at(10), id).expect("node 0");
+        pump(&mut hub, &mut node, at(10), &mut capture, &mut installed);
+        assert_eq!((node.generation(), hub.generation_of(id)), (2, 2));
+        // The key for generation 3 is lost on the way.
+        hub.rotate_now(at(20), id).expect("node 0");
+        while hub.poll_action().is_some() {}
+        assert_eq!(hub.generation_of(id), 3);
+        let lost_spi = hub.peer_status(id, Time(20)).map(|s| s.rx_spis);
+        // The node restarts from its record, written as version 2 (the
+        // same layout without the ratchet section).
+        let mut rec = Vec::new();
+        node.save(at(30), &mut rec);
+        rec.truncate(rec.len() - 33);
+        rec[4] = 2;
+        let (mut node, report) =
+            Node::restore(cfg, at(30), [9; 32], Some(Zeroizing::new(rec))).expect("config");
+        assert_eq!(report.restored, 1);
+        assert_eq!(node.generation(), 2);
+        node.set_path(NODE_AT.parse().expect("address"), false);
+        node.handle_timeout(at(30));
+        pump(&mut hub, &mut node, at(30), &mut capture, &mut installed);
+        assert_eq!((node.generation(), hub.generation_of(id)), (3, 3));
+        let status = hub.peer_status(id, Time(30)).expect("node 0");
+        assert_eq!(status.state, crate::status::PeerState::InSync);
+        assert_ne!(
+            Some(status.rx_spis.clone()),
+            lost_spi,
+            "generation 3 was replaced"
+        );
+        assert_eq!(node.tx_spi(), status.rx_spis.last().copied());
+        assert_eq!(hub.drops().values().sum::<u64>(), 0);
+        assert_eq!(node.drops().values().sum::<u64>(), 0);
+    }
+
+    /// With `ratchet_every = 2` the documented granularity holds, no more:
+    /// a stolen secret of generation 2 (a ratchet step) and a capture yield
+    /// generation 3 (a rotation without a step, whose secret comes from the
+    /// random value sent under 2) and stop at generation 4 (the next step).
+    #[test]
+    fn every_other_rotation_exposes_one_generation_and_no_more() {
+        let (mut hub, mut node, _) = hub_and_node(2);
+        let (mut capture, mut installed) = (Vec::new(), Vec::new());
+        node.handle_timeout(at(0));
+        pump(&mut hub, &mut node, at(0), &mut capture, &mut installed);
+        let id = PeerId(0);
+        hub.rotate_now(at(10), id).expect("node 0");
+        pump(&mut hub, &mut node, at(10), &mut capture, &mut installed);
+        let (n, spi, stolen) = node
+            .latest
+            .as_ref()
+            .map(|g| (g.number, g.spi, g.secret.clone()))
+            .expect("generation 2");
+        assert_eq!(n, 2);
+        for t in [20, 30] {
+            hub.rotate_now(at(t), id).expect("node 0");
+            pump(&mut hub, &mut node, at(t), &mut capture, &mut installed);
+        }
+        assert_eq!(node.generation(), 4);
+        assert_eq!(hub.drops().values().sum::<u64>(), 0);
+        let real = |spi: u32| {
+            installed
+                .iter()
+                .find(|(s, dir, _)| *s == spi && *dir == SaDir::In)
+                .map(|(_, _, k)| k.clone())
+        };
+        // Generation 3: no step, so the loot of generation 2 yields it.
+        let loot = open_capture(&capture, &stolen, n, spi);
+        let (g3, spi3, value, hub_share) = loot.key.expect("the key for 3 opens");
+        assert_eq!((g3, hub_share), (3, [0; 32]));
+        let secret3 = ratchet_secret(value.expose(), &[0; 32], "mn0", 3, spi3, &[0; 32], &[0; 32]);
+        let keys3 = generation_keys(&secret3, "mn0", 3, spi3, KeyBits::Aes128);
+        assert_eq!(Some(keys3.esp_h2n), real(spi3));
+        // Generation 4: a step; generation 3's secret no longer helps.
+        let loot = open_capture(&capture, &secret3, 3, spi3);
+        let (g4, spi4, value, hub_share) = loot.key.expect("the key for 4 opens");
+        assert_eq!(g4, 4);
+        assert_ne!(hub_share, [0; 32]);
+        for dh in [[0; 32], loot.node_share, hub_share, *value.expose()] {
+            let guess = ratchet_secret(
+                value.expose(),
+                &dh,
+                "mn0",
+                4,
+                spi4,
+                &loot.node_share,
+                &hub_share,
+            );
+            let keys = generation_keys(&guess, "mn0", 4, spi4, KeyBits::Aes128);
+            assert_ne!(Some(keys.esp_h2n), real(spi4));
+        }
     }
 }

@@ -6,14 +6,28 @@
 //! node machine ([`crate::Node::save`]). Encoding (all integers big-endian):
 //!
 //! ```text
-//! magic "rtrS" | version u8 (=2; 1 is read too) | kind u8 (1 hub entry, 2 node) |
+//! magic "rtrS" | version u8 (=3; 1 and 2 are read too) | kind u8 (1 hub entry, 2 node) |
 //! key_bits u8 (16 or 32) | psk_tag [16] | name_len u16 | name |
 //! flags u8 | latest gen? | previous gen? | n_superseded u8 | spi u32 * n |
 //! last_init_ts u64 | rotations u64 | inits u64 |
 //! hub only: outbound u32 (0 = none) | rotate_at_unix_ms u64 | resends u64
+//! ratchet (version 3 only):
+//!   hub:  node_share [32] (0 = none) | has_pending u8 |
+//!         pending? = random [32] | hub_share [32] | node_share [32]
+//!   node: has_private u8 | private? [32]
 //! gen = number u64 | spi u32 | secret [32] | tx_reserved u64 |
 //!       rx_top u64 | rx_lo u64 | rx_hi u64 | out_missing u8
 //! ```
+//!
+//! The ratchet section holds what the next rotation and a resend need
+//! (`crate::ratchet`): on a hub, the node's share for the step out of the
+//! latest generation and, until the node confirms it, what the latest
+//! generation's `key` message carries; on a node, the private key of its
+//! step out of the latest generation (it derives the next generation, so it
+//! must survive a restart between the hub's key and the node's receipt).
+//! A record of version 1 or 2 has none: the hub then rotates at the node's
+//! next hello and replaces an unconfirmed generation the node cannot derive;
+//! the node makes a fresh key pair.
 //!
 //! `psk_tag` is [`crate::key_schedule::record_psk_tag`] (HKDF of the PSK and the name): a record
 //! of another node, or written under another PSK or ESP key size, is refused.
@@ -77,15 +91,16 @@ use zeroize::Zeroize;
 
 use crate::action::SaDir;
 use crate::generation::Generation;
-use crate::hub::MAX_SUPERSEDED;
+use crate::hub::{MAX_SUPERSEDED, PendingKey};
 use crate::key_schedule::KeyBits;
 use crate::replay::ReplayWindow;
 use crate::secret::Secret32;
 
 const MAGIC: &[u8; 4] = b"rtrS";
-/// Version of the record encoding written by this build: 2, counters stored
-/// as reservations. Version 1 (exact next counters, same layout) is read too.
-pub const RECORD_VERSION: u8 = 2;
+/// Version of the record encoding written by this build: 3, with the
+/// ratchet section. Versions 1 (exact next counters) and 2 (counters as
+/// reservations), the same layout without that section, are read too.
+pub const RECORD_VERSION: u8 = 3;
 /// The oldest version still read.
 const OLDEST_VERSION: u8 = 1;
 /// Largest stored send counter accepted: far beyond anything reachable
@@ -103,7 +118,7 @@ const GEN_LEN: usize = 8 + 4 + 32 + 8 + 24 + 1;
 /// Upper bound of a record's size for a name of `name_len` bytes: callers
 /// can reserve it once so no reallocation leaves secret copies behind.
 pub const fn max_record_len(name_len: usize) -> usize {
-    4 + 3 + 16 + 2 + name_len + 1 + 2 * GEN_LEN + 1 + 4 * MAX_SUPERSEDED + 24 + 20
+    4 + 3 + 16 + 2 + name_len + 1 + 2 * GEN_LEN + 1 + 4 * MAX_SUPERSEDED + 24 + 20 + 32 + 1 + 96
 }
 
 /// Why a record was refused.
@@ -217,6 +232,13 @@ pub(crate) struct Record {
     pub outbound: Option<u32>,
     pub rotate_at_unix_ms: u64,
     pub resends: u64,
+    /// Hub only: the node's ratchet share for the step out of `latest`
+    /// (zero: none heard).
+    pub node_share: [u8; 32],
+    /// Hub only: the ratchet parts of `latest`'s `key` message.
+    pub pending: Option<PendingKey>,
+    /// Node only: the private key of the step out of `latest`.
+    pub ratchet_private: Option<Secret32>,
 }
 
 /// Which side a record belongs to.
@@ -294,6 +316,18 @@ pub(crate) fn encode(
         out.extend_from_slice(&r.outbound.unwrap_or(0).to_be_bytes());
         out.extend_from_slice(&r.rotate_at_unix_ms.to_be_bytes());
         out.extend_from_slice(&r.resends.to_be_bytes());
+        out.extend_from_slice(&r.node_share);
+        out.push(u8::from(r.pending.is_some()));
+        if let Some(p) = &r.pending {
+            out.extend_from_slice(p.random.expose());
+            out.extend_from_slice(&p.hub_share);
+            out.extend_from_slice(&p.node_share);
+        }
+    } else {
+        out.push(u8::from(r.ratchet_private.is_some()));
+        if let Some(k) = &r.ratchet_private {
+            out.extend_from_slice(k.expose());
+        }
     }
 }
 
@@ -324,6 +358,19 @@ impl<'a> Reader<'a> {
     }
     fn u64(&mut self) -> Result<u64, RecordError> {
         Ok(u64::from_be_bytes(self.array()?))
+    }
+    fn flag(&mut self) -> Result<bool, RecordError> {
+        match self.u8()? {
+            0 => Ok(false),
+            1 => Ok(true),
+            _ => Err(RecordError::Invalid("bad flag byte")),
+        }
+    }
+    fn secret(&mut self) -> Result<Secret32, RecordError> {
+        let mut s = self.array::<32>()?;
+        let secret = Secret32::new(s);
+        s.zeroize();
+        Ok(secret)
     }
     fn gen_record(&mut self) -> Result<GenRecord, RecordError> {
         let number = self.u64()?;
@@ -433,6 +480,20 @@ pub(crate) fn decode(
         rec.rotate_at_unix_ms = r.u64()?;
         rec.resends = r.u64()?;
     }
+    if v >= 3 {
+        if kind == Kind::HubEntry {
+            rec.node_share = r.array()?;
+            if r.flag()? {
+                rec.pending = Some(PendingKey {
+                    random: r.secret()?,
+                    hub_share: r.array()?,
+                    node_share: r.array()?,
+                });
+            }
+        } else if r.flag()? {
+            rec.ratchet_private = Some(r.secret()?);
+        }
+    }
     if !r.0.is_empty() {
         return Err(RecordError::Trailing);
     }
@@ -483,8 +544,23 @@ fn check(kind: Kind, r: &Record) -> Result<(), RecordError> {
             return Err(bad("outbound names no usable SA"));
         }
     }
-    if kind == Kind::Node && (r.confirmed || r.force_rotate || r.outbound.is_some()) {
+    if kind == Kind::Node
+        && (r.confirmed
+            || r.force_rotate
+            || r.outbound.is_some()
+            || r.pending.is_some()
+            || r.node_share != [0; 32])
+    {
         return Err(bad("hub fields in a node record"));
+    }
+    if kind == Kind::HubEntry && r.ratchet_private.is_some() {
+        return Err(bad("node fields in a hub record"));
+    }
+    if r.pending.is_some() && r.previous.is_none() {
+        return Err(bad("a pending key without a previous generation"));
+    }
+    if r.ratchet_private.is_some() && r.latest.is_none() {
+        return Err(bad("a ratchet key without a chain"));
     }
     Ok(())
 }
@@ -529,6 +605,8 @@ mod tests {
             nums in any::<[u64; 5]>(),
             bools in any::<[bool; 4]>(),
             out_pick in 0usize..4,
+            keys in any::<[[u8; 32]; 4]>(),
+            with_ratchet in any::<bool>(),
         ) -> Record {
             let mut r = Record {
                 latest: latest.map(mk),
@@ -560,8 +638,18 @@ mod tests {
                 .collect();
             r.superseded.retain(|s| seen.insert(*s));
             match kind {
-                Kind::Node => r.rotate_requested = bools[0],
+                Kind::Node => {
+                    r.rotate_requested = bools[0];
+                    r.ratchet_private = (with_ratchet && r.latest.is_some())
+                        .then(|| Secret32::new(keys[0]));
+                }
                 Kind::HubEntry => {
+                    r.node_share = keys[0];
+                    r.pending = (with_ratchet && r.previous.is_some()).then(|| PendingKey {
+                        random: Secret32::new(keys[1]),
+                        hub_share: keys[2],
+                        node_share: keys[3],
+                    });
                     r.confirmed = bools[1] && r.latest.is_some();
                     r.force_rotate = bools[2];
                     r.rotate_at_unix_ms = nums[3];
@@ -672,20 +760,34 @@ mod tests {
         );
         assert_eq!(d("mn1", &p, b, Kind::Node), Err(RecordError::WrongKind(1)));
         let mut v = out.clone();
-        v[4] = 3;
+        v[4] = 4;
         assert_eq!(
             decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v),
-            Err(RecordError::Version(3))
+            Err(RecordError::Version(4))
         );
         v[4] = 0;
         assert_eq!(
             decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v),
             Err(RecordError::Version(0))
         );
-        // Version 1 has the same layout (its exact counters are tight
-        // reservations): read as it is, so an upgrade re-initialises nothing.
-        v[4] = 1;
-        assert!(decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v).is_ok());
+        // Versions 1 and 2 have the same layout without the ratchet section
+        // (the hub's: a 32-byte share and a pending flag; version 1's exact
+        // counters are tight reservations): read as they are, without the
+        // ratchet parts, so an upgrade re-initialises nothing.
+        let old = &out[..out.len() - 33];
+        for version in [1, 2] {
+            let mut v = old.to_vec();
+            v[4] = version;
+            let back = decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v);
+            assert_eq!(back.map(|r| (r.node_share, r.pending)), Ok(([0; 32], None)));
+        }
+        // A version 3 record without its ratchet section is truncated.
+        let mut v = old.to_vec();
+        v[4] = 3;
+        assert_eq!(
+            decode(h, "mn1", &record_psk_tag(&p, "mn1"), b, &v),
+            Err(RecordError::Truncated)
+        );
         v = out.clone();
         v[0] = b'x';
         assert_eq!(

@@ -23,8 +23,11 @@ use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
 
 use crate::secret::{ControlKey, Secret32};
 
-/// Protocol version carried in byte 0.
-pub const VERSION: u8 = 1;
+/// Protocol version carried in byte 0. Version 2 added the ratchet shares
+/// (a node's X25519 share in the hello body, the hub's at the end of the
+/// key body), the hello's source endpoint, the NAT flag and the non-ESP
+/// marker; a datagram of any other version is dropped.
+pub const VERSION: u8 = 2;
 /// What every control datagram starts with on the wire, before the
 /// header: the RFC 3948 non-ESP marker. The control port is also the
 /// ESP-in-UDP port, and the kernel takes a datagram there that starts with
@@ -53,7 +56,8 @@ pub enum MsgType {
     Hello = 1,
     /// Node -> hub (re)initialisation request under a PSK-derived key.
     Init = 2,
-    /// Hub -> node: a generation's secret.
+    /// Hub -> node: a new generation (its secret, or what the node derives
+    /// it from).
     Key = 3,
     /// Hub -> node: in sync, nothing to change.
     Ack = 4,
@@ -149,6 +153,9 @@ pub enum Message {
         generation: u64,
         /// The node asks for a rotation.
         rotate: bool,
+        /// The node's X25519 share for the ratchet step out of this
+        /// generation: the same in every hello under it.
+        share: [u8; 32],
         /// The address and port the node sent the hello from, as it sees
         /// them (unspecified, port 0, when it cannot tell): the hub compares
         /// them with what it received from to detect a NAT.
@@ -167,7 +174,7 @@ pub enum Message {
         /// Node's ephemeral X25519 public key.
         eph_pub: [u8; 32],
     },
-    /// Hub -> node: a generation's secret and SPI.
+    /// Hub -> node: a generation's SPI and what its secret comes from.
     Key {
         /// SPI of the key that protects it: a generation's, or the node's
         /// init SPI for an init reply.
@@ -181,8 +188,14 @@ pub enum Message {
         generation: u64,
         /// SPI of the generation carried.
         gen_spi: u32,
-        /// The generation secret.
+        /// An init reply: generation 1's secret. A rotation: the hub's
+        /// random value, from which, with the X25519 result of the two
+        /// shares, the node derives the generation's secret
+        /// ([`crate::key_schedule::ratchet_secret`]).
         secret: Secret32,
+        /// A rotation: the hub's X25519 share. An init reply: zero (the
+        /// init's own exchange protects generation 1).
+        hub_share: [u8; 32],
         /// The hub sees the node behind a NAT (flag [`FLAG_NAT`]).
         nat: bool,
     },
@@ -199,9 +212,9 @@ pub enum Message {
     },
 }
 
-const HELLO_LEN: usize = 9 + ENDPOINT_LEN;
+const HELLO_LEN: usize = 9 + 32 + ENDPOINT_LEN;
 const INIT_LEN: usize = 40;
-const KEY_LEN: usize = 44;
+const KEY_LEN: usize = 44 + 32;
 const ACK_LEN: usize = 8;
 /// Longest body: the buffer [`Datagram::open`] decrypts into.
 const MAX_BODY_LEN: usize = KEY_LEN;
@@ -307,7 +320,7 @@ impl Message {
         }
     }
 
-    /// Length of the sealed datagram (59, 104, 76, 140 or 40 bytes).
+    /// Length of the sealed datagram (91, 104, 108, 172 or 40 bytes).
     pub fn sealed_len(&self) -> usize {
         let h = self.header();
         // clear_len accepts every (kind, flags) a Message has.
@@ -338,11 +351,13 @@ impl Message {
             Message::Hello {
                 generation,
                 rotate,
+                share,
                 source,
                 ..
             } => {
                 out.extend_from_slice(&generation.to_be_bytes());
                 out.push(u8::from(*rotate));
+                out.extend_from_slice(share);
                 put_endpoint(&mut out, source);
             }
             Message::Init {
@@ -357,11 +372,13 @@ impl Message {
                 generation,
                 gen_spi,
                 secret,
+                hub_share,
                 ..
             } => {
                 out.extend_from_slice(&generation.to_be_bytes());
                 out.extend_from_slice(&gen_spi.to_be_bytes());
                 out.extend_from_slice(secret.expose());
+                out.extend_from_slice(hub_share);
             }
             Message::Ack { generation, .. } => out.extend_from_slice(&generation.to_be_bytes()),
         }
@@ -499,7 +516,8 @@ impl Datagram<'_> {
                 counter,
                 generation: u64_at(p, 0),
                 rotate: p[8] & 1 != 0,
-                source: endpoint_at(&p[9..9 + ENDPOINT_LEN]).ok_or(WireError::BadLength)?,
+                share: array32(&p[9..41]).ok_or(WireError::BadLength)?,
+                source: endpoint_at(&p[41..41 + ENDPOINT_LEN]).ok_or(WireError::BadLength)?,
             },
             MsgType::Init => Message::Init {
                 spi,
@@ -518,6 +536,7 @@ impl Datagram<'_> {
                     generation: u64_at(p, 0),
                     gen_spi: u32::from_be_bytes([p[8], p[9], p[10], p[11]]),
                     secret: Secret32::new(*s),
+                    hub_share: array32(&p[44..76]).ok_or(WireError::BadLength)?,
                     nat,
                 }
             }
@@ -558,6 +577,7 @@ mod tests {
                     counter,
                     generation: 7,
                     rotate: true,
+                    share: [4; 32],
                     source: "192.0.2.7:4820".parse().unwrap(),
                 },
             ),
@@ -569,6 +589,7 @@ mod tests {
                     counter,
                     generation: 7,
                     rotate: false,
+                    share: [5; 32],
                     source: "[2001:db8::7]:40000".parse().unwrap(),
                 },
             ),
@@ -593,6 +614,7 @@ mod tests {
                     generation: 8,
                     gen_spi: 0xabcd,
                     secret: Secret32::new([6; 32]),
+                    hub_share: [8; 32],
                     nat: false,
                 },
             ),
@@ -606,6 +628,7 @@ mod tests {
                     generation: 8,
                     gen_spi: 0xabcd,
                     secret: Secret32::new([6; 32]),
+                    hub_share: [8; 32],
                     nat: true,
                 },
             ),
@@ -622,6 +645,7 @@ mod tests {
                     generation: 1,
                     gen_spi: 0x999,
                     secret: Secret32::new([7; 32]),
+                    hub_share: [0; 32],
                     nat: false,
                 },
             ),
@@ -638,6 +662,7 @@ mod tests {
                     generation: 1,
                     gen_spi: 0x999,
                     secret: Secret32::new([7; 32]),
+                    hub_share: [0; 32],
                     nat: true,
                 },
             ),
@@ -690,6 +715,19 @@ mod tests {
         }
     }
 
+    /// Version 1 datagrams (no ratchet shares) are refused before any
+    /// cryptography, whatever their length.
+    #[test]
+    fn other_versions_are_refused() {
+        for (_, _, msg) in samples() {
+            let mut d = msg.seal(&key(1));
+            for v in [0, 1, 3, 255] {
+                d[0] = v;
+                assert_eq!(parse(&d).err(), Some(WireError::BadVersion));
+            }
+        }
+    }
+
     #[test]
     fn every_truncation_is_rejected() {
         for (_, _, msg) in samples() {
@@ -709,7 +747,7 @@ mod tests {
                 m.seal(&key(1)).len()
             })
             .collect();
-        assert_eq!(sizes, vec![59, 59, 104, 76, 76, 140, 140, 40, 40]);
+        assert_eq!(sizes, vec![91, 91, 104, 108, 108, 172, 172, 40, 40]);
     }
 
     /// A message whose parts do not match (a clear extension or a flag on a
@@ -722,6 +760,7 @@ mod tests {
             counter: 0,
             generation: 1,
             rotate: false,
+            share: [0; 32],
             source: "192.0.2.1:4820".parse().unwrap(),
         }
         .seal(&key(1));

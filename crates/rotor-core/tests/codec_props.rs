@@ -26,9 +26,10 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
             any::<bool>(),
             any::<[u8; 16]>(),
             any::<bool>(),
-            any::<u16>()
+            any::<u16>(),
+            any::<[u8; 32]>()
         )
-            .prop_map(|(spi, counter, generation, rotate, ip, v4, port)| {
+            .prop_map(|(spi, counter, generation, rotate, ip, v4, port, share)| {
                 let ip: std::net::IpAddr = if v4 {
                     std::net::Ipv4Addr::new(ip[0], ip[1], ip[2], ip[3]).into()
                 } else {
@@ -46,6 +47,7 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
                         counter,
                         generation,
                         rotate,
+                        share,
                         source: std::net::SocketAddr::new(ip, port),
                     },
                 )
@@ -75,10 +77,11 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
             any::<u32>(),
             any::<[u8; 32]>(),
             (any::<bool>(), any::<bool>()),
+            any::<[u8; 32]>(),
             any::<[u8; 32]>()
         )
             .prop_map(
-                |((spi, counter), generation, gen_spi, s, (init, nat), extra)| {
+                |((spi, counter), generation, gen_spi, s, (init, nat), extra, hub_share)| {
                     let (flags, clear, init_reply) = if init {
                         let mut c = extra.to_vec();
                         c.extend_from_slice(&extra);
@@ -102,6 +105,7 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
                             generation,
                             gen_spi,
                             secret: Secret32::new(s),
+                            hub_share,
                             nat,
                         },
                     )
@@ -133,6 +137,8 @@ fn hub() -> Hub {
         grace_ms: 1000,
         key_bits: KeyBits::Aes128,
         init_skew_ms: 120_000,
+        ratchet_epoch_ms: rotor_core::config::DEFAULT_RATCHET_EPOCH_MS,
+        ratchet_every: rotor_core::config::DEFAULT_RATCHET_EVERY,
     };
     Hub::new(cfg, Now::new(Time(0), 1_750_000_000_000), [3; 32]).unwrap()
 }
@@ -164,7 +170,7 @@ proptest! {
     #[test]
     fn state_machines_only_drop_garbage(mut data in proptest::collection::vec(any::<u8>(), 0..200), ty in 1u8..=4) {
         if data.len() >= 2 {
-            data[0] = 1;
+            data[0] = wire::VERSION;
             data[1] = ty;
         }
         let now = Now::new(Time(5), 1_750_000_000_000);

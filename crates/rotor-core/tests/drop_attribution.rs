@@ -28,6 +28,8 @@ fn hub() -> Hub {
         grace_ms: 1_000,
         key_bits: KeyBits::Aes128,
         init_skew_ms: SKEW_MS,
+        ratchet_epoch_ms: rotor_core::config::DEFAULT_RATCHET_EPOCH_MS,
+        ratchet_every: rotor_core::config::DEFAULT_RATCHET_EVERY,
     };
     let mut h = Hub::new(cfg, Now::new(Time(0), UNIX_MS), [7; 32]).expect("hub config");
     h.start();

@@ -186,6 +186,8 @@ impl Sim {
             grace_ms: GRACE_MS,
             key_bits: KeyBits::Aes128,
             init_skew_ms: 120_000,
+            ratchet_epoch_ms: rotor_core::config::DEFAULT_RATCHET_EPOCH_MS,
+            ratchet_every: rotor_core::config::DEFAULT_RATCHET_EVERY,
         };
         let node_cfgs: Vec<NodeConfig> = (0..n)
             .map(|i| NodeConfig {
@@ -1106,6 +1108,51 @@ fn steady_rotation_under_control_loss_loses_no_data() {
         }
     }
     println!("steady: {total_events} events in total");
+}
+
+/// The steady run with a ratchet step only every other rotation
+/// (`ratchet_every = 2`) and a fresh hub key pair per step
+/// (`ratchet_epoch_ms = 0`): rotations with and without a step, resends of
+/// both kinds under loss, and no data lost.
+#[test]
+fn mixed_ratchet_steps_under_control_loss_lose_no_data() {
+    for seed in 0..seeds() {
+        for loss in [0.0, 0.3] {
+            let mut s = Sim::new(seed, 50, loss);
+            s.hub_cfg.ratchet_every = 2;
+            s.hub_cfg.ratchet_epoch_ms = 0;
+            let hub_seed = s.rng.r#gen();
+            s.hub = Hub::new(
+                s.hub_cfg.clone(),
+                Now::new(Time(0), EPOCH_UNIX_MS),
+                hub_seed,
+            )
+            .unwrap();
+            s.hub.start();
+            s.run(Time(40_000));
+            s.net.loss = 0.0;
+            s.net.dup = 0.0;
+            let bound = (RETRIES as u64 + 2) * HELLO_MS + 3 * ROTATE_MS;
+            let label = format!("mixed steps seed={seed} loss={loss}");
+            let c = s
+                .converge(bound)
+                .unwrap_or_else(|| panic!("{label}: no convergence within {bound} ms"));
+            s.fig.worst_convergence_ms = c;
+            s.run(s.now.plus_ms(5_000));
+            let f = s.finish(&label);
+            assert_eq!(f.data_lost_keying, 0, "{label}");
+            let min_rotations = (50.0 * 20.0 * (1.0 - loss) * (1.0 - loss)) as u64;
+            assert!(
+                f.rotations >= min_rotations,
+                "{label}: only {} rotations",
+                f.rotations
+            );
+            if loss > 0.0 {
+                assert!(f.resends > 0, "{label}: loss without resends");
+            }
+            assert!(f.max_ahead <= 1, "{label}");
+        }
+    }
 }
 
 /// Hub crash with state and kernel SAs lost: every node re-initialises and

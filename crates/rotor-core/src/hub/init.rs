@@ -82,7 +82,13 @@ impl Shared {
         for spi in n.superseded.drain(..excess) {
             self.retire(now.mono, id, spi, true);
         }
-        let gen1 = self.new_generation(id, 1);
+        // Generation 1's secret is random: it travels under the init
+        // session key, which the init's own X25519 exchange protects.
+        let secret = self.random32();
+        let spi = self.table.allocate(&mut self.rng, id);
+        let gen1 = self.new_generation(id, 1, spi, secret);
+        n.node_share = [0; 32];
+        n.pending = None;
         // An accepted init is written at once: its high-water mark
         // `last_init_ts` must be durable before the reply leaves, or a
         // replay of this init after a restart would be accepted again and
@@ -107,6 +113,7 @@ impl Shared {
             generation: 1,
             gen_spi: spi,
             secret: gen1.secret.clone(),
+            hub_share: [0; 32],
             nat: n.nat,
         }
         .seal(&session);

@@ -43,6 +43,7 @@ use crate::key_schedule::{KeyBits, init_spi, record_psk_tag};
 use crate::key_spi_table::{KeySpiTable, SpiOwner};
 use crate::machine::Machine;
 use crate::names::NameTable;
+use crate::ratchet::HubEpoch;
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
 use crate::wire::{self, MsgType};
@@ -67,6 +68,13 @@ struct NodeState {
     confirmed: bool,
     /// SPI the hub sends on.
     outbound: Option<u32>,
+    /// The node's X25519 share for the ratchet step out of `latest`, from
+    /// its hellos under `latest`; all zero until one is heard (a rotation
+    /// waits for it).
+    node_share: [u8; 32],
+    /// What the `key` message of `latest` carries, for sending the same
+    /// message again (I4); dropped once the node confirms `latest`.
+    pending: Option<Box<PendingKey>>,
     /// Generations of the chain an init replaced: kept (the hub may still send
     /// on one, the node may still send on them) until the node confirms the new
     /// chain, then retired.
@@ -104,6 +112,18 @@ struct NodeState {
     dirty: bool,
 }
 
+/// The parts of a rotation's `key` message that a resend repeats: the
+/// hub's random value and share, and the node share they were combined with.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct PendingKey {
+    /// The hub's random value (the `key` message's 32-byte value field).
+    pub random: Secret32,
+    /// The hub's X25519 share.
+    pub hub_share: [u8; 32],
+    /// The node's share the new generation was derived with.
+    pub node_share: [u8; 32],
+}
+
 /// Everything of the hub's that is not one node's entry.
 #[derive(Debug)]
 struct Shared {
@@ -113,6 +133,12 @@ struct Shared {
     grace_ms: u64,
     init_skew_ms: u64,
     key_bits: KeyBits,
+    /// How long one X25519 key pair of the hub serves rotations.
+    ratchet_epoch_ms: u64,
+    /// Every how many rotations of a node is a ratchet step.
+    ratchet_every: u64,
+    /// The hub's ratchet key pair of the current epoch.
+    epoch: HubEpoch,
     /// Rotation deadlines (lazy: an entry is live if it equals the node's
     /// rotate_at; compacted when stale entries outnumber the nodes).
     rotate_heap: BinaryHeap<Reverse<(Time, PeerId)>>,
@@ -185,6 +211,8 @@ impl Hub {
                 previous: None,
                 confirmed: false,
                 outbound: None,
+                node_share: [0; 32],
+                pending: None,
                 superseded: Vec::new(),
                 rotate_at: now.plus_ms(n.rotate_interval_ms),
                 key_sent_at: now,
@@ -211,6 +239,9 @@ impl Hub {
                 grace_ms: cfg.grace_ms,
                 init_skew_ms: cfg.init_skew_ms,
                 key_bits: cfg.key_bits,
+                ratchet_epoch_ms: cfg.ratchet_epoch_ms,
+                ratchet_every: u64::from(cfg.ratchet_every),
+                epoch: HubEpoch::default(),
                 rotate_heap: BinaryHeap::new(),
                 rotate_all: None,
                 retire_queue: VecDeque::new(),
@@ -239,7 +270,8 @@ impl Hub {
         let r = sh.rotate_heap.peek().map(|Reverse((t, _))| *t);
         let g = sh.retire_queue.front().map(|(t, _, _, _)| *t);
         let a = sh.rotate_all.map(|(_, t)| t);
-        [r, g, a].into_iter().flatten().min()
+        let e = sh.epoch.deadline();
+        [r, g, a, e].into_iter().flatten().min()
     }
 
     /// Number of configured nodes.
@@ -402,15 +434,23 @@ impl Shared {
             .push_back(Action::Event(Event::Dropped { reason, peer }));
     }
 
-    /// Creates generation `number` for `id`, installs its inbound SA (I3: before
-    /// the node can learn it) and its outbound SA (unused until the outbound
-    /// policy names it).
-    fn new_generation(&mut self, id: PeerId, number: u64) -> Generation {
-        let mut s = [0u8; 32];
-        self.rng.fill_bytes(&mut s);
-        let secret = Secret32::new(s);
-        zeroize::Zeroize::zeroize(&mut s);
-        let spi = self.table.allocate(&mut self.rng, id);
+    /// 32 random bytes: generation 1's secret, or a rotation's random value.
+    fn random32(&mut self) -> Secret32 {
+        let mut s = zeroize::Zeroizing::new([0u8; 32]);
+        self.rng.fill_bytes(s.as_mut());
+        Secret32::new(*s)
+    }
+
+    /// Creates generation `number` for `id` with `secret` and `spi`,
+    /// installs its inbound SA (I3: before the node can learn it) and its
+    /// outbound SA (unused until the outbound policy names it).
+    fn new_generation(
+        &mut self,
+        id: PeerId,
+        number: u64,
+        spi: u32,
+        secret: Secret32,
+    ) -> Generation {
         let (g, esp) = Generation::new(number, spi, secret, self.names.get(id), self.key_bits);
         self.actions.push_back(Action::InstallSa {
             peer: id,
@@ -470,6 +510,6 @@ mod tests {
     #[test]
     fn per_node_state_stays_small() {
         let size = std::mem::size_of::<NodeState>();
-        assert!(size <= 488, "NodeState is {size} bytes");
+        assert!(size <= 528, "NodeState is {size} bytes");
     }
 }

@@ -58,6 +58,9 @@ impl Hub {
             outbound: n.outbound,
             rotate_at_unix_ms: mono_to_unix(now, n.rotate_at),
             resends: n.resends,
+            node_share: n.node_share,
+            pending: n.pending.as_deref().cloned(),
+            ratchet_private: None,
         };
         persist::encode(
             Kind::HubEntry,
@@ -310,6 +313,8 @@ impl Shared {
         n.rotations = rec.rotations;
         n.resends = rec.resends;
         n.inits = rec.inits;
+        n.node_share = rec.node_share;
+        n.pending = rec.pending.map(Box::new);
         let ahead = rec
             .rotate_at_unix_ms
             .saturating_sub(now.unix_ms)

@@ -1,18 +1,26 @@
 //! Hellos and what they trigger: confirmation of the latest generation,
-//! rotation to the next (I2: only after proof of the latest), `ack` when
-//! nothing is due, and the resend of the same key to a node that missed it (I4).
+//! rotation to the next (I2: only after proof of the latest) through the
+//! X25519 ratchet (I9), `ack` when nothing is due, and the resend of the
+//! same key to a node that missed it (I4).
 
 use std::net::SocketAddr;
 
-use super::{CROSSING_HOLDOFF_MS, NodeState, Shared};
+use super::{CROSSING_HOLDOFF_MS, NodeState, PendingKey, Shared};
 use crate::action::{Action, DropReason, Event, PeerId, Time};
 use crate::generation::Generation;
+use crate::key_schedule::ratchet_secret;
 use crate::wire::{Datagram, Message};
 
-/// `key` for `latest`, sealed under `prev` (the generation the node holds),
-/// and whether its counter starts a reservation block (the caller marks the
+/// `key` for `latest` (whose ratchet parts are `pending`), sealed under
+/// `prev` (the generation the node holds), with the hub's NAT verdict, and
+/// whether its counter starts a reservation block (the caller marks the
 /// node dirty, see [`crate::generation::TX_RESERVE`]).
-fn key_message(latest: &Generation, prev: &mut Generation, nat: bool) -> (Vec<u8>, bool) {
+fn key_message(
+    latest: &Generation,
+    prev: &mut Generation,
+    pending: &PendingKey,
+    nat: bool,
+) -> (Vec<u8>, bool) {
     let (counter, reserve) = prev.next_counter();
     let datagram = Message::Key {
         spi: prev.spi,
@@ -20,7 +28,8 @@ fn key_message(latest: &Generation, prev: &mut Generation, nat: bool) -> (Vec<u8
         init_reply: None,
         generation: latest.number,
         gen_spi: latest.spi,
-        secret: latest.secret.clone(),
+        secret: pending.random.clone(),
+        hub_share: pending.hub_share,
         nat,
     }
     .seal(&prev.ctl_h2n);
@@ -55,6 +64,7 @@ impl Shared {
         let Message::Hello {
             generation: claimed,
             rotate,
+            share,
             source,
             ..
         } = dg.open(&g.ctl_n2h).map_err(DropReason::Wire)?
@@ -82,7 +92,25 @@ impl Shared {
             Some(source),
         );
         if is_latest {
+            // The share is the node's for the step out of the latest
+            // generation (the same in every hello under it): kept for the
+            // next rotation, which may come from a timer. Not durable on its
+            // own: a restored hub without it rotates at the next hello.
+            n.node_share = share;
             self.in_sync(now, id, n, rotate);
+        } else if n.confirmed {
+            // The node proved it holds the latest generation: a hello under
+            // the previous one is a late copy, and needs no answer.
+        } else if n
+            .pending
+            .as_ref()
+            .is_none_or(|p| p.hub_share != [0; 32] && p.node_share != share)
+        {
+            // The latest generation was derived for a share the node no
+            // longer has (its state is older than our key: a record of a
+            // version without the ratchet), or we lack what its key message
+            // carried: the node cannot derive it from any resend. Replace it.
+            self.reissue(now, id, n, share);
         } else if !n.crossing_spared && now.since(n.key_sent_at) < CROSSING_HOLDOFF_MS {
             n.crossing_spared = true;
         } else {
@@ -99,6 +127,9 @@ impl Shared {
             // generation (a replayed one proves as much, I2) gives it. The
             // init exception below changes the chain and is written at once.
             n.confirmed = true;
+            // The node derived the latest generation: no resend will be
+            // needed, and the hub's random value goes.
+            n.pending = None;
             let (number, spi) = n
                 .latest
                 .as_ref()
@@ -120,9 +151,7 @@ impl Shared {
                 }
             }
         }
-        if n.force_rotate || requested || now >= n.rotate_at {
-            self.rotate(now, id, n);
-        } else {
+        if !((n.force_rotate || requested || now >= n.rotate_at) && self.rotate(now, id, n)) {
             self.send_ack(id, n);
         }
     }
@@ -145,13 +174,79 @@ impl Shared {
         }
     }
 
-    /// Creates N+1 (the node proved N), switches outbound to N, retires N-1,
-    /// and sends N+1 protected under N. Does nothing without a chain.
-    pub(super) fn rotate(&mut self, now: Time, id: PeerId, n: &mut NodeState) {
-        let Some(number) = n.latest.as_ref().map(|g| g.number + 1) else {
-            return;
+    /// Whether the rotation to generation `number` is an X25519 ratchet
+    /// step (see `HubConfig::ratchet_every`).
+    fn is_ratchet_step(&self, number: u64) -> bool {
+        number.is_multiple_of(self.ratchet_every)
+    }
+
+    /// Generation `number` of node `id`: a fresh random value and SPI, and,
+    /// if the rotation is a ratchet step, the X25519 result of the node's
+    /// `node_share` and the hub's share of the epoch (otherwise both shares
+    /// are zero in the derivation and the `key` message); its SAs
+    /// installed. `None` (and a counted `BadEphemeral` drop) when the share
+    /// contributes nothing to the X25519 result.
+    fn ratchet_generation(
+        &mut self,
+        now: Time,
+        id: PeerId,
+        number: u64,
+        node_share: &[u8; 32],
+    ) -> Option<(Generation, PendingKey)> {
+        let (dh, hub_share, node_share) = if self.is_ratchet_step(number) {
+            let eph = self.epoch.get(now, self.ratchet_epoch_ms, &mut self.rng);
+            let hub_share = *eph.public();
+            let Some(dh) = eph.agree(node_share) else {
+                self.drop_reason(DropReason::BadEphemeral, Some(id));
+                return None;
+            };
+            (dh, hub_share, *node_share)
+        } else {
+            (zeroize::Zeroizing::new([0; 32]), [0; 32], [0; 32])
         };
-        let new = self.new_generation(id, number);
+        let node_share = &node_share;
+        let random = self.random32();
+        let spi = self.table.allocate(&mut self.rng, id);
+        let secret = ratchet_secret(
+            random.expose(),
+            &dh,
+            self.names.get(id),
+            number,
+            spi,
+            node_share,
+            &hub_share,
+        );
+        drop(dh);
+        let g = self.new_generation(id, number, spi, secret);
+        let pending = PendingKey {
+            random,
+            hub_share,
+            node_share: *node_share,
+        };
+        Some((g, pending))
+    }
+
+    /// Creates N+1 (the node proved N) through the ratchet, switches
+    /// outbound to N, retires N-1, and sends N+1 protected under N. Returns
+    /// whether it rotated: not without a chain, and not before the node's
+    /// share for the step is known (the node's next hello under N brings it
+    /// and rotates then).
+    pub(super) fn rotate(&mut self, now: Time, id: PeerId, n: &mut NodeState) -> bool {
+        let Some(number) = n.latest.as_ref().map(|g| g.number + 1) else {
+            return false;
+        };
+        let share = std::mem::take(&mut n.node_share);
+        let Some((new, pending)) = (share != [0; 32] || !self.is_ratchet_step(number))
+            .then(|| self.ratchet_generation(now, id, number, &share))
+            .flatten()
+        else {
+            if !n.force_rotate {
+                n.force_rotate = true;
+                self.mark(id, n);
+            }
+            return false;
+        };
+        n.pending = Some(Box::new(pending));
         let old_prev = n.previous.take();
         n.previous = n.latest.take();
         // A generation whose outbound SA the kernel lost after it was used
@@ -177,9 +272,11 @@ impl Shared {
         n.crossing_spared = false;
         n.rotate_at = now.plus_ms(n.rotate_interval_ms);
         self.push_rotation(n.rotate_at, id);
-        if let (Some(latest), Some(prev)) = (n.latest.as_ref(), n.previous.as_mut()) {
+        if let (Some(latest), Some(prev), Some(p)) =
+            (n.latest.as_ref(), n.previous.as_mut(), n.pending.as_deref())
+        {
             // Marked dirty above whatever the counter.
-            let (datagram, _) = key_message(latest, prev, n.nat);
+            let (datagram, _) = key_message(latest, prev, p, n.nat);
             self.actions.push_back(Action::Send { peer: id, datagram });
         }
         self.actions.push_back(Action::Event(Event::Rotated {
@@ -187,6 +284,43 @@ impl Shared {
             generation: new_number,
             spi: new_spi,
             tx_spi: cur_spi.unwrap_or(0),
+        }));
+        true
+    }
+
+    /// Replaces the unconfirmed latest generation, which the node cannot
+    /// derive, by a new one of the same number for the node's current
+    /// `share`, and sends it under the previous generation (the hello under
+    /// it proved the node holds it: I2). The replaced generation was never
+    /// sent on by either side; its SAs go after the grace period.
+    fn reissue(&mut self, now: Time, id: PeerId, n: &mut NodeState, share: [u8; 32]) {
+        let Some(number) = n.latest.as_ref().map(|g| g.number) else {
+            return;
+        };
+        let Some((new, pending)) = self.ratchet_generation(now, id, number, &share) else {
+            return;
+        };
+        if let Some(old) = n.latest.replace(new) {
+            self.retire(now, id, old.spi, !old.out_missing);
+        }
+        n.pending = Some(Box::new(pending));
+        self.mark(id, n);
+        n.rotations += 1;
+        n.key_sent_at = now;
+        n.crossing_spared = true;
+        let (Some(latest), Some(prev), Some(p)) =
+            (n.latest.as_ref(), n.previous.as_mut(), n.pending.as_deref())
+        else {
+            return;
+        };
+        let (generation, spi) = (latest.number, latest.spi);
+        let (datagram, _) = key_message(latest, prev, p, n.nat);
+        self.actions.push_back(Action::Send { peer: id, datagram });
+        self.actions.push_back(Action::Event(Event::Rotated {
+            peer: id,
+            generation,
+            spi,
+            tx_spi: n.outbound.unwrap_or(0),
         }));
     }
 
@@ -196,11 +330,13 @@ impl Shared {
     /// written lazily (with the next write; a crash may lose a few), and the
     /// send counter (written when it starts a new block).
     fn resend(&mut self, id: PeerId, n: &mut NodeState) {
-        let (Some(latest), Some(prev)) = (n.latest.as_ref(), n.previous.as_mut()) else {
+        let (Some(latest), Some(prev), Some(p)) =
+            (n.latest.as_ref(), n.previous.as_mut(), n.pending.as_deref())
+        else {
             return;
         };
         let (generation, spi) = (latest.number, latest.spi);
-        let (datagram, reserve) = key_message(latest, prev, n.nat);
+        let (datagram, reserve) = key_message(latest, prev, p, n.nat);
         if reserve {
             self.mark(id, n);
         }

@@ -16,12 +16,15 @@ pub const TIMER_BATCH: usize = 256;
 
 impl Hub {
     /// Fires due timers: SA deletions after the grace period, rotations
-    /// (pushed to confirmed nodes at once, else at their next hello) and the
-    /// next part of a `rotate --all`. Does at most [`TIMER_BATCH`] items of
+    /// (pushed to confirmed nodes whose ratchet share is known at once, else
+    /// at their next hello), the next part of a `rotate --all`, and the end
+    /// of the ratchet key pair's epoch. Does at most [`TIMER_BATCH`] items of
     /// each kind per call; what is left stays due in [`Self::poll_timeout`].
     pub fn handle_timeout(&mut self, now: Now) {
         let now = now.mono;
         let Hub { nodes, shared: sh } = self;
+        // The ratchet key pair goes when its epoch ends, rotations or not.
+        sh.epoch.expire(now);
         let mut budget = TIMER_BATCH;
         while let Some(&(t, id, spi, out)) = sh.retire_queue.front() {
             if t > now || budget == 0 {
