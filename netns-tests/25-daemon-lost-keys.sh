@@ -21,11 +21,13 @@ SAMPLER=$!
 probes $N 15 200 &
 PROBES=$!
 sleep 3
-# UDP payload byte 1 is the message type; 3 = key (docs/protocol.md). First
+# UDP payload byte 5 is the message type; 3 = key (docs/protocol.md). First
 # learn a key message's IP length from a counting rule, then drop exactly 3
 # with a byte quota: the kernel ends the drop on time however slow this
 # shell is.
-KEY_MATCH=(-p udp -d 10.9.0.2 --dport 4820 -m u32 --u32 "0>>22&0x3C@8>>16&0xFF=3")
+# The type is the second byte of the message, after the 4-byte non-ESP
+# marker: the word at UDP payload offset 4 is version, type, flags.
+KEY_MATCH=(-p udp -d 10.9.0.2 --dport 4820 -m u32 --u32 "0>>22&0x3C@12>>16&0xFF=3")
 ip netns exec hub iptables-legacy -A OUTPUT "${KEY_MATCH[@]}"
 for _ in $(seq 1 50); do
 	read -r kp kb <<<"$(ip netns exec hub iptables-legacy -L OUTPUT -v -n -x | awk '/u32/ { print $1, $2; exit }')"
