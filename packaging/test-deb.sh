@@ -1,7 +1,8 @@
 #!/bin/bash
 # Builds rotor's Debian package (scripts/deb.sh) and checks it the way an
 # operator meets it: installed with dpkg into a fresh Debian root of this
-# host's release (debootstrap, minbase plus systemd, into a scratch folder),
+# host's release (debootstrap, minbase plus systemd and the package's
+# dependencies, into a scratch folder),
 # the binary runs, the directories have their modes, the man pages render,
 # the bash completion loads, the example configuration passes `rotor check`'s
 # configuration checks, the target's own systemd-analyze verifies both units
@@ -35,7 +36,9 @@ trap 'rm -rf "$R"' EXIT
 in_root() { chroot "$R" "$@"; }
 
 t0=$SECONDS
-debootstrap --variant=minbase --include=systemd "$SUITE" "$R" "$MIRROR" >"$R.log" 2>&1 ||
+# With the package's dependencies of its own (the clear-text guard's
+# iptables and ipset): dpkg -i installs nothing else.
+debootstrap --variant=minbase --include=systemd,iptables,ipset "$SUITE" "$R" "$MIRROR" >"$R.log" 2>&1 ||
 	{ tail -n 20 "$R.log"; rm -f "$R.log"; die "debootstrap $SUITE from $MIRROR"; }
 rm -f "$R.log"
 echo "  a fresh $SUITE root in $((SECONDS - t0)) s"
