@@ -460,6 +460,65 @@ mod tests {
         );
     }
 
+    /// A transport peer that moves leaves its old selectors and SAs behind
+    /// and starts blocked on its new address, ESP in UDP behind a NAT; a
+    /// tunnel peer keeps its selectors (updated in place with the new
+    /// outer endpoints) and an unknown peer has nothing to delete.
+    #[test]
+    fn a_move_blocks_the_new_path_and_clears_the_old() {
+        let p = peer(PeerMode::Transport);
+        let to = p.moved(Some("198.51.100.7:61000".parse().unwrap()), None, true);
+        assert_eq!((to.remote_port, to.nat), (61000, true));
+        assert_eq!(
+            to.encap(),
+            Some(UdpEncap {
+                sport: 4820,
+                dport: 61000
+            })
+        );
+        let ops = p.move_ops(&to, &[(SaDir::In, 0x1001), (SaDir::Out, 0x1001)]);
+        let blocked = ops.iter().any(|o| {
+            matches!(o, Op::UpdatePolicy(s) if s.block && s.id.dir == PolicyDir::Out
+                && s.id.selector.dst == IpNet::host(to.remote))
+        });
+        assert!(blocked, "{ops:?}");
+        let gone: Vec<&Op> = ops
+            .iter()
+            .filter(|o| matches!(o, Op::DeletePolicy(_)))
+            .collect();
+        assert_eq!(gone.len(), 2, "the old in and out policies: {ops:?}");
+        assert!(ops.contains(&Op::DeleteSa(p.sa_id(SaDir::In, 0x1001))));
+        assert!(ops.contains(&Op::DeleteSa(p.sa_id(SaDir::Out, 0x1001))));
+        match to.add_outbound_sa(0x2002, AeadKey::new(vec![1; 36]).unwrap()) {
+            Op::AddSa(s) => assert_eq!(s.encap, to.encap()),
+            o => panic!("{o:?}"),
+        }
+
+        let t = peer(PeerMode::Tunnel {
+            local: vec![IpNet::parse("10.1.0.0/24").unwrap()],
+            remote: vec![IpNet::parse("10.2.0.0/24").unwrap()],
+        });
+        let moved = t.moved(Some("10.9.0.14:4820".parse().unwrap()), None, false);
+        let ops = t.move_ops(&moved, &[]);
+        assert!(
+            !ops.iter().any(|o| matches!(o, Op::DeletePolicy(_))),
+            "{ops:?}"
+        );
+        assert!(ops.iter().any(|o| matches!(o, Op::UpdatePolicy(s)
+            if s.tmpl_endpoints == Some((moved.local, moved.remote)) && s.block)));
+
+        let mut unknown = peer(PeerMode::Transport);
+        unknown.remote = "0.0.0.0".parse().unwrap();
+        assert!(unknown.inbound_policies().is_empty() && unknown.outbound_selectors().is_empty());
+        let learned = unknown.moved(Some("10.9.0.2:4820".parse().unwrap()), None, false);
+        let ops = unknown.move_ops(&learned, &[(SaDir::In, 0x1001)]);
+        assert!(
+            !ops.iter()
+                .any(|o| matches!(o, Op::DeletePolicy(_) | Op::DeleteSa(_))),
+            "{ops:?}"
+        );
+    }
+
     #[test]
     fn tunnel_covers_every_subnet_pair_with_fwd() {
         let p = peer(PeerMode::Tunnel {
