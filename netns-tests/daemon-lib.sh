@@ -58,6 +58,10 @@ check() { local what=$1; shift; if "$@"; then pass "$what"; else fail "$what"; r
 
 cleanup() {
 	for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	# Every other background job too (a sampler waiting for its stop file,
+	# a probe stream): a scenario that stops early must not wait for them.
+	# shellcheck disable=SC2046 # one PID per word
+	kill $(jobs -p) 2>/dev/null
 	wait 2>/dev/null
 	for ns in $(ip netns list | awk '{print $1}'); do ip netns del "$ns" 2>/dev/null; done
 }
