@@ -449,13 +449,8 @@ const PATH_LEN: usize = 4 + rotor_core::wire::ENDPOINT_LEN + 1;
 /// Appends the path block of a node reached at `to` (through a NAT if
 /// `nat`): where a restarted hub finds the node's SAs and sends to it.
 pub fn put_path(out: &mut Vec<u8>, to: SocketAddr, nat: bool) {
-    let ip = match to.ip() {
-        IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-        IpAddr::V6(v6) => v6,
-    };
     out.extend_from_slice(PATH_TAG);
-    out.extend_from_slice(&ip.octets());
-    out.extend_from_slice(&to.port().to_be_bytes());
+    out.extend_from_slice(&rotor_core::wire::encode_endpoint(&to));
     out.push(u8::from(nat));
 }
 
@@ -465,15 +460,10 @@ pub fn split_path(rest: &[u8]) -> (Option<(SocketAddr, bool)>, &[u8]) {
     let Some(block) = rest.get(..PATH_LEN).filter(|b| b.starts_with(PATH_TAG)) else {
         return (None, rest);
     };
-    let mut ip = [0u8; 16];
-    ip.copy_from_slice(&block[4..20]);
-    let ip = std::net::Ipv6Addr::from(ip);
-    let ip = ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4);
-    let port = u16::from_be_bytes([block[20], block[21]]);
-    (
-        Some((SocketAddr::new(ip, port), block[22] != 0)),
-        &rest[PATH_LEN..],
-    )
+    match rotor_core::wire::decode_endpoint(&block[4..PATH_LEN - 1]) {
+        Some(to) => (Some((to, block[PATH_LEN - 1] != 0)), &rest[PATH_LEN..]),
+        None => (None, rest),
+    }
 }
 
 /// The source address this host's routes give datagrams to `hub` (a

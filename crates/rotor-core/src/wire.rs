@@ -257,21 +257,24 @@ pub fn unframe(datagram: &[u8]) -> Option<&[u8]> {
     datagram.strip_prefix(&NON_ESP_MARKER[..])
 }
 
-/// Writes `a` as [`ENDPOINT_LEN`] bytes.
-fn put_endpoint(out: &mut Vec<u8>, a: &SocketAddr) {
+/// `a` as [`ENDPOINT_LEN`] bytes: the IPv6 address (IPv4 as IPv4-mapped),
+/// then the port. Also how the daemon stores a peer's place.
+pub fn encode_endpoint(a: &SocketAddr) -> [u8; ENDPOINT_LEN] {
     let ip = match a.ip() {
         IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         IpAddr::V6(v6) => v6,
     };
-    out.extend_from_slice(&ip.octets());
-    out.extend_from_slice(&a.port().to_be_bytes());
+    let mut out = [0u8; ENDPOINT_LEN];
+    out[..16].copy_from_slice(&ip.octets());
+    out[16..].copy_from_slice(&a.port().to_be_bytes());
+    out
 }
 
-/// Reads an endpoint written by [`put_endpoint`] (`b` holds at least
-/// [`ENDPOINT_LEN`] bytes).
-fn endpoint_at(b: &[u8]) -> Option<SocketAddr> {
+/// The endpoint [`encode_endpoint`] wrote at the start of `b` (`None` if
+/// `b` is shorter); IPv4-mapped addresses come back as IPv4.
+pub fn decode_endpoint(b: &[u8]) -> Option<SocketAddr> {
     let ip: [u8; 16] = b.get(..16)?.try_into().ok()?;
-    let port = u16::from_be_bytes(b.get(16..18)?.try_into().ok()?);
+    let port = u16::from_be_bytes(b.get(16..ENDPOINT_LEN)?.try_into().ok()?);
     let ip = Ipv6Addr::from(ip);
     let ip = match ip.to_ipv4_mapped() {
         Some(v4) => IpAddr::V4(v4),
@@ -358,7 +361,7 @@ impl Message {
                 out.extend_from_slice(&generation.to_be_bytes());
                 out.push(u8::from(*rotate));
                 out.extend_from_slice(share);
-                put_endpoint(&mut out, source);
+                out.extend_from_slice(&encode_endpoint(source));
             }
             Message::Init {
                 timestamp_ms,
@@ -517,7 +520,7 @@ impl Datagram<'_> {
                 generation: u64_at(p, 0),
                 rotate: p[8] & 1 != 0,
                 share: array32(&p[9..41]).ok_or(WireError::BadLength)?,
-                source: endpoint_at(&p[41..41 + ENDPOINT_LEN]).ok_or(WireError::BadLength)?,
+                source: decode_endpoint(&p[41..41 + ENDPOINT_LEN]).ok_or(WireError::BadLength)?,
             },
             MsgType::Init => Message::Init {
                 spi,

@@ -10,10 +10,11 @@
 //! either refused by the replay window or older than the message that set
 //! the current path, and moves nothing.
 
-use std::net::{IpAddr, Ipv6Addr, SocketAddr};
+use std::net::SocketAddr;
 
 use super::{NodeState, Shared};
 use crate::action::{Action, Event, PeerId, SaDir, Time};
+use crate::wire::{ENDPOINT_LEN, decode_endpoint, encode_endpoint};
 
 /// Whether a node that says it sent from `claimed` but was seen at `seen`
 /// is behind a NAT. A node that could not tell its own address claims the
@@ -25,37 +26,27 @@ pub fn behind_nat(claimed: SocketAddr, seen: SocketAddr) -> bool {
 }
 
 /// Where a node is, packed (19 bytes against `Option<SocketAddr>`'s 32:
-/// it is in every node's entry).
+/// it is in every node's entry), in the wire's endpoint encoding.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub(super) struct Place {
-    ip: [u8; 16],
-    port: u16,
+    endpoint: [u8; ENDPOINT_LEN],
     known: bool,
 }
 
 impl Place {
-    /// `a`, IPv4 as IPv4-mapped.
+    /// `a`.
     pub(super) fn of(a: SocketAddr) -> Place {
-        let ip = match a.ip() {
-            IpAddr::V4(v4) => v4.to_ipv6_mapped(),
-            IpAddr::V6(v6) => v6,
-        };
         Place {
-            ip: ip.octets(),
-            port: a.port(),
+            endpoint: encode_endpoint(&a),
             known: true,
         }
     }
 
     /// The address, if known.
     pub(super) fn get(self) -> Option<SocketAddr> {
-        self.known.then(|| {
-            let ip = Ipv6Addr::from(self.ip);
-            SocketAddr::new(
-                ip.to_ipv4_mapped().map_or(IpAddr::V6(ip), IpAddr::V4),
-                self.port,
-            )
-        })
+        self.known
+            .then(|| decode_endpoint(&self.endpoint))
+            .flatten()
     }
 }
 
