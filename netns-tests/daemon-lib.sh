@@ -309,9 +309,24 @@ net_drops() {
 control_loss() {
 	local p
 	p=$(python3 -c "print($1 / 100)")
-	ip netns exec hub iptables-legacy -A INPUT -p udp --dport 4820 -m statistic --mode random --probability "$p" -j DROP
-	ip netns exec hub iptables-legacy -A OUTPUT -p udp --dport 4820 -m statistic --mode random --probability "$p" -j DROP
+	ip netns exec hub "$(iptables_of_family)" -A INPUT -p udp --dport 4820 -m statistic --mode random --probability "$p" -j DROP
+	ip netns exec hub "$(iptables_of_family)" -A OUTPUT -p udp --dport 4820 -m statistic --mode random --probability "$p" -j DROP
 }
+
+# control_loss_off: removes control_loss's rules (and only them)
+control_loss_off() {
+	local chain r
+	for chain in INPUT OUTPUT; do
+		ip netns exec hub "$(iptables_of_family)" -S $chain | grep -- '--dport 4820 .*statistic' | sed 's/^-A //' |
+			while read -r r; do
+				# shellcheck disable=SC2086 # the rule's words
+				ip netns exec hub "$(iptables_of_family)" -D $r
+			done
+	done
+}
+
+# iptables_of_family: the legacy iptables of the outer addresses' family
+iptables_of_family() { if [ "$FAMILY" = 6 ]; then echo ip6tables-legacy; else echo iptables-legacy; fi; }
 
 # control_netem NETEM_ARGS...: netem on control datagrams only (UDP port
 # 4820, both ways: on the hub's and every node's outer interface), through a
@@ -340,7 +355,7 @@ control_netem_sent() {
 
 # control_dropped: packets the control-loss rules dropped so far
 control_dropped() {
-	ip netns exec hub iptables-legacy -L -v -n -x | awk '/DROP/ && /4820/ { s += $1 } END { print s + 0 }'
+	ip netns exec hub "$(iptables_of_family)" -L -v -n -x | awk '/DROP/ && /4820/ { s += $1 } END { print s + 0 }'
 }
 
 # status_table: the hub's key-SPI table

@@ -149,7 +149,9 @@ fn config(file: &Path, report: &mut Report) -> Result<(), ConfigError> {
                         || "the address its route to the hub gives (followed)".to_string(),
                         |a| a.to_string()
                     ),
-                    c.hub,
+                    c.hub_name
+                        .as_ref()
+                        .map_or_else(|| c.hub.to_string(), |n| format!("{n} ({})", c.hub)),
                     c.hello_interval
                 ),
             ));

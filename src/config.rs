@@ -239,8 +239,12 @@ pub struct NodeConfig {
     /// its route to the hub gives, and follows it when it changes
     /// (roaming).
     pub address: Option<IpAddr>,
-    /// The hub's control address.
+    /// The hub's control address (resolved at start when the file gives a
+    /// name).
     pub hub: SocketAddr,
+    /// The hub's DNS name, when the file gives one instead of an address:
+    /// resolved again whenever the hub stops answering.
+    pub hub_name: Option<String>,
     /// Pre-shared init key.
     pub psk: Zeroizing<[u8; KEY_LEN]>,
     /// Keepalive period.
@@ -784,7 +788,14 @@ fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
     };
     let n = raw.node;
     let address = n.address.map(|a| a.0);
-    let hub = n.hub.0;
+    let (hub, hub_name) = match n.hub {
+        HubEndpoint::Addr(sa) => (sa, None),
+        HubEndpoint::Name(host, port) => {
+            let hub = crate::resolve::resolve(&host, port, address.map(|a| a.is_ipv4()))
+                .map_err(|e| cx.err("node.hub", e))?;
+            (hub, Some(host))
+        }
+    };
     if let Some(address) = address {
         if hub.is_ipv4() != address.is_ipv4() {
             return Err(cx.err(
@@ -819,6 +830,7 @@ fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
         name,
         address,
         hub,
+        hub_name,
         psk,
         hello_interval: n.hello_interval.map_or(Duration::from_secs(1), |d| d.0),
         retries: n.retries.map_or(3, |r| r.0),
@@ -1300,14 +1312,26 @@ mode = "transport"
                     "\"10.9.0.1:65535\"",
                     "\"10.9.0.1\"",
                     "\"10.9.0.99:4820\"",
+                    "\"localhost:4830\"",
+                    "\"LocalHost\"",
                 ],
                 &[
                     (
                         "\"10.9.0.1:0\"",
                         "\"10.9.0.1:0\" has port 0; use a port in 1..=65535",
                     ),
-                    ("\"x:0\"", "\"x:0\" is not ADDRESS:PORT"),
-                    ("\"10.9.0.1:65536\"", "is not ADDRESS:PORT"),
+                    ("\"x:0\"", "\"x:0\" has port 0"),
+                    ("\"10.9.0.1:65536\"", "\"65536\" is not a port"),
+                    (
+                        "\"vpn_1.example\"",
+                        "only letters, digits, hyphens and dots",
+                    ),
+                    ("\"-vpn.example\"", "neither starts nor ends with a hyphen"),
+                    ("\"10.9.0\"", "not all digits"),
+                    (
+                        "\"no-such-host.invalid\"",
+                        "cannot resolve \"no-such-host.invalid\"",
+                    ),
                     ("\"0.0.0.0:4820\"", "is the unspecified address"),
                     ("\"224.0.0.1:4820\"", "is a multicast address"),
                     ("\"[fd00::1]:4820\"", "same address family as node.address"),
@@ -1335,6 +1359,10 @@ mode = "transport"
         }
         let c = node_result(&node_file(&[("hub", "\"10.9.0.1\"")])).unwrap();
         assert_eq!(c.hub, SocketAddr::new(c.hub.ip(), DEFAULT_PORT));
+        assert_eq!(c.hub_name, None);
+        let c = node_result(&node_file(&[("hub", "\"LocalHost\"")])).unwrap();
+        assert_eq!(c.hub, "127.0.0.1:4820".parse().unwrap());
+        assert_eq!(c.hub_name.as_deref(), Some("localhost"));
         let c = node_result(&node_file(&[("hello_interval", "\"10m\"")])).unwrap();
         assert_eq!(c.hello_interval, Duration::from_secs(600));
         assert_eq!(c.socket, PathBuf::from("/run/rotor/mn1.sock"));

@@ -7,7 +7,8 @@
 //! [`logging`] sets up the daemons' log. The
 //! protocol itself lives in `rotor-core` (sans-IO) and the kernel layer in
 //! `rotor-xfrm`; [`peer_kernel`] maps a peer's keys onto kernel operations;
-//! [`daemon`] is the event loop that drives either role; [`control`] is the
+//! [`resolve`] finds the hub by
+//! name; [`daemon`] is the event loop that drives either role; [`control`] is the
 //! control socket's protocol; [`udp_batch`] moves control datagrams many per
 //! system call.
 
@@ -23,6 +24,7 @@ pub mod import;
 pub mod keyfile;
 pub mod logging;
 pub mod peer_kernel;
+pub mod resolve;
 pub mod sockets;
 pub mod store;
 pub mod udp_batch;

@@ -283,6 +283,7 @@ fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
         name: format!("n{i}"),
         address: Some(net.node_ip(i)),
         hub,
+        hub_name: None,
         psk: psk(i),
         hello_interval: HELLO,
         retries: 3,

@@ -287,34 +287,99 @@ impl<'de> Deserialize<'de> for MetricsListen {
     }
 }
 
-/// The hub's control address as a node writes it: `ADDR:PORT`,
-/// `[V6]:PORT` or a bare address (port [`DEFAULT_PORT`]). The address obeys
-/// [`HostAddr`]'s rules and the port is not 0.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub(crate) struct HubEndpoint(pub SocketAddr);
+/// The hub's control address as a node writes it: `ADDR:PORT`, `[V6]:PORT`,
+/// a bare address, `NAME:PORT` or a bare DNS name (port [`DEFAULT_PORT`]
+/// when none is given). An address obeys [`HostAddr`]'s rules, a name is a
+/// valid DNS host name (RFC 1123 labels), and the port is not 0.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum HubEndpoint {
+    /// A literal address.
+    Addr(SocketAddr),
+    /// A DNS name and port, resolved at start and again when the hub
+    /// stops answering.
+    Name(String, u16),
+}
 
 impl<'de> Deserialize<'de> for HubEndpoint {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         let s = String::deserialize(d)?;
-        let sa = match (s.parse::<SocketAddr>(), s.parse::<IpAddr>()) {
-            (Ok(sa), _) => sa,
-            (_, Ok(a)) => SocketAddr::new(a, DEFAULT_PORT),
+        let endpoint = match (s.parse::<SocketAddr>(), s.parse::<IpAddr>()) {
+            (Ok(sa), _) => HubEndpoint::Addr(sa),
+            (_, Ok(a)) => HubEndpoint::Addr(SocketAddr::new(a, DEFAULT_PORT)),
             _ => {
-                return Err(de::Error::custom(format!(
-                    "{s:?} is not ADDRESS:PORT (e.g. \"10.9.0.1:4820\" or \"[fd00::1]:4820\")"
-                )));
+                let (host, port) = match s.rsplit_once(':') {
+                    Some((h, p)) => match p.parse::<u16>() {
+                        Ok(p) => (h, p),
+                        Err(_) => {
+                            return Err(de::Error::custom(format!(
+                                "{s:?}: {p:?} is not a port (1..=65535)"
+                            )));
+                        }
+                    },
+                    None => (s.as_str(), DEFAULT_PORT),
+                };
+                if let Some(p) = dns_name_problem(host) {
+                    return Err(de::Error::custom(format!(
+                        "{s:?} is neither ADDRESS:PORT nor NAME:PORT ({p}; e.g. \"10.9.0.1:4820\", \"[fd00::1]:4820\" or \"vpn.example.com:4820\")"
+                    )));
+                }
+                HubEndpoint::Name(host.to_ascii_lowercase(), port)
             }
         };
-        if sa.port() == 0 {
+        if endpoint.port() == 0 {
             return Err(de::Error::custom(format!(
                 "{s:?} has port 0; use a port in 1..=65535"
             )));
         }
-        match host_problem(sa.ip()) {
-            Some(p) => Err(de::Error::custom(format!("{s:?} {p}"))),
-            None => Ok(HubEndpoint(sa)),
+        if let HubEndpoint::Addr(sa) = endpoint
+            && let Some(p) = host_problem(sa.ip())
+        {
+            return Err(de::Error::custom(format!("{s:?} {p}")));
+        }
+        Ok(endpoint)
+    }
+}
+
+impl HubEndpoint {
+    /// The control port.
+    pub fn port(&self) -> u16 {
+        match self {
+            HubEndpoint::Addr(sa) => sa.port(),
+            HubEndpoint::Name(_, p) => *p,
         }
     }
+}
+
+/// Why `host` is not a DNS host name (RFC 1123: dot-separated labels of
+/// letters, digits and inner hyphens, each 1-63 bytes, 253 in all, the last
+/// label not all digits), or `None`.
+fn dns_name_problem(host: &str) -> Option<&'static str> {
+    let host = host.strip_suffix('.').unwrap_or(host);
+    if host.is_empty() || host.len() > 253 {
+        return Some("a host name has 1 to 253 characters");
+    }
+    for label in host.split('.') {
+        if label.is_empty() || label.len() > 63 {
+            return Some("each dot-separated label of a host name has 1 to 63 characters");
+        }
+        if !label
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-')
+        {
+            return Some("a host name has only letters, digits, hyphens and dots");
+        }
+        if label.starts_with('-') || label.ends_with('-') {
+            return Some("a label of a host name neither starts nor ends with a hyphen");
+        }
+    }
+    if host
+        .rsplit('.')
+        .next()
+        .is_some_and(|l| l.bytes().all(|b| b.is_ascii_digit()))
+    {
+        return Some("the last label of a host name is not all digits (a malformed address?)");
+    }
+    None
 }
 
 /// A subnet `ADDRESS/PREFIX` (a bare address is a host prefix).

@@ -211,6 +211,7 @@ pub async fn run<R: Role, K: Kernel>(
         if role.machine().poll_timeout().is_some_and(|t| t <= now.mono) {
             role.machine_mut().handle_timeout(now);
         }
+        role.poll(now);
         for _ in 0..CALLS_PER_TURN {
             match calls.try_recv() {
                 Ok(call) => answer(role, kernel, life, (wrong_source, &book), now, call),

@@ -416,11 +416,11 @@ pub fn node_parts(
     let mut peer = peer;
     peer.nat = nat;
     node.set_path(SocketAddr::new(local, cfg.hub.port()), nat);
-    Ok((
-        NodeRole::new(node, cfg.name.clone(), cfg.hub, node_digest(cfg)),
-        vec![peer],
-        report,
-    ))
+    let mut role = NodeRole::new(node, cfg.name.clone(), cfg.hub, node_digest(cfg));
+    if let Some(host) = &cfg.hub_name {
+        role = role.with_hub_name(host.clone(), cfg.address, millis(cfg.hello_interval));
+    }
+    Ok((role, vec![peer], report))
 }
 
 /// A digest of a node's configuration (its init key by fingerprint).

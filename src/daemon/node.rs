@@ -1,6 +1,8 @@
 //! The node as a [`Role`]: the core's [`Node`] and its one peer, the hub.
 
-use std::net::SocketAddr;
+use std::net::{IpAddr, SocketAddr};
+
+use tracing::{info, warn};
 
 use rotor_core::{KernelView, NameTable, Node, Now, PeerId, PeerStatus, SaDir, Time};
 
@@ -21,6 +23,22 @@ pub struct NodeRole {
     digest: u64,
     /// The configuration file, for reloads.
     source: Option<Source<NodeFixed>>,
+    /// The hub's DNS name, when it was given as one.
+    by_name: Option<ByName>,
+}
+
+/// Finding the hub again by its name when it stops answering.
+struct ByName {
+    host: String,
+    /// The node's configured address: answers are kept to its family, and
+    /// a node without one sends from what its route to the new address
+    /// gives.
+    fixed: Option<IpAddr>,
+    /// Silence (ms since the hub was last heard) after which the name is
+    /// resolved again, and the least time between two resolutions.
+    after_ms: u64,
+    lookup: Option<crate::resolve::Lookup>,
+    last: Option<Time>,
 }
 
 impl NodeRole {
@@ -35,7 +53,24 @@ impl NodeRole {
             scratch: zeroize::Zeroizing::new(Vec::new()),
             digest,
             source: None,
+            by_name: None,
         }
+    }
+
+    /// The hub was given as the DNS name `host` (already resolved to the
+    /// address this role started with): when nothing is heard from it for
+    /// `hello_ms` and a quarter, the name is resolved again (at most once
+    /// per `hello_ms`), and a new address moves the hub there. `fixed` is
+    /// the node's configured address, if any.
+    pub fn with_hub_name(mut self, host: String, fixed: Option<IpAddr>, hello_ms: u64) -> Self {
+        self.by_name = Some(ByName {
+            host,
+            fixed,
+            after_ms: hello_ms.max(1) + hello_ms / 4,
+            lookup: None,
+            last: None,
+        });
+        self
     }
 
     /// Reloads read `source`.
@@ -63,6 +98,61 @@ impl Role for NodeRole {
 
     fn peer_addr(&self, _peer: PeerId) -> Option<SocketAddr> {
         Some(self.hub)
+    }
+
+    fn peer_moved(&mut self, _peer: PeerId, to: SocketAddr) {
+        self.hub = to;
+    }
+
+    /// Resolves the hub's name again while the hub is silent, and moves to
+    /// the address it now has.
+    fn poll(&mut self, now: Now) {
+        let Some(b) = self.by_name.as_mut() else {
+            return;
+        };
+        if let Some(answer) = b.lookup.as_ref().and_then(|l| l.take()) {
+            b.lookup = None;
+            match answer {
+                Ok(to) if to != self.hub => {
+                    info!(
+                        role = "node",
+                        hub = %b.host,
+                        from = %self.hub,
+                        to = %to,
+                        "the hub's name resolves to a new address: moving there"
+                    );
+                    let source = match b.fixed {
+                        Some(_) => None,
+                        None => super::route_source(to).map(|ip| SocketAddr::new(ip, to.port())),
+                    };
+                    self.node.hub_moved(now, to, source);
+                }
+                Ok(_) => {}
+                Err(e) => warn!(
+                    role = "node",
+                    "resolving the hub again: {e}; keeping {}", self.hub
+                ),
+            }
+            return;
+        }
+        let silent = self
+            .node
+            .last_seen()
+            .is_none_or(|t| now.mono.since(t) >= b.after_ms);
+        let rested = b
+            .last
+            .is_none_or(|t| now.mono.0 >= t.0.saturating_add(b.after_ms));
+        if b.lookup.is_none() && silent && rested {
+            b.last = Some(now.mono);
+            match crate::resolve::Lookup::start(
+                &b.host,
+                self.hub.port(),
+                b.fixed.map(|a| a.is_ipv4()),
+            ) {
+                Ok(l) => b.lookup = Some(l),
+                Err(e) => warn!(role = "node", "cannot start resolving the hub's name: {e}"),
+            }
+        }
     }
 
     fn names(&self) -> &NameTable {
@@ -141,8 +231,13 @@ impl Role for NodeRole {
             .source
             .clone()
             .ok_or("this node was started without a configuration file: nothing to reload")?;
-        let cfg = crate::config::load_node(&src.path).map_err(|e| e.to_string())?;
+        let mut cfg = crate::config::load_node(&src.path).map_err(|e| e.to_string())?;
         let fixed = NodeFixed::of(&cfg);
+        // The same name (checked below): the hub stays where it is reached
+        // now; the name is resolved again only when the hub is silent.
+        if cfg.hub_name.is_some() {
+            cfg.hub = self.hub;
+        }
         let changed = src.fixed.changed(&fixed);
         if !changed.is_empty() {
             return Err(needs_restart(&changed));

@@ -99,7 +99,9 @@ impl HubFixed {
 pub struct NodeFixed {
     name: String,
     address: Option<IpAddr>,
-    hub: SocketAddr,
+    /// The hub as written: a name stays the same setting whatever it
+    /// resolves to.
+    hub: String,
     socket: PathBuf,
     state_dir: PathBuf,
     key_bits: u16,
@@ -115,7 +117,10 @@ impl NodeFixed {
         NodeFixed {
             name: cfg.name.clone(),
             address: cfg.address,
-            hub: cfg.hub,
+            hub: cfg.hub_name.as_ref().map_or_else(
+                || cfg.hub.to_string(),
+                |n| format!("{n}:{}", cfg.hub.port()),
+            ),
             socket: cfg.socket.clone(),
             state_dir: cfg.state_dir.clone(),
             key_bits: cfg.key_bits,

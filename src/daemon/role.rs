@@ -40,6 +40,12 @@ pub trait Role {
     fn route_changed(&mut self, now: Now) {
         let _ = now;
     }
+    /// Called once per turn of the event loop, after the machine's timers:
+    /// work of the role's own that waits on nothing the loop selects on
+    /// (a node resolving its hub's name again).
+    fn poll(&mut self, now: Now) {
+        let _ = now;
+    }
     /// Peer names, indexed by [`PeerId`].
     fn names(&self) -> &NameTable;
     /// Rows of the key-SPI table.

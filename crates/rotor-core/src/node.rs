@@ -437,7 +437,7 @@ impl Node {
         if r.is_ok() && nat != self.nat {
             // Authenticated and fresh: the hub's verdict on the path holds.
             self.nat = nat;
-            self.repath(now, None, true);
+            self.repath(now, None, None, true);
         }
         r
     }
@@ -617,7 +617,7 @@ impl Node {
             // installed of the old one moves there without repair (it is
             // superseded below).
             self.nat = nat;
-            self.repath(now, None, false);
+            self.repath(now, None, None, false);
         }
         // Accepted: adopt the new chain, retire the old one after grace.
         self.pending = None;
@@ -669,6 +669,11 @@ impl Node {
         self.nat = nat;
     }
 
+    /// When the hub was last heard (an authenticated message), if ever.
+    pub fn last_seen(&self) -> Option<Time> {
+        self.last_seen
+    }
+
     /// Where this node sends from and whether through a NAT.
     pub fn path(&self) -> (SocketAddr, bool) {
         (self.source, self.nat)
@@ -683,7 +688,7 @@ impl Node {
             return;
         }
         self.source = to;
-        self.repath(now.mono, Some(to), true);
+        self.repath(now.mono, None, Some(to), true);
         self.actions.push_back(Action::Event(Event::Moved {
             peer: HUB,
             to,
@@ -692,11 +697,33 @@ impl Node {
         }));
     }
 
-    /// Moves every installed SA to the current path: [`Action::PeerPath`]
-    /// with what is installed, then (if `repair`) the latest and previous
+    /// The hub is now at `hub` (its DNS name resolved to another address;
+    /// the caller found that out), and this host sends to it from `source`
+    /// if that changed too. The SAs move there like on a local move
+    /// ([`Node::local_moved`]) and a hello goes to the new address at once:
+    /// the generations continue if the hub there holds this node's chain,
+    /// and the node falls back to init there after `retries` if not.
+    pub fn hub_moved(&mut self, now: Now, hub: SocketAddr, source: Option<SocketAddr>) {
+        let local = source.filter(|s| *s != self.source);
+        if let Some(s) = local {
+            self.source = s;
+        }
+        self.unanswered = 0;
+        self.repath(now.mono, Some(hub), local, true);
+    }
+
+    /// Moves every installed SA to the current path (the hub at `remote`,
+    /// this host at `local`, where given): [`Action::PeerPath`] with what
+    /// is installed, then (if `repair`) the latest and previous
     /// generations are handled as lost by the kernel, which re-installs
     /// inbound SAs, re-keys the outbound one and says hello at once.
-    fn repath(&mut self, now: Time, local: Option<SocketAddr>, repair: bool) {
+    fn repath(
+        &mut self,
+        now: Time,
+        remote: Option<SocketAddr>,
+        local: Option<SocketAddr>,
+        repair: bool,
+    ) {
         let mut lost: Vec<(SaDir, u32)> = Vec::new();
         for g in [&self.latest, &self.previous].into_iter().flatten() {
             lost.push((SaDir::In, g.spi));
@@ -718,7 +745,7 @@ impl Node {
         self.dirty = true;
         self.actions.push_back(Action::PeerPath {
             peer: HUB,
-            remote: None,
+            remote,
             local,
             nat: self.nat,
             old_sas,
