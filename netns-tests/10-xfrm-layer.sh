@@ -13,7 +13,8 @@
 #      policy that has no SA; one without it cannot
 #   T4b a fail-closed (block) outbound policy drops and counts, and unblocks
 #   T5 kernel errors carry errno and the kernel's text (duplicate SA)
-#   T6 remove-owned deletes all of ours and leaves a foreign SA and policy
+#   T6 remove-owned deletes all of ours and leaves a foreign SA and policy; a
+#      deletion by (destination, SPI) of the foreign SA is refused
 #   T7 10,000 SAs in batched writes, dumped back; SAs/s for our layer and for
 #      `ip -batch` doing the same work in the same boot
 set -u
@@ -209,6 +210,14 @@ check "T6: no rotor policy left" test "$(xc hub dump policy --owned | wc -l)" -e
 check "T6: foreign SA untouched" bash -c "ip -n hub xfrm state list | grep -q 'spi 0x00004242 reqid 7'"
 check "T6: foreign policy untouched" bash -c "ip -n hub xfrm policy list | grep -q 'dst 10.9.0.77/32'"
 check "T6: remove-owned again is a no-op" test "$(xc hub remove-owned)" = "removed sas=0 policies=0 failures=0"
+# An SA deletion names (destination, SPI) only: ours checks the reqid first.
+err=$(xc hub sa del --dst 10.9.0.77 --spi 0x4242 2>&1; echo "rc=$?")
+echo "  $err"
+check "T6: deleting the foreign SA by its id is refused, naming its reqid" \
+	bash -c "echo '$err' | grep -q 'has reqid 7, not ours' && echo '$err' | grep -q 'rc=1'"
+check "T6: and the foreign SA is still there" bash -c "ip -n hub xfrm state list | grep -q 'spi 0x00004242 reqid 7'"
+xc hub sa add --src 10.9.0.1 --dst 10.9.0.77 --spi 0x4243 --key $K1 --peer 1 || fail "T6: an own SA beside it"
+check "T6: an own SA is deleted as before" bash -c "ip netns exec hub '$XC' sa del --dst 10.9.0.77 --spi 0x4243 && ! ip -n hub xfrm state list | grep -q 'spi 0x00004243'"
 
 echo "== T7 $BENCH_N SAs: our batched layer vs ip -batch"
 ip netns add bench

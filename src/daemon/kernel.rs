@@ -202,6 +202,9 @@ impl<K: Kernel> KernelExec<K> {
             }
         };
         for (((peer, attempts), op), r) in who.into_iter().zip(ops).zip(results) {
+            if let OpResult::Foreign { .. } = r {
+                warn!(peer = names.get(peer), "{}", describe(&op, &r));
+            }
             if r.is_settled(&op, attempts > 0) {
                 if attempts > 0 {
                     info!(
@@ -286,5 +289,8 @@ pub(crate) fn describe(op: &Op, r: &OpResult) -> String {
         OpResult::Failed(e) => e.to_string(),
         OpResult::Invalid(e) => format!("{op}: not sent: {e}"),
         OpResult::Unknown => format!("{op}: the kernel's reply was lost (outcome unknown)"),
+        OpResult::Foreign { reqid } => {
+            format!("{op}: not sent: the SA there has reqid {reqid}, not ours (left alone)")
+        }
     }
 }

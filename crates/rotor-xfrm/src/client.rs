@@ -8,6 +8,11 @@
 //! earlier message without an error reply has succeeded. If the kernel reports
 //! ENOBUFS, replies were lost and the operations without a known result are
 //! reported as [`OpResult::Unknown`]: reconcile with [`Xfrm::dump_sas`].
+//!
+//! SA deletions are checked first: the kernel deletes an SA by (destination,
+//! SPI) whoever installed it, so before the batch an `XFRM_MSG_GETSA` per
+//! deletion (batched the same way) reads the SA's reqid, and an SA outside
+//! this handle's ownership is left alone ([`OpResult::Foreign`]).
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -18,7 +23,7 @@ use netlink_packet_xfrm::{
 use zeroize::Zeroize;
 
 use crate::dump::{OwnedObjects, PolicyInfo, SaInfo, parse_policy, parse_sa};
-use crate::encode::{encode, scrub};
+use crate::encode::{encode, sa_id_message, scrub};
 use crate::error::{KernelError, SpecError, XfrmError};
 use crate::netlink::{MAX_DATAGRAM, Reply, XfrmSocket};
 use crate::ownership::Ownership;
@@ -39,6 +44,13 @@ pub enum OpResult {
     /// Its reply was lost (receive-buffer overrun or timeout): the kernel may or
     /// may not have applied it. Reconcile with a dump.
     Unknown,
+    /// An SA deletion that was not sent: the SA at that destination and SPI
+    /// carries `reqid`, outside this handle's ownership (another instance's
+    /// or another IPsec daemon's SA, installed after ours went).
+    Foreign {
+        /// The SA's reqid.
+        reqid: u32,
+    },
 }
 
 impl OpResult {
@@ -95,6 +107,7 @@ impl Xfrm {
     /// only when the socket itself fails.
     pub fn apply(&mut self, ops: &[Op]) -> Result<Vec<OpResult>, XfrmError> {
         let mut results: Vec<Option<OpResult>> = vec![None; ops.len()];
+        self.check_deletions(ops, &mut results)?;
         let mut i = 0;
         let mut datagram: Vec<u8> = Vec::with_capacity(MAX_DATAGRAM + 4096);
         while i < ops.len() {
@@ -103,6 +116,10 @@ impl Xfrm {
             let mut in_flight: HashMap<u32, usize> = HashMap::new();
             let mut last: Option<(u32, usize)> = None; // (seq, header offset)
             while i < ops.len() {
+                if results[i].is_some() {
+                    i += 1;
+                    continue;
+                }
                 let mut msg = match encode(&self.own, &ops[i]) {
                     Ok(m) => m,
                     Err(e) => {
@@ -187,6 +204,77 @@ impl Xfrm {
             .collect())
     }
 
+    /// Settles every SA deletion of `ops` whose SA is not ours before it is
+    /// sent: [`OpResult::Foreign`] where the SA carries a reqid outside
+    /// this handle's ownership, [`OpResult::Unknown`] where the kernel's
+    /// answer was lost (the next reconcile's dump finds an SA of ours that
+    /// is left). A deletion whose SA is absent goes ahead (the kernel then
+    /// says ESRCH: already gone), as does one of an SA an earlier operation
+    /// of the same batch adds.
+    fn check_deletions(
+        &mut self,
+        ops: &[Op],
+        results: &mut [Option<OpResult>],
+    ) -> Result<(), XfrmError> {
+        let deletions: Vec<(usize, &SaId)> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, op)| match op {
+                Op::DeleteSa(id) => Some((i, id)),
+                _ => None,
+            })
+            .collect();
+        if deletions.is_empty() {
+            return Ok(());
+        }
+        let context = format!("reading the owners of {} SAs to delete", deletions.len());
+        let mut datagram: Vec<u8> = Vec::new();
+        let mut k = 0;
+        while k < deletions.len() {
+            datagram.clear();
+            // seq -> index into ops; each request is answered by the SA or
+            // by an error, never both.
+            let mut waiting: HashMap<u32, usize> = HashMap::new();
+            while k < deletions.len() && datagram.len() < MAX_DATAGRAM {
+                let (i, id) = deletions[k];
+                let seq = self.sock.next_seq();
+                let msg = XfrmMessage::GetSa(sa_id_message(id));
+                let at = XfrmSocket::frame(&mut datagram, &msg, seq, false, false);
+                XfrmSocket::set_pid(&mut datagram, at, self.sock.portid());
+                waiting.insert(seq, i);
+                k += 1;
+            }
+            self.sock.send(&datagram, &context)?;
+            let own = self.own;
+            while !waiting.is_empty() {
+                let r = self.sock.recv_each(&context, |reply| match reply {
+                    Reply::Data { seq, kind, payload } => {
+                        if let Some(i) = waiting.remove(&seq)
+                            && let Some(sa) = parse_sa(kind, payload)
+                            && !own.owns(sa.reqid)
+                        {
+                            results[i] = Some(OpResult::Foreign { reqid: sa.reqid });
+                        }
+                    }
+                    Reply::Ack { seq, .. } => {
+                        waiting.remove(&seq);
+                    }
+                    Reply::Done { .. } => {}
+                });
+                match r {
+                    Ok(()) => {}
+                    Err(XfrmError::Overrun(_) | XfrmError::Timeout(..)) => {
+                        for i in waiting.drain().map(|(_, i)| i) {
+                            results[i] = Some(OpResult::Unknown);
+                        }
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+        }
+        Ok(())
+    }
+
     /// Applies `ops` and fails on the first operation that did not succeed,
     /// naming it. Earlier operations stay applied.
     pub fn apply_all(&mut self, ops: &[Op]) -> Result<(), XfrmError> {
@@ -201,6 +289,12 @@ impl Xfrm {
                     });
                 }
                 OpResult::Unknown => return Err(XfrmError::Overrun(op.to_string())),
+                OpResult::Foreign { reqid } => {
+                    return Err(XfrmError::Foreign {
+                        op: op.to_string(),
+                        reqid,
+                    });
+                }
             }
         }
         Ok(())
@@ -326,7 +420,7 @@ impl Xfrm {
                     OpResult::Done => *count += 1,
                     OpResult::Failed(e) if crate::kernel::already_in_state(op, &e, false) => {}
                     OpResult::Failed(e) => report.failures.push(e),
-                    OpResult::Invalid(_) | OpResult::Unknown => {}
+                    OpResult::Invalid(_) | OpResult::Unknown | OpResult::Foreign { .. } => {}
                 }
             }
         }

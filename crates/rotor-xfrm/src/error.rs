@@ -135,6 +135,14 @@ pub enum XfrmError {
     /// One operation was refused.
     #[error(transparent)]
     Kernel(#[from] KernelError),
+    /// An SA deletion was not sent: the SA belongs to another owner.
+    #[error("{op}: not sent: the SA there has reqid {reqid}, which is not this instance's")]
+    Foreign {
+        /// The operation.
+        op: String,
+        /// The SA's reqid.
+        reqid: u32,
+    },
     /// A spec could not be encoded.
     #[error("{op}: {source}")]
     Spec {

@@ -56,13 +56,16 @@ pub fn already_in_state(op: &Op, e: &KernelError, retried: bool) -> bool {
 }
 
 impl OpResult {
-    /// Whether the kernel is now in the state `op` asks for: applied, or
-    /// refused by [`already_in_state`].
+    /// Whether the kernel is now in the state `op` asks for: applied,
+    /// refused by [`already_in_state`], or an SA deletion left undone
+    /// because the SA there is not ours.
     pub fn is_settled(&self, op: &Op, retried: bool) -> bool {
         match self {
             OpResult::Done => true,
             OpResult::Failed(e) => already_in_state(op, e, retried),
             OpResult::Invalid(_) | OpResult::Unknown => false,
+            // What was ours there is gone; what is there is not ours to touch.
+            OpResult::Foreign { .. } => true,
         }
     }
 }

@@ -110,6 +110,15 @@ impl ModelKernel {
         }
     }
 
+    /// Another owner's handle on the same namespace (another instance, or
+    /// another IPsec daemon).
+    pub fn as_owner(&self, own: Ownership) -> ModelKernel {
+        ModelKernel {
+            own,
+            state: Arc::clone(&self.state),
+        }
+    }
+
     fn lock(&self) -> MutexGuard<'_, State> {
         // A test that panicked while holding the lock poisons it; the state
         // itself is still consistent (every change is one map operation).
@@ -174,6 +183,13 @@ impl ModelKernel {
     fn one(s: &mut State, own: &Ownership, op: &Op) -> OpResult {
         if let Err(e) = encode(own, op) {
             return OpResult::Invalid(e);
+        }
+        // As the real client: an SA deletion is checked for its owner first.
+        if let Op::DeleteSa(id) = op
+            && let Some(sa) = s.sas.get(id)
+            && !own.owns(sa.reqid)
+        {
+            return OpResult::Foreign { reqid: sa.reqid };
         }
         let injected = s.refuse.as_mut().and_then(|f| f(op));
         let outcome = match injected {
@@ -592,6 +608,25 @@ mod tests {
             dst: "10.9.0.2".parse().unwrap(),
             spi,
         }
+    }
+
+    #[test]
+    fn an_sa_of_another_owner_is_never_deleted() {
+        let own = Ownership::default();
+        let other = Ownership::new(own.base() + own.len(), 16).unwrap();
+        let mut ours = ModelKernel::new(own);
+        let mut theirs = ours.as_owner(other);
+        assert!(theirs.apply(&[Op::AddSa(sa(&other, 0x2001))]).unwrap()[0].is_done());
+        let r = ours.apply(&[Op::DeleteSa(id(0x2001))]).unwrap();
+        assert_eq!(
+            r,
+            vec![OpResult::Foreign {
+                reqid: other.base()
+            }]
+        );
+        assert!(ours.has_sa(id(0x2001)));
+        assert!(theirs.apply(&[Op::DeleteSa(id(0x2001))]).unwrap()[0].is_done());
+        assert!(!ours.has_sa(id(0x2001)));
     }
 
     #[test]

@@ -149,6 +149,10 @@ fn judge_add(r: &OpResult) -> Result<bool, Capability> {
         OpResult::Unknown => Err(Capability::Failed(
             "the kernel's answer to the probe SA was lost".into(),
         )),
+        // Only deletions are checked for their owner.
+        OpResult::Foreign { reqid } => Err(Capability::Failed(format!(
+            "the probe SA's add was taken for a deletion of reqid {reqid}'s SA"
+        ))),
     }
 }
 

@@ -402,6 +402,12 @@ fn report(ops: &[Op], results: &[OpResult]) -> bool {
                 eprintln!("rotor-xfrmctl: {op}: outcome unknown (reply lost)");
                 ok = false;
             }
+            OpResult::Foreign { reqid } => {
+                eprintln!(
+                    "rotor-xfrmctl: {op}: not sent: the SA there has reqid {reqid}, not ours"
+                );
+                ok = false;
+            }
         }
     }
     ok
