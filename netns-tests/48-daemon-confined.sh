@@ -1,7 +1,7 @@
 #!/bin/bash
 # C1-C4: the daemons confined as the systemd units confine them
 # (packaging/systemd, with the drop-in the legacy guard tools need): root
-# whose only capabilities are CAP_NET_ADMIN and CAP_NET_RAW (`rotor check`:
+# whose only capabilities are CAP_NET_ADMIN, CAP_NET_RAW and CAP_IPC_LOCK (`rotor check`:
 # CAP_NET_ADMIN alone) (setpriv
 # empties the bounding set but for it, as CapabilityBoundingSet= does; no
 # new privileges), reporting to a NOTIFY_SOCKET as systemd listens on one:
@@ -10,6 +10,8 @@
 #     running hub
 #  C2 without CAP_NET_ADMIN it fails, naming the privileges
 #  C3 a confined hub and node start, key their SAs and rotate
+#  C5 the hub (CAP_IPC_LOCK, as the units give it) locks its memory; a node
+#     without it under a small RLIMIT_MEMLOCK runs, locks nothing, says so
 #  C4 the hub says READY=1 once it answers, pings the watchdog at half
 #     WATCHDOG_USEC, brackets `rotor reload` with RELOADING=1 (with the
 #     monotonic clock) and READY=1, and says STOPPING=1 at SIGTERM
@@ -19,7 +21,10 @@ CONFINE_CHECK=(setpriv '--bounding-set=-all,+net_admin' --inh-caps=-all --no-new
 # for guard = "iptables-legacy" (docs/operations.md): the legacy iptables
 # (the only one UML's kernel can serve) opens a raw socket; the nf_tables
 # iptables of the units' default does not.
-CONFINE=(setpriv '--bounding-set=-all,+net_admin,+net_raw' --inh-caps=-all --no-new-privs)
+CONFINE=(setpriv '--bounding-set=-all,+net_admin,+net_raw,+ipc_lock' --inh-caps=-all --no-new-privs)
+# A node confined without CAP_IPC_LOCK under a small locked-memory limit:
+# it must run, and lock nothing.
+CONFINE_NOLOCK=(prlimit --memlock=65536:65536 setpriv '--bounding-set=-all,+net_admin,+net_raw' --inh-caps=-all --no-new-privs)
 topo_up 1
 configs 1 1s 500ms
 sas() { ip -n hub xfrm state | grep -c '^src'; }
@@ -55,12 +60,20 @@ ip netns exec hub env NOTIFY_SOCKET="$WORK/notify" WATCHDOG_USEC=1000000 \
 HUB_PID=$!
 PIDS+=("$HUB_PID")
 for _ in $(seq 1 200); do hub_status >/dev/null && break; sleep 0.1; done
-ip netns exec n1 "${CONFINE[@]}" "$ROTOR" node --config "$WORK/n1.toml" >>"$WORK/n1.log" 2>&1 &
-PIDS+=("$!")
+ip netns exec n1 "${CONFINE_NOLOCK[@]}" "$ROTOR" node --config "$WORK/n1.toml" >>"$WORK/n1.log" 2>&1 &
+NODE_PID=$!
+PIDS+=("$NODE_PID")
 check "C3: confined, the hub and n1 key their SAs" wait_all_sending 1 20
 sleep 3
 gen=$(peer_field n1 generation)
 check "C3: and rotate (generation $gen after 3 s more at 1 s)" test "$gen" -ge 3
+locked() { awk '/^VmLck:/ { print $2 }' "/proc/$1/status"; }
+check "C5: the hub, with CAP_IPC_LOCK as the unit gives it, locked its memory (VmLck $(locked "$HUB_PID") kB)" \
+	test "$(locked "$HUB_PID")" -gt 1000
+check "C5: and says so" grep -q "memory locked" "$WORK/hub.log"
+check "C5: n1, without CAP_IPC_LOCK under a 64 KiB limit, locked nothing (VmLck $(locked "$NODE_PID") kB)" \
+	test "$(locked "$NODE_PID")" = 0
+check "C5: and says why" grep -q "memory not locked (no CAP_IPC_LOCK" "$WORK/n1.log"
 ip netns exec hub "${CONFINE_CHECK[@]}" "$ROTOR" check --config "$WORK/hub.toml" >"$WORK/check3.log" 2>&1
 rc=$?
 probe_sas=$(ip -n hub xfrm state | grep -Ec '203\.0\.113\.|2001:db8:ffff:')

@@ -172,17 +172,38 @@ fn purge(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Keeps the daemon's memory, key material included, out of swap where the
+/// process may lock it (docs/operations.md, "Secrets in memory"); says so
+/// either way, before the configuration's keys are read.
+fn lock_memory() {
+    match rotor_sys::lock_memory() {
+        Ok(rotor_sys::MemoryLock::Locked) => {
+            tracing::info!("memory locked: key material stays out of swap")
+        }
+        Ok(rotor_sys::MemoryLock::LimitTooLow { limit }) => tracing::warn!(
+            limit_bytes = limit,
+            "memory not locked (no CAP_IPC_LOCK, and RLIMIT_MEMLOCK is finite): key material may be \
+             written to swap; give the daemon CAP_IPC_LOCK, or use encrypted or no swap"
+        ),
+        Err(e) => {
+            tracing::warn!("memory not locked: mlockall: {e}; key material may be written to swap")
+        }
+    }
+}
+
 fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
         Command::Genkey => genkey(),
         Command::Check { config, json } => check(&config, json),
         Command::Hub { config } => {
             rotor::logging::init()?;
+            lock_memory();
             let cfg = rotor::config::load_hub(&config)?;
             runtime()?.block_on(rotor::daemon::run_hub(cfg, &config))
         }
         Command::Node { config } => {
             rotor::logging::init()?;
+            lock_memory();
             let cfg = rotor::config::load_node(&config)?;
             runtime()?.block_on(rotor::daemon::run_node(cfg, &config))
         }

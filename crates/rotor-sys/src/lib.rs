@@ -13,7 +13,8 @@
 //! * [`sockopt`]: socket buffers forced past `rmem_max`/`wmem_max` when
 //!   privileged, `IP_PKTINFO`, and the per-socket IPsec policy
 //!   (`IP_XFRM_POLICY`/`IPV6_XFRM_POLICY`);
-//! * [`process`]: `malloc_trim(3)`, keeping the process out of core dumps, CPU time from `getrusage(2)`, a private
+//! * [`process`]: `malloc_trim(3)`, keeping the process out of core dumps and
+//!   its memory out of swap, CPU time from `getrusage(2)`, a private
 //!   network namespace for the calling thread;
 //! * [`signal`]: SIGPIPE back to its default, and SIGTERM/SIGINT as a flag.
 //!
@@ -30,4 +31,4 @@ pub mod process;
 pub mod signal;
 pub mod sockopt;
 
-pub use process::{keep_out_of_core_dumps, malloc_trim};
+pub use process::{MemoryLock, keep_out_of_core_dumps, lock_memory, malloc_trim};

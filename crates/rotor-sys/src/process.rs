@@ -34,6 +34,43 @@ pub fn keep_out_of_core_dumps() -> io::Result<()> {
     Ok(())
 }
 
+/// What [`lock_memory`] did.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum MemoryLock {
+    /// Every page of the process, present and future, stays in RAM once
+    /// touched: key material never reaches swap.
+    Locked,
+    /// Nothing was locked: without CAP_IPC_LOCK the locked-memory limit
+    /// (`limit` bytes, RLIMIT_MEMLOCK) would make allocations fail once the
+    /// process grew past it.
+    LimitTooLow {
+        /// The soft limit in bytes.
+        limit: u64,
+    },
+}
+
+/// Locks this process's memory into RAM (`mlockall(MCL_CURRENT |
+/// MCL_FUTURE | MCL_ONFAULT)`: pages are locked as they are first touched,
+/// so nothing is faulted in ahead of use), so that key material is never
+/// written to swap; but only where that cannot fail a later allocation:
+/// with CAP_IPC_LOCK in the effective set or an unlimited RLIMIT_MEMLOCK.
+/// Otherwise it locks nothing and says why. Locked pages cannot be given
+/// back by [`malloc_trim`] (the kernel refuses `MADV_DONTNEED` on them):
+/// freed heap pages stay resident until the heap's top shrinks.
+pub fn lock_memory() -> io::Result<MemoryLock> {
+    use rustix::mm::{MlockAllFlags, mlockall};
+    use rustix::process::{Resource, getrlimit};
+    use rustix::thread::{CapabilitySet, capabilities};
+    let privileged = capabilities(None)?
+        .effective
+        .contains(CapabilitySet::IPC_LOCK);
+    if let (false, Some(limit)) = (privileged, getrlimit(Resource::Memlock).current) {
+        return Ok(MemoryLock::LimitTooLow { limit });
+    }
+    mlockall(MlockAllFlags::CURRENT | MlockAllFlags::FUTURE | MlockAllFlags::ONFAULT)?;
+    Ok(MemoryLock::Locked)
+}
+
 /// Whose CPU time [`cpu_time`] reads.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Who {
@@ -128,6 +165,62 @@ mod tests {
         assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::NotDumpable);
         let l = getrlimit(Resource::Core);
         assert_eq!((l.current, l.maximum), (Some(0), Some(0)));
+    }
+
+    /// In a child: locking is per process.
+    #[test]
+    fn memory_is_locked_where_permitted() {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args([
+                "--exact",
+                "process::tests::child_locks_memory",
+                "--ignored",
+                "--nocapture",
+            ])
+            .env("ROTOR_SYS_CHILD", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
+    /// The kernel's own count of this process's locked memory.
+    fn locked_kib() -> u64 {
+        let status = std::fs::read_to_string("/proc/self/status").unwrap();
+        let line = status.lines().find(|l| l.starts_with("VmLck:")).unwrap();
+        line.split_whitespace().nth(1).unwrap().parse().unwrap()
+    }
+
+    #[test]
+    #[ignore = "run by memory_is_locked_where_permitted in a child process"]
+    fn child_locks_memory() {
+        use rustix::process::{Resource, getrlimit};
+        assert_eq!(std::env::var("ROTOR_SYS_CHILD").as_deref(), Ok("1"));
+        let before = locked_kib();
+        let r = lock_memory().unwrap();
+        let privileged = rustix::thread::capabilities(None)
+            .unwrap()
+            .effective
+            .contains(rustix::thread::CapabilitySet::IPC_LOCK);
+        match r {
+            MemoryLock::Locked => {
+                assert!(privileged || getrlimit(Resource::Memlock).current.is_none());
+                // Touched after the call: locked as it is faulted in.
+                let v = std::hint::black_box(vec![1u8; 4 << 20]);
+                let after = locked_kib();
+                assert!(after >= before + 4096, "VmLck {before} -> {after} KiB");
+                drop(v);
+            }
+            MemoryLock::LimitTooLow { limit } => {
+                assert!(!privileged);
+                assert_eq!(getrlimit(Resource::Memlock).current, Some(limit));
+                assert_eq!(locked_kib(), before);
+            }
+        }
     }
 
     #[test]
