@@ -174,7 +174,8 @@ fn purge(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
 
 /// Keeps the daemon's memory, key material included, out of swap where the
 /// process may lock it (docs/operations.md, "Secrets in memory"); says so
-/// either way, before the configuration's keys are read.
+/// either way. Called once the configuration is valid (its keys, already in
+/// memory, are locked with the rest: `MCL_CURRENT`).
 fn lock_memory() {
     match rotor_sys::lock_memory() {
         Ok(rotor_sys::MemoryLock::Locked) => {
@@ -197,14 +198,14 @@ fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Check { config, json } => check(&config, json),
         Command::Hub { config } => {
             rotor::logging::init()?;
-            lock_memory();
             let cfg = rotor::config::load_hub(&config)?;
+            lock_memory();
             runtime()?.block_on(rotor::daemon::run_hub(cfg, &config))
         }
         Command::Node { config } => {
             rotor::logging::init()?;
-            lock_memory();
             let cfg = rotor::config::load_node(&config)?;
+            lock_memory();
             runtime()?.block_on(rotor::daemon::run_node(cfg, &config))
         }
         Command::Import { from } => rotor::import::run(from),
