@@ -3,7 +3,7 @@
 # harness as rotor's hub (docs/bench-strongswan.md has the method and figures).
 #
 #   bench/strongswan.sh [--n 200,1000] [--json] [--rounds R] [--log-level L]
-#                       [--retransmit-timeout S] [--mem SIZE]
+#                       [--retransmit-timeout S] [--mem SIZE] [--pfs GROUP]
 #
 # On the host (as root) it installs Debian's strongswan, strongswan-swanctl,
 # strongswan-charon and libstrongswan-standard-plugins when missing, then runs
@@ -13,7 +13,9 @@
 # addresses 10.77.x.y on one veth), one charon in each, each with its own
 # strongswan.conf (STRONGSWAN_CONF), vici socket, log and private /run (for
 # its pid file). The node charon has N connections, one per source address,
-# IKEv2 + PSK, ESP aes128gcm16 (no PFS) in transport mode, start_action=start;
+# IKEv2 + PSK, ESP aes128gcm16 (no PFS; with --pfs GROUP, e.g. x25519 or
+# modp3072, every rekey is a DH exchange in that group) in transport mode,
+# start_action=start;
 # the hub has one connection accepting all of them. Measured:
 #   ike_up     from loading the N node connections until both kernels hold all
 #              2N ESP SAs: wall time and the hub charon's CPU (utime+stime of
@@ -77,9 +79,10 @@ HUB_IP=10.77.0.1
 PSK=0sdG90YWxseS1ub3QtYS1yZWFsLXNlY3JldA==
 IKE_PROPOSAL=aes128gcm16-prfsha256-x25519
 ESP_PROPOSAL=aes128gcm16
+PFS=
 
 usage() {
-	echo "usage: $PROG [--n 200,1000] [--json] [--rounds R] [--log-level L] [--retransmit-timeout S] [--mem SIZE]" >&2
+	echo "usage: $PROG [--n 200,1000] [--json] [--rounds R] [--log-level L] [--retransmit-timeout S] [--mem SIZE] [--pfs GROUP]" >&2
 	exit 2
 }
 err() { echo "$PROG: $*" >&2; }
@@ -99,6 +102,8 @@ while [ $# -gt 0 ]; do
 	--retransmit-timeout=*) RETRANSMIT=${1#*=}; shift ;;
 	--mem) [ $# -ge 2 ] || usage; MEM=$2; shift 2 ;;
 	--mem=*) MEM=${1#*=}; shift ;;
+	--pfs) [ $# -ge 2 ] || usage; PFS=$2; shift 2 ;;
+	--pfs=*) PFS=${1#*=}; shift ;;
 	--inside) INSIDE=1; shift ;;
 	-h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	-*) err "unknown option $1"; usage ;;
@@ -108,6 +113,9 @@ done
 [[ $LOG_LEVEL =~ ^(-1|[0-4])$ ]] || { err "--log-level: -1..4, not '$LOG_LEVEL'"; usage; }
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { err "--rounds: a positive integer, not '$ROUNDS'"; usage; }
 [ -z "$RETRANSMIT" ] || [[ $RETRANSMIT =~ ^[1-9][0-9]*$ ]] || { err "--retransmit-timeout: seconds, not '$RETRANSMIT'"; usage; }
+[ -z "$PFS" ] || [[ $PFS =~ ^(x25519|curve25519|ecp(256|384|521)|modp(2048|3072|4096))$ ]] ||
+	{ err "--pfs: a DH group (x25519, ecp256, ecp384, ecp521, modp2048, modp3072, modp4096), not '$PFS'"; usage; }
+[ -n "$PFS" ] && ESP_PROPOSAL=$ESP_PROPOSAL-$PFS
 if [ ${#ARGS[@]} -eq 0 ]; then
 	IFS=, read -r -a ARGS <<<"$NS_LIST"
 fi
@@ -146,6 +154,7 @@ if [ "$INSIDE" = 0 ]; then
 	[ -n "$MEM" ] || { MEM=1G; [ "$max" -gt 2000 ] && MEM=2G; }
 	flags=(--inside --log-level "$LOG_LEVEL" --rounds "$ROUNDS")
 	[ -n "$RETRANSMIT" ] && flags+=(--retransmit-timeout "$RETRANSMIT")
+	[ -n "$PFS" ] && flags+=(--pfs "$PFS")
 	[ "$JSON" = 1 ] && flags+=(--json)
 	cd "$ROOT" || die "cannot cd to $ROOT"
 	# Results (lines marked SWAN-RESULT inside) go to stdout, all else
@@ -657,10 +666,10 @@ EOF
 	ratev=$(rate "$tot_rekeys" "$tot_ticks")
 	best=$(tr , '\n' <<<"${rates:-null}" | sort -g | tail -n 1)
 	if [ "$JSON" = 1 ]; then
-		printf 'SWAN-RESULT {"n":%d,"complete":%s,"ike_up":%d,"ike_up_s":%s,"ike_up_hub_cpu_s":%s,"rounds":%d,"rekeys":%d,"rekey_wall_s":%s,"rekey_done_s":%s,"rekey_hub_cpu_s":%s,"strongswan_rekeys_per_hub_cpu_s":%s,"round_rekeys_per_hub_cpu_s":[%s],"best_round_rekeys_per_hub_cpu_s":%s,"rekey_client_cpu_s":%s,"rekey_node_cpu_s":%s,"log_level":%d,"retransmit_timeout_s":%d,"version":"%s"}\n' \
+		printf 'SWAN-RESULT {"n":%d,"complete":%s,"ike_up":%d,"ike_up_s":%s,"ike_up_hub_cpu_s":%s,"rounds":%d,"rekeys":%d,"rekey_wall_s":%s,"rekey_done_s":%s,"rekey_hub_cpu_s":%s,"strongswan_rekeys_per_hub_cpu_s":%s,"round_rekeys_per_hub_cpu_s":[%s],"best_round_rekeys_per_hub_cpu_s":%s,"rekey_client_cpu_s":%s,"rekey_node_cpu_s":%s,"log_level":%d,"retransmit_timeout_s":%d,"esp_proposal":"%s","version":"%s"}\n' \
 			"$N" "$complete" "$up" "$(secs "$up_us")" "$(ticks "$up_ticks")" "$ROUNDS" "$tot_rekeys" \
 			"$(secs "$tot_wall")" "$(secs "$tot_done")" "$(ticks "$tot_ticks")" "$ratev" "$rates" "$best" \
-			"$(secs $((tot_client * 1000)))" "$(ticks "$tot_node")" "$LOG_LEVEL" "$RT" "$VERSION"
+			"$(secs $((tot_client * 1000)))" "$(ticks "$tot_node")" "$LOG_LEVEL" "$RT" "$ESP_PROPOSAL" "$VERSION"
 	else
 		printf 'SWAN-RESULT %6s %8s %6s %8s %10s %7s %8s %8s %9s %12s %-24s %10s %9s\n' \
 			"$N" "$complete" "$up" "$(secs "$up_us")" "$(ticks "$up_ticks")" "$tot_rekeys" \
@@ -680,7 +689,7 @@ EOF
 }
 
 if [ "$JSON" = 0 ]; then
-	echo "SWAN-RESULT strongSwan $VERSION, charon log level $LOG_LEVEL, retransmit_timeout ${RETRANSMIT:-4 (60 for N > 2000)} s, $ROUNDS measured rounds (+1 warm-up) of N rekeys each, kernel $(uname -r), $(nproc) CPU"
+	echo "SWAN-RESULT strongSwan $VERSION, ESP $ESP_PROPOSAL, charon log level $LOG_LEVEL, retransmit_timeout ${RETRANSMIT:-4 (60 for N > 2000)} s, $ROUNDS measured rounds (+1 warm-up) of N rekeys each, kernel $(uname -r), $(nproc) CPU"
 	printf 'SWAN-RESULT %6s %8s %6s %8s %10s %7s %8s %8s %9s %12s %-24s %10s %9s\n' \
 		N complete ike_up up_s up_hub_cpu rekeys rekey_s done_s hub_cpu_s rekeys/cpu_s per_round client_cpu node_cpu
 fi

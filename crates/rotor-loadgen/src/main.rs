@@ -130,6 +130,9 @@ struct GenArgs {
     /// hub.grace.
     #[arg(long, default_value = "1s")]
     grace: String,
+    /// hub.ratchet_every: every K-th rotation is a DH ratchet step (1 = every one, the default).
+    #[arg(long, default_value_t = 1)]
+    ratchet_every: u32,
     /// hub.socket (default: DIR/hub.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
@@ -229,6 +232,7 @@ fn main() -> ExitCode {
                 name_prefix: a.name_prefix,
                 rotate_interval: a.rotate_interval,
                 grace: a.grace,
+                ratchet_every: a.ratchet_every,
                 socket,
             })
             .map(|p| println!("{}", p.display()))

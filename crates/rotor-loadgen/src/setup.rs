@@ -35,6 +35,8 @@ pub struct GenConfig {
     pub rotate_interval: String,
     /// `hub.grace`, e.g. `1s`.
     pub grace: String,
+    /// `hub.ratchet_every`: every K-th rotation is a DH ratchet step.
+    pub ratchet_every: u32,
     /// `hub.socket`.
     pub socket: PathBuf,
 }
@@ -51,12 +53,13 @@ pub fn generate(c: &GenConfig) -> anyhow::Result<PathBuf> {
     let mut toml = String::with_capacity(c.count as usize * 96 + 256);
     let _ = writeln!(
         toml,
-        "# {} nodes, written by rotor-loadgen gen\n[hub]\naddress = \"{}\"\nport = {}\nrotate_interval = \"{}\"\ngrace = \"{}\"\nsocket = \"{}\"\nstate_dir = \"{}\"",
+        "# {} nodes, written by rotor-loadgen gen\n[hub]\naddress = \"{}\"\nport = {}\nrotate_interval = \"{}\"\ngrace = \"{}\"\nratchet_every = {}\nsocket = \"{}\"\nstate_dir = \"{}\"",
         c.count,
         c.hub_addr,
         c.port,
         c.rotate_interval,
         c.grace,
+        c.ratchet_every,
         c.socket.display(),
         c.dir.join("state").display()
     );
