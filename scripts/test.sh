@@ -23,7 +23,9 @@ for a in "$@"; do
 	esac
 done
 
-step() { printf '\n=== %s\n' "$*"; }
+# Each step says when it starts (seconds since the start), so a slow step
+# shows in CI's log.
+step() { printf '\n=== %s (at %d s)\n' "$*" "$SECONDS"; }
 die() { echo "test.sh: $*" >&2; exit 1; }
 
 command -v cargo >/dev/null || die "cargo not found: install Rust >= 1.88 (https://rustup.rs) and retry"
@@ -112,5 +114,5 @@ echo
 if [ "$FAILED" -gt 0 ]; then
 	echo "failed: ${FAILED_NAMES[*]}"
 fi
-echo "$PASSED passed, $FAILED failed"
+echo "$PASSED passed, $FAILED failed in $SECONDS s"
 [ "$FAILED" -eq 0 ]
