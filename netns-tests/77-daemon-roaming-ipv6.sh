@@ -3,5 +3,5 @@
 # fd00:9::1, later fd00:9::11; n1 at fd00:9::2, later fd00:9::12. A shorter
 # stream than 76's: the IPv4 run already carries the long one.
 FAMILY=6
-ROTOR_ROAM_DURATION=${ROTOR_ROAM_DURATION:-10}
+ROTOR_ROAM_DURATION=${ROTOR_ROAM_DURATION:-8}
 . "$(dirname "$0")/76-daemon-roaming.sh"
