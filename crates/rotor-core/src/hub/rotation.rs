@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use super::admit::{REQUESTED_ROTATIONS, RESENDS};
 use super::{CROSSING_HOLDOFF_MS, NodeState, PendingKey, Shared};
 use crate::action::{Action, DropReason, Event, PeerId, Time};
 use crate::generation::Generation;
@@ -113,8 +114,10 @@ impl Shared {
             self.reissue(now, id, n, share);
         } else if !n.crossing_spared && now.since(n.key_sent_at) < CROSSING_HOLDOFF_MS {
             n.crossing_spared = true;
-        } else {
+        } else if n.resend_bucket.take(now, RESENDS) {
             self.resend(id, n);
+        } else {
+            return Err(DropReason::RateLimited);
         }
         Ok(())
     }
@@ -151,7 +154,14 @@ impl Shared {
                 }
             }
         }
-        if !((n.force_rotate || requested || now >= n.rotate_at) && self.rotate(now, id, n)) {
+        // A rotation only the node asks for is within its budget; one that
+        // is due anyway costs none.
+        let due = n.force_rotate || now >= n.rotate_at;
+        let granted = due || (requested && n.rotate_bucket.take(now, REQUESTED_ROTATIONS));
+        if requested && !granted {
+            self.drop_reason(DropReason::RotationDeferred, Some(id));
+        }
+        if !(granted && self.rotate(now, id, n)) {
             self.send_ack(id, n);
         }
     }
@@ -235,6 +245,16 @@ impl Shared {
         let Some(number) = n.latest.as_ref().map(|g| g.number + 1) else {
             return false;
         };
+        if self.retire_queue.len() >= self.retiring_cap {
+            // Too many SAs wait for deletion already: rotate once
+            // deletions made room, at a later hello.
+            if !n.force_rotate {
+                n.force_rotate = true;
+                self.mark(id, n);
+            }
+            self.drop_reason(DropReason::RotationDeferred, Some(id));
+            return false;
+        }
         let share = std::mem::take(&mut n.node_share);
         let Some((new, pending)) = (share != [0; 32] || !self.is_ratchet_step(number))
             .then(|| self.ratchet_generation(now, id, number, &share))
