@@ -8,11 +8,19 @@
 //! control calls, and after a full burst it yields to the runtime so the
 //! control connections (and tokio's drivers) run. A socket kept full of junk
 //! therefore costs throughput, never timers, retries or `rotor status`.
+//!
+//! Priority: every datagram of a burst is classified before any
+//! cryptography ([`Machine::classify`]). What comes from where its peer is,
+//! and what is dropped for nanoseconds anyway, is handled in arrival order;
+//! what would cost a key derivation or an AEAD and comes from elsewhere (a
+//! moved node, or a flood of forgeries under a node's public init SPI) is
+//! handled after the rest of the burst, at most [`COSTLY_PER_BURST`] of
+//! them; the excess is shed unread (counted as `shed`).
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use rotor_core::{Action, DropReason, Machine, Now, SaDir, Time};
+use rotor_core::{Action, Class, DropReason, Machine, Now, SaDir, Time};
 use rotor_xfrm::{Kernel, KernelEvent, Monitor, Op, PolicyId, SaId};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
@@ -38,6 +46,12 @@ use crate::udp_batch::{self, RecvBatch};
 /// (hellos after `rotate --all`) is taken whole up to this, so its kernel
 /// changes go in one netlink batch and its replies in few sendmmsg calls.
 pub const MAX_BURST: usize = 1024;
+/// Costly datagrams ([`Class::Costly`]) handled per burst, after the
+/// burst's others. A flood of forgeries under nodes' init SPIs then costs
+/// the hub at most this many key derivations per burst, while a node that
+/// moved still gets through (its next hello, if a flood took this burst's
+/// budget).
+pub const COSTLY_PER_BURST: usize = 32;
 /// Control calls answered per loop turn, beyond the one that woke it.
 pub const CALLS_PER_TURN: usize = 8;
 
@@ -127,6 +141,7 @@ pub async fn run<R: Role, K: Kernel>(
     life.notify.ready();
     // Datagrams shed for their source, shown with the machine's drops.
     let mut wrong_source: u64 = 0;
+    let mut costly = Deferred::default();
     loop {
         // The core's next timer, or a refused kernel operation's retry; an
         // early wake-up is harmless (only what is due fires).
@@ -149,6 +164,7 @@ pub async fn run<R: Role, K: Kernel>(
             r = udp_batch::recv_many(udp, &mut batch) => {
                 let mut more = r.is_ok();
                 let mut taken = 0;
+                costly.clear();
                 while more {
                     // One clock read per receive call, not per datagram
                     // (without a vDSO each read is a system call).
@@ -160,10 +176,10 @@ pub async fn run<R: Role, K: Kernel>(
                             .filter(|from| role.accepts_from(*from));
                         match (from, rotor_core::wire::unframe(d.data)) {
                             (Some(from), Some(message)) => {
-                                let unknown = log::unknown_spis(role.machine());
-                                role.machine_mut().handle_datagram(now, from, message);
-                                if log::unknown_spis(role.machine()) != unknown {
-                                    book.unknown_spi_from(role, from, now.mono);
+                                if role.machine().classify(from, message) != Class::Costly {
+                                    handle(role, &mut book, now, from, message);
+                                } else if !costly.push(from, message) {
+                                    book.shed += 1;
                                 }
                             }
                             (None, _) => wrong_source += 1,
@@ -174,6 +190,10 @@ pub async fn run<R: Role, K: Kernel>(
                     book.received += batch.len() as u64;
                     more = taken < MAX_BURST
                         && udp_batch::try_recv_many(udp, &mut batch).is_ok_and(|n| n > 0);
+                }
+                let now = clock.now();
+                for (from, message) in costly.iter() {
+                    handle(role, &mut book, now, from, message);
                 }
                 full_burst = taken >= MAX_BURST;
             }
@@ -272,6 +292,50 @@ pub async fn run<R: Role, K: Kernel>(
         if full_burst {
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// Feeds one datagram to the machine; a drop for an unknown SPI from a
+/// peer's address is worth a warning (a wrong key, usually).
+fn handle<R: Role>(role: &mut R, book: &mut Logbook, now: Now, from: SocketAddr, message: &[u8]) {
+    let unknown = log::unknown_spis(role.machine());
+    role.machine_mut().handle_datagram(now, from, message);
+    if log::unknown_spis(role.machine()) != unknown {
+        book.unknown_spi_from(role, from, now.mono);
+    }
+}
+
+/// The costly datagrams of one burst, copied out of the receive buffers
+/// (which the burst's next receive reuses): at most [`COSTLY_PER_BURST`],
+/// in one buffer kept from burst to burst.
+#[derive(Default)]
+struct Deferred {
+    data: Vec<u8>,
+    items: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl Deferred {
+    fn clear(&mut self) {
+        self.data.clear();
+        self.items.clear();
+    }
+
+    /// Keeps `message` from `from`; `false` (nothing kept) once the burst's
+    /// budget is spent.
+    fn push(&mut self, from: SocketAddr, message: &[u8]) -> bool {
+        if self.items.len() >= COSTLY_PER_BURST {
+            return false;
+        }
+        let at = self.data.len();
+        self.data.extend_from_slice(message);
+        self.items.push((from, at, message.len()));
+        true
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.items
+            .iter()
+            .filter_map(|&(from, at, len)| Some((from, self.data.get(at..at + len)?)))
     }
 }
 
@@ -594,6 +658,9 @@ fn answer<R: Role, K: Kernel>(
                 }
                 if book.unframed > 0 {
                     drops.insert("no_marker".to_string(), book.unframed);
+                }
+                if book.shed > 0 {
+                    drops.insert("shed".to_string(), book.shed);
                 }
                 StatusHead {
                     role: R::NAME.to_string(),
