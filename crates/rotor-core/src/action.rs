@@ -145,6 +145,9 @@ pub enum DropReason {
     BadEphemeral,
     /// Authenticated, but refers to a generation we cannot use.
     StaleGeneration,
+    /// Authenticated, but answers nothing this side sent (an ack echoing
+    /// no hello of ours).
+    Unsolicited,
     /// Authenticated, but the node's budget for what it asks (an init, a
     /// resend) is spent (see `hub::INITS`, `hub::RESENDS`): not answered.
     RateLimited,
@@ -171,6 +174,7 @@ impl DropReason {
             DropReason::InitClockSkew => "init_clock_skew",
             DropReason::BadEphemeral => "bad_ephemeral",
             DropReason::StaleGeneration => "stale_generation",
+            DropReason::Unsolicited => "unsolicited",
             DropReason::RateLimited => "rate_limited",
             DropReason::RotationDeferred => "rotation_deferred",
         }

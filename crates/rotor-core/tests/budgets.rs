@@ -1,7 +1,8 @@
 //! What a node, or whoever holds its key, can make the hub do is bounded
 //! (`rotor_core::hub::{REQUESTED_ROTATIONS, INITS, RESENDS}`), and the hub
 //! tells, before any cryptography, which datagrams come from where their
-//! node is (`Hub::classify`).
+//! node is (`Hub::classify`). A node checks an init reply's MAC before its
+//! X25519, and takes an ack only for a hello it sent.
 
 use std::net::SocketAddr;
 
@@ -244,4 +245,88 @@ fn datagrams_are_classified_by_spi_source_and_window() {
     let mut retyped = hello.clone();
     retyped[1] = 4;
     assert_eq!(h.classify(here, &retyped), Class::Cheap);
+}
+
+/// The sends the hub's queued actions make.
+fn hub_sends(h: &mut Hub) -> Vec<Vec<u8>> {
+    std::iter::from_fn(|| h.poll_action())
+        .filter_map(|a| match a {
+            Action::Send { datagram, .. } => Some(datagram),
+            _ => None,
+        })
+        .collect()
+}
+
+fn node_drops(n: &Node, r: DropReason) -> u64 {
+    n.drops().get(&r).copied().unwrap_or(0)
+}
+
+/// A reply under the node's (public) init SPI is checked by its MAC first:
+/// one whose hub share is a low-order point (which the X25519 would refuse
+/// as `bad_ephemeral`) but whose MAC fails is refused as `auth_failed`, so
+/// the X25519 never ran; the genuine reply is then taken.
+#[test]
+fn an_init_reply_is_checked_by_its_mac_before_the_x25519() {
+    let mut h = hub();
+    let mut n = node(at(1_000), 5);
+    n.handle_timeout(at(1_000));
+    let init = first_send(&mut n).expect("an init");
+    h.handle_datagram(at(1_000), node_addr(), &init);
+    let reply = hub_sends(&mut h).pop().expect("an init reply");
+    assert_eq!(
+        reply.len(),
+        188,
+        "header, hub nonce and share, body, tag, MAC"
+    );
+    let mut low_order = reply.clone();
+    low_order[48..80].fill(0);
+    n.handle_datagram(at(1_001), hub_addr(), &low_order);
+    let mut bad_mac = reply.clone();
+    let last = bad_mac.len() - 1;
+    bad_mac[last] ^= 1;
+    n.handle_datagram(at(1_001), hub_addr(), &bad_mac);
+    let auth = DropReason::Wire(rotor_core::wire::WireError::AuthFailed);
+    assert_eq!(node_drops(&n, auth), 2);
+    assert_eq!(node_drops(&n, DropReason::BadEphemeral), 0);
+    assert_eq!(n.generation(), 0, "still initialising");
+    n.handle_datagram(at(1_002), hub_addr(), &reply);
+    assert_eq!(n.generation(), 1, "the genuine reply is taken");
+}
+
+/// An ack names the hello it answers; one naming a hello the node never
+/// sent does not count as an answer. Two nodes made alike (same seed, same
+/// clock) hold the same chain: the hub's ack to the second hello of one is
+/// an ack to a hello the other never sent.
+#[test]
+fn an_ack_answers_a_hello_the_node_sent() {
+    let mut h = hub();
+    let (mut a, mut b) = (node(at(1_000), 9), node(at(1_000), 9));
+    a.handle_timeout(at(1_000));
+    b.handle_timeout(at(1_000));
+    let init = first_send(&mut a).expect("an init");
+    assert_eq!(Some(&init), first_send(&mut b).as_ref(), "twins");
+    h.handle_datagram(at(1_000), node_addr(), &init);
+    let reply = hub_sends(&mut h).pop().expect("an init reply");
+    a.handle_datagram(at(1_001), hub_addr(), &reply);
+    b.handle_datagram(at(1_001), hub_addr(), &reply);
+    // Both say hello 0; only a's reaches the hub, and a says hello 1 too.
+    let hello0 = first_send(&mut a).expect("hello 0");
+    assert_eq!(Some(&hello0), first_send(&mut b).as_ref());
+    h.handle_datagram(at(1_002), node_addr(), &hello0);
+    let ack0 = hub_sends(&mut h).pop().expect("ack to hello 0");
+    assert_eq!((ack0[1], ack0.len()), (4, 48), "an ack, 48 bytes");
+    a.handle_datagram(at(1_003), hub_addr(), &ack0);
+    a.handle_timeout(at(2_500));
+    let hello1 = first_send(&mut a).expect("hello 1");
+    h.handle_datagram(at(2_500), node_addr(), &hello1);
+    let ack1 = hub_sends(&mut h).pop().expect("ack to hello 1");
+    a.handle_datagram(at(2_501), hub_addr(), &ack1);
+    assert_eq!(node_drops(&a, DropReason::Unsolicited), 0);
+    // b never sent hello 1: the ack to it is refused; the ack to hello 0
+    // (which b sent too) is taken.
+    b.handle_datagram(at(2_501), hub_addr(), &ack1);
+    assert_eq!(node_drops(&b, DropReason::Unsolicited), 1);
+    b.handle_datagram(at(2_502), hub_addr(), &ack0);
+    assert_eq!(node_drops(&b, DropReason::Unsolicited), 1);
+    assert_eq!(b.drops().values().sum::<u64>(), 1, "{:?}", b.drops());
 }

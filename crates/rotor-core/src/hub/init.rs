@@ -7,7 +7,7 @@ use x25519_dalek::{EphemeralSecret, PublicKey};
 use super::admit::{INITS, RESENDS};
 use super::{MAX_SUPERSEDED, NodeState, Shared};
 use crate::action::{Action, DropReason, Event, Now, PeerId};
-use crate::key_schedule::{init_request_key, init_session_key};
+use crate::key_schedule::{init_reply_mac_key, init_request_key, init_session_key};
 use crate::wire::{Datagram, InitReply, Message};
 
 impl Shared {
@@ -125,7 +125,10 @@ impl Shared {
             hub_share: [0; 32],
             nat: n.nat,
         }
-        .seal(&session);
+        .seal_init_reply(
+            &session,
+            &init_reply_mac_key(&n.psk, self.names.get(id), &node_nonce),
+        );
         n.latest = Some(gen1);
         n.last_init = Some(Box::new((node_nonce, datagram.clone())));
         self.actions.push_back(Action::Send { peer: id, datagram });

@@ -98,7 +98,7 @@ impl Shared {
             // next rotation, which may come from a timer. Not durable on its
             // own: a restored hub without it rotates at the next hello.
             n.node_share = share;
-            self.in_sync(now, id, n, rotate);
+            self.in_sync(now, id, n, rotate, dg.header.counter);
         } else if n.confirmed {
             // The node proved it holds the latest generation: a hello under
             // the previous one is a late copy, and needs no answer.
@@ -122,8 +122,9 @@ impl Shared {
         Ok(())
     }
 
-    /// A message under the latest generation: confirm it, rotate if due.
-    fn in_sync(&mut self, now: Time, id: PeerId, n: &mut NodeState, requested: bool) {
+    /// A hello (counter `hello`) under the latest generation: confirm it,
+    /// rotate if due, else acknowledge that hello.
+    fn in_sync(&mut self, now: Time, id: PeerId, n: &mut NodeState, requested: bool, hello: u64) {
         if !n.confirmed {
             // Written lazily, like the window: a restart that lost it awaits
             // the confirmation again, and the next hello under the latest
@@ -162,18 +163,20 @@ impl Shared {
             self.drop_reason(DropReason::RotationDeferred, Some(id));
         }
         if !(granted && self.rotate(now, id, n)) {
-            self.send_ack(id, n);
+            self.send_ack(id, n, hello);
         }
     }
 
-    /// Tells the node it is in sync, under the latest generation.
-    fn send_ack(&mut self, id: PeerId, n: &mut NodeState) {
+    /// Tells the node it is in sync, under the latest generation, in answer
+    /// to its hello with counter `hello`.
+    fn send_ack(&mut self, id: PeerId, n: &mut NodeState, hello: u64) {
         if let Some(g) = n.latest.as_mut() {
             let (counter, reserve) = g.next_counter();
             let datagram = Message::Ack {
                 spi: g.spi,
                 counter,
                 generation: g.number,
+                hello,
                 nat: n.nat,
             }
             .seal(&g.ctl_h2n);
