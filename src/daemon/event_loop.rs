@@ -142,6 +142,12 @@ pub async fn run<R: Role, K: Kernel>(
     // Datagrams shed for their source, shown with the machine's drops.
     let mut wrong_source: u64 = 0;
     let mut costly = Deferred::default();
+    // A hub's nodes at their addresses get a kernel queue of their own.
+    let priority = (R::NAME == "hub")
+        .then(|| crate::sockets::bind_priority_udp(udp).ok())
+        .flatten();
+    let mut steered = Steering::default();
+    steered.refresh(role, udp, priority.is_some(), book.moves);
     loop {
         // The core's next timer, or a refused kernel operation's retry; an
         // early wake-up is harmless (only what is due fires).
@@ -161,35 +167,16 @@ pub async fn run<R: Role, K: Kernel>(
                 life.notify.stopping();
                 return Ok(());
             }
-            r = udp_batch::recv_many(udp, &mut batch) => {
-                let mut more = r.is_ok();
-                let mut taken = 0;
+            r = readable(udp, priority.as_ref()) => {
                 costly.clear();
-                while more {
-                    // One clock read per receive call, not per datagram
-                    // (without a vDSO each read is a system call).
-                    let now = clock.now();
-                    for d in (0..batch.len()).filter_map(|i| batch.get(i)) {
-                        let from = d
-                            .from
-                            .map(|f| SocketAddr::new(f.ip().to_canonical(), f.port()))
-                            .filter(|from| role.accepts_from(*from));
-                        match (from, rotor_core::wire::unframe(d.data)) {
-                            (Some(from), Some(message)) => {
-                                if role.machine().classify(from, message) != Class::Costly {
-                                    handle(role, &mut book, now, from, message);
-                                } else if !costly.push(from, message) {
-                                    book.shed += 1;
-                                }
-                            }
-                            (None, _) => wrong_source += 1,
-                            (Some(_), None) => book.unframed += 1,
-                        }
-                        taken += 1;
+                let mut taken = 0;
+                if r.is_ok() {
+                    // The nodes' own queue first, whole, then the rest.
+                    let mut burst = Burst { clock, book: &mut book, costly: &mut costly, wrong_source: &mut wrong_source };
+                    if let Some(p) = priority.as_ref() {
+                        taken += burst.take(role, p, &mut batch);
                     }
-                    book.received += batch.len() as u64;
-                    more = taken < MAX_BURST
-                        && udp_batch::try_recv_many(udp, &mut batch).is_ok_and(|n| n > 0);
+                    taken += burst.take(role, udp, &mut batch);
                 }
                 let now = clock.now();
                 for (from, message) in costly.iter() {
@@ -270,6 +257,7 @@ pub async fn run<R: Role, K: Kernel>(
             life.notify.reloading();
             let r = reload(role, kernel, life, now);
             book.peers_changed();
+            book.moves += 1;
             match &r {
                 Ok(c) => info!(
                     added = ?c.added,
@@ -286,11 +274,109 @@ pub async fn run<R: Role, K: Kernel>(
             execute(role, kernel, udp, now, life, &mut actions, &mut book).await?;
             life.notify.ready();
         }
+        steered.refresh(role, udp, priority.is_some(), book.moves);
         book.tick(R::NAME, now.mono, kernel.errors());
         // Only a loop that turns pings: one stuck anywhere gets restarted.
         life.notify.ping_if_due(clock.mono());
         if full_burst {
             tokio::task::yield_now().await;
+        }
+    }
+}
+
+/// Waits until `main` or `priority` has datagrams queued.
+async fn readable(main: &UdpSocket, priority: Option<&UdpSocket>) -> std::io::Result<()> {
+    match priority {
+        None => main.readable().await,
+        Some(p) => tokio::select! {
+            r = p.readable() => r,
+            r = main.readable() => r,
+        },
+    }
+}
+
+/// What one burst of reads updates besides the machine.
+struct Burst<'a> {
+    clock: &'a Clock,
+    book: &'a mut Logbook,
+    costly: &'a mut Deferred,
+    wrong_source: &'a mut u64,
+}
+
+impl Burst<'_> {
+    /// Reads what `sock` has queued, up to [`MAX_BURST`] datagrams, and
+    /// feeds the machine all but the costly ones, which it keeps within
+    /// their budget (the excess is shed). Returns how many it read.
+    fn take<R: Role>(&mut self, role: &mut R, sock: &UdpSocket, batch: &mut RecvBatch) -> usize {
+        let mut taken = 0;
+        while taken < MAX_BURST && udp_batch::try_recv_many(sock, batch).is_ok_and(|n| n > 0) {
+            // One clock read per receive call, not per datagram (without
+            // a vDSO each read is a system call).
+            let now = self.clock.now();
+            for d in (0..batch.len()).filter_map(|i| batch.get(i)) {
+                let from = d
+                    .from
+                    .map(|f| SocketAddr::new(f.ip().to_canonical(), f.port()))
+                    .filter(|from| role.accepts_from(*from));
+                match (from, rotor_core::wire::unframe(d.data)) {
+                    (Some(from), Some(message)) => {
+                        if role.machine().classify(from, message) != Class::Costly {
+                            handle(role, self.book, now, from, message);
+                        } else if !self.costly.push(from, message) {
+                            self.book.shed += 1;
+                        }
+                    }
+                    (None, _) => *self.wrong_source += 1,
+                    (Some(_), None) => self.book.unframed += 1,
+                }
+                taken += 1;
+            }
+            self.book.received += batch.len() as u64;
+        }
+        taken
+    }
+}
+
+/// The sources whose datagrams the kernel queues on the priority socket:
+/// every peer's IPv4 address, re-sent to the kernel when peers moved or a
+/// reload changed them.
+#[derive(Default)]
+struct Steering {
+    seen: Option<u64>,
+    sources: Vec<std::net::Ipv4Addr>,
+}
+
+impl Steering {
+    fn refresh<R: Role>(&mut self, role: &R, udp: &UdpSocket, on: bool, moves: u64) {
+        if !on || self.seen == Some(moves) {
+            return;
+        }
+        self.seen = Some(moves);
+        let mut sources: Vec<std::net::Ipv4Addr> = (0..role.peer_count())
+            .filter_map(|i| role.peer_addr(rotor_core::PeerId(u32::try_from(i).ok()?)))
+            .filter_map(|a| match a.ip().to_canonical() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        sources.sort_unstable();
+        sources.dedup();
+        if sources.len() > rotor_sys::steer::MAX_SOURCES {
+            // Too many for one program: one queue for all, as without.
+            sources.clear();
+        }
+        if sources == self.sources && !sources.is_empty() {
+            return;
+        }
+        match rotor_sys::steer::steer_sources(udp, &sources) {
+            Ok(()) => {
+                debug!(
+                    sources = sources.len(),
+                    "nodes at their addresses queue apart"
+                );
+                self.sources = sources;
+            }
+            Err(e) => warn!("the control socket's queue program: {e}; one queue for all"),
         }
     }
 }
@@ -474,6 +560,7 @@ async fn execute<R: Role, K: Kernel>(
         } = a
         {
             role.peer_moved(*peer, *to);
+            book.moves += 1;
         }
     }
     let mut framed: Vec<(SocketAddr, Vec<u8>)> = Vec::new();

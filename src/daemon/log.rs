@@ -36,6 +36,9 @@ pub struct Logbook {
     /// Datagrams the machine classified costly ([`rotor_core::Class`]) and
     /// a burst had no budget left for: never shown to the machine.
     pub shed: u64,
+    /// Peer paths changed (moves, reloads) since the start: the event
+    /// loop re-steers its queues when this changes.
+    pub moves: u64,
 }
 
 /// Datagrams the machine has dropped for an unknown SPI so far: compared
@@ -56,6 +59,7 @@ impl Logbook {
             sent: 0,
             unframed: 0,
             shed: 0,
+            moves: 0,
         }
     }
 

@@ -15,7 +15,9 @@
 //!   (`IP_XFRM_POLICY`/`IPV6_XFRM_POLICY`);
 //! * [`process`]: `malloc_trim(3)`, keeping the process out of core dumps, CPU time from `getrusage(2)`, a private
 //!   network namespace for the calling thread;
-//! * [`signal`]: SIGPIPE back to its default, and SIGTERM/SIGINT as a flag.
+//! * [`signal`]: SIGPIPE back to its default, and SIGTERM/SIGINT as a flag;
+//! * [`steer`]: a port's `SO_REUSEPORT` group and the classic BPF program
+//!   that queues datagrams from chosen sources on its second socket.
 //!
 //! Every `unsafe` block carries a `// SAFETY:` comment saying why the
 //! pointers it hands to the kernel are valid for as long as the kernel uses
@@ -29,5 +31,6 @@ pub mod mmsg;
 pub mod process;
 pub mod signal;
 pub mod sockopt;
+pub mod steer;
 
 pub use process::{keep_out_of_core_dumps, malloc_trim};
