@@ -71,6 +71,13 @@ calm=($r1-$r0)/($t1-$t0); flood=($r2-$r1)/($t2-$t1)
 print(f'{calm:.2f} {flood:.2f} {($m2-$m1)/($t2-$t1):.0f}')")"
 echo "FLOOD: rotations/s without the flood $calm_rate, under it $flood_rate ($(python3 -c "print(round(100*$flood_rate/$calm_rate))") %); junk sent $sent in $((FLOOD - 1)) s by $SENDERS senders ($((sent / (FLOOD - 1)))/s); the hub received ${junk_rate} datagrams/s under the flood, UDP receive-buffer overflows at the hub $((${b2:-0} - ${b1:-0}))"
 echo "  hub drops by reason: $(hub_status | python3 -c "import json,sys; print(json.dumps(json.load(sys.stdin)['drops'], sort_keys=True))")"
+# The hub's two queues on the control port (the nodes' and everyone
+# else's): the kernel's drop count of each (the last column of
+# /proc/net/udp; UML's kernel has no udp_diag for `ss`). 4820 = 0x12D4.
+queues=$(ip netns exec hub awk '$2 ~ /:12D4$/ { print $NF }' /proc/net/udp | sort -n | tr '\n' ' ')
+echo "  the hub's control-port queues, datagrams the kernel dropped from each: $queues"
+check "F1: the hub has two queues on its control port (got: $queues)" test "$(echo $queues | wc -w)" -eq 2
+check "F1: the nodes' queue dropped nothing, the junk's overflowed" test "$(echo $queues | awk '{ print ($1 == 0 && $2 > 0) }')" = 1
 check "F1: zero probe packets lost, both directions, every node" probe_report $N || net_drops
 for i in $(seq 1 $N); do
 	check "F1: n$i never re-initialised (inits $(peer_field "n$i" inits))" test "$(peer_field "n$i" inits)" -eq 1

@@ -15,7 +15,10 @@
 //! what would cost a key derivation or an AEAD and comes from elsewhere (a
 //! moved node, or a flood of forgeries under a node's public init SPI) is
 //! handled after the rest of the burst, at most [`COSTLY_PER_BURST`] of
-//! them; the excess is shed unread (counted as `shed`).
+//! them; the excess is shed unread (counted as `shed`). Before that, a
+//! hub's kernel already queued the datagrams from its nodes' addresses on a
+//! socket of their own ([`rotor_sys::steer`]), read first: a flood from
+//! elsewhere overflows only the other queue.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
