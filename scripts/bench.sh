@@ -57,6 +57,13 @@
 # at the end (analyse with callgrind_annotate). CPU figures of a profiled run
 # are not comparable.
 #
+# --flood K (K rounds, default 0: none) then measures K more rounds while
+# `rotor-loadgen flood` floods the hub's control port from the load
+# namespace's own address (inits forged under 3 nodes' real init SPIs,
+# random SPIs), as fast as it sends, and prints one line: rotations per
+# wall second calm and under the flood, the junk rate sent, the hub's
+# intake, its CPU per rotation, and its drops by reason.
+#
 # --syscalls attaches strace -c to the hub during the measured rounds and
 # prints its system-call counts (CPU figures of such a run are not comparable).
 #
@@ -79,6 +86,7 @@ MAX_PENDING=256
 HUB_LOG=warn
 PROFILE=0
 SYSCALLS=0
+FLOOD_ROUNDS=0
 STRONGSWAN=0
 MEM=
 TIMEOUT=
@@ -103,6 +111,7 @@ while [ $# -gt 0 ]; do
 	--hub-log) HUB_LOG=${2:-}; shift 2 ;;
 	--profile) PROFILE=1; shift ;;
 	--syscalls) SYSCALLS=1; shift ;;
+	--flood) FLOOD_ROUNDS=${2:-}; shift 2 ;;
 	--addressing) ADDRESSING=${2:-}; shift 2 ;;
 	--state) STATE_FS=${2:-}; shift 2 ;;
 	--strongswan) STRONGSWAN=1; shift ;;
@@ -152,6 +161,7 @@ if [ "$INSIDE" = 0 ]; then
 	cp "$ROOT/scripts/bench.sh" "$COPY"
 	trap 'rm -f "$OUT" "$COPY"' EXIT
 	args=(--inside --n "$NS_LIST" --state "$STATE_FS" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
+	[ "${FLOOD_ROUNDS:-0}" -gt 0 ] && args+=(--flood "$FLOOD_ROUNDS")
 	[ "$PROFILE" = 1 ] && args+=(--profile)
 	[ "$SYSCALLS" = 1 ] && args+=(--syscalls)
 	# Progress goes to stderr; the results are the BENCH-JSON lines.
@@ -443,6 +453,36 @@ for N in "${NS[@]}"; do
 	msgs_per_cpu_s=$(fdiv "$msgs" "$rot_cpu_s")
 	user_share=$(fdiv "$rot_user" $((rot_user + rot_sys)))
 
+	# --- rounds under a flood ---
+	EXTRA=0
+	if [ "${FLOOD_ROUNDS:-0}" -gt 0 ]; then
+		fl_wall=0; fl_cpu=0
+		fm0=$(pf '.sent + .received')
+		hr0=$(ip netns exec hub "$ROTOR" status --socket "$SOCK" --json | jq '.control_received')
+		ip netns exec load "$LOADGEN" flood --to 10.0.0.1:4820 --duration 600s \
+			--keys "$D/keys/n0.key,$D/keys/n1.key,$D/keys/n2.key" >"$W/flood.json" 2>&1 &
+		FL_PID=$!
+		sleep 1
+		ft0=$(now_ms)
+		for r in $(seq 1 "$FLOOD_ROUNDS"); do
+			c0=$(cpu_ns "$HUB_PID"); t0=$(now_ms)
+			hub_rotate "$SOCK" || complete=false
+			wait_sync $((N * (R + r + 1))) $(((60 + N / 100) * TF)) || complete=false
+			t1=$(pf '.all_in_sync_unix_ms // empty')
+			sleep "$GRACE_S".3
+			c1=$(cpu_ns "$HUB_PID")
+			fl_cpu=$((fl_cpu + c1 - c0)); fl_wall=$((fl_wall + ${t1:-$(now_ms)} - t0))
+			log "N=$N: round $r under the flood: $(( ${t1:-$(now_ms)} - t0 )) ms wall, hub $(( (c1 - c0) / 1000000 )) ms CPU"
+		done
+		ft1=$(now_ms)
+		hr1=$(ip netns exec hub "$ROTOR" status --socket "$SOCK" --json | jq '.control_received')
+		kill -INT "$FL_PID" 2>/dev/null; kill "$FL_PID" 2>/dev/null; wait "$FL_PID" 2>/dev/null
+		fm1=$(pf '.sent + .received')
+		junk=$(( hr1 - hr0 - (fm1 - fm0) / 2 ))
+		log "N=$N: FLOOD: rotations per wall second calm $(fdiv $((N * R * 1000)) "$rot_wall"), under the flood $(fdiv $((N * FLOOD_ROUNDS * 1000)) "$fl_wall") ($(fdiv $((100 * rot_wall * FLOOD_ROUNDS)) $((fl_wall * R))) %); hub us per rotation calm $hub_us, under the flood $(fdiv "$fl_cpu" $((N * FLOOD_ROUNDS * 1000))); junk read by the hub $(fdiv $((junk * 1000)) $((ft1 - ft0)))/s; hub drops $(ip netns exec hub "$ROTOR" status --socket "$SOCK" --json | jq -c '.drops'); UDP RcvbufErrors at the hub $(ip netns exec hub nstat -az UdpRcvbufErrors | awk '$1 == "UdpRcvbufErrors" { print $2 }')"
+		EXTRA=$FLOOD_ROUNDS
+	fi
+
 	# --- memory, drops, state ---
 	rss=$(rss_kb "$HUB_PID"); hwm=$(hwm_kb "$HUB_PID")
 	# --- restart: SIGTERM, start again with the same config and state ---
@@ -484,7 +524,7 @@ for N in "${NS[@]}"; do
 	hub_kernel_errors=$(jq '.kernel_errors' <<<"$st")
 	hub_in_sync=$(jq '[.peers[] | select(.state == "in_sync")] | length' <<<"$st")
 	# init (1), the warm-up, R measured rounds, the rotation after the restart
-	want_gen=$((R + 3))
+	want_gen=$((R + EXTRA + 3))
 	hub_at_gen=$(jq --argjson g "$want_gen" '[.peers[] | select(.generation >= $g)] | length' <<<"$st")
 	hub_resends=$(jq '[.peers[].resends] | add' <<<"$st")
 	hub_inits=$(jq '[.peers[].inits] | add' <<<"$st")

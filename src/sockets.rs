@@ -6,7 +6,7 @@ use std::os::unix::fs::{FileTypeExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, bail};
-use rotor_sys::sockopt;
+use rotor_sys::{sockopt, steer};
 use rotor_xfrm::{Family, bypass_ipsec};
 use rustix::fs::Mode;
 use rustix::process::umask;
@@ -21,10 +21,50 @@ const UDP_BUFFER: usize = 8 * 1024 * 1024;
 /// ESP-in-UDP endpoint of its port (RFC 3948: ESP of peers behind a NAT
 /// arrives there; control datagrams carry the non-ESP marker) and enlarges
 /// its buffers. Non-blocking, ready for tokio.
+///
+/// An IPv4 socket is the first member of its port's `SO_REUSEPORT` group,
+/// with a program that queues every datagram on it (see
+/// [`bind_priority_udp`]); the port must be free (checked with a plain
+/// bind first), as without the group.
 pub fn bind_control_udp(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
-    let sock = UdpSocket::bind(addr).with_context(|| {
-        format!("binding the UDP control channel on {addr} (is another rotor running, or the address not configured here?)")
-    })?;
+    let in_use = || {
+        format!(
+            "binding the UDP control channel on {addr} (is another rotor running, or the address not configured here?)"
+        )
+    };
+    let sock = UdpSocket::bind(addr).with_context(in_use)?;
+    let sock = if addr.is_ipv4() && addr.port() != 0 {
+        // The plain bind proved the port free; the group's first member
+        // takes its place, and its program keeps any later member deaf.
+        drop(sock);
+        let sock = steer::bind_reuseport(addr).with_context(in_use)?;
+        steer::steer_sources(&sock, &[])
+            .with_context(|| format!("the control socket {addr}'s queue program"))?;
+        sock
+    } else {
+        sock
+    };
+    configure(sock, addr)
+}
+
+/// A second control socket on `main`'s port, in its `SO_REUSEPORT` group,
+/// set up as `main` is: [`steer::steer_sources`] on either makes the kernel
+/// queue the datagrams from the listed sources on this one, so that a
+/// flood from elsewhere never shares their queue. Fails unless `main` came
+/// from [`bind_control_udp`] with an IPv4 address.
+pub fn bind_priority_udp(main: &tokio::net::UdpSocket) -> anyhow::Result<tokio::net::UdpSocket> {
+    let addr = main.local_addr()?;
+    if !addr.is_ipv4() {
+        bail!("a priority queue needs an IPv4 control socket");
+    }
+    let sock = steer::bind_reuseport(addr)
+        .with_context(|| format!("joining the control socket {addr}'s group"))?;
+    configure(sock, addr)
+}
+
+/// Exempts `sock` (bound at `addr`) from IPsec, makes it the ESP-in-UDP
+/// endpoint, enlarges its buffers, and hands it to tokio.
+fn configure(sock: UdpSocket, addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
     let family = if addr.is_ipv4() {
         Family::V4
     } else {

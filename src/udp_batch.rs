@@ -4,8 +4,9 @@
 //! A hub rotating thousands of nodes receives a burst of hellos and sends a
 //! burst of keys; one system call per datagram dominated its CPU in the scale
 //! benchmark (docs/performance.md). The SPI names the peer, not the source
-//! address; the event loop receives addresses only so a node can shed
-//! datagrams that do not come from its hub.
+//! address; the event loop receives addresses so that a node can shed
+//! datagrams that do not come from its hub, and a hub can tell a node at
+//! its place from anyone else before any cryptography.
 
 use std::io;
 use std::net::SocketAddr;

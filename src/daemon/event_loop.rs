@@ -8,11 +8,22 @@
 //! control calls, and after a full burst it yields to the runtime so the
 //! control connections (and tokio's drivers) run. A socket kept full of junk
 //! therefore costs throughput, never timers, retries or `rotor status`.
+//!
+//! Priority: every datagram of a burst is classified before any
+//! cryptography ([`Machine::classify`]). What comes from where its peer is,
+//! and what is dropped for nanoseconds anyway, is handled in arrival order;
+//! what would cost a key derivation or an AEAD and comes from elsewhere (a
+//! moved node, or a flood of forgeries under a node's public init SPI) is
+//! handled after the rest of the burst, at most [`COSTLY_PER_BURST`] of
+//! them; the excess is shed unread (counted as `shed`). Before that, a
+//! hub's kernel already queued the datagrams from its nodes' addresses on a
+//! socket of their own ([`rotor_sys::steer`]), read first: a flood from
+//! elsewhere overflows only the other queue.
 
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 
-use rotor_core::{Action, DropReason, Machine, Now, SaDir, Time};
+use rotor_core::{Action, Class, DropReason, Machine, Now, SaDir, Time};
 use rotor_xfrm::{Kernel, KernelEvent, Monitor, Op, PolicyId, SaId};
 use tokio::io::unix::AsyncFd;
 use tokio::net::UdpSocket;
@@ -38,6 +49,12 @@ use crate::udp_batch::{self, RecvBatch};
 /// (hellos after `rotate --all`) is taken whole up to this, so its kernel
 /// changes go in one netlink batch and its replies in few sendmmsg calls.
 pub const MAX_BURST: usize = 1024;
+/// Costly datagrams ([`Class::Costly`]) handled per burst, after the
+/// burst's others. A flood of forgeries under nodes' init SPIs then costs
+/// the hub at most this many key derivations per burst, while a node that
+/// moved still gets through (its next hello, if a flood took this burst's
+/// budget).
+pub const COSTLY_PER_BURST: usize = 32;
 /// Control calls answered per loop turn, beyond the one that woke it.
 pub const CALLS_PER_TURN: usize = 8;
 
@@ -127,6 +144,13 @@ pub async fn run<R: Role, K: Kernel>(
     life.notify.ready();
     // Datagrams shed for their source, shown with the machine's drops.
     let mut wrong_source: u64 = 0;
+    let mut costly = Deferred::default();
+    // A hub's nodes at their addresses get a kernel queue of their own.
+    let priority = (R::NAME == "hub")
+        .then(|| crate::sockets::bind_priority_udp(udp).ok())
+        .flatten();
+    let mut steered = Steering::default();
+    steered.refresh(role, udp, priority.is_some(), book.moves);
     loop {
         // The core's next timer, or a refused kernel operation's retry; an
         // early wake-up is harmless (only what is due fires).
@@ -146,34 +170,20 @@ pub async fn run<R: Role, K: Kernel>(
                 life.notify.stopping();
                 return Ok(());
             }
-            r = udp_batch::recv_many(udp, &mut batch) => {
-                let mut more = r.is_ok();
+            r = readable(udp, priority.as_ref()) => {
+                costly.clear();
                 let mut taken = 0;
-                while more {
-                    // One clock read per receive call, not per datagram
-                    // (without a vDSO each read is a system call).
-                    let now = clock.now();
-                    for d in (0..batch.len()).filter_map(|i| batch.get(i)) {
-                        let from = d
-                            .from
-                            .map(|f| SocketAddr::new(f.ip().to_canonical(), f.port()))
-                            .filter(|from| role.accepts_from(*from));
-                        match (from, rotor_core::wire::unframe(d.data)) {
-                            (Some(from), Some(message)) => {
-                                let unknown = log::unknown_spis(role.machine());
-                                role.machine_mut().handle_datagram(now, from, message);
-                                if log::unknown_spis(role.machine()) != unknown {
-                                    book.unknown_spi_from(role, from, now.mono);
-                                }
-                            }
-                            (None, _) => wrong_source += 1,
-                            (Some(_), None) => book.unframed += 1,
-                        }
-                        taken += 1;
+                if r.is_ok() {
+                    // The nodes' own queue first, whole, then the rest.
+                    let mut burst = Burst { clock, book: &mut book, costly: &mut costly, wrong_source: &mut wrong_source };
+                    if let Some(p) = priority.as_ref() {
+                        taken += burst.take(role, p, &mut batch);
                     }
-                    book.received += batch.len() as u64;
-                    more = taken < MAX_BURST
-                        && udp_batch::try_recv_many(udp, &mut batch).is_ok_and(|n| n > 0);
+                    taken += burst.take(role, udp, &mut batch);
+                }
+                let now = clock.now();
+                for (from, message) in costly.iter() {
+                    handle(role, &mut book, now, from, message);
                 }
                 full_burst = taken >= MAX_BURST;
             }
@@ -251,6 +261,7 @@ pub async fn run<R: Role, K: Kernel>(
             life.notify.reloading();
             let r = reload(role, kernel, life, now);
             book.peers_changed();
+            book.moves += 1;
             match &r {
                 Ok(c) => info!(
                     added = ?c.added,
@@ -267,12 +278,154 @@ pub async fn run<R: Role, K: Kernel>(
             execute(role, kernel, udp, now, life, &mut actions, &mut book).await?;
             life.notify.ready();
         }
+        steered.refresh(role, udp, priority.is_some(), book.moves);
         book.tick(R::NAME, now.mono, kernel.errors());
         // Only a loop that turns pings: one stuck anywhere gets restarted.
         life.notify.ping_if_due(clock.mono());
         if full_burst {
             tokio::task::yield_now().await;
         }
+    }
+}
+
+/// Waits until `main` or `priority` has datagrams queued.
+async fn readable(main: &UdpSocket, priority: Option<&UdpSocket>) -> std::io::Result<()> {
+    match priority {
+        None => main.readable().await,
+        Some(p) => tokio::select! {
+            r = p.readable() => r,
+            r = main.readable() => r,
+        },
+    }
+}
+
+/// What one burst of reads updates besides the machine.
+struct Burst<'a> {
+    clock: &'a Clock,
+    book: &'a mut Logbook,
+    costly: &'a mut Deferred,
+    wrong_source: &'a mut u64,
+}
+
+impl Burst<'_> {
+    /// Reads what `sock` has queued, up to [`MAX_BURST`] datagrams, and
+    /// feeds the machine all but the costly ones, which it keeps within
+    /// their budget (the excess is shed). Returns how many it read.
+    fn take<R: Role>(&mut self, role: &mut R, sock: &UdpSocket, batch: &mut RecvBatch) -> usize {
+        let mut taken = 0;
+        while taken < MAX_BURST && udp_batch::try_recv_many(sock, batch).is_ok_and(|n| n > 0) {
+            // One clock read per receive call, not per datagram (without
+            // a vDSO each read is a system call).
+            let now = self.clock.now();
+            for d in (0..batch.len()).filter_map(|i| batch.get(i)) {
+                let from = d
+                    .from
+                    .map(|f| SocketAddr::new(f.ip().to_canonical(), f.port()))
+                    .filter(|from| role.accepts_from(*from));
+                match (from, rotor_core::wire::unframe(d.data)) {
+                    (Some(from), Some(message)) => {
+                        if role.machine().classify(from, message) != Class::Costly {
+                            handle(role, self.book, now, from, message);
+                        } else if !self.costly.push(from, message) {
+                            self.book.shed += 1;
+                        }
+                    }
+                    (None, _) => *self.wrong_source += 1,
+                    (Some(_), None) => self.book.unframed += 1,
+                }
+                taken += 1;
+            }
+            self.book.received += batch.len() as u64;
+        }
+        taken
+    }
+}
+
+/// The sources whose datagrams the kernel queues on the priority socket:
+/// every peer's IPv4 address, re-sent to the kernel when peers moved or a
+/// reload changed them.
+#[derive(Default)]
+struct Steering {
+    seen: Option<u64>,
+    sources: Vec<std::net::Ipv4Addr>,
+}
+
+impl Steering {
+    fn refresh<R: Role>(&mut self, role: &R, udp: &UdpSocket, on: bool, moves: u64) {
+        if !on || self.seen == Some(moves) {
+            return;
+        }
+        self.seen = Some(moves);
+        let mut sources: Vec<std::net::Ipv4Addr> = (0..role.peer_count())
+            .filter_map(|i| role.peer_addr(rotor_core::PeerId(u32::try_from(i).ok()?)))
+            .filter_map(|a| match a.ip().to_canonical() {
+                std::net::IpAddr::V4(v4) => Some(v4),
+                std::net::IpAddr::V6(_) => None,
+            })
+            .collect();
+        sources.sort_unstable();
+        sources.dedup();
+        if sources.len() > rotor_sys::steer::MAX_SOURCES {
+            // Too many for one program: one queue for all, as without.
+            sources.clear();
+        }
+        if sources == self.sources && !sources.is_empty() {
+            return;
+        }
+        match rotor_sys::steer::steer_sources(udp, &sources) {
+            Ok(()) => {
+                debug!(
+                    sources = sources.len(),
+                    "nodes at their addresses queue apart"
+                );
+                self.sources = sources;
+            }
+            Err(e) => warn!("the control socket's queue program: {e}; one queue for all"),
+        }
+    }
+}
+
+/// Feeds one datagram to the machine; a drop for an unknown SPI from a
+/// peer's address is worth a warning (a wrong key, usually).
+fn handle<R: Role>(role: &mut R, book: &mut Logbook, now: Now, from: SocketAddr, message: &[u8]) {
+    let unknown = log::unknown_spis(role.machine());
+    role.machine_mut().handle_datagram(now, from, message);
+    if log::unknown_spis(role.machine()) != unknown {
+        book.unknown_spi_from(role, from, now.mono);
+    }
+}
+
+/// The costly datagrams of one burst, copied out of the receive buffers
+/// (which the burst's next receive reuses): at most [`COSTLY_PER_BURST`],
+/// in one buffer kept from burst to burst.
+#[derive(Default)]
+struct Deferred {
+    data: Vec<u8>,
+    items: Vec<(SocketAddr, usize, usize)>,
+}
+
+impl Deferred {
+    fn clear(&mut self) {
+        self.data.clear();
+        self.items.clear();
+    }
+
+    /// Keeps `message` from `from`; `false` (nothing kept) once the burst's
+    /// budget is spent.
+    fn push(&mut self, from: SocketAddr, message: &[u8]) -> bool {
+        if self.items.len() >= COSTLY_PER_BURST {
+            return false;
+        }
+        let at = self.data.len();
+        self.data.extend_from_slice(message);
+        self.items.push((from, at, message.len()));
+        true
+    }
+
+    fn iter(&self) -> impl Iterator<Item = (SocketAddr, &[u8])> + '_ {
+        self.items
+            .iter()
+            .filter_map(|&(from, at, len)| Some((from, self.data.get(at..at + len)?)))
     }
 }
 
@@ -411,6 +564,7 @@ async fn execute<R: Role, K: Kernel>(
         } = a
         {
             role.peer_moved(*peer, *to);
+            book.moves += 1;
         }
     }
     let mut framed: Vec<(SocketAddr, Vec<u8>)> = Vec::new();
@@ -595,6 +749,9 @@ fn answer<R: Role, K: Kernel>(
                 }
                 if book.unframed > 0 {
                     drops.insert("no_marker".to_string(), book.unframed);
+                }
+                if book.shed > 0 {
+                    drops.insert("shed".to_string(), book.shed);
                 }
                 StatusHead {
                     role: R::NAME.to_string(),

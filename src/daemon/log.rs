@@ -33,6 +33,12 @@ pub struct Logbook {
     /// Datagrams on the control port without the non-ESP marker (and not
     /// taken as ESP by the kernel): never shown to the machine.
     pub unframed: u64,
+    /// Datagrams the machine classified costly ([`rotor_core::Class`]) and
+    /// a burst had no budget left for: never shown to the machine.
+    pub shed: u64,
+    /// Peer paths changed (moves, reloads) since the start: the event
+    /// loop re-steers its queues when this changes.
+    pub moves: u64,
 }
 
 /// Datagrams the machine has dropped for an unknown SPI so far: compared
@@ -52,6 +58,8 @@ impl Logbook {
             received: 0,
             sent: 0,
             unframed: 0,
+            shed: 0,
+            moves: 0,
         }
     }
 

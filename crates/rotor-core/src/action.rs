@@ -145,6 +145,16 @@ pub enum DropReason {
     BadEphemeral,
     /// Authenticated, but refers to a generation we cannot use.
     StaleGeneration,
+    /// Authenticated, but answers nothing this side sent (an ack echoing
+    /// no hello of ours).
+    Unsolicited,
+    /// Authenticated, but the node's budget for what it asks (an init, a
+    /// resend) is spent (see `hub::INITS`, `hub::RESENDS`): not answered.
+    RateLimited,
+    /// A hello's requested rotation was not made, for the node's budget
+    /// (`hub::REQUESTED_ROTATIONS`) or the cap on SAs awaiting deletion:
+    /// answered with an ack, granted at a later hello.
+    RotationDeferred,
 }
 
 impl DropReason {
@@ -164,6 +174,9 @@ impl DropReason {
             DropReason::InitClockSkew => "init_clock_skew",
             DropReason::BadEphemeral => "bad_ephemeral",
             DropReason::StaleGeneration => "stale_generation",
+            DropReason::Unsolicited => "unsolicited",
+            DropReason::RateLimited => "rate_limited",
+            DropReason::RotationDeferred => "rotation_deferred",
         }
     }
 }

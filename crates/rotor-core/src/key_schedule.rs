@@ -189,6 +189,16 @@ pub fn init_request_key(psk: &Secret32, node: &str, node_nonce: &[u8; 32]) -> Co
     ControlKey(k)
 }
 
+/// Key of the MAC that ends the hub's reply to the init with `node_nonce`
+/// (`wire::INIT_REPLY_MAC_LEN`): from the PSK and the nonce alone, so the
+/// node checks a reply before it computes the X25519 its AEAD key needs.
+pub fn init_reply_mac_key(psk: &Secret32, node: &str, node_nonce: &[u8; 32]) -> ControlKey {
+    let hk = Hkdf::<Sha256>::new(Some(node_nonce), psk.expose());
+    let mut k = [0u8; 32];
+    expand(&hk, &[b"rotor/2 init-reply-mac", node.as_bytes()], &mut k);
+    ControlKey(k)
+}
+
 /// Key of the hub's init reply: PSK + X25519 shared secret + both nonces.
 /// Learning the PSK later does not reveal it (forward secrecy), as long as the
 /// ephemeral keys are gone.

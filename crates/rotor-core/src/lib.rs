@@ -47,7 +47,7 @@ pub use action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 pub use config::{ConfigError, HubConfig, NodeConfig, NodeSpec};
 pub use hub::Hub;
 pub use key_schedule::KeyBits;
-pub use machine::Machine;
+pub use machine::{Class, Machine};
 pub use names::NameTable;
 pub use node::Node;
 pub use persist::{KernelView, RecordError, RestoreReport};

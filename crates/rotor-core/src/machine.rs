@@ -6,6 +6,25 @@ use std::net::SocketAddr;
 
 use crate::action::{Action, DropReason, Now, Time};
 
+/// How much a received datagram may cost, judged before any cryptography
+/// from its header and where it came from ([`Machine::classify`]). A driver
+/// under load serves [`Class::Priority`] first and spends only a bounded
+/// budget on [`Class::Costly`]; the machine itself authenticates every
+/// message whatever its class.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Class {
+    /// Names a key of the peer it came from, as that peer is known to be
+    /// reached: most likely genuine, served first.
+    Priority,
+    /// Dropped before any cryptography whatever it holds (framing, an
+    /// unknown or retired SPI, a replayed counter): handling it costs
+    /// nanoseconds.
+    Cheap,
+    /// Names a peer's key but comes from elsewhere (a peer that moved, or a
+    /// forgery): checking it costs a key derivation or an AEAD.
+    Costly,
+}
+
 /// A sans-IO state machine: time and datagrams go in, [`Action`]s come out.
 ///
 /// The driver's loop: feed every received datagram to
@@ -34,4 +53,12 @@ pub trait Machine {
 
     /// Datagrams dropped so far, by reason.
     fn drops(&self) -> &BTreeMap<DropReason, u64>;
+
+    /// What handling `data` from `from` may cost (see [`Class`]): reads the
+    /// header only and changes nothing. A machine that talks to one known
+    /// peer (a node) serves everything alike.
+    fn classify(&self, from: SocketAddr, data: &[u8]) -> Class {
+        let _ = (from, data);
+        Class::Priority
+    }
 }

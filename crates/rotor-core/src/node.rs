@@ -28,7 +28,8 @@ use crate::action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 use crate::config::{ConfigError, NodeConfig};
 use crate::generation::{EspKeys, Generation};
 use crate::key_schedule::{
-    init_request_key, init_session_key, init_spi, ratchet_secret, record_psk_tag,
+    init_reply_mac_key, init_request_key, init_session_key, init_spi, ratchet_secret,
+    record_psk_tag,
 };
 use crate::machine::Machine;
 use crate::persist::{self, GenRecord, KernelView, Kind, Record, RestoreReport};
@@ -53,6 +54,8 @@ pub const HELLOS_PER_RETRY: u32 = 4;
 struct PendingInit {
     nonce: [u8; 32],
     eph: StaticSecret,
+    /// The key of the reply's MAC, checked before the X25519.
+    reply_mac: crate::secret::ControlKey,
     datagram: Vec<u8>,
     created: Time,
 }
@@ -358,6 +361,7 @@ impl Node {
             datagram: datagram.clone(),
         });
         self.pending = Some(PendingInit {
+            reply_mac: init_reply_mac_key(&self.cfg.psk, &self.cfg.name, &nonce),
             nonce,
             eph,
             datagram,
@@ -458,7 +462,11 @@ impl Node {
         }
         .ok_or(DropReason::UnknownSpi)?;
         match msg {
-            Message::Ack { .. } => {
+            Message::Ack { hello, .. } => {
+                // Only an answer to a hello we sent under this generation.
+                if hello >= g.tx_counter {
+                    return Err(DropReason::Unsolicited);
+                }
                 g.rx_window.commit(counter);
                 self.answered(now);
                 Ok(())
@@ -588,6 +596,9 @@ impl Node {
     fn init_reply(&mut self, now: Time, dg: &wire::Datagram<'_>) -> Result<(), DropReason> {
         let reply = dg.init_reply().ok_or(DropReason::UnexpectedType)?;
         let p = self.pending.as_ref().ok_or(DropReason::StaleGeneration)?;
+        // The MAC first: a forged reply under our (public) init SPI costs
+        // an HMAC, not an X25519.
+        dg.check_mac(&p.reply_mac).map_err(DropReason::Wire)?;
         let shared = p.eph.diffie_hellman(&PublicKey::from(reply.hub_pub));
         if !shared.was_contributory() {
             return Err(DropReason::BadEphemeral);

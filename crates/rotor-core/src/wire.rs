@@ -20,6 +20,8 @@ use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 
 use chacha20poly1305::aead::{AeadInPlace, KeyInit};
 use chacha20poly1305::{ChaCha20Poly1305, Key, Nonce, Tag};
+use hkdf::hmac::{Hmac, Mac};
+use sha2::Sha256;
 
 use crate::secret::{ControlKey, Secret32};
 
@@ -45,6 +47,10 @@ pub const FLAG_INIT_REPLY: u16 = 0x0001;
 /// come from another address or port than the node said it sent from (a
 /// NAT on the path), so both ends carry ESP in UDP (RFC 3948).
 pub const FLAG_NAT: u16 = 0x0002;
+/// Length of the MAC that ends an init reply, after its AEAD tag: a node
+/// checks it, under a key of its own init (PSK and nonce), before it
+/// spends an X25519 on the reply ([`Datagram::check_mac`]).
+pub const INIT_REPLY_MAC_LEN: usize = 16;
 /// Length of an endpoint on the wire: the IPv6 address (IPv4 as
 /// IPv4-mapped `::ffff:a.b.c.d`) then the port.
 pub const ENDPOINT_LEN: usize = 18;
@@ -207,6 +213,9 @@ pub enum Message {
         counter: u64,
         /// Hub's latest generation.
         generation: u64,
+        /// The counter of the hello it answers (sent under the same
+        /// generation): a node takes only an ack to a hello it sent.
+        hello: u64,
         /// The hub sees the node behind a NAT (flag [`FLAG_NAT`]).
         nat: bool,
     },
@@ -215,7 +224,7 @@ pub enum Message {
 const HELLO_LEN: usize = 9 + 32 + ENDPOINT_LEN;
 const INIT_LEN: usize = 40;
 const KEY_LEN: usize = 44 + 32;
-const ACK_LEN: usize = 8;
+const ACK_LEN: usize = 16;
 /// Longest body: the buffer [`Datagram::open`] decrypts into.
 const MAX_BODY_LEN: usize = KEY_LEN;
 
@@ -226,6 +235,33 @@ fn body_len(kind: MsgType) -> usize {
         MsgType::Key => KEY_LEN,
         MsgType::Ack => ACK_LEN,
     }
+}
+
+/// Bytes after the AEAD tag: the init reply's MAC, nothing else.
+fn trailer_len(kind: MsgType, flags: u16) -> usize {
+    if kind == MsgType::Key && flags & FLAG_INIT_REPLY != 0 {
+        INIT_REPLY_MAC_LEN
+    } else {
+        0
+    }
+}
+
+/// HMAC-SHA256 of `data` under `key`, as the first [`INIT_REPLY_MAC_LEN`]
+/// bytes.
+fn init_reply_mac(key: &ControlKey, data: &[u8]) -> [u8; INIT_REPLY_MAC_LEN] {
+    let mut out = [0u8; INIT_REPLY_MAC_LEN];
+    out.copy_from_slice(&mac_of(key, data).finalize().into_bytes()[..INIT_REPLY_MAC_LEN]);
+    out
+}
+
+fn mac_of(key: &ControlKey, data: &[u8]) -> Hmac<Sha256> {
+    // HMAC takes a key of any length: a 32-byte key never fails.
+    let mut m = match <Hmac<Sha256> as Mac>::new_from_slice(&key.0) {
+        Ok(m) => m,
+        Err(_) => unreachable!("HMAC-SHA256 refused a 32-byte key"),
+    };
+    m.update(data);
+    m
 }
 
 fn clear_len(kind: MsgType, flags: u16) -> Result<usize, WireError> {
@@ -323,18 +359,35 @@ impl Message {
         }
     }
 
-    /// Length of the sealed datagram (91, 104, 108, 172 or 40 bytes).
+    /// Length of the sealed datagram (91, 104, 108, 188 or 48 bytes).
     pub fn sealed_len(&self) -> usize {
         let h = self.header();
         // clear_len accepts every (kind, flags) a Message has.
-        HEADER_LEN + clear_len(h.kind, h.flags).unwrap_or(0) + body_len(h.kind) + TAG_LEN
+        HEADER_LEN
+            + clear_len(h.kind, h.flags).unwrap_or(0)
+            + body_len(h.kind)
+            + TAG_LEN
+            + trailer_len(h.kind, h.flags)
+    }
+
+    /// An init reply sealed under the init session key `session`, its MAC
+    /// under `mac_key` (the node's [`crate::key_schedule::init_reply_mac_key`]);
+    /// any other message as [`Self::seal`] seals it.
+    pub fn seal_init_reply(&self, session: &ControlKey, mac_key: &ControlKey) -> Vec<u8> {
+        self.seal_with(session, mac_key)
     }
 
     /// Encodes and seals the message under `key` (ChaCha20-Poly1305, nonce
     /// from the counter, header and clear extension authenticated). Cannot
     /// fail: the layout follows from the variant. One allocation, the
     /// datagram; the plaintext exists only inside it until encrypted in place.
+    /// An init reply's MAC is made under `key` too, which no node accepts:
+    /// the hub seals its replies with [`Self::seal_init_reply`].
     pub fn seal(&self, key: &ControlKey) -> Vec<u8> {
+        self.seal_with(key, key)
+    }
+
+    fn seal_with(&self, key: &ControlKey, mac_key: &ControlKey) -> Vec<u8> {
         let header = self.header();
         let mut out = Vec::with_capacity(self.sealed_len());
         out.extend_from_slice(&header.encode());
@@ -383,7 +436,12 @@ impl Message {
                 out.extend_from_slice(secret.expose());
                 out.extend_from_slice(hub_share);
             }
-            Message::Ack { generation, .. } => out.extend_from_slice(&generation.to_be_bytes()),
+            Message::Ack {
+                generation, hello, ..
+            } => {
+                out.extend_from_slice(&generation.to_be_bytes());
+                out.extend_from_slice(&hello.to_be_bytes());
+            }
         }
         let aead = ChaCha20Poly1305::new(Key::from_slice(&key.0));
         let (aad, body) = out.split_at_mut(aad_len);
@@ -398,6 +456,10 @@ impl Message {
             Err(_) => unreachable!("ChaCha20-Poly1305 refused a {}-byte body", body.len()),
         };
         out.extend_from_slice(&tag);
+        if trailer_len(header.kind, header.flags) > 0 {
+            let mac = init_reply_mac(mac_key, &out);
+            out.extend_from_slice(&mac);
+        }
         out
     }
 }
@@ -412,6 +474,10 @@ pub struct Datagram<'a> {
     pub clear: &'a [u8],
     aad: &'a [u8],
     sealed: &'a [u8],
+    /// Everything before the trailer, and the trailer (an init reply's MAC;
+    /// empty for every other message).
+    maced: &'a [u8],
+    trailer: &'a [u8],
 }
 
 /// Checks a datagram's framing. Never panics, whatever the input.
@@ -425,7 +491,9 @@ pub fn parse(buf: &[u8]) -> Result<Datagram<'_>, WireError> {
     let kind = MsgType::from_u8(buf[1]).ok_or(WireError::UnknownType)?;
     let flags = u16::from_be_bytes([buf[2], buf[3]]);
     let clear = clear_len(kind, flags)?;
-    if buf.len() != HEADER_LEN + clear + body_len(kind) + TAG_LEN {
+    let trailer = trailer_len(kind, flags);
+    let end = HEADER_LEN + clear + body_len(kind) + TAG_LEN;
+    if buf.len() != end + trailer {
         return Err(WireError::BadLength);
     }
     let spi = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
@@ -440,7 +508,9 @@ pub fn parse(buf: &[u8]) -> Result<Datagram<'_>, WireError> {
         },
         clear: &buf[HEADER_LEN..HEADER_LEN + clear],
         aad: &buf[..HEADER_LEN + clear],
-        sealed: &buf[HEADER_LEN + clear..],
+        sealed: &buf[HEADER_LEN + clear..end],
+        maced: &buf[..end],
+        trailer: &buf[end..],
     })
 }
 
@@ -481,6 +551,18 @@ impl Datagram<'_> {
             hub_nonce: array32(n)?,
             hub_pub: array32(p)?,
         })
+    }
+
+    /// Checks an init reply's MAC under `mac_key` (constant time): cheap
+    /// (one HMAC), and done before the X25519 the reply's AEAD key needs.
+    /// Every other message has no MAC and passes.
+    pub fn check_mac(&self, mac_key: &ControlKey) -> Result<(), WireError> {
+        if self.trailer.is_empty() {
+            return Ok(());
+        }
+        mac_of(mac_key, self.maced)
+            .verify_truncated_left(self.trailer)
+            .map_err(|_| WireError::AuthFailed)
     }
 
     /// Authenticates and decrypts with `key`, and gives the whole message
@@ -547,6 +629,7 @@ impl Datagram<'_> {
                 spi,
                 counter,
                 generation: u64_at(p, 0),
+                hello: u64_at(p, 8),
                 nat,
             },
         })
@@ -676,6 +759,7 @@ mod tests {
                     spi,
                     counter,
                     generation: 8,
+                    hello: 41,
                     nat: false,
                 },
             ),
@@ -686,6 +770,7 @@ mod tests {
                     spi,
                     counter,
                     generation: 8,
+                    hello: 41,
                     nat: true,
                 },
             ),
@@ -712,7 +797,8 @@ mod tests {
             for i in 0..d.len() * 8 {
                 let mut m = d.clone();
                 m[i / 8] ^= 1 << (i % 8);
-                let ok = parse(&m).and_then(|p| p.open(&key(1)));
+                let ok =
+                    parse(&m).and_then(|p| p.check_mac(&key(1)).and_then(|()| p.open(&key(1))));
                 assert!(ok.is_err(), "flip of bit {i} accepted");
             }
         }
@@ -750,7 +836,7 @@ mod tests {
                 m.seal(&key(1)).len()
             })
             .collect();
-        assert_eq!(sizes, vec![91, 91, 104, 108, 108, 172, 172, 40, 40]);
+        assert_eq!(sizes, vec![91, 91, 104, 108, 108, 188, 188, 48, 48]);
     }
 
     /// A message whose parts do not match (a clear extension or a flag on a
@@ -784,6 +870,7 @@ mod tests {
             spi: 1,
             counter: 0,
             generation: 1,
+            hello: 0,
             nat: false,
         }
         .seal(&key(1));

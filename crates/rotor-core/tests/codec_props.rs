@@ -111,17 +111,20 @@ fn message_strategy() -> impl Strategy<Value = (MsgType, u16, Vec<u8>, Message)>
                     )
                 }
             ),
-        (spi, counter, any::<u64>(), any::<bool>()).prop_map(|(spi, counter, generation, nat)| (
-            MsgType::Ack,
-            if nat { FLAG_NAT } else { 0 },
-            vec![],
-            Message::Ack {
-                spi,
-                counter,
-                generation,
-                nat
-            }
-        )),
+        (spi, counter, any::<u64>(), any::<u64>(), any::<bool>()).prop_map(
+            |(spi, counter, generation, hello, nat)| (
+                MsgType::Ack,
+                if nat { FLAG_NAT } else { 0 },
+                vec![],
+                Message::Ack {
+                    spi,
+                    counter,
+                    generation,
+                    hello,
+                    nat
+                }
+            )
+        ),
     ]
 }
 

@@ -8,6 +8,7 @@
 //! * [`floor`]: the SA operations of one hub rotation, for N nodes, in one
 //!   batched netlink write and with `ip -batch`, timed in CPU seconds.
 //! * [`addr`]: which address node `i` has (sequential or scattered).
+//! * [`flood`]: junk for a hub's control port as fast as one process sends.
 //! * [`udp`]: the wildcard socket with `IP_PKTINFO` and batched I/O.
 //!
 //! `scripts/bench.sh` puts them together inside User-Mode Linux;
@@ -17,6 +18,7 @@
 
 pub mod addr;
 pub mod fleet;
+pub mod flood;
 pub mod floor;
 pub mod setup;
 pub mod udp;

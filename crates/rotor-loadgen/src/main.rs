@@ -1,4 +1,4 @@
-//! `rotor-loadgen`: the command line (`run`, `gen`, `floor`).
+//! `rotor-loadgen`: the command line (`run`, `gen`, `floor`, `flood`).
 
 use std::net::{IpAddr, Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::path::PathBuf;
@@ -38,6 +38,64 @@ enum Cmd {
     Gen(GenArgs),
     /// Measure the kernel floor of one hub rotation for COUNT nodes (run it in an empty namespace).
     Floor(FloorArgs),
+    /// Flood a hub's control port with forged inits, random SPIs and replays; print {"sent": N, "seconds": S}.
+    Flood(FloodArgs),
+}
+
+#[derive(clap::Args)]
+struct FloodArgs {
+    /// The hub's control address, ADDR:PORT.
+    #[arg(long)]
+    to: SocketAddr,
+    /// Init key files of the nodes whose init SPIs the forged inits carry.
+    #[arg(long, value_delimiter = ',')]
+    keys: Vec<PathBuf>,
+    /// A JSON list of hex datagrams (as captured on the wire) to replay.
+    #[arg(long)]
+    samples: Option<PathBuf>,
+    /// How long to send.
+    #[arg(long, default_value = "10s", value_parser = parse_duration)]
+    duration: Duration,
+    /// Seed of the random parts.
+    #[arg(long, default_value_t = 1)]
+    seed: u64,
+}
+
+fn flood(a: FloodArgs) -> anyhow::Result<()> {
+    let mut keys = Vec::new();
+    for k in &a.keys {
+        let psk = read_key(k).with_context(|| format!("reading {}", k.display()))?;
+        keys.push(Secret32::new(*psk));
+    }
+    let replays = match &a.samples {
+        None => Vec::new(),
+        Some(p) => {
+            let text =
+                std::fs::read_to_string(p).with_context(|| format!("reading {}", p.display()))?;
+            let hex: Vec<String> =
+                serde_json::from_str(&text).context("the samples: a JSON list of hex strings")?;
+            hex.iter()
+                .map(|h| {
+                    (0..h.len() / 2)
+                        .map(|i| u8::from_str_radix(h.get(2 * i..2 * i + 2).unwrap_or("zz"), 16))
+                        .collect::<Result<Vec<u8>, _>>()
+                })
+                .collect::<Result<_, _>>()
+                .context("the samples: a JSON list of hex strings")?
+        }
+    };
+    let (sent, seconds) = rotor_loadgen::flood::run(&rotor_loadgen::flood::FloodConfig {
+        to: a.to,
+        keys,
+        replays,
+        duration: a.duration,
+        seed: a.seed,
+    })?;
+    println!(
+        "{}",
+        serde_json::json!({"sent": sent, "seconds": (seconds * 100.0).round() / 100.0})
+    );
+    Ok(())
 }
 
 #[derive(clap::Args)]
@@ -237,6 +295,7 @@ fn main() -> ExitCode {
             })
             .map(|p| println!("{}", p.display()))
         }
+        Cmd::Flood(a) => flood(a),
         Cmd::Floor(a) => floor::run(&FloorConfig {
             count: a.count,
             local: a.local,

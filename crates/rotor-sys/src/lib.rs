@@ -16,7 +16,9 @@
 //! * [`process`]: `malloc_trim(3)`, keeping the process out of core dumps and
 //!   its memory out of swap, CPU time from `getrusage(2)`, a private
 //!   network namespace for the calling thread;
-//! * [`signal`]: SIGPIPE back to its default, and SIGTERM/SIGINT as a flag.
+//! * [`signal`]: SIGPIPE back to its default, and SIGTERM/SIGINT as a flag;
+//! * [`steer`]: a port's `SO_REUSEPORT` group and the classic BPF program
+//!   that queues datagrams from chosen sources on its second socket.
 //!
 //! Every `unsafe` block carries a `// SAFETY:` comment saying why the
 //! pointers it hands to the kernel are valid for as long as the kernel uses
@@ -30,5 +32,6 @@ pub mod mmsg;
 pub mod process;
 pub mod signal;
 pub mod sockopt;
+pub mod steer;
 
 pub use process::{MemoryLock, keep_out_of_core_dumps, lock_memory, malloc_trim};

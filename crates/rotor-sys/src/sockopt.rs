@@ -151,19 +151,30 @@ pub fn drop_netlink_sender(sock: impl AsFd, portid: u32) -> io::Result<()> {
             k: u32::MAX,
         },
     ];
+    attach_cbpf(sock.as_fd(), libc::SO_ATTACH_FILTER, &mut code)
+}
+
+/// Hands the classic BPF program `code` to the kernel with `option`
+/// (`SO_ATTACH_FILTER`, `SO_ATTACH_REUSEPORT_CBPF`) at `SOL_SOCKET`.
+pub(crate) fn attach_cbpf(
+    fd: BorrowedFd<'_>,
+    option: i32,
+    code: &mut [libc::sock_filter],
+) -> io::Result<()> {
+    let len = libc::c_ushort::try_from(code.len())
+        .map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
     let prog = libc::sock_fprog {
-        len: code.len() as libc::c_ushort,
+        len,
         filter: code.as_mut_ptr(),
     };
-    let fd = sock.as_fd();
-    // SAFETY: `prog` points at `code`, four valid instructions that live
-    // until the call returns; the kernel copies the program during the call
-    // (and verifies it) and keeps no pointer into our memory.
+    // SAFETY: `prog` points at `code`, `len` instructions that live until
+    // the call returns; the kernel copies the program during the call (and
+    // verifies it) and keeps no pointer into our memory.
     let rc = unsafe {
         libc::setsockopt(
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
-            libc::SO_ATTACH_FILTER,
+            option,
             (&prog as *const libc::sock_fprog).cast(),
             std::mem::size_of::<libc::sock_fprog>() as libc::socklen_t,
         )

@@ -4,9 +4,10 @@
 use rand::RngCore;
 use x25519_dalek::{EphemeralSecret, PublicKey};
 
+use super::admit::{INITS, RESENDS};
 use super::{MAX_SUPERSEDED, NodeState, Shared};
 use crate::action::{Action, DropReason, Event, Now, PeerId};
-use crate::key_schedule::{init_request_key, init_session_key};
+use crate::key_schedule::{init_reply_mac_key, init_request_key, init_session_key};
 use crate::wire::{Datagram, InitReply, Message};
 
 impl Shared {
@@ -38,6 +39,9 @@ impl Shared {
         {
             // The node did not get our reply: send the same one again. Only
             // the `resends` statistic changes: written lazily.
+            if !n.resend_bucket.take(now.mono, RESENDS) {
+                return Err(DropReason::RateLimited);
+            }
             let datagram = last.1.clone();
             n.resends += 1;
             self.actions.push_back(Action::Send { peer: id, datagram });
@@ -48,6 +52,11 @@ impl Shared {
         }
         if timestamp_ms.abs_diff(now.unix_ms) > self.init_skew_ms {
             return Err(DropReason::InitClockSkew);
+        }
+        // Authenticated and fresh: only now may it spend the node's budget
+        // (a forgery must not), and only within it the X25519 and two SAs.
+        if !n.init_bucket.take(now.mono, INITS) {
+            return Err(DropReason::RateLimited);
         }
         let eph = EphemeralSecret::random_from_rng(&mut self.rng);
         let hub_pub = PublicKey::from(&eph);
@@ -116,7 +125,10 @@ impl Shared {
             hub_share: [0; 32],
             nat: n.nat,
         }
-        .seal(&session);
+        .seal_init_reply(
+            &session,
+            &init_reply_mac_key(&n.psk, self.names.get(id), &node_nonce),
+        );
         n.latest = Some(gen1);
         n.last_init = Some(Box::new((node_nonce, datagram.clone())));
         self.actions.push_back(Action::Send { peer: id, datagram });

@@ -23,6 +23,7 @@
 //! confirmations, rotations and resends; `timers.rs` the rotation heap,
 //! `rotate --all` pacing and the grace-period retire queue.
 
+mod admit;
 mod init;
 mod path;
 mod persist;
@@ -41,13 +42,14 @@ use crate::config::{ConfigError, HubConfig};
 use crate::generation::Generation;
 use crate::key_schedule::{KeyBits, init_spi, record_psk_tag};
 use crate::key_spi_table::{KeySpiTable, SpiOwner};
-use crate::machine::Machine;
+use crate::machine::{Class, Machine};
 use crate::names::NameTable;
 use crate::ratchet::HubEpoch;
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
 use crate::wire::{self, MsgType};
 
+pub use admit::{INITS, Limit, REQUESTED_ROTATIONS, RESENDS, RETIRING_PER_NODE, RETIRING_SLACK};
 pub use path::behind_nat;
 pub use timers::TIMER_BATCH;
 
@@ -110,6 +112,11 @@ struct NodeState {
     /// Durable state changed since the last [`Hub::take_dirty`] (the id is
     /// then in `Shared::dirty`).
     dirty: bool,
+    /// Budgets of what the node may ask for ([`admit`]); not durable (a
+    /// restarted hub starts them full).
+    rotate_bucket: admit::Bucket,
+    init_bucket: admit::Bucket,
+    resend_bucket: admit::Bucket,
 }
 
 /// The parts of a rotation's `key` message that a resend repeats: the
@@ -145,6 +152,9 @@ struct Shared {
     /// `rotate --all` in progress: the next node to rotate, and when it was
     /// asked (the due time [`Hub::poll_timeout`] reports until it is done).
     rotate_all: Option<(u32, Time)>,
+    /// Most entries of `retire_queue` before rotations are deferred
+    /// ([`Hub::retiring_cap`]).
+    retiring_cap: usize,
     /// Generations to delete, in deadline order (the grace is constant);
     /// the flag says whether the outbound SA is there to delete (see
     /// `Generation::out_missing`).
@@ -229,9 +239,12 @@ impl Hub {
                 pinned: false,
                 path_mark: 0,
                 dirty: false,
+                rotate_bucket: admit::Bucket::full(now),
+                init_bucket: admit::Bucket::full(now),
+                resend_bucket: admit::Bucket::full(now),
             });
         }
-        Ok(Hub {
+        let mut hub = Hub {
             nodes,
             shared: Shared {
                 names,
@@ -244,13 +257,16 @@ impl Hub {
                 epoch: HubEpoch::default(),
                 rotate_heap: BinaryHeap::new(),
                 rotate_all: None,
+                retiring_cap: 0,
                 retire_queue: VecDeque::new(),
                 dirty: Vec::new(),
                 actions: VecDeque::new(),
                 drops: BTreeMap::new(),
                 rng: StdRng::from_seed(rng_seed),
             },
-        })
+        };
+        hub.shared.retiring_cap = hub.retiring_cap();
+        Ok(hub)
     }
 
     /// Next action to execute, in order.
@@ -499,6 +515,10 @@ impl Machine for Hub {
     fn drops(&self) -> &BTreeMap<DropReason, u64> {
         Hub::drops(self)
     }
+
+    fn classify(&self, from: SocketAddr, data: &[u8]) -> Class {
+        Hub::classify(self, from, data)
+    }
 }
 
 #[cfg(test)]
@@ -506,10 +526,11 @@ mod tests {
     use super::*;
 
     /// The hub's per-node state is most of its memory at scale (issue 5:
-    /// <= 1 KiB per node in all, kernel executor and tables included).
+    /// <= 1 KiB per node in all, kernel executor and tables included); the
+    /// three budgets of [`admit`] take 16 of these bytes.
     #[test]
     fn per_node_state_stays_small() {
         let size = std::mem::size_of::<NodeState>();
-        assert!(size <= 528, "NodeState is {size} bytes");
+        assert!(size <= 544, "NodeState is {size} bytes");
     }
 }

@@ -42,6 +42,13 @@ impl Place {
         }
     }
 
+    /// Whether the node is known to be reached at `a` (IPv4 and
+    /// IPv4-mapped IPv6 are the same address). No allocation, no decoding:
+    /// [`super::Hub::classify`] asks this of every datagram.
+    pub(super) fn is(&self, a: &SocketAddr) -> bool {
+        self.known && self.endpoint == encode_endpoint(a)
+    }
+
     /// The address, if known.
     pub(super) fn get(self) -> Option<SocketAddr> {
         self.known

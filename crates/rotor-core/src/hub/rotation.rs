@@ -5,6 +5,7 @@
 
 use std::net::SocketAddr;
 
+use super::admit::{REQUESTED_ROTATIONS, RESENDS};
 use super::{CROSSING_HOLDOFF_MS, NodeState, PendingKey, Shared};
 use crate::action::{Action, DropReason, Event, PeerId, Time};
 use crate::generation::Generation;
@@ -97,7 +98,7 @@ impl Shared {
             // next rotation, which may come from a timer. Not durable on its
             // own: a restored hub without it rotates at the next hello.
             n.node_share = share;
-            self.in_sync(now, id, n, rotate);
+            self.in_sync(now, id, n, rotate, dg.header.counter);
         } else if n.confirmed {
             // The node proved it holds the latest generation: a hello under
             // the previous one is a late copy, and needs no answer.
@@ -113,14 +114,17 @@ impl Shared {
             self.reissue(now, id, n, share);
         } else if !n.crossing_spared && now.since(n.key_sent_at) < CROSSING_HOLDOFF_MS {
             n.crossing_spared = true;
-        } else {
+        } else if n.resend_bucket.take(now, RESENDS) {
             self.resend(id, n);
+        } else {
+            return Err(DropReason::RateLimited);
         }
         Ok(())
     }
 
-    /// A message under the latest generation: confirm it, rotate if due.
-    fn in_sync(&mut self, now: Time, id: PeerId, n: &mut NodeState, requested: bool) {
+    /// A hello (counter `hello`) under the latest generation: confirm it,
+    /// rotate if due, else acknowledge that hello.
+    fn in_sync(&mut self, now: Time, id: PeerId, n: &mut NodeState, requested: bool, hello: u64) {
         if !n.confirmed {
             // Written lazily, like the window: a restart that lost it awaits
             // the confirmation again, and the next hello under the latest
@@ -151,19 +155,28 @@ impl Shared {
                 }
             }
         }
-        if !((n.force_rotate || requested || now >= n.rotate_at) && self.rotate(now, id, n)) {
-            self.send_ack(id, n);
+        // A rotation only the node asks for is within its budget; one that
+        // is due anyway costs none.
+        let due = n.force_rotate || now >= n.rotate_at;
+        let granted = due || (requested && n.rotate_bucket.take(now, REQUESTED_ROTATIONS));
+        if requested && !granted {
+            self.drop_reason(DropReason::RotationDeferred, Some(id));
+        }
+        if !(granted && self.rotate(now, id, n)) {
+            self.send_ack(id, n, hello);
         }
     }
 
-    /// Tells the node it is in sync, under the latest generation.
-    fn send_ack(&mut self, id: PeerId, n: &mut NodeState) {
+    /// Tells the node it is in sync, under the latest generation, in answer
+    /// to its hello with counter `hello`.
+    fn send_ack(&mut self, id: PeerId, n: &mut NodeState, hello: u64) {
         if let Some(g) = n.latest.as_mut() {
             let (counter, reserve) = g.next_counter();
             let datagram = Message::Ack {
                 spi: g.spi,
                 counter,
                 generation: g.number,
+                hello,
                 nat: n.nat,
             }
             .seal(&g.ctl_h2n);
@@ -235,6 +248,16 @@ impl Shared {
         let Some(number) = n.latest.as_ref().map(|g| g.number + 1) else {
             return false;
         };
+        if self.retire_queue.len() >= self.retiring_cap {
+            // Too many SAs wait for deletion already: rotate once
+            // deletions made room, at a later hello.
+            if !n.force_rotate {
+                n.force_rotate = true;
+                self.mark(id, n);
+            }
+            self.drop_reason(DropReason::RotationDeferred, Some(id));
+            return false;
+        }
         let share = std::mem::take(&mut n.node_share);
         let Some((new, pending)) = (share != [0; 32] || !self.is_ratchet_step(number))
             .then(|| self.ratchet_generation(now, id, number, &share))
