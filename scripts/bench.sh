@@ -517,6 +517,16 @@ for N in "${NS[@]}"; do
 	floor_us=$(jq '.netlink_batch.us_per_rotation // null' <<<"$fl")
 	ip_us=$(jq '.ip_batch.us_per_rotation // null' <<<"$fl")
 	$complete || RC=1
+	# A figure whose command failed (at 100,000 nodes UML's OOM killer has
+	# taken the load generator near the end) is null, not an empty
+	# argument that makes jq refuse the whole record.
+	for v in init_wall init_cpu hub_start_s idle_cpu_per_s restart_s restart_cpu_s resync_s \
+		restart_inits rotations rot_cpu_s rot_wall_s rate hub_us user_share sa_ops_s msgs \
+		msgs_per_s msgs_per_cpu_s rss hwm rss_per_node hub_drops hub_kernel_errors rcv_hub \
+		rcv_load snd_drops lg_drops control_drops hub_in_sync hub_at_gen hub_resends hub_inits \
+		floor_us ip_us fl lg_summary; do
+		[ -n "${!v}" ] || { printf -v "$v" null; complete=false; RC=1; }
+	done
 
 	jq -nc \
 		--argjson n "$N" --argjson complete "$complete" \
