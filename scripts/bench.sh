@@ -517,9 +517,9 @@ for N in "${NS[@]}"; do
 	floor_us=$(jq '.netlink_batch.us_per_rotation // null' <<<"$fl")
 	ip_us=$(jq '.ip_batch.us_per_rotation // null' <<<"$fl")
 	$complete || RC=1
-	# A figure whose command failed (at 100,000 nodes UML's OOM killer has
-	# taken the load generator near the end) is null, not an empty
-	# argument that makes jq refuse the whole record.
+	# A figure whose command failed (at 100,000 nodes the load generator
+	# dies of a SIGKILL near the end and leaves no summary) is null, not
+	# an empty argument that makes jq refuse the whole record.
 	for v in init_wall init_cpu hub_start_s idle_cpu_per_s restart_s restart_cpu_s resync_s \
 		restart_inits rotations rot_cpu_s rot_wall_s rate hub_us user_share sa_ops_s msgs \
 		msgs_per_s msgs_per_cpu_s rss hwm rss_per_node hub_drops hub_kernel_errors rcv_hub \
