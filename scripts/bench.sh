@@ -40,6 +40,9 @@
 #             policy update, 2 deletes), control datagrams handled;
 #   restart   SIGTERM, then the hub started again on the same config and
 #             state: seconds until it answers a control request (restart_s),
+#             and the CPU the new hub used until then (restart_hub_cpu_s:
+#             the load generator's N nodes share UML's one CPU with it and
+#             keep sending hellos to the stopped hub, which slows its start),
 #             then until one `rotor rotate --all` completed on every node
 #             (restart_resync_s); inits during the restart (must be 0);
 #   memory    (VmRSS of the hub with N nodes in sync - VmRSS of a 1-node hub
@@ -194,18 +197,18 @@ if [ "$INSIDE" = 0 ]; then
 		jq -rs '
 		def f(d): if . == null then "-" else (. * pow(10; d) | round / pow(10; d) | tostring) end;
 		(["N", "init s", "init hub cpu s", "rot/hub cpu s", "hub us/rot", "floor us/rot", "hub/floor",
-		  "ip-batch us/rot", "hub/ip", "rot wall s", "SA ops/s", "ctl msg/s", "B/node", "drops", "restart s", "resync s", "restart inits", "swan rekey/cpu s", "rotor/swan"] | @tsv),
+		  "ip-batch us/rot", "hub/ip", "rot wall s", "SA ops/s", "ctl msg/s", "B/node", "drops", "restart s", "restart cpu s", "resync s", "restart inits", "swan rekey/cpu s", "rotor/swan"] | @tsv),
 		(.[] | [(.n | tostring), (.init_wall_s | f(2)), (.init_hub_cpu_s | f(2)),
 		  (.rotations_per_hub_cpu_s | f(0)), (.hub_us_per_rotation | f(1)),
 		  (.kernel_floor_us_per_rotation | f(1)), (.hub_vs_floor | f(2)),
 		  (.ip_batch_us_per_rotation | f(1)), (.hub_vs_ip_batch | f(2)),
 		  (.rotation_wall_s | f(2)), (.kernel_sa_ops_per_s | f(0)),
 		  (.control_msgs_per_s | f(0)), (.hub_rss_bytes_per_node | f(0)),
-		  (.control_drops | tostring), (.restart_s | f(2)), (.restart_resync_s | f(2)),
+		  (.control_drops | tostring), (.restart_s | f(2)), (.restart_hub_cpu_s | f(2)), (.restart_resync_s | f(2)),
 		  (.restart_inits | tostring), (.strongswan_rekeys_per_hub_cpu_s | f(0)),
 		  (.rotor_vs_strongswan | f(1))] | @tsv)
 		' <<<"$results" | column -t -s $'\t'
-		echo "(hub/floor: hub CPU per rotation over the batched-netlink kernel floor; target <= 2. rot/hub cpu s target >= 10000; B/node target <= 1024; drops target 0; restart s: SIGTERM'd hub started again -> answering, target <= 5 at 100,000 nodes; resync s: then one rotate --all on every node; restart inits target 0; rotor/swan: rotations per hub CPU-s over strongSwan's CHILD_SA rekeys per hub CPU-s, same N, --strongswan)"
+		echo "(hub/floor: hub CPU per rotation over the batched-netlink kernel floor; target <= 2. rot/hub cpu s target >= 10000; B/node target <= 1024; drops target 0; restart s: SIGTERM'd hub started again -> answering, target <= 5 at 100,000 nodes; restart cpu s: the new hub's CPU until then; resync s: then one rotate --all on every node; restart inits target 0; rotor/swan: rotations per hub CPU-s over strongSwan's CHILD_SA rekeys per hub CPU-s, same N, --strongswan)"
 	fi
 	[ "$rc" = 0 ] || [ "$rc" = 1 ] || exit 3
 	jq -e -s 'all(.complete)' <<<"$results" >/dev/null || exit 1
@@ -495,21 +498,24 @@ for N in "${NS[@]}"; do
 	first=$(sed -n 's/^name = "\(.*\)"$/\1/p' "$D/hub.toml" | head -n 1)
 	kill "$HUB_PID"; wait "$HUB_PID" 2>/dev/null
 	t0=$(now_ms)
+	log "N=$N: restarting the hub at $(date -u +%H:%M:%S.%N)"
 	ip netns exec hub env ROTOR_LOG="$HUB_LOG" "$ROTOR" hub --config "$D/hub.toml" >>"$W/hub-$N.log" 2>&1 &
 	HUB_PID=$!
 	restart_s=null
+	restart_cpu_s=null
 	for _ in $(seq 1 $((600 * TF))); do
 		if ip netns exec hub "$ROTOR" rotate --socket "$SOCK" --node "$first" >/dev/null 2>&1; then
 			restart_s=$(fdiv $(( $(now_ms) - t0 )) 1000)
+			restart_cpu_s=$(fdiv "$(cpu_ns "$HUB_PID")" 1000000000)
 			break
 		fi
 		kill -0 "$HUB_PID" 2>/dev/null || { log "the restarted hub died:"; tail -5 "$W/hub-$N.log" >&2; break; }
 		sleep 0.1
 	done
 	[ "$restart_s" = null ] && complete=false
-	log "N=$N: restarted hub answers after ${restart_s}s"
+	log "N=$N: restarted hub answers after ${restart_s}s, having used ${restart_cpu_s} CPU-s"
 	# With --hub-log info: where the restart's time went.
-	grep -E "state loaded|hub starting|kernel state adopted|reconciled" "$W/hub-$N.log" | tail -n 4 >&2
+	grep -E "configuration read|state read|state loaded|hub starting|guard in place|reconcile pass|kernel state adopted|reconciled|serving" "$W/hub-$N.log" | tail -n 9 >&2
 	t0=$(now_ms)
 	rot_before=$(pf .rotations)
 	hub_rotate "$SOCK" || complete=false
@@ -551,12 +557,22 @@ for N in "${NS[@]}"; do
 	floor_us=$(jq '.netlink_batch.us_per_rotation // null' <<<"$fl")
 	ip_us=$(jq '.ip_batch.us_per_rotation // null' <<<"$fl")
 	$complete || RC=1
+	# A figure whose command failed (at 100,000 nodes the load generator
+	# dies of a SIGKILL near the end and leaves no summary) is null, not
+	# an empty argument that makes jq refuse the whole record.
+	for v in init_wall init_cpu hub_start_s idle_cpu_per_s restart_s restart_cpu_s resync_s \
+		restart_inits rotations rot_cpu_s rot_wall_s rate hub_us user_share sa_ops_s msgs \
+		msgs_per_s msgs_per_cpu_s rss hwm rss_per_node hub_drops hub_kernel_errors rcv_hub \
+		rcv_load snd_drops lg_drops control_drops hub_in_sync hub_at_gen hub_resends hub_inits \
+		floor_us ip_us fl lg_summary; do
+		[ -n "${!v}" ] || { printf -v "$v" null; complete=false; RC=1; }
+	done
 
 	jq -nc \
 		--argjson n "$N" --argjson complete "$complete" \
 		--argjson init_wall_s "$init_wall" --argjson init_hub_cpu_s "$init_cpu" --argjson init_msgs "${init_msgs:-null}" \
 		--argjson hub_start_s "$hub_start_s" --argjson idle_cpu_per_s "$idle_cpu_per_s" \
-		--argjson restart_s "$restart_s" --argjson resync_s "$resync_s" --argjson restart_inits "$restart_inits" \
+		--argjson restart_s "$restart_s" --argjson restart_cpu_s "$restart_cpu_s" --argjson resync_s "$resync_s" --argjson restart_inits "$restart_inits" \
 		--argjson rounds "$R" --argjson rotations "$rotations" \
 		--argjson rot_cpu_s "$rot_cpu_s" --argjson rot_wall_s "$rot_wall_s" --argjson rate "$rate" \
 		--argjson hub_us "$hub_us" --argjson user_share "$user_share" \
@@ -583,7 +599,7 @@ for N in "${NS[@]}"; do
 		control_drops: $control_drops,
 		init_wall_s: $init_wall_s, init_hub_cpu_s: $init_hub_cpu_s, init_msgs: $init_msgs,
 		hub_start_s: $hub_start_s, hub_idle_cpu_share: $idle_cpu_per_s,
-		restart_s: $restart_s, restart_resync_s: $resync_s, restart_inits: $restart_inits,
+		restart_s: $restart_s, restart_hub_cpu_s: $restart_cpu_s, restart_resync_s: $resync_s, restart_inits: $restart_inits,
 		rounds: $rounds, rotations: $rotations, rotation_hub_cpu_s: $rot_cpu_s,
 		rotation_wall_s: $rot_wall_s, rotation_user_share: $user_share,
 		kernel_sa_ops_per_rotation: 5, kernel_sa_ops_per_s: $sa_ops_s,

@@ -33,6 +33,7 @@
 //! change in one commit; a set's contents are swapped whole). Set entries
 //! change incrementally, in one `ipset restore` per change.
 
+use std::collections::HashSet;
 use std::io::Write;
 use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::process::{Command, Stdio};
@@ -196,6 +197,18 @@ fn entries(selectors: &[(IpNet, IpNet)], fam: Family) -> Vec<String> {
     v.sort_unstable();
     v.dedup();
     v
+}
+
+/// One entry of an `ipset save` line (after `add NAME `), spelt as
+/// [`entries`] spells it (`ipset` leaves out a host prefix's length);
+/// `None` for an entry with options or that does not parse.
+fn saved_entry(s: &str) -> Option<String> {
+    let mut words = s.split_ascii_whitespace();
+    let (src, dst) = words.next()?.split_once(',')?;
+    if words.next().is_some() {
+        return None;
+    }
+    Some(format!("{},{}", IpNet::parse(src)?, IpNet::parse(dst)?))
 }
 
 /// The families `selectors` use.
@@ -382,6 +395,27 @@ impl Guard {
         }
     }
 
+    /// The entries of set `name`, from one `ipset save`, spelt as
+    /// [`entries`] spells them; `None` if there is no such set. An entry
+    /// with options (`nomatch`, a timeout) is left out: it may not drop
+    /// what its pair selects, so it counts as missing.
+    fn set_entries(&self, name: &str) -> Result<Option<HashSet<String>>, GuardError> {
+        let out = match run("ipset", &["save", name], None, KERNEL_HINT) {
+            Ok(out) => out,
+            Err(GuardError::Failed { ref stderr, .. }) if stderr.contains("does not exist") => {
+                return Ok(None);
+            }
+            Err(e) => return Err(e),
+        };
+        let head = format!("add {name} ");
+        Ok(Some(
+            out.lines()
+                .filter_map(|l| l.strip_prefix(&head))
+                .filter_map(saved_entry)
+                .collect(),
+        ))
+    }
+
     /// The chain's rules as `iptables -S` lists them; `None` without the
     /// chain.
     fn chain_rules(&self, fam: Family) -> Result<Option<usize>, GuardError> {
@@ -419,21 +453,23 @@ impl Guard {
         Self::check_len(fam, e)?;
         let set = self.set(fam);
         let (jumps, rules) = self.saved(fam)?;
-        let mut adds = String::new();
-        for x in e {
-            adds.push_str(&format!("add {set} {x}\n"));
+        // A set a previous run left is read whole and only the pairs it
+        // lacks are added: one dump is cheap, while `ipset restore` sends
+        // one request per pair (100,000 pairs took 10 s of a restart in
+        // UML). A missing set is created with them.
+        let have = self.set_entries(&set)?;
+        let existed = have.is_some();
+        let adds: String = e
+            .iter()
+            .filter(|x| have.as_ref().is_none_or(|h| !h.contains(x.as_str())))
+            .map(|x| format!("add {set} {x}\n"))
+            .collect();
+        if !existed {
+            let input = self.create_line(&set, fam, e.len()) + &adds;
+            run("ipset", &["-exist", "restore"], Some(&input), KERNEL_HINT)?;
+        } else if !adds.is_empty() {
+            run("ipset", &["-exist", "restore"], Some(&adds), KERNEL_HINT)?;
         }
-        // Adding to the set a previous run left is the common case (one
-        // run); a missing set is created with them.
-        let existed = match run("ipset", &["-exist", "restore"], Some(&adds), KERNEL_HINT) {
-            Ok(_) => true,
-            Err(GuardError::Failed { ref stderr, .. }) if stderr.contains("does not exist") => {
-                let input = self.create_line(&set, fam, e.len()) + &adds;
-                run("ipset", &["-exist", "restore"], Some(&input), KERNEL_HINT)?;
-                false
-            }
-            Err(err) => return Err(err),
-        };
         let chain = self.chain();
         if jumps == [true, true] && rules == Some(self.rules(fam).len()) {
             // A previous run's chain, whole: a restart adopts it as it is
@@ -710,6 +746,31 @@ mod tests {
         );
         assert_eq!(families(&sel), [true, true]);
         assert_eq!(families(&sel[..2]), [true, false]);
+    }
+
+    #[test]
+    fn saved_entries_are_spelt_as_ours_and_options_count_as_missing() {
+        let sel = vec![
+            (net("10.9.0.1/32"), net("10.9.0.2/32")),
+            (net("10.1.0.0/24"), net("10.2.0.0/16")),
+            (net("fd00::1/128"), net("fd00::2/128")),
+        ];
+        let ours: Vec<String> = [Family::V4, Family::V6]
+            .into_iter()
+            .flat_map(|f| entries(&sel, f))
+            .collect();
+        let saved: Vec<String> = [
+            "10.1.0.0/24,10.2.0.0/16",
+            "10.9.0.1,10.9.0.2",
+            "fd00::1,fd00::2",
+        ]
+        .into_iter()
+        .filter_map(saved_entry)
+        .collect();
+        assert_eq!(saved, ours);
+        assert_eq!(saved_entry("10.9.0.1,10.9.0.2 nomatch"), None);
+        assert_eq!(saved_entry("10.9.0.1,10.9.0.2 timeout 5"), None);
+        assert_eq!(saved_entry("junk"), None);
     }
 
     #[test]

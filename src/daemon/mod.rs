@@ -190,6 +190,7 @@ pub async fn serve<R: Role, K: Kernel>(
     // Give the heap the configuration parser and the start-up left behind
     // back to the system (measured: ~1 KB per node at 10,000 nodes).
     rotor_sys::malloc_trim();
+    info!("serving");
     let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
     let scrapes = life
         .metrics
@@ -648,6 +649,7 @@ async fn run_role<R: Role>(
 pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     // First, so a SIGHUP during a long start-up is not fatal.
     let hangup = shutdown::hangup()?;
+    info!(nodes = cfg.nodes.len(), "configuration read");
     rotor_sys::keep_out_of_core_dumps().context("keeping key material out of core dumps")?;
     let own = Ownership::default();
     let (address, port, socket) = (cfg.address, cfg.port, cfg.socket.clone());
@@ -655,6 +657,7 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     let guard = Guard::new(cfg.guard, own, port);
     let fixed = reload::HubFixed::of(&cfg);
     let (store, mut loaded) = Store::open(&cfg.state_dir, "hub")?;
+    info!(records = loaded.len(), "state read");
     let _reqids = lock_reqids(Path::new(SOCKET_DIR), own.base())?;
     let (mut role, peers, report) = hub_parts(cfg, own, Some(&mut loaded))?;
     role.set_source(reload::Source {

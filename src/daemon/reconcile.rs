@@ -15,13 +15,15 @@
 //! A peer with kernel operations waiting for a retry is left alone: its
 //! kernel state is in flux and the retry queue converges it.
 
-use std::collections::{HashMap, HashSet};
-
+use std::collections::HashSet;
 use std::net::IpAddr;
+use std::time::Instant;
 
-use rotor_core::{KernelView, Now, PeerId, SaDir};
-use rotor_xfrm::{Kernel, Mode, Op, PolicyId, SaId, XfrmError};
-use tracing::{info, warn};
+use rotor_core::{Now, PeerId, SaDir};
+use rotor_xfrm::{
+    Kernel, Mode, Op, OwnedObjects, PolicyDir, PolicyId, PolicyInfo, SaId, SaInfo, XfrmError,
+};
+use tracing::{debug, info, warn};
 
 use super::kernel::KernelExec;
 use super::role::Role;
@@ -67,6 +69,79 @@ impl Report {
     }
 }
 
+/// A total order on policy ids, for finding them in the sorted dump.
+type PolicyKey = (u8, IpAddr, u8, IpAddr, u8, Option<u8>, Option<u16>);
+
+fn policy_key(id: &PolicyId) -> PolicyKey {
+    let dir = match id.dir {
+        PolicyDir::In => 0,
+        PolicyDir::Out => 1,
+        PolicyDir::Fwd => 2,
+    };
+    let s = &id.selector;
+    (
+        dir,
+        s.src.addr,
+        s.src.prefix,
+        s.dst.addr,
+        s.dst.prefix,
+        s.proto,
+        s.sport,
+    )
+}
+
+/// The dump, sorted so that lookups need no index beside it: at 100,000
+/// peers it holds 400,000 SAs and 200,000 policies, and maps or sets of
+/// them would be tens of MB of fresh pages per pass (page faults are what
+/// UML makes most expensive). `keep_*` mark what some state still wants.
+struct Dumped {
+    sas: Vec<SaInfo>,
+    policies: Vec<PolicyInfo>,
+    keep_sas: Vec<bool>,
+    keep_policies: Vec<bool>,
+}
+
+impl Dumped {
+    fn new(mut owned: OwnedObjects) -> Dumped {
+        owned.sas.sort_unstable_by_key(|s| (s.id.dst, s.id.spi));
+        owned
+            .policies
+            .sort_unstable_by_key(|p| p.id.as_ref().map(policy_key));
+        Dumped {
+            keep_sas: vec![false; owned.sas.len()],
+            keep_policies: vec![false; owned.policies.len()],
+            sas: owned.sas,
+            policies: owned.policies,
+        }
+    }
+
+    fn sa(&self, id: &SaId) -> Option<usize> {
+        self.sas
+            .binary_search_by_key(&(id.dst, id.spi), |s| (s.id.dst, s.id.spi))
+            .ok()
+    }
+
+    fn keep_sa(&mut self, id: &SaId) {
+        if let Some(i) = self.sa(id) {
+            self.keep_sas[i] = true;
+        }
+    }
+
+    fn policy(&self, id: &PolicyId) -> Option<usize> {
+        let key = Some(policy_key(id));
+        self.policies
+            .binary_search_by_key(&key, |p| p.id.as_ref().map(policy_key))
+            .ok()
+    }
+
+    /// What a policy comparison looks at, as the kernel holds it.
+    fn policy_fields(&self, i: usize) -> PolicyFields {
+        let p = &self.policies[i];
+        let (spi, reqid, mode) = p.templates.first().copied().unwrap_or((0, 0, None));
+        (spi, reqid, mode, p.block, p.priority)
+    }
+}
+
 /// One reconcile pass; SAs in `linger` are kept even if no state knows
 /// them. `Err` only when the kernel could not be dumped (nothing was
 /// changed then).
@@ -76,33 +151,22 @@ pub fn run<R: Role, K: Kernel>(
     now: Now,
     linger: &HashSet<SaId>,
 ) -> Result<Report, XfrmError> {
+    let t0 = Instant::now();
     let owned = kx.kernel_mut().dump_owned()?;
+    let dumped_ms = t0.elapsed().as_millis();
+    let mut d = Dumped::new(owned);
     let mut report = Report::default();
-    // Per SA: (outer source, reqid, mode) as the kernel holds it.
-    let have_sas: HashMap<SaId, (IpAddr, u32, Option<Mode>)> = owned
-        .sas
-        .iter()
-        .map(|s| (s.id, (s.src, s.reqid, s.mode)))
-        .collect();
-    // Per policy: (template SPI, template reqid, template mode, block,
-    // priority) as the kernel holds it.
-    let have_policies: HashMap<PolicyId, PolicyFields> = owned
-        .policies
-        .iter()
-        .filter_map(|p| {
-            let (spi, reqid, mode) = p.templates.first().copied().unwrap_or((0, 0, None));
-            p.id.map(|id| (id, (spi, reqid, mode, p.block, p.priority)))
-        })
-        .collect();
-    let mut keep_sas: HashSet<SaId> = linger.clone();
+    for id in linger {
+        d.keep_sa(id);
+    }
     // Generations in their grace period stay until the machine deletes them.
     role.for_each_retiring(&mut |i, spi| {
         if let Some(pk) = kx.peer(i) {
-            keep_sas.insert(pk.sa_id(SaDir::In, spi));
-            keep_sas.insert(pk.sa_id(SaDir::Out, spi));
+            d.keep_sa(&pk.sa_id(SaDir::In, spi));
+            d.keep_sa(&pk.sa_id(SaDir::Out, spi));
         }
     });
-    let mut keep_policies: HashSet<PolicyId> = HashSet::with_capacity(have_policies.len());
+    let indexed_ms = t0.elapsed().as_millis();
     let mut lost: Vec<(SaDir, u32)> = Vec::new();
     let mut ops: Vec<Op> = Vec::new();
     let peers = role.peer_count();
@@ -111,20 +175,20 @@ pub fn run<R: Role, K: Kernel>(
         let end = peers.min(first + CHUNK);
         ops.clear();
         for i in first..end {
-            let Some(pk) = kx.peer(i).cloned() else {
+            let peer = PeerId(i as u32);
+            let Some(mut view) = role.kernel_view(i) else {
                 continue;
             };
-            let peer = PeerId(i as u32);
-            let Some(view) = role.kernel_view(i) else {
+            let Some(pk) = kx.peer(i) else {
                 continue;
             };
             lost.clear();
             for &(dir, spi) in &view.sas {
                 let id = pk.sa_id(dir, spi);
                 let want = (pk.sa_src(dir), pk.reqid, Some(pk.xfrm_mode()));
-                match have_sas.get(&id) {
-                    Some(h) if *h == want => {
-                        keep_sas.insert(id);
+                match d.sa(&id) {
+                    Some(k) if (d.sas[k].src, d.sas[k].reqid, d.sas[k].mode) == want => {
+                        d.keep_sas[k] = true;
                     }
                     // Missing, or another peer's layout under that id
                     // (deleted below as stale, re-installed after).
@@ -132,19 +196,20 @@ pub fn run<R: Role, K: Kernel>(
                 }
             }
             if !lost.is_empty() {
-                for &(dir, spi) in &lost {
-                    kx.forget_add(peer, pk.sa_id(dir, spi));
+                let ids: Vec<SaId> = lost.iter().map(|&(dir, spi)| pk.sa_id(dir, spi)).collect();
+                for id in ids {
+                    kx.forget_add(peer, id);
                 }
                 report.sas_lost += lost.len();
                 report.peers_repaired += 1;
                 role.kernel_lost(now, i, &lost);
+                // The core may have changed its outbound choice (blocked it).
+                view = role.kernel_view(i).unwrap_or(view);
             }
             let busy = kx.has_pending(peer);
-            // The core may have changed its outbound choice (blocked it).
-            let view: KernelView = role.kernel_view(i).unwrap_or(view);
-            for id in pk.nd_bypass_ids() {
-                keep_policies.insert(id);
-            }
+            let Some(pk) = kx.peer(i) else {
+                continue;
+            };
             let mut wrote = false;
             let mut created_pair = false;
             for op in pk
@@ -155,7 +220,6 @@ pub fn run<R: Role, K: Kernel>(
                 let Op::UpdatePolicy(spec) = &op else {
                     continue;
                 };
-                keep_policies.insert(spec.id);
                 let want = (
                     spec.spi,
                     spec.reqid,
@@ -163,8 +227,12 @@ pub fn run<R: Role, K: Kernel>(
                     spec.block,
                     spec.priority,
                 );
-                match have_policies.get(&spec.id) {
-                    Some(h) if *h == want => report.policies_kept += 1,
+                let found = d.policy(&spec.id);
+                if let Some(k) = found {
+                    d.keep_policies[k] = true;
+                }
+                match found.map(|k| d.policy_fields(k)) {
+                    Some(h) if h == want => report.policies_kept += 1,
                     Some(_) if busy => {}
                     h => {
                         if h.is_none() {
@@ -193,17 +261,18 @@ pub fn run<R: Role, K: Kernel>(
         report.refused += kx.apply_plain(&ops);
         first = end;
     }
+    let compared_ms = t0.elapsed().as_millis();
     ops.clear();
-    for p in &owned.policies {
+    for (p, keep) in d.policies.iter().zip(&d.keep_policies) {
         if let Some(id) = p.id
-            && !keep_policies.contains(&id)
+            && !keep
         {
             ops.push(Op::DeletePolicy(id));
             report.stale_policies += 1;
         }
     }
-    for s in &owned.sas {
-        if !keep_sas.contains(&s.id) {
+    for (s, keep) in d.sas.iter().zip(&d.keep_sas) {
+        if !keep {
             ops.push(Op::DeleteSa(s.id));
             report.stale_sas += 1;
         }
@@ -211,6 +280,15 @@ pub fn run<R: Role, K: Kernel>(
     for chunk in ops.chunks(CHUNK * 4) {
         report.refused += kx.apply_plain(chunk);
     }
+    debug!(
+        sas = d.sas.len(),
+        policies = d.policies.len(),
+        dumped_ms,
+        indexed_ms,
+        compared_ms,
+        ms = t0.elapsed().as_millis() as u64,
+        "reconcile pass"
+    );
     if report.changed() {
         info!(
             sas_lost = report.sas_lost,
