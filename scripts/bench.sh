@@ -3,6 +3,7 @@
 # (User-Mode Linux), with N nodes speaking the real protocol (rotor-loadgen).
 #
 #   scripts/bench.sh [--n 1000,10000] [--json] [--rounds R] [--hello 30s]
+#                    [--ratchet-every K]
 #                    [--addressing scattered|sequential] [--state hostfs|tmpfs]
 #                    [--max-pending K] [--hub-log LEVEL] [--profile] [--syscalls]
 #                    [--strongswan] [--mem SIZE] [--timeout SECS]
@@ -60,6 +61,10 @@
 # at the end (analyse with callgrind_annotate). CPU figures of a profiled run
 # are not comparable.
 #
+# --ratchet-every K sets the hub's ratchet_every (default 1: an X25519
+# ratchet step in every rotation; K: in every K-th), for the cost of forward
+# secrecy per rotation.
+#
 # --flood K (K rounds, default 0: none) then measures K more rounds while
 # `rotor-loadgen flood` floods the hub's control port from the load
 # namespace's own address (inits forged under 3 nodes' real init SPIs,
@@ -90,6 +95,7 @@ HUB_LOG=warn
 PROFILE=0
 SYSCALLS=0
 FLOOD_ROUNDS=0
+RATCHET_EVERY=1
 STRONGSWAN=0
 MEM=
 TIMEOUT=
@@ -100,7 +106,7 @@ ADDRESSING=scattered
 STATE_FS=hostfs
 
 usage() {
-	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--mem SIZE] [--timeout SECS]" >&2
+	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--ratchet-every K] [--flood K] [--mem SIZE] [--timeout SECS]" >&2
 	exit 2
 }
 
@@ -115,6 +121,7 @@ while [ $# -gt 0 ]; do
 	--profile) PROFILE=1; shift ;;
 	--syscalls) SYSCALLS=1; shift ;;
 	--flood) FLOOD_ROUNDS=${2:-}; shift 2 ;;
+	--ratchet-every) RATCHET_EVERY=${2:-}; shift 2 ;;
 	--addressing) ADDRESSING=${2:-}; shift 2 ;;
 	--state) STATE_FS=${2:-}; shift 2 ;;
 	--strongswan) STRONGSWAN=1; shift ;;
@@ -130,6 +137,7 @@ done
 [[ $NS_LIST =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || usage
 [[ $MAX_PENDING =~ ^[0-9]+$ ]] || usage
+[[ $RATCHET_EVERY =~ ^([1-9]|1[0-6])$ ]] || { echo "$PROG: --ratchet-every: 1..16, not '$RATCHET_EVERY'" >&2; usage; }
 [[ $HELLO =~ ^[1-9][0-9]*(ms|s|m)$ ]] || usage
 IFS=, read -r -a NS <<<"$NS_LIST"
 MAXN=0
@@ -165,6 +173,7 @@ if [ "$INSIDE" = 0 ]; then
 	trap 'rm -f "$OUT" "$COPY"' EXIT
 	args=(--inside --n "$NS_LIST" --state "$STATE_FS" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
 	[ "${FLOOD_ROUNDS:-0}" -gt 0 ] && args+=(--flood "$FLOOD_ROUNDS")
+	args+=(--ratchet-every "$RATCHET_EVERY")
 	[ "$PROFILE" = 1 ] && args+=(--profile)
 	[ "$SYSCALLS" = 1 ] && args+=(--syscalls)
 	# Progress goes to stderr; the results are the BENCH-JSON lines.
@@ -311,7 +320,7 @@ topology() { # N DIR (DIR/addresses.batch from rotor-loadgen gen)
 
 gen() { # N DIR
 	"$LOADGEN" gen --count "$1" --dir "$2" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" \
-		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" >/dev/null || return 1
+		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" --ratchet-every "$RATCHET_EVERY" >/dev/null || return 1
 	sed -i "s|^state_dir = .*|state_dir = \"$STATE/n$1\"|" "$2/hub.toml"
 	# UML's kernel has no nf_tables for IPv4: the guard uses the legacy tools.
 	sed -i '/^\[hub\]$/a guard = "iptables-legacy"' "$2/hub.toml"
@@ -586,7 +595,7 @@ for N in "${NS[@]}"; do
 		--argjson hub_resends "$hub_resends" --argjson hub_inits "$hub_inits" \
 		--argjson floor_us "$floor_us" --argjson ip_us "$ip_us" --argjson floor "$fl" \
 		--argjson loadgen "$lg_summary" --arg hello "$HELLO" --arg hub_log "$HUB_LOG" \
-		--argjson profile "$PROFILE" --arg addressing "$ADDRESSING" --arg state_fs "$STATE_FS" '{
+		--argjson profile "$PROFILE" --arg addressing "$ADDRESSING" --arg state_fs "$STATE_FS" --argjson ratchet_every "$RATCHET_EVERY" '{
 		n: $n, complete: $complete,
 		rotations_per_hub_cpu_s: $rate,
 		kernel_floor_us_per_rotation: $floor_us,
@@ -609,7 +618,7 @@ for N in "${NS[@]}"; do
 		        softnet: $snd_drops, loadgen: $lg_drops},
 		hub_kernel_errors: $hub_kernel_errors, hub_in_sync: $hub_in_sync, hub_at_generation: $hub_at_gen,
 		hub_resends: $hub_resends, hub_inits: $hub_inits,
-		floor: $floor, loadgen: $loadgen, hello_interval: $hello, hub_log: $hub_log, addressing: $addressing, state_fs: $state_fs, profiled: ($profile == 1)
+		floor: $floor, loadgen: $loadgen, hello_interval: $hello, hub_log: $hub_log, addressing: $addressing, state_fs: $state_fs, ratchet_every: $ratchet_every, profiled: ($profile == 1)
 		}' | sed 's/^/BENCH-JSON /'
 done
 if [ "$PROFILE" = 1 ]; then
