@@ -6,7 +6,7 @@ FAMILY=6
 . "$(dirname "$0")/daemon-lib.sh"
 # Neighbour discovery between the outer addresses must keep working while
 # rotor's policies select all traffic between them (ND bypass policies).
-steady S7-ipv6 3 "${ROTOR_S7_SECONDS:-20}"
+steady S7-ipv6 3 "${ROTOR_S7_SECONDS:-12}"
 check "S7-ipv6: the hub's neighbour entries for the nodes are usable" test "$(ip -n hub -6 neigh show dev veth0 | grep -c 'fd00:9::[234] .*\(REACHABLE\|STALE\|DELAY\|PROBE\)')" -eq 3
 # Nothing at all may remain, the ND bypass policies included.
 stop_all_clean S8-ipv6

@@ -7,7 +7,7 @@
 FAMILY=6
 TUNNEL=1
 . "$(dirname "$0")/daemon-lib.sh"
-steady S7-ipv6-tunnel 3 "${ROTOR_S7C_SECONDS:-20}"
+steady S7-ipv6-tunnel 3 "${ROTOR_S7C_SECONDS:-12}"
 stop_all_clean S8-ipv6-tunnel
 echo "daemon ipv6 tunnel: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ] || { tail -n 30 "$WORK/hub.log"; exit 1; }
