@@ -5,6 +5,6 @@
 # run between the LAN namespaces, plus: the probes leave the hub as ESP only.
 TUNNEL=1
 . "$(dirname "$0")/daemon-lib.sh"
-steady S7-tunnel 3 "${ROTOR_S7_SECONDS:-20}"
+steady S7-tunnel 3 "${ROTOR_S7_SECONDS:-12}"
 echo "daemon tunnel: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ] || { tail -n 30 "$WORK/hub.log"; exit 1; }
