@@ -1,7 +1,10 @@
 #!/usr/bin/env python3
 """Counts the frames on an interface for --seconds (AF_PACKET, both
 directions): ESP packets, and plaintext UDP packets to a destination port in
---ports LO-HI (the probe streams). Prints one JSON line
+--ports LO-HI (the probe streams), except those with the control port
+(--control-port, 4820) at either end: control datagrams and ESP in UDP, whose
+other end behind a NAT may be any port, the probes' included. Prints one JSON
+line
 {"esp": E, "plain_probe": P, "frames": F, "plain_frames": [hex...]}.
 
 Run it on the wire itself (a bridge port in the "lan" namespace), not on an
@@ -17,6 +20,7 @@ def main():
     p.add_argument("--iface", required=True)
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--ports", default="5000-6000")
+    p.add_argument("--control-port", type=int, default=4820)
     a = p.parse_args()
     lo, hi = (int(x) for x in a.ports.split("-"))
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
@@ -43,7 +47,12 @@ def main():
             continue
         if proto == 50:
             esp += 1
-        elif proto == 17 and len(l4) >= 4 and lo <= struct.unpack("!H", l4[2:4])[0] <= hi:
+        elif (
+            proto == 17
+            and len(l4) >= 4
+            and lo <= struct.unpack("!H", l4[2:4])[0] <= hi
+            and a.control_port not in struct.unpack("!HH", l4[0:4])
+        ):
             plain += 1
             if len(leaks) < 5:
                 leaks.append(frame[:80].hex())
