@@ -68,7 +68,7 @@ record clippy $?
 # dependencies serves both (an unoptimised test build beside the release
 # one cost CI about two minutes of its 25).
 step "cargo test --release"
-cargo test --workspace --release 2>&1 | tee /tmp/rotor-cargo-test.$$ | grep -Ev '^test .* ok$'
+cargo test --workspace --release --no-fail-fast 2>&1 | tee /tmp/rotor-cargo-test.$$ | grep -Ev '^test .* ok$'
 rc=${PIPESTATUS[0]}
 record cargo-test "$rc"
 awk '/^test result:/ { p += $4; f += $6 } END { printf "cargo test: %d passed, %d failed\n", p, f }' /tmp/rotor-cargo-test.$$

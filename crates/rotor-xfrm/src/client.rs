@@ -268,10 +268,15 @@ impl Xfrm {
                             results[i] = Some(OpResult::Unknown);
                         }
                     }
-                    Err(e) => return Err(e),
+                    Err(e) => {
+                        self.sock.wipe_rx();
+                        return Err(e);
+                    }
                 }
             }
         }
+        // The kernel's answers carry the SAs' keys.
+        self.sock.wipe_rx();
         Ok(())
     }
 
