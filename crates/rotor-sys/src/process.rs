@@ -128,28 +128,29 @@ pub fn unshare_network() -> io::Result<()> {
 mod tests {
     use super::*;
 
+    /// Runs the ignored test `name` of this binary in a child process (with
+    /// `ROTOR_SYS_CHILD=1`) and asserts that it ran and passed: for what
+    /// changes the whole process.
+    fn run_in_child(name: &str) {
+        let out = std::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", name, "--ignored"])
+            .env("ROTOR_SYS_CHILD", "1")
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+
     /// In a child, so the test process itself stays dumpable.
     #[test]
     fn out_of_core_dumps() {
         use rustix::process::{DumpableBehavior, Resource, dumpable_behavior, getrlimit};
-        let h = std::thread::spawn(|| {
-            // Dumpability is per process: fork a child that reports back.
-            let out = std::process::Command::new(std::env::current_exe().unwrap())
-                .args([
-                    "--exact",
-                    "process::tests::child_checks_core_dumps",
-                    "--ignored",
-                ])
-                .env("ROTOR_SYS_CHILD", "1")
-                .output()
-                .unwrap();
-            assert!(
-                out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-                "{}{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        });
+        // Dumpability is per process: a child reports back.
+        let h = std::thread::spawn(|| run_in_child("process::tests::child_checks_core_dumps"));
         h.join().unwrap();
         // This process was left alone.
         assert_eq!(dumpable_behavior().unwrap(), DumpableBehavior::Dumpable);
@@ -170,22 +171,7 @@ mod tests {
     /// In a child: locking is per process.
     #[test]
     fn memory_is_locked_where_permitted() {
-        let out = std::process::Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "process::tests::child_locks_memory",
-                "--ignored",
-                "--nocapture",
-            ])
-            .env("ROTOR_SYS_CHILD", "1")
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success() && String::from_utf8_lossy(&out.stdout).contains("1 passed"),
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        );
+        run_in_child("process::tests::child_locks_memory");
     }
 
     /// The kernel's own count of this process's locked memory.
