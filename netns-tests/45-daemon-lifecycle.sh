@@ -19,29 +19,37 @@ N=2
 RATE=100
 SA_LIFETIME=20s
 topo_up $N
-# A node waits retries x hello = 5 s for an answer before it falls back to
-# init: longer than a restart takes here (up to 3 s in UML with the probe
-# streams competing for its one CPU; the default patience is 3 x 1 s).
-configs $N 2s 500ms 10
+# A node waits retries x hello = 10 s for an answer before it falls back to
+# init. A hub restart in UML takes far longer than on hardware: with four
+# probe streams competing for UML's one CPU, starting a process and running
+# iptables-save cost seconds; 2.3-4.2 s from SIGTERM to the first answer were
+# seen here, more on a slower host. The restart times are measured below and
+# bounded at 7 s, so a slow restart fails as what it is, not as an init.
+configs $N 2s 500ms 20
+now_ms() { date +%s%3N; }
 start_hub
 for i in $(seq 1 $N); do start_node $i; done
 check "every node initialised and both sides send" wait_all_sending $N 20
 WIRE_SECONDS=36 probes $N 38 $RATE &
 PROBES=$!
 sleep 4
+t0=$(now_ms)
 kill "$HUB_PID"; wait "$HUB_PID" 2>/dev/null
 policies_stopped=$(ip -n hub xfrm policy | grep -c '^src')
 sas_stopped=$(ip -n hub xfrm state | grep -c '^src')
 start_hub
+l1_ms=$(($(now_ms) - t0))
 echo "  t=4s: L1 hub stopped with SIGTERM ($policies_stopped policies, $sas_stopped SAs left in the kernel), restarted"
 sleep 6
 kill "$NODE_PID_1"; wait "$NODE_PID_1" 2>/dev/null
 start_node 1
 echo "  t=11s: L2 n1 stopped with SIGTERM, restarted"
 sleep 6
+t0=$(now_ms)
 kill -9 "$HUB_PID"
 sleep 1
 start_hub
+l3_ms=$(($(now_ms) - t0))
 echo "  t=18s: L3 hub killed with -9, restarted"
 sleep 6
 kill -9 "$NODE_PID_2"
@@ -73,6 +81,9 @@ for i in 1 2; do
 	done
 done
 check "L3: every outage (kill -9 restarts) under 1000 ms" outage_report $N $RATE 1000
+echo "FIGURES L1+L3: the hub answered ${l1_ms} ms after SIGTERM, ${l3_ms} ms after kill -9 (1 s of it down on purpose)"
+check "L1: the hub answered within 7 s of SIGTERM (${l1_ms} ms)" test "$l1_ms" -le 7000
+check "L3: the hub answered within 7 s of kill -9 (${l3_ms} ms)" test "$l3_ms" -le 7000
 check "L6: the second hub was refused (exit $second_rc)" test "$second_rc" -ne 0
 check "L6: it named the lock and the running instance" grep -q "another rotor" "$WORK/second.log"
 for i in $(seq 1 $N); do

@@ -492,13 +492,28 @@ guard_objects() {
 # stop_all_clean LABEL: SIGTERM to every daemon (hub, n1..n$NODES): each
 # leaves its SAs and policies in the kernel (checked); then `rotor purge`
 # with each config, after which no XFRM policy or SA is left in any namespace
+# wait_no_pids NS TIMEOUT_S: until no process runs in namespace NS
+wait_no_pids() {
+	local _
+	for _ in $(seq 1 $(($2 * 10))); do
+		[ -z "$(ip netns pids "$1")" ] && return 0
+		sleep 0.1
+	done
+	return 1
+}
+
 stop_all_clean() {
 	local label=$1 i ns cfg
 	for i in $(seq 0 "$NODES"); do
 		ns=hub; [ "$i" -gt 0 ] && ns=n$i
 		ip netns exec $ns kill $(ip netns pids $ns) 2>/dev/null
 	done
-	sleep 2
+	# Until every process has exited (a fixed sleep raced a daemon that
+	# was still stopping on a loaded host: purge then met its lock).
+	for i in $(seq 0 "$NODES"); do
+		ns=hub; [ "$i" -gt 0 ] && ns=n$i
+		check "$label: $ns's processes exit within 20 s of SIGTERM" wait_no_pids $ns 20
+	done
 	for i in $(seq 0 "$NODES"); do
 		ns=hub; cfg=hub; [ "$i" -gt 0 ] && ns=n$i && cfg=n$i
 		check "$label: after SIGTERM $ns keeps its policies and SAs" test "$(ip -n $ns xfrm policy | grep -c '^src')" -gt 0 -a "$(ip -n $ns xfrm state | grep -c '^src')" -gt 0

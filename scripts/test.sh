@@ -90,20 +90,47 @@ if [ "$QUICK" = 0 ]; then
 		packaging/test-deb.sh >"$DEB_LOG" 2>&1 &
 		DEB_PID=$!
 	fi
+	# Scenarios 0* and 1* (no daemon timing) run one at a time beside the
+	# package test; the daemon scenarios then run $LANES at once. A UML
+	# kernel is one host process on one CPU, so two of them share this
+	# machine's two cores without slowing each other; each writes to its
+	# own log, printed whole when it ends.
+	LANES=${ROTOR_UML_LANES:-2}
+	LOGS=$(mktemp -d)
+	declare -A RUNNING=()
+	reap() { # waits for one running scenario, prints its log, records it
+		local pid t rc
+		wait -n -p pid "${!RUNNING[@]}"
+		t=${RUNNING[$pid]}
+		unset "RUNNING[$pid]"
+		rc=$(cat "$LOGS/$(basename "$t").rc" 2>/dev/null || echo 1)
+		step "UML: $t (exit $rc)"
+		cat "$LOGS/$(basename "$t").log"
+		record "$t" "$rc"
+	}
 	for t in netns-tests/[0-9]*.sh; do
 		case $t in *"$FILTER"*) ;; *) continue ;; esac
-		# Timing-sensitive scenarios start once the package test is done.
-		case $t in netns-tests/0* | netns-tests/1*) ;; *)
-			if [ -n "$DEB_PID" ] && [ "$DEB_PID" != done ]; then
-				wait "$DEB_PID"
-				DEB_RC=$?
-				DEB_PID=done
-			fi ;;
+		case $t in
+		netns-tests/0* | netns-tests/1*)
+			step "UML: $t"
+			scripts/uml-run.sh "$t"
+			record "$t" $?
+			continue ;;
 		esac
-		step "UML: $t"
-		scripts/uml-run.sh "$t"
-		record "$t" $?
+		if [ -n "$DEB_PID" ] && [ "$DEB_PID" != done ]; then
+			wait "$DEB_PID"
+			DEB_RC=$?
+			DEB_PID=done
+		fi
+		while [ ${#RUNNING[@]} -ge "$LANES" ]; do reap; done
+		(
+			scripts/uml-run.sh "$t" >"$LOGS/$(basename "$t").log" 2>&1
+			echo $? >"$LOGS/$(basename "$t").rc"
+		) &
+		RUNNING[$!]=$t
 	done
+	while [ ${#RUNNING[@]} -gt 0 ]; do reap; done
+	rm -rf "$LOGS"
 	if [ -n "$DEB_PID" ]; then
 		[ "$DEB_PID" = done ] || { wait "$DEB_PID"; DEB_RC=$?; }
 		step "Debian package: built, installed into a fresh Debian root, units verified"

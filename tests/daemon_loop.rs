@@ -639,40 +639,42 @@ fn a_slow_status_reader_does_not_stall_a_hub_of_thousands() {
     let _g = serial();
     let net = Net::new(34);
     let nodes = 3000;
-    let (hub, node) = hub_and_node(&net, nodes, 3);
-    // A client asks for the status of 3000 nodes (~500 KB) and reads one
-    // byte a second: the socket buffers fill and the connection's task
-    // waits, the loop must not.
+    // The node waits 5 s for an answer before it re-initialises: a busy
+    // test machine must not turn slowness into an init this test does not
+    // look for.
+    let (hub, node) = hub_and_node(&net, nodes, 50);
+    // A client asks for the status of 3000 nodes (~500 KB) and reads
+    // nothing until told: the socket buffers fill and the connection's task
+    // waits, the loop must not. If the loop waited with it, no rotation and
+    // no other client's status would complete before the reader is released;
+    // the test would then fail on the deadline, however fast the machine.
     let mut slow = std::os::unix::net::UnixStream::connect(&hub.socket).unwrap();
     std::io::Write::write_all(&mut slow, b"{\"cmd\":\"status\"}\n").unwrap();
+    let (release, released) = std::sync::mpsc::channel::<()>();
     let reader = std::thread::spawn(move || {
-        let mut b = [0u8; 1];
-        for _ in 0..4 {
-            let _ = std::io::Read::read(&mut slow, &mut b);
-            std::thread::sleep(Duration::from_secs(1));
-        }
+        let _ = released.recv();
+        drop(slow);
     });
     let g0 = node_row(&node).generation;
-    let t0 = Instant::now();
+    let deadline = Instant::now() + Duration::from_secs(30);
     // Meanwhile hellos are answered (rotations need them) and other
-    // control clients are served promptly.
-    let mut slowest = Duration::ZERO;
-    while t0.elapsed() < Duration::from_secs(3) {
-        let t = Instant::now();
+    // control clients are served, each a full status of every node.
+    let mut queries = 0;
+    loop {
         let st = hub.status();
-        slowest = slowest.max(t.elapsed());
         assert_eq!(st.peers.len(), nodes);
+        queries += 1;
+        let g = node_row(&node).generation;
+        if g >= g0 + 4 && queries >= 3 {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "with a status reader stalled, generation {g0} -> {g} in 30 s at {ROTATE:?}"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
-    let g1 = node_row(&node).generation;
-    assert!(
-        g1 >= g0 + 4,
-        "rotations went on: generation {g0} -> {g1} in 3 s at {ROTATE:?}"
-    );
-    assert!(
-        slowest < Duration::from_secs(1),
-        "full status of {nodes} took {slowest:?} at worst"
-    );
+    let _ = release.send(());
     assert_eq!(node_row(&node).inits, 1);
     reader.join().unwrap();
     node.stop().unwrap();
