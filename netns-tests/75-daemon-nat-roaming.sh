@@ -143,6 +143,9 @@ hub_peer() {
 }
 udp_csum_errors() { ip netns exec "$1" nstat -az 2>/dev/null | awk '$1 ~ /UdpInCsumErrors|Udp6InCsumErrors/ { s += $2 } END { print s + 0 }'; }
 
+# The hub's kernel's NAT mapping reports, the whole run.
+ip netns exec hub python3 "$HERE/xfrm_mappings.py" "$WORK/mappings" &
+PIDS+=("$!")
 start_hub || exit 1
 for i in 1 2 3; do start_node $i; done
 for _ in $(seq 1 100); do
@@ -186,6 +189,8 @@ stream n2-down n2lan 10.2.2.2:6002 hublan 10.2.2.2:6002
 stream n3-up hublan 10.1.0.2:5003 n3lan 10.1.0.2:5003
 stream n3-down n3lan 10.2.3.2:6003 hublan 10.2.3.2:6003
 t0=$(date +%s.%N)
+mappings() { cat "$WORK/mappings" 2>/dev/null | grep -c .; }
+mappings_t0=$(mappings)
 
 # R2's capture: one hello n3 sends from its first address.
 ip netns exec hub python3 - "$WORK/n3-hello.hex" <<'EOF' &
@@ -211,6 +216,10 @@ PIDS+=("$!")
 
 # --- N2: the NAT forgets its mappings; new ones get other ports ---
 sleep $((DURATION / 4))
+# Every inbound SA expects its node's own NAT port: with the streams
+# running through it, the kernel saw nothing to report.
+mappings_steady=$(($(mappings) - mappings_t0))
+check "N1: no NAT mapping report in $((DURATION / 4)) s of streams (the inbound SAs name each node's port; $mappings_steady reports)" [ "$mappings_steady" = 0 ]
 before1=$(hub_peer n1 "p['endpoint']")
 before2=$(hub_peer n2 "p['endpoint']")
 ip netns exec nat iptables-legacy -t nat -I POSTROUTING -o wan0 -p udp -j MASQUERADE --to-ports 20000-20099
@@ -325,6 +334,7 @@ for n in n1 n2 n3; do
 done
 check "R1: n3's generations continued ($gen_before -> $(hub_peer n3 "p['generation']"))" [ "$(hub_peer n3 "p['generation']")" -gt "$gen_before" ]
 check "R1: no init for n3 ($inits_before before the move)" [ "$(hub_peer n3 "p['inits']")" = "$inits_before" ]
+echo "  the hub's kernel reported $(mappings) NAT mapping changes in all: $mappings_t0 before the streams, $mappings_steady in their first $((DURATION / 4)) s"
 echo "FIGURES N: n1 up/down lost $LOST_n1_up/$LOST_n1_down, n2 up/down lost $LOST_n2_up/$LOST_n2_down, n3 up/down lost $LOST_n3_up/$LOST_n3_down"
 ip netns exec hub "$ROTOR" status --socket "$WORK/hub.sock"
 if [ "$FAILS" != 0 ]; then

@@ -77,12 +77,18 @@ impl PeerKernel {
         !self.remote.is_unspecified()
     }
 
-    /// The ESP-in-UDP encapsulation of this peer's SAs, if any.
-    pub fn encap(&self) -> Option<UdpEncap> {
-        self.nat.then_some(UdpEncap {
-            sport: self.local_port,
-            dport: self.remote_port,
-        })
+    /// The ESP-in-UDP encapsulation of this peer's SA in direction `dir`,
+    /// if any: its ports as the packets carry them, source first. The
+    /// kernel sends on an outbound SA's; on an inbound SA it compares each
+    /// decrypted packet's source with them and reports a difference to
+    /// every listener (`XFRM_MSG_MAPPING`, a NAT changed), so they must be
+    /// the peer's.
+    pub fn encap(&self, dir: SaDir) -> Option<UdpEncap> {
+        let (sport, dport) = match dir {
+            SaDir::Out => (self.local_port, self.remote_port),
+            SaDir::In => (self.remote_port, self.local_port),
+        };
+        self.nat.then_some(UdpEncap { sport, dport })
     }
 
     /// This layout after a path change ([`Action::PeerPath`]): the peer at
@@ -176,17 +182,17 @@ impl PeerKernel {
         }
     }
 
-    fn sa(&self, src: IpAddr, dst: IpAddr, spi: u32, key: AeadKey) -> SaSpec {
+    fn sa(&self, dir: SaDir, spi: u32, key: AeadKey) -> SaSpec {
         SaSpec {
-            src,
-            dst,
+            src: self.sa_src(dir),
+            dst: self.sa_dst(dir),
             spi,
             reqid: self.reqid,
             mode: self.xfrm_mode(),
             key,
             replay_window: self.replay_window,
             esn: true,
-            encap: self.encap(),
+            encap: self.encap(dir),
             lifetimes: Lifetimes {
                 add_seconds: self.lifetime,
                 ..Lifetimes::default()
@@ -227,13 +233,13 @@ impl PeerKernel {
 
     /// Installs the SA on which the peer sends to us.
     pub fn add_inbound_sa(&self, spi: u32, key: AeadKey) -> Op {
-        Op::AddSa(self.sa(self.remote, self.local, spi, key))
+        Op::AddSa(self.sa(SaDir::In, spi, key))
     }
 
     /// Installs the SA on which we send to the peer (used once the outbound
     /// policy names its SPI).
     pub fn add_outbound_sa(&self, spi: u32, key: AeadKey) -> Op {
-        Op::AddSa(self.sa(self.local, self.remote, spi, key))
+        Op::AddSa(self.sa(SaDir::Out, spi, key))
     }
 
     /// The outer source address of this peer's SA in direction `dir`.
@@ -244,13 +250,20 @@ impl PeerKernel {
         }
     }
 
-    /// The kernel's id of this peer's SA `spi` in direction `dir`.
-    pub fn sa_id(&self, dir: SaDir, spi: u32) -> SaId {
-        let dst = match dir {
+    /// The outer destination address of this peer's SA in direction `dir`.
+    fn sa_dst(&self, dir: SaDir) -> IpAddr {
+        match dir {
             SaDir::In => self.local,
             SaDir::Out => self.remote,
-        };
-        SaId { dst, spi }
+        }
+    }
+
+    /// The kernel's id of this peer's SA `spi` in direction `dir`.
+    pub fn sa_id(&self, dir: SaDir, spi: u32) -> SaId {
+        SaId {
+            dst: self.sa_dst(dir),
+            spi,
+        }
     }
 
     /// Deletes an inbound SA.
@@ -470,10 +483,18 @@ mod tests {
         let to = p.moved(Some("198.51.100.7:61000".parse().unwrap()), None, true);
         assert_eq!((to.remote_port, to.nat), (61000, true));
         assert_eq!(
-            to.encap(),
+            to.encap(SaDir::Out),
             Some(UdpEncap {
                 sport: 4820,
                 dport: 61000
+            })
+        );
+        // Inbound, the peer's port is the source the kernel expects.
+        assert_eq!(
+            to.encap(SaDir::In),
+            Some(UdpEncap {
+                sport: 61000,
+                dport: 4820
             })
         );
         let ops = p.move_ops(&to, &[(SaDir::In, 0x1001), (SaDir::Out, 0x1001)]);
@@ -490,7 +511,11 @@ mod tests {
         assert!(ops.contains(&Op::DeleteSa(p.sa_id(SaDir::In, 0x1001))));
         assert!(ops.contains(&Op::DeleteSa(p.sa_id(SaDir::Out, 0x1001))));
         match to.add_outbound_sa(0x2002, AeadKey::new(vec![1; 36]).unwrap()) {
-            Op::AddSa(s) => assert_eq!(s.encap, to.encap()),
+            Op::AddSa(s) => assert_eq!(s.encap, to.encap(SaDir::Out)),
+            o => panic!("{o:?}"),
+        }
+        match to.add_inbound_sa(0x2002, AeadKey::new(vec![1; 36]).unwrap()) {
+            Op::AddSa(s) => assert_eq!(s.encap, to.encap(SaDir::In)),
             o => panic!("{o:?}"),
         }
 
