@@ -6,7 +6,8 @@
 #                    [--ratchet-every K]
 #                    [--addressing scattered|sequential] [--state hostfs|tmpfs]
 #                    [--max-pending K] [--hub-log LEVEL] [--profile] [--syscalls]
-#                    [--strongswan] [--mem SIZE] [--timeout SECS]
+#                    [--strongswan] [--memory-lock on|off] [--mem SIZE]
+#                    [--timeout SECS]
 #
 # On the host it builds the release binaries (cargo, CARGO_TARGET_DIR or
 # ./target), then runs itself inside UML once (one boot for every N; see
@@ -72,6 +73,11 @@
 # wall second calm and under the flood, the junk rate sent, the hub's
 # intake, its CPU per rotation, and its drops by reason.
 #
+# --memory-lock off starts every hub without CAP_IPC_LOCK (dropped from its
+# bounding set) and with RLIMIT_MEMLOCK at 64 KiB, so it does not lock its
+# memory (see docs/operations.md, "Secrets in memory"); on (default) is how
+# the daemon runs as root and under the packaged units.
+#
 # --syscalls attaches strace -c to the hub during the measured rounds and
 # prints its system-call counts (CPU figures of such a run are not comparable).
 #
@@ -104,9 +110,10 @@ GRACE_S=1
 ANYIP_ABOVE=20000 # more nodes: a local route instead of N addresses
 ADDRESSING=scattered
 STATE_FS=hostfs
+MEMORY_LOCK=on
 
 usage() {
-	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--ratchet-every K] [--flood K] [--mem SIZE] [--timeout SECS]" >&2
+	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--ratchet-every K] [--flood K] [--memory-lock on|off] [--mem SIZE] [--timeout SECS]" >&2
 	exit 2
 }
 
@@ -124,6 +131,7 @@ while [ $# -gt 0 ]; do
 	--ratchet-every) RATCHET_EVERY=${2:-}; shift 2 ;;
 	--addressing) ADDRESSING=${2:-}; shift 2 ;;
 	--state) STATE_FS=${2:-}; shift 2 ;;
+	--memory-lock) MEMORY_LOCK=${2:-}; shift 2 ;;
 	--strongswan) STRONGSWAN=1; shift ;;
 	--mem) MEM=${2:-}; shift 2 ;;
 	--timeout) TIMEOUT=${2:-}; shift 2 ;;
@@ -134,6 +142,7 @@ while [ $# -gt 0 ]; do
 done
 [[ $ADDRESSING =~ ^(scattered|sequential)$ ]] || usage
 [[ $STATE_FS =~ ^(hostfs|tmpfs)$ ]] || usage
+[[ $MEMORY_LOCK =~ ^(on|off)$ ]] || usage
 [[ $NS_LIST =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || usage
 [[ $MAX_PENDING =~ ^[0-9]+$ ]] || usage
@@ -173,7 +182,7 @@ if [ "$INSIDE" = 0 ]; then
 	trap 'rm -f "$OUT" "$COPY"' EXIT
 	args=(--inside --n "$NS_LIST" --state "$STATE_FS" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
 	[ "${FLOOD_ROUNDS:-0}" -gt 0 ] && args+=(--flood "$FLOOD_ROUNDS")
-	args+=(--ratchet-every "$RATCHET_EVERY")
+	args+=(--ratchet-every "$RATCHET_EVERY" --memory-lock "$MEMORY_LOCK")
 	[ "$PROFILE" = 1 ] && args+=(--profile)
 	[ "$SYSCALLS" = 1 ] && args+=(--syscalls)
 	# Progress goes to stderr; the results are the BENCH-JSON lines.
@@ -326,6 +335,10 @@ gen() { # N DIR
 	sed -i '/^\[hub\]$/a guard = "iptables-legacy"' "$2/hub.toml"
 }
 
+# How each hub is started: as is, or unable to lock its memory.
+HUB_WRAP=()
+[ "$MEMORY_LOCK" = off ] && HUB_WRAP=(setpriv --bounding-set -ipc_lock prlimit --memlock=65536:65536 --)
+
 start_hub() { # CONFIG LOGFILE
 	if [ "$PROFILE" = 1 ] && [ "${2##*/}" != hub-1.log ]; then
 		# A profile part is dumped before each control request is answered,
@@ -334,7 +347,7 @@ start_hub() { # CONFIG LOGFILE
 			--dump-before='*daemon*answer*' --callgrind-out-file="$W/callgrind.out.hub" \
 			"$ROTOR" hub --config "$1" >"$2" 2>&1 &
 	else
-		ip netns exec hub env ROTOR_LOG="$HUB_LOG" "$ROTOR" hub --config "$1" >"$2" 2>&1 &
+		ip netns exec hub env ROTOR_LOG="$HUB_LOG" "${HUB_WRAP[@]}" "$ROTOR" hub --config "$1" >"$2" 2>&1 &
 	fi
 	HUB_PID=$!
 	local sock
@@ -398,7 +411,7 @@ for N in "${NS[@]}"; do
 	t0=$(now_ms)
 	start_hub "$D/hub.toml" "$W/hub-$N.log" || exit 3
 	hub_start_s=$(fdiv $(( $(now_ms) - t0 )) 1000)
-	log "N=$N: hub up in ${hub_start_s}s (config, 2N policies), VmRSS $(rss_kb "$HUB_PID") kB"
+	log "N=$N: hub up in ${hub_start_s}s (config, 2N policies), VmRSS $(rss_kb "$HUB_PID") kB, VmLck $(awk '/^VmLck:/ { print $2 }' "/proc/$HUB_PID/status") kB (--memory-lock $MEMORY_LOCK)"
 
 	# --- init ---
 	c0=$(cpu_ns "$HUB_PID")
@@ -508,7 +521,7 @@ for N in "${NS[@]}"; do
 	kill "$HUB_PID"; wait "$HUB_PID" 2>/dev/null
 	t0=$(now_ms)
 	log "N=$N: restarting the hub at $(date -u +%H:%M:%S.%N)"
-	ip netns exec hub env ROTOR_LOG="$HUB_LOG" "$ROTOR" hub --config "$D/hub.toml" >>"$W/hub-$N.log" 2>&1 &
+	ip netns exec hub env ROTOR_LOG="$HUB_LOG" "${HUB_WRAP[@]}" "$ROTOR" hub --config "$D/hub.toml" >>"$W/hub-$N.log" 2>&1 &
 	HUB_PID=$!
 	restart_s=null
 	restart_cpu_s=null
