@@ -139,9 +139,7 @@ impl Role for NodeRole {
             .node
             .last_seen()
             .is_none_or(|t| now.mono.since(t) >= b.after_ms);
-        let rested = b
-            .last
-            .is_none_or(|t| now.mono.0 >= t.0.saturating_add(b.after_ms));
+        let rested = b.last.is_none_or(|t| now.mono.since(t) >= b.after_ms);
         if b.lookup.is_none() && silent && rested {
             b.last = Some(now.mono);
             match crate::resolve::Lookup::start(
