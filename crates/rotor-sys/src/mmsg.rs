@@ -188,6 +188,8 @@ struct Meta {
     len: usize,
     name_len: usize,
     control_len: usize,
+    /// The kernel cut the datagram at `DATAGRAM_MAX` (`MSG_TRUNC`).
+    truncated: bool,
 }
 
 /// Buffers for one [`recv`]: up to [`BATCH`] datagrams and, if asked for,
@@ -199,6 +201,8 @@ pub struct RecvBatch {
     controls: Vec<Control>,
     meta: Vec<Meta>,
     count: usize,
+    /// Buffers written since the last [`RecvBatch::wipe`].
+    used: usize,
 }
 
 impl Default for RecvBatch {
@@ -210,6 +214,7 @@ impl Default for RecvBatch {
             controls: Vec::new(),
             meta: vec![Meta::default(); BATCH],
             count: 0,
+            used: 0,
         }
     }
 }
@@ -246,6 +251,23 @@ impl RecvBatch {
     /// Forgets the last receive's datagrams.
     pub fn clear(&mut self) {
         self.count = 0;
+    }
+
+    /// Overwrites with zeros every buffer written since the last wipe (for
+    /// datagrams that carried secrets, such as the kernel's answers about
+    /// SAs), and forgets the datagrams.
+    pub fn wipe(&mut self) {
+        for b in self.bufs.iter_mut().take(self.used) {
+            b.fill(0);
+        }
+        self.used = 0;
+        self.count = 0;
+    }
+
+    /// Whether the `i`-th datagram of the last receive was longer than
+    /// [`DATAGRAM_MAX`] and arrived cut.
+    pub fn truncated(&self, i: usize) -> bool {
+        i < self.count && self.meta.get(i).is_some_and(|m| m.truncated)
     }
 
     /// Number of datagrams the last receive got.
@@ -352,9 +374,11 @@ pub fn recv(sock: impl AsFd, batch: &mut RecvBatch) -> io::Result<usize> {
             } else {
                 0
             },
+            truncated: h.msg_hdr.msg_flags & libc::MSG_TRUNC != 0,
         };
     }
     batch.count = n;
+    batch.used = batch.used.max(n);
     Ok(n)
 }
 
@@ -465,6 +489,31 @@ mod tests {
             assert_eq!(decode_name(&n.0, len - 1), None, "short");
         }
         assert_eq!(decode_name(&[0; NAME_LEN], NAME_LEN), None, "AF_UNSPEC");
+    }
+
+    #[test]
+    fn a_long_datagram_is_marked_cut_and_wipe_zeroes_what_arrived() {
+        let rx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let tx = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let to = rx.local_addr().unwrap();
+        tx.send_to(&[0xab; DATAGRAM_MAX + 100], to).unwrap();
+        tx.send_to(&[0xcd; 40], to).unwrap();
+        let mut b = RecvBatch::new();
+        let mut got = 0;
+        for _ in 0..100 {
+            got += recv(&rx, &mut b).unwrap_or(0);
+            if got == 2 {
+                break;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        assert_eq!((got, b.len()), (2, 2), "both datagrams in one call");
+        assert!(b.truncated(0) && !b.truncated(1) && !b.truncated(2));
+        assert_eq!(b.get(0).unwrap().data.len(), DATAGRAM_MAX);
+        assert_eq!(b.get(1).unwrap().data, &[0xcd; 40][..]);
+        b.wipe();
+        assert!(b.is_empty());
+        assert!(b.bufs.iter().take(2).all(|d| d.iter().all(|&x| x == 0)));
     }
 
     #[test]

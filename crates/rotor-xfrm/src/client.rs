@@ -246,21 +246,50 @@ impl Xfrm {
             }
             self.sock.send(&datagram, &context)?;
             let own = self.own;
+            let on_reply = |reply: Reply<'_>,
+                            waiting: &mut HashMap<u32, usize>,
+                            results: &mut [Option<OpResult>]| match reply
+            {
+                Reply::Data { seq, kind, payload } => {
+                    if let Some(i) = waiting.remove(&seq)
+                        && let Some(sa) = parse_sa(kind, payload)
+                        && !own.owns(sa.reqid)
+                    {
+                        results[i] = Some(OpResult::Foreign { reqid: sa.reqid });
+                    }
+                }
+                Reply::Ack { seq, .. } => {
+                    waiting.remove(&seq);
+                }
+                Reply::Done { .. } => {}
+            };
+            // The kernel answered every request while `send` ran: take the
+            // answers many per system call. An answer too long to read
+            // that way leaves its SA unknown, so it is not deleted.
+            let mut cut = Vec::new();
+            let queued = self.sock.recv_queued(
+                &context,
+                |reply| on_reply(reply, &mut waiting, results),
+                |seq| cut.push(seq),
+            );
+            match queued {
+                Ok(_) => {}
+                // Answers were lost: the SAs they were about stay unknown.
+                Err(XfrmError::Overrun(_)) => cut.extend(waiting.keys().copied()),
+                Err(e) => {
+                    self.sock.wipe_rx();
+                    return Err(e);
+                }
+            }
+            for seq in cut {
+                if let Some(i) = waiting.remove(&seq) {
+                    results[i] = Some(OpResult::Unknown);
+                }
+            }
             while !waiting.is_empty() {
-                let r = self.sock.recv_each(&context, |reply| match reply {
-                    Reply::Data { seq, kind, payload } => {
-                        if let Some(i) = waiting.remove(&seq)
-                            && let Some(sa) = parse_sa(kind, payload)
-                            && !own.owns(sa.reqid)
-                        {
-                            results[i] = Some(OpResult::Foreign { reqid: sa.reqid });
-                        }
-                    }
-                    Reply::Ack { seq, .. } => {
-                        waiting.remove(&seq);
-                    }
-                    Reply::Done { .. } => {}
-                });
+                let r = self
+                    .sock
+                    .recv_each(&context, |reply| on_reply(reply, &mut waiting, results));
                 match r {
                     Ok(()) => {}
                     Err(XfrmError::Overrun(_) | XfrmError::Timeout(..)) => {
