@@ -489,9 +489,6 @@ guard_objects() {
 	ip netns exec "$1" ipset list -n 2>/dev/null | grep '^rotor-guard-'
 }
 
-# stop_all_clean LABEL: SIGTERM to every daemon (hub, n1..n$NODES): each
-# leaves its SAs and policies in the kernel (checked); then `rotor purge`
-# with each config, after which no XFRM policy or SA is left in any namespace
 # wait_no_pids NS TIMEOUT_S: until no process runs in namespace NS
 wait_no_pids() {
 	local _
@@ -502,14 +499,17 @@ wait_no_pids() {
 	return 1
 }
 
+# stop_all_clean LABEL: SIGTERM to every daemon (hub, n1..n$NODES): each
+# leaves its SAs and policies in the kernel (checked); then `rotor purge`
+# with each config, after which no XFRM policy or SA is left in any namespace
 stop_all_clean() {
 	local label=$1 i ns cfg
 	for i in $(seq 0 "$NODES"); do
 		ns=hub; [ "$i" -gt 0 ] && ns=n$i
 		ip netns exec $ns kill $(ip netns pids $ns) 2>/dev/null
 	done
-	# Until every process has exited (a fixed sleep raced a daemon that
-	# was still stopping on a loaded host: purge then met its lock).
+	# Until every process has exited: a daemon still stopping holds its
+	# state lock, and purge would be refused.
 	for i in $(seq 0 "$NODES"); do
 		ns=hub; [ "$i" -gt 0 ] && ns=n$i
 		check "$label: $ns's processes exit within 20 s of SIGTERM" wait_no_pids $ns 20

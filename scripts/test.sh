@@ -92,9 +92,9 @@ if [ "$QUICK" = 0 ]; then
 	fi
 	# Scenarios 0* and 1* (no daemon timing) run one at a time beside the
 	# package test; the daemon scenarios then run $LANES at once. A UML
-	# kernel is one host process on one CPU, so two of them share this
-	# machine's two cores without slowing each other; each writes to its
-	# own log, printed whole when it ends.
+	# kernel is one host process on one CPU: two of them use a two-core
+	# machine's cores. Each writes to its own log, printed whole when it
+	# ends.
 	LANES=${ROTOR_UML_LANES:-2}
 	LOGS=$(mktemp -d)
 	declare -A RUNNING=()
