@@ -343,7 +343,7 @@ start_hub() { # CONFIG LOGFILE
 	if [ "$PROFILE" = 1 ] && [ "${2##*/}" != hub-1.log ]; then
 		# A profile part is dumped before each control request is answered,
 		# so every `rotor rotate --all` starts a new part.
-		ip netns exec hub env ROTOR_LOG="$HUB_LOG" valgrind --tool=callgrind \
+		ip netns exec hub env ROTOR_LOG="$HUB_LOG" "${HUB_WRAP[@]}" valgrind --tool=callgrind \
 			--dump-before='*daemon*answer*' --callgrind-out-file="$W/callgrind.out.hub" \
 			"$ROTOR" hub --config "$1" >"$2" 2>&1 &
 	else

@@ -227,6 +227,20 @@ impl Xfrm {
         if deletions.is_empty() {
             return Ok(());
         }
+        let r = self.read_owners(&deletions, results);
+        // The kernel's answers carry the SAs' keys: wiped on every path.
+        self.sock.wipe_rx();
+        r
+    }
+
+    /// Asks the kernel for the SAs of `deletions` ((index into the batch,
+    /// id)) and settles `results` as [`Xfrm::check_deletions`] says. Leaves
+    /// the answers in the receive buffers for the caller to wipe.
+    fn read_owners(
+        &mut self,
+        deletions: &[(usize, &SaId)],
+        results: &mut [Option<OpResult>],
+    ) -> Result<(), XfrmError> {
         let context = format!("reading the owners of {} SAs to delete", deletions.len());
         let mut datagram: Vec<u8> = Vec::new();
         let mut k = 0;
@@ -276,10 +290,7 @@ impl Xfrm {
                 Ok(_) => {}
                 // Answers were lost: the SAs they were about stay unknown.
                 Err(XfrmError::Overrun(_)) => cut.extend(waiting.keys().copied()),
-                Err(e) => {
-                    self.sock.wipe_rx();
-                    return Err(e);
-                }
+                Err(e) => return Err(e),
             }
             for seq in cut {
                 if let Some(i) = waiting.remove(&seq) {
@@ -297,15 +308,10 @@ impl Xfrm {
                             results[i] = Some(OpResult::Unknown);
                         }
                     }
-                    Err(e) => {
-                        self.sock.wipe_rx();
-                        return Err(e);
-                    }
+                    Err(e) => return Err(e),
                 }
             }
         }
-        // The kernel's answers carry the SAs' keys.
-        self.sock.wipe_rx();
         Ok(())
     }
 
