@@ -141,7 +141,8 @@ pub enum DropReason {
     InitReplay,
     /// Init timestamp too far from the hub's clock.
     InitClockSkew,
-    /// Ephemeral key gave an all-zero shared secret.
+    /// An X25519 share gave an all-zero shared secret (a low-order point),
+    /// or no key pair could be made (never seen: see `x25519::Ephemeral`).
     BadEphemeral,
     /// Authenticated, but refers to a generation we cannot use.
     StaleGeneration,

@@ -285,8 +285,8 @@ mod tests {
     #[test]
     fn ratchet_known_answer_vector() {
         use crate::ratchet::Ephemeral;
-        let node = Ephemeral::from_private([0x03; 32]);
-        let hub = Ephemeral::from_private([0x04; 32]);
+        let node = Ephemeral::from_private(&[0x03; 32]).unwrap();
+        let hub = Ephemeral::from_private(&[0x04; 32]).unwrap();
         let dh = node.agree(hub.public()).expect("contributory");
         assert_eq!(Some(&dh), hub.agree(node.public()).as_ref());
         let secret = ratchet_secret(

@@ -42,6 +42,7 @@ pub mod replay;
 pub mod secret;
 pub mod status;
 pub mod wire;
+pub mod x25519;
 
 pub use action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
 pub use config::{ConfigError, HubConfig, NodeConfig, NodeSpec};

@@ -21,7 +21,6 @@ use std::net::{Ipv4Addr, SocketAddr};
 
 use rand::rngs::StdRng;
 use rand::{RngCore, SeedableRng};
-use x25519_dalek::{PublicKey, StaticSecret};
 use zeroize::Zeroizing;
 
 use crate::action::{Action, DropReason, Event, Now, PeerId, SaDir, Time};
@@ -33,10 +32,10 @@ use crate::key_schedule::{
 };
 use crate::machine::Machine;
 use crate::persist::{self, GenRecord, KernelView, Kind, Record, RestoreReport};
-use crate::ratchet::Ephemeral;
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
 use crate::wire::{self, Message};
+use crate::x25519::Ephemeral;
 
 /// The hub, as seen from a node.
 pub const HUB: PeerId = PeerId(0);
@@ -53,7 +52,7 @@ pub const HELLOS_PER_RETRY: u32 = 4;
 /// per attempt, never two competing chains).
 struct PendingInit {
     nonce: [u8; 32],
-    eph: StaticSecret,
+    eph: Ephemeral,
     /// The key of the reply's MAC, checked before the X25519.
     reply_mac: crate::secret::ControlKey,
     datagram: Vec<u8>,
@@ -272,7 +271,7 @@ impl Node {
             // Every path that sets a latest generation makes its key pair;
             // this only covers a state that somehow lacks one. The record
             // holds it before the hello carrying its share leaves.
-            self.ratchet = Some(Ephemeral::generate(&mut self.rng));
+            self.ratchet = Ephemeral::generate(&mut self.rng);
             self.dirty = true;
         }
         let share = self.ratchet.as_ref().map_or([0; 32], |e| *e.public());
@@ -342,8 +341,12 @@ impl Node {
     fn new_init(&mut self, now: Time, unix_ms: u64) {
         let mut nonce = [0u8; 32];
         self.rng.fill_bytes(&mut nonce);
-        let eph = StaticSecret::random_from_rng(&mut self.rng);
-        let eph_pub = PublicKey::from(&eph);
+        // Never refused (see `Ephemeral::generate`); without a key pair
+        // there is no init to send, and the next tick tries again.
+        let Some(eph) = Ephemeral::generate(&mut self.rng) else {
+            return;
+        };
+        let eph_pub = *eph.public();
         let ts = unix_ms.max(self.last_init_ts.saturating_add(1));
         self.last_init_ts = ts;
         self.dirty = true;
@@ -353,7 +356,7 @@ impl Node {
             counter: 0,
             nonce,
             timestamp_ms: ts,
-            eph_pub: *eph_pub.as_bytes(),
+            eph_pub,
         }
         .seal(&key);
         self.actions.push_back(Action::Send {
@@ -560,7 +563,7 @@ impl Node {
         self.latest = Some(g);
         // The step that derived `g` is done: its private key goes (zeroized
         // on drop), and the next step gets a fresh one.
-        self.ratchet = Some(Ephemeral::generate(&mut self.rng));
+        self.ratchet = Ephemeral::generate(&mut self.rng);
         self.rotations += 1;
         self.rotate_requested = false;
         self.dirty = true;
@@ -599,13 +602,13 @@ impl Node {
         // The MAC first: a forged reply under our (public) init SPI costs
         // an HMAC, not an X25519.
         dg.check_mac(&p.reply_mac).map_err(DropReason::Wire)?;
-        let shared = p.eph.diffie_hellman(&PublicKey::from(reply.hub_pub));
-        if !shared.was_contributory() {
-            return Err(DropReason::BadEphemeral);
-        }
+        let shared = p
+            .eph
+            .agree(&reply.hub_pub)
+            .ok_or(DropReason::BadEphemeral)?;
         let key = init_session_key(
             &self.cfg.psk,
-            shared.as_bytes(),
+            &shared,
             &p.nonce,
             &reply.hub_nonce,
             &self.cfg.name,
@@ -658,7 +661,7 @@ impl Node {
         let (g, esp) = Generation::new(1, spi, secret, &self.cfg.name, self.cfg.key_bits);
         self.install(g.spi, esp);
         self.latest = Some(g);
-        self.ratchet = Some(Ephemeral::generate(&mut self.rng));
+        self.ratchet = Ephemeral::generate(&mut self.rng);
         self.inits += 1;
         self.dirty = true;
         self.unanswered = 0;
@@ -840,13 +843,13 @@ impl Node {
                 node.inits = rec.inits;
                 node.rotate_requested = rec.rotate_requested;
                 node.ratchet = match rec.ratchet_private {
-                    Some(k) => Some(Ephemeral::from_private(*k.expose())),
+                    Some(k) => Ephemeral::from_private(k.expose()),
                     // A record of a version without the ratchet: a fresh
                     // key pair, stored before its first hello leaves (the
                     // hub re-keys a generation it made for another share).
                     None if node.latest.is_some() => {
                         node.dirty = true;
-                        Some(Ephemeral::generate(&mut node.rng))
+                        Ephemeral::generate(&mut node.rng)
                     }
                     None => None,
                 };
@@ -1167,7 +1170,7 @@ mod tests {
         }
         // Control: with the node's ephemeral private key the same loot
         // gives generation 3.
-        let eph = Ephemeral::from_private(node_private.expect("a ratchet key"));
+        let eph = Ephemeral::from_private(&node_private.expect("a ratchet key")).unwrap();
         assert_eq!(eph.public(), &loot.node_share);
         let dh = eph.agree(&hub_share).expect("contributory");
         let secret = ratchet_secret(

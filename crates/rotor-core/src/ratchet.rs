@@ -19,67 +19,10 @@
 //! others carry zero shares and derive the secret from the random value
 //! alone.
 
-use std::fmt;
-
 use rand::{CryptoRng, RngCore};
-use x25519_dalek::{PublicKey, StaticSecret};
-use zeroize::Zeroizing;
 
 use crate::action::Time;
-
-/// An X25519 key pair for ratchet steps. The private key is zeroized when
-/// the value is dropped and never printed.
-pub struct Ephemeral {
-    secret: StaticSecret,
-    public: [u8; 32],
-}
-
-impl Ephemeral {
-    /// A fresh key pair from `rng`.
-    pub fn generate(rng: &mut (impl RngCore + CryptoRng)) -> Ephemeral {
-        let secret = StaticSecret::random_from_rng(rng);
-        let public = *PublicKey::from(&secret).as_bytes();
-        Ephemeral { secret, public }
-    }
-
-    /// The key pair of a stored private key (see [`Self::private_bytes`]).
-    pub fn from_private(bytes: [u8; 32]) -> Ephemeral {
-        let mut b = Zeroizing::new(bytes);
-        let secret = StaticSecret::from(*b);
-        zeroize::Zeroize::zeroize(&mut *b);
-        let public = *PublicKey::from(&secret).as_bytes();
-        Ephemeral { secret, public }
-    }
-
-    /// The private key, for the durable record only.
-    pub fn private_bytes(&self) -> Zeroizing<[u8; 32]> {
-        Zeroizing::new(self.secret.to_bytes())
-    }
-
-    /// The public share sent to the peer.
-    pub fn public(&self) -> &[u8; 32] {
-        &self.public
-    }
-
-    /// The X25519 result with the peer's share; `None` when it is all zero
-    /// (a low-order share contributes nothing and is refused).
-    pub fn agree(&self, peer: &[u8; 32]) -> Option<Zeroizing<[u8; 32]>> {
-        let shared = self.secret.diffie_hellman(&PublicKey::from(*peer));
-        shared
-            .was_contributory()
-            .then(|| Zeroizing::new(*shared.as_bytes()))
-    }
-}
-
-impl fmt::Debug for Ephemeral {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "Ephemeral(public fp={})",
-            crate::secret::fingerprint(&self.public)
-        )
-    }
-}
+pub use crate::x25519::Ephemeral;
 
 /// The hub's key pair of the current epoch and when the epoch ends.
 #[derive(Debug, Default)]
@@ -90,24 +33,22 @@ pub(crate) struct HubEpoch {
 impl HubEpoch {
     /// The key pair for a rotation at `now`: the current one while its epoch
     /// lasts, else a fresh one whose epoch lasts `epoch_ms` (0: used for this
-    /// rotation only, dropped by the next call or [`Self::expire`]).
+    /// rotation only, dropped by the next call or [`Self::expire`]). `None`
+    /// only if no key pair could be made ([`Ephemeral::generate`]).
     pub fn get(
         &mut self,
         now: Time,
         epoch_ms: u64,
         rng: &mut (impl RngCore + CryptoRng),
-    ) -> &Ephemeral {
+    ) -> Option<&Ephemeral> {
         let fresh = match &self.current {
             Some((_, until)) => now >= *until,
             None => true,
         };
         if fresh {
-            self.current = Some((Ephemeral::generate(rng), now.plus_ms(epoch_ms)));
+            self.current = Ephemeral::generate(rng).map(|e| (e, now.plus_ms(epoch_ms)));
         }
-        match &mut self.current {
-            Some((e, _)) => e,
-            None => unreachable!("set just above"),
-        }
+        self.current.as_ref().map(|(e, _)| e)
     }
 
     /// When the current key pair must be dropped (`None`: there is none).
@@ -129,35 +70,21 @@ mod tests {
     use rand::SeedableRng;
 
     #[test]
-    fn both_sides_agree_and_low_order_shares_are_refused() {
-        let mut rng = rand::rngs::StdRng::from_seed([1; 32]);
-        let (a, b) = (Ephemeral::generate(&mut rng), Ephemeral::generate(&mut rng));
-        assert_eq!(a.agree(b.public()), b.agree(a.public()));
-        assert!(a.agree(&[0; 32]).is_none());
-        let mut one = [0u8; 32];
-        one[0] = 1;
-        assert!(a.agree(&one).is_none());
-        let back = Ephemeral::from_private(*a.private_bytes());
-        assert_eq!(back.public(), a.public());
-        assert!(!format!("{a:?}").contains(&format!("{:?}", &*a.private_bytes())));
-    }
-
-    #[test]
     fn an_epoch_key_is_reused_until_its_deadline_then_dropped() {
         let mut rng = rand::rngs::StdRng::from_seed([2; 32]);
         let mut e = HubEpoch::default();
-        let p1 = *e.get(Time(0), 1000, &mut rng).public();
-        assert_eq!(*e.get(Time(999), 1000, &mut rng).public(), p1);
+        let p1 = *e.get(Time(0), 1000, &mut rng).unwrap().public();
+        assert_eq!(*e.get(Time(999), 1000, &mut rng).unwrap().public(), p1);
         assert_eq!(e.deadline(), Some(Time(1000)));
         e.expire(Time(999));
         assert!(e.deadline().is_some());
         e.expire(Time(1000));
         assert_eq!(e.deadline(), None);
-        let p2 = *e.get(Time(1000), 1000, &mut rng).public();
+        let p2 = *e.get(Time(1000), 1000, &mut rng).unwrap().public();
         assert_ne!(p1, p2);
         // Epoch 0: a key pair per rotation.
-        let p3 = *e.get(Time(5000), 0, &mut rng).public();
-        let p4 = *e.get(Time(5000), 0, &mut rng).public();
+        let p3 = *e.get(Time(5000), 0, &mut rng).unwrap().public();
+        let p4 = *e.get(Time(5000), 0, &mut rng).unwrap().public();
         assert_ne!(p3, p4);
     }
 }

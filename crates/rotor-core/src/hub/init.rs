@@ -2,13 +2,13 @@
 //! gets a fresh chain starting at generation 1.
 
 use rand::RngCore;
-use x25519_dalek::{EphemeralSecret, PublicKey};
 
 use super::admit::{INITS, RESENDS};
 use super::{MAX_SUPERSEDED, NodeState, Shared};
 use crate::action::{Action, DropReason, Event, Now, PeerId};
 use crate::key_schedule::{init_reply_mac_key, init_request_key, init_session_key};
 use crate::wire::{Datagram, InitReply, Message};
+use crate::x25519::Ephemeral;
 
 impl Shared {
     /// An init request under node `id`'s init SPI. Accepted only if it
@@ -58,22 +58,14 @@ impl Shared {
         if !n.init_bucket.take(now.mono, INITS) {
             return Err(DropReason::RateLimited);
         }
-        let eph = EphemeralSecret::random_from_rng(&mut self.rng);
-        let hub_pub = PublicKey::from(&eph);
-        let dh = eph.diffie_hellman(&PublicKey::from(eph_pub));
-        if !dh.was_contributory() {
-            return Err(DropReason::BadEphemeral);
-        }
+        let eph = Ephemeral::generate(&mut self.rng).ok_or(DropReason::BadEphemeral)?;
+        let hub_pub = *eph.public();
+        let dh = eph.agree(&eph_pub).ok_or(DropReason::BadEphemeral)?;
+        drop(eph);
         // Accepted: from here on, state changes.
         let mut hub_nonce = [0u8; 32];
         self.rng.fill_bytes(&mut hub_nonce);
-        let session = init_session_key(
-            &n.psk,
-            dh.as_bytes(),
-            &node_nonce,
-            &hub_nonce,
-            self.names.get(id),
-        );
+        let session = init_session_key(&n.psk, &dh, &node_nonce, &hub_nonce, self.names.get(id));
         // Make before break across re-init: every replaced chain stays installed
         // (and the hub keeps sending on the one it sends on) until the node
         // confirms the new generation 1; the node may be using any of them.
@@ -115,10 +107,7 @@ impl Shared {
         let datagram = Message::Key {
             spi: n.init_spi,
             counter: 0,
-            init_reply: Some(InitReply {
-                hub_nonce,
-                hub_pub: *hub_pub.as_bytes(),
-            }),
+            init_reply: Some(InitReply { hub_nonce, hub_pub }),
             generation: 1,
             gen_spi: spi,
             secret: gen1.secret.clone(),

@@ -207,9 +207,11 @@ impl Shared {
         node_share: &[u8; 32],
     ) -> Option<(Generation, PendingKey)> {
         let (dh, hub_share, node_share) = if self.is_ratchet_step(number) {
-            let eph = self.epoch.get(now, self.ratchet_epoch_ms, &mut self.rng);
-            let hub_share = *eph.public();
-            let Some(dh) = eph.agree(node_share) else {
+            let step = self
+                .epoch
+                .get(now, self.ratchet_epoch_ms, &mut self.rng)
+                .and_then(|eph| Some((eph.agree(node_share)?, *eph.public())));
+            let Some((dh, hub_share)) = step else {
                 self.drop_reason(DropReason::BadEphemeral, Some(id));
                 return None;
             };
