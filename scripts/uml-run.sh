@@ -107,6 +107,20 @@ if [ -z "$KVER" ] || [ ! -f "/usr/lib/uml/modules/$KVER/modules.dep" ]; then
 	die "no UML kernel modules in /usr/lib/uml/modules (package user-mode-linux)"
 fi
 
+# --- the FPU state shim ----------------------------------------------------------
+# On a CPU whose XSAVE area is larger than UML knows (AVX-512, AMX) UML
+# panics at its first process; scripts/uml-xstate.c keeps the whole state
+# for it (see there). Built once per source version, used on every host (a
+# plain pass-through where UML's buffer is big enough).
+XSTATE_SRC=$HERE/uml-xstate.c
+XSTATE_SO=/tmp/rotor-uml-xstate-$(sha256sum "$XSTATE_SRC" | cut -c1-16).so
+if [ ! -f "$XSTATE_SO" ]; then
+	command -v gcc >/dev/null || die "gcc not found (needed to build $XSTATE_SRC): apt-get install gcc"
+	tmp_so=$(mktemp /tmp/rotor-uml-xstate.XXXXXX) || die "cannot create a file in /tmp"
+	gcc -O2 -Wall -shared -fPIC -o "$tmp_so" "$XSTATE_SRC" -ldl >&2 || { rm -f "$tmp_so"; die "building $XSTATE_SRC failed"; }
+	chmod 0755 "$tmp_so" && mv -f "$tmp_so" "$XSTATE_SO" || die "cannot install $XSTATE_SO"
+fi
+
 # --- the run directory, shared with UML through host /tmp ---------------------
 # Must be under /tmp: inside UML that is the only writable host directory.
 RUN=$(mktemp -d /tmp/uml-run.XXXXXX) || die "cannot create a directory in /tmp"
@@ -184,7 +198,7 @@ fi
 HARD_LIMIT=$((BOOT_TIMEOUT + TIMEOUT + 30))
 t0=$(date +%s.%N)
 start=$SECONDS
-TMPDIR=$MEMDIR linux.uml \
+TMPDIR=$MEMDIR LD_PRELOAD=$XSTATE_SO linux.uml \
 	mem="$MEM" uml_dir="$RUN" \
 	root=/dev/root rootfstype=hostfs rootflags=/ ro init="$RUN/init" UML_RUN="$RUN" \
 	con=null con0=null,fd:1 ssl=null \
