@@ -8,6 +8,12 @@
 # streams) and under it (the second half). Every node keeps rotating without
 # re-initialising, no probe packet is lost, the hub's status answers during
 # the flood.
+# F2 cookies: the forged inits turn the hub's cookie round on (docs/protocol.md
+# §4); a fourth node whose address the hub learns (none in its config),
+# started as the flood ends, while the hub still asks for cookies, gets in
+# after one: on its wire, its init, the hub's 48-byte cookie message, the
+# same init with the cookie (120 bytes), the init reply; SAs in both
+# kernels.
 . "$(dirname "$0")/daemon-lib.sh"
 # The flood comes from rotor-loadgen (sendmmsg), next to the rotor binary.
 LOADGEN=${ROTOR_LOADGEN:-$(dirname "$ROTOR")/rotor-loadgen}
@@ -16,7 +22,7 @@ N=3
 SENDERS=3
 CALM=${ROTOR_FLOOD_CALM:-8}
 FLOOD=${ROTOR_FLOOD_SECONDS:-10}
-topo_up $N
+topo_up $((N + 1))
 for k in $(seq 1 $SENDERS); do
 	ip netns add f$k
 	ip link add veth0 netns f$k type veth peer name pf$k netns lan
@@ -25,7 +31,16 @@ for k in $(seq 1 $SENDERS); do
 	ip -n f$k link set veth0 up
 	ip -n f$k addr add "10.9.0.$((100 + k))/24" dev veth0
 done
-configs $N 1s 500ms
+configs $((N + 1)) 1s 500ms
+# n4's address is learned: its [[node]] block keeps only name and key.
+python3 - "$WORK/hub.toml" <<'EOP'
+import re, sys
+p = sys.argv[1]
+s = open(p).read()
+s = re.sub(r'(name = "n4"\n)address = "[^"]*"\n', r'\1', s)
+open(p, "w").write(s)
+EOP
+check "F2: n4 has no address in the hub's config" sh -c "! grep -A1 'name = \"n4\"' '$WORK/hub.toml' | grep -q address"
 start_hub
 for i in $(seq 1 $N); do start_node $i; done
 check "F1: every node initialised and both sides send" wait_all_sending $N 20
@@ -64,6 +79,16 @@ for _ in $(seq 1 3); do
 done
 wait "${FLOODERS[@]}"
 r2=$(rotations); t2=$(date +%s.%N); m2=$(received); b2=$(rcvbuf)
+# F2: n4 starts now, within the 5 s the hub keeps asking for cookies.
+ip netns exec n4 python3 "$HERE/hostile.py" capture --iface veth0 --seconds 8 --out "$WORK/n4-wire.json" >/dev/null &
+CAPTURE=$!
+sleep 0.3
+start_node 4
+n4_in=0
+for _ in $(seq 1 80); do
+	[ "$(peer_field n4 generation 2>/dev/null)" -ge 1 ] 2>/dev/null && { n4_in=1; break; }
+	sleep 0.1
+done
 wait_probes
 sent=$(cat "$WORK"/flood-*.json | python3 -c "import json,sys; print(sum(json.loads(l)['sent'] for l in sys.stdin))")
 read -r calm_rate flood_rate junk_rate <<<"$(python3 -c "
@@ -88,6 +113,22 @@ check "F1: the flood reached the hub (>= 10,000 datagrams: $((m2 - m1)))" test $
 check "F1: the hub's status answered every time during the flood (slowest ${slow} ms)" test "$unanswered" -eq 0
 check "F1: the hub is still running" kill -0 "$HUB_PID"
 for ns in hub n1 n2 n3; do check "F1: no XFRM errors in $ns" xfrm_clean "$ns"; done
+wait "$CAPTURE"
+# n4's wire: every control datagram on its port (4-byte non-ESP marker,
+# then version 2, then the type).
+read -r inits cookies cookied replies <<<"$(python3 -c "
+import json
+d = [bytes.fromhex(h) for h in json.load(open('$WORK/n4-wire.json'))]
+c = lambda t, n: sum(1 for x in d if x[:4] == bytes(4) and x[4:6] == bytes([2, t]) and len(x) == 4 + n)
+print(c(2, 104), c(5, 48), c(2, 120), c(3, 188))")"
+echo "  n4's wire: inits $inits, cookie messages $cookies, inits with a cookie $cookied, init replies $replies; hub drops cookie_required $(hub_status | python3 -c "import json,sys; print(json.load(sys.stdin)['drops'].get('cookie_required', 0))")"
+check "F2: n4 initialised after the flood (the hub learned its address)" test "$n4_in" = 1
+check "F2: the hub answered n4's init with a cookie message" test "${cookies:-0}" -ge 1
+check "F2: n4 sent the same init again with the cookie, and got its init reply" test "${cookied:-0}" -ge 1 -a "${replies:-0}" -ge 1
+check "F2: n4's SAs are in the hub's kernel" sh -c "ip -n hub xfrm state | grep -q 'dst $(outer 4)'"
+check "F2: the hub's SAs are in n4's kernel" sh -c "ip -n n4 xfrm state | grep -q 'dst $(outer 0)'"
+check "F2: n4 initialised once (inits $(peer_field n4 inits))" test "$(peer_field n4 inits)" -eq 1
+check "F2: no XFRM errors in n4" xfrm_clean n4
 figures F1 $N 200
 echo "daemon flood: $PASSES passed, $FAILS failed"
 [ "$FAILS" -eq 0 ] || { tail -n 30 "$WORK/hub.log"; exit 1; }

@@ -203,14 +203,15 @@ peer_field() {
 	hub_status | python3 -c "import json,sys; d=json.load(sys.stdin); print(next(p['$2'] for p in d['peers'] if p['name']=='$1'))"
 }
 
-# wait_all_sending N TIMEOUT_S: until the hub sends to every node and each node sends
+# wait_all_sending N TIMEOUT_S: until the hub sends to n1..nN and each of them sends
 wait_all_sending() {
 	local n=$1 t=$2 i
 	for _ in $(seq 1 $((t * 10))); do
 		if hub_status | python3 -c "
 import json,sys
 d=json.load(sys.stdin)
-sys.exit(0 if len(d['peers'])==$n and all(p['tx_spi'] and p['generation']>=1 for p in d['peers']) else 1)" 2>/dev/null; then
+names={'n%d' % i for i in range(1, $n + 1)}
+sys.exit(0 if sum(1 for p in d['peers'] if p['name'] in names and p['tx_spi'] and p['generation']>=1)==$n else 1)" 2>/dev/null; then
 			return 0
 		fi
 		sleep 0.1

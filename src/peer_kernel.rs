@@ -226,7 +226,10 @@ impl PeerKernel {
                 SaDir::Out => self.delete_outbound_sa(*spi),
             }),
             // The executor moves the layout itself (it replaces this one).
-            Action::PeerPath { .. } | Action::Send { .. } | Action::Event(_) => {}
+            Action::PeerPath { .. }
+            | Action::Send { .. }
+            | Action::Reply { .. }
+            | Action::Event(_) => {}
         }
         Ok(())
     }

@@ -55,6 +55,9 @@ pub const MAX_BURST: usize = 1024;
 /// moved still gets through (its next hello, if a flood took this burst's
 /// budget).
 pub const COSTLY_PER_BURST: usize = 32;
+/// Costly datagrams handled per burst from one address (several nodes may
+/// sit behind one NAT address).
+pub const COSTLY_PER_SOURCE: usize = 4;
 /// Control calls answered per loop turn, beyond the one that woke it.
 pub const CALLS_PER_TURN: usize = 8;
 
@@ -411,9 +414,13 @@ impl Deferred {
     }
 
     /// Keeps `message` from `from`; `false` (nothing kept) once the burst's
-    /// budget is spent.
+    /// budget is spent, or [`COSTLY_PER_SOURCE`] from `from`'s address are
+    /// kept: a sender with one address (even one that echoes cookies) gets
+    /// a few of the burst's slots, never all.
     fn push(&mut self, from: SocketAddr, message: &[u8]) -> bool {
-        if self.items.len() >= COSTLY_PER_BURST {
+        if self.items.len() >= COSTLY_PER_BURST
+            || self.items.iter().filter(|i| i.0.ip() == from.ip()).count() >= COSTLY_PER_SOURCE
+        {
             return false;
         }
         let at = self.data.len();
@@ -575,6 +582,7 @@ async fn execute<R: Role, K: Kernel>(
                     framed.push((to, rotor_core::wire::frame(datagram)));
                 }
             }
+            Action::Reply { to, datagram } => framed.push((*to, rotor_core::wire::frame(datagram))),
             Action::Event(e) => book.event(e, role.names(), R::NAME, now.mono),
             _ => {}
         }

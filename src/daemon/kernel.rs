@@ -277,7 +277,9 @@ fn action_peer(a: &Action) -> Option<PeerId> {
         Action::InstallSa { peer, .. }
         | Action::SetOutbound { peer, .. }
         | Action::DeleteSa { peer, .. } => Some(*peer),
-        Action::PeerPath { .. } | Action::Send { .. } | Action::Event(_) => None,
+        Action::PeerPath { .. } | Action::Send { .. } | Action::Reply { .. } | Action::Event(_) => {
+            None
+        }
     }
 }
 

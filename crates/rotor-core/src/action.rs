@@ -122,6 +122,14 @@ pub enum Action {
         /// The datagram.
         datagram: Vec<u8>,
     },
+    /// Send a control datagram to `to`, where a datagram came from, which
+    /// need not be where any peer is known to be (a hub's cookie message).
+    Reply {
+        /// The address the answered datagram came from.
+        to: SocketAddr,
+        /// The datagram.
+        datagram: Vec<u8>,
+    },
     /// Something worth a log line or a metric.
     Event(Event),
 }
@@ -156,6 +164,10 @@ pub enum DropReason {
     /// (`hub::REQUESTED_ROTATIONS`) or the cap on SAs awaiting deletion:
     /// answered with an ack, granted at a later hello.
     RotationDeferred,
+    /// An init from an address where its node is not known to be, while
+    /// the hub is under load, without a valid cookie: answered with a
+    /// cookie (within the reply budget), not authenticated.
+    CookieRequired,
 }
 
 impl DropReason {
@@ -178,6 +190,7 @@ impl DropReason {
             DropReason::Unsolicited => "unsolicited",
             DropReason::RateLimited => "rate_limited",
             DropReason::RotationDeferred => "rotation_deferred",
+            DropReason::CookieRequired => "cookie_required",
         }
     }
 }

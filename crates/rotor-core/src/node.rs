@@ -34,7 +34,7 @@ use crate::machine::Machine;
 use crate::persist::{self, GenRecord, KernelView, Kind, Record, RestoreReport};
 use crate::secret::Secret32;
 use crate::status::{PeerState, PeerStatus};
-use crate::wire::{self, Message};
+use crate::wire::{self, Message, MsgType};
 use crate::x25519::Ephemeral;
 
 /// The hub, as seen from a node.
@@ -56,6 +56,9 @@ struct PendingInit {
     /// The key of the reply's MAC, checked before the X25519.
     reply_mac: crate::secret::ControlKey,
     datagram: Vec<u8>,
+    /// The hub's cookie for this init, from its latest cookie message:
+    /// appended to every retransmission.
+    cookie: Option<[u8; wire::COOKIE_LEN]>,
     created: Time,
 }
 
@@ -317,7 +320,10 @@ impl Node {
     fn send_init(&mut self, now: Time, unix_ms: u64) {
         match &self.pending {
             Some(p) if now.since(p.created) < INIT_REFRESH_MS => {
-                let datagram = p.datagram.clone();
+                let datagram = match &p.cookie {
+                    Some(c) => wire::with_cookie(&p.datagram, c),
+                    None => p.datagram.clone(),
+                };
                 self.actions.push_back(Action::Send {
                     peer: HUB,
                     datagram,
@@ -368,6 +374,7 @@ impl Node {
             nonce,
             eph,
             datagram,
+            cookie: None,
             created: now,
         });
     }
@@ -403,6 +410,9 @@ impl Node {
         let dg = wire::parse(data).map_err(DropReason::Wire)?;
         if dg.header.kind.from_node() {
             return Err(DropReason::UnexpectedType);
+        }
+        if dg.header.kind == MsgType::Cookie {
+            return self.cookie(&dg);
         }
         if dg.header.spi == self.init_spi {
             return self.init_reply(now, &dg);
@@ -594,6 +604,33 @@ impl Node {
             peer: HUB,
             spi: Some(spi),
         });
+    }
+
+    /// A cookie message: taken only if it echoes the tag of the pending
+    /// init (which only a receiver of that init knows); the init goes again
+    /// at once with the cookie, and so do its retransmissions. A repeated
+    /// cookie changes nothing.
+    fn cookie(&mut self, dg: &wire::Datagram<'_>) -> Result<(), DropReason> {
+        let (cookie, echo) = dg.cookie().ok_or(DropReason::UnexpectedType)?;
+        let p = self.pending.as_mut().ok_or(DropReason::Unsolicited)?;
+        let tag = p
+            .datagram
+            .len()
+            .checked_sub(wire::TAG_LEN)
+            .and_then(|at| p.datagram.get(at..));
+        if dg.header.spi != self.init_spi || tag != Some(&echo[..]) {
+            return Err(DropReason::Unsolicited);
+        }
+        if p.cookie == Some(cookie) {
+            return Ok(());
+        }
+        p.cookie = Some(cookie);
+        let datagram = wire::with_cookie(&p.datagram, &cookie);
+        self.actions.push_back(Action::Send {
+            peer: HUB,
+            datagram,
+        });
+        Ok(())
     }
 
     fn init_reply(&mut self, now: Time, dg: &wire::Datagram<'_>) -> Result<(), DropReason> {

@@ -51,6 +51,12 @@ pub const FLAG_NAT: u16 = 0x0002;
 /// checks it, under a key of its own init (PSK and nonce), before it
 /// spends an X25519 on the reply ([`Datagram::check_mac`]).
 pub const INIT_REPLY_MAC_LEN: usize = 16;
+/// Length of a cookie (docs/protocol.md §4, "Cookies"), and of the echo
+/// of the init's tag in a cookie message.
+pub const COOKIE_LEN: usize = 16;
+/// Length of a cookie message: the header, the cookie, the echo. Shorter
+/// than the init it answers (104 bytes): no amplification.
+pub const COOKIE_MSG_LEN: usize = HEADER_LEN + 2 * COOKIE_LEN;
 /// Length of an endpoint on the wire: the IPv6 address (IPv4 as
 /// IPv4-mapped `::ffff:a.b.c.d`) then the port.
 pub const ENDPOINT_LEN: usize = 18;
@@ -67,6 +73,10 @@ pub enum MsgType {
     Key = 3,
     /// Hub -> node: in sync, nothing to change.
     Ack = 4,
+    /// Hub -> node, in clear: an init was not looked at because the hub is
+    /// under load; send it again with this cookie (proof that the node
+    /// receives at the address it sends from). See [`cookie_message`].
+    Cookie = 5,
 }
 
 impl MsgType {
@@ -76,6 +86,7 @@ impl MsgType {
             2 => Some(MsgType::Init),
             3 => Some(MsgType::Key),
             4 => Some(MsgType::Ack),
+            5 => Some(MsgType::Cookie),
             _ => None,
         }
     }
@@ -234,6 +245,8 @@ fn body_len(kind: MsgType) -> usize {
         MsgType::Init => INIT_LEN,
         MsgType::Key => KEY_LEN,
         MsgType::Ack => ACK_LEN,
+        // Not sealed: parse() takes it apart before any length rule.
+        MsgType::Cookie => 0,
     }
 }
 
@@ -277,6 +290,37 @@ fn clear_len(kind: MsgType, flags: u16) -> Result<usize, WireError> {
         (_, 0) => Ok(0),
         _ => Err(WireError::BadFlags),
     }
+}
+
+/// A cookie message (type 5, not encrypted): the node's init SPI in the
+/// header (counter 0), then `cookie`, then `echo`, the tag of the init it
+/// answers, which only a receiver of that init knows.
+pub fn cookie_message(
+    init_spi: u32,
+    cookie: &[u8; COOKIE_LEN],
+    echo: &[u8; COOKIE_LEN],
+) -> Vec<u8> {
+    let header = Header {
+        kind: MsgType::Cookie,
+        flags: 0,
+        spi: init_spi,
+        counter: 0,
+    };
+    let mut out = Vec::with_capacity(COOKIE_MSG_LEN);
+    out.extend_from_slice(&header.encode());
+    out.extend_from_slice(cookie);
+    out.extend_from_slice(echo);
+    out
+}
+
+/// A sealed init followed by `cookie`: the AEAD covers the init as it was,
+/// so the node re-sends the same datagram, never a second seal under the
+/// same key and nonce.
+pub fn with_cookie(init: &[u8], cookie: &[u8; COOKIE_LEN]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(init.len() + COOKIE_LEN);
+    out.extend_from_slice(init);
+    out.extend_from_slice(cookie);
+    out
 }
 
 /// `message` as it goes on the wire: [`NON_ESP_MARKER`] first.
@@ -474,8 +518,8 @@ pub struct Datagram<'a> {
     pub clear: &'a [u8],
     aad: &'a [u8],
     sealed: &'a [u8],
-    /// Everything before the trailer, and the trailer (an init reply's MAC;
-    /// empty for every other message).
+    /// Everything before the trailer, and the trailer (an init reply's MAC,
+    /// an init's cookie; empty for every other message).
     maced: &'a [u8],
     trailer: &'a [u8],
 }
@@ -490,22 +534,41 @@ pub fn parse(buf: &[u8]) -> Result<Datagram<'_>, WireError> {
     }
     let kind = MsgType::from_u8(buf[1]).ok_or(WireError::UnknownType)?;
     let flags = u16::from_be_bytes([buf[2], buf[3]]);
-    let clear = clear_len(kind, flags)?;
-    let trailer = trailer_len(kind, flags);
-    let end = HEADER_LEN + clear + body_len(kind) + TAG_LEN;
-    if buf.len() != end + trailer {
-        return Err(WireError::BadLength);
-    }
     let spi = u32::from_be_bytes([buf[4], buf[5], buf[6], buf[7]]);
     let mut c = [0u8; 8];
     c.copy_from_slice(&buf[8..16]);
+    let header = Header {
+        kind,
+        flags,
+        spi,
+        counter: u64::from_be_bytes(c),
+    };
+    if kind == MsgType::Cookie {
+        if flags != 0 {
+            return Err(WireError::BadFlags);
+        }
+        if buf.len() != COOKIE_MSG_LEN {
+            return Err(WireError::BadLength);
+        }
+        return Ok(Datagram {
+            header,
+            clear: &buf[HEADER_LEN..],
+            aad: buf,
+            sealed: &[],
+            maced: buf,
+            trailer: &[],
+        });
+    }
+    let clear = clear_len(kind, flags)?;
+    let trailer = trailer_len(kind, flags);
+    let end = HEADER_LEN + clear + body_len(kind) + TAG_LEN;
+    // An init may end in a cookie, outside its AEAD.
+    let cookie = kind == MsgType::Init && buf.len() == end + COOKIE_LEN;
+    if buf.len() != end + trailer && !cookie {
+        return Err(WireError::BadLength);
+    }
     Ok(Datagram {
-        header: Header {
-            kind,
-            flags,
-            spi,
-            counter: u64::from_be_bytes(c),
-        },
+        header,
         clear: &buf[HEADER_LEN..HEADER_LEN + clear],
         aad: &buf[..HEADER_LEN + clear],
         sealed: &buf[HEADER_LEN + clear..end],
@@ -540,6 +603,30 @@ impl Datagram<'_> {
         }
     }
 
+    /// The cookie an init ends with, if any (not authenticated by the
+    /// AEAD: the hub checks it against the source address).
+    pub fn init_cookie(&self) -> Option<[u8; COOKIE_LEN]> {
+        match self.header.kind {
+            MsgType::Init => self.trailer.try_into().ok(),
+            _ => None,
+        }
+    }
+
+    /// The AEAD tag of a sealed message (what a cookie message echoes).
+    pub fn tag(&self) -> Option<[u8; COOKIE_LEN]> {
+        let at = self.sealed.len().checked_sub(TAG_LEN)?;
+        self.sealed.get(at..)?.try_into().ok()
+    }
+
+    /// A cookie message's cookie and echo; `None` for every other type.
+    pub fn cookie(&self) -> Option<([u8; COOKIE_LEN], [u8; COOKIE_LEN])> {
+        if self.header.kind != MsgType::Cookie {
+            return None;
+        }
+        let (c, e) = self.clear.split_at_checked(COOKIE_LEN)?;
+        Some((c.try_into().ok()?, e.try_into().ok()?))
+    }
+
     /// The clear extension of an init reply (unauthenticated until
     /// [`Self::open`]); `None` for every other message.
     pub fn init_reply(&self) -> Option<InitReply> {
@@ -557,7 +644,7 @@ impl Datagram<'_> {
     /// (one HMAC), and done before the X25519 the reply's AEAD key needs.
     /// Every other message has no MAC and passes.
     pub fn check_mac(&self, mac_key: &ControlKey) -> Result<(), WireError> {
-        if self.trailer.is_empty() {
+        if self.header.kind != MsgType::Key || self.trailer.is_empty() {
             return Ok(());
         }
         mac_of(mac_key, self.maced)
@@ -632,6 +719,8 @@ impl Datagram<'_> {
                 hello: u64_at(p, 8),
                 nat,
             },
+            // parse() gives a cookie no sealed part: refused above.
+            MsgType::Cookie => return Err(WireError::BadLength),
         })
     }
 }
@@ -837,6 +926,48 @@ mod tests {
             })
             .collect();
         assert_eq!(sizes, vec![91, 91, 104, 108, 108, 188, 188, 48, 48]);
+    }
+
+    #[test]
+    fn an_init_may_end_in_a_cookie_and_a_cookie_message_is_48_bytes() {
+        let init = Message::Init {
+            spi: 7,
+            counter: 0,
+            nonce: [9; 32],
+            timestamp_ms: 1,
+            eph_pub: [5; 32],
+        };
+        let sealed = init.seal(&key(1));
+        let plain = parse(&sealed).unwrap();
+        assert_eq!(plain.init_cookie(), None);
+        let tag = plain.tag().unwrap();
+        assert_eq!(&tag[..], &sealed[sealed.len() - TAG_LEN..]);
+        let cookied = with_cookie(&sealed, &[3; COOKIE_LEN]);
+        assert_eq!(cookied.len(), 120);
+        let p = parse(&cookied).unwrap();
+        assert_eq!(p.init_cookie(), Some([3; COOKIE_LEN]));
+        // The AEAD still covers the init, and only it.
+        assert_eq!(p.open(&key(1)).unwrap(), init);
+        assert_eq!(p.tag(), Some(tag));
+        // Any other length is refused; other types take no cookie.
+        assert_eq!(parse(&cookied[..119]).err(), Some(WireError::BadLength));
+        let hello = samples()[0].2.seal(&key(1));
+        assert_eq!(
+            parse(&with_cookie(&hello, &[3; COOKIE_LEN])).err(),
+            Some(WireError::BadLength)
+        );
+        let c = cookie_message(7, &[1; COOKIE_LEN], &tag);
+        assert_eq!(c.len(), COOKIE_MSG_LEN);
+        assert!(c.len() < sealed.len(), "a cookie message amplifies nothing");
+        let p = parse(&c).unwrap();
+        assert_eq!(p.header.kind, MsgType::Cookie);
+        assert_eq!(p.header.spi, 7);
+        assert_eq!(p.cookie(), Some(([1; COOKIE_LEN], tag)));
+        assert!(p.open(&key(1)).is_err());
+        assert_eq!(parse(&c[..47]).err(), Some(WireError::BadLength));
+        let mut flagged = c.clone();
+        flagged[3] = 1;
+        assert_eq!(parse(&flagged).err(), Some(WireError::BadFlags));
     }
 
     /// A message whose parts do not match (a clear extension or a flag on a

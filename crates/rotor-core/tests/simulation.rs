@@ -471,6 +471,28 @@ impl Sim {
                     ));
                 }
             }
+            // A hub's cookie message goes where the init came from: the
+            // node at that address, if any.
+            Action::Reply { to, datagram } => {
+                let Some(i) = self.addrs.iter().position(|a| *a == to) else {
+                    return;
+                };
+                self.fig.ctrl_sent += 1;
+                if self.rng.gen_bool(self.net.loss) {
+                    self.fig.ctrl_lost += 1;
+                    return;
+                }
+                let d = self.rng.gen_range(1..=MAX_CTRL_DELAY_MS);
+                let from = self.addr_of(host);
+                self.schedule(
+                    self.now.plus_ms(d),
+                    Ev::Ctrl {
+                        from,
+                        to: Host::Node(i),
+                        data: datagram,
+                    },
+                );
+            }
             Action::Send { peer, datagram } => {
                 let to = Self::peer_host(host, peer);
                 self.fig.ctrl_sent += 1;
@@ -1311,6 +1333,12 @@ fn hostile_datagrams_change_no_state() {
                 None => break,
                 Some(Action::Event(Event::Dropped { .. })) => {}
                 Some(Action::Send { .. }) if init_retransmit => resent = true,
+                // Under a flood of inits from elsewhere the hub answers with
+                // a cookie, to the sender, and changes nothing.
+                Some(Action::Reply { to, datagram })
+                    if target == Host::Hub
+                        && to == from
+                        && datagram.len() == rotor_core::wire::COOKIE_MSG_LEN => {}
                 Some(other) => panic!("round {round}: hostile datagram caused {other:?}"),
             }
         }

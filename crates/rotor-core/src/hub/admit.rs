@@ -15,7 +15,7 @@
 use std::net::SocketAddr;
 
 use super::Hub;
-use crate::action::Time;
+use crate::action::{Action, DropReason, Time};
 use crate::key_spi_table::SpiOwner;
 use crate::machine::Class;
 use crate::wire::{self, MsgType};
@@ -126,14 +126,14 @@ impl Hub {
                 if at(id) {
                     Class::Priority
                 } else {
-                    Class::Costly
+                    self.unverified_init_class(from, &dg)
                 }
             }
             Some(SpiOwner::SharedInit) if h.kind == MsgType::Init => {
                 if self.shared.table.init_candidates(h.spi).into_iter().any(at) {
                     Class::Priority
                 } else {
-                    Class::Costly
+                    self.unverified_init_class(from, &dg)
                 }
             }
             Some(SpiOwner::Generation(id)) if h.kind == MsgType::Hello => {
@@ -157,6 +157,67 @@ impl Hub {
             }
             Some(_) => Class::Cheap,
         }
+    }
+
+    /// An init from where its node is not known to be: while cookies are
+    /// asked for, one without a valid cookie is answered with a cookie for
+    /// an HMAC ([`Class::Cheap`]); otherwise it costs a key derivation and
+    /// an AEAD ([`Class::Costly`]).
+    fn unverified_init_class(&self, from: SocketAddr, dg: &wire::Datagram<'_>) -> Class {
+        let cookie = |c: [u8; wire::COOKIE_LEN]| self.shared.cookies.check(from, dg.header.spi, &c);
+        if self.shared.cookies.asking() && !dg.init_cookie().is_some_and(cookie) {
+            Class::Cheap
+        } else {
+            Class::Costly
+        }
+    }
+
+    /// The cookie round (see [`super::cookie`]) for an init from `from`:
+    /// `Ok` lets it be authenticated; an init from an address where its
+    /// node is not known to be, while the hub is under load, passes only
+    /// with a valid cookie, and is otherwise answered with one (within the
+    /// reply budget) and dropped as [`DropReason::CookieRequired`].
+    pub(super) fn cookie_gate(
+        &mut self,
+        now: Time,
+        from: SocketAddr,
+        dg: &wire::Datagram<'_>,
+    ) -> Result<(), DropReason> {
+        let spi = dg.header.spi;
+        let at = |id: crate::action::PeerId| {
+            self.nodes
+                .get(id.0 as usize)
+                .is_some_and(|n| n.path.is(&from))
+        };
+        let known = match self.shared.table.lookup(spi) {
+            Some(SpiOwner::Init(id)) => at(id),
+            Some(SpiOwner::SharedInit) => {
+                self.shared.table.init_candidates(spi).into_iter().any(at)
+            }
+            // Not an init SPI: the routing refuses it for nothing.
+            _ => return Ok(()),
+        };
+        if known {
+            return Ok(());
+        }
+        let sh = &mut self.shared;
+        sh.cookies.unverified_init(now);
+        if !sh.cookies.under_load(now)
+            || dg
+                .init_cookie()
+                .is_some_and(|c| sh.cookies.check(from, spi, &c))
+        {
+            return Ok(());
+        }
+        if let Some(tag) = dg.tag()
+            && let Some(cookie) = sh.cookies.issue(now, from, spi, &mut sh.rng)
+        {
+            sh.actions.push_back(Action::Reply {
+                to: from,
+                datagram: wire::cookie_message(spi, &cookie, &tag),
+            });
+        }
+        Err(DropReason::CookieRequired)
     }
 
     /// Most generations that may wait for deletion at once (see

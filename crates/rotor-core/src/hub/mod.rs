@@ -24,6 +24,7 @@
 //! `rotate --all` pacing and the grace-period retire queue.
 
 mod admit;
+mod cookie;
 mod init;
 mod path;
 mod persist;
@@ -50,6 +51,10 @@ use crate::status::{PeerState, PeerStatus};
 use crate::wire::{self, MsgType};
 
 pub use admit::{INITS, Limit, REQUESTED_ROTATIONS, RESENDS, RETIRING_PER_NODE, RETIRING_SLACK};
+pub use cookie::{
+    LOAD_HOLD_MS, REPLIES_PER_S as COOKIE_REPLIES_PER_S, SECRET_MS as COOKIE_SECRET_MS,
+    UNDER_LOAD_INITS,
+};
 pub use path::behind_nat;
 pub use timers::TIMER_BATCH;
 
@@ -163,6 +168,8 @@ struct Shared {
     dirty: Vec<PeerId>,
     actions: VecDeque<Action>,
     drops: BTreeMap<DropReason, u64>,
+    /// Cookie secrets and the load that decides whether inits need one.
+    cookies: cookie::CookieJar,
     /// Generation secrets, SPIs, init nonces and ephemeral keys.
     rng: StdRng,
 }
@@ -262,6 +269,7 @@ impl Hub {
                 dirty: Vec::new(),
                 actions: VecDeque::new(),
                 drops: BTreeMap::new(),
+                cookies: cookie::CookieJar::new(),
                 rng: StdRng::from_seed(rng_seed),
             },
         };
@@ -330,6 +338,9 @@ impl Hub {
     /// Routes a datagram by its header SPI (I5) to the handler of its node.
     fn datagram(&mut self, now: Now, from: SocketAddr, data: &[u8]) -> Result<(), DropReason> {
         let dg = wire::parse(data).map_err(DropReason::Wire)?;
+        if dg.header.kind == MsgType::Init {
+            self.cookie_gate(now.mono, from, &dg)?;
+        }
         let Hub { nodes, shared: sh } = self;
         match sh.table.lookup(dg.header.spi) {
             None => Err(DropReason::UnknownSpi),
