@@ -19,12 +19,13 @@ fuzz_target!(|data: &[u8]| {
         key_bits: KeyBits::Aes128,
         init_skew_ms: 120_000,
         ratchet_epoch_ms: rotor_core::config::DEFAULT_RATCHET_EPOCH_MS,
-            ratchet_every: rotor_core::config::DEFAULT_RATCHET_EVERY,
+        ratchet_every: rotor_core::config::DEFAULT_RATCHET_EVERY,
     };
     let Ok(mut hub) = Hub::new(cfg, Now::new(Time(0), 1_750_000_000_000), [1; 32]) else {
         return;
     };
-    hub.handle_datagram(Now::new(Time(1), 1_750_000_000_000), data);
+    let from = std::net::SocketAddr::from(([192, 0, 2, 9], 4820));
+    hub.handle_datagram(Now::new(Time(1), 1_750_000_000_000), from, data);
     while let Some(a) = hub.poll_action() {
         assert!(matches!(a, Action::Event(Event::Dropped { .. })), "{a:?}");
     }
