@@ -6,7 +6,8 @@
 #                    [--ratchet-every K]
 #                    [--addressing scattered|sequential] [--state hostfs|tmpfs]
 #                    [--max-pending K] [--hub-log LEVEL] [--profile] [--syscalls]
-#                    [--strongswan] [--memory-lock on|off] [--mem SIZE]
+#                    [--strongswan] [--strongswan-pfs GROUP]
+#                    [--memory-lock on|off] [--mem SIZE]
 #                    [--timeout SECS]
 #
 # On the host it builds the release binaries (cargo, CARGO_TARGET_DIR or
@@ -86,6 +87,10 @@
 # "strongswan_rekeys_per_hub_cpu_s") and merges that field, with the ratio
 # rotor_vs_strongswan (rotations per hub CPU-s over rekeys per hub CPU-s);
 # without it, or when the script is missing, both are null.
+# --strongswan-pfs GROUP (implies --strongswan) gives strongSwan's CHILD_SAs
+# that DH group (e.g. modp3072, x25519: bench/strongswan.sh --pfs), so every
+# rekey is a DH exchange, as every rotor rotation is a ratchet step; the
+# table's header names the group.
 #
 # Exit: 0 when every N completed; 1 when one did not (counts in the output);
 # 2 bad usage; 3 the rig failed.
@@ -103,6 +108,7 @@ SYSCALLS=0
 FLOOD_ROUNDS=0
 RATCHET_EVERY=1
 STRONGSWAN=0
+SW_PFS=
 MEM=
 TIMEOUT=
 INSIDE=0
@@ -113,7 +119,7 @@ STATE_FS=hostfs
 MEMORY_LOCK=on
 
 usage() {
-	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--ratchet-every K] [--flood K] [--memory-lock on|off] [--mem SIZE] [--timeout SECS]" >&2
+	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--strongswan-pfs GROUP] [--ratchet-every K] [--flood K] [--memory-lock on|off] [--mem SIZE] [--timeout SECS]" >&2
 	exit 2
 }
 
@@ -133,6 +139,7 @@ while [ $# -gt 0 ]; do
 	--state) STATE_FS=${2:-}; shift 2 ;;
 	--memory-lock) MEMORY_LOCK=${2:-}; shift 2 ;;
 	--strongswan) STRONGSWAN=1; shift ;;
+	--strongswan-pfs) [ -n "${2:-}" ] || usage; STRONGSWAN=1; SW_PFS=$2; shift 2 ;;
 	--mem) MEM=${2:-}; shift 2 ;;
 	--timeout) TIMEOUT=${2:-}; shift 2 ;;
 	--inside) INSIDE=1; shift ;;
@@ -195,7 +202,9 @@ if [ "$INSIDE" = 0 ]; then
 	if [ "$STRONGSWAN" = 1 ]; then
 		SW=${ROTOR_STRONGSWAN_BENCH:-$ROOT/bench/strongswan.sh}
 		if [ -x "$SW" ]; then
-			sw=$("$SW" --n "$NS_LIST" --json) || echo "$PROG: $SW failed; its figures stay null" >&2
+			sw_args=(--n "$NS_LIST" --json)
+			[ -n "$SW_PFS" ] && sw_args+=(--pfs "$SW_PFS")
+			sw=$("$SW" "${sw_args[@]}") || echo "$PROG: $SW failed; its figures stay null" >&2
 			while read -r line; do
 				n=$(jq -r '.n // empty' <<<"$line" 2>/dev/null) || continue
 				v=$(jq -r '.strongswan_rekeys_per_hub_cpu_s // "null"' <<<"$line")
@@ -212,10 +221,10 @@ if [ "$INSIDE" = 0 ]; then
 	if [ "$JSON" = 1 ]; then
 		echo "$results"
 	else
-		jq -rs '
+		jq -rs --arg swan "swan rekey/cpu s${SW_PFS:+ (pfs $SW_PFS)}" '
 		def f(d): if . == null then "-" else (. * pow(10; d) | round / pow(10; d) | tostring) end;
 		(["N", "init s", "init hub cpu s", "rot/hub cpu s", "hub us/rot", "floor us/rot", "hub/floor",
-		  "ip-batch us/rot", "hub/ip", "rot wall s", "SA ops/s", "ctl msg/s", "B/node", "drops", "restart s", "restart cpu s", "resync s", "restart inits", "swan rekey/cpu s", "rotor/swan"] | @tsv),
+		  "ip-batch us/rot", "hub/ip", "rot wall s", "SA ops/s", "ctl msg/s", "B/node", "drops", "restart s", "restart cpu s", "resync s", "restart inits", $swan, "rotor/swan"] | @tsv),
 		(.[] | [(.n | tostring), (.init_wall_s | f(2)), (.init_hub_cpu_s | f(2)),
 		  (.rotations_per_hub_cpu_s | f(0)), (.hub_us_per_rotation | f(1)),
 		  (.kernel_floor_us_per_rotation | f(1)), (.hub_vs_floor | f(2)),
