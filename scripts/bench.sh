@@ -257,7 +257,11 @@ STATE=$(mktemp -d /tmp/rotor-bench-state.XXXXXX)
 # --state tmpfs: the state on the tmpfs too. UML runs a host fsync inside
 # the calling process's system time, so on hostfs every fdatasync counts as
 # hub CPU; on a tmpfs the store's CPU cost is measured alone.
-[ "$STATE_FS" = tmpfs ] && STATE=$W/state && mkdir -p "$STATE"HUB_PID=
+[ "$STATE_FS" = tmpfs ] && STATE=$W/state && mkdir -p "$STATE"
+# The profile on the host's /tmp (hostfs): it outlives this UML boot.
+PROF=
+[ "$PROFILE" = 1 ] && PROF=$(mktemp -d /tmp/rotor-bench-prof.XXXXXX)
+HUB_PID=
 LG_PID=
 log() { echo "bench: $*" >&2; }
 
@@ -267,7 +271,8 @@ cleanup() {
 	wait 2>/dev/null
 	for ns in hub load floor; do ip netns del "$ns" 2>/dev/null; done
 	rm -rf "$STATE"
-	[ "$PROFILE" = 1 ] || { umount "$W"; rm -rf "$W"; }
+	umount "$W"
+	rm -rf "$W"
 }
 trap cleanup EXIT
 
@@ -353,7 +358,7 @@ start_hub() { # CONFIG LOGFILE
 		# A profile part is dumped before each control request is answered,
 		# so every `rotor rotate --all` starts a new part.
 		ip netns exec hub env ROTOR_LOG="$HUB_LOG" "${HUB_WRAP[@]}" valgrind --tool=callgrind \
-			--dump-before='*daemon*answer*' --callgrind-out-file="$W/callgrind.out.hub" \
+			--dump-before='*daemon*answer*' --callgrind-out-file="$PROF/callgrind.out.hub" \
 			"$ROTOR" hub --config "$1" >"$2" 2>&1 &
 	else
 		ip netns exec hub env ROTOR_LOG="$HUB_LOG" "${HUB_WRAP[@]}" "$ROTOR" hub --config "$1" >"$2" 2>&1 &
@@ -644,7 +649,7 @@ for N in "${NS[@]}"; do
 		}' | sed 's/^/BENCH-JSON /'
 done
 if [ "$PROFILE" = 1 ]; then
-	log "callgrind output: $W/callgrind.out.hub.* (one part per control request: the parts after the warm-up rotation's are the measured rounds; callgrind_annotate them)"
-	ls -l "$W"/callgrind.out.hub* >&2
+	log "callgrind output: $PROF/callgrind.out.hub.* (one part per control request: the parts after the warm-up rotation's are the measured rounds; callgrind_annotate them)"
+	ls -l "$PROF"/callgrind.out.hub* >&2
 fi
 exit $RC
