@@ -33,8 +33,11 @@ pub struct KernelExec<K: Kernel> {
 }
 
 /// One peer's in-place move within a batch: its SAs, where they were and
-/// where they go, to remove them on both paths if a migration fails.
+/// where they go, to remove them on both paths if a migration fails (or
+/// one SA whose update in place failed).
 struct InPlace {
+    /// A migration of the peer's SAs, not an update of one SA.
+    migration: bool,
     peer: PeerId,
     old_sas: Vec<(SaDir, u32)>,
     ids: Vec<SaId>,
@@ -187,6 +190,7 @@ impl<K: Kernel> KernelExec<K> {
                         }
                     }
                     in_place.push(InPlace {
+                        migration: true,
                         peer: *peer,
                         old_sas: old_sas.clone(),
                         ids,
@@ -199,6 +203,11 @@ impl<K: Kernel> KernelExec<K> {
                     );
                 } else {
                     new.extend(p.move_ops(&to, old_sas).into_iter().map(|op| (*peer, op)));
+                    if *moving && p.known() {
+                        // Nothing to move to: what move_ops removes, the
+                        // core must repair.
+                        self.unmoved.push((*peer, old_sas.clone()));
+                    }
                 }
                 let (old_pairs, new_pairs) = (p.outbound_selectors(), to.outbound_selectors());
                 if old_pairs != new_pairs {
@@ -276,6 +285,7 @@ impl<K: Kernel> KernelExec<K> {
                         spi: s.spi,
                     };
                     in_place.push(InPlace {
+                        migration: false,
                         peer,
                         old_sas: vec![(dir, s.spi)],
                         ids: vec![id],
@@ -384,7 +394,11 @@ fn migration_refused(
         "moving the SAs in place failed, re-adding them on the new path: {}",
         describe(&Op::MigrateSa(*m), r)
     );
-    if let Some(mv) = moves.iter_mut().rev().find(|mv| mv.peer == peer) {
+    if let Some(mv) = moves
+        .iter_mut()
+        .rev()
+        .find(|mv| mv.migration && mv.peer == peer)
+    {
         mv.failed = true;
     }
 }
@@ -419,5 +433,103 @@ pub(crate) fn describe(op: &Op, r: &OpResult) -> String {
         OpResult::Foreign { reqid } => {
             format!("{op}: not sent: the SA there has reqid {reqid}, not ours (left alone)")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerMode;
+    use rotor_xfrm::{AeadKey, DEFAULT_REQID_BASE, ModelKernel, Ownership};
+
+    fn layout() -> PeerKernel {
+        PeerKernel {
+            reqid: DEFAULT_REQID_BASE + 1,
+            local: "10.9.0.1".parse().unwrap(),
+            remote: "10.9.0.2".parse().unwrap(),
+            local_port: 4820,
+            remote_port: 4820,
+            nat: false,
+            mode: PeerMode::Transport,
+            priority: 1000,
+            replay_window: 1024,
+            lifetime: None,
+        }
+    }
+
+    /// A peer with generation 0x1001 installed both ways and sent on.
+    fn installed(refuse_migrations: bool) -> (ModelKernel, KernelExec<ModelKernel>) {
+        let model = ModelKernel::new(Ownership::default());
+        let p = layout();
+        let key = || AeadKey::new(vec![7; 20]).unwrap();
+        let mut ops = p.inbound_policies();
+        ops.push(p.add_inbound_sa(0x1001, key()));
+        ops.push(p.add_outbound_sa(0x1001, key()));
+        ops.extend(p.set_outbound(Some(0x1001)));
+        let mut k = KernelExec::new(model.clone(), vec![p]);
+        assert_eq!(k.apply_plain(&ops), 0);
+        if refuse_migrations {
+            model.refuse(Some(Box::new(|op| {
+                matches!(op, Op::MigrateSa(_)).then_some(libc::ENOPROTOOPT)
+            })));
+        }
+        (model, k)
+    }
+
+    fn move_in_place(k: &mut KernelExec<ModelKernel>) {
+        let actions = [
+            Action::PeerPath {
+                peer: PeerId(0),
+                remote: Some("10.9.0.12:4820".parse().unwrap()),
+                local: None,
+                nat: false,
+                old_sas: vec![(SaDir::In, 0x1001), (SaDir::Out, 0x1001)],
+                in_place: true,
+            },
+            Action::SetOutbound {
+                peer: PeerId(0),
+                spi: Some(0x1001),
+            },
+        ];
+        k.apply(Time(0), &actions, &NameTable::from_names(["n1"]));
+    }
+
+    #[test]
+    fn an_in_place_move_keeps_the_sas_and_points_the_new_policy_at_them() {
+        let (model, mut k) = installed(false);
+        move_in_place(&mut k);
+        let new: std::net::IpAddr = "10.9.0.12".parse().unwrap();
+        assert!(
+            model.has_sa(SaId {
+                dst: new,
+                spi: 0x1001
+            }),
+            "outbound moved"
+        );
+        assert!(!model.has_sa(SaId {
+            dst: "10.9.0.2".parse().unwrap(),
+            spi: 0x1001
+        }));
+        assert!(model.has_sa(SaId {
+            dst: "10.9.0.1".parse().unwrap(),
+            spi: 0x1001
+        }));
+        assert!(k.take_unmoved().is_empty());
+        let out = model.outbound();
+        assert_eq!(out.len(), 1, "the old path's outbound is gone: {out:?}");
+        assert_eq!(out[0].0.selector.dst, IpNet::host(new));
+        assert!(!out[0].1.block && out[0].1.spi == 0x1001, "{out:?}");
+    }
+
+    #[test]
+    fn a_refused_migration_removes_the_sas_and_reports_them_lost() {
+        let (model, mut k) = installed(true);
+        move_in_place(&mut k);
+        assert_eq!(model.sa_count(), 0, "removed on both paths");
+        assert_eq!(
+            k.take_unmoved(),
+            vec![(PeerId(0), vec![(SaDir::In, 0x1001), (SaDir::Out, 0x1001)])]
+        );
+        assert!(k.errors() >= 2, "each refusal counts");
     }
 }
