@@ -25,7 +25,7 @@ use std::net::{IpAddr, SocketAddr};
 use rotor_core::{Action, SaDir};
 use rotor_xfrm::{
     AeadKey, IpNet, Lifetimes, Mode, Op, PolicyDir, PolicyId, PolicySelector, PolicySpec, SaId,
-    SaSpec, UdpEncap,
+    SaMigrate, SaSpec, UdpEncap,
 };
 
 use crate::config::PeerMode;
@@ -158,6 +158,48 @@ impl PeerKernel {
         ops
     }
 
+    /// What moving from this layout to `to` takes when the SAs move in
+    /// place ([`rotor_core::Action::PeerPath`] with `in_place`), keeping
+    /// SPI, key, sequence numbers and replay window: the old path's
+    /// outbound blocked (no packet may leave on an SA while the kernel
+    /// copies its sequence number), one `XFRM_MSG_MIGRATE` per SA, then the
+    /// new path's policies as [`Self::move_ops`] puts them, without its SA
+    /// deletions. The kernel picks the SA a migration moves by addresses
+    /// and reqid, one per message, and moves the template of the policy
+    /// the message names along in tunnel mode: that policy is put back as
+    /// it was before each migration, so the next one still matches it.
+    pub fn migrate_ops(&self, to: &PeerKernel, old_sas: &[(SaDir, u32)]) -> Vec<Op> {
+        let mut ops = Vec::new();
+        let out = self.set_outbound(None);
+        let inbound: Vec<Op> = self
+            .inbound_policies()
+            .into_iter()
+            .filter(|op| matches!(op, Op::UpdatePolicy(p) if p.id.dir == PolicyDir::In))
+            .collect();
+        ops.extend(out.iter().cloned());
+        for &(dir, spi) in old_sas {
+            let named = match dir {
+                SaDir::In => inbound.first(),
+                SaDir::Out => out.first(),
+            };
+            let Some(Op::UpdatePolicy(p)) = named else {
+                continue;
+            };
+            ops.push(Op::UpdatePolicy(p.clone()));
+            ops.push(Op::MigrateSa(SaMigrate {
+                policy: p.id,
+                old: (self.sa_src(dir), self.sa_dst(dir)),
+                new: (to.sa_src(dir), to.sa_dst(dir)),
+                reqid: self.reqid,
+                mode: self.xfrm_mode(),
+                encap: to.encap(dir),
+                spi,
+            }));
+        }
+        ops.extend(self.move_ops(to, &[]));
+        ops
+    }
+
     /// The XFRM mode of this peer's SAs and policy templates.
     pub fn xfrm_mode(&self) -> Mode {
         match self.mode {
@@ -219,6 +261,10 @@ impl PeerKernel {
                     SaDir::In => self.add_inbound_sa(*spi, k),
                     SaDir::Out => self.add_outbound_sa(*spi, k),
                 });
+            }
+            Action::UpdateSa { dir, spi, key, .. } => {
+                let k = AeadKey::new(key.expose().to_vec()).ok_or(BadEspKey)?;
+                push(Op::UpdateSa(self.sa(*dir, *spi, k)));
             }
             Action::SetOutbound { spi, .. } => self.set_outbound(*spi).into_iter().for_each(push),
             Action::DeleteSa { dir, spi, .. } => push(match dir {
@@ -544,6 +590,89 @@ mod tests {
             !ops.iter()
                 .any(|o| matches!(o, Op::DeletePolicy(_) | Op::DeleteSa(_))),
             "{ops:?}"
+        );
+    }
+
+    /// An in-place move blocks the old outbound first, then moves each SA
+    /// with one migration naming the policy that covers it (put back as
+    /// it was before each one, so a tunnel template still names the old
+    /// endpoints), with the new path's encapsulation for its direction,
+    /// then puts the new path's policies; it deletes no SA.
+    #[test]
+    fn an_in_place_move_migrates_each_sa_and_deletes_none() {
+        let p = peer(PeerMode::Transport);
+        let to = p.moved(Some("10.9.0.12:61000".parse().unwrap()), None, true);
+        let sas = [
+            (SaDir::In, 0x1001),
+            (SaDir::Out, 0x1001),
+            (SaDir::In, 0x2002),
+        ];
+        let ops = p.migrate_ops(&to, &sas);
+        assert!(!ops.iter().any(|o| matches!(o, Op::DeleteSa(_))), "{ops:?}");
+        assert!(
+            matches!(&ops[0], Op::UpdatePolicy(s) if s.block && s.id.dir == PolicyDir::Out
+                && s.id.selector.dst == IpNet::host(p.remote)),
+            "{ops:?}"
+        );
+        let moves: Vec<(usize, &SaMigrate)> = ops
+            .iter()
+            .enumerate()
+            .filter_map(|(i, o)| match o {
+                Op::MigrateSa(m) => Some((i, m)),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(moves.len(), 3);
+        for ((i, m), (dir, spi)) in moves.iter().zip(sas) {
+            assert_eq!(m.spi, spi);
+            assert_eq!(m.old, (p.sa_src(dir), p.sa_dst(dir)));
+            assert_eq!(m.new, (to.sa_src(dir), to.sa_dst(dir)));
+            assert_eq!(m.encap, to.encap(dir));
+            assert_eq!((m.reqid, m.mode), (p.reqid, Mode::Transport));
+            let want = if dir == SaDir::In {
+                PolicyDir::In
+            } else {
+                PolicyDir::Out
+            };
+            assert_eq!(m.policy.dir, want);
+            assert!(
+                matches!(&ops[i - 1], Op::UpdatePolicy(s) if s.id == m.policy),
+                "the named policy is put back right before: {ops:?}"
+            );
+        }
+        let last = moves.last().unwrap().0;
+        let after: Vec<&Op> = ops[last + 1..].iter().collect();
+        assert!(
+            after
+                .iter()
+                .any(|o| matches!(o, Op::UpdatePolicy(s) if s.block
+                && s.id.dir == PolicyDir::Out && s.id.selector.dst == IpNet::host(to.remote))),
+            "the new path's outbound, blocked until the core names the SA: {ops:?}"
+        );
+        assert!(
+            after.iter().any(
+                |o| matches!(o, Op::DeletePolicy(id) if id.selector.dst == IpNet::host(p.remote))
+            ),
+            "the old path's policies go: {ops:?}"
+        );
+
+        let t = peer(PeerMode::Tunnel {
+            local: vec![IpNet::parse("10.1.0.0/24").unwrap()],
+            remote: vec![IpNet::parse("10.2.0.0/24").unwrap()],
+        });
+        let moved = t.moved(Some("10.9.0.14:4820".parse().unwrap()), None, false);
+        let ops = t.migrate_ops(&moved, &[(SaDir::Out, 0x1001), (SaDir::Out, 0x2002)]);
+        let puts: Vec<&PolicySpec> = ops
+            .windows(2)
+            .filter_map(|w| match w {
+                [Op::UpdatePolicy(s), Op::MigrateSa(_)] => Some(s),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(puts.len(), 2, "{ops:?}");
+        assert!(
+            puts.iter()
+                .all(|s| s.tmpl_endpoints == Some((t.local, t.remote)))
         );
     }
 

@@ -537,21 +537,34 @@ async fn execute<R: Role, K: Kernel>(
     actions: &mut Vec<Action>,
     book: &mut Logbook,
 ) -> Result<(), StoreError> {
-    let (persist, guard) = (life.persist.as_mut(), life.guard.as_mut());
     actions.clear();
-    while let Some(a) = role.machine_mut().poll_action() {
-        actions.push(a);
+    let mut start = 0;
+    loop {
+        while let Some(a) = role.machine_mut().poll_action() {
+            actions.push(a);
+        }
+        // The records first: a kernel change or datagram of this step must
+        // never be ahead of what a restart would find (a restart that believed
+        // an outbound SA unused could re-add it with its old key).
+        if let Some(p) = life.persist.as_mut()
+            && let Err(e) = p.flush(role, now)
+        {
+            error!("writing the state: {e}; stopping (the kernel keeps the current keys)");
+            return Err(e);
+        }
+        kernel.apply(now.mono, &actions[start..], role.names());
+        // SAs an in-place move could not move are gone from the kernel:
+        // the core repairs them (re-install, re-key) within this step.
+        let unmoved = kernel.take_unmoved();
+        if unmoved.is_empty() {
+            break;
+        }
+        for (peer, lost) in unmoved {
+            role.kernel_lost(now, peer.0 as usize, &lost);
+        }
+        start = actions.len();
     }
-    // The records first: a kernel change or datagram of this step must
-    // never be ahead of what a restart would find (a restart that believed
-    // an outbound SA unused could re-add it with its old key).
-    if let Some(p) = persist
-        && let Err(e) = p.flush(role, now)
-    {
-        error!("writing the state: {e}; stopping (the kernel keeps the current keys)");
-        return Err(e);
-    }
-    kernel.apply(now.mono, actions, role.names());
+    let guard = life.guard.as_mut();
     // Moved peers' new pairs are guarded once their policies (blocking
     // until the re-key) are in; the old ones are no longer theirs.
     let (add, del) = kernel.take_moved_pairs();

@@ -3,8 +3,8 @@
 //! anything is sent on them), with refused operations kept in a
 //! [`RetryQueue`] until the kernel takes them.
 
-use rotor_core::{Action, NameTable, PeerId, Time};
-use rotor_xfrm::{IpNet, Kernel, Op, OpResult, RemoveReport, XfrmError};
+use rotor_core::{Action, NameTable, PeerId, SaDir, Time};
+use rotor_xfrm::{IpNet, Kernel, Op, OpResult, RemoveReport, SaId, SaMigrate, XfrmError};
 use tracing::{debug, info, warn};
 
 use super::peer_warn::{PeerWarnings, Trouble};
@@ -27,6 +27,21 @@ pub struct KernelExec<K: Kernel> {
     /// Selector pairs that path changes added and removed, for the
     /// clear-text guard ([`Self::take_moved_pairs`]).
     moved_pairs: (Pairs, Pairs),
+    /// Peers whose SAs the kernel would not move in place, with the SAs
+    /// now removed ([`Self::take_unmoved`]).
+    unmoved: Vec<(PeerId, Vec<(SaDir, u32)>)>,
+}
+
+/// One peer's in-place move within a batch: its SAs, where they were and
+/// where they go, to remove them on both paths if a migration fails (or
+/// one SA whose update in place failed).
+struct InPlace {
+    /// A migration of the peer's SAs, not an update of one SA.
+    migration: bool,
+    peer: PeerId,
+    old_sas: Vec<(SaDir, u32)>,
+    ids: Vec<SaId>,
+    failed: bool,
 }
 
 impl<K: Kernel> KernelExec<K> {
@@ -39,7 +54,15 @@ impl<K: Kernel> KernelExec<K> {
             retry: RetryQueue::default(),
             warnings: PeerWarnings::default(),
             moved_pairs: (Vec::new(), Vec::new()),
+            unmoved: Vec::new(),
         }
+    }
+
+    /// The peers whose SAs an in-place move could not move, each with the
+    /// SAs it had (all removed from the kernel): the caller reports them
+    /// lost to the core (`kernel_lost`), which re-installs or re-keys them.
+    pub fn take_unmoved(&mut self) -> Vec<(PeerId, Vec<(SaDir, u32)>)> {
+        std::mem::take(&mut self.unmoved)
     }
 
     /// Kernel operations refused so far (each retry that fails counts).
@@ -140,6 +163,7 @@ impl<K: Kernel> KernelExec<K> {
     /// failure never stops another's operations.
     pub fn apply(&mut self, now: Time, actions: &[Action], names: &NameTable) {
         let mut new: Vec<(PeerId, Op)> = Vec::new();
+        let mut in_place: Vec<InPlace> = Vec::new();
         for a in actions {
             if let Action::PeerPath {
                 peer,
@@ -147,6 +171,7 @@ impl<K: Kernel> KernelExec<K> {
                 local,
                 nat,
                 old_sas,
+                in_place: moving,
             } = a
             {
                 // In order: the actions after it (re-installs) go to the
@@ -155,7 +180,35 @@ impl<K: Kernel> KernelExec<K> {
                     continue;
                 };
                 let to = p.moved(*remote, *local, *nat);
-                new.extend(p.move_ops(&to, old_sas).into_iter().map(|op| (*peer, op)));
+                if *moving && p.known() && to.known() {
+                    let mut ids = Vec::new();
+                    for &(dir, spi) in old_sas {
+                        for id in [p.sa_id(dir, spi), to.sa_id(dir, spi)] {
+                            if !ids.contains(&id) {
+                                ids.push(id);
+                            }
+                        }
+                    }
+                    in_place.push(InPlace {
+                        migration: true,
+                        peer: *peer,
+                        old_sas: old_sas.clone(),
+                        ids,
+                        failed: false,
+                    });
+                    new.extend(
+                        p.migrate_ops(&to, old_sas)
+                            .into_iter()
+                            .map(|op| (*peer, op)),
+                    );
+                } else {
+                    new.extend(p.move_ops(&to, old_sas).into_iter().map(|op| (*peer, op)));
+                    if *moving && p.known() {
+                        // Nothing to move to: what move_ops removes, the
+                        // core must repair.
+                        self.unmoved.push((*peer, old_sas.clone()));
+                    }
+                }
                 let (old_pairs, new_pairs) = (p.outbound_selectors(), to.outbound_selectors());
                 if old_pairs != new_pairs {
                     self.moved_pairs.0.extend(new_pairs);
@@ -205,6 +258,42 @@ impl<K: Kernel> KernelExec<K> {
             if let OpResult::Foreign { .. } = r {
                 warn!(peer = names.get(peer), "{}", describe(&op, &r));
             }
+            if let Op::MigrateSa(m) = &op {
+                // Never retried: the SAs are removed and repaired instead.
+                if !r.is_done() {
+                    self.errors += 1;
+                    migration_refused(&mut in_place, peer, m, &r, names);
+                }
+                continue;
+            }
+            if let Op::UpdateSa(s) = &op {
+                // Never retried: the SA is removed and repaired instead.
+                if !r.is_done() {
+                    self.errors += 1;
+                    warn!(
+                        peer = names.get(peer),
+                        errno = errno_of(&r),
+                        "updating an SA in place failed, re-adding it: {}",
+                        describe(&op, &r)
+                    );
+                    let dir = match self.peers.get(peer.0 as usize) {
+                        Some(p) if p.local == s.dst => SaDir::In,
+                        _ => SaDir::Out,
+                    };
+                    let id = SaId {
+                        dst: s.dst,
+                        spi: s.spi,
+                    };
+                    in_place.push(InPlace {
+                        migration: false,
+                        peer,
+                        old_sas: vec![(dir, s.spi)],
+                        ids: vec![id],
+                        failed: true,
+                    });
+                }
+                continue;
+            }
             if r.is_settled(&op, attempts > 0) {
                 if attempts > 0 {
                     info!(
@@ -241,6 +330,25 @@ impl<K: Kernel> KernelExec<K> {
                 );
             }
         }
+        self.fall_back(in_place);
+    }
+
+    /// Removes, on both paths, every SA of the peers whose in-place move
+    /// failed, and keeps them for [`Self::take_unmoved`]: which SA a
+    /// failed migration left behind cannot be told (the kernel picks by
+    /// addresses), so the whole move falls back to re-adding.
+    fn fall_back(&mut self, in_place: Vec<InPlace>) {
+        let failed: Vec<InPlace> = in_place.into_iter().filter(|m| m.failed).collect();
+        if failed.is_empty() {
+            return;
+        }
+        let ops: Vec<Op> = failed
+            .iter()
+            .flat_map(|m| m.ids.iter().map(|id| Op::DeleteSa(*id)))
+            .collect();
+        self.apply_plain(&ops);
+        self.unmoved
+            .extend(failed.into_iter().map(|m| (m.peer, m.old_sas)));
     }
 
     /// Removes everything this daemon installed: the neighbour-discovery
@@ -271,10 +379,43 @@ impl<K: Kernel> KernelExec<K> {
     }
 }
 
+/// Marks `peer`'s in-place move failed and says why, with the kernel's
+/// errno: a kernel without `CONFIG_XFRM_MIGRATE` answers ENOPROTOOPT.
+fn migration_refused(
+    moves: &mut [InPlace],
+    peer: PeerId,
+    m: &SaMigrate,
+    r: &OpResult,
+    names: &NameTable,
+) {
+    warn!(
+        peer = names.get(peer),
+        errno = errno_of(r),
+        "moving the SAs in place failed, re-adding them on the new path: {}",
+        describe(&Op::MigrateSa(*m), r)
+    );
+    if let Some(mv) = moves
+        .iter_mut()
+        .rev()
+        .find(|mv| mv.migration && mv.peer == peer)
+    {
+        mv.failed = true;
+    }
+}
+
+/// The kernel's errno in `r`, 0 if it has none.
+fn errno_of(r: &OpResult) -> i32 {
+    match r {
+        OpResult::Failed(e) => e.errno,
+        _ => 0,
+    }
+}
+
 /// The peer a kernel action is for; `None` for sends and events.
 fn action_peer(a: &Action) -> Option<PeerId> {
     match a {
         Action::InstallSa { peer, .. }
+        | Action::UpdateSa { peer, .. }
         | Action::SetOutbound { peer, .. }
         | Action::DeleteSa { peer, .. } => Some(*peer),
         Action::PeerPath { .. } | Action::Send { .. } | Action::Reply { .. } | Action::Event(_) => {
@@ -294,5 +435,103 @@ pub(crate) fn describe(op: &Op, r: &OpResult) -> String {
         OpResult::Foreign { reqid } => {
             format!("{op}: not sent: the SA there has reqid {reqid}, not ours (left alone)")
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::PeerMode;
+    use rotor_xfrm::{AeadKey, DEFAULT_REQID_BASE, ModelKernel, Ownership};
+
+    fn layout() -> PeerKernel {
+        PeerKernel {
+            reqid: DEFAULT_REQID_BASE + 1,
+            local: "10.9.0.1".parse().unwrap(),
+            remote: "10.9.0.2".parse().unwrap(),
+            local_port: 4820,
+            remote_port: 4820,
+            nat: false,
+            mode: PeerMode::Transport,
+            priority: 1000,
+            replay_window: 1024,
+            lifetime: None,
+        }
+    }
+
+    /// A peer with generation 0x1001 installed both ways and sent on.
+    fn installed(refuse_migrations: bool) -> (ModelKernel, KernelExec<ModelKernel>) {
+        let model = ModelKernel::new(Ownership::default());
+        let p = layout();
+        let key = || AeadKey::new(vec![7; 20]).unwrap();
+        let mut ops = p.inbound_policies();
+        ops.push(p.add_inbound_sa(0x1001, key()));
+        ops.push(p.add_outbound_sa(0x1001, key()));
+        ops.extend(p.set_outbound(Some(0x1001)));
+        let mut k = KernelExec::new(model.clone(), vec![p]);
+        assert_eq!(k.apply_plain(&ops), 0);
+        if refuse_migrations {
+            model.refuse(Some(Box::new(|op| {
+                matches!(op, Op::MigrateSa(_)).then_some(libc::ENOPROTOOPT)
+            })));
+        }
+        (model, k)
+    }
+
+    fn move_in_place(k: &mut KernelExec<ModelKernel>) {
+        let actions = [
+            Action::PeerPath {
+                peer: PeerId(0),
+                remote: Some("10.9.0.12:4820".parse().unwrap()),
+                local: None,
+                nat: false,
+                old_sas: vec![(SaDir::In, 0x1001), (SaDir::Out, 0x1001)],
+                in_place: true,
+            },
+            Action::SetOutbound {
+                peer: PeerId(0),
+                spi: Some(0x1001),
+            },
+        ];
+        k.apply(Time(0), &actions, &NameTable::from_names(["n1"]));
+    }
+
+    #[test]
+    fn an_in_place_move_keeps_the_sas_and_points_the_new_policy_at_them() {
+        let (model, mut k) = installed(false);
+        move_in_place(&mut k);
+        let new: std::net::IpAddr = "10.9.0.12".parse().unwrap();
+        assert!(
+            model.has_sa(SaId {
+                dst: new,
+                spi: 0x1001
+            }),
+            "outbound moved"
+        );
+        assert!(!model.has_sa(SaId {
+            dst: "10.9.0.2".parse().unwrap(),
+            spi: 0x1001
+        }));
+        assert!(model.has_sa(SaId {
+            dst: "10.9.0.1".parse().unwrap(),
+            spi: 0x1001
+        }));
+        assert!(k.take_unmoved().is_empty());
+        let out = model.outbound();
+        assert_eq!(out.len(), 1, "the old path's outbound is gone: {out:?}");
+        assert_eq!(out[0].0.selector.dst, IpNet::host(new));
+        assert!(!out[0].1.block && out[0].1.spi == 0x1001, "{out:?}");
+    }
+
+    #[test]
+    fn a_refused_migration_removes_the_sas_and_reports_them_lost() {
+        let (model, mut k) = installed(true);
+        move_in_place(&mut k);
+        assert_eq!(model.sa_count(), 0, "removed on both paths");
+        assert_eq!(
+            k.take_unmoved(),
+            vec![(PeerId(0), vec![(SaDir::In, 0x1001), (SaDir::Out, 0x1001)])]
+        );
+        assert!(k.errors() >= 2, "each refusal counts");
     }
 }

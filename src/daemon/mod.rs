@@ -352,6 +352,7 @@ pub fn hub_parts(
     }
     .context("hub configuration")?;
     let (mut hub, report) = (hub, report);
+    hub.set_move_in_place(move_in_place());
     for (i, p) in paths.iter().enumerate() {
         if let Some((to, nat, pinned)) = *p {
             hub.set_path(PeerId(i as u32), to, nat, pinned);
@@ -417,11 +418,20 @@ pub fn node_parts(
     let mut peer = peer;
     peer.nat = nat;
     node.set_path(SocketAddr::new(local, cfg.hub.port()), nat);
+    node.set_move_in_place(move_in_place());
     let mut role = NodeRole::new(node, cfg.name.clone(), cfg.hub, node_digest(cfg));
     if let Some(host) = &cfg.hub_name {
         role = role.with_hub_name(host.clone(), cfg.address, millis(cfg.hello_interval));
     }
     Ok((role, vec![peer], report))
+}
+
+/// Whether path changes move SAs in place (`XFRM_MSG_MIGRATE`), the
+/// default, or re-add and re-key them (`ROTOR_MOVE=readd`: the way to
+/// compare the two, or to avoid a kernel's migration if it misbehaves;
+/// a kernel that refuses one falls back to re-adding by itself).
+fn move_in_place() -> bool {
+    std::env::var_os("ROTOR_MOVE").is_none_or(|v| v != "readd")
 }
 
 /// A digest of a node's configuration (its init key by fingerprint).

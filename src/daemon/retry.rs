@@ -51,6 +51,10 @@ fn target(op: &Op) -> Target {
             spi: s.spi,
         }),
         Op::DeleteSa(id) => Target::Sa(*id),
+        Op::MigrateSa(m) => Target::Sa(SaId {
+            dst: m.old.1,
+            spi: m.spi,
+        }),
         Op::AddPolicy(p) | Op::UpdatePolicy(p) => Target::Policy(p.id),
         Op::UpdateBypassPolicy { id, .. } | Op::DeletePolicy(id) => Target::Policy(*id),
     }

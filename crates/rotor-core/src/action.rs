@@ -76,6 +76,22 @@ pub enum Action {
         /// Its rfc4106 key + salt.
         key: EspKey,
     },
+    /// Give an installed SA the current path's encapsulation in place,
+    /// keeping its sequence numbers and replay window (the kernel's
+    /// `XFRM_MSG_UPDSA`, whose message carries a whole SA: `key` is the
+    /// one the SA has). Follows an [`Action::PeerPath`] that changed only
+    /// the peer's NAT port. A caller that cannot update the SA removes it
+    /// and reports it lost (`kernel_lost`).
+    UpdateSa {
+        /// The peer.
+        peer: PeerId,
+        /// In or out.
+        dir: SaDir,
+        /// Its SPI.
+        spi: u32,
+        /// Its rfc4106 key + salt.
+        key: EspKey,
+    },
     /// Point the peer's outbound traffic at `spi` (a policy update); `None`
     /// blocks outbound traffic to the peer (fail closed).
     SetOutbound {
@@ -98,11 +114,12 @@ pub enum Action {
     /// host's own address did. From this action on, control datagrams to
     /// the peer go to `remote` and its SAs and policies live between
     /// `local` and `remote` (`None`: unchanged), carried in UDP if `nat`.
-    /// `old_sas` were installed on the old path: the caller removes them
-    /// there. The core re-installs what it still needs on the new path in
-    /// the actions that follow (inbound SAs and never-used outbound ones;
-    /// an outbound SA that was sent on is re-keyed instead, since the
-    /// kernel would restart its sequence numbers under the same key).
+    /// `old_sas` were installed on the old path. Unless `in_place`, the
+    /// caller removes them there, and the core re-installs what it still
+    /// needs on the new path in the actions that follow (inbound SAs and
+    /// never-used outbound ones; an outbound SA that was sent on is
+    /// re-keyed instead, since the kernel would restart its sequence
+    /// numbers under the same key).
     PeerPath {
         /// The peer.
         peer: PeerId,
@@ -114,6 +131,14 @@ pub enum Action {
         nat: bool,
         /// SAs installed on the old path.
         old_sas: Vec<(SaDir, u32)>,
+        /// The caller moves `old_sas` to the new path keeping each SA's
+        /// SPI, key, sequence numbers and replay window (the kernel's
+        /// `XFRM_MSG_MIGRATE`), and the core re-installs and re-keys
+        /// nothing: only the outbound policy is pointed again at the SA it
+        /// named (a [`Action::SetOutbound`] follows). An SA the caller
+        /// cannot move it removes and reports lost (`kernel_lost`), which
+        /// repairs it as `in_place: false` would have.
+        in_place: bool,
     },
     /// Send a control datagram to the peer.
     Send {

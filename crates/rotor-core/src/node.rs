@@ -117,6 +117,8 @@ pub struct Node {
     source: SocketAddr,
     /// The hub's verdict: a NAT sits between (ESP in UDP).
     nat: bool,
+    /// Path changes move SAs in place ([`Node::set_move_in_place`]).
+    in_place: bool,
 }
 
 impl Node {
@@ -148,6 +150,7 @@ impl Node {
             inits: 0,
             source: SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), 0),
             nat: false,
+            in_place: false,
             actions: VecDeque::new(),
             drops: BTreeMap::new(),
             rng: StdRng::from_seed(rng_seed),
@@ -725,6 +728,14 @@ impl Node {
         self.last_seen
     }
 
+    /// Whether a path change moves the SAs in place, state and all
+    /// (`true`: the caller can, see [`Action::PeerPath`]'s `in_place`), or
+    /// has them removed and re-installed or re-keyed (`false`, the
+    /// default).
+    pub fn set_move_in_place(&mut self, on: bool) {
+        self.in_place = on;
+    }
+
     /// Where this node sends from and whether through a NAT.
     pub fn path(&self) -> (SocketAddr, bool) {
         (self.source, self.nat)
@@ -765,9 +776,13 @@ impl Node {
 
     /// Moves every installed SA to the current path (the hub at `remote`,
     /// this host at `local`, where given): [`Action::PeerPath`] with what
-    /// is installed, then (if `repair`) the latest and previous
-    /// generations are handled as lost by the kernel, which re-installs
-    /// inbound SAs, re-keys the outbound one and says hello at once.
+    /// is installed, then (if `repair`) either the SAs move in place and
+    /// the outbound policy names the latest again, or the latest and
+    /// previous generations are handled as lost by the kernel, which
+    /// re-installs inbound SAs, re-keys the outbound one and says hello at
+    /// once. Only a new address moves in place (see the hub's
+    /// `move_path`: the kernel finds the SA a migration moves by its
+    /// addresses).
     fn repath(
         &mut self,
         now: Time,
@@ -775,6 +790,7 @@ impl Node {
         local: Option<SocketAddr>,
         repair: bool,
     ) {
+        let in_place = self.in_place && repair && (remote.is_some() || local.is_some());
         let mut lost: Vec<(SaDir, u32)> = Vec::new();
         for g in [&self.latest, &self.previous].into_iter().flatten() {
             lost.push((SaDir::In, g.spi));
@@ -800,8 +816,19 @@ impl Node {
             local,
             nat: self.nat,
             old_sas,
+            in_place,
         });
-        if repair && !lost.is_empty() {
+        if in_place {
+            if let Some(g) = self.latest.as_ref().filter(|g| !g.out_missing) {
+                self.actions.push_back(Action::SetOutbound {
+                    peer: HUB,
+                    spi: Some(g.spi),
+                });
+            }
+            if self.latest.is_some() && self.pending.is_none() {
+                self.next_send = now;
+            }
+        } else if repair && !lost.is_empty() {
             self.lose(now, &lost, true);
         } else if self.latest.is_some() && self.pending.is_none() {
             self.next_send = now;

@@ -401,6 +401,9 @@ impl Sim {
                     .sas
                     .insert(slot, key.fingerprint());
             }
+            // The model has no encapsulation, and the hubs here never move
+            // SAs in place.
+            Action::UpdateSa { .. } => {}
             Action::SetOutbound { peer, spi } => {
                 if let Some(spi) = spi {
                     // I3: the receiver must already accept this SPI with our key.
@@ -520,12 +523,18 @@ impl Sim {
                     );
                 }
             }
-            Action::PeerPath { peer, old_sas, .. } => {
-                // The SAs leave the old path; the core re-installs what it
-                // still needs in the actions that follow, and the daemon
-                // blocks outbound traffic on the new path until then.
+            Action::PeerPath {
+                peer,
+                old_sas,
+                in_place,
+                ..
+            } => {
+                // The SAs leave the old path, or move in place with their
+                // keys and counters (the model's SAs have no addresses);
+                // the daemon blocks outbound traffic on the new path until
+                // the actions that follow name an SA again.
                 self.fig.moves += 1;
-                for (dir, spi) in old_sas {
+                for (dir, spi) in old_sas.into_iter().filter(|_| !in_place) {
                     let inbound = dir == SaDir::In;
                     self.kernels
                         .get_mut(&host)
@@ -1965,14 +1974,18 @@ fn lazy_records_restarts_never_reuse_a_counter() {
 #[test]
 fn roaming_nodes_keep_their_chains_and_old_hellos_move_nothing() {
     for seed in 0..seeds() {
-        for loss in [0.0, 0.1] {
+        for (loss, in_place) in [(0.0, false), (0.1, false), (0.0, true), (0.1, true)] {
             let n = 20;
             let mut s = Sim::new(900 + seed, n, 0.0);
+            s.hub.set_move_in_place(in_place);
+            for node in &mut s.nodes {
+                node.set_move_in_place(in_place);
+            }
             s.net.dup = 0.0;
             s.run(Time(3_000));
             s.converge(5_000).expect("convergence");
             s.net.loss = loss;
-            let label = format!("roaming seed={seed} loss={loss}");
+            let label = format!("roaming seed={seed} loss={loss} in_place={in_place}");
             let mut moved = 0;
             s.fig.worst_outage_ms = 0;
             for k in 0..8 {
@@ -1996,9 +2009,11 @@ fn roaming_nodes_keep_their_chains_and_old_hellos_move_nothing() {
                     4820,
                 );
                 s.addrs[i] = to;
-                // The outbound SAs cannot move with their keys (the kernel
-                // would restart their sequence numbers): a move is an
-                // outage until the re-key, which ends it.
+                // Re-added, the outbound SAs cannot keep their keys (the
+                // kernel would restart their sequence numbers): a move is
+                // an outage until the re-key, which ends it. Moved in
+                // place, the node's outbound SA goes on at once, the
+                // hub's once a hello from the new address moves it.
                 let inits = s.hub.status(s.now)[i].inits;
                 s.outage[i] = Some((s.now, inits.saturating_sub(1)));
                 let now = s.clock();

@@ -7,9 +7,9 @@
 use std::net::IpAddr;
 
 use netlink_packet_xfrm::{
-    Address, AlgAead, EncapTmpl, LifetimeConfig, ReplayEsn, Selector, UserPolicyId, UserPolicyInfo,
-    UserSaId, UserSaInfo, UserTemplate, XFRM_POLICY_ALLOW, XFRM_POLICY_BLOCK, XFRM_STATE_ESN,
-    XfrmAttrs, XfrmMessage,
+    Address, AlgAead, EncapTmpl, LifetimeConfig, MigrateMessage, ReplayEsn, Selector, UserMigrate,
+    UserPolicyId, UserPolicyInfo, UserSaId, UserSaInfo, UserTemplate, XFRM_POLICY_ALLOW,
+    XFRM_POLICY_BLOCK, XFRM_STATE_ESN, XfrmAttrs, XfrmMessage,
     constants::{AF_INET, AF_INET6, IPPROTO_ESP, UDP_ENCAP_ESPINUDP},
     policy::{DelGetMessage as PolicyDelGet, ModifyMessage as PolicyModify},
     state::{DelGetMessage as SaDelGet, ModifyMessage as SaModify},
@@ -20,7 +20,7 @@ use crate::error::SpecError;
 use crate::ownership::Ownership;
 use crate::spec::{
     IpNet, Lifetimes, MAX_REPLAY_WINDOW, Mode, Op, PolicyId, PolicySelector, PolicySpec, SaId,
-    SaSpec,
+    SaMigrate, SaSpec, UdpEncap,
 };
 
 /// The AEAD the kernel is asked for: AES-GCM with an implicit 4-byte salt.
@@ -141,12 +141,7 @@ fn sa_message(own: &Ownership, s: &SaSpec) -> Result<SaModify, SpecError> {
     // Attribute order follows iproute2 (AEAD, encap, replay) so the golden
     // tests can compare bytes.
     if let Some(e) = &s.encap {
-        nlas.push(XfrmAttrs::EncapsulationTemplate(EncapTmpl {
-            encap_type: UDP_ENCAP_ESPINUDP,
-            encap_sport: e.sport,
-            encap_dport: e.dport,
-            encap_oa: Address::default(),
-        }));
+        nlas.push(encap_attr(e));
     }
     // Windows above 255, and ESN itself, exist only in the ESN attribute; the
     // legacy u8 field must then be 0. The attribute is sent without its bitmap,
@@ -241,6 +236,55 @@ fn bypass_message(id: &PolicyId, priority: u32) -> Result<PolicyModify, SpecErro
     })
 }
 
+fn encap_attr(e: &UdpEncap) -> XfrmAttrs {
+    XfrmAttrs::EncapsulationTemplate(EncapTmpl {
+        encap_type: UDP_ENCAP_ESPINUDP,
+        encap_sport: e.sport,
+        encap_dport: e.dport,
+        encap_oa: Address::default(),
+    })
+}
+
+/// `XFRM_MSG_MIGRATE` for one SA: the policy's id, one `XFRMA_MIGRATE`
+/// entry and, for ESP in UDP, `XFRMA_ENCAP` (which the kernel applies to
+/// every SA the message moves, hence one SA per message).
+fn migrate_message(own: &Ownership, m: &SaMigrate) -> Result<MigrateMessage, SpecError> {
+    check_reqid(own, m.reqid)?;
+    let v4 = m.old.0.is_ipv4();
+    if [m.old.1, m.new.0, m.new.1]
+        .iter()
+        .any(|a| a.is_ipv4() != v4)
+    {
+        return Err(SpecError::MixedFamilies("SA migration addresses"));
+    }
+    // The kernel refuses an unspecified new address (EINVAL).
+    if m.new.0.is_unspecified() || m.new.1.is_unspecified() {
+        return Err(SpecError::UnspecifiedAddress(
+            "an SA migration's new address",
+        ));
+    }
+    let fam = family(&m.old.0);
+    let mut nlas = vec![XfrmAttrs::Migrate(UserMigrate {
+        old_daddr: Address::from_ip(&m.old.1),
+        old_saddr: Address::from_ip(&m.old.0),
+        new_daddr: Address::from_ip(&m.new.1),
+        new_saddr: Address::from_ip(&m.new.0),
+        proto: IPPROTO_ESP,
+        mode: m.mode.to_kernel(),
+        reserved: 0,
+        reqid: m.reqid,
+        old_family: fam,
+        new_family: fam,
+    })];
+    if let Some(e) = &m.encap {
+        nlas.push(encap_attr(e));
+    }
+    Ok(MigrateMessage {
+        user_policy_id: policy_id(&m.policy),
+        nlas,
+    })
+}
+
 /// The netlink identity of an SA for delete/get.
 pub(crate) fn sa_id_message(id: &SaId) -> SaDelGet {
     let mut sid = UserSaId::default();
@@ -281,6 +325,7 @@ pub fn encode(own: &Ownership, op: &Op) -> Result<XfrmMessage, SpecError> {
         Op::AddSa(s) => XfrmMessage::AddSa(sa_message(own, s)?),
         Op::UpdateSa(s) => XfrmMessage::UpdateSa(sa_message(own, s)?),
         Op::DeleteSa(id) => XfrmMessage::DeleteSa(sa_id_message(id)),
+        Op::MigrateSa(m) => XfrmMessage::Migrate(migrate_message(own, m)?),
         Op::AddPolicy(p) => XfrmMessage::AddPolicy(policy_message(own, p)?),
         Op::UpdatePolicy(p) => XfrmMessage::UpdatePolicy(policy_message(own, p)?),
         Op::DeletePolicy(id) => XfrmMessage::DeletePolicy(policy_id_message(id)),
@@ -417,5 +462,102 @@ mod tests {
             bytes: None,
         };
         assert!(encode(&Ownership::default(), &Op::AddSa(spec(ok))).is_ok());
+    }
+
+    fn migration(encap: Option<UdpEncap>) -> SaMigrate {
+        let a = |s: &str| s.parse::<IpAddr>().unwrap();
+        SaMigrate {
+            policy: PolicyId {
+                dir: crate::spec::PolicyDir::Out,
+                selector: PolicySelector {
+                    src: IpNet::host(a("10.9.0.1")),
+                    dst: IpNet::host(a("10.9.0.2")),
+                    proto: None,
+                    sport: None,
+                },
+            },
+            old: (a("10.9.0.1"), a("10.9.0.2")),
+            new: (a("10.9.0.1"), a("10.9.0.12")),
+            reqid: Ownership::default().base() + 7,
+            mode: Mode::Transport,
+            encap,
+            spi: 0x1001,
+        }
+    }
+
+    fn payload(op: &Op) -> (u16, Vec<u8>) {
+        let msg = encode(&Ownership::default(), op).unwrap();
+        let mut v = vec![0; NetlinkSerializable::buffer_len(&msg)];
+        msg.serialize(&mut v);
+        (msg.message_type(), v)
+    }
+
+    /// The layout `xfrm_do_migrate` reads (include/uapi/linux/xfrm.h):
+    /// `xfrm_userpolicy_id` (selector, index, dir), then `XFRMA_MIGRATE`
+    /// holding one 76-byte `xfrm_user_migrate` (old daddr, old saddr, new
+    /// daddr, new saddr, proto, mode, reserved, reqid, families), then
+    /// `XFRMA_ENCAP` (type, sport, dport in network order, pad, oa).
+    #[test]
+    fn migrate_has_the_kernels_layout() {
+        let (ty, v) = payload(&Op::MigrateSa(migration(Some(UdpEncap {
+            sport: 4820,
+            dport: 20001,
+        }))));
+        assert_eq!(ty, 0x21, "XFRM_MSG_MIGRATE");
+        assert_eq!(v.len(), 64 + 4 + 76 + 4 + 24);
+        // Selector: daddr at 0, saddr at 16, family at 40 (u16), then the
+        // index (u32 at 56) and the direction (u8 at 60: out is 1).
+        assert_eq!(&v[0..4], &[10, 9, 0, 2]);
+        assert_eq!(&v[16..20], &[10, 9, 0, 1]);
+        assert_eq!(u16::from_ne_bytes([v[40], v[41]]), AF_INET);
+        assert_eq!(v[60], 1);
+        let m = &v[64..];
+        assert_eq!(u16::from_ne_bytes([m[0], m[1]]), 80, "nla_len");
+        assert_eq!(u16::from_ne_bytes([m[2], m[3]]), 17, "XFRMA_MIGRATE");
+        let um = &m[4..80];
+        assert_eq!(&um[0..4], &[10, 9, 0, 2], "old daddr");
+        assert_eq!(&um[16..20], &[10, 9, 0, 1], "old saddr");
+        assert_eq!(&um[32..36], &[10, 9, 0, 12], "new daddr");
+        assert_eq!(&um[48..52], &[10, 9, 0, 1], "new saddr");
+        assert_eq!((um[64], um[65]), (IPPROTO_ESP, 0), "proto esp, transport");
+        assert_eq!(
+            u32::from_ne_bytes([um[68], um[69], um[70], um[71]]),
+            Ownership::default().base() + 7
+        );
+        assert_eq!(u16::from_ne_bytes([um[72], um[73]]), AF_INET);
+        assert_eq!(u16::from_ne_bytes([um[74], um[75]]), AF_INET);
+        let e = &m[80..];
+        assert_eq!(u16::from_ne_bytes([e[0], e[1]]), 28, "nla_len");
+        assert_eq!(u16::from_ne_bytes([e[2], e[3]]), 4, "XFRMA_ENCAP");
+        assert_eq!(u16::from_ne_bytes([e[4], e[5]]), UDP_ENCAP_ESPINUDP);
+        assert_eq!(&e[6..8], &4820u16.to_be_bytes());
+        assert_eq!(&e[8..10], &20001u16.to_be_bytes());
+
+        let (_, plain) = payload(&Op::MigrateSa(migration(None)));
+        assert_eq!(plain.len(), 64 + 4 + 76, "no XFRMA_ENCAP without encap");
+        assert_eq!(&plain[..], &v[..144]);
+    }
+
+    #[test]
+    fn migrations_that_cannot_be_meant_are_refused() {
+        let own = Ownership::default();
+        let mut m = migration(None);
+        m.reqid = 1;
+        assert_eq!(
+            encode(&own, &Op::MigrateSa(m)).unwrap_err(),
+            SpecError::ForeignReqid(1)
+        );
+        let mut m = migration(None);
+        m.new.1 = "fd00::2".parse().unwrap();
+        assert!(matches!(
+            encode(&own, &Op::MigrateSa(m)),
+            Err(SpecError::MixedFamilies(_))
+        ));
+        let mut m = migration(None);
+        m.new.1 = "0.0.0.0".parse().unwrap();
+        assert!(matches!(
+            encode(&own, &Op::MigrateSa(m)),
+            Err(SpecError::UnspecifiedAddress(_))
+        ));
     }
 }

@@ -15,6 +15,9 @@ pub enum SpecError {
     /// Source, destination and selectors must share one address family.
     #[error("mixed address families in {0}")]
     MixedFamilies(&'static str),
+    /// An SA cannot be moved to the unspecified address.
+    #[error("{0} is the unspecified address")]
+    UnspecifiedAddress(&'static str),
     /// The kernel's largest replay window is 4096.
     #[error("replay_window {0} exceeds the kernel maximum of 4096")]
     ReplayWindowTooLarge(u32),

@@ -42,5 +42,5 @@ pub use ownership::{DEFAULT_REQID_BASE, DEFAULT_REQID_LEN, Ownership};
 pub use probe::{Capability, probe_esp};
 pub use spec::{
     AeadKey, GCM_SALT_LEN, IpNet, Lifetimes, MAX_REPLAY_WINDOW, Mode, Op, PolicyDir, PolicyId,
-    PolicySelector, PolicySpec, SaId, SaSpec, UdpEncap,
+    PolicySelector, PolicySpec, SaId, SaMigrate, SaSpec, UdpEncap,
 };

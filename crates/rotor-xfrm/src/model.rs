@@ -249,6 +249,43 @@ impl ModelKernel {
                     reqid: sa.reqid,
                 })
             }
+            Op::MigrateSa(m) => {
+                // As the kernel: the policy must exist with a template of
+                // the SA's reqid, and a missing SA moves nothing.
+                let Some(p) = s.policies.get(&m.policy) else {
+                    return Err(libc::ENOENT);
+                };
+                if p.policy.reqid != m.reqid || p.mode != m.mode {
+                    return Err(libc::ENODATA);
+                }
+                let old = SaId {
+                    dst: m.old.1,
+                    spi: m.spi,
+                };
+                let Some(mut sa) = s
+                    .sas
+                    .remove(&old)
+                    .filter(|sa| sa.src == m.old.0 && sa.reqid == m.reqid)
+                else {
+                    return Ok(None);
+                };
+                let new = SaId {
+                    dst: m.new.1,
+                    spi: m.spi,
+                };
+                if s.sas.contains_key(&new) {
+                    s.sas.insert(old, sa);
+                    return Err(libc::ENODATA);
+                }
+                (sa.src, sa.dst) = m.new;
+                if m.encap.is_some() {
+                    sa.encap = m.encap;
+                }
+                s.sas.insert(new, sa);
+                // The kernel reports migrations only to XFRMNLGRP_MIGRATE,
+                // which the monitor does not join.
+                None
+            }
             Op::DeleteSa(id) => {
                 let Some(sa) = s.sas.remove(id) else {
                     return Err(libc::ESRCH);

@@ -304,6 +304,40 @@ pub struct PolicySpec {
     pub block: bool,
 }
 
+/// Moves one SA to new outer addresses and, behind a NAT, new ESP-in-UDP
+/// ports, keeping its SPI, key, sequence numbers and replay window
+/// (`XFRM_MSG_MIGRATE`; the kernel clones the SA with the new addresses
+/// and deletes the old one in the same call).
+///
+/// The kernel finds the SA by (old addresses, reqid, mode), not by SPI:
+/// with several SAs of one reqid between the same addresses (two
+/// generations), each migration moves one of them, the most recently added
+/// first, and moving all of them takes one operation per SA. It also
+/// needs `policy` to exist with a template of the same reqid and mode (in
+/// tunnel mode, naming the old endpoints, which the call then moves to the
+/// new ones): ENOENT without the policy, ENODATA without such a template.
+/// An SA that is not there is no error (nothing moves).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct SaMigrate {
+    /// The policy whose template covers the SA.
+    pub policy: PolicyId,
+    /// Outer (source, destination) now.
+    pub old: (IpAddr, IpAddr),
+    /// Outer (source, destination) after the move.
+    pub new: (IpAddr, IpAddr),
+    /// The SA's reqid (must be owned).
+    pub reqid: u32,
+    /// The SA's mode.
+    pub mode: Mode,
+    /// ESP-in-UDP ports after the move. `None` keeps whatever
+    /// encapsulation the SA has: the kernel cannot remove one by a
+    /// migration.
+    pub encap: Option<UdpEncap>,
+    /// The SPI the caller expects to move, for its logs; the kernel's
+    /// message has no field for it.
+    pub spi: u32,
+}
+
 /// One kernel operation in a batch.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Op {
@@ -315,6 +349,9 @@ pub enum Op {
     UpdateSa(SaSpec),
     /// Delete an SA (`XFRM_MSG_DELSA`).
     DeleteSa(SaId),
+    /// Move an SA to new outer addresses and encapsulation in place
+    /// (`XFRM_MSG_MIGRATE`); see [`SaMigrate`].
+    MigrateSa(SaMigrate),
     /// Add a policy (`XFRM_MSG_NEWPOLICY`); fails with EEXIST if it exists.
     AddPolicy(PolicySpec),
     /// Add or replace a policy atomically (`XFRM_MSG_UPDPOLICY`): the way to
@@ -345,6 +382,11 @@ impl fmt::Display for Op {
                 write!(f, "update SA spi={:#010x} {} -> {}", s.spi, s.src, s.dst)
             }
             Op::DeleteSa(id) => write!(f, "delete SA {id}"),
+            Op::MigrateSa(m) => write!(
+                f,
+                "migrate SA spi={:#010x} {} -> {} to {} -> {}",
+                m.spi, m.old.0, m.old.1, m.new.0, m.new.1
+            ),
             Op::AddPolicy(p) => write!(f, "add policy {} spi={:#010x}", p.id, p.spi),
             Op::UpdatePolicy(p) => write!(f, "update policy {} spi={:#010x}", p.id, p.spi),
             Op::DeletePolicy(id) => write!(f, "delete policy {id}"),

@@ -172,6 +172,8 @@ struct Shared {
     cookies: cookie::CookieJar,
     /// Generation secrets, SPIs, init nonces and ephemeral keys.
     rng: StdRng,
+    /// Path changes move SAs in place ([`Hub::set_move_in_place`]).
+    in_place: bool,
 }
 
 /// A hello under the previous generation that arrives this soon after the
@@ -271,6 +273,7 @@ impl Hub {
                 drops: BTreeMap::new(),
                 cookies: cookie::CookieJar::new(),
                 rng: StdRng::from_seed(rng_seed),
+                in_place: false,
             },
         };
         hub.shared.retiring_cap = hub.retiring_cap();
@@ -417,6 +420,14 @@ impl Hub {
             n.nat = nat;
             n.pinned = pinned;
         }
+    }
+
+    /// Whether a node's path change moves its SAs in place, state and
+    /// all (`true`: the caller can, see [`Action::PeerPath`]'s
+    /// `in_place`), or has them removed and re-installed or re-keyed
+    /// (`false`, the default).
+    pub fn set_move_in_place(&mut self, on: bool) {
+        self.shared.in_place = on;
     }
 
     /// Latest generation number per node (0 before init), for invariant checks.

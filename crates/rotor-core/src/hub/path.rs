@@ -99,9 +99,23 @@ impl Shared {
         self.move_path(now, id, n, from, nat);
     }
 
-    /// Sets node `id`'s path and moves its SAs there: the caller removes
-    /// them on the old path ([`Action::PeerPath`]) and the core re-installs
-    /// or re-keys them as after a kernel loss ([`Shared::lose`]).
+    /// Sets node `id`'s path and moves its SAs there: in place, state and
+    /// all, where the caller can ([`Hub::set_move_in_place`]); otherwise
+    /// the caller removes them on the old path ([`Action::PeerPath`]) and
+    /// the core re-installs or re-keys them as after a kernel loss
+    /// ([`Shared::lose`]).
+    ///
+    /// In place: a new address moves every SA ([`Action::PeerPath`] with
+    /// `in_place`); a new NAT port alone updates the encapsulation of each
+    /// SA of the latest and previous generations ([`Action::UpdateSa`]:
+    /// the kernel finds the SA a migration moves by its addresses, so with
+    /// the addresses unchanged it cannot tell moved SAs from unmoved
+    /// ones), while those of a chain an init replaced, whose keys the hub
+    /// no longer holds, and those retiring are removed and handled as
+    /// lost. A first path has nothing in the kernel to move, an update
+    /// cannot add or remove the encapsulation (a new NAT verdict), and a
+    /// migration cannot remove it (a node no longer behind a NAT): those
+    /// are re-added.
     pub(super) fn move_path(
         &mut self,
         now: Time,
@@ -131,6 +145,17 @@ impl Shared {
             }
         }
         let first = n.path.get().is_none();
+        let was = n.path.get();
+        // A migration cannot take the encapsulation off an SA.
+        let keeps_encap = nat || !n.nat;
+        let in_place = self.in_place && keeps_encap && was.is_some_and(|p| p.ip() != to.ip());
+        let new_port = self.in_place && n.nat && nat && was.is_some_and(|p| p.ip() == to.ip());
+        if new_port {
+            // The latest and previous generations stay; the rest goes.
+            let kept = lost.len() - 2 * n.superseded.len();
+            lost.drain(..kept);
+            old_sas.drain(..kept);
+        }
         n.path = Place::of(to);
         n.nat = nat;
         self.mark(id, n);
@@ -140,6 +165,7 @@ impl Shared {
             local: None,
             nat,
             old_sas,
+            in_place,
         });
         self.actions.push_back(Action::Event(Event::Moved {
             peer: id,
@@ -147,7 +173,38 @@ impl Shared {
             nat,
             first,
         }));
-        if !lost.is_empty() {
+        if new_port {
+            if !lost.is_empty() {
+                self.lose(now, id, n, &lost, true);
+            }
+            for g in [&n.latest, &n.previous].into_iter().flatten() {
+                let esp = g.esp_keys(self.names.get(id), self.key_bits);
+                self.actions.push_back(Action::UpdateSa {
+                    peer: id,
+                    dir: SaDir::In,
+                    spi: g.spi,
+                    key: esp.n2h,
+                });
+                if !g.out_missing {
+                    self.actions.push_back(Action::UpdateSa {
+                        peer: id,
+                        dir: SaDir::Out,
+                        spi: g.spi,
+                        key: esp.h2n,
+                    });
+                }
+            }
+        }
+        if in_place || new_port {
+            // The new path's outbound policy starts blocked (the caller
+            // cannot know the SPI); it names the same SA again.
+            if let Some(spi) = n.outbound {
+                self.actions.push_back(Action::SetOutbound {
+                    peer: id,
+                    spi: Some(spi),
+                });
+            }
+        } else if !lost.is_empty() {
             self.lose(now, id, n, &lost, true);
         }
     }
