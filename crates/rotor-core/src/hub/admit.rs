@@ -202,6 +202,7 @@ impl Hub {
         }
         let sh = &mut self.shared;
         sh.cookies.unverified_init(now);
+        sh.cookies.expire(now);
         if !sh.cookies.under_load(now)
             || dg
                 .init_cookie()

@@ -117,6 +117,21 @@ impl CookieJar {
         }
     }
 
+    /// Forgets the secrets whose time is over at `now`, whether or not a
+    /// cookie was made since: a secret serves [`SECRET_MS`] as the current
+    /// one and as long again as the previous one, then no cookie made under
+    /// it is valid.
+    pub(super) fn expire(&mut self, now: Time) {
+        let Some((_, prev, until)) = &mut self.secrets else {
+            return;
+        };
+        if now >= until.plus_ms(SECRET_MS) {
+            self.secrets = None;
+        } else if now >= *until {
+            *prev = None;
+        }
+    }
+
     /// Whether `cookie` is valid for an init under `init_spi` from `from`
     /// (made under the current or the previous secret). Constant time.
     pub(super) fn check(&self, from: SocketAddr, init_spi: u32, cookie: &[u8; COOKIE_LEN]) -> bool {
@@ -191,6 +206,19 @@ mod tests {
         jar.issue(t2.plus_ms(SECRET_MS), a, 9, &mut rng).unwrap();
         assert!(!jar.check(a, 9, &c));
         assert!(jar.check(a, 9, &c2));
+    }
+
+    #[test]
+    fn a_cookie_expires_with_its_secret_even_when_no_other_is_made() {
+        let mut rng = rand::rngs::StdRng::from_seed([5; 32]);
+        let t = Time(1_000);
+        let mut jar = CookieJar::new();
+        let a: SocketAddr = "192.0.2.7:4820".parse().unwrap();
+        let c = jar.issue(t, a, 9, &mut rng).unwrap();
+        jar.expire(t.plus_ms(2 * SECRET_MS - 1));
+        assert!(jar.check(a, 9, &c), "current, then previous: two periods");
+        jar.expire(t.plus_ms(2 * SECRET_MS));
+        assert!(!jar.check(a, 9, &c));
     }
 
     #[test]
