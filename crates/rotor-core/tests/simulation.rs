@@ -338,6 +338,34 @@ impl Sim {
         }
     }
 
+    /// Puts a control datagram from `host` on the network to `to`: lost
+    /// with the network's loss rate, else delivered after a random delay,
+    /// twice with its duplication rate if `dup`.
+    fn transmit(&mut self, host: Host, to: Host, datagram: Vec<u8>, dup: bool) {
+        self.fig.ctrl_sent += 1;
+        if self.rng.gen_bool(self.net.loss) {
+            self.fig.ctrl_lost += 1;
+            return;
+        }
+        let copies = if dup && self.rng.gen_bool(self.net.dup) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            let d = self.rng.gen_range(1..=MAX_CTRL_DELAY_MS);
+            let from = self.addr_of(host);
+            self.schedule(
+                self.now.plus_ms(d),
+                Ev::Ctrl {
+                    from,
+                    to,
+                    data: datagram.clone(),
+                },
+            );
+        }
+    }
+
     fn execute(&mut self, host: Host, a: Action) {
         if let Ok(t) = std::env::var("SIM_TRACE_NODE") {
             let node = match (host, &a) {
@@ -480,48 +508,13 @@ impl Sim {
                 let Some(i) = self.addrs.iter().position(|a| *a == to) else {
                     return;
                 };
-                self.fig.ctrl_sent += 1;
-                if self.rng.gen_bool(self.net.loss) {
-                    self.fig.ctrl_lost += 1;
-                    return;
-                }
-                let d = self.rng.gen_range(1..=MAX_CTRL_DELAY_MS);
-                let from = self.addr_of(host);
-                self.schedule(
-                    self.now.plus_ms(d),
-                    Ev::Ctrl {
-                        from,
-                        to: Host::Node(i),
-                        data: datagram,
-                    },
-                );
+                self.transmit(host, Host::Node(i), datagram, false);
             }
             Action::Send { peer, datagram } => {
                 let to = Self::peer_host(host, peer);
-                self.fig.ctrl_sent += 1;
                 self.track_counter(host, peer, &datagram);
                 *self.sends.entry(host).or_default() += 1;
-                if self.rng.gen_bool(self.net.loss) {
-                    self.fig.ctrl_lost += 1;
-                    return;
-                }
-                let copies = if self.rng.gen_bool(self.net.dup) {
-                    2
-                } else {
-                    1
-                };
-                for _ in 0..copies {
-                    let d = self.rng.gen_range(1..=MAX_CTRL_DELAY_MS);
-                    let from = self.addr_of(host);
-                    self.schedule(
-                        self.now.plus_ms(d),
-                        Ev::Ctrl {
-                            from,
-                            to,
-                            data: datagram.clone(),
-                        },
-                    );
-                }
+                self.transmit(host, to, datagram, true);
             }
             Action::PeerPath {
                 peer,
