@@ -114,23 +114,11 @@ impl Hub {
             return Class::Cheap;
         };
         let h = dg.header;
-        let at = |id: crate::action::PeerId| {
-            self.nodes
-                .get(id.0 as usize)
-                .is_some_and(|n| n.path.is(&from))
-        };
         match self.shared.table.lookup(h.spi) {
             None => Class::Cheap,
             Some(_) if h.kind != MsgType::Init && h.kind != MsgType::Hello => Class::Cheap,
-            Some(SpiOwner::Init(id)) if h.kind == MsgType::Init => {
-                if at(id) {
-                    Class::Priority
-                } else {
-                    self.unverified_init_class(from, &dg)
-                }
-            }
-            Some(SpiOwner::SharedInit) if h.kind == MsgType::Init => {
-                if self.shared.table.init_candidates(h.spi).into_iter().any(at) {
+            Some(SpiOwner::Init(_) | SpiOwner::SharedInit) if h.kind == MsgType::Init => {
+                if self.init_from_its_node(h.spi, from) {
                     Class::Priority
                 } else {
                     self.unverified_init_class(from, &dg)
@@ -159,6 +147,26 @@ impl Hub {
         }
     }
 
+    /// Whether an init under `init_spi` comes from where its node (or one
+    /// of the nodes sharing that init SPI) is known to be.
+    fn init_from_its_node(&self, init_spi: u32, from: SocketAddr) -> bool {
+        let at = |id: crate::action::PeerId| {
+            self.nodes
+                .get(id.0 as usize)
+                .is_some_and(|n| n.path.is(&from))
+        };
+        match self.shared.table.lookup(init_spi) {
+            Some(SpiOwner::Init(id)) => at(id),
+            Some(SpiOwner::SharedInit) => self
+                .shared
+                .table
+                .init_candidates(init_spi)
+                .into_iter()
+                .any(at),
+            _ => false,
+        }
+    }
+
     /// An init from where its node is not known to be: while cookies are
     /// asked for, one without a valid cookie is answered with a cookie for
     /// an HMAC ([`Class::Cheap`]); otherwise it costs a key derivation and
@@ -184,20 +192,12 @@ impl Hub {
         dg: &wire::Datagram<'_>,
     ) -> Result<(), DropReason> {
         let spi = dg.header.spi;
-        let at = |id: crate::action::PeerId| {
-            self.nodes
-                .get(id.0 as usize)
-                .is_some_and(|n| n.path.is(&from))
-        };
-        let known = match self.shared.table.lookup(spi) {
-            Some(SpiOwner::Init(id)) => at(id),
-            Some(SpiOwner::SharedInit) => {
-                self.shared.table.init_candidates(spi).into_iter().any(at)
-            }
-            // Not an init SPI: the routing refuses it for nothing.
-            _ => return Ok(()),
-        };
-        if known {
+        // Not an init SPI: the routing refuses it for nothing.
+        if !matches!(
+            self.shared.table.lookup(spi),
+            Some(SpiOwner::Init(_) | SpiOwner::SharedInit)
+        ) || self.init_from_its_node(spi, from)
+        {
             return Ok(());
         }
         let sh = &mut self.shared;
