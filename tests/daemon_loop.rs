@@ -140,6 +140,8 @@ impl Daemon {
                     notify,
                     routes: None,
                     guard: None,
+                    guard_pending: None,
+                    first_pass_deferred: false,
                 };
                 daemon::serve(
                     role,
@@ -842,6 +844,45 @@ fn a_stopped_daemon_leaves_its_kernel_state_and_a_restart_resumes_without_reinit
         || node_row(&node).generation >= n_before.generation + 2,
     );
     assert_eq!(node_row(&node).inits, 1);
+    node.stop().unwrap();
+    hub.stop().unwrap();
+}
+
+#[test]
+fn a_restart_that_serves_first_still_repairs_what_went_missing_while_stopped() {
+    let _g = serial();
+    let net = Net::new(38);
+    let slow = Duration::from_secs(600);
+    let cfg = |net: &Net| {
+        let mut c = hub_config(net, 1, |i| net.node_ip(i));
+        c.rotate_interval = slow;
+        c.nodes[0].rotate_interval = slow;
+        c
+    };
+    let hub = start_hub(&net, cfg(&net));
+    let node = start_node(
+        &net,
+        node_config(&net, 0, SocketAddr::new(net.hub_ip(), net.port)),
+    );
+    wait_for("the node in sync", Duration::from_secs(10), || {
+        node_row(&node).tx_spi.is_some() && hub.status().peers[0].tx_spi.is_some()
+    });
+    let hk = hub.kernel.clone();
+    hub.stop().unwrap();
+    // While the hub is down its inbound SA of the current generation goes:
+    // its policies stay, so the restart serves before it compares.
+    let spi = hk.sa_spis_to(net.hub_ip())[0];
+    assert!(hk.delete_sa(SaId {
+        dst: net.hub_ip(),
+        spi
+    }));
+    let hub = start_hub_on(&net, cfg(&net), hk.clone());
+    let ips = [net.hub_ip(), net.node_ip(0)];
+    if let Err(e) = wait_kernels_agree(&hub, &node, ips, Duration::from_millis(1500)) {
+        panic!("the SA lost while stopped was not repaired after the restart: {e}");
+    }
+    assert_eq!(node_row(&node).inits, 1, "repaired, never re-initialised");
+    assert_eq!(hub.status().peers[0].inits, 1);
     node.stop().unwrap();
     hub.stop().unwrap();
 }

@@ -41,7 +41,7 @@ use super::reconcile;
 use super::role::Role;
 use super::route_watch::RouteWatch;
 use crate::control::{self, ReloadReply, StatusHead};
-use crate::guard::Guard;
+use crate::guard::{Guard, GuardError};
 use crate::store::StoreError;
 use crate::udp_batch::{self, RecvBatch};
 
@@ -105,12 +105,37 @@ pub struct Lifecycle {
     /// The clear-text guard, installed before the loop starts; `None`:
     /// configured off (or tests of the loop alone).
     pub guard: Option<Guard>,
+    /// The guard being installed on a thread of its own while a restarted
+    /// daemon already serves ([`Lifecycle::first_pass_deferred`]).
+    pub guard_pending: Option<oneshot::Receiver<(Guard, Result<usize, GuardError>)>>,
+    /// The start-up left the first reconcile pass to the loop: a restart
+    /// whose kernel still holds the previous run's objects answers its
+    /// peers first, and adopts and repairs once the guard is in.
+    pub first_pass_deferred: bool,
+}
+
+/// Why the loop stopped serving.
+#[derive(Debug, thiserror::Error)]
+pub enum LoopError {
+    /// The state can no longer be written: nothing more may be sent.
+    #[error("the durable state: {0}")]
+    Store(#[from] StoreError),
+    /// The clear-text guard a restarted daemon installs while it serves
+    /// could not be installed.
+    #[error("installing the clear-text guard (`guard`): {0}")]
+    Guard(#[from] GuardError),
 }
 
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
-/// the caller decides what stopping means for it. Fails only when the
-/// state can no longer be written: then nothing more may be sent (a restart
-/// resumes from what is durable, the kernel keeps the current keys).
+/// the caller decides what stopping means for it. Fails when the state can
+/// no longer be written: then nothing more may be sent (a restart resumes
+/// from what is durable, the kernel keeps the current keys); or when the
+/// guard a restart installs while serving cannot be installed.
+///
+/// A reconcile pass dumps the kernel on a thread of its own
+/// ([`reconcile::begin`]) and compares in the loop when the dump is in
+/// ([`reconcile::finish`]): at 100,000 peers the dump takes seconds,
+/// longer than a node waits for an answer to its hello.
 pub async fn run<R: Role, K: Kernel>(
     role: &mut R,
     kernel: &mut KernelExec<K>,
@@ -119,14 +144,18 @@ pub async fn run<R: Role, K: Kernel>(
     clock: &Clock,
     life: &mut Lifecycle,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), StoreError> {
+) -> Result<(), LoopError> {
     tokio::pin!(shutdown);
     let mut events: Vec<KernelEvent> = Vec::new();
     let mut next_reconcile = clock.mono().plus_ms(life.reconcile_every_ms);
     // A reported change waits RECONCILE_DELAY_MS for its siblings, and at
     // least RECONCILE_GAP_MS after the last pass.
-    let mut reconcile_at: Option<Time> = None;
+    let mut reconcile_at: Option<Time> =
+        (life.first_pass_deferred && life.guard_pending.is_none()).then(|| clock.mono());
     let mut last_pass = Time(0);
+    // Dumps taken on their own thread, and whether one is under way.
+    let (dumped_tx, mut dumped) = mpsc::unbounded_channel::<reconcile::Taken>();
+    let mut dumping = false;
     // With source addresses: a node sheds datagrams not from its hub.
     let mut batch = RecvBatch::with_addresses();
     let mut actions: Vec<Action> = Vec::new();
@@ -158,16 +187,23 @@ pub async fn run<R: Role, K: Kernel>(
         // The core's next timer, or a refused kernel operation's retry; an
         // early wake-up is harmless (only what is due fires).
         let due = earliest(role.machine().poll_timeout(), kernel.retry_due());
-        let due = earliest(
-            due,
-            Some(reconcile_at.map_or(next_reconcile, |t| t.min(next_reconcile))),
-        );
-        // SAs kept over a reload go when their time is up.
-        let due = earliest(due, life.linger.values().min().copied());
+        // A pass waits for the one under way, and for the guard.
+        let may_pass = !dumping && life.guard_pending.is_none();
+        let due = if may_pass {
+            let due = earliest(
+                due,
+                Some(reconcile_at.map_or(next_reconcile, |t| t.min(next_reconcile))),
+            );
+            // SAs kept over a reload go when their time is up.
+            earliest(due, life.linger.values().min().copied())
+        } else {
+            due
+        };
         let due = earliest(due, book.due(kernel.errors()));
         let due = earliest(due, life.notify.next_ping());
         let wake = due.map(|t| clock.instant(t));
         let mut full_burst = false;
+        let mut dump_in: Option<reconcile::Taken> = None;
         tokio::select! {
             _ = &mut shutdown => {
                 life.notify.stopping();
@@ -191,6 +227,20 @@ pub async fn run<R: Role, K: Kernel>(
                 full_burst = taken >= MAX_BURST;
             }
             _ = sleep_until(wake) => {}
+            Some(t) = dumped.recv() => dump_in = Some(t),
+            r = guard_ready(life.guard_pending.as_mut()) => {
+                life.guard_pending = None;
+                match r {
+                    Some((g, Ok(pairs))) => {
+                        info!(pairs, "clear-text guard in place: {}", g.describe());
+                        life.guard = Some(g);
+                    }
+                    Some((_, Err(e))) => return Err(e.into()),
+                    None => warn!("the clear-text guard's installer stopped without an answer"),
+                }
+                // The guard is in: the start-up's pass may write policies.
+                reconcile_at = Some(clock.mono());
+            }
             Some(call) = calls.recv() => answer(role, kernel, life, (wrong_source, &book), clock.now(), call),
             Some(()) = hangup(life.hangup.as_mut()) => life.reloads.push(None),
             r = read_routes(life.routes.as_mut()) => {
@@ -234,10 +284,37 @@ pub async fn run<R: Role, K: Kernel>(
         execute(role, kernel, udp, now, life, &mut actions, &mut book).await?;
         // Only once every action is executed does the kernel show what the
         // machine believes: the pass compares the two.
+        if let Some(t) = dump_in {
+            dumping = false;
+            let linger: HashSet<SaId> = life.linger.keys().copied().collect();
+            let pass = reconcile::finish(role, kernel, now, &linger, t);
+            // A pass's dump and indexes are large and short-lived: give
+            // their pages back (at 10,000 peers ~1 KB per peer otherwise).
+            rotor_sys::malloc_trim();
+            match pass {
+                Ok(report) => {
+                    if std::mem::take(&mut life.first_pass_deferred) {
+                        info!(
+                            adopted_policies = report.adopted(),
+                            created_policies = report.created.len(),
+                            lost_sas = report.sas_lost,
+                            stale_sas = report.stale_sas,
+                            stale_policies = report.stale_policies,
+                            refused = report.refused,
+                            "kernel state adopted (while serving)"
+                        );
+                    }
+                    execute(role, kernel, udp, now, life, &mut actions, &mut book).await?
+                }
+                Err(e) => warn!("reconcile: dumping the kernel's XFRM state: {e}"),
+            }
+        }
         let linger_due = life.linger.values().min().copied();
-        if reconcile_at.is_some_and(|t| t <= now.mono)
-            || next_reconcile <= now.mono
-            || linger_due.is_some_and(|t| t <= now.mono)
+        if !dumping
+            && life.guard_pending.is_none()
+            && (reconcile_at.is_some_and(|t| t <= now.mono)
+                || next_reconcile <= now.mono
+                || linger_due.is_some_and(|t| t <= now.mono))
         {
             // The guard is not in XFRM, so no notification reports a change
             // to it: the periodic pass checks it.
@@ -248,13 +325,11 @@ pub async fn run<R: Role, K: Kernel>(
             reconcile_at = None;
             last_pass = now.mono;
             next_reconcile = now.mono.plus_ms(life.reconcile_every_ms);
-            let linger: HashSet<SaId> = life.linger.keys().copied().collect();
-            let pass = reconcile::run(role, kernel, now, &linger);
-            // A pass's dump and indexes are large and short-lived: give
-            // their pages back (at 10,000 peers ~1 KB per peer otherwise).
-            rotor_sys::malloc_trim();
-            match pass {
-                Ok(_) => execute(role, kernel, udp, now, life, &mut actions, &mut book).await?,
+            let tx = dumped_tx.clone();
+            match reconcile::begin(kernel, move |t| {
+                let _ = tx.send(t);
+            }) {
+                Ok(()) => dumping = true,
                 Err(e) => warn!("reconcile: dumping the kernel's XFRM state: {e}"),
             }
         }
@@ -507,6 +582,17 @@ fn on_kernel_events<R: Role>(
         Some((now.mono, true))
     } else {
         drift.then(|| (now.mono.plus_ms(RECONCILE_DELAY_MS), false))
+    }
+}
+
+/// The guard installed on its own thread; never completes without one
+/// under way. `None`: the thread ended without answering.
+async fn guard_ready(
+    pending: Option<&mut oneshot::Receiver<(Guard, Result<usize, GuardError>)>>,
+) -> Option<(Guard, Result<usize, GuardError>)> {
+    match pending {
+        Some(rx) => rx.await.ok(),
+        None => std::future::pending().await,
     }
 }
 

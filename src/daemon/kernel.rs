@@ -30,6 +30,14 @@ pub struct KernelExec<K: Kernel> {
     /// Peers whose SAs the kernel would not move in place, with the SAs
     /// now removed ([`Self::take_unmoved`]).
     unmoved: Vec<(PeerId, Vec<(SaDir, u32)>)>,
+    /// Counts [`Self::mark`]s: what a dump taken at a mark can be trusted
+    /// for ([`Self::touched_since`]).
+    epoch: u32,
+    /// Per peer, the epoch of its last kernel operation.
+    touched: Vec<u32>,
+    /// The epoch of the last [`Self::replace_peers`]: a dump marked before
+    /// it describes another layout.
+    replaced: u32,
 }
 
 /// One peer's in-place move within a batch: its SAs, where they were and
@@ -55,7 +63,40 @@ impl<K: Kernel> KernelExec<K> {
             warnings: PeerWarnings::default(),
             moved_pairs: (Vec::new(), Vec::new()),
             unmoved: Vec::new(),
+            epoch: 0,
+            touched: Vec::new(),
+            replaced: 0,
         }
+    }
+
+    /// A mark for a dump about to be taken on another thread: a peer whose
+    /// operations went to the kernel after it may or may not show them in
+    /// that dump ([`Self::touched_since`]).
+    pub fn mark(&mut self) -> u32 {
+        // Four billion passes: decades at five a second.
+        self.epoch = self.epoch.saturating_add(1);
+        self.epoch
+    }
+
+    /// Whether peer `index`'s kernel objects may have changed by our own
+    /// operations since `mark` (or the layout was replaced): a dump taken
+    /// at `mark` says nothing certain about them.
+    pub fn touched_since(&self, index: usize, mark: u32) -> bool {
+        self.replaced >= mark || self.touched.get(index).is_some_and(|&t| t >= mark)
+    }
+
+    /// Whether the peers' layout was replaced (a reload) since `mark`: a
+    /// dump taken at `mark` then describes another layout.
+    pub fn replaced_since(&self, mark: u32) -> bool {
+        self.replaced >= mark
+    }
+
+    fn touch(&mut self, peer: PeerId) {
+        let i = peer.0 as usize;
+        if self.touched.len() <= i {
+            self.touched.resize(i + 1, 0);
+        }
+        self.touched[i] = self.epoch;
     }
 
     /// The peers whose SAs an in-place move could not move, each with the
@@ -91,6 +132,8 @@ impl<K: Kernel> KernelExec<K> {
     pub fn replace_peers(&mut self, peers: Vec<PeerKernel>) {
         self.peers = peers;
         self.retry = RetryQueue::default();
+        self.touched.clear();
+        self.replaced = self.epoch;
     }
 
     /// Every peer's outbound selector pairs (what the clear-text guard
@@ -247,6 +290,9 @@ impl<K: Kernel> KernelExec<K> {
             .into_iter()
             .map(|(peer, op, attempts)| ((peer, attempts), op))
             .unzip();
+        for &(peer, _) in &who {
+            self.touch(peer);
+        }
         let results = match self.kernel.apply(&ops) {
             Ok(r) => r,
             Err(e) => {
@@ -346,6 +392,9 @@ impl<K: Kernel> KernelExec<K> {
             .iter()
             .flat_map(|m| m.ids.iter().map(|id| Op::DeleteSa(*id)))
             .collect();
+        for m in &failed {
+            self.touch(m.peer);
+        }
         self.apply_plain(&ops);
         self.unmoved
             .extend(failed.into_iter().map(|m| (m.peer, m.old_sas)));
@@ -533,5 +582,51 @@ mod tests {
             vec![(PeerId(0), vec![(SaDir::In, 0x1001), (SaDir::Out, 0x1001)])]
         );
         assert!(k.errors() >= 2, "each refusal counts");
+    }
+}
+
+#[cfg(test)]
+mod mark_tests {
+    use super::*;
+    use crate::config::PeerMode;
+    use rotor_xfrm::{DEFAULT_REQID_BASE, ModelKernel, Ownership};
+
+    fn layout(i: u32) -> PeerKernel {
+        PeerKernel {
+            reqid: DEFAULT_REQID_BASE + i,
+            local: "10.9.0.1".parse().unwrap(),
+            remote: format!("10.9.0.{}", i + 2).parse().unwrap(),
+            local_port: 4820,
+            remote_port: 4820,
+            nat: false,
+            mode: PeerMode::Transport,
+            priority: 1000,
+            replay_window: 1024,
+            lifetime: None,
+        }
+    }
+
+    #[test]
+    fn a_dump_mark_distrusts_exactly_the_peers_operated_on_after_it_and_any_reload() {
+        let model = ModelKernel::new(Ownership::default());
+        let mut k = KernelExec::new(model, vec![layout(0), layout(1)]);
+        let names = NameTable::from_names(["n0", "n1"]);
+        let set = |p: u32| Action::SetOutbound {
+            peer: PeerId(p),
+            spi: None,
+        };
+        k.apply(Time(0), &[set(0), set(1)], &names);
+        let mark = k.mark();
+        assert!(!k.touched_since(0, mark) && !k.touched_since(1, mark));
+        k.apply(Time(1), &[set(1)], &names);
+        assert!(!k.touched_since(0, mark), "peer 0 had nothing since");
+        assert!(k.touched_since(1, mark), "peer 1 was operated on");
+        assert!(!k.replaced_since(mark));
+        let later = k.mark();
+        assert!(!k.touched_since(1, later), "a later mark trusts it again");
+        k.replace_peers(vec![layout(0), layout(1)]);
+        assert!(k.replaced_since(later) && k.touched_since(0, later));
+        let after = k.mark();
+        assert!(!k.replaced_since(after));
     }
 }

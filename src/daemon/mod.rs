@@ -18,7 +18,10 @@
 //! what a previous run left (SAs, policies) as far as the restored state
 //! knows it, repairs what is missing and removes owned objects the state
 //! does not know; the machine resumes the same generations, so the peers
-//! notice nothing. SIGTERM/SIGINT stop the loop and leave the kernel as it
+//! notice nothing. On a restart, when the kernel still holds the previous
+//! run's policies ([`kernel_kept`]), the daemon serves first and that pass
+//! runs in the loop once the guard is in: a slow start would cost every
+//! waiting peer an init. SIGTERM/SIGINT stop the loop and leave the kernel as it
 //! is: traffic keeps flowing on the current keys and nothing is ever sent in
 //! clear. `rotor purge` uninstalls.
 
@@ -143,16 +146,61 @@ pub async fn serve<R: Role, K: Kernel>(
         undo_guard(&mut life);
         return Err(e).context("writing the state");
     }
-    let report = match reconcile::run(&mut role, &mut kernel, clock.now(), &HashSet::new()) {
+    life.first_pass_deferred = kernel_kept(&role, &mut kernel);
+    if life.first_pass_deferred {
+        start_guard(&mut life, &kernel.guard_selectors())?;
+        info!(
+            "the kernel holds the previous run's policies: serving now, adopting them once the guard is in"
+        );
+    } else {
+        // Last before the first policy: every check that can fail is behind.
+        install_guard(&mut life, &kernel.guard_selectors())?;
+        first_pass(&mut role, &mut kernel, &mut life, &clock)?;
+    }
+    finish_start(&mut role, &mut kernel, &mut life)?;
+    info!("serving");
+    let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
+    let scrapes = life
+        .metrics
+        .take()
+        .map(|(l, per_node)| metrics::spawn(l, tx.clone(), R::NAME, per_node));
+    let server = control_server::spawn(listener, tx, R::NAME);
+    let r = event_loop::run(
+        &mut role,
+        &mut kernel,
+        &udp,
+        &mut calls,
+        &clock,
+        &mut life,
+        shutdown,
+    )
+    .await;
+    server.abort();
+    if let Some(s) = scrapes {
+        s.abort();
+    }
+    Ok(r?)
+}
+
+/// The start-up's reconcile pass, before the daemon serves: adopts what a
+/// previous run left, creates what is missing. Refused operations fail
+/// the start, leaving the kernel as it was found.
+fn first_pass<R: Role, K: Kernel>(
+    role: &mut R,
+    kernel: &mut KernelExec<K>,
+    life: &mut Lifecycle,
+    clock: &Clock,
+) -> anyhow::Result<()> {
+    let report = match reconcile::run(role, kernel, clock.now(), &HashSet::new()) {
         Ok(r) => r,
         Err(e) => {
-            undo_guard(&mut life);
+            undo_guard(life);
             bail!("reading rotor's SAs and policies from the kernel: {e}");
         }
     };
     if report.refused > 0 {
-        reconcile::undo(&mut kernel, &report.created);
-        undo_guard(&mut life);
+        reconcile::undo(kernel, &report.created);
+        undo_guard(life);
         bail!(
             "the kernel refused {} of the operations that set up the peers (see the log above); nothing was left behind",
             report.refused
@@ -166,6 +214,18 @@ pub async fn serve<R: Role, K: Kernel>(
         stale_policies = report.stale_policies,
         "kernel state adopted"
     );
+    Ok(())
+}
+
+/// What the start does once the kernel's objects are settled (or left to
+/// the loop's first pass): the reqid index for the kernel's expiry
+/// notifications, and forgetting the records of peers no longer
+/// configured.
+fn finish_start<R: Role, K: Kernel>(
+    role: &mut R,
+    kernel: &mut KernelExec<K>,
+    life: &mut Lifecycle,
+) -> anyhow::Result<()> {
     // What a previous run's guard held beyond today's peers (nodes no
     // longer configured) is trimmed by the first periodic check, not here:
     // every process the guard runs holds the start (hundreds of ms each in
@@ -190,28 +250,59 @@ pub async fn serve<R: Role, K: Kernel>(
     // Give the heap the configuration parser and the start-up left behind
     // back to the system (measured: ~1 KB per node at 10,000 nodes).
     rotor_sys::malloc_trim();
-    info!("serving");
-    let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
-    let scrapes = life
-        .metrics
-        .take()
-        .map(|(l, per_node)| metrics::spawn(l, tx.clone(), R::NAME, per_node));
-    let server = control_server::spawn(listener, tx, R::NAME);
-    let r = event_loop::run(
-        &mut role,
-        &mut kernel,
-        &udp,
-        &mut calls,
-        &clock,
-        &mut life,
-        shutdown,
-    )
-    .await;
-    server.abort();
-    if let Some(s) = scrapes {
-        s.abort();
+    Ok(())
+}
+
+/// Whether the kernel still holds what the previous run of this restored
+/// state installed: the inbound policy of the first peer the state knows
+/// the kernel holds objects for, looked up with one request. Then the
+/// daemon may serve before it has compared the rest (a restart after
+/// SIGTERM or kill -9 leaves everything in place); after a reboot or a
+/// flush the policies come first.
+fn kernel_kept<R: Role, K: Kernel>(role: &R, kernel: &mut KernelExec<K>) -> bool {
+    let Some(id) = (0..role.peer_count())
+        .filter(|&i| role.kernel_view(i).is_some_and(|v| !v.sas.is_empty()))
+        .filter_map(|i| kernel.peer(i))
+        .find(|p| p.known())
+        .and_then(|p| {
+            p.inbound_policies().into_iter().find_map(|op| match op {
+                rotor_xfrm::Op::UpdatePolicy(spec) => Some(spec.id),
+                _ => None,
+            })
+        })
+    else {
+        return false;
+    };
+    match kernel.kernel_mut().has_policy(&id) {
+        Ok(found) => found,
+        Err(e) => {
+            warn!("looking for the previous run's policies: {e}");
+            false
+        }
     }
-    r.context("the durable state")
+}
+
+/// Starts installing the guard on a thread of its own, for a restart that
+/// serves before its first pass (the loop takes it back; the pass waits
+/// for it). Warns when it is configured off.
+fn start_guard(
+    life: &mut Lifecycle,
+    selectors: &[(rotor_xfrm::IpNet, rotor_xfrm::IpNet)],
+) -> anyhow::Result<()> {
+    let Some(mut g) = life.guard.take() else {
+        return install_guard(life, selectors);
+    };
+    let selectors = selectors.to_vec();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    std::thread::Builder::new()
+        .name("rotor-guard".into())
+        .spawn(move || {
+            let r = g.install(&selectors);
+            let _ = tx.send((g, r));
+        })
+        .context("starting the guard's installer")?;
+    life.guard_pending = Some(rx);
+    Ok(())
 }
 
 /// Removes the guard again if this start created it (a start that failed
@@ -225,16 +316,18 @@ fn undo_guard(life: &mut Lifecycle) {
 /// Puts in the clear-text guard configured in `life` for `peers` before
 /// any policy; warns when it is configured off. Refuses to go on when it
 /// cannot be installed: nothing of it is left behind then.
-fn install_guard(life: &mut Lifecycle, peers: &[PeerKernel]) -> anyhow::Result<()> {
+fn install_guard(
+    life: &mut Lifecycle,
+    selectors: &[(rotor_xfrm::IpNet, rotor_xfrm::IpNet)],
+) -> anyhow::Result<()> {
     let Some(g) = life.guard.as_mut() else {
         warn!(
             "guard = \"off\": protected flows can leave in clear between a deletion of rotor's policies (ip xfrm policy flush) and their repair"
         );
         return Ok(());
     };
-    let selectors: Vec<_> = peers.iter().flat_map(|p| p.outbound_selectors()).collect();
     let pairs = g
-        .install(&selectors)
+        .install(selectors)
         .context("installing the clear-text guard (`guard`)")?;
     info!(pairs, "clear-text guard in place: {}", g.describe());
     Ok(())
@@ -599,6 +692,8 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         notify: notify::Notifier::default(),
         routes: None,
         guard: None,
+        guard_pending: None,
+        first_pass_deferred: false,
     };
     Ok((xfrm, life, monitor))
 }
@@ -635,8 +730,6 @@ async fn run_role<R: Role>(
 ) -> anyhow::Result<()> {
     let stop = shutdown::on_signal()?;
     life.notify = notify::Notifier::from_env()?;
-    // Last before the first policy: every check that can fail is behind.
-    install_guard(&mut life, &peers)?;
     let r = serve(
         role,
         KernelExec::new(xfrm, peers),

@@ -23,6 +23,8 @@ use rotor_core::{Now, PeerId, SaDir};
 use rotor_xfrm::{
     Kernel, Mode, Op, OwnedObjects, PolicyDir, PolicyId, PolicyInfo, SaId, SaInfo, XfrmError,
 };
+
+use crate::peer_kernel::PeerKernel;
 use tracing::{debug, info, warn};
 
 use super::kernel::KernelExec;
@@ -127,6 +129,28 @@ impl Dumped {
         }
     }
 
+    /// Keeps every dumped object of `pk`'s reqid, and its policies by id
+    /// (a blocking policy carries no template, so no reqid).
+    fn keep_peer(&mut self, pk: &PeerKernel) {
+        for (s, keep) in self.sas.iter().zip(self.keep_sas.iter_mut()) {
+            *keep |= s.reqid == pk.reqid;
+        }
+        for (p, keep) in self.policies.iter().zip(self.keep_policies.iter_mut()) {
+            *keep |= p.templates.iter().any(|t| t.1 == pk.reqid);
+        }
+        for op in pk
+            .inbound_policies()
+            .into_iter()
+            .chain(pk.set_outbound(None))
+        {
+            if let Op::UpdatePolicy(spec) = &op
+                && let Some(k) = self.policy(&spec.id)
+            {
+                self.keep_policies[k] = true;
+            }
+        }
+    }
+
     fn policy(&self, id: &PolicyId) -> Option<usize> {
         let key = Some(policy_key(id));
         self.policies
@@ -153,12 +177,93 @@ pub fn run<R: Role, K: Kernel>(
 ) -> Result<Report, XfrmError> {
     let t0 = Instant::now();
     let owned = kx.kernel_mut().dump_owned()?;
+    Ok(compare(role, kx, now, linger, owned, None, t0))
+}
+
+/// A dump taken on another thread ([`Kernel::dumper`]) since `mark`
+/// ([`KernelExec::mark`]), for [`finish`].
+pub struct Taken {
+    /// What the kernel held.
+    pub owned: Result<OwnedObjects, XfrmError>,
+    /// The mark taken before the dump began.
+    pub mark: u32,
+    /// When the dump began.
+    pub began: Instant,
+}
+
+/// Starts a pass whose dump runs on a thread of its own, so the loop keeps
+/// serving while a large kernel is read; `done` is called there with the
+/// dump, which [`finish`] then compares. `Err` if the dump could not be
+/// started (nothing was changed).
+pub fn begin<K: Kernel>(
+    kx: &mut KernelExec<K>,
+    done: impl FnOnce(Taken) + Send + 'static,
+) -> Result<(), XfrmError> {
+    let began = Instant::now();
+    let dumper = kx.kernel_mut().dumper()?;
+    let mark = kx.mark();
+    std::thread::Builder::new()
+        .name("rotor-dump".into())
+        .spawn(move || {
+            done(Taken {
+                owned: dumper(),
+                mark,
+                began,
+            })
+        })
+        .map(|_| ())
+        .map_err(|source| XfrmError::Io {
+            context: "starting the dump thread".into(),
+            source,
+        })
+}
+
+/// The second half of a pass begun with [`begin`]: compares and repairs
+/// like [`run`], except for peers whose objects our own operations changed
+/// while the dump ran (their part of the dump may be stale; their objects
+/// are kept and the next pass looks at them).
+pub fn finish<R: Role, K: Kernel>(
+    role: &mut R,
+    kx: &mut KernelExec<K>,
+    now: Now,
+    linger: &HashSet<SaId>,
+    taken: Taken,
+) -> Result<Report, XfrmError> {
+    if kx.replaced_since(taken.mark) {
+        // The reload that replaced the layout ran a pass of its own.
+        debug!("reconcile: a dump of the layout before a reload, dropped");
+        return Ok(Report::default());
+    }
+    let owned = taken.owned?;
+    Ok(compare(
+        role,
+        kx,
+        now,
+        linger,
+        owned,
+        Some(taken.mark),
+        taken.began,
+    ))
+}
+
+/// Compares `owned`, dumped since `t0`, with the state and repairs; with
+/// `since`, peers touched since that mark are left alone.
+fn compare<R: Role, K: Kernel>(
+    role: &mut R,
+    kx: &mut KernelExec<K>,
+    now: Now,
+    linger: &HashSet<SaId>,
+    owned: OwnedObjects,
+    since: Option<u32>,
+    t0: Instant,
+) -> Report {
     let dumped_ms = t0.elapsed().as_millis();
     let mut d = Dumped::new(owned);
     let mut report = Report::default();
     for id in linger {
         d.keep_sa(id);
     }
+    let mut skipped = 0usize;
     // Generations in their grace period stay until the machine deletes them.
     role.for_each_retiring(&mut |i, spi| {
         if let Some(pk) = kx.peer(i) {
@@ -176,6 +281,13 @@ pub fn run<R: Role, K: Kernel>(
         ops.clear();
         for i in first..end {
             let peer = PeerId(i as u32);
+            if since.is_some_and(|m| kx.touched_since(i, m)) {
+                if let Some(pk) = kx.peer(i) {
+                    d.keep_peer(pk);
+                }
+                skipped += 1;
+                continue;
+            }
             let Some(mut view) = role.kernel_view(i) else {
                 continue;
             };
@@ -286,6 +398,7 @@ pub fn run<R: Role, K: Kernel>(
         dumped_ms,
         indexed_ms,
         compared_ms,
+        skipped,
         ms = t0.elapsed().as_millis() as u64,
         "reconcile pass"
     );
@@ -306,7 +419,7 @@ pub fn run<R: Role, K: Kernel>(
             "the kernel refused reconcile operations"
         );
     }
-    Ok(report)
+    report
 }
 
 /// Deletes the policies a failed start created, leaving the kernel as the

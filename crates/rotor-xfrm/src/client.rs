@@ -315,6 +315,40 @@ impl Xfrm {
         Ok(())
     }
 
+    /// Whether the kernel holds policy `id` (whoever installed it): one
+    /// request, answered by the policy or by ENOENT.
+    pub fn has_policy(&mut self, id: &crate::PolicyId) -> Result<bool, XfrmError> {
+        let context = "looking up one policy";
+        let mut datagram: Vec<u8> = Vec::new();
+        let seq = self.sock.next_seq();
+        let msg = XfrmMessage::GetPolicy(crate::encode::policy_id_message(id));
+        let at = XfrmSocket::frame(&mut datagram, &msg, seq, false, false);
+        XfrmSocket::set_pid(&mut datagram, at, self.sock.portid());
+        self.sock.send(&datagram, context)?;
+        let mut found: Option<Result<bool, i32>> = None;
+        while found.is_none() {
+            self.sock.recv_each(context, |reply| match reply {
+                Reply::Data { seq: s, .. } if s == seq => found = Some(Ok(true)),
+                Reply::Ack { seq: s, errno, .. } if s == seq => {
+                    found = Some(if errno == libc::ENOENT {
+                        Ok(false)
+                    } else {
+                        Err(errno)
+                    });
+                }
+                _ => {}
+            })?;
+        }
+        match found {
+            Some(Ok(b)) => Ok(b),
+            Some(Err(errno)) => Err(XfrmError::Io {
+                context: context.into(),
+                source: std::io::Error::from_raw_os_error(errno.abs()),
+            }),
+            None => Ok(false),
+        }
+    }
+
     /// Applies `ops` and fails on the first operation that did not succeed,
     /// naming it. Earlier operations stay applied.
     pub fn apply_all(&mut self, ops: &[Op]) -> Result<(), XfrmError> {

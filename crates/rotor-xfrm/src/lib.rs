@@ -35,7 +35,7 @@ pub use bypass::{Family, bypass_ipsec};
 pub use client::{OpResult, RemoveReport, Xfrm};
 pub use dump::{OwnedObjects, PolicyInfo, SaInfo};
 pub use error::{KernelError, SpecError, XfrmError};
-pub use kernel::{Kernel, already_in_state};
+pub use kernel::{Dumper, Kernel, already_in_state};
 pub use model::{ModelEvents, ModelKernel, ModelPolicy, Refuser};
 pub use monitor::{KernelEvent, Monitor};
 pub use ownership::{DEFAULT_REQID_BASE, DEFAULT_REQID_LEN, Ownership};
