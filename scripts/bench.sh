@@ -8,7 +8,7 @@
 #                    [--max-pending K] [--hub-log LEVEL] [--profile] [--syscalls]
 #                    [--strongswan] [--strongswan-pfs GROUP]
 #                    [--memory-lock on|off] [--mem SIZE]
-#                    [--timeout SECS]
+#                    [--timeout SECS] [--keys files|one]
 #
 # On the host it builds the release binaries (cargo, CARGO_TARGET_DIR or
 # ./target), then runs itself inside UML once (one boot for every N; see
@@ -74,6 +74,10 @@
 # wall second calm and under the flood, the junk rate sent, the hub's
 # intake, its CPU per rotation, and its drops by reason.
 #
+# --keys one writes the nodes' init keys into one hub.keys_file instead of
+# one psk_file per node (files, the default): reading 100,000 key files is
+# most of a 100,000-node hub's start in UML.
+#
 # --memory-lock off starts every hub without CAP_IPC_LOCK (dropped from its
 # bounding set) and with RLIMIT_MEMLOCK at 64 KiB, so it does not lock its
 # memory (see docs/operations.md, "Secrets in memory"); on (default) is how
@@ -111,6 +115,7 @@ STRONGSWAN=0
 SW_PFS=
 MEM=
 TIMEOUT=
+KEYS=files
 INSIDE=0
 GRACE_S=1
 ANYIP_ABOVE=20000 # more nodes: a local route instead of N addresses
@@ -119,7 +124,7 @@ STATE_FS=hostfs
 MEMORY_LOCK=on
 
 usage() {
-	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--strongswan-pfs GROUP] [--ratchet-every K] [--flood K] [--memory-lock on|off] [--mem SIZE] [--timeout SECS]" >&2
+	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--strongswan-pfs GROUP] [--ratchet-every K] [--flood K] [--memory-lock on|off] [--mem SIZE] [--timeout SECS] [--keys files|one]" >&2
 	exit 2
 }
 
@@ -142,6 +147,7 @@ while [ $# -gt 0 ]; do
 	--strongswan-pfs) [ -n "${2:-}" ] || usage; STRONGSWAN=1; SW_PFS=$2; shift 2 ;;
 	--mem) MEM=${2:-}; shift 2 ;;
 	--timeout) TIMEOUT=${2:-}; shift 2 ;;
+	--keys) KEYS=${2:-}; shift 2 ;;
 	--inside) INSIDE=1; shift ;;
 	-h | --help) sed -n '2,/^set -u/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
 	*) echo "$PROG: unknown argument $1" >&2; usage ;;
@@ -150,6 +156,7 @@ done
 [[ $ADDRESSING =~ ^(scattered|sequential)$ ]] || usage
 [[ $STATE_FS =~ ^(hostfs|tmpfs)$ ]] || usage
 [[ $MEMORY_LOCK =~ ^(on|off)$ ]] || usage
+[[ $KEYS =~ ^(files|one)$ ]] || usage
 [[ $NS_LIST =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || usage
 [[ $MAX_PENDING =~ ^[0-9]+$ ]] || usage
@@ -175,7 +182,7 @@ if [ "$INSIDE" = 0 ]; then
 	if [ -z "$MEM" ]; then
 		MEM=2G
 		[ "$MAXN" -gt 20000 ] && MEM=4G
-		[ "$MAXN" -gt 150000 ] && MEM=8G
+		[ "$MAXN" -gt 50000 ] && MEM=8G
 	fi
 	if [ -z "$TIMEOUT" ]; then
 		TIMEOUT=$((600 + MAXN / 20))
@@ -189,7 +196,7 @@ if [ "$INSIDE" = 0 ]; then
 	trap 'rm -f "$OUT" "$COPY"' EXIT
 	args=(--inside --n "$NS_LIST" --state "$STATE_FS" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
 	[ "${FLOOD_ROUNDS:-0}" -gt 0 ] && args+=(--flood "$FLOOD_ROUNDS")
-	args+=(--ratchet-every "$RATCHET_EVERY" --memory-lock "$MEMORY_LOCK")
+	args+=(--ratchet-every "$RATCHET_EVERY" --memory-lock "$MEMORY_LOCK" --keys "$KEYS")
 	[ "$PROFILE" = 1 ] && args+=(--profile)
 	[ "$SYSCALLS" = 1 ] && args+=(--syscalls)
 	# Progress goes to stderr; the results are the BENCH-JSON lines.
@@ -343,7 +350,8 @@ topology() { # N DIR (DIR/addresses.batch from rotor-loadgen gen)
 
 gen() { # N DIR
 	"$LOADGEN" gen --count "$1" --dir "$2" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" \
-		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" --ratchet-every "$RATCHET_EVERY" >/dev/null || return 1
+		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" --ratchet-every "$RATCHET_EVERY" \
+		$([ "$KEYS" = one ] && echo --keys-file) >/dev/null || return 1
 	sed -i "s|^state_dir = .*|state_dir = \"$STATE/n$1\"|" "$2/hub.toml"
 	# UML's kernel has no nf_tables for IPv4: the guard uses the legacy tools.
 	sed -i '/^\[hub\]$/a guard = "iptables-legacy"' "$2/hub.toml"

@@ -303,6 +303,7 @@ struct HubSection {
     metrics: Option<MetricsListen>,
     metrics_per_node: Option<bool>,
     guard: Option<GuardBackend>,
+    keys_file: Option<FilePath>,
 }
 
 #[derive(Deserialize)]
@@ -310,7 +311,7 @@ struct HubSection {
 struct NodeEntry {
     name: Name,
     address: Option<HostAddr>,
-    psk_file: FilePath,
+    psk_file: Option<FilePath>,
     mode: Option<ModeName>,
     local_subnets: Option<Vec<Subnet>>,
     remote_subnets: Option<Vec<Subnet>>,
@@ -360,15 +361,27 @@ impl Ctx<'_> {
         }
     }
 
-    fn psk(&self, key: &str, path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, ConfigError> {
-        let path = if path.is_relative() {
+    /// `path` as the configuration names it: relative to the file's
+    /// directory.
+    fn resolve(&self, path: &Path) -> std::path::PathBuf {
+        if path.is_relative() {
             self.file.parent().unwrap_or(Path::new(".")).join(path)
         } else {
             path.to_path_buf()
-        };
+        }
+    }
+
+    fn psk(&self, key: &str, path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, ConfigError> {
         self.keys
             .borrow_mut()
-            .read(&path)
+            .read(&self.resolve(path))
+            .map_err(|e| self.err(key, e.to_string()))
+    }
+
+    fn keys_file(&self, key: &str, path: &Path) -> Result<crate::keyfile::Keys, ConfigError> {
+        self.keys
+            .borrow_mut()
+            .read_keys(&self.resolve(path))
             .map_err(|e| self.err(key, e.to_string()))
     }
 
@@ -584,6 +597,12 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
     let psk_hasher = RandomState::new();
     let mut psks: HashMap<u64, Vec<usize>> = HashMap::with_capacity(raw.node.len());
     let mut nodes: Vec<HubPeer> = Vec::with_capacity(raw.node.len());
+    // One file for many nodes' keys: at 100,000 nodes, one file per key
+    // costs most of a start (four system calls each).
+    let mut keys = match &h.keys_file {
+        Some(f) => Some(cx.keys_file("hub.keys_file", &f.0)?),
+        None => None,
+    };
     for (i, n) in raw.node.into_iter().enumerate() {
         let p = format!("node[{i}]");
         let name = n.name.0;
@@ -624,7 +643,23 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
             }
             None => rotate_interval,
         };
-        let psk = cx.psk(&format!("{p}.psk_file"), &n.psk_file.0)?;
+        let psk = match (&n.psk_file, keys.as_mut()) {
+            (Some(f), _) => cx.psk(&format!("{p}.psk_file"), &f.0)?,
+            (None, Some(k)) => k.remove(&name).ok_or_else(|| {
+                cx.err(
+                    format!("{p}.psk_file"),
+                    format!(
+                        "missing, and hub.keys_file has no line for {name:?}: give the node a psk_file or add it there"
+                    ),
+                )
+            })?,
+            (None, None) => {
+                return Err(cx.err(
+                    format!("{p}.psk_file"),
+                    "missing: every node needs an init key, in its psk_file or in hub.keys_file",
+                ));
+            }
+        };
         let same = psks.entry(psk_hasher.hash_one(&psk[..])).or_default();
         if let Some(&j) = same.iter().find(|&&j| nodes[j].psk[..] == psk[..]) {
             return Err(cx.err(
@@ -885,6 +920,66 @@ mode = "transport"
         assert_eq!(c.nodes.len(), 1);
         assert_eq!(c.nodes[0].mode, PeerMode::Transport);
         assert_eq!(*c.nodes[0].psk, [1; 32]);
+    }
+
+    /// MINIMAL with a second node, both keyed from `nodes.keys` (written
+    /// with `lines` and `mode`), mn1 without its psk_file.
+    fn keys_file_result(lines: &str, mode: u32) -> Result<HubConfig, String> {
+        use std::os::unix::fs::PermissionsExt;
+        let toml = MINIMAL
+            .replace("socket =", "keys_file = \"nodes.keys\"\nsocket =")
+            .replace("psk_file = \"mn1.key\"\n", "")
+            + "\n[[node]]\nname = \"mn2\"\naddress = \"10.9.0.3\"\n";
+        let (d, f) = setup(&toml);
+        let k = d.path().join("nodes.keys");
+        fs::write(&k, lines).unwrap();
+        fs::set_permissions(&k, fs::Permissions::from_mode(mode)).unwrap();
+        load_hub(&f).map_err(|e| e.to_string())
+    }
+
+    #[test]
+    fn a_keys_file_gives_the_nodes_without_a_psk_file_their_keys() {
+        let one = crate::keyfile::encode_key(&[1; 32]);
+        let two = crate::keyfile::encode_key(&[2; 32]);
+        let good = format!(
+            "# the nodes' init keys\nmn1 {}\n\n  mn2\t{}\nother {}\n",
+            *one, *two, *one
+        );
+        let c = keys_file_result(&good, 0o600).unwrap();
+        assert_eq!(*c.nodes[0].psk, [1; 32]);
+        assert_eq!(*c.nodes[1].psk, [2; 32]);
+
+        let missing = keys_file_result(&format!("mn1 {}\n", *one), 0o600).unwrap_err();
+        assert!(
+            missing
+                .contains("node[1].psk_file: missing, and hub.keys_file has no line for \"mn2\""),
+            "{missing}"
+        );
+        let bad =
+            keys_file_result(&format!("mn1 {}\nmn2 {} extra\n", *one, *two), 0o600).unwrap_err();
+        assert!(
+            bad.contains("hub.keys_file:")
+                && bad.contains("nodes.keys: line 2: not a name and a key"),
+            "{bad}"
+        );
+        assert!(!bad.contains(two.as_str()), "no key in errors: {bad}");
+        let twice = keys_file_result(&format!("mn1 {}\nmn1 {}\n", *one, *two), 0o600).unwrap_err();
+        assert!(
+            twice.contains("line 2: \"mn1\" is listed on an earlier line too"),
+            "{twice}"
+        );
+        let short = keys_file_result("mn1 AAAA\n", 0o600).unwrap_err();
+        assert!(short.contains("line 1: decodes to 3 bytes"), "{short}");
+        let open = keys_file_result(&good, 0o644).unwrap_err();
+        assert!(
+            open.contains("mode 0644 lets other users read the key"),
+            "{open}"
+        );
+        let same = keys_file_result(&format!("mn1 {}\nmn2 {}\n", *one, *one), 0o600).unwrap_err();
+        assert!(
+            same.contains("node[1].psk_file: holds the same init key as node[0]"),
+            "{same}"
+        );
     }
 
     fn err_of(toml: &str) -> String {

@@ -58,6 +58,19 @@ pub enum KeyFileError {
         /// What is wrong (never the content).
         why: String,
     },
+    /// A line of a keys file is not one node's name and key, or names a
+    /// node listed before.
+    #[error(
+        "{path}: line {line}: {why} (a keys file holds one `NAME KEY` line per node, KEY as `rotor genkey` prints it)"
+    )]
+    KeysLine {
+        /// The keys file.
+        path: PathBuf,
+        /// The line's number, from 1.
+        line: usize,
+        /// What is wrong (never the content).
+        why: String,
+    },
     /// The key file is a symbolic link (rotor opens key files only directly,
     /// so a link planted in their place is never followed).
     #[error("{path}: is a symbolic link; point psk_file at the key file itself")]
@@ -149,6 +162,74 @@ fn euid() -> u32 {
     *EUID.get_or_init(|| rustix::process::geteuid().as_raw())
 }
 
+/// Largest keys file read: 64 MiB, far beyond a million nodes' lines.
+const MAX_KEYS_FILE: u64 = 64 << 20;
+
+/// The init keys of a keys file by node name (see [`KeyReader::read_keys`]).
+pub type Keys = std::collections::HashMap<String, Zeroizing<[u8; KEY_LEN]>>;
+
+impl KeyReader {
+    /// Reads a keys file, many nodes' init keys in one file (checked like a
+    /// key file): one `NAME KEY` line per node, KEY as `rotor genkey` prints
+    /// it; empty lines and lines starting with `#` are skipped. A malformed
+    /// line or a name listed twice is refused with its line number, never
+    /// its content.
+    pub fn read_keys(&mut self, path: &Path) -> Result<Keys, KeyFileError> {
+        use std::io::Read;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p,
+            _ => Path::new("."),
+        };
+        if !self.safe_dirs.contains(parent) {
+            self.check_dirs(path, parent)?;
+            self.safe_dirs.insert(parent.to_path_buf());
+        }
+        let read_err = |source| KeyFileError::Read {
+            path: path.to_path_buf(),
+            source,
+        };
+        let format = |why: String| KeyFileError::Format {
+            path: path.to_path_buf(),
+            why,
+        };
+        let (file, meta) = open_checked(path)?;
+        if meta.len() > MAX_KEYS_FILE {
+            return Err(format(format!(
+                "{} bytes, more than a keys file may hold ({MAX_KEYS_FILE})",
+                meta.len()
+            )));
+        }
+        // Sized once from the file's length: a grown buffer would leave a
+        // copy of the keys in freed memory.
+        let mut buf = Zeroizing::new(Vec::with_capacity(meta.len() as usize + 1));
+        file.take(MAX_KEYS_FILE)
+            .read_to_end(&mut buf)
+            .map_err(read_err)?;
+        let text = std::str::from_utf8(&buf).map_err(|_| format("not text".to_string()))?;
+        let mut keys = Keys::new();
+        for (i, line) in text.lines().enumerate() {
+            let line = line.trim();
+            if line.is_empty() || line.starts_with('#') {
+                continue;
+            }
+            let bad = |why: String| KeyFileError::KeysLine {
+                path: path.to_path_buf(),
+                line: i + 1,
+                why,
+            };
+            let mut words = line.split_whitespace();
+            let (Some(name), Some(key), None) = (words.next(), words.next(), words.next()) else {
+                return Err(bad("not a name and a key".to_string()));
+            };
+            let key = decode_key(key).map_err(bad)?;
+            if keys.insert(name.to_string(), key).is_some() {
+                return Err(bad(format!("{name:?} is listed on an earlier line too")));
+            }
+        }
+        Ok(keys)
+    }
+}
+
 /// Reads and checks a key file: not a symbolic link, mode 0600 or
 /// stricter, owned by rotor's user, in directories no other user can write
 /// (see [`KeyReader`], which checks each directory once for many keys). The
@@ -157,17 +238,15 @@ pub fn read_key(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
     KeyReader::default().read(path)
 }
 
-fn read_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
-    use std::io::Read;
-    // One open, one fstat, one read per key: a hub reads 100,000 of them at
-    // every start. The checks look at the file that is read, not at
-    // whatever the path named a moment earlier; O_NOFOLLOW refuses a link
-    // in the file's place.
+/// Opens a file of key material and checks it: not a link (O_NOFOLLOW),
+/// mode 0600 or stricter, owned by rotor's user. The checks look at the
+/// file that is read, not at whatever the path named a moment earlier.
+fn open_checked(path: &Path) -> Result<(fs::File, fs::Metadata), KeyFileError> {
     let read_err = |source| KeyFileError::Read {
         path: path.to_path_buf(),
         source,
     };
-    let mut file = match fs::OpenOptions::new()
+    let file = match fs::OpenOptions::new()
         .read(true)
         .custom_flags(rustix::fs::OFlags::NOFOLLOW.bits() as i32)
         .open(path)
@@ -196,6 +275,18 @@ fn read_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
             me,
         });
     }
+    Ok((file, meta))
+}
+
+fn read_file(path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
+    use std::io::Read;
+    // One open, one fstat, one read per key: a hub reads 100,000 of them at
+    // every start.
+    let read_err = |source| KeyFileError::Read {
+        path: path.to_path_buf(),
+        source,
+    };
+    let (mut file, meta) = open_checked(path)?;
     // A key file is one line of 44 base64 characters; anything that fills
     // this buffer is not one.
     let mut buf = Zeroizing::new([0u8; 256]);

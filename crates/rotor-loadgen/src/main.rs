@@ -194,6 +194,10 @@ struct GenArgs {
     /// hub.socket (default: DIR/hub.sock).
     #[arg(long)]
     socket: Option<PathBuf>,
+    /// Also write every key into one hub.keys_file (keys/nodes.keys) and
+    /// leave psk_file out of the [[node]] entries.
+    #[arg(long)]
+    keys_file: bool,
 }
 
 #[derive(clap::Args)]
@@ -292,6 +296,7 @@ fn main() -> ExitCode {
                 grace: a.grace,
                 ratchet_every: a.ratchet_every,
                 socket,
+                keys_file: a.keys_file,
             })
             .map(|p| println!("{}", p.display()))
         }

@@ -39,6 +39,9 @@ pub struct GenConfig {
     pub ratchet_every: u32,
     /// `hub.socket`.
     pub socket: PathBuf,
+    /// All keys in one `hub.keys_file` (`keys/nodes.keys`) besides the
+    /// per-node files, and no `psk_file` in the `[[node]]` entries.
+    pub keys_file: bool,
 }
 
 /// The key file of node `i`, as `gen` writes it and `run` reads it.
@@ -63,6 +66,20 @@ pub fn generate(c: &GenConfig) -> anyhow::Result<PathBuf> {
         c.socket.display(),
         c.dir.join("state").display()
     );
+    if c.keys_file {
+        let _ = writeln!(
+            toml,
+            "keys_file = \"{}\"",
+            keys.join("nodes.keys").display()
+        );
+    }
+    // The keys file's lines, zeroized when dropped; reserved whole, so no
+    // reallocation leaves a copy behind.
+    let mut lines = Zeroizing::new(String::with_capacity(if c.keys_file {
+        c.count as usize * (c.name_prefix.len() + 60)
+    } else {
+        0
+    }));
     let mut rng = rand::rngs::OsRng;
     for i in 0..c.count {
         let mut k = Zeroizing::new([0u8; KEY_LEN]);
@@ -73,13 +90,26 @@ pub fn generate(c: &GenConfig) -> anyhow::Result<PathBuf> {
             std::fs::remove_file(&path).with_context(|| format!("replacing {}", path.display()))?;
         }
         write_key(&path, &k).with_context(|| format!("writing {}", path.display()))?;
-        let _ = writeln!(
+        let _ = write!(
             toml,
-            "\n[[node]]\nname = \"{}{i}\"\naddress = \"{}\"\npsk_file = \"{}\"",
+            "\n[[node]]\nname = \"{}{i}\"\naddress = \"{}\"\n",
             c.name_prefix,
             c.addr_map.addr(c.first_addr, i),
-            path.display()
         );
+        if c.keys_file {
+            let _ = writeln!(
+                lines,
+                "{}{i} {}",
+                c.name_prefix,
+                rotor::keyfile::encode_key(&k).as_str()
+            );
+        } else {
+            let _ = writeln!(toml, "psk_file = \"{}\"", path.display());
+        }
+    }
+    if c.keys_file {
+        let path = keys.join("nodes.keys");
+        write_secret(&path, lines.as_bytes())?;
     }
     // The nodes' addresses as `ip -batch` commands (for interface DEV: sed it).
     let mut batch = String::with_capacity(c.count as usize * 40);
@@ -95,4 +125,20 @@ pub fn generate(c: &GenConfig) -> anyhow::Result<PathBuf> {
     let cfg = c.dir.join("hub.toml");
     std::fs::write(&cfg, toml).with_context(|| format!("writing {}", cfg.display()))?;
     Ok(cfg)
+}
+
+/// Writes `data` to a new file of mode 0600 at `path` (replacing one).
+fn write_secret(path: &Path, data: &[u8]) -> anyhow::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    if path.exists() {
+        std::fs::remove_file(path).with_context(|| format!("replacing {}", path.display()))?;
+    }
+    std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .and_then(|mut f| f.write_all(data))
+        .with_context(|| format!("writing {}", path.display()))
 }
