@@ -41,6 +41,8 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 command -v man >/dev/null || need_pkgs+=(man-db)
+command -v etcd >/dev/null || need_pkgs+=(etcd-server)
+command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
 if [ "$QUICK" = 0 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
 	[ "$(id -u)" = 0 ] || die "missing packages ${need_pkgs[*]}: run as root, or apt-get install them"
 	step "installing ${need_pkgs[*]}"
