@@ -42,7 +42,7 @@ use super::role::Role;
 use super::route_watch::RouteWatch;
 use crate::control::{self, ReloadReply, StatusHead};
 use crate::guard::Guard;
-use crate::store::StoreError;
+use crate::state::StateError;
 use crate::udp_batch::{self, RecvBatch};
 
 /// Most control datagrams taken in one step before acting on them: a burst
@@ -119,7 +119,7 @@ pub async fn run<R: Role, K: Kernel>(
     clock: &Clock,
     life: &mut Lifecycle,
     shutdown: impl Future<Output = ()>,
-) -> Result<(), StoreError> {
+) -> Result<(), StateError> {
     tokio::pin!(shutdown);
     let mut events: Vec<KernelEvent> = Vec::new();
     let mut next_reconcile = clock.mono().plus_ms(life.reconcile_every_ms);
@@ -536,7 +536,7 @@ async fn execute<R: Role, K: Kernel>(
     life: &mut Lifecycle,
     actions: &mut Vec<Action>,
     book: &mut Logbook,
-) -> Result<(), StoreError> {
+) -> Result<(), StateError> {
     actions.clear();
     let mut start = 0;
     loop {
