@@ -41,7 +41,19 @@ command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)
 command -v man >/dev/null || need_pkgs+=(man-db)
-if [ "$QUICK" = 0 ] && [ ${#need_pkgs[@]} -gt 0 ]; then
+command -v etcd >/dev/null || need_pkgs+=(etcd-server)
+command -v etcdctl >/dev/null || need_pkgs+=(etcd-client)
+command -v protoc >/dev/null || need_pkgs+=(protobuf-compiler)
+# The Rust build needs protoc (etcd-client compiles etcd's protobufs) and
+# cargo test a real etcd (tests/etcd_store.rs): those even with --quick.
+if [ "$QUICK" = 1 ]; then
+	quick_pkgs=()
+	for p in "${need_pkgs[@]}"; do
+		case $p in etcd-server | protobuf-compiler) quick_pkgs+=("$p") ;; esac
+	done
+	need_pkgs=("${quick_pkgs[@]}")
+fi
+if [ ${#need_pkgs[@]} -gt 0 ]; then
 	[ "$(id -u)" = 0 ] || die "missing packages ${need_pkgs[*]}: run as root, or apt-get install them"
 	step "installing ${need_pkgs[*]}"
 	apt-get update -qq || die "apt-get update failed"

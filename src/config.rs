@@ -26,6 +26,8 @@ use zeroize::Zeroizing;
 
 use crate::guard::GuardBackend;
 use crate::keyfile::{KEY_LEN, KeyReader};
+use crate::state::StateConfig;
+use crate::state::etcd::ClusterKey;
 use rotor_xfrm::IpNet;
 
 mod values;
@@ -33,7 +35,7 @@ mod values;
 pub use values::NAME_MAX;
 use values::{
     BoundedDuration, BoundedInt, DurationError, FilePath, HostAddr, HubEndpoint, KeyBits,
-    MetricsListen, ModeName, Name, Subnet, fmt_ms, parse_ms,
+    MetricsListen, ModeName, Name, StateUrl, Subnet, fmt_ms, parse_ms,
 };
 
 /// Default UDP port of the control channel.
@@ -204,6 +206,9 @@ pub struct HubConfig {
     pub socket: PathBuf,
     /// Directory of the durable state (and its lock).
     pub state_dir: PathBuf,
+    /// Where the records live: [`StateConfig::Dir`] of `state_dir` unless
+    /// `state = "etcd://..."` names etcd.
+    pub state: StateConfig,
     /// Hard kernel lifetime of every SA (`None`: the role's default).
     pub sa_lifetime: Option<Duration>,
     /// AES key size of the ESP SAs (128 or 256).
@@ -293,6 +298,8 @@ struct HubSection {
     grace: Option<Grace>,
     socket: Option<FilePath>,
     state_dir: Option<FilePath>,
+    state: Option<StateUrl>,
+    state_key_file: Option<FilePath>,
     sa_lifetime: Option<SaLifetime>,
     key_bits: Option<KeyBits>,
     replay_window: Option<ReplayWindow>,
@@ -361,9 +368,8 @@ impl Ctx<'_> {
         }
     }
 
-    /// `path` as the configuration names it: relative to the file's
-    /// directory.
-    fn resolve(&self, path: &Path) -> std::path::PathBuf {
+    /// `path` as written, relative to the configuration file's directory.
+    fn resolve(&self, path: &Path) -> PathBuf {
         if path.is_relative() {
             self.file.parent().unwrap_or(Path::new(".")).join(path)
         } else {
@@ -706,6 +712,11 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
             ));
         }
     }
+    let state_dir_given = h.state_dir.is_some();
+    let state_dir = h
+        .state_dir
+        .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| p.0);
+    let state = hub_state(&cx, h.state, h.state_key_file, state_dir_given, &state_dir)?;
     Ok(HubConfig {
         address,
         port: h.port.map_or(DEFAULT_PORT, |p| p.0),
@@ -714,9 +725,8 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         socket: h
             .socket
             .map_or_else(|| PathBuf::from("/run/rotor/hub.sock"), |p| p.0),
-        state_dir: h
-            .state_dir
-            .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| p.0),
+        state_dir,
+        state,
         sa_lifetime,
         key_bits: h.key_bits.map_or(256, |b| b.0),
         replay_window: h.replay_window.map_or(1024, |w| w.0),
@@ -734,6 +744,38 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         guard: h.guard.unwrap_or(GuardBackend::Iptables),
         nodes,
     })
+}
+
+/// `hub.state` and `hub.state_key_file`: both or neither; with an etcd
+/// state, no `state_dir` (it would be silently unused).
+fn hub_state(
+    cx: &Ctx<'_>,
+    url: Option<StateUrl>,
+    key_file: Option<FilePath>,
+    state_dir_given: bool,
+    state_dir: &Path,
+) -> Result<StateConfig, ConfigError> {
+    const ETCD: &str = "state = \"etcd://...\"";
+    match (url, key_file) {
+        (None, None) => Ok(StateConfig::Dir(state_dir.to_path_buf())),
+        (None, Some(_)) => Err(cx.err("hub.state_key_file", format!("only used with {ETCD}"))),
+        (Some(_), None) => Err(cx.err(
+            "hub.state_key_file",
+            format!("needed with {ETCD}: the file of the cluster key the records are sealed with (rotor genkey; the same on every hub of the cluster)"),
+        )),
+        (Some(_), Some(_)) if state_dir_given => Err(cx.err(
+            "hub.state_dir",
+            format!("not used with {ETCD}; remove one of them"),
+        )),
+        (Some(StateUrl(target)), Some(FilePath(file))) => {
+            let key = cx.psk("hub.state_key_file", &file)?;
+            Ok(StateConfig::Etcd {
+                target,
+                key_file: cx.resolve(&file),
+                key: ClusterKey::new(key),
+            })
+        }
+    }
 }
 
 /// No two tunnel-mode nodes may claim overlapping remote subnets: traffic
@@ -1017,6 +1059,72 @@ mode = "transport"
         let e = err_of(&dup);
         assert!(
             e.contains("node[1].name: \"mn1\" is used by an earlier node"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn etcd_state_with_its_cluster_key_file() {
+        let t = MINIMAL.replace(
+            "socket = \"/run/rotor/hub.sock\"",
+            "socket = \"/run/rotor/hub.sock\"\nstate = \"etcd://10.99.0.11:2379,10.99.0.12:2379/rotor/a\"\nstate_key_file = \"mn2.key\"",
+        );
+        let (d, f) = setup(&t);
+        let c = load_hub(&f).unwrap();
+        match &c.state {
+            StateConfig::Etcd {
+                target,
+                key_file,
+                key,
+            } => {
+                assert_eq!(
+                    target.endpoints,
+                    ["http://10.99.0.11:2379", "http://10.99.0.12:2379"]
+                );
+                assert_eq!(target.prefix, "rotor/a");
+                assert_eq!(key_file, &d.path().join("mn2.key"));
+                assert_eq!(key, &ClusterKey::from_bytes([2; 32]));
+            }
+            s => panic!("{s:?}"),
+        }
+        let debug = format!("{c:?}");
+        assert!(debug.contains("ClusterKey(..)"), "{debug}");
+        // The default: the file store in state_dir.
+        let c = load_hub(&setup(MINIMAL).1).unwrap();
+        assert_eq!(c.state, StateConfig::Dir(PathBuf::from(DEFAULT_STATE_DIR)));
+    }
+
+    #[test]
+    fn etcd_state_errors_name_the_field() {
+        let with = |extra: &str| {
+            err_of(&MINIMAL.replace(
+                "socket = \"/run/rotor/hub.sock\"",
+                &format!("socket = \"/run/rotor/hub.sock\"\n{extra}"),
+            ))
+        };
+        let e = with("state = \"http://e1:2379/r\"\nstate_key_file = \"mn2.key\"");
+        assert!(
+            e.contains("hub.state: \"http://e1:2379/r\" is not an etcd URL"),
+            "{e}"
+        );
+        let e = with("state = \"etcd://e1:0/r\"\nstate_key_file = \"mn2.key\"");
+        assert!(
+            e.contains("hub.state: ") && e.contains("has no valid port"),
+            "{e}"
+        );
+        let e = with("state = \"etcd://e1/r\"");
+        assert!(e.contains("hub.state_key_file: needed with state"), "{e}");
+        let e = with("state_key_file = \"mn2.key\"");
+        assert!(
+            e.contains("hub.state_key_file: only used with state"),
+            "{e}"
+        );
+        let e =
+            with("state = \"etcd://e1/r\"\nstate_key_file = \"mn2.key\"\nstate_dir = \"/tmp/x\"");
+        assert!(e.contains("hub.state_dir: not used with state"), "{e}");
+        let e = with("state = \"etcd://e1/r\"\nstate_key_file = \"nokey.key\"");
+        assert!(
+            e.contains("hub.state_key_file:") && e.contains("nokey.key: cannot read"),
             "{e}"
         );
     }

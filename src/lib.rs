@@ -26,5 +26,6 @@ pub mod logging;
 pub mod peer_kernel;
 pub mod resolve;
 pub mod sockets;
+pub mod state;
 pub mod store;
 pub mod udp_batch;

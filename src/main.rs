@@ -158,8 +158,12 @@ fn purge(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
     if json {
         return print_json(&p);
     }
+    let state = match &p.etcd_kept {
+        None => format!("state in {} deleted", p.state_dir.display()),
+        Some(etcd) => format!("records in {etcd} kept (other hubs may share them)"),
+    };
     println!(
-        "purged: {} SA(s) and {} policy(ies) removed from the kernel{}, state in {} deleted",
+        "purged: {} SA(s) and {} policy(ies) removed from the kernel{}, {state}",
         p.sas,
         p.policies,
         if p.guard {
@@ -167,7 +171,6 @@ fn purge(config: &std::path::Path, json: bool) -> anyhow::Result<()> {
         } else {
             ""
         },
-        p.state_dir.display()
     );
     Ok(())
 }

@@ -258,6 +258,7 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
         grace: GRACE,
         socket: net.sock("hub"),
         state_dir: net.state_dir(),
+        state: rotor::state::StateConfig::Dir(net.state_dir()),
         sa_lifetime: None,
         key_bits: 256,
         replay_window: 64,

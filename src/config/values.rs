@@ -395,6 +395,20 @@ impl<'de> Deserialize<'de> for Subnet {
     }
 }
 
+/// Where a hub keeps its records when not in files:
+/// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` ([`EtcdTarget::parse`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct StateUrl(pub crate::state::etcd::EtcdTarget);
+
+impl<'de> Deserialize<'de> for StateUrl {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        crate::state::etcd::EtcdTarget::parse(&s)
+            .map(StateUrl)
+            .map_err(de::Error::custom)
+    }
+}
+
 /// A file path: not empty, no NUL byte (no system call could take it).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub(crate) struct FilePath(pub PathBuf);

@@ -42,7 +42,7 @@ use super::role::Role;
 use super::route_watch::RouteWatch;
 use crate::control::{self, ReloadReply, StatusHead};
 use crate::guard::{Guard, GuardError};
-use crate::store::StoreError;
+use crate::state::StateError;
 use crate::udp_batch::{self, RecvBatch};
 
 /// Most control datagrams taken in one step before acting on them: a burst
@@ -119,7 +119,7 @@ pub struct Lifecycle {
 pub enum LoopError {
     /// The state can no longer be written: nothing more may be sent.
     #[error("the durable state: {0}")]
-    Store(#[from] StoreError),
+    Store(#[from] StateError),
     /// The clear-text guard a restarted daemon installs while it serves
     /// could not be installed.
     #[error("installing the clear-text guard (`guard`): {0}")]
@@ -622,7 +622,7 @@ async fn execute<R: Role, K: Kernel>(
     life: &mut Lifecycle,
     actions: &mut Vec<Action>,
     book: &mut Logbook,
-) -> Result<(), StoreError> {
+) -> Result<(), StateError> {
     actions.clear();
     let mut start = 0;
     loop {

@@ -759,8 +759,8 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     let metrics = cfg.metrics.map(|at| (at, cfg.metrics_per_node));
     let guard = Guard::new(cfg.guard, own, port);
     let fixed = reload::HubFixed::of(&cfg);
-    let (store, mut loaded) = Store::open(&cfg.state_dir, "hub")?;
-    info!(records = loaded.len(), "state read");
+    let (store, mut loaded) = crate::state::open(&cfg.state, "hub")?;
+    info!(records = loaded.len(), state = %state_name(&cfg.state), "state read");
     let _reqids = lock_reqids(Path::new(SOCKET_DIR), own.base())?;
     let (mut role, peers, report) = hub_parts(cfg, own, Some(&mut loaded))?;
     role.set_source(reload::Source {
@@ -786,6 +786,14 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     life.guard = guard;
     info!(%address, port, nodes, socket = %socket.display(), "hub starting");
     run_role(role, xfrm, peers, udp, listener, life, &socket).await
+}
+
+/// Where a hub's records live, for its log lines.
+fn state_name(s: &crate::state::StateConfig) -> String {
+    match s {
+        crate::state::StateConfig::Dir(d) => d.display().to_string(),
+        crate::state::StateConfig::Etcd { target, .. } => target.to_string(),
+    }
 }
 
 /// Runs the node of `cfg`, read from `path`, until SIGTERM/SIGINT; SIGHUP
@@ -837,6 +845,9 @@ pub struct Purged {
     pub policies: usize,
     /// The state directory whose records were deleted.
     pub state_dir: std::path::PathBuf,
+    /// An etcd state (`etcd://...`) whose records were kept: other hubs of
+    /// the cluster may share them (`None`: file store, deleted).
+    pub etcd_kept: Option<String>,
     /// Whether a clear-text guard was there and removed.
     pub guard: bool,
 }
@@ -846,11 +857,15 @@ pub struct Purged {
 /// so it refuses while that daemon runs.
 pub fn purge(config: &Path) -> anyhow::Result<Purged> {
     let cfg = ConfigFile::read(config)?;
+    let mut etcd_kept = None;
     let (state_dir, instance, own, peers, backend) = match cfg.role()? {
         ConfigRole::Hub => {
             let c = cfg.into_hub()?;
             let own = Ownership::default();
             let dir = c.state_dir.clone();
+            if let crate::state::StateConfig::Etcd { target, .. } = &c.state {
+                etcd_kept = Some(target.to_string());
+            }
             let backend = c.guard;
             let (_, peers, _) = hub_parts(c, own, None)?;
             (dir, "hub".to_string(), own, peers, backend)
@@ -863,8 +878,16 @@ pub fn purge(config: &Path) -> anyhow::Result<Purged> {
             (dir, format!("node-{}", c.name), own, peers, c.guard)
         }
     };
-    let (store, loaded) = Store::open(&state_dir, &instance)?;
-    drop(loaded);
+    // The file store's lock refuses while the daemon runs; with an etcd
+    // state the reqid lock (which the running daemon holds too) does.
+    let store = match etcd_kept {
+        None => {
+            let (store, loaded) = Store::open(&state_dir, &instance)?;
+            drop(loaded);
+            Some(store)
+        }
+        Some(_) => None,
+    };
     let _reqids = lock_reqids(Path::new(SOCKET_DIR), own.base())?;
     let xfrm = Xfrm::open(own).context("opening the XFRM netlink socket")?;
     let mut kx = KernelExec::new(xfrm, peers);
@@ -874,11 +897,14 @@ pub fn purge(config: &Path) -> anyhow::Result<Purged> {
     // After the policies: until the guard goes too, the flows it covered
     // are dropped, not sent in clear.
     let guard = purge_guard(backend, own)?;
-    store.purge()?;
+    if let Some(store) = store {
+        store.purge()?;
+    }
     Ok(Purged {
         sas: removed.sas,
         policies: removed.policies,
         state_dir,
+        etcd_kept,
         guard,
     })
 }

@@ -2,14 +2,15 @@
 //! the records of the peers that changed go to the [`Store`] in one group
 //! commit, before any datagram of that step is sent. So a key (and every
 //! message counter) is on the wire only once a restart would find it, and a
-//! restarted daemon resumes exactly where its peers think it is.
+//! restarted daemon resumes exactly where its peers think it is. The store
+//! is either kind behind [`Backend`] (file or etcd).
 
 use rotor_core::Now;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 use zeroize::{Zeroize, Zeroizing};
 
 use super::role::Role;
-use crate::store::{Store, StoreError};
+use crate::state::{Backend, StateError};
 
 /// More than any one record takes (two generations, the superseded SPIs,
 /// a 64-byte name, the reqid): a buffer reserved this much before its first
@@ -19,7 +20,7 @@ pub const RECORD_ROOM: usize = 1024;
 
 /// The durable side of a daemon.
 pub struct Persist {
-    store: Store,
+    store: Backend,
     dirty: Vec<usize>,
     /// One record at a time, on its way into the store's buffer; reserved
     /// [`RECORD_ROOM`] up front.
@@ -27,10 +28,11 @@ pub struct Persist {
 }
 
 impl Persist {
-    /// Persists into `store`.
-    pub fn new(store: Store) -> Self {
+    /// Persists into `store` (a file [`crate::store::Store`] or an etcd
+    /// [`crate::state::etcd::EtcdStore`]).
+    pub fn new(store: impl Into<Backend>) -> Self {
         Persist {
-            store,
+            store: store.into(),
             dirty: Vec::new(),
             one: Zeroizing::new(Vec::with_capacity(RECORD_ROOM)),
         }
@@ -41,7 +43,7 @@ impl Persist {
     /// would not know), and must stop: after a failed write or sync the
     /// store refuses every later write (what reached the disk is unknown
     /// until a restart reads it).
-    pub fn flush<R: Role>(&mut self, role: &mut R, now: Now) -> Result<(), StoreError> {
+    pub fn flush<R: Role>(&mut self, role: &mut R, now: Now) -> Result<(), StateError> {
         self.dirty.clear();
         role.take_dirty(&mut self.dirty);
         if self.dirty.is_empty() {
@@ -52,6 +54,15 @@ impl Persist {
         let r = Self::write(&mut self.store, &self.dirty, &mut self.one, role, now);
         self.one.zeroize();
         r?;
+        if let Backend::Etcd(e) = &self.store {
+            let s = e.last_commit();
+            debug!(
+                records = s.records,
+                requests = s.requests,
+                bytes = s.bytes,
+                "state written to etcd"
+            );
+        }
         if self.store.needs_compaction()
             && let Err(e) = self.compact(role, now)
         {
@@ -62,12 +73,12 @@ impl Persist {
     }
 
     fn write<R: Role>(
-        store: &mut Store,
+        store: &mut Backend,
         ids: &[usize],
         one: &mut Vec<u8>,
         role: &mut R,
         now: Now,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StateError> {
         let mut batch = store.batch()?;
         for &i in ids {
             role.save(i, now, one);
@@ -76,17 +87,22 @@ impl Persist {
         batch.commit()
     }
 
-    /// Rewrites the store from the current state of every peer.
-    pub fn compact<R: Role>(&mut self, role: &mut R, now: Now) -> Result<(), StoreError> {
+    /// Rewrites the file store from the current state of every peer (etcd
+    /// needs no compaction from us: nothing to do).
+    pub fn compact<R: Role>(&mut self, role: &mut R, now: Now) -> Result<(), StateError> {
         let n = role.peer_count();
+        let Some(store) = self.store.file_mut() else {
+            return Ok(());
+        };
         let r = (|| {
-            let mut c = self.store.compaction()?;
+            let mut c = store.compaction()?;
             for i in 0..n {
                 role.save(i, now, &mut self.one);
                 c.put(role.record_key(i), &self.one)?;
             }
             c.finish()
-        })();
+        })()
+        .map_err(StateError::File);
         self.one.zeroize();
         if r.is_ok() {
             info!(records = n, "state store compacted");
@@ -98,7 +114,7 @@ impl Persist {
     pub fn remove<'a>(
         &mut self,
         keys: impl IntoIterator<Item = &'a str>,
-    ) -> Result<(), StoreError> {
+    ) -> Result<(), StateError> {
         self.store.remove_batch(keys)
     }
 }

@@ -44,6 +44,7 @@ pub struct HubFixed {
     port: u16,
     socket: PathBuf,
     state_dir: PathBuf,
+    state: crate::state::StateConfig,
     key_bits: u16,
     replay_window: u32,
     priority: u32,
@@ -60,6 +61,7 @@ impl HubFixed {
             port: cfg.port,
             socket: cfg.socket.clone(),
             state_dir: cfg.state_dir.clone(),
+            state: cfg.state.clone(),
             key_bits: cfg.key_bits,
             replay_window: cfg.replay_window,
             priority: cfg.priority,
@@ -86,6 +88,7 @@ impl HubFixed {
         c(self.port == new.port, "hub.port");
         c(self.socket == new.socket, "hub.socket");
         c(self.state_dir == new.state_dir, "hub.state_dir");
+        c(self.state == new.state, "hub.state");
         c(self.key_bits == new.key_bits, "hub.key_bits");
         c(self.replay_window == new.replay_window, "hub.replay_window");
         c(self.priority == new.priority, "hub.priority");

@@ -1,0 +1,452 @@
+//! The hub's records in etcd (`[hub] state = "etcd://..."`), behind the
+//! same seam as the file store ([`crate::state::Backend`]).
+//!
+//! # Layout
+//! One key per node, `PREFIX/node/NAME`, whose value is the node's record
+//! sealed under the cluster key ([`seal`]: ChaCha20-Poly1305, the etcd key as
+//! associated data, a random nonce per write). The cluster key is read from
+//! a key file on the hub and never enters etcd.
+//!
+//! # Writes
+//! A burst's records are sealed on the caller's thread (plaintext never
+//! leaves it) and written in as few requests as etcd allows: transactions
+//! of at most [`MAX_TXN_OPS`] puts (etcd's default `--max-txn-ops`) and
+//! [`MAX_TXN_BYTES`] (under its default 1.5 MiB request limit), sent
+//! together and all acknowledged before [`EtcdBatch::commit`] returns. Each
+//! record is written whole or not at all; a burst split over several
+//! transactions is not atomic as a whole, which costs nothing: records are
+//! per node, and no datagram of the burst leaves before every transaction
+//! is acknowledged. A request that fails is retried (another member, a new
+//! leader) until [`WRITE_DEADLINE`]; after that the store refuses further
+//! work ([`EtcdError::Failed`]), as the file store does after a failed
+//! sync: what reached etcd is known only to a reopen.
+//!
+//! # Reads
+//! [`EtcdStore::open`] reads every record under the prefix in pages of
+//! [`PAGE`] keys, all at the revision of the first page (one consistent
+//! view), and opens each; a record that does not open is an error naming
+//! its key, never skipped.
+//!
+//! # What it does not do (yet)
+//! No lock: two hubs on one prefix would both write. Leader election with a
+//! lease (one writer) is the next step of hub failover.
+
+pub mod seal;
+pub mod target;
+mod worker;
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use etcd_client::{
+    Client, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnResponse,
+};
+
+pub use seal::{ClusterKey, OpenError, SealError, Sealer};
+pub use target::EtcdTarget;
+use worker::{CallError, Worker};
+
+use crate::store::Loaded;
+
+/// Puts per transaction: etcd's default `--max-txn-ops`.
+pub const MAX_TXN_OPS: usize = 128;
+/// Bytes of keys and values per transaction, under etcd's default
+/// `--max-request-bytes` (1.5 MiB) with room for the framing.
+pub const MAX_TXN_BYTES: usize = 1 << 20;
+/// Keys per page when loading.
+pub const PAGE: i64 = 1000;
+/// How long one request may take (connection included).
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
+/// How long a burst's writes (or one page read) may take, retries
+/// included, before the store gives up.
+pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// A record key (node name) is 1 to this many bytes, as in the file store.
+const MAX_KEY: usize = 255;
+
+/// Why the etcd state could not be opened, read or written. Names the
+/// cluster and the record key (a node name), never record content.
+#[derive(Debug, thiserror::Error)]
+pub enum EtcdError {
+    /// A request failed or timed out, retries included.
+    #[error("{target}: cannot {op}: {source}")]
+    Request {
+        /// The state URL.
+        target: String,
+        /// What we were doing.
+        op: &'static str,
+        /// Why.
+        #[source]
+        source: CallError,
+    },
+    /// A stored record does not open with the cluster key.
+    #[error(
+        "{target}: record {key:?}: {why}; check hub.state_key_file (every hub of a cluster needs the same key)"
+    )]
+    Unsealable {
+        /// The state URL.
+        target: String,
+        /// The record's etcd key.
+        key: String,
+        /// What is wrong with it.
+        why: OpenError,
+    },
+    /// A key under the prefix that cannot be a node's record.
+    #[error(
+        "{target}: key {key:?} under the record prefix is not a node record (name not 1-255 bytes of UTF-8)"
+    )]
+    ForeignKey {
+        /// The state URL.
+        target: String,
+        /// The key, lossily decoded.
+        key: String,
+    },
+    /// A record key (node name) is empty or longer than 255 bytes.
+    #[error("{target}: record key {key:?} must be 1 to 255 bytes")]
+    InvalidKey {
+        /// The state URL.
+        target: String,
+        /// The key.
+        key: String,
+    },
+    /// A record could not be sealed.
+    #[error("{target}: record {key:?}: {source}")]
+    Seal {
+        /// The state URL.
+        target: String,
+        /// The record key.
+        key: String,
+        /// Why.
+        #[source]
+        source: SealError,
+    },
+    /// An earlier write failed; what etcd holds is known only to a reopen.
+    #[error(
+        "{target}: an earlier write failed, so the store accepts no more writes; restart rotor to reload it"
+    )]
+    Failed {
+        /// The state URL.
+        target: String,
+    },
+}
+
+/// What the last [`EtcdBatch::commit`] cost.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct CommitStats {
+    /// Records written.
+    pub records: usize,
+    /// Transactions sent (etcd write requests).
+    pub requests: usize,
+    /// Bytes of keys and sealed values.
+    pub bytes: usize,
+}
+
+/// An open etcd state: a client on its own thread and the sealer.
+pub struct EtcdStore {
+    target: String,
+    prefix: String,
+    sealer: Sealer,
+    worker: Worker,
+    failed: bool,
+    last: CommitStats,
+}
+
+impl fmt::Debug for EtcdStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EtcdStore")
+            .field("target", &self.target)
+            .field("failed", &self.failed)
+            .finish()
+    }
+}
+
+impl EtcdStore {
+    /// Connects to `target` and loads every record under its prefix,
+    /// opened with `key`.
+    pub fn open(target: &EtcdTarget, key: &ClusterKey) -> Result<(EtcdStore, Loaded), EtcdError> {
+        let name = target.to_string();
+        let req = |op| {
+            let name = name.clone();
+            move |source| EtcdError::Request {
+                target: name,
+                op,
+                source,
+            }
+        };
+        let worker =
+            Worker::start(target.endpoints.clone(), REQUEST_TIMEOUT).map_err(req("connect"))?;
+        let store = EtcdStore {
+            target: name.clone(),
+            prefix: target.records_prefix(),
+            sealer: Sealer::new(key),
+            worker,
+            failed: false,
+            last: CommitStats::default(),
+        };
+        let records = store.load().map_err(req("read the records"))?;
+        let mut out = HashMap::with_capacity(records.len());
+        for (k, v) in records {
+            let name = k
+                .strip_prefix(store.prefix.as_bytes())
+                .and_then(|n| std::str::from_utf8(n).ok())
+                .filter(|n| !n.is_empty() && n.len() <= MAX_KEY)
+                .ok_or_else(|| EtcdError::ForeignKey {
+                    target: store.target.clone(),
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                })?;
+            let plain = store
+                .sealer
+                .open(&k, &v)
+                .map_err(|why| EtcdError::Unsealable {
+                    target: store.target.clone(),
+                    key: String::from_utf8_lossy(&k).into_owned(),
+                    why,
+                })?;
+            out.insert(name.to_owned(), plain);
+        }
+        Ok((store, Loaded::from_records(out)))
+    }
+
+    /// Every (key, sealed value) under the prefix, at one revision.
+    fn load(&self) -> Result<Vec<Stored>, CallError> {
+        let prefix = self.prefix.clone().into_bytes();
+        let end = prefix_end(&prefix);
+        let mut all = Vec::new();
+        let mut from = prefix;
+        let mut revision = 0;
+        loop {
+            let (start, stop) = (from.clone(), end.clone());
+            let mut resp = self.worker.call(WRITE_DEADLINE, move |mut c: Client| {
+                let (start, stop) = (start.clone(), stop.clone());
+                async move {
+                    let mut o = GetOptions::new()
+                        .with_range(stop)
+                        .with_limit(PAGE)
+                        .with_sort(SortTarget::Key, SortOrder::Ascend);
+                    if revision > 0 {
+                        o = o.with_revision(revision);
+                    }
+                    c.get(start, Some(o)).await
+                }
+            })?;
+            if revision == 0 {
+                revision = resp.header().map_or(0, |h| h.revision());
+            }
+            let more = resp.more();
+            let kvs = resp.take_kvs();
+            let Some(last) = kvs.last() else { break };
+            // The next page starts just after the last key of this one.
+            from = last.key().to_vec();
+            from.push(0);
+            all.extend(kvs.into_iter().map(|kv| kv.into_key_value()));
+            if !more {
+                break;
+            }
+        }
+        Ok(all)
+    }
+
+    /// The state URL, for messages.
+    pub fn target(&self) -> &str {
+        &self.target
+    }
+
+    /// What the last committed batch cost.
+    pub fn last_commit(&self) -> CommitStats {
+        self.last
+    }
+
+    fn check_usable(&self) -> Result<(), EtcdError> {
+        if self.failed {
+            return Err(EtcdError::Failed {
+                target: self.target.clone(),
+            });
+        }
+        Ok(())
+    }
+
+    fn check_key(&self, key: &str) -> Result<(), EtcdError> {
+        if key.is_empty() || key.len() > MAX_KEY {
+            return Err(EtcdError::InvalidKey {
+                target: self.target.clone(),
+                key: key.to_owned(),
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts a group of writes, sent by [`EtcdBatch::commit`].
+    pub fn batch(&mut self) -> Result<EtcdBatch<'_>, EtcdError> {
+        self.check_usable()?;
+        Ok(EtcdBatch {
+            store: self,
+            txns: Vec::new(),
+            ops: Vec::new(),
+            bytes: 0,
+            stats: CommitStats::default(),
+        })
+    }
+
+    /// Deletes the records of `keys` (nodes no longer configured).
+    pub fn remove_batch<'a>(
+        &mut self,
+        keys: impl IntoIterator<Item = &'a str>,
+    ) -> Result<(), EtcdError> {
+        let mut b = self.batch()?;
+        for key in keys {
+            b.remove(key)?;
+        }
+        b.commit()
+    }
+
+    /// Deletes every record under the prefix; returns how many there were.
+    pub fn purge(self) -> Result<i64, EtcdError> {
+        self.check_usable()?;
+        let prefix = self.prefix.clone();
+        let r = self.worker.call(WRITE_DEADLINE, move |mut c: Client| {
+            let prefix = prefix.clone();
+            async move {
+                c.delete(prefix, Some(DeleteOptions::new().with_prefix()))
+                    .await
+            }
+        });
+        r.map(|d| d.deleted()).map_err(|source| EtcdError::Request {
+            target: self.target.clone(),
+            op: "delete the records",
+            source,
+        })
+    }
+}
+
+/// A key and its sealed value, as read from etcd.
+type Stored = (Vec<u8>, Vec<u8>);
+
+/// The first key after every key that starts with `prefix` (etcd's range
+/// end for a prefix). The prefix is ASCII ending in `/`, so the last byte
+/// can always be incremented.
+fn prefix_end(prefix: &[u8]) -> Vec<u8> {
+    let mut end = prefix.to_vec();
+    while let Some(last) = end.pop() {
+        if last < 0xff {
+            end.push(last + 1);
+            return end;
+        }
+    }
+    vec![0]
+}
+
+/// A group of writes to etcd, split into transactions as it grows. Values
+/// are sealed as they are added; nothing is sent before `commit`.
+pub struct EtcdBatch<'s> {
+    store: &'s mut EtcdStore,
+    txns: Vec<Vec<TxnOp>>,
+    ops: Vec<TxnOp>,
+    bytes: usize,
+    stats: CommitStats,
+}
+
+impl EtcdBatch<'_> {
+    fn push(&mut self, op: TxnOp, size: usize) {
+        if !self.ops.is_empty()
+            && (self.ops.len() == MAX_TXN_OPS || self.bytes + size > MAX_TXN_BYTES)
+        {
+            self.txns.push(std::mem::take(&mut self.ops));
+            self.bytes = 0;
+        }
+        self.ops.push(op);
+        self.bytes += size;
+        self.stats.records += 1;
+        self.stats.bytes += size;
+    }
+
+    /// Adds the new record `value` of `key`.
+    pub fn put(&mut self, key: &str, value: &[u8]) -> Result<(), EtcdError> {
+        self.store.check_key(key)?;
+        let k = format!("{}{key}", self.store.prefix);
+        let sealed = self
+            .store
+            .sealer
+            .seal(k.as_bytes(), value)
+            .map_err(|source| EtcdError::Seal {
+                target: self.store.target.clone(),
+                key: key.to_owned(),
+                source,
+            })?;
+        let size = k.len() + sealed.len();
+        self.push(TxnOp::put(k, sealed, None), size);
+        Ok(())
+    }
+
+    /// Adds the removal of `key`'s record.
+    pub fn remove(&mut self, key: &str) -> Result<(), EtcdError> {
+        self.store.check_key(key)?;
+        let k = format!("{}{key}", self.store.prefix);
+        let size = k.len();
+        self.push(TxnOp::delete(k, None), size);
+        Ok(())
+    }
+
+    /// Sends every transaction and waits until etcd acknowledged all of
+    /// them (each is committed by a quorum of members). An empty batch does
+    /// nothing. On `Err` the store refuses further work.
+    pub fn commit(mut self) -> Result<(), EtcdError> {
+        if !self.ops.is_empty() {
+            self.txns.push(std::mem::take(&mut self.ops));
+        }
+        if self.txns.is_empty() {
+            return Ok(());
+        }
+        let mut stats = self.stats;
+        stats.requests = self.txns.len();
+        let txns = Arc::new(std::mem::take(&mut self.txns));
+        let r = self.store.worker.call(WRITE_DEADLINE, move |c: Client| {
+            let txns = Arc::clone(&txns);
+            send_all(c, txns)
+        });
+        match r {
+            Ok(()) => {
+                self.store.last = stats;
+                Ok(())
+            }
+            Err(source) => {
+                self.store.failed = true;
+                Err(EtcdError::Request {
+                    target: self.store.target.clone(),
+                    op: "write the records",
+                    source,
+                })
+            }
+        }
+    }
+}
+
+/// Sends every transaction at once (they pipeline over the client's
+/// connections) and waits for all; the first error fails the lot.
+async fn send_all(c: Client, txns: Arc<Vec<Vec<TxnOp>>>) -> Result<(), etcd_client::Error> {
+    let mut set = tokio::task::JoinSet::new();
+    for ops in txns.iter() {
+        let mut c = c.clone();
+        let txn = Txn::new().and_then(ops.clone());
+        set.spawn(async move { c.txn(txn).await.map(|_: TxnResponse| ()) });
+    }
+    while let Some(done) = set.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(e),
+            Err(e) => return Err(etcd_client::Error::IoError(std::io::Error::other(e))),
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefix_end_is_the_next_key_after_the_prefix() {
+        assert_eq!(prefix_end(b"r/node/"), b"r/node0");
+        assert_eq!(prefix_end(b"a\xff"), b"b");
+    }
+}

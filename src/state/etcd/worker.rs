@@ -1,0 +1,146 @@
+//! The etcd client on a thread of its own: the daemon's event loop is a
+//! single-threaded runtime whose state writes are synchronous (durable
+//! before the burst's datagrams go out), so each call is handed to this
+//! thread's own runtime and the caller blocks on the reply, exactly as it
+//! would block in `fdatasync`.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::mpsc as std_mpsc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use etcd_client::{Client, ConnectOptions};
+use tokio::sync::mpsc;
+
+/// Why a call did not complete.
+#[derive(Debug, thiserror::Error)]
+pub enum CallError {
+    /// The client or the cluster refused or failed, until the deadline.
+    #[error("{0}")]
+    Etcd(#[from] etcd_client::Error),
+    /// No answer within the deadline.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The client thread is gone (it panicked or could not start).
+    #[error("the etcd client thread is gone")]
+    Gone,
+}
+
+type Job = Box<dyn FnOnce(Client) -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
+
+/// A connected client on its own thread. Dropping it ends the thread.
+pub struct Worker {
+    jobs: Option<mpsc::UnboundedSender<Job>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Worker {
+    /// Starts the thread and its client for `endpoints`; every request gets
+    /// `timeout` (and the connection attempt too). The client connects
+    /// lazily: the first call tells whether the cluster answers.
+    pub fn start(endpoints: Vec<String>, timeout: Duration) -> Result<Worker, CallError> {
+        let (jobs, mut rx) = mpsc::unbounded_channel::<Job>();
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel::<Result<(), etcd_client::Error>>(1);
+        let thread = std::thread::Builder::new()
+            .name("etcd-client".into())
+            .spawn(move || {
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(etcd_client::Error::IoError(e)));
+                        return;
+                    }
+                };
+                rt.block_on(async move {
+                    let options = ConnectOptions::new()
+                        .with_connect_timeout(timeout)
+                        .with_timeout(timeout)
+                        // A member cut off from the others answers "no
+                        // leader" at once instead of holding a write.
+                        .with_require_leader(true);
+                    let client = match Client::connect(&endpoints, Some(options)).await {
+                        Ok(c) => {
+                            let _ = ready_tx.send(Ok(()));
+                            c
+                        }
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(e));
+                            return;
+                        }
+                    };
+                    while let Some(job) = rx.recv().await {
+                        job(client.clone()).await;
+                    }
+                });
+            })
+            .map_err(|e| CallError::Etcd(etcd_client::Error::IoError(e)))?;
+        let worker = Worker {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        };
+        match ready_rx.recv() {
+            Ok(Ok(())) => Ok(worker),
+            Ok(Err(e)) => Err(CallError::Etcd(e)),
+            Err(_) => Err(CallError::Gone),
+        }
+    }
+
+    /// Runs `op` on the client thread, again on failure (after 50 ms, 100
+    /// ms, ... up to 500 ms) until it succeeds or `deadline` has passed
+    /// since the call: a member that died, or a leader election in
+    /// progress, costs a retry, not the daemon. Every operation given must
+    /// be safe to repeat (puts of the same value, deletes). Blocks the
+    /// calling thread until then.
+    pub fn call<T, F, Fut>(&self, deadline: Duration, op: F) -> Result<T, CallError>
+    where
+        T: Send + 'static,
+        F: Fn(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
+    {
+        let (tx, rx) = std_mpsc::sync_channel::<Result<T, CallError>>(1);
+        let job: Job = Box::new(move |client: Client| {
+            Box::pin(async move {
+                let _ = tx.send(retry(client, deadline, op).await);
+            })
+        });
+        let jobs = self.jobs.as_ref().ok_or(CallError::Gone)?;
+        jobs.send(job).map_err(|_| CallError::Gone)?;
+        rx.recv().map_err(|_| CallError::Gone)?
+    }
+}
+
+async fn retry<T, F, Fut>(client: Client, deadline: Duration, op: F) -> Result<T, CallError>
+where
+    F: Fn(Client) -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let end = Instant::now() + deadline;
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = end.saturating_duration_since(Instant::now());
+        let err = match tokio::time::timeout(left, op(client.clone())).await {
+            Ok(Ok(v)) => return Ok(v),
+            Ok(Err(e)) => CallError::Etcd(e),
+            Err(_) => CallError::Timeout(deadline),
+        };
+        if Instant::now() + pause >= end {
+            return Err(err);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
+impl Drop for Worker {
+    fn drop(&mut self) {
+        // Closing the queue ends the thread's loop once it is idle.
+        self.jobs = None;
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,234 @@
+//! The etcd state backend against a real etcd (Debian's `etcd-server`,
+//! which scripts/test.sh installs): one single-member etcd per test on
+//! 127.0.0.1, random ports, a temporary data directory. Without etcd on the
+//! machine these tests fail, saying so.
+
+use std::collections::HashMap;
+use std::net::{TcpListener, TcpStream};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use rotor::state::etcd::{ClusterKey, EtcdError, EtcdStore, EtcdTarget, MAX_TXN_OPS, OpenError};
+
+/// A single-member etcd, killed when dropped.
+struct Etcd {
+    child: Child,
+    client: u16,
+    dir: tempfile::TempDir,
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("a free port on 127.0.0.1")
+}
+
+impl Etcd {
+    fn start() -> Etcd {
+        let dir = tempfile::tempdir().expect("a temporary directory");
+        let (client, peer) = (free_port(), free_port());
+        let log = std::fs::File::create(dir.path().join("etcd.log")).expect("etcd's log file");
+        let c = format!("http://127.0.0.1:{client}");
+        let p = format!("http://127.0.0.1:{peer}");
+        let child = Command::new("etcd")
+            .args(["--name", "t", "--data-dir"])
+            .arg(dir.path().join("data"))
+            .args(["--listen-client-urls", &c, "--advertise-client-urls", &c])
+            .args([
+                "--listen-peer-urls",
+                &p,
+                "--initial-advertise-peer-urls",
+                &p,
+            ])
+            .args(["--initial-cluster", &format!("t={p}")])
+            .args(["--logger", "zap", "--log-outputs", "stderr"])
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!(
+                    "cannot start etcd ({e}): install Debian's etcd-server \
+                     (apt-get install etcd-server; scripts/test.sh installs it)"
+                )
+            });
+        let etcd = Etcd { child, client, dir };
+        let until = Instant::now() + Duration::from_secs(20);
+        while TcpStream::connect(("127.0.0.1", client)).is_err() {
+            assert!(
+                Instant::now() < until,
+                "etcd did not listen on 127.0.0.1:{client} within 20 s; its log: {}",
+                std::fs::read_to_string(etcd.dir.path().join("etcd.log")).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        etcd
+    }
+
+    fn target(&self, prefix: &str) -> EtcdTarget {
+        EtcdTarget::parse(&format!("etcd://127.0.0.1:{}/{prefix}", self.client))
+            .expect("a valid URL")
+    }
+}
+
+impl Drop for Etcd {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn key(b: u8) -> ClusterKey {
+    ClusterKey::from_bytes([b; 32])
+}
+
+/// A record of `len` bytes that differs per node and per round.
+fn record(name: &str, round: u32, len: usize) -> Vec<u8> {
+    let seed = format!("{name}/{round}/");
+    seed.bytes().cycle().take(len).collect()
+}
+
+fn all(loaded: &mut rotor::store::Loaded) -> HashMap<String, Vec<u8>> {
+    let keys: Vec<String> = loaded.keys().map(str::to_string).collect();
+    keys.into_iter()
+        .map(|k| {
+            let v = loaded.take(&k).expect("listed key").to_vec();
+            (k, v)
+        })
+        .collect()
+}
+
+fn requests_for(n: usize) -> usize {
+    n.div_ceil(MAX_TXN_OPS)
+}
+
+#[test]
+fn batches_reopen_to_exactly_the_records_written_and_removed_ones_stay_gone() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/t1");
+    let (mut s, loaded) = EtcdStore::open(&t, &key(1)).expect("open an empty prefix");
+    assert!(loaded.is_empty());
+    let mut want = HashMap::new();
+    // 300 records of 100-600 bytes: three transactions.
+    let mut b = s.batch().unwrap();
+    for i in 0..300usize {
+        let name = format!("n{i}");
+        let v = record(&name, 1, 100 + i % 501);
+        b.put(&name, &v).unwrap();
+        want.insert(name, v);
+    }
+    b.commit().unwrap();
+    let st = s.last_commit();
+    assert_eq!((st.records, st.requests), (300, requests_for(300)));
+    // Overwrite some, remove others.
+    let mut b = s.batch().unwrap();
+    for i in (0..300usize).step_by(7) {
+        let name = format!("n{i}");
+        let v = record(&name, 2, 321);
+        b.put(&name, &v).unwrap();
+        want.insert(name, v);
+    }
+    b.commit().unwrap();
+    let gone: Vec<String> = (0..300usize).step_by(11).map(|i| format!("n{i}")).collect();
+    s.remove_batch(gone.iter().map(String::as_str)).unwrap();
+    for g in &gone {
+        want.remove(g);
+    }
+    // An empty batch sends nothing.
+    s.batch().unwrap().commit().unwrap();
+    drop(s);
+
+    let (s, mut loaded) = EtcdStore::open(&t, &key(1)).expect("reopen");
+    assert_eq!(all(&mut loaded), want);
+    for g in &gone {
+        assert!(!want.contains_key(g));
+    }
+    // Another prefix on the same cluster sees none of them.
+    let (_, other) = EtcdStore::open(&etcd.target("rotor/t1x"), &key(1)).unwrap();
+    assert!(other.is_empty(), "prefixes are separate");
+    assert_eq!(s.purge().unwrap() as usize, want.len());
+    let (_, loaded) = EtcdStore::open(&t, &key(1)).unwrap();
+    assert!(loaded.is_empty(), "purge leaves nothing");
+}
+
+#[test]
+fn a_wrong_cluster_key_names_the_record_and_not_its_content() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/t2");
+    let (mut s, _) = EtcdStore::open(&t, &key(1)).unwrap();
+    let secret = b"SECRET-KEY-MATERIAL-0123456789";
+    let mut b = s.batch().unwrap();
+    b.put("alpha", secret).unwrap();
+    b.put("beta", secret).unwrap();
+    b.commit().unwrap();
+    drop(s);
+    let e = EtcdStore::open(&t, &key(2)).expect_err("another key must not open the records");
+    assert!(
+        matches!(&e, EtcdError::Unsealable { key, why: OpenError::Mismatch, .. } if key == "rotor/t2/node/alpha"),
+        "{e:?}"
+    );
+    let msg = e.to_string();
+    assert!(
+        msg.contains("record \"rotor/t2/node/alpha\"")
+            && msg.contains("does not decrypt with the cluster key")
+            && msg.contains("state_key_file"),
+        "{msg}"
+    );
+    assert!(
+        !msg.contains("SECRET") && !format!("{e:?}").contains("SECRET"),
+        "{msg}"
+    );
+    // The right key still opens them.
+    let (_, mut loaded) = EtcdStore::open(&t, &key(1)).unwrap();
+    assert_eq!(loaded.take("beta").unwrap().as_slice(), secret);
+}
+
+#[test]
+fn a_burst_of_10000_records_takes_one_transaction_per_128() {
+    const N: usize = 10_000;
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/t3");
+    let (mut s, _) = EtcdStore::open(&t, &key(3)).unwrap();
+    for round in 1..=3u32 {
+        let started = Instant::now();
+        let mut b = s.batch().unwrap();
+        for i in 0..N {
+            let name = format!("node-{i:05}");
+            b.put(&name, &record(&name, round, 300)).unwrap();
+        }
+        b.commit().unwrap();
+        let took = started.elapsed();
+        let st = s.last_commit();
+        println!(
+            "burst {round}: {} records, {} bytes sealed, {} etcd transactions, {:.1} ms",
+            st.records,
+            st.bytes,
+            st.requests,
+            took.as_secs_f64() * 1e3
+        );
+        assert_eq!((st.records, st.requests), (N, requests_for(N)));
+    }
+    drop(s);
+    let started = Instant::now();
+    let (_, loaded) = EtcdStore::open(&t, &key(3)).unwrap();
+    println!(
+        "open: {} records loaded in {:.1} ms",
+        loaded.len(),
+        started.elapsed().as_secs_f64() * 1e3
+    );
+    assert_eq!(loaded.len(), N);
+}
+
+#[test]
+fn no_etcd_at_the_address_is_an_error_naming_the_cluster() {
+    // A port nobody listens on (bound, then released).
+    let port = free_port();
+    let t = EtcdTarget::parse(&format!("etcd://127.0.0.1:{port}/rotor/t4")).unwrap();
+    let e = EtcdStore::open(&t, &key(4)).expect_err("nothing listens there");
+    let msg = e.to_string();
+    assert!(
+        msg.starts_with(&format!("etcd://127.0.0.1:{port}/rotor/t4: cannot ")),
+        "{msg}"
+    );
+}
