@@ -176,6 +176,10 @@ for r in $(seq 1 "$ROUNDS"); do
 	# --- P: the NAT maps n1 to a new port ---
 	before1=$(hub_peer n1 "p['endpoint']")
 	hub_before=$(sas hub)
+	# The event's time is taken before the NAT changes: on a busy host the
+	# commands below take seconds, and a loss that began before the time
+	# written would be charged to no event.
+	echo "P $r $(now)" >>"$WORK/events"
 	lo=$((20000 + r * 100))
 	if [ "$r" = 1 ]; then
 		ip netns exec nat iptables-legacy -t nat -I POSTROUTING 1 -o wan0 -p udp -j MASQUERADE --to-ports $lo-$((lo + 99))
@@ -191,7 +195,6 @@ s.send(struct.pack("=LHHLL", 16 + len(nfgen), (1 << 8) | 2, 1 | 4, 1, 0) + nfgen
 ln, typ, fl, seq, pid, err = struct.unpack("=LHHLLi", s.recv(4096)[:20])
 assert typ == 2 and err == 0, (typ, err)
 EOF
-	echo "P $r $(now)" >>"$WORK/events"
 	settled n1 "p['endpoint'] != '$before1'" || fail "P$r: the hub follows n1 to a new NAT port"
 	after1=$(hub_peer n1 "p['endpoint']")
 	echo "  P$r: n1 $before1 -> $after1"
@@ -207,9 +210,9 @@ EOF
 	hub_before=$(sas hub)
 	n3_before=$(sas n3)
 	spi_out=$(ip -n hub xfrm policy | python3 "$HERE/xfrm_state.py" policy | python3 -c "import json,sys; print([p['spi'] for p in json.load(sys.stdin) if p['dst']=='$A/32' and p['dir']==1])")
+	echo "A $r $(now)" >>"$WORK/events"
 	ip -n n3 addr add $B/24 dev veth0
 	ip -n n3 addr del $A/24 dev veth0
-	echo "A $r $(now)" >>"$WORK/events"
 	stream "n3-down-$r" n3 $B:$((6100 + r)) hub $B:$((6100 + r)) $((GAP - 1))
 	settled n3 "p['endpoint'] == '$B:4820'" || fail "A$r: the hub follows n3 to $B"
 	if [ "$MOVE" = migrate ]; then

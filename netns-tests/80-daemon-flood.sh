@@ -78,6 +78,11 @@ for k in $(seq 1 $SENDERS); do
 		--keys "${keys%,}" --duration $((FLOOD - 1))s --seed "$k" >"$WORK/flood-$k.json" &
 	FLOODERS+=($!)
 done
+# n4's wire, from now until after its init (n4 sends nothing before): a
+# capture started only once the flood ends could miss n4's first init on
+# a busy host, where starting python takes a second or more.
+ip netns exec n4 python3 "$HERE/hostile.py" capture --iface veth0 --seconds $((FLOOD + 12)) --out "$WORK/n4-wire.json" >/dev/null &
+CAPTURE=$!
 # The hub's status during the flood: each answer's latency, beside that
 # of starting a process in the hub's namespace at the same moment (the
 # senders keep UML's one CPU busy, and every process start pays for it).
@@ -94,12 +99,11 @@ for _ in $(seq 1 3); do
 	[ "$ms" -gt "$slow" ] && slow=$ms
 done
 wait "${FLOODERS[@]}"
-r2=$(rotations); t2=$(date +%s.%N); m2=$(received); b2=$(rcvbuf); sd2=$(softnet_drops)
-# F2: n4 starts now, within the 5 s the hub keeps asking for cookies.
-ip netns exec n4 python3 "$HERE/hostile.py" capture --iface veth0 --seconds 8 --out "$WORK/n4-wire.json" >/dev/null &
-CAPTURE=$!
-sleep 0.3
+# F2: n4 starts now, within the 5 s the hub keeps asking for cookies:
+# before the readings below, each of which starts processes (seconds on a
+# busy host, which would let the hub's cookie round end first).
 start_node 4
+r2=$(rotations); t2=$(date +%s.%N); m2=$(received); b2=$(rcvbuf); sd2=$(softnet_drops)
 n4_in=0
 for _ in $(seq 1 80); do
 	[ "$(peer_field n4 generation 2>/dev/null)" -ge 1 ] 2>/dev/null && { n4_in=1; break; }
