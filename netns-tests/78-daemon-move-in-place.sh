@@ -59,10 +59,13 @@ ip netns exec nat sysctl -qw net.ipv4.ip_forward=1
 ip netns exec nat iptables-legacy -t nat -A POSTROUTING -o wan0 -j MASQUERADE
 
 for i in 1 3; do (umask 077; "$ROTOR" genkey >"$WORK/n$i.key"); done
+# No timer rotation within the run (60 s or more on a busy host): the
+# checks compare SPIs across each move, and a rotation in between would
+# change them for a reason the move has nothing to do with.
 cat >"$WORK/hub.toml" <<EOT
 [hub]
 address = "10.9.0.1"
-rotate_interval = "60s"
+rotate_interval = "10m"
 grace = "3s"
 socket = "$WORK/hub.sock"
 state_dir = "$WORK/state"
