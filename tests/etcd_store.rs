@@ -238,6 +238,7 @@ fn no_etcd_at_the_address_is_an_error_naming_the_cluster() {
 use rotor::state::etcd::{Election, Fence};
 
 const TTL: Duration = Duration::from_secs(2);
+// (etcd's minimum with its default timings: the fastest takeover.)
 
 fn contender(t: &EtcdTarget, id: &str) -> Election {
     Election::start(t, id, TTL).expect("a lease from etcd")

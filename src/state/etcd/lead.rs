@@ -38,10 +38,12 @@ use super::EtcdTarget;
 /// covers a burst's send after its last fence check and the two clocks'
 /// rates.
 pub const MARGIN: Duration = Duration::from_millis(500);
-/// The lease's time to live unless configured (etcd grants at least its
-/// own minimum, 2 s with its default timings, and the granted TTL is what
-/// counts).
-pub const DEFAULT_TTL: Duration = Duration::from_secs(2);
+/// The lease's time to live unless configured (`hub.lease_ttl`). It must
+/// outlast an etcd leader election (about one election timeout, 1 s by
+/// default) plus a keep-alive interval plus [`MARGIN`], or the loss of
+/// etcd's leader makes the hub step down. etcd grants at least its own
+/// minimum (2 s with its default timings); the granted TTL is what counts.
+pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
 /// How long one request of the election may take.
 const REQUEST: Duration = Duration::from_secs(1);
 
@@ -441,7 +443,14 @@ async fn keep_alive(
                 _ => stream = None,
             }
         }
-        tokio::time::sleep(every.saturating_sub(sent.elapsed())).await;
+        // After a failure (a member gone, an etcd election) try again
+        // soon: the fence's clock runs meanwhile.
+        let pause = if stream.is_none() {
+            every.min(Duration::from_millis(200))
+        } else {
+            every
+        };
+        tokio::time::sleep(pause.saturating_sub(sent.elapsed())).await;
     }
 }
 
