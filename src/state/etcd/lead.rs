@@ -174,43 +174,70 @@ impl Election {
                 source,
             }
         };
-        let rt = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-            .map_err(|e| err("start its runtime")(etcd_client::Error::IoError(e)))?;
         let endpoints = target.endpoints.clone();
-        let asked = Instant::now();
-        let (client, lease, granted) = rt.block_on(async {
-            let options = ConnectOptions::new()
-                .with_connect_timeout(REQUEST)
-                .with_timeout(REQUEST)
-                .with_require_leader(true);
-            let mut c = Client::connect(&endpoints, Some(options))
-                .await
-                .map_err(err("connect"))?;
-            let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
-            let g = c
-                .lease_grant(ttl_s, None)
-                .await
-                .map_err(err("take a lease"))?;
-            let granted = Duration::from_secs(u64::try_from(g.ttl()).unwrap_or(0));
-            Ok::<_, LeadError>((c, g.id(), granted))
-        })?;
         let key = format!("{}/leader", target.prefix);
         let (won_tx, won_rx) = std_mpsc::sync_channel(1);
         let (stop_tx, stop_rx) = oneshot::channel();
+        let (ready_tx, ready_rx) = std_mpsc::sync_channel(1);
         let id = id.to_owned();
+        let ttl_s = i64::try_from(ttl.as_secs().max(1)).unwrap_or(i64::MAX);
+        // Everything on the thread's own runtime: the caller may be inside
+        // one (the daemon's), where another cannot be entered.
         let thread = std::thread::Builder::new()
             .name("etcd-lead".into())
             .spawn(move || {
-                let lease = Lease {
-                    id: lease,
-                    ttl: granted,
-                    asked,
+                let rt = match tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()
+                {
+                    Ok(rt) => rt,
+                    Err(e) => {
+                        let _ = ready_tx
+                            .send(Err(("start its runtime", etcd_client::Error::IoError(e))));
+                        return;
+                    }
                 };
-                rt.block_on(run(client, key, id, lease, won_tx, stop_rx));
+                rt.block_on(async move {
+                    let asked = Instant::now();
+                    let options = ConnectOptions::new()
+                        .with_connect_timeout(REQUEST)
+                        .with_timeout(REQUEST)
+                        .with_require_leader(true);
+                    let mut c = match Client::connect(&endpoints, Some(options)).await {
+                        Ok(c) => c,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(("connect", e)));
+                            return;
+                        }
+                    };
+                    let g = match c.lease_grant(ttl_s, None).await {
+                        Ok(g) => g,
+                        Err(e) => {
+                            let _ = ready_tx.send(Err(("take a lease", e)));
+                            return;
+                        }
+                    };
+                    let lease = Lease {
+                        id: g.id(),
+                        ttl: Duration::from_secs(u64::try_from(g.ttl()).unwrap_or(0)),
+                        asked,
+                    };
+                    let _ = ready_tx.send(Ok((lease.id, lease.ttl)));
+                    run(c, key, id, lease, won_tx, stop_rx).await;
+                });
             })
             .map_err(|e| err("start its thread")(etcd_client::Error::IoError(e)))?;
+        let (lease, granted) = match ready_rx.recv() {
+            Ok(Ok(v)) => v,
+            Ok(Err((op, e))) => {
+                let _ = thread.join();
+                return Err(err(op)(e));
+            }
+            Err(_) => {
+                let _ = thread.join();
+                return Err(LeadError::Gone { target: name });
+            }
+        };
         Ok(Election {
             target: name,
             lease,
