@@ -14,6 +14,10 @@
 #    probe outage of each stream stays within the bound below
 #  3 A started again (a service manager's restart): it gives up the address
 #    it left behind and waits as the standby; B keeps leading
+#  4 B cut off from etcd (its etcd link down; the nodes' LAN stays): B
+#    steps down on its own clock (exit 75, the address given up) before A
+#    leads; A takes over with the kernel objects it kept and serves every
+#    node; no node re-initialises
 . "$(dirname "$0")/daemon-lib.sh"
 . "$(dirname "$0")/etcd-lib.sh"
 trap 'etcd_cleanup; cleanup' EXIT
@@ -175,5 +179,38 @@ check "3: A restarted waits as the standby" wait_ms 15000 waiting_a
 check "3: A gave up the service address it had left" no_svc hub
 check "3: B still leads" b_sending
 check "3: B is still running" kill -0 "$B_PID"
+A_PID=$A2
+
+# 4: the leader cut off from etcd.
+inits4_before="$(node_inits 1) $(node_inits 2)"
+etcd_cut hubb
+t1=$(etcd_ms)
+b_exited() { ! kill -0 "$B_PID" 2>/dev/null; }
+check "4: B, cut off from etcd, stops" wait_ms $((TTL_S * 1000 + 2000)) b_exited
+t_down=$(($(etcd_ms) - t1))
+wait "$B_PID" 2>/dev/null
+b_rc=$?
+check "4: B exits with status 75 (stepped down; rc $b_rc)" test "$b_rc" = 75
+check "4: B gave up the service address" no_svc hubb
+a_serves() { status_of hub "$WORK/hub.sock" >/dev/null; }
+check "4: A leads and serves" wait_ms 10000 a_serves
+t_a=$(($(etcd_ms) - t1))
+check "4: A holds the service address" has_svc hub
+a_sending() {
+	status_of hub "$WORK/hub.sock" | python3 -c "
+import json,sys
+d=json.load(sys.stdin)
+sys.exit(0 if sum(1 for p in d['peers'] if p['tx_spi'] and p['generation']>=1)==$N else 1)"
+}
+check "4: A sends to every node" wait_ms 10000 a_sending
+# B's step-down is logged before A's lead (one clock: the same UML).
+stamp() { grep -m1 "$2" "$1" | cut -d' ' -f1; }
+b_down=$(stamp "$WORK/hubb.log" "stepping down")
+a_lead=$(stamp "$WORK/hub-again.log" "INFO leading")
+check "4: B stepped down ($b_down) before A led ($a_lead)" test -n "$b_down" -a -n "$a_lead" -a "$b_down" \< "$a_lead"
+sleep 3
+inits4_after="$(node_inits 1) $(node_inits 2)"
+check "4: no node re-initialised (inits $inits4_before -> $inits4_after)" test "$inits4_before" = "$inits4_after"
+echo "  leader cut off: B exited after ${t_down} ms, A serving after ${t_a} ms"
 echo "daemon failover: $PASSES passed, $FAILS failed"
-[ "$FAILS" -eq 0 ] || { echo "--- hub A"; tail -n 20 "$WORK/hub.log"; echo "--- hub B"; tail -n 30 "$WORK/hubb.log"; exit 1; }
+[ "$FAILS" -eq 0 ] || { echo "--- hub A"; tail -n 20 "$WORK/hub.log"; echo "--- hub B"; tail -n 30 "$WORK/hubb.log"; echo "--- hub A again"; tail -n 30 "$WORK/hub-again.log"; exit 1; }
