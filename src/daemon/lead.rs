@@ -13,6 +13,7 @@ use tracing::{error, info};
 
 use super::service_addr;
 use crate::config::ServiceAddress;
+use std::path::PathBuf;
 use std::time::Duration;
 
 use crate::state::etcd::{Election, EtcdTarget, Fence};
@@ -28,23 +29,36 @@ pub struct Lead {
     fence: Fence,
     service: Option<ServiceAddress>,
     stopping: Arc<AtomicBool>,
+    lease_file: PathBuf,
 }
 
 impl Lead {
     /// Waits, as a standby, until this hub leads `target`'s prefix; then
     /// takes the service address and arms the step-down. A standby holds
     /// no service address, answers no node and installs nothing.
+    ///
+    /// `lease_file` keeps this run's lease id for the next run on this
+    /// host: a restart after a crash revokes it and need not wait out its
+    /// TTL. It is per host (next to the control socket): only a run whose
+    /// predecessor is dead reads it.
     pub fn campaign(
         target: &EtcdTarget,
         ttl: Duration,
         service: Option<ServiceAddress>,
+        lease_file: PathBuf,
     ) -> anyhow::Result<Lead> {
         if let Some(s) = &service {
             // What a killed leader on this host left behind.
             service_addr::give_up(s);
         }
         let id = format!("{}/{}", hostname(), std::process::id());
-        let mut election = Election::start(target, &id, ttl).context("joining the hub election")?;
+        let previous = std::fs::read_to_string(&lease_file)
+            .ok()
+            .and_then(|s| s.trim().parse::<i64>().ok());
+        let mut election =
+            Election::start(target, &id, ttl, previous).context("joining the hub election")?;
+        std::fs::write(&lease_file, format!("{}\n", election.lease()))
+            .with_context(|| format!("writing {}", lease_file.display()))?;
         info!(
             state = %target,
             id = %id,
@@ -59,6 +73,7 @@ impl Lead {
             fence,
             service,
             stopping,
+            lease_file,
         };
         lead.arm()?;
         if let Some(s) = &lead.service {
@@ -109,6 +124,8 @@ impl Drop for Lead {
         if let Some(s) = &self.service {
             service_addr::give_up(s);
         }
+        // Revoked below: nothing for the next run to revoke.
+        let _ = std::fs::remove_file(&self.lease_file);
         // The election is dropped next, after the address is gone:
         // revoking its lease lets a standby win at once.
         info!(token = self.fence.token(), "giving up the lead");

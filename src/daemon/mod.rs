@@ -769,6 +769,7 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
                 target,
                 cfg.lease_ttl,
                 cfg.service.clone(),
+                cfg.socket.with_extension("lease"),
             )?)
         }
         crate::state::StateConfig::Dir(_) => None,

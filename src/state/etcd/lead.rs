@@ -162,9 +162,17 @@ pub struct Election {
 }
 
 impl Election {
-    /// Connects to `target`, takes a lease of `ttl` and starts campaigning
-    /// for `PREFIX/leader` with `id` (who leads, for operators) as value.
-    pub fn start(target: &EtcdTarget, id: &str, ttl: Duration) -> Result<Election, LeadError> {
+    /// Connects to `target`, revokes `previous` (the lease of this hub's
+    /// own previous run, known dead: a killed leader's successor on the
+    /// same host need not wait out its TTL; an unknown lease is ignored),
+    /// takes a lease of `ttl` and starts campaigning for `PREFIX/leader`
+    /// with `id` (who leads, for operators) as value.
+    pub fn start(
+        target: &EtcdTarget,
+        id: &str,
+        ttl: Duration,
+        previous: Option<i64>,
+    ) -> Result<Election, LeadError> {
         let name = target.to_string();
         let err = |op| {
             let name = name.clone();
@@ -210,6 +218,11 @@ impl Election {
                             return;
                         }
                     };
+                    if let Some(old) = previous {
+                        // Revoking the lease deletes the keys under it: the
+                        // leader key, if the previous run led.
+                        let _ = c.lease_revoke(old).await;
+                    }
                     let g = match c.lease_grant(ttl_s, None).await {
                         Ok(g) => g,
                         Err(e) => {
