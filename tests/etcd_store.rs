@@ -414,3 +414,26 @@ fn etcd_refuses_a_write_with_a_stale_token() {
     let (_, mut loaded) = EtcdStore::open(&t, &key(6)).unwrap();
     assert_eq!(loaded.take("n1").unwrap().as_slice(), b"one");
 }
+
+#[test]
+fn a_standby_whose_lease_is_gone_gives_up_instead_of_waiting_for_ever() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/e5");
+    let mut a = contender(&t, "hub-a");
+    let fa = won_within(&mut a, Duration::from_secs(3)).expect("a leads");
+    let mut b = contender(&t, "hub-b");
+    assert!(won_within(&mut b, Duration::from_millis(300)).is_none());
+    revoke(&t, b.lease());
+    let started = Instant::now();
+    let r = b.wait_won_for(TTL * 2);
+    assert!(
+        r.is_err(),
+        "a standby with a revoked lease ends its campaign: {r:?}"
+    );
+    println!(
+        "standby's lease revoked -> gave up after {:?}",
+        started.elapsed()
+    );
+    // The leader is untouched.
+    assert!(fa.check().is_ok());
+}

@@ -18,7 +18,8 @@ use std::time::Duration;
 
 use crate::state::etcd::{Election, EtcdTarget, Fence};
 
-/// The exit status of a hub that lost the lead (EX_TEMPFAIL: start again).
+/// The exit status of a hub that lost the lead (EX_TEMPFAIL: start again);
+/// also `rotor`'s status when a write was refused for another leader.
 pub const EXIT_STEPPED_DOWN: i32 = 75;
 
 /// This hub's lead, held until [`Lead::step_down`] or the process ends.

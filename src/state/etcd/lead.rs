@@ -357,7 +357,12 @@ async fn run(
         Arc::clone(&fence),
     ));
     let campaign = async {
-        let token = campaign(client.clone(), &key, &id, lease).await;
+        // A lease lost before winning (revoked, expired while etcd was
+        // out of reach) can win nothing: the election ends, and
+        // `wait_won` says so.
+        let Some(token) = campaign(client.clone(), &key, &id, lease, &shared).await else {
+            return;
+        };
         let f = Fence {
             key: key.clone(),
             token,
@@ -384,9 +389,13 @@ async fn run(
     }
 }
 
-/// Tries to create the key until it succeeds; returns its create revision.
-async fn campaign(mut c: Client, key: &str, id: &str, lease: i64) -> i64 {
+/// Tries to create the key until it succeeds; returns its create revision
+/// (`None`: the lease is gone).
+async fn campaign(mut c: Client, key: &str, id: &str, lease: i64, shared: &Shared) -> Option<i64> {
     loop {
+        if shared.lost.load(Ordering::SeqCst) {
+            return None;
+        }
         let txn = Txn::new()
             .when([Compare::create_revision(key, CompareOp::Equal, 0)])
             .and_then([TxnOp::put(
@@ -397,11 +406,11 @@ async fn campaign(mut c: Client, key: &str, id: &str, lease: i64) -> i64 {
         let revision = match c.txn(txn).await {
             Ok(r) if r.succeeded() => {
                 if let Some(h) = r.header() {
-                    return h.revision();
+                    return Some(h.revision());
                 }
                 // Read it back: the create revision is the token.
                 if let Ok(Some(rev)) = create_revision(&mut c, key).await {
-                    return rev;
+                    return Some(rev);
                 }
                 None
             }
