@@ -44,6 +44,8 @@ pub const MARGIN: Duration = Duration::from_millis(500);
 /// etcd's leader makes the hub step down. etcd grants at least its own
 /// minimum (2 s with its default timings); the granted TTL is what counts.
 pub const DEFAULT_TTL: Duration = Duration::from_secs(3);
+/// How long taking the first lease may take, retries included.
+const START_DEADLINE: Duration = Duration::from_secs(5);
 /// How long one request of the election may take.
 const REQUEST: Duration = Duration::from_secs(1);
 
@@ -223,11 +225,21 @@ impl Election {
                         // leader key, if the previous run led.
                         let _ = c.lease_revoke(old).await;
                     }
-                    let g = match c.lease_grant(ttl_s, None).await {
-                        Ok(g) => g,
-                        Err(e) => {
-                            let _ = ready_tx.send(Err(("take a lease", e)));
-                            return;
+                    // Retried for a while: a member that is electing its
+                    // leader (or just started) refuses at first.
+                    let until = Instant::now() + START_DEADLINE;
+                    let mut asked = asked;
+                    let g = loop {
+                        match c.lease_grant(ttl_s, None).await {
+                            Ok(g) => break g,
+                            Err(e) if Instant::now() >= until => {
+                                let _ = ready_tx.send(Err(("take a lease", e)));
+                                return;
+                            }
+                            Err(_) => {
+                                tokio::time::sleep(Duration::from_millis(100)).await;
+                                asked = Instant::now();
+                            }
                         }
                     };
                     let lease = Lease {
