@@ -37,6 +37,8 @@ command -v iptables-legacy >/dev/null || need_pkgs+=(iptables)
 command -v ipset >/dev/null || need_pkgs+=(ipset)
 command -v modprobe >/dev/null || need_pkgs+=(kmod)
 command -v ping >/dev/null || need_pkgs+=(iputils-ping)
+# The active hub of a failover pair announces the service address with it.
+command -v arping >/dev/null || need_pkgs+=(iputils-arping)
 command -v python3 >/dev/null || need_pkgs+=(python3)
 command -v promtool >/dev/null || need_pkgs+=(prometheus)
 command -v debootstrap >/dev/null || need_pkgs+=(debootstrap)

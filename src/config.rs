@@ -34,7 +34,7 @@ mod values;
 
 pub use values::NAME_MAX;
 use values::{
-    BoundedDuration, BoundedInt, DurationError, FilePath, HostAddr, HubEndpoint, KeyBits,
+    BoundedDuration, BoundedInt, DurationError, FilePath, HostAddr, HubEndpoint, IfName, KeyBits,
     MetricsListen, ModeName, Name, StateUrl, Subnet, fmt_ms, parse_ms,
 };
 
@@ -106,6 +106,9 @@ type InitSkew = BoundedDuration<INIT_SKEW_MIN_MS, INIT_SKEW_MAX_MS>;
 type RatchetEpoch = BoundedDuration<0, { rotor_core::config::MAX_RATCHET_EPOCH_MS }>;
 /// 1 (every rotation) to 16 rotations per X25519 ratchet step.
 type RatchetEvery = BoundedInt<u32, 1, { rotor_core::config::MAX_RATCHET_EVERY as u64 }>;
+/// 2 to 60 s: the leader lease of a hub whose state is in etcd (whole
+/// seconds count: etcd grants leases in seconds).
+type LeaseTtl = BoundedDuration<2_000, 60_000>;
 type HelloInterval = BoundedDuration<HELLO_INTERVAL_MIN_MS, HELLO_INTERVAL_MAX_MS>;
 /// A UDP port; 0 would mean "any port" to the socket layer, never a hub's.
 type Port = BoundedInt<u16, 1, { u16::MAX as u64 }>;
@@ -230,8 +233,23 @@ pub struct HubConfig {
     pub metrics_per_node: bool,
     /// The tools of the clear-text guard, or off ([`crate::guard`]).
     pub guard: GuardBackend,
+    /// The TTL of the leader lease (etcd state only).
+    pub lease_ttl: Duration,
+    /// The address that moves with the active hub of a failover pair
+    /// (`None`: this hub holds `address` itself).
+    pub service: Option<ServiceAddress>,
     /// The nodes.
     pub nodes: Vec<HubPeer>,
+}
+
+/// `hub.service_address` on `hub.service_interface`: added by the hub that
+/// leads, removed by one that steps down. Its address is `hub.address`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ServiceAddress {
+    /// The address and its prefix on the link.
+    pub net: IpNet,
+    /// The interface it goes on.
+    pub interface: String,
 }
 
 /// A validated node configuration.
@@ -311,6 +329,9 @@ struct HubSection {
     metrics_per_node: Option<bool>,
     guard: Option<GuardBackend>,
     keys_file: Option<FilePath>,
+    service_address: Option<Subnet>,
+    service_interface: Option<IfName>,
+    lease_ttl: Option<LeaseTtl>,
 }
 
 #[derive(Deserialize)]
@@ -717,6 +738,7 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         .state_dir
         .map_or_else(|| PathBuf::from(DEFAULT_STATE_DIR), |p| p.0);
     let state = hub_state(&cx, h.state, h.state_key_file, state_dir_given, &state_dir)?;
+    let service = service_address(&cx, h.service_address, h.service_interface, &state, address)?;
     Ok(HubConfig {
         address,
         port: h.port.map_or(DEFAULT_PORT, |p| p.0),
@@ -742,8 +764,47 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         metrics: h.metrics.map(|m| m.0),
         metrics_per_node: h.metrics_per_node.unwrap_or(false),
         guard: h.guard.unwrap_or(GuardBackend::Iptables),
+        service,
+        lease_ttl: h
+            .lease_ttl
+            .map_or(crate::state::etcd::lead::DEFAULT_TTL, |d| d.0),
         nodes,
     })
+}
+
+/// `hub.service_address` and `hub.service_interface`: both or neither,
+/// only with an etcd state (one leader among hubs), and the address is
+/// `hub.address` (what the nodes and the SAs use).
+fn service_address(
+    cx: &Ctx<'_>,
+    net: Option<Subnet>,
+    interface: Option<IfName>,
+    state: &StateConfig,
+    address: IpAddr,
+) -> Result<Option<ServiceAddress>, ConfigError> {
+    match (net, interface) {
+        (None, None) => Ok(None),
+        (Some(_), None) => Err(cx.err(
+            "hub.service_interface",
+            "needed with service_address: the interface the address goes on".to_string(),
+        )),
+        (None, Some(_)) => Err(cx.err(
+            "hub.service_address",
+            "needed with service_interface: ADDRESS/PREFIX".to_string(),
+        )),
+        (Some(_), Some(_)) if !matches!(state, StateConfig::Etcd { .. }) => Err(cx.err(
+            "hub.service_address",
+            "only used with state = \"etcd://...\" (hubs that elect a leader)".to_string(),
+        )),
+        (Some(Subnet(net)), Some(_)) if net.addr != address => Err(cx.err(
+            "hub.service_address",
+            format!(
+                "{} is not hub.address ({address}): nodes reach the hub at the service address",
+                net.addr
+            ),
+        )),
+        (Some(Subnet(net)), Some(IfName(interface))) => Ok(Some(ServiceAddress { net, interface })),
+    }
 }
 
 /// `hub.state` and `hub.state_key_file`: both or neither; with an etcd
@@ -1092,6 +1153,47 @@ mode = "transport"
         // The default: the file store in state_dir.
         let c = load_hub(&setup(MINIMAL).1).unwrap();
         assert_eq!(c.state, StateConfig::Dir(PathBuf::from(DEFAULT_STATE_DIR)));
+    }
+
+    #[test]
+    fn a_service_address_needs_its_interface_etcd_and_the_hub_address() {
+        let with = |extra: &str| {
+            MINIMAL.replace(
+                "socket = \"/run/rotor/hub.sock\"",
+                &format!("socket = \"/run/rotor/hub.sock\"\n{extra}"),
+            )
+        };
+        const ETCD: &str = "state = \"etcd://e1/r\"\nstate_key_file = \"mn2.key\"\n";
+        let t = with(&format!(
+            "{ETCD}service_address = \"10.9.0.1/24\"\nservice_interface = \"veth0\""
+        ));
+        let (_d, f) = setup(&t);
+        let c = load_hub(&f).unwrap();
+        let s = c.service.expect("a service address");
+        assert_eq!(
+            (s.net.to_string(), s.interface.as_str()),
+            ("10.9.0.1/24".into(), "veth0")
+        );
+        assert_eq!(load_hub(&setup(MINIMAL).1).unwrap().service, None);
+        let e = err_of(&with(&format!("{ETCD}service_address = \"10.9.0.1/24\"")));
+        assert!(e.contains("hub.service_interface: needed with"), "{e}");
+        let e = err_of(&with(&format!("{ETCD}service_interface = \"veth0\"")));
+        assert!(e.contains("hub.service_address: needed with"), "{e}");
+        let e = err_of(&with(
+            "service_address = \"10.9.0.1/24\"\nservice_interface = \"veth0\"",
+        ));
+        assert!(
+            e.contains("hub.service_address: only used with state"),
+            "{e}"
+        );
+        let e = err_of(&with(&format!(
+            "{ETCD}service_address = \"10.9.0.7/24\"\nservice_interface = \"veth0\""
+        )));
+        assert!(e.contains("10.9.0.7 is not hub.address (10.9.0.1)"), "{e}");
+        let e = err_of(&with(&format!(
+            "{ETCD}service_address = \"10.9.0.1/24\"\nservice_interface = \"a b\""
+        )));
+        assert!(e.contains("is not an interface name"), "{e}");
     }
 
     #[test]

@@ -25,6 +25,9 @@ const FAILED: u8 = 1;
 const USAGE: u8 = 2;
 /// Exit status when no daemon answers on the control socket.
 const NOT_RUNNING: u8 = 3;
+/// A hub that lost the lead of its etcd prefix
+/// ([`rotor::daemon::lead::EXIT_STEPPED_DOWN`]).
+const STEPPED_DOWN: u8 = 75;
 
 fn genkey() -> anyhow::Result<()> {
     let mut key = Zeroizing::new([0u8; keyfile::KEY_LEN]);
@@ -232,6 +235,21 @@ fn exit_status(e: &anyhow::Error) -> u8 {
         }
         if cause.is::<ConfigError>() || cause.is::<FilterError>() || cause.is::<Ambiguous>() {
             return USAGE;
+        }
+        // A hub whose write was refused because another leads stepped
+        // down: the same status as its watchdog's (start again, as a
+        // standby).
+        let fenced = matches!(
+            cause.downcast_ref::<rotor::state::StateError>(),
+            Some(rotor::state::StateError::Etcd(
+                rotor::state::etcd::EtcdError::Fenced { .. }
+            ))
+        ) || matches!(
+            cause.downcast_ref::<rotor::state::etcd::EtcdError>(),
+            Some(rotor::state::etcd::EtcdError::Fenced { .. })
+        );
+        if fenced {
+            return STEPPED_DOWN;
         }
     }
     FAILED

@@ -269,6 +269,8 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
         metrics: None,
         metrics_per_node: false,
         guard: rotor::guard::GuardBackend::Off,
+        service: None,
+        lease_ttl: rotor::state::etcd::lead::DEFAULT_TTL,
         nodes: (0..nodes)
             .map(|i| HubPeer {
                 name: format!("n{i}"),

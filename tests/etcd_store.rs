@@ -232,3 +232,208 @@ fn no_etcd_at_the_address_is_an_error_naming_the_cluster() {
         "{msg}"
     );
 }
+
+// --- Leader election and fencing -------------------------------------------
+
+use rotor::state::etcd::{Election, Fence};
+
+const TTL: Duration = Duration::from_secs(2);
+// (etcd's minimum with its default timings: the fastest takeover.)
+
+fn contender(t: &EtcdTarget, id: &str) -> Election {
+    Election::start(t, id, TTL, None).expect("a lease from etcd")
+}
+
+/// Waits up to `limit` for `e` to win.
+fn won_within(e: &mut Election, limit: Duration) -> Option<Fence> {
+    e.wait_won_for(limit).expect("the campaign runs")
+}
+
+/// Revokes `lease` from another client, as an operator (or etcd expiring
+/// it) would.
+fn revoke(t: &EtcdTarget, lease: i64) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(&t.endpoints, None)
+            .await
+            .unwrap();
+        c.lease_revoke(lease).await.unwrap();
+    });
+}
+
+fn put_one(s: &mut EtcdStore, name: &str, v: &[u8]) -> Result<(), EtcdError> {
+    let mut b = s.batch()?;
+    b.put(name, v)?;
+    b.commit()
+}
+
+#[test]
+fn of_two_contenders_exactly_one_leads_and_a_clean_step_down_hands_over_at_once() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/e1");
+    let mut a = contender(&t, "hub-a");
+    let mut b = contender(&t, "hub-b");
+    assert_eq!(a.ttl(), TTL, "etcd granted the TTL asked for");
+    let fa = won_within(&mut a, Duration::from_secs(3));
+    let fb = won_within(&mut b, Duration::from_secs(1));
+    assert!(
+        fa.is_some() != fb.is_some(),
+        "exactly one leads: a {fa:?}, b {fb:?}"
+    );
+    // Whoever lost keeps waiting while the winner lives (longer than a TTL:
+    // the keep-alives hold the lease).
+    let (mut winner, mut loser, fence) = match (fa, fb) {
+        (Some(f), None) => (a, b, f),
+        (None, Some(f)) => (b, a, f),
+        _ => unreachable!(),
+    };
+    assert!(
+        won_within(&mut loser, TTL * 2).is_none(),
+        "a live leader keeps the lead"
+    );
+    assert!(fence.check().is_ok());
+    assert!(
+        winner.wait_won_for(Duration::from_millis(10)).is_err(),
+        "a contender wins once"
+    );
+    // A clean step-down revokes the lease: the other leads at once, with a
+    // later token.
+    let started = Instant::now();
+    drop(winner);
+    assert!(fence.check().is_err(), "the old fence is void");
+    let next = won_within(&mut loser, Duration::from_secs(1)).expect("takes over");
+    println!("hand-over after a clean step-down: {:?}", started.elapsed());
+    assert!(next.token() > fence.token());
+}
+
+#[test]
+fn a_crashed_leader_is_replaced_after_its_lease_runs_out_and_steps_down_first() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/e2");
+    let key = key(5);
+    let mut a = contender(&t, "hub-a");
+    let fa = won_within(&mut a, Duration::from_secs(3)).expect("alone, a leads");
+    let (mut sa, _) = EtcdStore::open(&t, &key).unwrap();
+    sa.set_fence(fa.clone());
+    put_one(&mut sa, "n1", b"from-a-1").expect("the leader writes");
+    let mut b = contender(&t, "hub-b");
+    // A crash: no more keep-alives, the lease is not revoked.
+    let crashed = Instant::now();
+    a.abandon();
+    let watch = fa.clone();
+    let stepped = std::thread::spawn(move || {
+        let why = watch.wait_lost();
+        (Instant::now(), why)
+    });
+    let fb = won_within(&mut b, TTL + Duration::from_secs(2)).expect("b takes over");
+    let won_at = Instant::now();
+    let (down_at, why) = stepped.join().unwrap();
+    println!(
+        "crash -> a stepped down {:?}, b leads {:?} (TTL {TTL:?}); a: {why}",
+        down_at - crashed,
+        won_at - crashed
+    );
+    assert!(
+        down_at < won_at,
+        "the old leader stops acting before the new one leads"
+    );
+    assert!(
+        won_at - crashed <= TTL + Duration::from_millis(1500),
+        "takeover within TTL + etcd's expiry check + campaign"
+    );
+    // The old leader's write is refused and says why; nothing of it lands.
+    let e = put_one(&mut sa, "n1", b"from-a-2").expect_err("a no longer leads");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, EtcdError::Fenced { .. }) && msg.contains("no longer leads"),
+        "{msg}"
+    );
+    let (mut sb, mut loaded) = EtcdStore::open(&t, &key).unwrap();
+    assert_eq!(loaded.take("n1").unwrap().as_slice(), b"from-a-1");
+    sb.set_fence(fb);
+    put_one(&mut sb, "n1", b"from-b-1").expect("the new leader writes");
+}
+
+#[test]
+fn a_restart_revoking_its_previous_lease_leads_at_once() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/e4");
+    let mut a = contender(&t, "hub-a");
+    let fa = won_within(&mut a, Duration::from_secs(3)).expect("a leads");
+    let (mut sa, _) = EtcdStore::open(&t, &key(7)).unwrap();
+    sa.set_fence(fa.clone());
+    put_one(&mut sa, "n1", b"one").unwrap();
+    let old = a.lease();
+    a.abandon();
+    let started = Instant::now();
+    let mut again = Election::start(&t, "hub-a", TTL, Some(old)).unwrap();
+    let f = won_within(&mut again, Duration::from_secs(1)).expect("leads at once");
+    println!(
+        "restart after a crash -> leading after {:?}",
+        started.elapsed()
+    );
+    assert!(f.token() > fa.token());
+    // The old fence's clock has not run out yet (nothing watches for it
+    // any more): etcd itself refuses its write, by the token.
+    assert!(fa.check().is_ok(), "still within its clock");
+    let e = put_one(&mut sa, "n1", b"two").expect_err("a stale token");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, EtcdError::Fenced { .. })
+            && msg.contains(&format!("no longer holds this hub's token {}", fa.token())),
+        "{msg}"
+    );
+    let (_, mut loaded) = EtcdStore::open(&t, &key(7)).unwrap();
+    assert_eq!(loaded.take("n1").unwrap().as_slice(), b"one");
+}
+
+#[test]
+fn etcd_refuses_a_write_with_a_stale_token() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/e3");
+    let mut a = contender(&t, "hub-a");
+    let fa = won_within(&mut a, Duration::from_secs(3)).expect("a leads");
+    let (mut sa, _) = EtcdStore::open(&t, &key(6)).unwrap();
+    sa.set_fence(fa.clone());
+    put_one(&mut sa, "n1", b"one").unwrap();
+    let mut b = contender(&t, "hub-b");
+    // The lease killed in etcd: the key goes at once, b campaigns on its
+    // deletion; a learns it from its watch or its next keep-alive.
+    let killed = Instant::now();
+    revoke(&t, a.lease());
+    let fb = won_within(&mut b, Duration::from_secs(2)).expect("b takes over");
+    println!("lease revoked -> b leads after {:?}", killed.elapsed());
+    assert!(fb.token() > fa.token());
+    let e = put_one(&mut sa, "n1", b"two").expect_err("stale token");
+    assert!(matches!(e, EtcdError::Fenced { .. }), "{e}");
+    // A later batch is refused too (the store is failed, not retried).
+    assert!(sa.batch().is_err());
+    let (_, mut loaded) = EtcdStore::open(&t, &key(6)).unwrap();
+    assert_eq!(loaded.take("n1").unwrap().as_slice(), b"one");
+}
+
+#[test]
+fn a_standby_whose_lease_is_gone_gives_up_instead_of_waiting_for_ever() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/e5");
+    let mut a = contender(&t, "hub-a");
+    let fa = won_within(&mut a, Duration::from_secs(3)).expect("a leads");
+    let mut b = contender(&t, "hub-b");
+    assert!(won_within(&mut b, Duration::from_millis(300)).is_none());
+    revoke(&t, b.lease());
+    let started = Instant::now();
+    let r = b.wait_won_for(TTL * 2);
+    assert!(
+        r.is_err(),
+        "a standby with a revoked lease ends its campaign: {r:?}"
+    );
+    println!(
+        "standby's lease revoked -> gave up after {:?}",
+        started.elapsed()
+    );
+    // The leader is untouched.
+    assert!(fa.check().is_ok());
+}

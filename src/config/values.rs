@@ -395,6 +395,27 @@ impl<'de> Deserialize<'de> for Subnet {
     }
 }
 
+/// A network interface name as the kernel takes it: 1 to 15 bytes, no
+/// `/`, `:`, white space or NUL.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct IfName(pub String);
+
+impl<'de> Deserialize<'de> for IfName {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        let ok = (1..=15).contains(&s.len())
+            && s.bytes()
+                .all(|b| b.is_ascii_graphic() && b != b'/' && b != b':');
+        if ok {
+            Ok(IfName(s))
+        } else {
+            Err(de::Error::custom(format!(
+                "{s:?} is not an interface name (1-15 characters, no '/', ':' or space)"
+            )))
+        }
+    }
+}
+
 /// Where a hub keeps its records when not in files:
 /// `etcd://HOST:PORT[,HOST:PORT...]/PREFIX` ([`EtcdTarget::parse`]).
 #[derive(Clone, Debug, PartialEq, Eq)]

@@ -30,6 +30,7 @@ pub mod control_server;
 pub mod event_loop;
 pub mod hub;
 pub mod kernel;
+pub mod lead;
 pub mod log;
 pub mod metrics;
 pub mod node;
@@ -41,6 +42,7 @@ pub mod reload;
 pub mod retry;
 pub mod role;
 pub mod route_watch;
+pub mod service_addr;
 pub mod shutdown;
 pub mod summary;
 
@@ -759,7 +761,24 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     let metrics = cfg.metrics.map(|at| (at, cfg.metrics_per_node));
     let guard = Guard::new(cfg.guard, own, port);
     let fixed = reload::HubFixed::of(&cfg);
-    let (store, mut loaded) = crate::state::open(&cfg.state, "hub")?;
+    let lead = match &cfg.state {
+        crate::state::StateConfig::Etcd { target, .. } => {
+            // A standby refuses a wrong cluster key now, not at takeover.
+            drop(crate::state::open(&cfg.state, "hub")?);
+            Some(lead::Lead::campaign(
+                target,
+                cfg.lease_ttl,
+                cfg.service.clone(),
+                cfg.socket.with_extension("lease"),
+            )?)
+        }
+        crate::state::StateConfig::Dir(_) => None,
+    };
+    // Read after winning: every record the previous leader wrote is in.
+    let (mut store, mut loaded) = crate::state::open(&cfg.state, "hub")?;
+    if let (crate::state::Backend::Etcd(s), Some(l)) = (&mut store, &lead) {
+        s.set_fence(l.fence());
+    }
     info!(records = loaded.len(), state = %state_name(&cfg.state), "state read");
     let _reqids = lock_reqids(Path::new(SOCKET_DIR), own.base())?;
     let (mut role, peers, report) = hub_parts(cfg, own, Some(&mut loaded))?;
@@ -785,7 +804,11 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     life.hangup = Some(hangup);
     life.guard = guard;
     info!(%address, port, nodes, socket = %socket.display(), "hub starting");
-    run_role(role, xfrm, peers, udp, listener, life, &socket).await
+    let r = run_role(role, xfrm, peers, udp, listener, life, &socket).await;
+    if let Some(l) = lead {
+        l.step_down();
+    }
+    r
 }
 
 /// Where a hub's records live, for its log lines.

@@ -51,6 +51,7 @@ pub struct HubFixed {
     metrics: Option<SocketAddr>,
     metrics_per_node: bool,
     guard: GuardBackend,
+    service: Option<crate::config::ServiceAddress>,
 }
 
 impl HubFixed {
@@ -68,6 +69,7 @@ impl HubFixed {
             metrics: cfg.metrics,
             metrics_per_node: cfg.metrics_per_node,
             guard: cfg.guard,
+            service: cfg.service.clone(),
         }
     }
 
@@ -93,6 +95,7 @@ impl HubFixed {
         c(self.replay_window == new.replay_window, "hub.replay_window");
         c(self.priority == new.priority, "hub.priority");
         c(self.guard == new.guard, "hub.guard");
+        c(self.service == new.service, "hub.service_address");
         v
     }
 }

@@ -27,10 +27,14 @@
 //! view), and opens each; a record that does not open is an error naming
 //! its key, never skipped.
 //!
-//! # What it does not do (yet)
-//! No lock: two hubs on one prefix would both write. Leader election with a
-//! lease (one writer) is the next step of hub failover.
+//! # One writer
+//! Hubs sharing a prefix elect one leader ([`lead`]); a store given the
+//! leader's [`Fence`] ([`EtcdStore::set_fence`]) makes every transaction
+//! conditional on `PREFIX/leader` still carrying the fence's token, and
+//! refuses a commit ([`EtcdError::Fenced`]) when etcd found it otherwise or
+//! the fence's own clock ran out: the burst's datagrams never leave then.
 
+pub mod lead;
 pub mod seal;
 pub mod target;
 mod worker;
@@ -41,8 +45,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use etcd_client::{
-    Client, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp, TxnResponse,
+    Client, Compare, CompareOp, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
+    TxnResponse,
 };
+
+pub use lead::{Election, Fence, LeadError};
 
 pub use seal::{ClusterKey, OpenError, SealError, Sealer};
 pub use target::EtcdTarget;
@@ -121,6 +128,16 @@ pub enum EtcdError {
         #[source]
         source: SealError,
     },
+    /// This hub no longer leads: etcd refused the write (the leader key is
+    /// gone or another hub's) or the leader lease's clock ran out. Nothing
+    /// of the batch may be acted upon.
+    #[error("{target}: write refused: {why}")]
+    Fenced {
+        /// The state URL.
+        target: String,
+        /// Why, naming the token and the leader key.
+        why: String,
+    },
     /// An earlier write failed; what etcd holds is known only to a reopen.
     #[error(
         "{target}: an earlier write failed, so the store accepts no more writes; restart rotor to reload it"
@@ -150,6 +167,7 @@ pub struct EtcdStore {
     worker: Worker,
     failed: bool,
     last: CommitStats,
+    fence: Option<Fence>,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -183,6 +201,7 @@ impl EtcdStore {
             worker,
             failed: false,
             last: CommitStats::default(),
+            fence: None,
         };
         let records = store.load().map_err(req("read the records"))?;
         let mut out = HashMap::with_capacity(records.len());
@@ -257,13 +276,29 @@ impl EtcdStore {
         self.last
     }
 
+    /// Makes every later write conditional on `fence` (this hub leads).
+    pub fn set_fence(&mut self, fence: Fence) {
+        self.fence = Some(fence);
+    }
+
     fn check_usable(&self) -> Result<(), EtcdError> {
         if self.failed {
             return Err(EtcdError::Failed {
                 target: self.target.clone(),
             });
         }
-        Ok(())
+        self.check_fence()
+    }
+
+    /// `Ok` without a fence or while it holds.
+    fn check_fence(&self) -> Result<(), EtcdError> {
+        match &self.fence {
+            Some(f) => f.check().map_err(|why| EtcdError::Fenced {
+                target: self.target.clone(),
+                why,
+            }),
+            None => Ok(()),
+        }
     }
 
     fn check_key(&self, key: &str) -> Result<(), EtcdError> {
@@ -400,14 +435,40 @@ impl EtcdBatch<'_> {
         let mut stats = self.stats;
         stats.requests = self.txns.len();
         let txns = Arc::new(std::mem::take(&mut self.txns));
+        let when: Arc<Vec<Compare>> = Arc::new(
+            self.store
+                .fence
+                .iter()
+                .map(|f| Compare::create_revision(f.key(), CompareOp::Equal, f.token()))
+                .collect(),
+        );
         let r = self.store.worker.call(WRITE_DEADLINE, move |c: Client| {
-            let txns = Arc::clone(&txns);
-            send_all(c, txns)
+            send_all(c, Arc::clone(&txns), Arc::clone(&when))
         });
         match r {
-            Ok(()) => {
+            Ok(true) => {
+                // Acknowledged, but acted upon only while still leading.
+                if let Err(e) = self.store.check_fence() {
+                    self.store.failed = true;
+                    return Err(e);
+                }
                 self.store.last = stats;
                 Ok(())
+            }
+            Ok(false) => {
+                self.store.failed = true;
+                let why = match &self.store.fence {
+                    Some(f) => format!(
+                        "{} no longer holds this hub's token {} (another hub leads, or none)",
+                        f.key(),
+                        f.token()
+                    ),
+                    None => "a transaction's condition failed".into(),
+                };
+                Err(EtcdError::Fenced {
+                    target: self.store.target.clone(),
+                    why,
+                })
             }
             Err(source) => {
                 self.store.failed = true;
@@ -422,22 +483,29 @@ impl EtcdBatch<'_> {
 }
 
 /// Sends every transaction at once (they pipeline over the client's
-/// connections) and waits for all; the first error fails the lot.
-async fn send_all(c: Client, txns: Arc<Vec<Vec<TxnOp>>>) -> Result<(), etcd_client::Error> {
+/// connections), each under the conditions `when`, and waits for all; the
+/// first error fails the lot. `Ok(false)`: a condition failed in at least
+/// one (its puts were not applied).
+async fn send_all(
+    c: Client,
+    txns: Arc<Vec<Vec<TxnOp>>>,
+    when: Arc<Vec<Compare>>,
+) -> Result<bool, etcd_client::Error> {
     let mut set = tokio::task::JoinSet::new();
     for ops in txns.iter() {
         let mut c = c.clone();
-        let txn = Txn::new().and_then(ops.clone());
-        set.spawn(async move { c.txn(txn).await.map(|_: TxnResponse| ()) });
+        let txn = Txn::new().when(when.as_slice()).and_then(ops.clone());
+        set.spawn(async move { c.txn(txn).await.map(|r: TxnResponse| r.succeeded()) });
     }
+    let mut all = true;
     while let Some(done) = set.join_next().await {
         match done {
-            Ok(Ok(())) => {}
+            Ok(Ok(ok)) => all &= ok,
             Ok(Err(e)) => return Err(e),
             Err(e) => return Err(etcd_client::Error::IoError(std::io::Error::other(e))),
         }
     }
-    Ok(())
+    Ok(all)
 }
 
 #[cfg(test)]
