@@ -129,24 +129,29 @@ impl Dumped {
         }
     }
 
-    /// Keeps every dumped object of `pk`'s reqid, and its policies by id
-    /// (a blocking policy carries no template, so no reqid).
-    fn keep_peer(&mut self, pk: &PeerKernel) {
+    /// Keeps every dumped object of the peers `skipped`: those of their
+    /// reqids (`reqids`, sorted) in one sweep of the dump, whatever the
+    /// number of peers, and their policies by id (a blocking policy
+    /// carries no template, so no reqid).
+    fn keep_peers<'a>(&mut self, reqids: &[u32], skipped: impl Iterator<Item = &'a PeerKernel>) {
+        let has = |q: u32| reqids.binary_search(&q).is_ok();
         for (s, keep) in self.sas.iter().zip(self.keep_sas.iter_mut()) {
-            *keep |= s.reqid == pk.reqid;
+            *keep |= has(s.reqid);
         }
         for (p, keep) in self.policies.iter().zip(self.keep_policies.iter_mut()) {
-            *keep |= p.templates.iter().any(|t| t.1 == pk.reqid);
+            *keep |= p.templates.iter().any(|t| has(t.1));
         }
-        for op in pk
-            .inbound_policies()
-            .into_iter()
-            .chain(pk.set_outbound(None))
-        {
-            if let Op::UpdatePolicy(spec) = &op
-                && let Some(k) = self.policy(&spec.id)
+        for pk in skipped {
+            for op in pk
+                .inbound_policies()
+                .into_iter()
+                .chain(pk.set_outbound(None))
             {
-                self.keep_policies[k] = true;
+                if let Op::UpdatePolicy(spec) = &op
+                    && let Some(k) = self.policy(&spec.id)
+                {
+                    self.keep_policies[k] = true;
+                }
             }
         }
     }
@@ -263,7 +268,25 @@ fn compare<R: Role, K: Kernel>(
     for id in linger {
         d.keep_sa(id);
     }
-    let mut skipped = 0usize;
+    // Peers our own operations changed while the dump ran: left alone.
+    let skip: Vec<bool> = match since {
+        Some(m) => (0..role.peer_count())
+            .map(|i| kx.touched_since(i, m))
+            .collect(),
+        None => Vec::new(),
+    };
+    let skipped = skip.iter().filter(|&&s| s).count();
+    if skipped > 0 {
+        let skipped_peers = || {
+            skip.iter()
+                .enumerate()
+                .filter(|(_, s)| **s)
+                .filter_map(|(i, _)| kx.peer(i))
+        };
+        let mut reqids: Vec<u32> = skipped_peers().map(|p| p.reqid).collect();
+        reqids.sort_unstable();
+        d.keep_peers(&reqids, skipped_peers());
+    }
     // Generations in their grace period stay until the machine deletes them.
     role.for_each_retiring(&mut |i, spi| {
         if let Some(pk) = kx.peer(i) {
@@ -281,11 +304,7 @@ fn compare<R: Role, K: Kernel>(
         ops.clear();
         for i in first..end {
             let peer = PeerId(i as u32);
-            if since.is_some_and(|m| kx.touched_since(i, m)) {
-                if let Some(pk) = kx.peer(i) {
-                    d.keep_peer(pk);
-                }
-                skipped += 1;
+            if skip.get(i).copied().unwrap_or(false) {
                 continue;
             }
             let Some(mut view) = role.kernel_view(i) else {
