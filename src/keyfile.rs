@@ -100,6 +100,13 @@ pub struct KeyReader {
 impl KeyReader {
     /// Reads and checks the key file at `path` (see [`read_key`]).
     pub fn read(&mut self, path: &Path) -> Result<Zeroizing<[u8; KEY_LEN]>, KeyFileError> {
+        self.check_parent(path)?;
+        read_file(path)
+    }
+
+    /// Checks the directories on the way to `path` ([`Self::check_dirs`]),
+    /// once per directory.
+    fn check_parent(&mut self, path: &Path) -> Result<(), KeyFileError> {
         let parent = match path.parent() {
             Some(p) if !p.as_os_str().is_empty() => p,
             _ => Path::new("."),
@@ -108,7 +115,7 @@ impl KeyReader {
             self.check_dirs(path, parent)?;
             self.safe_dirs.insert(parent.to_path_buf());
         }
-        read_file(path)
+        Ok(())
     }
 
     /// Every directory from the file's (resolved) parent up to `/` must
@@ -176,14 +183,7 @@ impl KeyReader {
     /// its content.
     pub fn read_keys(&mut self, path: &Path) -> Result<Keys, KeyFileError> {
         use std::io::Read;
-        let parent = match path.parent() {
-            Some(p) if !p.as_os_str().is_empty() => p,
-            _ => Path::new("."),
-        };
-        if !self.safe_dirs.contains(parent) {
-            self.check_dirs(path, parent)?;
-            self.safe_dirs.insert(parent.to_path_buf());
-        }
+        self.check_parent(path)?;
         let read_err = |source| KeyFileError::Read {
             path: path.to_path_buf(),
             source,

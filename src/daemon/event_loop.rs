@@ -294,15 +294,7 @@ pub async fn run<R: Role, K: Kernel>(
             match pass {
                 Ok(report) => {
                     if std::mem::take(&mut life.first_pass_deferred) {
-                        info!(
-                            adopted_policies = report.adopted(),
-                            created_policies = report.created.len(),
-                            lost_sas = report.sas_lost,
-                            stale_sas = report.stale_sas,
-                            stale_policies = report.stale_policies,
-                            refused = report.refused,
-                            "kernel state adopted (while serving)"
-                        );
+                        report.log_adopted(true);
                     }
                     execute(role, kernel, udp, now, life, &mut actions, &mut book).await?
                 }

@@ -208,14 +208,7 @@ fn first_pass<R: Role, K: Kernel>(
             report.refused
         );
     }
-    info!(
-        adopted_policies = report.adopted(),
-        created_policies = report.created.len(),
-        lost_sas = report.sas_lost,
-        stale_sas = report.stale_sas,
-        stale_policies = report.stale_policies,
-        "kernel state adopted"
-    );
+    report.log_adopted(false);
     Ok(())
 }
 

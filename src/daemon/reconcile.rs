@@ -65,6 +65,21 @@ impl Report {
         self.policies_kept
     }
 
+    /// Logs what a start-up's pass took over and did (`while_serving`: a
+    /// restart's pass, run from the loop after the daemon began to answer).
+    pub fn log_adopted(&self, while_serving: bool) {
+        info!(
+            adopted_policies = self.adopted(),
+            created_policies = self.created.len(),
+            lost_sas = self.sas_lost,
+            stale_sas = self.stale_sas,
+            stale_policies = self.stale_policies,
+            refused = self.refused,
+            while_serving,
+            "kernel state adopted"
+        );
+    }
+
     /// Whether the pass changed anything.
     pub fn changed(&self) -> bool {
         self.sas_lost + self.policies_written + self.stale_sas + self.stale_policies > 0
