@@ -30,6 +30,7 @@ use crate::state::StateConfig;
 use crate::state::etcd::ClusterKey;
 use rotor_xfrm::IpNet;
 
+mod node_tables;
 mod values;
 
 pub use values::NAME_MAX;
@@ -176,6 +177,35 @@ pub enum PeerMode {
     },
 }
 
+/// A pre-shared init key as read from its key file. Zeroized on drop;
+/// `Debug` shows only a 4-byte fingerprint, so a configuration printed for
+/// debugging never carries a key.
+pub struct InitKey(Zeroizing<[u8; KEY_LEN]>);
+
+impl std::ops::Deref for InitKey {
+    type Target = [u8; KEY_LEN];
+
+    fn deref(&self) -> &[u8; KEY_LEN] {
+        &self.0
+    }
+}
+
+impl From<Zeroizing<[u8; KEY_LEN]>> for InitKey {
+    fn from(key: Zeroizing<[u8; KEY_LEN]>) -> InitKey {
+        InitKey(key)
+    }
+}
+
+impl fmt::Debug for InitKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "InitKey(fp={})",
+            rotor_core::secret::fingerprint(&self.0[..])
+        )
+    }
+}
+
 /// Settings of one node as the hub sees it.
 #[derive(Debug)]
 pub struct HubPeer {
@@ -187,7 +217,7 @@ pub struct HubPeer {
     /// messages, and followed when it moves.
     pub address: Option<IpAddr>,
     /// Pre-shared init key.
-    pub psk: Zeroizing<[u8; KEY_LEN]>,
+    pub psk: InitKey,
     /// Mode and subnets (local = behind the hub).
     pub mode: PeerMode,
     /// Hub-driven rotation period for this node.
@@ -269,7 +299,7 @@ pub struct NodeConfig {
     /// resolved again whenever the hub stops answering.
     pub hub_name: Option<String>,
     /// Pre-shared init key.
-    pub psk: Zeroizing<[u8; KEY_LEN]>,
+    pub psk: InitKey,
     /// Keepalive period.
     pub hello_interval: Duration,
     /// Unanswered hellos before falling back to init.
@@ -334,7 +364,7 @@ struct HubSection {
     lease_ttl: Option<LeaseTtl>,
 }
 
-#[derive(Deserialize)]
+#[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct NodeEntry {
     name: Name,
@@ -467,7 +497,10 @@ pub enum Role {
 #[derive(Debug)]
 pub struct ConfigFile {
     file: PathBuf,
+    /// The whole document, or only its head when `nodes` holds the
+    /// `[[node]]` tables (see `node_tables`).
     table: toml::Table,
+    nodes: Option<Vec<NodeEntry>>,
 }
 
 impl ConfigFile {
@@ -480,12 +513,20 @@ impl ConfigFile {
             problem,
         };
         let text = std::fs::read_to_string(file).map_err(|e| whole(format!("cannot read: {e}")))?;
+        if let Some((table, nodes)) = node_tables::parse(&text) {
+            return Ok(ConfigFile {
+                file: file.to_path_buf(),
+                table,
+                nodes: Some(nodes),
+            });
+        }
         let table = text
             .parse::<toml::Table>()
             .map_err(|e| whole(syntax_problem(&text, &e)))?;
         Ok(ConfigFile {
             file: file.to_path_buf(),
             table,
+            nodes: None,
         })
     }
 
@@ -512,10 +553,12 @@ impl ConfigFile {
 
     /// Deserializes the table, every value checked by its type; an error
     /// names the key it was found under.
-    fn typed<T: for<'de> Deserialize<'de>>(self) -> Result<T, ConfigError> {
-        let file = self.file;
+    fn typed<T: for<'de> Deserialize<'de>>(
+        file: PathBuf,
+        table: toml::Table,
+    ) -> Result<T, ConfigError> {
         let mut track = serde_path_to_error::Track::new();
-        let de = serde_path_to_error::Deserializer::new(toml::Value::Table(self.table), &mut track);
+        let de = serde_path_to_error::Deserializer::new(toml::Value::Table(table), &mut track);
         T::deserialize(de).map_err(|e| {
             let path = track.path().to_string();
             ConfigError {
@@ -536,7 +579,10 @@ impl ConfigFile {
             ));
         }
         let file = self.file.clone();
-        let raw: HubFile = self.typed()?;
+        let mut raw: HubFile = Self::typed(self.file, self.table)?;
+        if let Some(nodes) = self.nodes {
+            raw.node = nodes;
+        }
         hub_config(&file, raw)
     }
 
@@ -548,7 +594,7 @@ impl ConfigFile {
                 .whole("a [hub] table: this is the hub's config (run `rotor hub`), not a node's"));
         }
         let file = self.file.clone();
-        let raw: NodeFile = self.typed()?;
+        let raw: NodeFile = Self::typed(self.file, self.table)?;
         node_config(&file, raw)
     }
 }
@@ -708,7 +754,7 @@ fn hub_config(file: &Path, raw: HubFile) -> Result<HubConfig, ConfigError> {
         nodes.push(HubPeer {
             name,
             address: a,
-            psk,
+            psk: InitKey(psk),
             mode,
             rotate_interval: rotate,
         });
@@ -969,7 +1015,7 @@ fn node_config(file: &Path, raw: NodeFile) -> Result<NodeConfig, ConfigError> {
         address,
         hub,
         hub_name,
-        psk,
+        psk: InitKey(psk),
         hello_interval: n.hello_interval.map_or(Duration::from_secs(1), |d| d.0),
         retries: n.retries.map_or(3, |r| r.0),
         grace: n.grace.map_or(Duration::from_secs(5), |d| d.0),
@@ -1023,6 +1069,39 @@ mode = "transport"
         assert_eq!(c.nodes.len(), 1);
         assert_eq!(c.nodes[0].mode, PeerMode::Transport);
         assert_eq!(*c.nodes[0].psk, [1; 32]);
+    }
+
+    #[test]
+    fn node_tables_parsed_one_by_one_give_the_config_the_whole_parse_gives() {
+        let text = MINIMAL.to_string()
+            + "local_subnets = [\n  \"10.1.0.0/16\",\n] # behind the hub\n\n[[node]] # tunnel\r\nname = \"mn2\"\naddress = \"10.9.0.3\"\npsk_file = \"mn2.key\"\nmode = \"tunnel\"\nlocal_subnets = [\"10.1.0.0/16\"]\nremote_subnets = [\"10.2.0.0/16\"]\nrotate_interval = \"2m\"\n";
+        let text = text.replace(
+            "mode = \"transport\"\n",
+            "mode = \"tunnel\"\nremote_subnets = [\"10.3.0.0/16\"]\n",
+        );
+        let (_d, f) = setup(&text);
+        let fast = ConfigFile::read(&f).unwrap();
+        assert!(fast.nodes.is_some(), "the plain shape is cut");
+        // A `'''` anywhere, even in a comment, sends the file to the whole
+        // parse; it changes nothing else.
+        let (_d2, f2) = setup(&format!("# '''\n{text}"));
+        let whole = ConfigFile::read(&f2).unwrap();
+        assert!(whole.nodes.is_none());
+        let (fast, whole) = (fast.into_hub().unwrap(), whole.into_hub().unwrap());
+        assert_eq!(fast.nodes.len(), 2);
+        assert_eq!(format!("{:?}", fast.nodes), format!("{:?}", whole.nodes));
+        assert_eq!(fast.nodes[1].rotate_interval, Duration::from_secs(120));
+        assert!(!format!("{fast:?}").contains("[1, 1, 1"), "no key in Debug");
+
+        // An error in one node table is the whole parse's error, line and all.
+        let bad = text.replace("rotate_interval = \"2m\"", "rotate_interval = 2m");
+        let (_d3, f3) = setup(&bad);
+        let e = ConfigFile::read(&f3).unwrap_err().to_string();
+        assert!(e.contains("line 25, column 20"), "{e}");
+        let typo = text.replace("name = \"mn2\"", "nmae = \"mn2\"");
+        let (_d4, f4) = setup(&typo);
+        let e = load_hub(&f4).unwrap_err().to_string();
+        assert!(e.contains("node[1].nmae: unknown field `nmae`"), "{e}");
     }
 
     /// MINIMAL with a second node, both keyed from `nodes.keys` (written

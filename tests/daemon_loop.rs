@@ -275,7 +275,7 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
             .map(|i| HubPeer {
                 name: format!("n{i}"),
                 address: Some(addr_of(i)),
-                psk: psk(i),
+                psk: psk(i).into(),
                 mode: PeerMode::Transport,
                 rotate_interval: ROTATE,
             })
@@ -289,7 +289,7 @@ fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
         address: Some(net.node_ip(i)),
         hub,
         hub_name: None,
-        psk: psk(i),
+        psk: psk(i).into(),
         hello_interval: HELLO,
         retries: 3,
         grace: GRACE,
