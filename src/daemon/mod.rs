@@ -345,7 +345,7 @@ pub fn hub_parts(
     // A node keeps its reqid across restarts and config edits (its SAs in
     // the kernel carry it): the stored record names it; new nodes get the
     // first free ones.
-    let mut records: Vec<Option<Zeroizing<Vec<u8>>>> = match loaded {
+    let records: Vec<Option<Zeroizing<Vec<u8>>>> = match loaded {
         Some(l) => nodes.iter().map(|n| l.take(&n.name)).collect(),
         None => Vec::new(),
     };
@@ -429,13 +429,10 @@ pub fn hub_parts(
     let (hub, report) = if records.is_empty() {
         Hub::new(core_cfg, now, seed()?).map(|h| (h, RestoreReport::default()))
     } else {
-        let index: HashMap<&str, usize> = (0..names.len())
-            .map(|i| (names.get(PeerId(i as u32)), i))
-            .collect();
-        Hub::restore(core_cfg, now, seed()?, |name| {
-            let i = *index.get(name)?;
-            let r = records.get_mut(i)?.take()?;
-            split_reqid(&r).map(|(_, rest)| Zeroizing::new(split_path(rest).1.to_vec()))
+        // Indexed like the configuration, hence like the hub's nodes.
+        Hub::restore(core_cfg, now, seed()?, |id, _| {
+            let r = records.get(id.0 as usize)?.as_deref()?;
+            split_reqid(r).map(|(_, rest)| split_path(rest).1)
         })
     }
     .context("hub configuration")?;

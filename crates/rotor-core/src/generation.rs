@@ -4,7 +4,7 @@
 //! not kept: the kernel holds them, and a hub with many nodes would otherwise
 //! carry four of them per node for nothing.
 
-use crate::key_schedule::{GenerationKeys, KeyBits, generation_keys};
+use crate::key_schedule::{GenerationKeys, KeyBits, generation_control_keys, generation_keys};
 use crate::replay::ReplayWindow;
 use crate::secret::{ControlKey, EspKey, Secret32};
 
@@ -96,6 +96,23 @@ impl Generation {
             n2h: esp_n2h,
         };
         (g, esp)
+    }
+
+    /// A generation restored from its record: the control keys derived
+    /// (the same as [`Generation::new`]'s), the ESP keys not (see
+    /// [`Generation::esp_keys`]), counters and window fresh.
+    pub fn restored(number: u64, spi: u32, secret: Secret32, node: &str) -> Self {
+        let (ctl_h2n, ctl_n2h) = generation_control_keys(&secret, node, number, spi);
+        Generation {
+            number,
+            spi,
+            secret,
+            ctl_h2n,
+            ctl_n2h,
+            tx_counter: 0,
+            rx_window: ReplayWindow::default(),
+            out_missing: false,
+        }
     }
 
     /// Re-derives the ESP keys of this generation (the same derivation as

@@ -7,7 +7,9 @@
 //! The pre-shared init key (PSK) is never used as an ESP key or directly as a
 //! control key: it only enters HKDF together with fresh nonces (I6).
 
-use hkdf::Hkdf;
+use std::sync::OnceLock;
+
+use hkdf::{Hkdf, HkdfExtract};
 use sha2::Sha256;
 
 use crate::secret::{ControlKey, EspKey, Secret32};
@@ -72,6 +74,37 @@ impl GenerationKeys {
     }
 }
 
+/// A constant HKDF salt whose HMAC key schedule (two SHA-256 blocks of
+/// every extract) is computed once per process.
+struct Salt {
+    salt: &'static [u8],
+    ready: OnceLock<HkdfExtract<Sha256>>,
+}
+
+impl Salt {
+    const fn new(salt: &'static [u8]) -> Salt {
+        Salt {
+            salt,
+            ready: OnceLock::new(),
+        }
+    }
+
+    /// `Hkdf::<Sha256>::new(Some(salt), ikm)`, the same PRK.
+    fn extract(&self, ikm: &[u8]) -> Hkdf<Sha256> {
+        let mut x = self
+            .ready
+            .get_or_init(|| HkdfExtract::new(Some(self.salt)))
+            .clone();
+        x.input_ikm(ikm);
+        x.finalize().1
+    }
+}
+
+static RATCHET: Salt = Salt::new(b"rotor/2 ratchet");
+static GENERATION: Salt = Salt::new(b"rotor/1 generation");
+static INIT_SPI: Salt = Salt::new(b"rotor/1 init-spi");
+static STATE_RECORD: Salt = Salt::new(b"rotor/1 state-record");
+
 fn info(parts: &[&[u8]]) -> Vec<u8> {
     // Length-prefixed parts: no two different part lists give the same info.
     let mut v = Vec::with_capacity(64);
@@ -110,7 +143,7 @@ pub fn ratchet_secret(
     let mut ikm = zeroize::Zeroizing::new([0u8; 64]);
     ikm[..32].copy_from_slice(hub_random);
     ikm[32..].copy_from_slice(dh);
-    let hk = Hkdf::<Sha256>::new(Some(b"rotor/2 ratchet"), ikm.as_ref());
+    let hk = RATCHET.extract(ikm.as_ref());
     let mut s = zeroize::Zeroizing::new([0u8; 32]);
     expand(
         &hk,
@@ -135,7 +168,7 @@ pub fn generation_keys(
     spi: u32,
     bits: KeyBits,
 ) -> GenerationKeys {
-    let hk = Hkdf::<Sha256>::new(Some(b"rotor/1 generation"), secret.expose());
+    let hk = generation_hkdf(secret);
     let g = generation.to_be_bytes();
     let s = spi.to_be_bytes();
     let esp = |dir: Dir| {
@@ -144,27 +177,54 @@ pub fn generation_keys(
         expand(&hk, &[b"esp", dir.label(), node.as_bytes(), &g, &s], k);
         EspKey::from_slice(k)
     };
+    let (ctl_h2n, ctl_n2h) = control_keys_of(&hk, node, generation, spi);
+    GenerationKeys {
+        esp_h2n: esp(Dir::HubToNode),
+        esp_n2h: esp(Dir::NodeToHub),
+        ctl_h2n,
+        ctl_n2h,
+    }
+}
+
+/// The control keys (hub -> node, node -> hub) of [`generation_keys`]
+/// alone: a generation restored from a record needs no ESP key until the
+/// kernel has lost one of its SAs.
+pub fn generation_control_keys(
+    secret: &Secret32,
+    node: &str,
+    generation: u64,
+    spi: u32,
+) -> (ControlKey, ControlKey) {
+    control_keys_of(&generation_hkdf(secret), node, generation, spi)
+}
+
+fn generation_hkdf(secret: &Secret32) -> Hkdf<Sha256> {
+    GENERATION.extract(secret.expose())
+}
+
+fn control_keys_of(
+    hk: &Hkdf<Sha256>,
+    node: &str,
+    generation: u64,
+    spi: u32,
+) -> (ControlKey, ControlKey) {
+    let (g, s) = (generation.to_be_bytes(), spi.to_be_bytes());
     let ctl = |dir: Dir| {
         let mut k = [0u8; 32];
         expand(
-            &hk,
+            hk,
             &[b"control", dir.label(), node.as_bytes(), &g, &s],
             &mut k,
         );
         ControlKey(k)
     };
-    GenerationKeys {
-        esp_h2n: esp(Dir::HubToNode),
-        esp_n2h: esp(Dir::NodeToHub),
-        ctl_h2n: ctl(Dir::HubToNode),
-        ctl_n2h: ctl(Dir::NodeToHub),
-    }
+    (ctl(Dir::HubToNode), ctl(Dir::NodeToHub))
 }
 
 /// The SPI that names a node's init key in control messages: derived from the
 /// PSK, in `0x100..=0x7fff_ffff` (never a reserved SPI).
 pub fn init_spi(psk: &Secret32) -> u32 {
-    let hk = Hkdf::<Sha256>::new(Some(b"rotor/1 init-spi"), psk.expose());
+    let hk = INIT_SPI.extract(psk.expose());
     let mut b = [0u8; 4];
     expand(&hk, &[b"init-spi"], &mut b);
     0x100 + u32::from_be_bytes(b) % (0x8000_0000 - 0x100)
@@ -174,7 +234,7 @@ pub fn init_spi(psk: &Secret32) -> u32 {
 /// so that a record written under another PSK (or for another node) is
 /// refused. One-way: it reveals nothing usable about the PSK.
 pub fn record_psk_tag(psk: &Secret32, node: &str) -> [u8; 16] {
-    let hk = Hkdf::<Sha256>::new(Some(b"rotor/1 state-record"), psk.expose());
+    let hk = STATE_RECORD.extract(psk.expose());
     let mut t = [0u8; 16];
     expand(&hk, &[b"psk-tag", node.as_bytes()], &mut t);
     t
@@ -230,6 +290,23 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_cached_salt_extracts_what_a_fresh_one_does() {
+        for salt in [&RATCHET, &GENERATION, &INIT_SPI, &STATE_RECORD] {
+            for ikm in [&[7u8; 32][..], &[1u8; 64][..]] {
+                let (mut a, mut b) = ([0u8; 32], [0u8; 32]);
+                // Twice: the first call fills the cache, the second uses it.
+                for _ in 0..2 {
+                    salt.extract(ikm).expand(b"x", &mut a).unwrap();
+                    Hkdf::<Sha256>::new(Some(salt.salt), ikm)
+                        .expand(b"x", &mut b)
+                        .unwrap();
+                    assert_eq!(a, b);
+                }
+            }
+        }
+    }
+
+    #[test]
     fn every_purpose_gets_a_different_key() {
         let s = Secret32::new([9; 32]);
         let k = generation_keys(&s, "mn1", 5, 0x1234, KeyBits::Aes256);
@@ -245,6 +322,8 @@ mod tests {
             }
         }
         assert_eq!(k.esp_h2n.expose().len(), 36);
+        let (h2n, n2h) = generation_control_keys(&s, "mn1", 5, 0x1234);
+        assert_eq!((h2n.0, n2h.0), (k.ctl_h2n.0, k.ctl_n2h.0));
         let other_node = generation_keys(&s, "mn2", 5, 0x1234, KeyBits::Aes256);
         assert_ne!(k.esp_h2n, other_node.esp_h2n);
         let other_gen = generation_keys(&s, "mn1", 6, 0x1234, KeyBits::Aes256);

@@ -899,8 +899,8 @@ impl Node {
         let c = &node.cfg;
         match persist::decode(Kind::Node, &c.name, &node.psk_tag, c.key_bits, &data) {
             Ok(rec) => {
-                node.latest = rec.latest.map(|g| g.into_generation(&c.name, c.key_bits));
-                node.previous = rec.previous.map(|g| g.into_generation(&c.name, c.key_bits));
+                node.latest = rec.latest.map(|g| g.into_generation(&c.name));
+                node.previous = rec.previous.map(|g| g.into_generation(&c.name));
                 node.superseded = rec.superseded;
                 node.last_init_ts = rec.last_init_ts;
                 node.rotations = rec.rotations;

@@ -206,8 +206,8 @@ impl GenRecord {
     }
 
     /// The generation again, control keys re-derived.
-    pub fn into_generation(self, node: &str, bits: KeyBits) -> Generation {
-        let (mut g, _esp) = Generation::new(self.number, self.spi, self.secret, node, bits);
+    pub fn into_generation(self, node: &str) -> Generation {
+        let mut g = Generation::restored(self.number, self.spi, self.secret, node);
         g.resume_tx(self.tx_reserved);
         g.rx_window = ReplayWindow::from_parts(self.rx.0, self.rx.1, self.rx.2);
         g.out_missing = self.out_missing;

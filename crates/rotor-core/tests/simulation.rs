@@ -830,8 +830,8 @@ impl Sim {
         self.mark_old_life(|to, _| to != Host::Hub);
         let seed = self.rng.r#gen();
         let store = &self.hub_store;
-        let (hub, report) = Hub::restore(self.hub_cfg.clone(), self.clock(), seed, |name| {
-            store.get(name).cloned()
+        let (hub, report) = Hub::restore(self.hub_cfg.clone(), self.clock(), seed, |_, name| {
+            store.get(name).map(|r| r.as_slice())
         })
         .unwrap();
         self.hub = hub;
@@ -1613,8 +1613,10 @@ fn foreign_and_garbage_records_are_refused() {
     );
     let mut cfg = s.hub_cfg.clone();
     cfg.nodes[3].psk = Secret32::new([0xee; 32]);
-    let (hub, report) =
-        Hub::restore(cfg, s.clock(), [1; 32], |name| store.get(name).cloned()).unwrap();
+    let (hub, report) = Hub::restore(cfg, s.clock(), [1; 32], |_, name| {
+        store.get(name).map(|r| r.as_slice())
+    })
+    .unwrap();
     assert_eq!(report.restored, 1, "{report:?}");
     assert_eq!(report.fresh, 0);
     let refused: Vec<&str> = report.refused.iter().map(|(n, _)| n.as_str()).collect();

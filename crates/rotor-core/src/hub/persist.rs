@@ -2,8 +2,6 @@
 //! their records, restoring a hub from them, and re-installing what the
 //! kernel lost without ever reusing an ESP key for sending (I6).
 
-use zeroize::Zeroizing;
-
 use super::{Hub, NodeState, Shared};
 use crate::action::{Action, Event, Now, PeerId, SaDir, Time};
 use crate::config::{ConfigError, HubConfig};
@@ -74,7 +72,7 @@ impl Hub {
 
     /// A hub built like [`Hub::new`] (and started: [`Hub::start`] is
     /// harmless to call again) whose nodes resume their chains from stored
-    /// records: `load(name)` returns each configured node's record, if any.
+    /// records: `load(id, name)` returns each configured node's record, if any.
     /// A valid record for that name, PSK and key size restores the node's
     /// generations, counters, init high-water mark, key-SPI table entries and
     /// rotation deadline (clamped into `[now, now + rotate_interval]`);
@@ -89,27 +87,28 @@ impl Hub {
     /// sends a fresh init after `INIT_REFRESH_MS`), generations awaiting
     /// deletion (their SAs are left to the daemon, see [`KernelView`]), and a
     /// `rotate --all` in progress.
-    pub fn restore(
+    pub fn restore<'r>(
         cfg: HubConfig,
         now: Now,
         rng_seed: [u8; 32],
-        mut load: impl FnMut(&str) -> Option<Zeroizing<Vec<u8>>>,
+        mut load: impl FnMut(PeerId, &str) -> Option<&'r [u8]>,
     ) -> Result<(Hub, RestoreReport), ConfigError> {
         let mut hub = Hub::new(cfg, now, rng_seed)?;
         let mut report = RestoreReport::default();
         let Hub { nodes, shared: sh } = &mut hub;
         for (i, n) in nodes.iter_mut().enumerate() {
             let id = PeerId(i as u32);
-            let name = sh.names.get(id).to_string();
-            let Some(data) = load(&name) else {
+            let Some(data) = load(id, sh.names.get(id)) else {
                 report.fresh += 1;
                 continue;
             };
-            match sh.restore_node(now, id, n, &data) {
+            match sh.restore_node(now, id, n, data) {
                 Ok(()) => report.restored += 1,
                 Err(e) => {
                     sh.mark(id, n);
-                    report.refused.push((name, e.to_string()));
+                    report
+                        .refused
+                        .push((sh.names.get(id).to_string(), e.to_string()));
                 }
             }
         }
@@ -303,8 +302,8 @@ impl Shared {
             }
         }
         let name = self.names.get(id);
-        n.latest = rec.latest.map(|g| g.into_generation(name, self.key_bits));
-        n.previous = rec.previous.map(|g| g.into_generation(name, self.key_bits));
+        n.latest = rec.latest.map(|g| g.into_generation(name));
+        n.previous = rec.previous.map(|g| g.into_generation(name));
         n.superseded = rec.superseded;
         n.confirmed = rec.confirmed;
         n.outbound = rec.outbound;
