@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use anyhow::Context;
 use tracing::{error, info, warn};
 
+use super::event_loop::BeforeFirstSend;
 use super::service_addr;
 use crate::config::ServiceAddress;
 use std::path::PathBuf;
@@ -33,9 +34,9 @@ pub const HAND_OVER_LEAD: Duration = Duration::from_secs(3);
 /// this hub's intact SAs meanwhile.
 pub const HAND_OVER_SERVE: Duration = Duration::from_secs(30);
 /// How long a leader handing over keeps the address once its successor
-/// serves: the successor's first gratuitous ARP (sent by a process it
-/// starts just before it marks itself serving) must reach the nodes
-/// before this hub stops receiving for the address. A gratuitous ARP
+/// serves: the successor sent its first gratuitous ARP before its mark,
+/// and one more is on its way within a second; packets a node sent before
+/// its entry moved still reach this hub meanwhile. A gratuitous ARP
 /// updates a neighbour entry at once, whatever its `locktime`.
 pub const HAND_OVER_LINGER: Duration = Duration::from_secs(1);
 
@@ -47,7 +48,8 @@ pub struct Lead {
     target: EtcdTarget,
     fence: Fence,
     service: Option<ServiceAddress>,
-    /// The service address is held (taken by [`Lead::serve`]).
+    /// The service address is held (taken before the first answer,
+    /// [`Lead::before_first_send`]).
     holding: Arc<AtomicBool>,
     stopping: Arc<AtomicBool>,
     lease_file: PathBuf,
@@ -57,7 +59,7 @@ impl Lead {
     /// Waits, as a standby, until this hub leads `target`'s prefix, then
     /// arms the step-down. A standby holds no service address, answers no
     /// node and installs nothing; the winner takes the address only once
-    /// it can serve ([`Lead::serve`]).
+    /// it can serve ([`Lead::before_first_send`]).
     ///
     /// `lease_file` keeps this run's lease id for the next run on this
     /// host: a restart after a crash revokes it and need not wait out its
@@ -107,30 +109,17 @@ impl Lead {
         self.fence.clone()
     }
 
-    /// Called once every SA and policy is in and before the first answer:
-    /// takes the service address and announces it, then marks this hub
-    /// serving in etcd (a leader handing over gives the address up on that
-    /// mark).
-    pub fn serve(&self) -> anyhow::Result<()> {
-        self.fence
-            .check()
-            .map_err(anyhow::Error::msg)
-            .context("about to take the service address")?;
-        if let Some(s) = &self.service {
-            self.holding.store(true, Ordering::SeqCst);
-            service_addr::take(s)?;
-        }
-        match mark_serving(&self.target, &self.fence) {
-            Ok(true) => info!(token = self.fence.token(), "marked serving"),
-            Ok(false) => anyhow::bail!(
-                "{} no longer carries this hub's token {}: another hub leads",
-                self.fence.key(),
-                self.fence.token()
-            ),
-            // Only a hand-over waits for the mark, and it is bounded.
-            Err(e) => warn!("cannot mark this hub serving: {e}"),
-        }
-        Ok(())
+    /// What the event loop runs once every SA and policy of the start is
+    /// in and before its first answer
+    /// ([`super::event_loop::Lifecycle::before_first_send`]): takes the
+    /// service address and announces it, then marks this hub serving in
+    /// etcd (a leader handing over gives the address up on that mark).
+    pub fn before_first_send(&self) -> BeforeFirstSend {
+        let (target, fence) = (self.target.clone(), self.fence.clone());
+        let (service, holding) = (self.service.clone(), Arc::clone(&self.holding));
+        Box::new(move || {
+            serve(&target, &fence, service.as_ref(), &holding).map_err(|e| format!("{e:#}"))
+        })
     }
 
     /// The watchdog: when the lead is lost (the lease's clock ran out,
@@ -211,6 +200,34 @@ impl Drop for Lead {
             info!(token = self.fence.token(), "giving up the lead");
         }
     }
+}
+
+/// See [`Lead::before_first_send`].
+fn serve(
+    target: &EtcdTarget,
+    fence: &Fence,
+    service: Option<&ServiceAddress>,
+    holding: &AtomicBool,
+) -> anyhow::Result<()> {
+    fence
+        .check()
+        .map_err(anyhow::Error::msg)
+        .context("about to take the service address")?;
+    if let Some(s) = service {
+        holding.store(true, Ordering::SeqCst);
+        service_addr::take(s)?;
+    }
+    match mark_serving(target, fence) {
+        Ok(true) => info!(token = fence.token(), "marked serving"),
+        Ok(false) => anyhow::bail!(
+            "{} no longer carries this hub's token {}: another hub leads",
+            fence.key(),
+            fence.token()
+        ),
+        // Only a hand-over waits for the mark, and it is bounded.
+        Err(e) => warn!("cannot mark this hub serving: {e}"),
+    }
+    Ok(())
 }
 
 fn hostname() -> String {

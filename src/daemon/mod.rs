@@ -23,7 +23,8 @@
 //! runs in the loop once the guard is in: a slow start would cost every
 //! waiting peer an init. A hub taking over a service address ([`lead`])
 //! binds it with `IP_FREEBIND`, never defers that pass, and takes the
-//! address only once every SA and policy is in ([`serve_with`]).
+//! address only once every SA and policy is in, before its first answer
+//! ([`Lifecycle::before_first_send`]).
 //! SIGTERM/SIGINT stop the loop and leave the kernel as it is: traffic
 //! keeps flowing on the current keys and nothing is ever sent in clear
 //! (a leader then hands over, [`lead::Lead::hand_over`]). `rotor purge`
@@ -135,33 +136,18 @@ fn key_bits(b: u16) -> KeyBits {
 /// completes: adopts and repairs the kernel state ([`reconcile::run`]),
 /// runs the event loop, and leaves the kernel as it is on the way out. On a
 /// failed start the policies it created are removed again.
+///
+/// With [`Lifecycle::before_first_send`] (a hub taking over its service
+/// address) the start-up pass is never deferred: every SA and policy is in
+/// before the address moves, whatever the kernel kept from an earlier
+/// lead.
 pub async fn serve<R: Role, K: Kernel>(
-    role: R,
-    kernel: KernelExec<K>,
-    udp: UdpSocket,
-    listener: UnixListener,
-    life: Lifecycle,
-    shutdown: impl Future<Output = ()>,
-) -> anyhow::Result<()> {
-    serve_with(role, kernel, udp, listener, life, shutdown, None).await
-}
-
-/// Run once every SA and policy of the start is in, before the first
-/// answer (a hub taking over: the service address, see [`lead::Lead::serve`]).
-pub type BeforeServing<'a> = &'a dyn Fn() -> anyhow::Result<()>;
-
-/// [`serve`], calling `ready` (if any) between the start's kernel work and
-/// the first answer. With `ready` the start-up pass is never deferred: a
-/// hub taking over has every SA and policy in before it takes the service
-/// address, whatever its kernel kept from an earlier lead.
-pub async fn serve_with<R: Role, K: Kernel>(
     mut role: R,
     mut kernel: KernelExec<K>,
     udp: UdpSocket,
     listener: UnixListener,
     mut life: Lifecycle,
     shutdown: impl Future<Output = ()>,
-    ready: Option<BeforeServing<'_>>,
 ) -> anyhow::Result<()> {
     let clock = Clock::default();
     // Records before the first kernel change: a peer's reqid (and a
@@ -172,7 +158,7 @@ pub async fn serve_with<R: Role, K: Kernel>(
         undo_guard(&mut life);
         return Err(e).context("writing the state");
     }
-    life.first_pass_deferred = ready.is_none() && kernel_kept(&role, &mut kernel);
+    life.first_pass_deferred = life.before_first_send.is_none() && kernel_kept(&role, &mut kernel);
     if life.first_pass_deferred {
         start_guard(&mut life, &kernel.guard_selectors())?;
         info!(
@@ -184,9 +170,6 @@ pub async fn serve_with<R: Role, K: Kernel>(
         first_pass(&mut role, &mut kernel, &mut life, &clock)?;
     }
     finish_start(&mut role, &mut kernel, &mut life)?;
-    if let Some(ready) = ready {
-        ready()?;
-    }
     info!("serving");
     let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
     let scrapes = life
@@ -725,6 +708,7 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         guard: None,
         guard_pending: None,
         first_pass_deferred: false,
+        before_first_send: None,
     };
     Ok((xfrm, life, monitor))
 }
@@ -758,18 +742,16 @@ async fn run_role<R: Role>(
     (udp, listener): (UdpSocket, UnixListener),
     mut life: Lifecycle,
     socket: &Path,
-    ready: Option<BeforeServing<'_>>,
 ) -> anyhow::Result<()> {
     let stop = shutdown::on_signal()?;
     life.notify = notify::Notifier::from_env()?;
-    let r = serve_with(
+    let r = serve(
         role,
         KernelExec::new(xfrm, peers),
         udp,
         listener,
         life,
         stop,
-        ready,
     )
     .await;
     let _ = std::fs::remove_file(socket);
@@ -856,20 +838,11 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     // With a service address to move, every SA and policy is in before
     // it moves (make-before-break); without one, a restart may serve
     // first, as any restart.
-    let ready = lead
+    life.before_first_send = lead
         .as_ref()
         .filter(|_| service.is_some())
-        .map(|l| move || l.serve());
-    let r = run_role(
-        role,
-        xfrm,
-        peers,
-        sockets,
-        life,
-        &socket,
-        ready.as_ref().map(|f| f as BeforeServing<'_>),
-    )
-    .await;
+        .map(lead::Lead::before_first_send);
+    let r = run_role(role, xfrm, peers, sockets, life, &socket).await;
     match (lead, &r) {
         // The loop has stopped: nothing more leaves this hub.
         (Some(l), Ok(())) => l.hand_over(),
@@ -925,7 +898,7 @@ pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     }
     life.guard = Guard::new(cfg.guard, own, cfg.hub.port());
     info!(name = %cfg.name, address = ?cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node starting");
-    run_role(role, xfrm, peers, sockets, life, &cfg.socket, None).await
+    run_role(role, xfrm, peers, sockets, life, &cfg.socket).await
 }
 
 /// What `rotor purge` removed.
