@@ -139,33 +139,13 @@ for ns in hub hubb; do
 	done
 done
 for j in "${PROBE_PIDS[@]}"; do wait "$j" 2>/dev/null; done
+# Lost: missing at both receivers (each counts against what was sent).
 report() {
-	python3 - "$WORK" "$N" "$RATE" "$BOUND_MS" <<'PY'
-import json, sys
-work, n, rate, bound = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-bad = 0
-for i in range(1, n + 1):
-    sent = json.load(open(f"{work}/sent-{i}"))["sent"]
-    a = json.load(open(f"{work}/probe-hub-{i}.json"))
-    b = json.load(open(f"{work}/probe-hubb-{i}.json"))
-    # Lost: missing at both receivers (each counts against what was sent).
-    miss_a, miss_b = set(a["missing"]), set(b["missing"])
-    lost = sorted(miss_a & miss_b)
-    runs, start, prev = [], None, None
-    for s in lost:
-        if prev is None or s != prev + 1:
-            if start is not None:
-                runs.append((start, prev))
-            start = s
-        prev = s
-    if start is not None:
-        runs.append((start, prev))
-    ms = [round((y - x + 1) * 1000 / rate) for x, y in runs]
-    print(f"  n{i} up: sent={sent} at A={a['received']} at B={b['received']} lost={len(lost)} outages_ms={ms}")
-    if sent == 0 or a["received"] == 0 or b["received"] == 0 or len(runs) > 1 or any(m > bound for m in ms):
-        bad = 1
-sys.exit(bad)
-PY
+	local i bad=0
+	for i in $(seq 1 $N); do
+		$PROBE outages --rate $RATE --bound $BOUND_MS --max-runs 1 --all-received --label "n$i up (at A/B)" "$WORK/probe-hub-$i.json" "$WORK/probe-hubb-$i.json" || bad=1
+	done
+	return $bad
 }
 check "2: one outage per stream, each within ${BOUND_MS} ms (lease TTL ${TTL_S} s + 3 s)" report
 echo "  takeover: A killed -> B serving after ${t_serve} ms"
