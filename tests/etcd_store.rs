@@ -621,3 +621,37 @@ fn a_leader_handing_over_sees_its_successor_serve_and_only_then() {
     assert_eq!(r.unwrap(), Successor::None);
     assert!(started.elapsed() < Duration::from_secs(3));
 }
+
+#[test]
+fn at_10000_records_the_completion_reads_only_what_changed() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/w4");
+    let k = key(9);
+    let (mut leader, _) = EtcdStore::open(&t, &k).unwrap();
+    let mut b = leader.batch().unwrap();
+    for i in 0..10_000usize {
+        let name = format!("n{i}");
+        b.put(&name, &record(&name, 1, 200)).unwrap();
+    }
+    b.commit().unwrap();
+    let mut standby = EtcdStore::open_standby(&t, &k).unwrap();
+    // One burst of a leader rotating 100 nodes while the standby waits.
+    let mut b = leader.batch().unwrap();
+    for i in 0..100usize {
+        let name = format!("n{i}");
+        b.put(&name, &record(&name, 2, 200)).unwrap();
+    }
+    b.commit().unwrap();
+    let t0 = Instant::now();
+    let (mut warm, stats) = standby.take_warm().unwrap();
+    let warm_took = t0.elapsed();
+    let t0 = Instant::now();
+    let (_, mut cold) = EtcdStore::open(&t, &k).unwrap();
+    let cold_took = t0.elapsed();
+    println!(
+        "10,000 records: completing the warm copy {warm_took:?} ({} read), a full read {cold_took:?}",
+        stats.changed
+    );
+    assert!(stats.changed <= 100, "{stats:?}");
+    assert_eq!(all(&mut warm), all(&mut cold));
+}
