@@ -26,10 +26,12 @@ PREFIX=rotor/f1
 RATE=100
 TTL_S=2
 # The lease runs out TTL after A's last keep-alive (<= TTL after the kill),
-# etcd finds it expired within its 500 ms check, then B campaigns, reads the
-# records, takes and announces the address, installs the clear-text guard
-# (~1.5 s of iptables-legacy processes in UML) and every SA and policy:
-# TTL + 3 s in all here.
+# etcd finds it expired within its 500 ms check, then B campaigns, completes
+# its warm copy of the records, installs the clear-text guard (~1.5 s of
+# iptables-legacy processes in UML) and every SA and policy, then takes and
+# announces the address: TTL + 3 s in all here. A's host stays up (only its
+# process is killed): its kernel keeps receiving for the address with its
+# SAs until B's announcement, so the outage may well be none.
 BOUND_MS=$((TTL_S * 1000 + 3000))
 # A node's patience (hello_interval x retries, 7 s) must outlast the
 # takeover, or it falls back to init.
@@ -114,10 +116,11 @@ sleep 3
 kill -9 "$A_PID"
 t0=$(etcd_ms)
 echo "  A killed with -9 under traffic"
-leads_b() { [ "$(leader_val)" != "" ] && grep -q '"leading"\|leading' "$WORK/hubb.log" && test -S "$WORK/hubb.sock"; }
+leads_b() { [ "$(leader_val)" != "" ] && grep -q 'INFO serving' "$WORK/hubb.log" && test -S "$WORK/hubb.sock"; }
 check "2: B leads and serves" wait_ms 10000 leads_b
 t_serve=$(($(etcd_ms) - t0))
-check "2: B holds the service address" has_svc hubb
+# Taken in its first step, once its SAs are in.
+check "2: B holds the service address" wait_ms 5000 has_svc hubb
 b_sending() {
 	status_of hubb "$WORK/hubb.sock" | python3 -c "
 import json,sys
@@ -139,35 +142,15 @@ for ns in hub hubb; do
 	done
 done
 for j in "${PROBE_PIDS[@]}"; do wait "$j" 2>/dev/null; done
+# Lost: missing at both receivers (each counts against what was sent).
 report() {
-	python3 - "$WORK" "$N" "$RATE" "$BOUND_MS" <<'PY'
-import json, sys
-work, n, rate, bound = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-bad = 0
-for i in range(1, n + 1):
-    sent = json.load(open(f"{work}/sent-{i}"))["sent"]
-    a = json.load(open(f"{work}/probe-hub-{i}.json"))
-    b = json.load(open(f"{work}/probe-hubb-{i}.json"))
-    # Lost: missing at both receivers (each counts against what was sent).
-    miss_a, miss_b = set(a["missing"]), set(b["missing"])
-    lost = sorted(miss_a & miss_b)
-    runs, start, prev = [], None, None
-    for s in lost:
-        if prev is None or s != prev + 1:
-            if start is not None:
-                runs.append((start, prev))
-            start = s
-        prev = s
-    if start is not None:
-        runs.append((start, prev))
-    ms = [round((y - x + 1) * 1000 / rate) for x, y in runs]
-    print(f"  n{i} up: sent={sent} at A={a['received']} at B={b['received']} lost={len(lost)} outages_ms={ms}")
-    if sent == 0 or a["received"] == 0 or b["received"] == 0 or len(runs) > 1 or any(m > bound for m in ms):
-        bad = 1
-sys.exit(bad)
-PY
+	local i bad=0
+	for i in $(seq 1 $N); do
+		$PROBE outages --rate $RATE --bound $BOUND_MS --max-runs 1 --all-received --label "n$i up (at A/B)" "$WORK/probe-hub-$i.json" "$WORK/probe-hubb-$i.json" || bad=1
+	done
+	return $bad
 }
-check "2: one outage per stream, each within ${BOUND_MS} ms (lease TTL ${TTL_S} s + 3 s)" report
+check "2: at most one outage per stream, each within ${BOUND_MS} ms (lease TTL ${TTL_S} s + 3 s)" report
 echo "  takeover: A killed -> B serving after ${t_serve} ms"
 
 # 3: A restarted as a service manager would: it gives up what it left.
@@ -195,7 +178,7 @@ check "4: B gave up the service address" no_svc hubb
 a_serves() { status_of hub "$WORK/hub.sock" >/dev/null; }
 check "4: A leads and serves" wait_ms 10000 a_serves
 t_a=$(($(etcd_ms) - t1))
-check "4: A holds the service address" has_svc hub
+check "4: A holds the service address" wait_ms 5000 has_svc hub
 a_sending() {
 	status_of hub "$WORK/hub.sock" | python3 -c "
 import json,sys

@@ -383,32 +383,16 @@ print(s, l)"
 }
 
 # outage_report N RATE BOUND_MS: per stream, the runs of consecutive missing
-# sequence numbers as outages in ms; fails if any exceeds BOUND_MS or a stream
-# has more than MAX_RUNS_<name> runs (default 1).
+# sequence numbers as outages in ms (probe.py outages); fails if any exceeds
+# BOUND_MS.
 outage_report() {
-	local n=$1 rate=$2 bound=$3
-	python3 - "$WORK" "$n" "$rate" "$bound" <<'PY'
-import json, sys
-work, n, rate, bound = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), float(sys.argv[4])
-bad = 0
-for i in range(1, n + 1):
-    for d in ("up", "down"):
-        j = json.load(open(f"{work}/probe-{d}-{i}.json"))
-        runs, start, prev = [], None, None
-        for s in j["missing"]:
-            if prev is None or s != prev + 1:
-                if start is not None:
-                    runs.append((start, prev))
-                start = s
-            prev = s
-        if start is not None:
-            runs.append((start, prev))
-        ms = [round((b - a + 1) * 1000 / rate) for a, b in runs]
-        print(f"  n{i} {d}: expected={j['expected']} lost={len(j['missing'])} outages_ms={ms}")
-        if j["expected"] == 0 or any(m > bound for m in ms):
-            bad = 1
-sys.exit(bad)
-PY
+	local n=$1 rate=$2 bound=$3 i d bad=0
+	for i in $(seq 1 "$n"); do
+		for d in up down; do
+			$PROBE outages --rate "$rate" --bound "$bound" --label "n$i $d" "$WORK/probe-$d-$i.json" || bad=1
+		done
+	done
+	return $bad
 }
 
 # runs_of NAME DIR: number of outages (runs of missing packets) in a stream

@@ -11,9 +11,11 @@ Run it on the wire itself (a bridge port in the "lan" namespace), not on an
 IPsec host's own interface: on the host, decapsulated tunnel-mode packets are
 re-injected on the outer interface and a packet tap sees them there in clear.
 
-  wire_check.py --iface p0 --seconds 10 --ports 5000-6000
+  wire_check.py --iface p0 --seconds 10 --ports 5000-6000 [--stop-file F]
+
+(--seconds is then a cap: it stops once F exists.)
 """
-import argparse, json, socket, struct, time
+import argparse, json, os, socket, struct, time
 
 def main():
     p = argparse.ArgumentParser()
@@ -21,6 +23,7 @@ def main():
     p.add_argument("--seconds", type=float, default=10)
     p.add_argument("--ports", default="5000-6000")
     p.add_argument("--control-port", type=int, default=4820)
+    p.add_argument("--stop-file", help="stop early once this file exists (checked every 0.2 s)")
     a = p.parse_args()
     lo, hi = (int(x) for x in a.ports.split("-"))
     s = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.ntohs(0x0003))
@@ -29,7 +32,12 @@ def main():
     esp = plain = frames = 0
     leaks = []  # the first clear probe frames, hex, to tell what leaked
     end = time.monotonic() + a.seconds
+    checked = time.monotonic()
     while time.monotonic() < end:
+        if a.stop_file and time.monotonic() - checked >= 0.2:
+            checked = time.monotonic()
+            if os.path.exists(a.stop_file):
+                break
         try:
             frame, addr = s.recvfrom(65535)
         except socket.timeout:

@@ -27,17 +27,39 @@ const UDP_BUFFER: usize = 8 * 1024 * 1024;
 /// [`bind_priority_udp`]); the port must be free (checked with a plain
 /// bind first), as without the group.
 pub fn bind_control_udp(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+    bind_udp(addr, false)
+}
+
+/// [`bind_control_udp`] for an address this host need not hold yet
+/// (`IP_FREEBIND`): a hub taking over binds the service address, with
+/// every check a bind makes (the port free), before its first kernel
+/// change, and adds the address only once its SAs are in.
+pub fn bind_control_udp_freebind(addr: SocketAddr) -> anyhow::Result<tokio::net::UdpSocket> {
+    bind_udp(addr, true)
+}
+
+fn bind_udp(addr: SocketAddr, freebind: bool) -> anyhow::Result<tokio::net::UdpSocket> {
     let in_use = || {
         format!(
             "binding the UDP control channel on {addr} (is another rotor running, or the address not configured here?)"
         )
     };
-    let sock = UdpSocket::bind(addr).with_context(in_use)?;
+    let sock = if freebind {
+        steer::bind_freebind(addr, false)
+    } else {
+        UdpSocket::bind(addr)
+    }
+    .with_context(in_use)?;
     let sock = if addr.is_ipv4() && addr.port() != 0 {
         // The plain bind proved the port free; the group's first member
         // takes its place, and its program keeps any later member deaf.
         drop(sock);
-        let sock = steer::bind_reuseport(addr).with_context(in_use)?;
+        let sock = if freebind {
+            steer::bind_freebind(addr, true)
+        } else {
+            steer::bind_reuseport(addr)
+        }
+        .with_context(in_use)?;
         steer::steer_sources(&sock, &[])
             .with_context(|| format!("the control socket {addr}'s queue program"))?;
         sock

@@ -142,6 +142,7 @@ impl Daemon {
                     guard: None,
                     guard_pending: None,
                     first_pass_deferred: false,
+                    before_first_send: None,
                 };
                 daemon::serve(
                     role,

@@ -437,3 +437,221 @@ fn a_standby_whose_lease_is_gone_gives_up_instead_of_waiting_for_ever() {
     // The leader is untouched.
     assert!(fa.check().is_ok());
 }
+
+// --- Warm standby and hand-over ---------------------------------------------
+
+use rotor::state::etcd::lead::{Successor, mark_serving, wait_serving};
+
+/// Compacts etcd's history up to now: a watch from an older revision is
+/// refused.
+fn compact_now(t: &EtcdTarget) {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(&t.endpoints, None)
+            .await
+            .unwrap();
+        let rev = c
+            .get("x", None)
+            .await
+            .unwrap()
+            .header()
+            .map(|h| h.revision())
+            .unwrap();
+        c.compact(rev, None).await.unwrap();
+    });
+}
+
+#[test]
+fn a_warm_copy_completed_after_winning_equals_a_fresh_read() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/w1");
+    let k = key(7);
+    let (mut leader, _) = EtcdStore::open(&t, &k).unwrap();
+    let mut want = HashMap::new();
+    let mut b = leader.batch().unwrap();
+    for i in 0..200usize {
+        let name = format!("n{i}");
+        let v = record(&name, 1, 80);
+        b.put(&name, &v).unwrap();
+        want.insert(name, v);
+    }
+    b.commit().unwrap();
+    let mut standby = EtcdStore::open_standby(&t, &k).expect("a standby's store");
+    // While it waits: overwrites (seen by its watch), then removals.
+    let mut b = leader.batch().unwrap();
+    for i in (0..200usize).step_by(3) {
+        let name = format!("n{i}");
+        let v = record(&name, 2, 90);
+        b.put(&name, &v).unwrap();
+        want.insert(name, v);
+    }
+    b.commit().unwrap();
+    let gone: Vec<String> = (0..200usize).step_by(10).map(|i| format!("n{i}")).collect();
+    leader
+        .remove_batch(gone.iter().map(String::as_str))
+        .unwrap();
+    for g in &gone {
+        want.remove(g);
+    }
+    // New records after the removals.
+    for i in 200..210usize {
+        let name = format!("n{i}");
+        let v = record(&name, 3, 70);
+        put_one(&mut leader, &name, &v).unwrap();
+        want.insert(name, v);
+    }
+    let (mut loaded, stats) = standby.take_warm().expect("completed");
+    println!("warm copy: {stats:?}");
+    assert_eq!(all(&mut loaded), want, "exactly what etcd holds");
+    let (_, mut fresh) = EtcdStore::open(&t, &k).unwrap();
+    assert_eq!(all(&mut fresh), want);
+    assert!(
+        stats.changed < 200,
+        "the completion read only what the watch may not have applied ({} records)",
+        stats.changed
+    );
+}
+
+#[test]
+fn a_warm_copy_is_completed_exactly_across_a_compaction() {
+    // Whatever the watch applied before the history was compacted (a
+    // restarted watch then re-reads everything), the completion makes the
+    // copy exact, removals included.
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/w2");
+    let k = key(8);
+    let (mut leader, _) = EtcdStore::open(&t, &k).unwrap();
+    for i in 0..50usize {
+        put_one(&mut leader, &format!("n{i}"), &record("x", 1, 40)).unwrap();
+    }
+    let mut standby = EtcdStore::open_standby(&t, &k).unwrap();
+    let mut want: HashMap<String, Vec<u8>> = (0..50usize)
+        .map(|i| (format!("n{i}"), record("x", 1, 40)))
+        .collect();
+    for i in 0..5usize {
+        let name = format!("n{i}");
+        put_one(&mut leader, &name, &record(&name, 2, 40)).unwrap();
+        want.insert(name, record(&format!("n{i}"), 2, 40));
+    }
+    leader.remove_batch(["n10", "n11"]).unwrap();
+    want.remove("n10");
+    want.remove("n11");
+    compact_now(&t);
+    let (mut loaded, _) = standby.take_warm().unwrap();
+    assert_eq!(all(&mut loaded), want);
+}
+
+#[test]
+fn a_record_that_reaches_a_standby_unopenable_fails_the_takeover_naming_its_key() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/w3");
+    let (mut good, _) = EtcdStore::open(&t, &key(1)).unwrap();
+    put_one(&mut good, "n1", b"one").unwrap();
+    let mut standby = EtcdStore::open_standby(&t, &key(1)).unwrap();
+    // Written under another cluster key while the standby waits.
+    let k2 = "rotor/w3/node/n2";
+    let sealed = rotor::state::etcd::Sealer::new(&key(2))
+        .seal(k2.as_bytes(), b"SECRET-two")
+        .unwrap();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let mut c = etcd_client::Client::connect(&t.endpoints, None)
+            .await
+            .unwrap();
+        c.put(k2, sealed, None).await.unwrap();
+    });
+    let err = match standby.take_warm() {
+        Ok(_) => panic!("a record that does not open is refused"),
+        Err(e) => e.to_string(),
+    };
+    assert!(err.contains("rotor/w3/node/n2"), "{err}");
+    assert!(!err.contains("SECRET"), "{err}");
+    // And a standby refuses at start what it cannot open.
+    match EtcdStore::open_standby(&t, &key(1)) {
+        Ok(_) => panic!("refused at start"),
+        Err(e) => assert!(e.to_string().contains("rotor/w3/node/n2"), "{e}"),
+    }
+}
+
+#[test]
+fn a_leader_handing_over_sees_its_successor_serve_and_only_then() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/h1");
+    let mut a = contender(&t, "hub-a");
+    let fa = won_within(&mut a, Duration::from_secs(3)).expect("alone, a leads");
+    assert!(mark_serving(&t, &fa).unwrap(), "the leader marks itself");
+    let mut b = contender(&t, "hub-b");
+    // a hands over: its lease revoked, it watches for b serving.
+    let token_a = fa.token();
+    drop(a);
+    let waiter = {
+        let t = t.clone();
+        std::thread::spawn(move || {
+            let r = wait_serving(&t, token_a, Duration::from_secs(3), Duration::from_secs(5));
+            (Instant::now(), r)
+        })
+    };
+    let fb = won_within(&mut b, Duration::from_secs(2)).expect("b takes over");
+    // b "installs" for a while before it serves: a must still wait.
+    std::thread::sleep(Duration::from_millis(600));
+    assert!(!waiter.is_finished(), "a waits until b serves");
+    let marked = Instant::now();
+    assert!(mark_serving(&t, &fb).unwrap());
+    let (seen, r) = waiter.join().unwrap();
+    assert_eq!(r.unwrap(), Successor::Serving(fb.token()));
+    assert!(seen >= marked);
+    println!("serving mark seen after {:?}", seen - marked);
+    // A fence that no longer leads cannot mark itself serving.
+    assert!(!mark_serving(&t, &fa).unwrap());
+    drop(b);
+    // Without a standby the wait ends after its first limit.
+    let started = Instant::now();
+    let r = wait_serving(
+        &t,
+        fb.token(),
+        Duration::from_millis(500),
+        Duration::from_secs(5),
+    );
+    assert_eq!(r.unwrap(), Successor::None);
+    assert!(started.elapsed() < Duration::from_secs(3));
+}
+
+#[test]
+fn at_10000_records_the_completion_reads_only_what_changed() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/w4");
+    let k = key(9);
+    let (mut leader, _) = EtcdStore::open(&t, &k).unwrap();
+    let mut b = leader.batch().unwrap();
+    for i in 0..10_000usize {
+        let name = format!("n{i}");
+        b.put(&name, &record(&name, 1, 200)).unwrap();
+    }
+    b.commit().unwrap();
+    let mut standby = EtcdStore::open_standby(&t, &k).unwrap();
+    // One burst of a leader rotating 100 nodes while the standby waits.
+    let mut b = leader.batch().unwrap();
+    for i in 0..100usize {
+        let name = format!("n{i}");
+        b.put(&name, &record(&name, 2, 200)).unwrap();
+    }
+    b.commit().unwrap();
+    let t0 = Instant::now();
+    let (mut warm, stats) = standby.take_warm().unwrap();
+    let warm_took = t0.elapsed();
+    let t0 = Instant::now();
+    let (_, mut cold) = EtcdStore::open(&t, &k).unwrap();
+    let cold_took = t0.elapsed();
+    println!(
+        "10,000 records: completing the warm copy {warm_took:?} ({} read), a full read {cold_took:?}",
+        stats.changed
+    );
+    assert!(stats.changed <= 100, "{stats:?}");
+    assert_eq!(all(&mut warm), all(&mut cold));
+}

@@ -112,7 +112,15 @@ pub struct Lifecycle {
     /// whose kernel still holds the previous run's objects answers its
     /// peers first, and adopts and repairs once the guard is in.
     pub first_pass_deferred: bool,
+    /// Run once, in the loop's first step, after its records are written
+    /// and its kernel changes made and before its first datagram: a hub
+    /// taking over takes its service address there, once the SAs the
+    /// start re-installs are in and before its answers rotate any node.
+    pub before_first_send: Option<BeforeFirstSend>,
 }
+
+/// See [`Lifecycle::before_first_send`]; the error stops the daemon.
+pub type BeforeFirstSend = Box<dyn FnOnce() -> Result<(), String> + Send>;
 
 /// Why the loop stopped serving.
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +132,9 @@ pub enum LoopError {
     /// could not be installed.
     #[error("installing the clear-text guard (`guard`): {0}")]
     Guard(#[from] GuardError),
+    /// [`Lifecycle::before_first_send`] failed.
+    #[error("before the first answer: {0}")]
+    BeforeFirstSend(String),
 }
 
 /// Runs `role` until `shutdown` completes. Kernel state is left as it is:
@@ -614,7 +625,7 @@ async fn execute<R: Role, K: Kernel>(
     life: &mut Lifecycle,
     actions: &mut Vec<Action>,
     book: &mut Logbook,
-) -> Result<(), StateError> {
+) -> Result<(), LoopError> {
     actions.clear();
     let mut start = 0;
     loop {
@@ -628,7 +639,7 @@ async fn execute<R: Role, K: Kernel>(
             && let Err(e) = p.flush(role, now)
         {
             error!("writing the state: {e}; stopping (the kernel keeps the current keys)");
-            return Err(e);
+            return Err(e.into());
         }
         kernel.apply(now.mono, &actions[start..], role.names());
         // SAs an in-place move could not move are gone from the kernel:
@@ -641,6 +652,9 @@ async fn execute<R: Role, K: Kernel>(
             role.kernel_lost(now, peer.0 as usize, &lost);
         }
         start = actions.len();
+    }
+    if let Some(f) = life.before_first_send.take() {
+        f().map_err(LoopError::BeforeFirstSend)?;
     }
     let guard = life.guard.as_mut();
     // Moved peers' new pairs are guarded once their policies (blocking

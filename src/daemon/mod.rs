@@ -21,9 +21,14 @@
 //! notice nothing. On a restart, when the kernel still holds the previous
 //! run's policies ([`kernel_kept`]), the daemon serves first and that pass
 //! runs in the loop once the guard is in: a slow start would cost every
-//! waiting peer an init. SIGTERM/SIGINT stop the loop and leave the kernel as it
-//! is: traffic keeps flowing on the current keys and nothing is ever sent in
-//! clear. `rotor purge` uninstalls.
+//! waiting peer an init. A hub taking over a service address ([`lead`])
+//! binds it with `IP_FREEBIND`, never defers that pass, and takes the
+//! address only once every SA and policy is in, before its first answer
+//! ([`Lifecycle::before_first_send`]).
+//! SIGTERM/SIGINT stop the loop and leave the kernel as it is: traffic
+//! keeps flowing on the current keys and nothing is ever sent in clear
+//! (a leader then hands over, [`lead::Lead::hand_over`]). `rotor purge`
+//! uninstalls.
 
 pub mod clock;
 pub mod control_server;
@@ -72,7 +77,7 @@ use crate::config::{ConfigFile, HubConfig, NodeConfig, Role as ConfigRole};
 use crate::control::SOCKET_DIR;
 use crate::guard::{Guard, GuardBackend};
 use crate::peer_kernel::PeerKernel;
-use crate::sockets::{bind_control_udp, bind_control_unix};
+use crate::sockets::{bind_control_udp, bind_control_udp_freebind, bind_control_unix};
 use crate::store::{Loaded, Store, lock_reqids};
 
 /// Period of the reconcile pass, the safety net under the kernel's
@@ -131,6 +136,11 @@ fn key_bits(b: u16) -> KeyBits {
 /// completes: adopts and repairs the kernel state ([`reconcile::run`]),
 /// runs the event loop, and leaves the kernel as it is on the way out. On a
 /// failed start the policies it created are removed again.
+///
+/// With [`Lifecycle::before_first_send`] (a hub taking over its service
+/// address) the start-up pass is never deferred: every SA and policy is in
+/// before the address moves, whatever the kernel kept from an earlier
+/// lead.
 pub async fn serve<R: Role, K: Kernel>(
     mut role: R,
     mut kernel: KernelExec<K>,
@@ -148,7 +158,7 @@ pub async fn serve<R: Role, K: Kernel>(
         undo_guard(&mut life);
         return Err(e).context("writing the state");
     }
-    life.first_pass_deferred = kernel_kept(&role, &mut kernel);
+    life.first_pass_deferred = life.before_first_send.is_none() && kernel_kept(&role, &mut kernel);
     if life.first_pass_deferred {
         start_guard(&mut life, &kernel.guard_selectors())?;
         info!(
@@ -643,9 +653,18 @@ fn log_restore(report: &RestoreReport, torn_tail: bool) {
 
 /// Binds both sockets before anything touches the kernel, so a start that
 /// cannot bind (another instance running, address not configured) changes
-/// nothing.
-fn bind(udp_at: SocketAddr, socket: &Path) -> anyhow::Result<(UdpSocket, UnixListener)> {
-    let udp = bind_control_udp(udp_at)?;
+/// nothing. `freebind`: the UDP address may not be held yet (a hub taking
+/// over adds its service address later).
+fn bind(
+    udp_at: SocketAddr,
+    socket: &Path,
+    freebind: bool,
+) -> anyhow::Result<(UdpSocket, UnixListener)> {
+    let udp = if freebind {
+        bind_control_udp_freebind(udp_at)?
+    } else {
+        bind_control_udp(udp_at)?
+    };
     let listener = bind_control_unix(socket)?;
     Ok((udp, listener))
 }
@@ -686,6 +705,7 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         guard: None,
         guard_pending: None,
         first_pass_deferred: false,
+        before_first_send: None,
     };
     Ok((xfrm, life, monitor))
 }
@@ -709,14 +729,14 @@ fn watch(monitor: Monitor) -> anyhow::Result<AsyncFd<Monitor>> {
     AsyncFd::new(monitor).context("watching the XFRM notification socket")
 }
 
-/// Serves a started role until SIGTERM/SIGINT, then removes its control
-/// socket; its SAs and policies stay in the kernel.
+/// Serves a started role on its sockets (UDP, control) until
+/// SIGTERM/SIGINT, then removes its control socket; its SAs and policies
+/// stay in the kernel.
 async fn run_role<R: Role>(
     role: R,
     xfrm: Xfrm,
     peers: Vec<PeerKernel>,
-    udp: UdpSocket,
-    listener: UnixListener,
+    (udp, listener): (UdpSocket, UnixListener),
     mut life: Lifecycle,
     socket: &Path,
 ) -> anyhow::Result<()> {
@@ -748,27 +768,43 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     rotor_sys::keep_out_of_core_dumps().context("keeping key material out of core dumps")?;
     let own = Ownership::default();
     let (address, port, socket) = (cfg.address, cfg.port, cfg.socket.clone());
+    let service = cfg.service.clone();
     let metrics = cfg.metrics.map(|at| (at, cfg.metrics_per_node));
     let guard = Guard::new(cfg.guard, own, port);
     let fixed = reload::HubFixed::of(&cfg);
-    let lead = match &cfg.state {
-        crate::state::StateConfig::Etcd { target, .. } => {
-            // A standby refuses a wrong cluster key now, not at takeover.
-            drop(crate::state::open(&cfg.state, "hub")?);
-            Some(lead::Lead::campaign(
+    let (store, mut loaded, lead) = match &cfg.state {
+        crate::state::StateConfig::Etcd { target, key, .. } => {
+            // A standby refuses a wrong cluster key now, not at takeover,
+            // and keeps the records current while it waits.
+            let mut s = crate::state::etcd::EtcdStore::open_standby(target, key)?;
+            let lead = lead::Lead::campaign(
                 target,
                 cfg.lease_ttl,
                 cfg.service.clone(),
                 cfg.socket.with_extension("lease"),
-            )?)
+            )?;
+            // Completed after winning: every record the previous leader
+            // wrote is in.
+            let t = std::time::Instant::now();
+            let (loaded, w) = s.take_warm()?;
+            s.set_fence(lead.fence());
+            info!(
+                records = loaded.len(),
+                changed = w.changed,
+                deleted = w.deleted,
+                watched = w.events,
+                since_revision = w.since,
+                revision = w.revision,
+                ms = millis(t.elapsed()),
+                "warm copy completed"
+            );
+            (crate::state::Backend::Etcd(s), loaded, Some(lead))
         }
-        crate::state::StateConfig::Dir(_) => None,
+        crate::state::StateConfig::Dir(_) => {
+            let (s, l) = crate::state::open(&cfg.state, "hub")?;
+            (s, l, None)
+        }
     };
-    // Read after winning: every record the previous leader wrote is in.
-    let (mut store, mut loaded) = crate::state::open(&cfg.state, "hub")?;
-    if let (crate::state::Backend::Etcd(s), Some(l)) = (&mut store, &lead) {
-        s.set_fence(l.fence());
-    }
     info!(records = loaded.len(), state = %state_name(&cfg.state), "state read");
     let _reqids = lock_reqids(Path::new(SOCKET_DIR), own.base())?;
     let (mut role, peers, report) = hub_parts(cfg, own, Some(&mut loaded))?;
@@ -784,7 +820,9 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     drop(loaded);
     require_esp()?;
     let nodes = peers.len();
-    let (udp, listener) = bind(SocketAddr::new(address, port), &socket)?;
+    // A hub taking over adds its service address only once its SAs are in.
+    let freebind = lead.is_some() && service.is_some();
+    let sockets = bind(SocketAddr::new(address, port), &socket, freebind)?;
     let metrics = bind_metrics(metrics)?;
     let (xfrm, mut life, monitor) = open_xfrm(own)?;
     life.monitor = Some(watch(monitor)?);
@@ -794,9 +832,19 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     life.hangup = Some(hangup);
     life.guard = guard;
     info!(%address, port, nodes, socket = %socket.display(), "hub starting");
-    let r = run_role(role, xfrm, peers, udp, listener, life, &socket).await;
-    if let Some(l) = lead {
-        l.step_down();
+    // With a service address to move, every SA and policy is in before
+    // it moves (make-before-break); without one, a restart may serve
+    // first, as any restart.
+    life.before_first_send = lead
+        .as_ref()
+        .filter(|_| service.is_some())
+        .map(lead::Lead::before_first_send);
+    let r = run_role(role, xfrm, peers, sockets, life, &socket).await;
+    match (lead, &r) {
+        // The loop has stopped: nothing more leaves this hub.
+        (Some(l), Ok(())) => l.hand_over(),
+        (Some(l), Err(_)) => drop(l),
+        (None, _) => {}
     }
     r
 }
@@ -828,12 +876,13 @@ pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     require_esp()?;
     // Bound to the configured address, or to none in particular: a node
     // that follows its route keeps its socket when it moves.
-    let (udp, listener) = bind(
+    let sockets = bind(
         SocketAddr::new(
             cfg.address.unwrap_or(unspecified_like(cfg.hub.ip())),
             cfg.hub.port(),
         ),
         &cfg.socket,
+        false,
     )?;
     let metrics = bind_metrics(cfg.metrics.map(|at| (at, false)))?;
     let (xfrm, mut life, monitor) = open_xfrm(own)?;
@@ -846,7 +895,7 @@ pub async fn run_node(cfg: NodeConfig, path: &Path) -> anyhow::Result<()> {
     }
     life.guard = Guard::new(cfg.guard, own, cfg.hub.port());
     info!(name = %cfg.name, address = ?cfg.address, hub = %cfg.hub, socket = %cfg.socket.display(), "node starting");
-    run_role(role, xfrm, peers, udp, listener, life, &cfg.socket).await
+    run_role(role, xfrm, peers, sockets, life, &cfg.socket).await
 }
 
 /// What `rotor purge` removed.

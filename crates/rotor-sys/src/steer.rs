@@ -20,13 +20,34 @@ pub const MAX_SOURCES: usize = 800;
 /// Binds a UDP socket at `addr` as a member of the port's `SO_REUSEPORT`
 /// group (the first member creates it). Blocking, like `UdpSocket::bind`.
 pub fn bind_reuseport(addr: SocketAddr) -> io::Result<UdpSocket> {
+    bind_with(addr, true, false)
+}
+
+/// A UDP socket bound to `addr`, which may be an address this host does
+/// not hold yet (`IP_FREEBIND` / `IPV6_FREEBIND`): a hub taking over binds
+/// the service address before it adds it. In `SO_REUSEPORT` mode if
+/// `reuseport`, as [`bind_reuseport`].
+pub fn bind_freebind(addr: SocketAddr, reuseport: bool) -> io::Result<UdpSocket> {
+    bind_with(addr, reuseport, true)
+}
+
+fn bind_with(addr: SocketAddr, reuseport: bool, freebind: bool) -> io::Result<UdpSocket> {
     let family = if addr.is_ipv4() {
         AddressFamily::INET
     } else {
         AddressFamily::INET6
     };
     let fd = rustix::net::socket(family, SocketType::DGRAM, None)?;
-    sockopt::set_socket_reuseport(&fd, true)?;
+    if reuseport {
+        sockopt::set_socket_reuseport(&fd, true)?;
+    }
+    if freebind {
+        if addr.is_ipv4() {
+            sockopt::set_ip_freebind(&fd, true)?;
+        } else {
+            sockopt::set_ipv6_freebind(&fd, true)?;
+        }
+    }
     rustix::net::bind(&fd, &addr)?;
     Ok(UdpSocket::from(fd))
 }

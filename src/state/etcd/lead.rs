@@ -20,6 +20,15 @@
 //! the instant this side records, so until that instant plus `ttl` minus
 //! [`MARGIN`] no other hub can have won ([`Fence::check`]). Past that, the
 //! fence refuses and [`Fence::wait_lost`] returns.
+//!
+//! # Hand-over
+//! A leader that serves (its SAs and policies installed, the service
+//! address taken and announced) says so: `PREFIX/serving` under its lease,
+//! holding its token ([`mark_serving`]). A leader stopping cleanly revokes
+//! its lease first (its loop has stopped: it sends and writes nothing
+//! more), then keeps its service address until a successor marks itself
+//! serving ([`wait_serving`], bounded), and only then gives the address up:
+//! the nodes' traffic always has a hub holding its SAs to go to.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc as std_mpsc;
@@ -77,6 +86,7 @@ pub enum LeadError {
 pub struct Fence {
     key: String,
     token: i64,
+    lease: i64,
     shared: Arc<Shared>,
 }
 
@@ -99,6 +109,11 @@ impl Fence {
     /// The fencing token: the create revision of this hub's leader key.
     pub fn token(&self) -> i64 {
         self.token
+    }
+
+    /// The leader lease's id.
+    pub fn lease(&self) -> i64 {
+        self.lease
     }
 
     /// `Ok` while this hub certainly still leads; otherwise why not, in
@@ -378,6 +393,7 @@ async fn run(
         let f = Fence {
             key: key.clone(),
             token,
+            lease,
             shared: Arc::clone(&shared),
         };
         *lock(&fence) = Some(f.clone());
@@ -545,4 +561,145 @@ async fn watch_own(mut c: Client, key: &str, token: i64, f: &Fence) {
         }
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
+}
+
+/// The key a serving leader marks itself in.
+fn serving_key(target: &EtcdTarget) -> String {
+    format!("{}/serving", target.prefix)
+}
+
+/// Runs `f` with a client of `target` on a thread and runtime of its own
+/// (the caller may be inside the daemon's runtime), giving up after
+/// `limit`.
+fn with_client<T, F, Fut>(target: &EtcdTarget, limit: Duration, f: F) -> Result<T, LeadError>
+where
+    T: Send,
+    F: FnOnce(Client) -> Fut + Send,
+    Fut: std::future::Future<Output = Result<T, etcd_client::Error>>,
+{
+    let name = target.to_string();
+    let endpoints = target.endpoints.clone();
+    let err = |op, source| LeadError::Etcd {
+        target: name.clone(),
+        op,
+        source,
+    };
+    std::thread::scope(|s| {
+        let h = s.spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .map_err(|e| ("start its runtime", etcd_client::Error::IoError(e)))?;
+            rt.block_on(async move {
+                let options = ConnectOptions::new()
+                    .with_connect_timeout(REQUEST)
+                    .with_timeout(REQUEST)
+                    .with_require_leader(true);
+                let c = Client::connect(&endpoints, Some(options))
+                    .await
+                    .map_err(|e| ("connect", e))?;
+                match tokio::time::timeout(limit, f(c)).await {
+                    Ok(r) => r.map_err(|e| ("read or write the leader's keys", e)),
+                    Err(_) => Err((
+                        "finish in time",
+                        etcd_client::Error::IoError(std::io::Error::from(
+                            std::io::ErrorKind::TimedOut,
+                        )),
+                    )),
+                }
+            })
+        });
+        match h.join() {
+            Ok(r) => r.map_err(|(op, e)| err(op, e)),
+            Err(_) => Err(LeadError::Gone {
+                target: name.clone(),
+            }),
+        }
+    })
+}
+
+/// Marks the leader of `fence` serving (see the module's doc): a put of
+/// `PREFIX/serving` under its lease, only while `PREFIX/leader` still
+/// carries its token. `Ok(false)`: it no longer does.
+pub fn mark_serving(target: &EtcdTarget, fence: &Fence) -> Result<bool, LeadError> {
+    let (leader, token, lease) = (fence.key.clone(), fence.token, fence.lease);
+    let key = serving_key(target);
+    with_client(target, Duration::from_secs(5), move |mut c| async move {
+        let txn = Txn::new()
+            .when([Compare::create_revision(
+                leader.as_str(),
+                CompareOp::Equal,
+                token,
+            )])
+            .and_then([TxnOp::put(
+                key.as_str(),
+                token.to_string(),
+                Some(PutOptions::new().with_lease(lease)),
+            )]);
+        Ok(c.txn(txn).await?.succeeded())
+    })
+}
+
+/// What a leader handing over saw of its successor ([`wait_serving`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Successor {
+    /// A leader with this token marked itself serving.
+    Serving(i64),
+    /// No other hub led within the first limit.
+    None,
+    /// Another hub led but did not serve within the second limit (or its
+    /// lead ended before it served).
+    NotServing,
+}
+
+/// After this hub (token `own`) revoked its lease: waits up to `lead` for
+/// another hub to lead, then up to `serve` more for it to mark itself
+/// serving. Polls every 50 ms (a hand-over is rare; a watch would not
+/// make it faster).
+pub fn wait_serving(
+    target: &EtcdTarget,
+    own: i64,
+    lead: Duration,
+    serve: Duration,
+) -> Result<Successor, LeadError> {
+    let leader = format!("{}/leader", target.prefix);
+    let serving = serving_key(target);
+    with_client(target, lead + serve + REQUEST, move |mut c| async move {
+        let start = Instant::now();
+        let mut led: Option<(i64, Instant)> = None;
+        loop {
+            let now = Instant::now();
+            // A request that fails (a member gone) is tried again.
+            if let (Ok(l), Ok(s)) = (
+                c.get(leader.as_str(), None).await,
+                c.get(serving.as_str(), None).await,
+            ) {
+                let token = l
+                    .kvs()
+                    .first()
+                    .map(|kv| kv.create_revision())
+                    .filter(|&t| t != own);
+                let marked = s
+                    .kvs()
+                    .first()
+                    .and_then(|kv| std::str::from_utf8(kv.value()).ok())
+                    .and_then(|v| v.parse::<i64>().ok());
+                match (token, led) {
+                    (Some(t), _) if marked == Some(t) => return Ok(Successor::Serving(t)),
+                    (Some(t), None) => led = Some((t, now)),
+                    // Another successor (the first one's lead ended): its
+                    // own time to serve.
+                    (Some(t), Some((first, _))) if t != first => led = Some((t, now)),
+                    (None, Some(_)) => return Ok(Successor::NotServing),
+                    _ => {}
+                }
+            }
+            match led {
+                None if now >= start + lead => return Ok(Successor::None),
+                Some((_, since)) if now >= since + serve => return Ok(Successor::NotServing),
+                _ => {}
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    })
 }

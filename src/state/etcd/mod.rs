@@ -25,7 +25,9 @@
 //! [`EtcdStore::open`] reads every record under the prefix in pages of
 //! [`PAGE`] keys, all at the revision of the first page (one consistent
 //! view), and opens each; a record that does not open is an error naming
-//! its key, never skipped.
+//! its key, never skipped. A standby ([`EtcdStore::open_standby`]) keeps
+//! the sealed records current through a watch and, once it leads, reads
+//! only what changed since ([`EtcdStore::take_warm`], [`warm`]).
 //!
 //! # One writer
 //! Hubs sharing a prefix elect one leader ([`lead`]); a store given the
@@ -37,17 +39,16 @@
 pub mod lead;
 pub mod seal;
 pub mod target;
+mod warm;
 mod worker;
 
 use std::collections::HashMap;
 use std::fmt;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use etcd_client::{
-    Client, Compare, CompareOp, DeleteOptions, GetOptions, SortOrder, SortTarget, Txn, TxnOp,
-    TxnResponse,
-};
+use etcd_client::{Client, Compare, CompareOp, DeleteOptions, Txn, TxnOp, TxnResponse};
+use zeroize::Zeroizing;
 
 pub use lead::{Election, Fence, LeadError};
 
@@ -168,6 +169,23 @@ pub struct EtcdStore {
     failed: bool,
     last: CommitStats,
     fence: Option<Fence>,
+    /// A standby's copy of the records, until it is taken.
+    warm: Option<Arc<Mutex<warm::WarmCopy>>>,
+}
+
+/// What completing a warm copy took ([`EtcdStore::take_warm`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WarmStats {
+    /// The copy's revision before the completion.
+    pub since: i64,
+    /// The revision the completion read at.
+    pub revision: i64,
+    /// Watch events the copy applied while waiting.
+    pub events: u64,
+    /// Records read by the completion (changed after `since`).
+    pub changed: usize,
+    /// Records the completion dropped (deleted after `since`).
+    pub deleted: usize,
 }
 
 impl fmt::Debug for EtcdStore {
@@ -183,87 +201,170 @@ impl EtcdStore {
     /// Connects to `target` and loads every record under its prefix,
     /// opened with `key`.
     pub fn open(target: &EtcdTarget, key: &ClusterKey) -> Result<(EtcdStore, Loaded), EtcdError> {
-        let name = target.to_string();
-        let req = |op| {
-            let name = name.clone();
-            move |source| EtcdError::Request {
-                target: name,
-                op,
+        let store = EtcdStore::connect(target, key)?;
+        let (records, _) = store.load()?;
+        let loaded = store.open_records(records)?;
+        Ok((store, loaded))
+    }
+
+    /// A standby's store: connects, reads every record (each must open
+    /// with `key`: a wrong cluster key is refused now, not at takeover)
+    /// and keeps a sealed copy of them current with a watch on the prefix
+    /// until [`EtcdStore::take_warm`]. Nothing of the records' plaintext is
+    /// kept meanwhile.
+    pub fn open_standby(target: &EtcdTarget, key: &ClusterKey) -> Result<EtcdStore, EtcdError> {
+        let mut store = EtcdStore::connect(target, key)?;
+        let (records, revision) = store.load()?;
+        for (k, v) in &records {
+            store.record_name(k)?;
+            drop(store.open_one(k, v)?);
+        }
+        let copy = Arc::new(Mutex::new(warm::WarmCopy {
+            records: records.into_iter().collect(),
+            revision,
+            events: 0,
+            taken: false,
+        }));
+        let (prefix, shared) = (store.prefix.clone().into_bytes(), Arc::clone(&copy));
+        store
+            .worker
+            .spawn(move |c| warm::follow(c, prefix, shared))
+            .map_err(|source| EtcdError::Request {
+                target: store.target.clone(),
+                op: "watch the records",
                 source,
-            }
+            })?;
+        store.warm = Some(copy);
+        Ok(store)
+    }
+
+    /// Completes the warm copy (see [`warm`] for why it is then exactly
+    /// what etcd holds; call it after winning the election) and opens it:
+    /// the records, and what the completion cost. A record that does not
+    /// open is an error naming its key, as at start. Without a warm copy
+    /// (not opened with [`EtcdStore::open_standby`], or taken already),
+    /// reads everything.
+    pub fn take_warm(&mut self) -> Result<(Loaded, WarmStats), EtcdError> {
+        let Some(copy) = self.warm.take() else {
+            let (records, _) = self.load()?;
+            let stats = WarmStats {
+                changed: records.len(),
+                ..WarmStats::default()
+            };
+            return Ok((self.open_records(records)?, stats));
         };
+        let (mut records, since, events) = {
+            let mut g = warm::lock(&copy);
+            g.taken = true;
+            (std::mem::take(&mut g.records), g.revision, g.events)
+        };
+        let prefix = self.prefix.clone().into_bytes();
+        let p = prefix.clone();
+        let (changed, revision, keys) = self
+            .worker
+            .call(WRITE_DEADLINE, move |mut c: Client| {
+                let p = p.clone();
+                async move {
+                    let (changed, revision) = warm::read_changed(&mut c, &p, since).await?;
+                    let keys = warm::count(&mut c, &p, revision).await?;
+                    Ok((changed, revision, keys))
+                }
+            })
+            .map_err(self.req("read the records changed since the warm copy"))?;
+        let mut stats = WarmStats {
+            since,
+            revision,
+            events,
+            changed: changed.len(),
+            deleted: 0,
+        };
+        records.extend(changed);
+        if usize::try_from(keys).ok() != Some(records.len()) {
+            // Keys deleted after the copy's revision: keep only etcd's.
+            let p = prefix.clone();
+            let live = self
+                .worker
+                .call(WRITE_DEADLINE, move |mut c: Client| {
+                    let p = p.clone();
+                    async move { warm::keys_at(&mut c, &p, revision).await }
+                })
+                .map_err(self.req("list the record keys"))?;
+            let live: std::collections::HashSet<Vec<u8>> = live.into_iter().collect();
+            let before = records.len();
+            records.retain(|k, _| live.contains(k));
+            stats.deleted = before - records.len();
+        }
+        Ok((self.open_records(records.into_iter().collect())?, stats))
+    }
+
+    fn connect(target: &EtcdTarget, key: &ClusterKey) -> Result<EtcdStore, EtcdError> {
+        let name = target.to_string();
         let worker =
-            Worker::start(target.endpoints.clone(), REQUEST_TIMEOUT).map_err(req("connect"))?;
-        let store = EtcdStore {
-            target: name.clone(),
+            Worker::start(target.endpoints.clone(), REQUEST_TIMEOUT).map_err(|source| {
+                EtcdError::Request {
+                    target: name.clone(),
+                    op: "connect",
+                    source,
+                }
+            })?;
+        Ok(EtcdStore {
+            target: name,
             prefix: target.records_prefix(),
             sealer: Sealer::new(key),
             worker,
             failed: false,
             last: CommitStats::default(),
             fence: None,
-        };
-        let records = store.load().map_err(req("read the records"))?;
-        let mut out = HashMap::with_capacity(records.len());
-        for (k, v) in records {
-            let name = k
-                .strip_prefix(store.prefix.as_bytes())
-                .and_then(|n| std::str::from_utf8(n).ok())
-                .filter(|n| !n.is_empty() && n.len() <= MAX_KEY)
-                .ok_or_else(|| EtcdError::ForeignKey {
-                    target: store.target.clone(),
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                })?;
-            let plain = store
-                .sealer
-                .open(&k, &v)
-                .map_err(|why| EtcdError::Unsealable {
-                    target: store.target.clone(),
-                    key: String::from_utf8_lossy(&k).into_owned(),
-                    why,
-                })?;
-            out.insert(name.to_owned(), plain);
-        }
-        Ok((store, Loaded::from_records(out)))
+            warm: None,
+        })
     }
 
-    /// Every (key, sealed value) under the prefix, at one revision.
-    fn load(&self) -> Result<Vec<Stored>, CallError> {
-        let prefix = self.prefix.clone().into_bytes();
-        let end = prefix_end(&prefix);
-        let mut all = Vec::new();
-        let mut from = prefix;
-        let mut revision = 0;
-        loop {
-            let (start, stop) = (from.clone(), end.clone());
-            let mut resp = self.worker.call(WRITE_DEADLINE, move |mut c: Client| {
-                let (start, stop) = (start.clone(), stop.clone());
-                async move {
-                    let mut o = GetOptions::new()
-                        .with_range(stop)
-                        .with_limit(PAGE)
-                        .with_sort(SortTarget::Key, SortOrder::Ascend);
-                    if revision > 0 {
-                        o = o.with_revision(revision);
-                    }
-                    c.get(start, Some(o)).await
-                }
-            })?;
-            if revision == 0 {
-                revision = resp.header().map_or(0, |h| h.revision());
-            }
-            let more = resp.more();
-            let kvs = resp.take_kvs();
-            let Some(last) = kvs.last() else { break };
-            // The next page starts just after the last key of this one.
-            from = last.key().to_vec();
-            from.push(0);
-            all.extend(kvs.into_iter().map(|kv| kv.into_key_value()));
-            if !more {
-                break;
-            }
+    fn req(&self, op: &'static str) -> impl FnOnce(CallError) -> EtcdError + use<> {
+        let target = self.target.clone();
+        move |source| EtcdError::Request { target, op, source }
+    }
+
+    /// The node name of record key `k`.
+    fn record_name<'k>(&self, k: &'k [u8]) -> Result<&'k str, EtcdError> {
+        k.strip_prefix(self.prefix.as_bytes())
+            .and_then(|n| std::str::from_utf8(n).ok())
+            .filter(|n| !n.is_empty() && n.len() <= MAX_KEY)
+            .ok_or_else(|| EtcdError::ForeignKey {
+                target: self.target.clone(),
+                key: String::from_utf8_lossy(k).into_owned(),
+            })
+    }
+
+    fn open_one(&self, k: &[u8], v: &[u8]) -> Result<Zeroizing<Vec<u8>>, EtcdError> {
+        self.sealer.open(k, v).map_err(|why| EtcdError::Unsealable {
+            target: self.target.clone(),
+            key: String::from_utf8_lossy(k).into_owned(),
+            why,
+        })
+    }
+
+    /// Opens every record; the first that does not is an error naming
+    /// its key.
+    fn open_records(&self, records: Vec<Stored>) -> Result<Loaded, EtcdError> {
+        let mut out = HashMap::with_capacity(records.len());
+        for (k, v) in records {
+            let name = self.record_name(&k)?.to_owned();
+            let plain = self.open_one(&k, &v)?;
+            out.insert(name, plain);
         }
-        Ok(all)
+        Ok(Loaded::from_records(out))
+    }
+
+    /// Every (key, sealed value) under the prefix, at one revision (which
+    /// it returns).
+    fn load(&self) -> Result<(Vec<Stored>, i64), EtcdError> {
+        let prefix = self.prefix.clone().into_bytes();
+        self.worker
+            .call(WRITE_DEADLINE, move |mut c: Client| {
+                let p = prefix.clone();
+                async move { warm::read_changed(&mut c, &p, 0).await }
+            })
+            .map_err(self.req("read the records"))
     }
 
     /// The state URL, for messages.

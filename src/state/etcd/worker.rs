@@ -113,6 +113,24 @@ impl Worker {
     }
 }
 
+impl Worker {
+    /// Starts `task` on the client thread, in the background: it runs
+    /// beside the calls until it ends or the worker is dropped.
+    pub fn spawn<F, Fut>(&self, task: F) -> Result<(), CallError>
+    where
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = ()> + Send + 'static,
+    {
+        let job: Job = Box::new(move |client: Client| {
+            Box::pin(async move {
+                tokio::spawn(task(client));
+            })
+        });
+        let jobs = self.jobs.as_ref().ok_or(CallError::Gone)?;
+        jobs.send(job).map_err(|_| CallError::Gone)
+    }
+}
+
 async fn retry<T, F, Fut>(client: Client, deadline: Duration, op: F) -> Result<T, CallError>
 where
     F: Fn(Client) -> Fut,
