@@ -13,7 +13,7 @@
 #   etcd_counters            one JSON object: per member (m1..m3) the
 #                            counters of its /metrics (puts, txns, ranges,
 #                            proposals committed, the db size) and its CPU
-#                            (ns, /proc/PID/schedstat); the cluster's
+#                            (ns, bench.sh's cpu_ns); the cluster's
 #                            revision (`etcdctl endpoint status`)
 #   etcd_delta A B           what happened between two etcd_counters: puts,
 #                            txns, ranges and proposals (each member applies
@@ -32,10 +32,16 @@ ETCD_LIB=$HERE/etcd-lib.sh
 # shellcheck source=../netns-tests/etcd-lib.sh
 . "$ETCD_LIB"
 CLUSTER_KEY=$W/cluster.key
+# --etcd-members 1: member 1 alone (etcd-lib.sh starts, checks and names
+# the members of this list).
+[ "${ETCD_MEMBERS_N:-3}" = 1 ] && ETCD_MEMBERS=(1)
+# The members' logs stay in ETCD_WORK (the host's /tmp) for a post-mortem.
+export ETCD_KEEP=1
 
 bench_etcd_up() {
 	(umask 077 && "$ROTOR" genkey >"$CLUSTER_KEY") || return 1
 	etcd_up || { etcd_log_tail 20 >&2; return 1; }
+	log "etcd's logs are in $ETCD_WORK (host /tmp)"
 }
 
 bench_etcd_config() { # CONFIG PREFIX
@@ -55,7 +61,7 @@ etcd_counters() {
 	for i in "${ETCD_MEMBERS[@]}"; do
 		text=$(etcd_in etcdc curl -s --max-time 5 "http://$(etcd_addr "$i"):2379/metrics" 2>/dev/null)
 		cpu=null
-		etcd_running "$i" && read -r cpu _ <"/proc/${ETCD_PIDS[$i]}/schedstat"
+		etcd_running "$i" && cpu=$(cpu_ns "${ETCD_PIDS[$i]}")
 		m=$(jq -nc --argjson put "$(etcd_metric "$text" etcd_mvcc_put_total)" \
 			--argjson txn "$(etcd_metric "$text" etcd_mvcc_txn_total)" \
 			--argjson range "$(etcd_metric "$text" etcd_mvcc_range_total)" \

@@ -41,7 +41,6 @@ TK_SVC=10.0.0.1
 TK_PREFIX=rotor/takeover
 # The hubs' and etcd's logs, kept on the host's /tmp for a post-mortem.
 TK_LOGS=$(mktemp -d /tmp/rotor-bench-takeover.XXXXXX)
-export ETCD_KEEP=1
 
 # nap SECS: sleep without starting a process (a process start costs UML
 # 30-150 ms of its one CPU, which the hubs and etcd need during a takeover)
@@ -115,10 +114,56 @@ start_ha_hub() {
 	TK_PID=$!
 	TK_PIDS+=("$TK_PID")
 }
+# supervise NS CONFIG LOG PIDFILE: a hub in NS kept running as its service
+# manager would (packaging/systemd/rotor-hub.service: Restart=on-failure,
+# RestartSec=5s), at most 5 restarts. PIDFILE holds the running hub's PID,
+# PIDFILE.exits a line per failed exit (count, status, Unix ms), and
+# PIDFILE.times the CPU of the exited ones (bash's `times` of their parent).
+supervise() {
+	local n=0 rc pid
+	while :; do
+		ip netns exec "$1" env ROTOR_LOG="$(tk_log_level)" "${HUB_WRAP[@]}" "$ROTOR" hub --config "$2" >>"$3" 2>&1 &
+		pid=$!
+		echo "$pid" >"$4"
+		wait "$pid"
+		rc=$?
+		times | tail -n 1 >"$4.times"
+		[ "$rc" = 0 ] && break
+		n=$((n + 1))
+		echo "$n $rc $((${EPOCHREALTIME/./} / 1000))" >>"$4.exits"
+		[ "$n" -ge 5 ] && break
+		sleep 5
+	done
+}
+# start_supervised NS CONFIG LOG PIDFILE: supervise in the background;
+# sets TK_PID (the supervisor) and waits for the hub's PID
+start_supervised() {
+	rm -f "$4" "$4.exits" "$4.times"
+	supervise "$@" &
+	TK_PID=$!
+	TK_PIDS+=("$TK_PID")
+	until [ -s "$4" ]; do nap 0.05; done
+}
+# sup_pid PIDFILE: the running hub's PID (no process started)
+sup_pid() { local p; { read -r p <"$1"; } 2>/dev/null && echo "$p"; }
+# sup_cpu_ns PIDFILE PID: the CPU of every run so far: the exited ones'
+# (from the supervisor's times) and PID's
+sup_cpu_ns() {
+	local u s dead=0 live
+	if { read -r u s <"$1.times"; } 2>/dev/null; then
+		# "XmY.ZZZs XmY.ZZZs"
+		dead=$(awk -v u="$u" -v s="$s" 'function sec(t, a) { split(t, a, "m"); sub("s", "", a[2]); return a[1] * 60 + a[2] }
+			BEGIN { printf "%.0f\n", (sec(u) + sec(s)) * 1e9 }')
+	fi
+	live=$(cpu_ns "$2") || live=0
+	echo $((dead + live))
+}
+
 # Stops every hub started here (bench.sh's cleanup calls it).
 takeover_cleanup() {
-	local p
+	local p f
 	for p in "${TK_PIDS[@]}"; do kill "$p" 2>/dev/null; done
+	for f in "$W"/*.pid; do [ -s "$f" ] && kill "$(sup_pid "$f")" 2>/dev/null; done
 	for p in "${TK_PIDS[@]}"; do wait "$p" 2>/dev/null; done
 	TK_PIDS=()
 }
@@ -151,11 +196,12 @@ alive() {
 # hub_inits SOCKET: the inits on the hub's records, summed
 hub_inits() { "$ROTOR" status --socket "$1" --json 2>/dev/null | jq '[.peers[].inits] | add // 0'; }
 
-# takeover_event NAME OLD_PID SIGNAL NEW_PID NEW_NS NEW_SOCKET NEW_LOG OLD_SOCKET:
-# signals the leader OLD_PID and measures the standby NEW_PID's takeover;
-# prints the event's JSON object. The fleet must be in sync under OLD.
+# takeover_event NAME OLD_PID SIGNAL NEW_PIDFILE NEW_SUPERVISOR NEW_NS NEW_SOCKET NEW_LOG OLD_SOCKET:
+# signals the leader OLD_PID and measures the takeover of the standby
+# (supervised: NEW_PIDFILE holds its PID, restarts included); prints the
+# event's JSON object. The fleet must be in sync under OLD.
 takeover_event() {
-	local name=$1 old=$2 sig=$3 new=$4 nns=$5 nsock=$6 nlog=$7 osock=$8
+	local name=$1 old=$2 sig=$3 npidf=$4 nsup=$5 nns=$6 nsock=$7 nlog=$8 osock=$9 new
 	local inits0 lg_inits0 lg_fb0 rot0 c0 t0 deadline answer=null c_answer=null quiet=null c_quiet=null
 	local old_exit=null st waited wmax peak resync=null resync_cpu=null c1 t1 inits1 lg_inits1 lg_fb1
 	local drops rcv lead taken sread serving ok=true
@@ -164,12 +210,14 @@ takeover_event() {
 	# The nodes' ended waits start over at the loadgen's next progress period.
 	touch "$W/mark"
 	sleep 0.5
-	c0=$(cpu_ns "$new")
+	new=$(sup_pid "$npidf")
+	c0=$(sup_cpu_ns "$npidf" "$new")
 	t0=$(now_ms)
 	kill "-$sig" "$old"
 	log "N=$N: $name: SIG$sig to the leader at $(date -u +%H:%M:%S.%N)"
-	# This runs in a subshell: wait_sync's check of the hub is the new one.
-	HUB_PID=$new
+	# This runs in a subshell: wait_sync's check of the hub is the new
+	# one's supervisor (a restart is no death).
+	HUB_PID=$nsup
 	deadline=$((t0 + (120 + N / 200) * 1000))
 	while tick && ((NOW < deadline)); do
 		if [ "$old_exit" = null ] && ! alive "$old"; then
@@ -180,10 +228,11 @@ takeover_event() {
 		if [ -S "$nsock" ] && "$ROTOR" status --socket "$nsock" >/dev/null 2>&1; then
 			tick
 			answer=$NOW
-			c_answer=$(cpu_ns "$new")
+			new=$(sup_pid "$npidf")
+			c_answer=$(sup_cpu_ns "$npidf" "$new")
 			break
 		fi
-		kill -0 "$new" 2>/dev/null || { log "N=$N: $name: the standby died:"; tail -n 8 "$nlog" >&2; ok=false; break; }
+		kill -0 "$nsup" 2>/dev/null || { log "N=$N: $name: the standby stopped for good:"; tail -n 8 "$nlog" >&2; ok=false; break; }
 		nap 0.05
 	done
 	[ "$answer" = null ] && { ok=false; log "N=$N: $name: the standby did not answer"; }
@@ -204,11 +253,12 @@ takeover_event() {
 		deadline=$(($(now_ms) + 60000 + 2 * $(hello_ms) + N * 2))
 		while tick && ((NOW < deadline)); do
 			progress_now && [ "$P_AT" -gt "$answer" ] && [ "$P_WAITING" = 0 ] && {
-				c_quiet=$(cpu_ns "$new")
+				new=$(sup_pid "$npidf")
+				c_quiet=$(sup_cpu_ns "$npidf" "$new")
 				quiet=$(pf '.silence.last_wait_end_unix_ms // "null"')
 				break
 			}
-			kill -0 "$new" 2>/dev/null || { log "N=$N: $name: the new leader died"; ok=false; break; }
+			kill -0 "$nsup" 2>/dev/null || { log "N=$N: $name: the new leader stopped for good"; ok=false; break; }
 			nap 0.2
 		done
 		[ "$quiet" = null ] && [ "$(pf .silence.waits)" != 0 ] && { ok=false; log "N=$N: $name: nodes still waiting: $(progress)"; }
@@ -226,7 +276,8 @@ takeover_event() {
 			end=$(pf '.all_in_sync_unix_ms // empty')
 			[ -n "$end" ] && [ "$end" -ge "$t0" ] || end=$(now_ms)
 			resync=$end
-			resync_cpu=$(fdiv $(($(cpu_ns "$new") - c0)) 1000000000)
+			new=$(sup_pid "$npidf")
+			resync_cpu=$(fdiv $(($(sup_cpu_ns "$npidf" "$new") - c0)) 1000000000)
 		else
 			ok=false
 		fi
@@ -234,8 +285,10 @@ takeover_event() {
 	log "N=$N: $name: node rotations since t0: $(($(pf .rotations) - rot0)) ($N nodes)"
 	log "N=$N: $name: the service address's neighbour at the nodes: $(ip -n load neigh show 10.0.0.1 | tr '\n' ' '); hub $(ip -n hub -br link show veth0 | awk '{print $3}'), hubb $(ip -n hubb -br link show veth0 | awk '{print $3}')"
 	lg_inits1=$(pf .inits); lg_fb1=$(pf .fallbacks)
-	local rekeys
+	local rekeys restarts=0
 	rekeys=$(($(pf .rotations) - rot0))
+	[ -s "$npidf.exits" ] && restarts=$(wc -l <"$npidf.exits")
+	[ "$restarts" -gt 0 ] && log "N=$N: $name: the new leader exited $restarts time(s) and was started again 5 s later (count, status, Unix ms): $(tr '\n' ';' <"$npidf.exits")"
 	st=$("$ROTOR" status --socket "$nsock" --json 2>/dev/null | jq -c '{drops: .drops, inits: ([.peers[].inits] | add // 0)}')
 	drops=$(jq -c '.drops // null' <<<"$st" 2>/dev/null)
 	inits1=$(jq '.inits // empty' <<<"$st" 2>/dev/null)
@@ -262,12 +315,12 @@ takeover_event() {
 		--argjson waits "${waited:-null}" --argjson wait_max_ms "${wmax:-null}" --argjson waiting_peak "${peak:-null}" \
 		--argjson in_sync_s "$(since "$t0" "$resync")" --argjson cpu_to_in_sync_s "$resync_cpu" \
 		--argjson hub_inits "$inits_d" --argjson inits "$lg_d" --argjson fallbacks "$fb_d" \
-		--argjson hub_drops "${drops:-null}" --argjson rcvbuf_errors "${rcv:-null}" --argjson rekeys "$rekeys" '{
+		--argjson hub_drops "${drops:-null}" --argjson rcvbuf_errors "${rcv:-null}" --argjson rekeys "$rekeys" --argjson restarts "$restarts" '{
 		event: $event, complete: $ok, lead_s: $lead_s, address_s: $address_s, state_read_s: $state_read_s,
 		serving_s: $serving_s, answer_s: $answer_s, status_call_s: $status_call_s, quiet_s: $quiet_s, old_leader_exit_s: $old_exit_s,
 		wait_max_s: (if $wait_max_ms == null then null else $wait_max_ms / 1000 end), waits: $waits, waiting_peak: $waiting_peak,
 		cpu_to_answer_s: $cpu_to_answer_s, cpu_to_quiet_s: $cpu_to_quiet_s,
-		in_sync_s: $in_sync_s, cpu_to_in_sync_s: $cpu_to_in_sync_s, node_rotations: $rekeys,
+		in_sync_s: $in_sync_s, cpu_to_in_sync_s: $cpu_to_in_sync_s, node_rotations: $rekeys, new_leader_restarts: $restarts,
 		inits: $inits, hub_inits: $hub_inits, fallbacks: $fallbacks,
 		hub_drops: $hub_drops, rcvbuf_errors: $rcvbuf_errors}'
 }
@@ -282,7 +335,7 @@ tk_with_etcd() {
 
 takeover_n() { # N
 	local n=$1 D=$W/t$1 complete=true t0 c0 init_wall init_cpu lg_start init_end init_etcd
-	local A B A2 sb_start sb_cpu ev_kill=null ev_term=null e0 e1 ttl_s
+	local A B BS A2 A2S sb_start sb_cpu ev_kill=null ev_term=null e0 e1 ttl_s
 	N=$n
 	log "=== N=$n: takeover"
 	gen "$n" "$D" etcd "$TK_PREFIX-n$n" || { log "gen failed"; return 1; }
@@ -291,11 +344,21 @@ takeover_n() { # N
 	topology_ha "$n" "$D" || { log "topology failed"; return 1; }
 	e0=$(etcd_counters)
 
-	# 1: A leads, the fleet initialises under it.
-	start_ha_hub hub "$D/hub.toml" "$W/tk-$n-A.log"
-	A=$TK_PID
-	HUB_PID=$A
-	wait_log "$W/tk-$n-A.log" ' INFO serving *$' "$A" $((120 + n / 1000)) || return 1
+	# 1: A leads, the fleet initialises under it. A fresh hub writes every
+	# node's record before it serves; when etcd takes longer than the
+	# hub's write deadline it exits, and is started again (as its service
+	# manager would), up to 5 times.
+	local starts=0
+	while [ "$starts" -lt 5 ]; do
+		starts=$((starts + 1))
+		start_ha_hub hub "$D/hub.toml" "$W/tk-$n-A.log"
+		A=$TK_PID
+		HUB_PID=$A
+		wait_log "$W/tk-$n-A.log" ' INFO serving *$' "$A" $((120 + n / 1000)) && break
+		wait "$A" 2>/dev/null
+		log "N=$n: A's start $starts failed: $(tail -n 1 "$W/tk-$n-A.log" | cut -c1-200)"
+	done
+	kill -0 "$A" 2>/dev/null || return 1
 	# The lease's TTL as the hub took it (from --lease-ttl or its default).
 	ttl_s=$(grep -m1 -o 'lease_ttl_ms=[0-9]*' "$W/tk-$n-A.log" | cut -d= -f2)
 	[ -n "$ttl_s" ] && ttl_s=$(fdiv "$ttl_s" 1000)
@@ -312,8 +375,9 @@ takeover_n() { # N
 
 	# 2: B waits as the standby.
 	t0=$(now_ms)
-	start_ha_hub hubb "$D/hubb.toml" "$W/tk-$n-B.log"
-	B=$TK_PID
+	start_supervised hubb "$D/hubb.toml" "$W/tk-$n-B.log" "$W/B.pid"
+	BS=$TK_PID
+	B=$(sup_pid "$W/B.pid")
 	wait_log "$W/tk-$n-B.log" 'standby: waiting to lead' "$B" $((120 + n / 500)) || return 1
 	sb_start=$(fdiv $(($(now_ms) - t0)) 1000)
 	sb_cpu=$(fdiv "$(cpu_ns "$B")" 1000000000)
@@ -323,22 +387,24 @@ takeover_n() { # N
 
 	# 3: kill -9 of the leader.
 	e0=$(etcd_counters)
-	ev_kill=$(takeover_event kill "$A" KILL "$B" hubb "$D/hubb.sock" "$W/tk-$n-B.log" "$D/hub.sock") || complete=false
-	HUB_PID=$B
+	ev_kill=$(takeover_event kill "$A" KILL "$W/B.pid" "$BS" hubb "$D/hubb.sock" "$W/tk-$n-B.log" "$D/hub.sock") || complete=false
+	HUB_PID=$BS
+	B=$(sup_pid "$W/B.pid")
 	jq -e '.complete' <<<"$ev_kill" >/dev/null 2>&1 || complete=false
 	ev_kill=$(tk_with_etcd "$ev_kill" "$e0")
 
 	# 4: A back as the standby, then SIGTERM of B.
 	if [ "$HANDOVER" = on ] && [ "$complete" = true ]; then
 		rm -f "$D/hub.sock"
-		start_ha_hub hub "$D/hub.toml" "$W/tk-$n-A2.log"
-		A2=$TK_PID
+		start_supervised hub "$D/hub.toml" "$W/tk-$n-A2.log" "$W/A2.pid"
+		A2S=$TK_PID
+		A2=$(sup_pid "$W/A2.pid")
 		if wait_log "$W/tk-$n-A2.log" 'standby: waiting to lead' "$A2" $((120 + n / 500)); then
 			sleep 2
 			wait_sync 0 60 || complete=false
 			e0=$(etcd_counters)
-			ev_term=$(takeover_event sigterm "$B" TERM "$A2" hub "$D/hub.sock" "$W/tk-$n-A2.log" "$D/hubb.sock") || complete=false
-			HUB_PID=$A2
+			ev_term=$(takeover_event sigterm "$B" TERM "$W/A2.pid" "$A2S" hub "$D/hub.sock" "$W/tk-$n-A2.log" "$D/hubb.sock") || complete=false
+			HUB_PID=$A2S
 			jq -e '.complete' <<<"$ev_term" >/dev/null 2>&1 || complete=false
 			ev_term=$(tk_with_etcd "$ev_term" "$e0")
 		else
@@ -358,12 +424,13 @@ takeover_n() { # N
 		--argjson standby_start_s "$sb_start" --argjson standby_cpu_s "$sb_cpu" \
 		--argjson kill "$ev_kill" --argjson sigterm "$ev_term" \
 		--argjson lease_ttl_s "${ttl_s:-null}" --arg hello "$HELLO" --argjson retries "$RETRIES" \
+		--argjson a_starts "$starts" --argjson etcd_members "${#ETCD_MEMBERS[@]}" \
 		--argjson init_etcd "${init_etcd:-null}" --argjson loadgen "$lg_summary" \
 		--argjson hello_ms "$(hello_ms)" '{
 		kind: "takeover", n: $n, complete: $complete,
 		events: ([$kill, $sigterm] | map(select(. != null))),
 		init_wall_s: $init_wall_s, init_hub_cpu_s: $init_hub_cpu_s, init_etcd: $init_etcd,
-		standby_start_s: $standby_start_s, standby_cpu_s: $standby_cpu_s,
+		standby_start_s: $standby_start_s, standby_cpu_s: $standby_cpu_s, first_hub_starts: $a_starts, etcd_members: $etcd_members,
 		lease_ttl_s: $lease_ttl_s, hello_interval: $hello, retries: $retries,
 		patience_min_s: ($retries * $hello_ms / 1000), patience_max_s: (($retries + 1) * $hello_ms / 1000),
 		loadgen: $loadgen}' | sed 's/^/BENCH-JSON /'

@@ -10,7 +10,7 @@
 #                    [--strongswan] [--strongswan-pfs GROUP]
 #                    [--memory-lock on|off] [--mem SIZE]
 #                    [--timeout SECS] [--keys files|one] [--retries K]
-#                    [--takeover] [--handover on|off]
+#                    [--takeover] [--handover on|off] [--etcd-members 3|1]
 #
 # On the host it builds the release binaries (cargo, CARGO_TARGET_DIR or
 # ./target), then runs itself inside UML once (one boot for every N; see
@@ -31,8 +31,8 @@
 #   `rotor hub` (ROTOR_LOG=$HUB_LOG), then `rotor-loadgen run` (N real
 #   rotor-core nodes, hello every $HELLO, at most $MAX_PENDING inits in flight).
 #
-# Measured (hub CPU = sum_exec_runtime of /proc/PID/schedstat, i.e. user +
-# system time in ns; the user/system split from /proc/PID/stat):
+# Measured (hub CPU = utime + stime of /proc/PID/stat: every thread of the
+# process, in clock ticks; the user/system split from the same fields):
 #   init      loadgen start -> every node acknowledged under generation 1:
 #             wall, hub CPU;
 #   rotate    one warm-up round (`rotor rotate --all`; the first rotation after
@@ -100,6 +100,11 @@
 # inits (must be 0). The nodes' patience is --retries (default there: 10)
 # x --hello: it must outlast the takeover.
 #
+# --etcd-members 1 runs a single etcd member instead of three (no raft
+# replication: a third of etcd's CPU on UML's one CPU, where three members
+# could not absorb a 10,000-node init within the hub's 5 s write deadline
+# on a loaded host).
+#
 # --retries K: the nodes' retries (`rotor-loadgen run --retries`; default
 # 3, 10 with --takeover).
 #
@@ -154,10 +159,11 @@ LEASE_TTL=
 RETRIES=
 TAKEOVER=0
 HANDOVER=on
+ETCD_MEMBERS_N=3
 MEMORY_LOCK=on
 
 usage() {
-	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs|etcd[,...]] [--lease-ttl DUR] [--retries K] [--takeover] [--handover on|off] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--strongswan-pfs GROUP] [--ratchet-every K] [--flood K] [--memory-lock on|off] [--mem SIZE] [--timeout SECS] [--keys files|one]" >&2
+	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs|etcd[,...]] [--lease-ttl DUR] [--retries K] [--takeover] [--handover on|off] [--etcd-members 3|1] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--strongswan-pfs GROUP] [--ratchet-every K] [--flood K] [--memory-lock on|off] [--mem SIZE] [--timeout SECS] [--keys files|one]" >&2
 	exit 2
 }
 
@@ -179,6 +185,7 @@ while [ $# -gt 0 ]; do
 	--retries) RETRIES=${2:-}; shift 2 ;;
 	--takeover) TAKEOVER=1; shift ;;
 	--handover) HANDOVER=${2:-}; shift 2 ;;
+	--etcd-members) ETCD_MEMBERS_N=${2:-}; shift 2 ;;
 	--memory-lock) MEMORY_LOCK=${2:-}; shift 2 ;;
 	--strongswan) STRONGSWAN=1; shift ;;
 	--strongswan-pfs) [ -n "${2:-}" ] || usage; STRONGSWAN=1; SW_PFS=$2; shift 2 ;;
@@ -197,6 +204,7 @@ IFS=, read -r -a STATES <<<"$STATE_LIST"
 [ -z "$RETRIES" ] || [[ $RETRIES =~ ^[1-9][0-9]*$ ]] || usage
 if [ -z "$RETRIES" ]; then RETRIES=3; [ "$TAKEOVER" = 1 ] && RETRIES=10; fi
 [[ $HANDOVER =~ ^(on|off)$ ]] || usage
+[[ $ETCD_MEMBERS_N =~ ^(1|3)$ ]] || usage
 [[ $MEMORY_LOCK =~ ^(on|off)$ ]] || usage
 [[ $KEYS =~ ^(files|one)$ ]] || usage
 [[ $NS_LIST =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage
@@ -247,7 +255,7 @@ if [ "$INSIDE" = 0 ]; then
 	trap 'rm -rf "$OUT" "$COPY"' EXIT
 	args=(--inside --n "$NS_LIST" --state "$STATE_LIST" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
 	[ "${FLOOD_ROUNDS:-0}" -gt 0 ] && args+=(--flood "$FLOOD_ROUNDS")
-	args+=(--ratchet-every "$RATCHET_EVERY" --memory-lock "$MEMORY_LOCK" --keys "$KEYS" --retries "$RETRIES" --handover "$HANDOVER")
+	args+=(--ratchet-every "$RATCHET_EVERY" --memory-lock "$MEMORY_LOCK" --keys "$KEYS" --retries "$RETRIES" --handover "$HANDOVER" --etcd-members "$ETCD_MEMBERS_N")
 	[ -n "$LEASE_TTL" ] && args+=(--lease-ttl "$LEASE_TTL")
 	[ "$TAKEOVER" = 1 ] && args+=(--takeover)
 	[ "$PROFILE" = 1 ] && args+=(--profile)
@@ -368,12 +376,18 @@ PROF=
 [ "$PROFILE" = 1 ] && PROF=$(mktemp -d /tmp/rotor-bench-prof.XXXXXX)
 HUB_PID=
 LG_PID=
+HUB_LOG_FILE=
 log() { echo "bench: $*" >&2; }
+# The hubs' logs are copied here (the host's /tmp) at the end, for a
+# post-mortem: $W goes with the boot.
+LOGS=$(mktemp -d /tmp/rotor-bench-logs.XXXXXX)
+log "hub logs will be in $LOGS (host /tmp)"
 
 cleanup() {
 	[ -n "$LG_PID" ] && kill "$LG_PID" 2>/dev/null
 	[ -n "$HUB_PID" ] && kill "$HUB_PID" 2>/dev/null
 	declare -F takeover_cleanup >/dev/null && takeover_cleanup && takeover_close
+	cp "$W"/*.log "$LOGS/" 2>/dev/null
 	# etcd's members are children too: stopped before the wait for all.
 	declare -F etcd_cleanup >/dev/null && etcd_cleanup
 	wait 2>/dev/null
@@ -387,8 +401,20 @@ trap cleanup EXIT
 sysctl -qw net.core.netdev_max_backlog=100000 2>/dev/null
 
 now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
-# cpu_ns PID: on-CPU time (user + system) in ns
-cpu_ns() { read -r ns _ <"/proc/$1/schedstat" && echo "$ns"; }
+# cpu_ns PID: on-CPU time (user + system) of the whole process, every
+# thread (exited ones too), in ns. /proc/PID/schedstat would count the main
+# thread only: a hub on etcd does its gRPC on a thread of its own, and etcd
+# is all goroutines on several threads. /proc/PID/stat counts in clock
+# ticks (UML's clock advances in 10 ms ticks anyway).
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ns() {
+	local f
+	{ read -r f <"/proc/$1/stat"; } 2>/dev/null || return 1
+	f=${f##*) }
+	# shellcheck disable=SC2086 # the fields, split
+	set -- $f
+	echo $(((${12} + ${13}) * 1000000000 / CLK_TCK))
+}
 # cpu_split PID: "utime stime" in clock ticks
 cpu_split() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
@@ -413,7 +439,11 @@ wait_sync() {
 			'.in_sync == .count and .rotations >= $r' "$W/progress.json" >/dev/null 2>&1; then
 			return 0
 		fi
-		kill -0 "$HUB_PID" 2>/dev/null || { log "the hub died"; return 1; }
+		kill -0 "$HUB_PID" 2>/dev/null || {
+			log "the hub died${HUB_LOG_FILE:+; the end of its log:}"
+			[ -n "$HUB_LOG_FILE" ] && tail -n 6 "$HUB_LOG_FILE" | cut -c1-300 >&2
+			return 1
+		}
 		kill -0 "$LG_PID" 2>/dev/null || { log "the load generator died"; return 1; }
 		sleep 0.2
 	done
@@ -489,6 +519,33 @@ start_hub() { # CONFIG LOGFILE
 	return 1
 }
 
+# start_hub_serving CONFIG LOGFILE: start_hub, then until the hub answers
+# a control request. A hub that exits before (a fresh hub on etcd writes
+# every node's record before it serves; on UML etcd can take longer than
+# the hub's 5 s write deadline) is started again, as its service manager
+# would, up to 5 times; each transaction etcd took stays. Attempt K logs
+# to LOGFILE with -tryK before .log; sets START_ATTEMPTS and HUB_LOG_FILE
+# (the serving attempt's log).
+start_hub_serving() {
+	local sock try
+	sock=$(sed -n 's/^socket = "\(.*\)"$/\1/p' "$1")
+	START_ATTEMPTS=0
+	while [ "$START_ATTEMPTS" -lt 5 ]; do
+		START_ATTEMPTS=$((START_ATTEMPTS + 1))
+		try=${2%.log}-try$START_ATTEMPTS.log
+		HUB_LOG_FILE=$try
+		start_hub "$1" "$try" || continue
+		until "$ROTOR" status --socket "$sock" >/dev/null 2>&1; do
+			kill -0 "$HUB_PID" 2>/dev/null || break
+			sleep 0.5
+		done
+		kill -0 "$HUB_PID" 2>/dev/null && return 0
+		wait "$HUB_PID" 2>/dev/null
+		log "start $START_ATTEMPTS: the hub exited before it served: $(tail -n 1 "$try" | cut -c1-200)"
+	done
+	return 1
+}
+
 start_loadgen() { # COUNT DIR
 	rm -f "$W/progress.json"
 	ip netns exec load "$LOADGEN" run --count "$1" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" --hub 10.0.0.1:4820 \
@@ -530,7 +587,7 @@ if [ "$USE_ETCD" = 1 ]; then
 	# shellcheck source=bench-etcd.sh
 	. "$HERE/bench-etcd.sh"
 	bench_etcd_up || { log "etcd did not come up"; exit 3; }
-	log "etcd: three members healthy after ${ETCD_BOOT_MS} ms"
+	log "etcd: ${#ETCD_MEMBERS[@]} member(s) healthy after ${ETCD_BOOT_MS} ms"
 fi
 if [ "$TAKEOVER" = 1 ]; then
 	# shellcheck source=bench-takeover.sh
@@ -558,7 +615,13 @@ for N in "${NS[@]}"; do
 	SOCK=$D/hub.sock
 	snd0=$(softnet_drops)
 	t0=$(now_ms)
-	start_hub "$D/hub.toml" "$HUB_LOG_FILE" || exit 3
+	if [ "$KIND" = etcd ]; then
+		start_hub_serving "$D/hub.toml" "$HUB_LOG_FILE" || exit 3
+		log "N=$N: the hub serves after $START_ATTEMPTS start(s)"
+	else
+		start_hub "$D/hub.toml" "$HUB_LOG_FILE" || exit 3
+		START_ATTEMPTS=1
+	fi
 	hub_start_s=$(fdiv $(( $(now_ms) - t0 )) 1000)
 	log "N=$N: hub up in ${hub_start_s}s (config, 2N policies), VmRSS $(rss_kb "$HUB_PID") kB, VmLck $(awk '/^VmLck:/ { print $2 }' "/proc/$HUB_PID/status") kB (--memory-lock $MEMORY_LOCK)"
 
@@ -777,7 +840,7 @@ for N in "${NS[@]}"; do
 		--argjson hub_in_sync "$hub_in_sync" --argjson hub_at_gen "$hub_at_gen" \
 		--argjson hub_resends "$hub_resends" --argjson hub_inits "$hub_inits" \
 		--argjson floor_us "$floor_us" --argjson ip_us "$ip_us" --argjson floor "$fl" \
-		--argjson loadgen "$lg_summary" --argjson etcd "$etcd_fig" --arg lease_ttl "$LEASE_TTL" --arg hello "$HELLO" --arg hub_log "$HUB_LOG" \
+		--argjson loadgen "$lg_summary" --argjson etcd "$etcd_fig" --argjson start_attempts "$START_ATTEMPTS" --arg lease_ttl "$LEASE_TTL" --arg hello "$HELLO" --arg hub_log "$HUB_LOG" \
 		--argjson profile "$PROFILE" --arg addressing "$ADDRESSING" --arg state_fs "$KIND" --argjson ratchet_every "$RATCHET_EVERY" '{
 		n: $n, complete: $complete,
 		rotations_per_hub_cpu_s: $rate,
@@ -801,7 +864,7 @@ for N in "${NS[@]}"; do
 		        softnet: $snd_drops, loadgen: $lg_drops},
 		hub_kernel_errors: $hub_kernel_errors, hub_in_sync: $hub_in_sync, hub_at_generation: $hub_at_gen,
 		hub_resends: $hub_resends, hub_inits: $hub_inits,
-		etcd: $etcd, lease_ttl: (if $lease_ttl == "" then null else $lease_ttl end),
+		etcd: $etcd, hub_start_attempts: $start_attempts, lease_ttl: (if $lease_ttl == "" then null else $lease_ttl end),
 		floor: $floor, loadgen: $loadgen, hello_interval: $hello, hub_log: $hub_log, addressing: $addressing, state_fs: $state_fs, ratchet_every: $ratchet_every, profiled: ($profile == 1)
 		}' | sed 's/^/BENCH-JSON /'
 done
