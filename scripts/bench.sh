@@ -340,7 +340,7 @@ if [ "$INSIDE" = 0 ]; then
 			  (if $e.init.put != null then $e.init.put / .n else null end | f(2)), ($e.init.txn | tostring),
 			  (if $e.after.db_bytes != null then $e.after.db_bytes / 1048576 else null end | f(1))] | @tsv)
 			' <<<"$results" | column -t -s $'\t'
-			echo "(etcd's own counters (/metrics of each member, the largest; revisions from etcdctl endpoint status) over the measured rounds, per round and per rotation; etcd cpu: the three members' together; init: the init phase)"
+			echo "(etcd's own counters (/metrics of each member, the largest; revisions from etcdctl endpoint status) over the measured rounds, per round and per rotation; etcd cpu: the members' together; init: the init phase; db: the largest member's database)"
 		fi
 	fi
 	[ "$rc" = 0 ] || [ "$rc" = 1 ] || exit 3
