@@ -2,7 +2,7 @@
 # scripts/bench.sh --takeover, sourced by it inside UML (not run by hand):
 # hub failover with N real nodes. Uses bench.sh's helpers (gen,
 # start_loadgen, wait_sync, pf, cpu_ns, now_ms, fdiv, log, ...) and
-# bench-etcd.sh's (the three members are up).
+# bench-etcd.sh's (the etcd members are up).
 #
 # Topology, for one N: namespaces hub (hub A) and hubb (hub B), each with a
 # veth0 on bridge br0 in namespace load (10.0.0.2/24 on br0, the N node
@@ -15,8 +15,13 @@
 # (10.99.0.20, .21) and share one prefix, rotor/takeover-nN; the same
 # configuration but the control socket (hub.sock, hubb.sock).
 #
-#  1 A starts and leads; the N nodes initialise and are all in sync.
-#  2 B starts and waits as the standby ("standby: waiting to lead").
+#  1 A starts and leads (a start that exits before serving is made again,
+#    up to 5 times, counted: first_hub_starts); the N nodes initialise and
+#    are all in sync.
+#  2 B starts and waits as the standby ("standby: waiting to lead"). B,
+#    and A in 4, run supervised as rotor-hub.service runs a hub (started
+#    again 5 s after a failed exit, at most 5 times: new_leader_restarts);
+#    their CPU counts every run.
 #  3 kill -9 of A (t0). From t0, on UML's one clock: B's log says leading
 #    (lead_s), service address taken, state read (the records, from etcd),
 #    serving (serving_s); `rotor status` on B's socket answered (answer_s,
