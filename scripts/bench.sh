@@ -4,11 +4,13 @@
 #
 #   scripts/bench.sh [--n 1000,10000] [--json] [--rounds R] [--hello 30s]
 #                    [--ratchet-every K]
-#                    [--addressing scattered|sequential] [--state hostfs|tmpfs]
+#                    [--addressing scattered|sequential]
+#                    [--state hostfs|tmpfs|etcd[,...]] [--lease-ttl DUR]
 #                    [--max-pending K] [--hub-log LEVEL] [--profile] [--syscalls]
 #                    [--strongswan] [--strongswan-pfs GROUP]
 #                    [--memory-lock on|off] [--mem SIZE]
-#                    [--timeout SECS] [--keys files|one]
+#                    [--timeout SECS] [--keys files|one] [--retries K]
+#                    [--takeover] [--handover on|off] [--etcd-members 3|1]
 #
 # On the host it builds the release binaries (cargo, CARGO_TARGET_DIR or
 # ./target), then runs itself inside UML once (one boot for every N; see
@@ -29,8 +31,8 @@
 #   `rotor hub` (ROTOR_LOG=$HUB_LOG), then `rotor-loadgen run` (N real
 #   rotor-core nodes, hello every $HELLO, at most $MAX_PENDING inits in flight).
 #
-# Measured (hub CPU = sum_exec_runtime of /proc/PID/schedstat, i.e. user +
-# system time in ns; the user/system split from /proc/PID/stat):
+# Measured (hub CPU = utime + stime of /proc/PID/stat: every thread of the
+# process, in clock ticks; the user/system split from the same fields):
 #   init      loadgen start -> every node acknowledged under generation 1:
 #             wall, hub CPU;
 #   rotate    one warm-up round (`rotor rotate --all`; the first rotation after
@@ -73,6 +75,38 @@
 # random SPIs), as fast as it sends, and prints one line: rotations per
 # wall second calm and under the flood, the junk rate sent, the hub's
 # intake, its CPU per rotation, and its drops by reason.
+#
+# --state etcd keeps the hub's records in etcd: three members in UML
+# (netns-tests/etcd-lib.sh: namespaces etcd1..3 on a bridge the hub's
+# namespace joins, data on a tmpfs, one cluster for the whole boot, a prefix
+# per N), state = "etcd://...", a cluster key (`rotor genkey`), lease_ttl
+# --lease-ttl when given (else the daemon's default). On top of the usual
+# figures it reads etcd's own counters (each member's /metrics and
+# `etcdctl endpoint status`, scripts/bench-etcd.sh) around the init and the
+# measured rounds: transactions, puts, revisions and raft proposals per
+# round and per rotation, and the three members' CPU. A list (--state
+# tmpfs,etcd) runs every N once per state, in that order, in the same boot;
+# each record then carries its rotations per hub CPU-second over the first
+# state's for the same N (rate_vs_first_state).
+#
+# --takeover measures hub failover instead (scripts/bench-takeover.sh): two
+# hubs on the nodes' L2 segment with a service address and their state in
+# etcd, the N nodes in sync with the first; kill -9 of the leader, then
+# (--handover on, default) the killed hub restarted as the standby and a
+# SIGTERM of the new leader (a graceful hand-over). For each: until the
+# standby leads, answers `rotor status`, until every node that waited for
+# the hub heard from it again, until every node is in sync again (re-keyed
+# by the new leader, which cannot send on the old one's SAs), its CPU, the
+# inits (must be 0). The nodes' patience is --retries (default there: 10)
+# x --hello: it must outlast the takeover.
+#
+# --etcd-members 1 runs a single etcd member instead of three (no raft
+# replication: a third of etcd's CPU on UML's one CPU, where three members
+# could not absorb a 10,000-node init within the hub's 5 s write deadline
+# on a loaded host).
+#
+# --retries K: the nodes' retries (`rotor-loadgen run --retries`; default
+# 3, 10 with --takeover).
 #
 # --keys one writes the nodes' init keys into one hub.keys_file instead of
 # one psk_file per node (files, the default): reading 100,000 key files is
@@ -120,11 +154,16 @@ INSIDE=0
 GRACE_S=1
 ANYIP_ABOVE=20000 # more nodes: a local route instead of N addresses
 ADDRESSING=scattered
-STATE_FS=hostfs
+STATE_LIST=hostfs
+LEASE_TTL=
+RETRIES=
+TAKEOVER=0
+HANDOVER=on
+ETCD_MEMBERS_N=3
 MEMORY_LOCK=on
 
 usage() {
-	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--strongswan-pfs GROUP] [--ratchet-every K] [--flood K] [--memory-lock on|off] [--mem SIZE] [--timeout SECS] [--keys files|one]" >&2
+	echo "usage: $PROG [--n 1000,10000] [--json] [--addressing scattered|sequential] [--state hostfs|tmpfs|etcd[,...]] [--lease-ttl DUR] [--retries K] [--takeover] [--handover on|off] [--etcd-members 3|1] [--rounds R] [--hello DUR] [--max-pending K] [--hub-log LEVEL] [--profile] [--strongswan] [--strongswan-pfs GROUP] [--ratchet-every K] [--flood K] [--memory-lock on|off] [--mem SIZE] [--timeout SECS] [--keys files|one]" >&2
 	exit 2
 }
 
@@ -141,7 +180,12 @@ while [ $# -gt 0 ]; do
 	--flood) FLOOD_ROUNDS=${2:-}; shift 2 ;;
 	--ratchet-every) RATCHET_EVERY=${2:-}; shift 2 ;;
 	--addressing) ADDRESSING=${2:-}; shift 2 ;;
-	--state) STATE_FS=${2:-}; shift 2 ;;
+	--state) STATE_LIST=${2:-}; shift 2 ;;
+	--lease-ttl) LEASE_TTL=${2:-}; shift 2 ;;
+	--retries) RETRIES=${2:-}; shift 2 ;;
+	--takeover) TAKEOVER=1; shift ;;
+	--handover) HANDOVER=${2:-}; shift 2 ;;
+	--etcd-members) ETCD_MEMBERS_N=${2:-}; shift 2 ;;
 	--memory-lock) MEMORY_LOCK=${2:-}; shift 2 ;;
 	--strongswan) STRONGSWAN=1; shift ;;
 	--strongswan-pfs) [ -n "${2:-}" ] || usage; STRONGSWAN=1; SW_PFS=$2; shift 2 ;;
@@ -154,7 +198,13 @@ while [ $# -gt 0 ]; do
 	esac
 done
 [[ $ADDRESSING =~ ^(scattered|sequential)$ ]] || usage
-[[ $STATE_FS =~ ^(hostfs|tmpfs)$ ]] || usage
+[[ $STATE_LIST =~ ^(hostfs|tmpfs|etcd)(,(hostfs|tmpfs|etcd))*$ ]] || usage
+IFS=, read -r -a STATES <<<"$STATE_LIST"
+[ -z "$LEASE_TTL" ] || [[ $LEASE_TTL =~ ^[1-9][0-9]*(ms|s)$ ]] || usage
+[ -z "$RETRIES" ] || [[ $RETRIES =~ ^[1-9][0-9]*$ ]] || usage
+if [ -z "$RETRIES" ]; then RETRIES=3; [ "$TAKEOVER" = 1 ] && RETRIES=10; fi
+[[ $HANDOVER =~ ^(on|off)$ ]] || usage
+[[ $ETCD_MEMBERS_N =~ ^(1|3)$ ]] || usage
 [[ $MEMORY_LOCK =~ ^(on|off)$ ]] || usage
 [[ $KEYS =~ ^(files|one)$ ]] || usage
 [[ $NS_LIST =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || usage
@@ -179,34 +229,45 @@ if [ "$INSIDE" = 0 ]; then
 		{ echo "$PROG: build failed" >&2; exit 3; }
 	export ROTOR_BIN=$T/release/rotor ROTOR_LOADGEN=$T/release/rotor-loadgen \
 		ROTOR_XFRMCTL=$T/release/rotor-xfrmctl
+	ETCD_RUN=0
+	[ "$TAKEOVER" = 1 ] && ETCD_RUN=1
+	[[ ,$STATE_LIST, == *,etcd,* ]] && ETCD_RUN=1
 	if [ -z "$MEM" ]; then
 		MEM=2G
 		[ "$MAXN" -gt 20000 ] && MEM=4G
 		[ "$MAXN" -gt 50000 ] && MEM=8G
+		# Three etcd members hold the records (and their revisions) too.
+		[ "$ETCD_RUN" = 1 ] && [ "$MAXN" -le 20000 ] && MEM=3G
 	fi
 	if [ -z "$TIMEOUT" ]; then
 		TIMEOUT=$((600 + MAXN / 20))
 		[ "$PROFILE" = 1 ] && TIMEOUT=$((TIMEOUT * 8))
+		# Each state is a run of its own; a takeover starts a second hub twice.
+		TIMEOUT=$((TIMEOUT * ${#STATES[@]}))
+		[ "$TAKEOVER" = 1 ] && TIMEOUT=$((TIMEOUT * 2))
 	fi
 	OUT=$(mktemp /tmp/rotor-bench.XXXXXX)
-	# UML runs a copy: bash reads a script as it goes, so editing this file
+	# UML runs copies: bash reads a script as it goes, so editing one
 	# during a run would otherwise change the run.
-	COPY=$OUT.sh
-	cp "$ROOT/scripts/bench.sh" "$COPY"
-	trap 'rm -f "$OUT" "$COPY"' EXIT
-	args=(--inside --n "$NS_LIST" --state "$STATE_FS" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
+	COPY=$(mktemp -d /tmp/rotor-bench-scripts.XXXXXX)
+	cp "$ROOT/scripts/bench.sh" "$ROOT/scripts/bench-etcd.sh" "$ROOT/scripts/bench-takeover.sh" \
+		"$ROOT/netns-tests/etcd-lib.sh" "$COPY/" || { echo "$PROG: copying the scripts failed" >&2; exit 3; }
+	trap 'rm -rf "$OUT" "$COPY"' EXIT
+	args=(--inside --n "$NS_LIST" --state "$STATE_LIST" --rounds "$ROUNDS" --hello "$HELLO" --max-pending "$MAX_PENDING" --hub-log "$HUB_LOG" --addressing "$ADDRESSING")
 	[ "${FLOOD_ROUNDS:-0}" -gt 0 ] && args+=(--flood "$FLOOD_ROUNDS")
-	args+=(--ratchet-every "$RATCHET_EVERY" --memory-lock "$MEMORY_LOCK" --keys "$KEYS")
+	args+=(--ratchet-every "$RATCHET_EVERY" --memory-lock "$MEMORY_LOCK" --keys "$KEYS" --retries "$RETRIES" --handover "$HANDOVER" --etcd-members "$ETCD_MEMBERS_N")
+	[ -n "$LEASE_TTL" ] && args+=(--lease-ttl "$LEASE_TTL")
+	[ "$TAKEOVER" = 1 ] && args+=(--takeover)
 	[ "$PROFILE" = 1 ] && args+=(--profile)
 	[ "$SYSCALLS" = 1 ] && args+=(--syscalls)
 	# Progress goes to stderr; the results are the BENCH-JSON lines.
-	"$ROOT/scripts/uml-run.sh" --mem "$MEM" --timeout "$TIMEOUT" "$COPY" "${args[@]}" |
+	"$ROOT/scripts/uml-run.sh" --mem "$MEM" --timeout "$TIMEOUT" "$COPY/bench.sh" "${args[@]}" |
 		tee "$OUT" | grep --line-buffered -v '^BENCH-JSON ' >&2
 	rc=${PIPESTATUS[0]}
 	results=$(sed -n 's/^BENCH-JSON //p' "$OUT")
 	[ -n "$results" ] || { echo "$PROG: no results (the UML run ended with exit $rc)" >&2; exit 3; }
 	[ "$rc" = 0 ] || [ "$rc" = 1 ] || echo "$PROG: the UML run failed (exit $rc); the results of the N that finished follow" >&2
-	if [ "$STRONGSWAN" = 1 ]; then
+	if [ "$STRONGSWAN" = 1 ] && [ "$TAKEOVER" = 0 ]; then
 		SW=${ROTOR_STRONGSWAN_BENCH:-$ROOT/bench/strongswan.sh}
 		if [ -x "$SW" ]; then
 			sw_args=(--n "$NS_LIST" --json)
@@ -222,18 +283,39 @@ if [ "$INSIDE" = 0 ]; then
 			echo "$PROG: --strongswan: $SW is missing; its figures stay null" >&2
 		fi
 	fi
-	# rotor's rotations against strongSwan's rekeys per hub CPU-second.
-	results=$(jq -c '.rotor_vs_strongswan = (if (.strongswan_rekeys_per_hub_cpu_s // 0) > 0
-		then .rotations_per_hub_cpu_s / .strongswan_rekeys_per_hub_cpu_s else null end)' <<<"$results")
+	if [ "$TAKEOVER" = 0 ]; then
+		# rotor's rotations against strongSwan's rekeys per hub CPU-second;
+		# each state's rotations per hub CPU-second against the first state's,
+		# same N, same boot.
+		results=$(jq -c --arg first "${STATES[0]}" -s '
+			. as $all | .[] | .rotor_vs_strongswan = (if (.strongswan_rekeys_per_hub_cpu_s // 0) > 0
+				then .rotations_per_hub_cpu_s / .strongswan_rekeys_per_hub_cpu_s else null end)
+			| .n as $n
+			| ([$all[] | select(.n == $n and .state_fs == $first) | .rotations_per_hub_cpu_s][0]) as $base
+			| .rate_vs_first_state = (if ($base // 0) > 0 and .rotations_per_hub_cpu_s != null
+				then .rotations_per_hub_cpu_s / $base else null end)' <<<"$results")
+	fi
 	if [ "$JSON" = 1 ]; then
 		echo "$results"
+	elif [ "$TAKEOVER" = 1 ]; then
+		jq -rs '
+		def f(d): if . == null then "-" else (. * pow(10; d) | round / pow(10; d) | tostring) end;
+		(["N", "event", "lease s", "leads s", "answers s", "serving s (log)", "nodes quiet s", "node wait max s", "nodes waited",
+		  "hub cpu to answer s", "hub cpu to quiet s", "in sync s", "hub cpu to in sync s", "inits", "fallbacks", "hub drops", "rcvbuf errs"] | @tsv),
+		(.[] | . as $r | (.events[] | [($r.n | tostring), .event, ($r.lease_ttl_s | f(1)), (.lead_s | f(2)), (.answer_s | f(2)),
+		  (.serving_s | f(2)), (.quiet_s | f(2)), (.wait_max_s | f(2)), (.waits | tostring),
+		  (.cpu_to_answer_s | f(2)), (.cpu_to_quiet_s | f(2)), (.in_sync_s | f(2)), (.cpu_to_in_sync_s | f(2)),
+		  (.inits | tostring), (.fallbacks | tostring), (.hub_drops | tostring), (.rcvbuf_errors | tostring)] | @tsv))
+		' <<<"$results" | column -t -s $'\t'
+		jq -rs '.[] | "N=\(.n): init \(.init_wall_s) s (hub \(.init_hub_cpu_s) CPU-s); standby start \(.standby_start_s) s (\(.standby_cpu_s) CPU-s); hello \(.hello_interval), retries \(.retries): a node gives up \(.patience_min_s)-\(.patience_max_s) s after the hub; complete \(.complete)"' <<<"$results"
+		echo "(from the kill -9 / SIGTERM of the leader, one UML clock: leads: the standby's log says leading; answers: \`rotor status\` on its socket answered; serving: its log says serving; nodes quiet: the last node that waited >= 1 s for the hub heard from it; node wait max: the longest such wait; nodes waited: how many; hub cpu: the new leader's, from the signal; in sync: every node re-keyed by the new leader and acknowledged under its new key (the new leader cannot send on the old one's SAs); inits, fallbacks: during all of it, target 0)"
 	else
 		jq -rs --arg swan "swan rekey/cpu s${SW_PFS:+ (pfs $SW_PFS)}" '
 		def f(d): if . == null then "-" else (. * pow(10; d) | round / pow(10; d) | tostring) end;
-		(["N", "init s", "init hub cpu s", "rot/hub cpu s", "hub us/rot", "floor us/rot", "hub/floor",
+		(["N", "state", "init s", "init hub cpu s", "rot/hub cpu s", "vs first state", "hub us/rot", "floor us/rot", "hub/floor",
 		  "ip-batch us/rot", "hub/ip", "rot wall s", "SA ops/s", "ctl msg/s", "B/node", "drops", "restart s", "restart cpu s", "resync s", "restart inits", $swan, "rotor/swan"] | @tsv),
-		(.[] | [(.n | tostring), (.init_wall_s | f(2)), (.init_hub_cpu_s | f(2)),
-		  (.rotations_per_hub_cpu_s | f(0)), (.hub_us_per_rotation | f(1)),
+		(.[] | [(.n | tostring), .state_fs, (.init_wall_s | f(2)), (.init_hub_cpu_s | f(2)),
+		  (.rotations_per_hub_cpu_s | f(0)), (.rate_vs_first_state | f(2)), (.hub_us_per_rotation | f(1)),
 		  (.kernel_floor_us_per_rotation | f(1)), (.hub_vs_floor | f(2)),
 		  (.ip_batch_us_per_rotation | f(1)), (.hub_vs_ip_batch | f(2)),
 		  (.rotation_wall_s | f(2)), (.kernel_sa_ops_per_s | f(0)),
@@ -242,7 +324,24 @@ if [ "$INSIDE" = 0 ]; then
 		  (.restart_inits | tostring), (.strongswan_rekeys_per_hub_cpu_s | f(0)),
 		  (.rotor_vs_strongswan | f(1))] | @tsv)
 		' <<<"$results" | column -t -s $'\t'
-		echo "(hub/floor: hub CPU per rotation over the batched-netlink kernel floor; target <= 2. rot/hub cpu s target >= 10000; B/node target <= 1024; drops target 0; restart s: SIGTERM'd hub started again -> answering, target <= 5 at 100,000 nodes; restart cpu s: the new hub's CPU until then; resync s: then one rotate --all on every node; restart inits target 0; rotor/swan: rotations per hub CPU-s over strongSwan's CHILD_SA rekeys per hub CPU-s, same N, --strongswan)"
+		echo "(hub/floor: hub CPU per rotation over the batched-netlink kernel floor; target <= 2. rot/hub cpu s target >= 10000 (>= 5000 with the state in etcd); vs first state: over the first --state's, same N and boot; B/node target <= 1024; drops target 0; restart s: SIGTERM'd hub started again -> answering, target <= 5 at 100,000 nodes; restart cpu s: the new hub's CPU until then; resync s: then one rotate --all on every node; restart inits target 0; rotor/swan: rotations per hub CPU-s over strongSwan's CHILD_SA rekeys per hub CPU-s, same N, --strongswan)"
+		if jq -e -s 'any(.etcd != null)' <<<"$results" >/dev/null; then
+			echo
+			jq -rs '
+			def f(d): if . == null then "-" else (. * pow(10; d) | round / pow(10; d) | tostring) end;
+			(["N", "etcd txn/round", "txn/rot", "put/round", "put/rot", "revisions/round", "proposals/round",
+			  "etcd cpu s/round", "etcd us/rot", "hub us/rot", "rot wall s", "init put/node", "init txn", "db MB"] | @tsv),
+			(.[] | select(.etcd != null) | .etcd as $e | [(.n | tostring),
+			  ($e.rounds.txn_per_round | f(1)), ($e.rounds.txn_per_rotation | f(4)),
+			  ($e.rounds.put_per_round | f(0)), ($e.rounds.put_per_rotation | f(2)),
+			  ($e.rounds.revisions_per_round | f(1)), ($e.rounds.proposals_per_round | f(1)),
+			  ($e.rounds.cpu_s_per_round | f(2)), ($e.rounds.cpu_us_per_rotation | f(1)),
+			  (.hub_us_per_rotation | f(1)), (.rotation_wall_s | f(2)),
+			  (if $e.init.put != null then $e.init.put / .n else null end | f(2)), ($e.init.txn | tostring),
+			  (if $e.after.db_bytes != null then $e.after.db_bytes / 1048576 else null end | f(1))] | @tsv)
+			' <<<"$results" | column -t -s $'\t'
+			echo "(etcd's own counters (/metrics of each member, the largest; revisions from etcdctl endpoint status) over the measured rounds, per round and per rotation; etcd cpu: the members' together; init: the init phase; db: the largest member's database)"
+		fi
 	fi
 	[ "$rc" = 0 ] || [ "$rc" = 1 ] || exit 3
 	jq -e -s 'all(.complete)' <<<"$results" >/dev/null || exit 1
@@ -253,6 +352,8 @@ fi
 ROTOR=${ROTOR_BIN:?ROTOR_BIN not set}
 LOADGEN=${ROTOR_LOADGEN:?ROTOR_LOADGEN not set}
 for b in "$ROTOR" "$LOADGEN"; do [ -x "$b" ] || { echo "$PROG: $b missing" >&2; exit 3; }; done
+# The helper scripts next to this one (the host side runs copies of all).
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd -P)
 W=$(mktemp -d /tmp/rotor-bench-in.XXXXXX)
 # Keys and configs on a tmpfs: /tmp here is the host's directory through
 # hostfs, where each of N key files costs several host system calls (a
@@ -260,24 +361,38 @@ W=$(mktemp -d /tmp/rotor-bench-in.XXXXXX)
 # reads them from its page cache. The hub's durable state stays on hostfs
 # (STATE), so every fdatasync is a real one.
 mount -t tmpfs -o size=$((64 + MAXN / 100))m tmpfs "$W" || { echo "$PROG: tmpfs on $W" >&2; exit 3; }
-STATE=$(mktemp -d /tmp/rotor-bench-state.XXXXXX)
+STATE_HOSTFS=$(mktemp -d /tmp/rotor-bench-state.XXXXXX)
 # --state tmpfs: the state on the tmpfs too. UML runs a host fsync inside
 # the calling process's system time, so on hostfs every fdatasync counts as
 # hub CPU; on a tmpfs the store's CPU cost is measured alone.
-[ "$STATE_FS" = tmpfs ] && STATE=$W/state && mkdir -p "$STATE"
+STATE_TMPFS=$W/state
+mkdir -p "$STATE_TMPFS"
+# The 1-node baseline hub keeps its state in a directory: the first
+# directory state asked for.
+STATE=$STATE_HOSTFS
+[[ ,$STATE_LIST, == *,hostfs,* ]] || STATE=$STATE_TMPFS
 # The profile on the host's /tmp (hostfs): it outlives this UML boot.
 PROF=
 [ "$PROFILE" = 1 ] && PROF=$(mktemp -d /tmp/rotor-bench-prof.XXXXXX)
 HUB_PID=
 LG_PID=
+HUB_LOG_FILE=
 log() { echo "bench: $*" >&2; }
+# The hubs' logs are copied here (the host's /tmp) at the end, for a
+# post-mortem: $W goes with the boot.
+LOGS=$(mktemp -d /tmp/rotor-bench-logs.XXXXXX)
+log "hub logs will be in $LOGS (host /tmp)"
 
 cleanup() {
 	[ -n "$LG_PID" ] && kill "$LG_PID" 2>/dev/null
 	[ -n "$HUB_PID" ] && kill "$HUB_PID" 2>/dev/null
+	declare -F takeover_cleanup >/dev/null && takeover_cleanup && takeover_close
+	cp "$W"/*.log "$LOGS/" 2>/dev/null
+	# etcd's members are children too: stopped before the wait for all.
+	declare -F etcd_cleanup >/dev/null && etcd_cleanup
 	wait 2>/dev/null
-	for ns in hub load floor; do ip netns del "$ns" 2>/dev/null; done
-	rm -rf "$STATE"
+	for ns in hub hubb load floor; do ip netns del "$ns" 2>/dev/null; done
+	rm -rf "$STATE_HOSTFS"
 	umount "$W"
 	rm -rf "$W"
 }
@@ -286,8 +401,20 @@ trap cleanup EXIT
 sysctl -qw net.core.netdev_max_backlog=100000 2>/dev/null
 
 now_ms() { echo $((${EPOCHREALTIME/./} / 1000)); }
-# cpu_ns PID: on-CPU time (user + system) in ns
-cpu_ns() { read -r ns _ <"/proc/$1/schedstat" && echo "$ns"; }
+# cpu_ns PID: on-CPU time (user + system) of the whole process, every
+# thread (exited ones too), in ns. /proc/PID/schedstat would count the main
+# thread only: a hub on etcd does its gRPC on a thread of its own, and etcd
+# is all goroutines on several threads. /proc/PID/stat counts in clock
+# ticks (UML's clock advances in 10 ms ticks anyway).
+CLK_TCK=$(getconf CLK_TCK)
+cpu_ns() {
+	local f
+	{ read -r f <"/proc/$1/stat"; } 2>/dev/null || return 1
+	f=${f##*) }
+	# shellcheck disable=SC2086 # the fields, split
+	set -- $f
+	echo $(((${12} + ${13}) * 1000000000 / CLK_TCK))
+}
 # cpu_split PID: "utime stime" in clock ticks
 cpu_split() { sed 's/.*) //' "/proc/$1/stat" | awk '{ print $12, $13 }'; }
 rss_kb() { awk '/^VmRSS:/ { print $2 }' "/proc/$1/status"; }
@@ -312,7 +439,11 @@ wait_sync() {
 			'.in_sync == .count and .rotations >= $r' "$W/progress.json" >/dev/null 2>&1; then
 			return 0
 		fi
-		kill -0 "$HUB_PID" 2>/dev/null || { log "the hub died"; return 1; }
+		kill -0 "$HUB_PID" 2>/dev/null || {
+			log "the hub died${HUB_LOG_FILE:+; the end of its log:}"
+			[ -n "$HUB_LOG_FILE" ] && tail -n 6 "$HUB_LOG_FILE" | cut -c1-300 >&2
+			return 1
+		}
 		kill -0 "$LG_PID" 2>/dev/null || { log "the load generator died"; return 1; }
 		sleep 0.2
 	done
@@ -348,11 +479,16 @@ topology() { # N DIR (DIR/addresses.batch from rotor-loadgen gen)
 	log "N=$n: $n addresses in $(( $(now_ms) - t0 )) ms"
 }
 
-gen() { # N DIR
+gen() { # N DIR [hostfs|tmpfs|etcd (default: the baseline's directory) [ETCD_PREFIX]]
 	"$LOADGEN" gen --count "$1" --dir "$2" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" \
 		--hub-addr 10.0.0.1 --grace "${GRACE_S}s" --ratchet-every "$RATCHET_EVERY" \
 		$([ "$KEYS" = one ] && echo --keys-file) >/dev/null || return 1
-	sed -i "s|^state_dir = .*|state_dir = \"$STATE/n$1\"|" "$2/hub.toml"
+	case ${3:-} in
+	etcd) bench_etcd_config "$2/hub.toml" "${4:-rotor/bench-n$1}" || return 1 ;;
+	hostfs) sed -i "s|^state_dir = .*|state_dir = \"$STATE_HOSTFS/n$1\"|" "$2/hub.toml" ;;
+	tmpfs) sed -i "s|^state_dir = .*|state_dir = \"$STATE_TMPFS/n$1\"|" "$2/hub.toml" ;;
+	*) sed -i "s|^state_dir = .*|state_dir = \"$STATE/n$1\"|" "$2/hub.toml" ;;
+	esac
 	# UML's kernel has no nf_tables for IPv4: the guard uses the legacy tools.
 	sed -i '/^\[hub\]$/a guard = "iptables-legacy"' "$2/hub.toml"
 }
@@ -383,10 +519,38 @@ start_hub() { # CONFIG LOGFILE
 	return 1
 }
 
+# start_hub_serving CONFIG LOGFILE: start_hub, then until the hub answers
+# a control request. A hub that exits before (a fresh hub on etcd writes
+# every node's record before it serves; on UML etcd can take longer than
+# the hub's 5 s write deadline) is started again, as its service manager
+# would, up to 5 times; each transaction etcd took stays. Attempt K logs
+# to LOGFILE with -tryK before .log; sets START_ATTEMPTS and HUB_LOG_FILE
+# (the serving attempt's log).
+start_hub_serving() {
+	local sock try
+	sock=$(sed -n 's/^socket = "\(.*\)"$/\1/p' "$1")
+	START_ATTEMPTS=0
+	while [ "$START_ATTEMPTS" -lt 5 ]; do
+		START_ATTEMPTS=$((START_ATTEMPTS + 1))
+		try=${2%.log}-try$START_ATTEMPTS.log
+		HUB_LOG_FILE=$try
+		start_hub "$1" "$try" || continue
+		until "$ROTOR" status --socket "$sock" >/dev/null 2>&1; do
+			kill -0 "$HUB_PID" 2>/dev/null || break
+			sleep 0.5
+		done
+		kill -0 "$HUB_PID" 2>/dev/null && return 0
+		wait "$HUB_PID" 2>/dev/null
+		log "start $START_ATTEMPTS: the hub exited before it served: $(tail -n 1 "$try" | cut -c1-200)"
+	done
+	return 1
+}
+
 start_loadgen() { # COUNT DIR
 	rm -f "$W/progress.json"
 	ip netns exec load "$LOADGEN" run --count "$1" --first-addr 10.64.0.0 --addr-map "$ADDRESSING" --hub 10.0.0.1:4820 \
-		--psk-dir "$2/keys" --hello-interval "$HELLO" --max-pending "$MAX_PENDING" --grace "${GRACE_S}s" \
+		--psk-dir "$2/keys" --hello-interval "$HELLO" --retries "$RETRIES" --max-pending "$MAX_PENDING" --grace "${GRACE_S}s" \
+		--silence 1s --mark-file "$W/mark" \
 		--progress 200ms --progress-file "$W/progress.json" --quiet >"$W/loadgen.json" 2>"$W/loadgen.err" &
 	LG_PID=$!
 }
@@ -417,25 +581,52 @@ baseline_rss_kb() {
 RC=0
 TF=1 # timeouts are longer under valgrind
 [ "$PROFILE" = 1 ] && TF=8
+USE_ETCD=$TAKEOVER
+[[ ,$STATE_LIST, == *,etcd,* ]] && USE_ETCD=1
+if [ "$USE_ETCD" = 1 ]; then
+	# shellcheck source=bench-etcd.sh
+	. "$HERE/bench-etcd.sh"
+	bench_etcd_up || { log "etcd did not come up"; exit 3; }
+	log "etcd: ${#ETCD_MEMBERS[@]} member(s) healthy after ${ETCD_BOOT_MS} ms"
+fi
+if [ "$TAKEOVER" = 1 ]; then
+	# shellcheck source=bench-takeover.sh
+	. "$HERE/bench-takeover.sh"
+	for N in "${NS[@]}"; do takeover_n "$N" || RC=1; done
+	exit $RC
+fi
 BASE_RSS=$(baseline_rss_kb) || { log "the 1-node baseline failed"; exit 3; }
 log "1-node hub VmRSS ${BASE_RSS} kB"
 
+for KIND in "${STATES[@]}"; do
 for N in "${NS[@]}"; do
-	log "=== N=$N"
+	log "=== N=$N, state $KIND"
 	complete=true
-	D=$W/n$N
+	D=$W/n$N-$KIND
+	HUB_LOG_FILE=$W/hub-$N-$KIND.log
 	t0=$(now_ms)
-	gen "$N" "$D" || { log "gen failed"; exit 3; }
+	gen "$N" "$D" "$KIND" || { log "gen failed"; exit 3; }
 	log "N=$N: keys and config in $(( $(now_ms) - t0 )) ms"
 	topology "$N" "$D" || { log "topology failed"; exit 3; }
+	if [ "$KIND" = etcd ]; then
+		etcd_attach hub 10.99.0.20 || { log "the hub's namespace did not join the etcd bridge"; exit 3; }
+	fi
+	etcd_at() { if [ "$KIND" = etcd ]; then etcd_counters; else echo null; fi; }
 	SOCK=$D/hub.sock
 	snd0=$(softnet_drops)
 	t0=$(now_ms)
-	start_hub "$D/hub.toml" "$W/hub-$N.log" || exit 3
+	if [ "$KIND" = etcd ]; then
+		start_hub_serving "$D/hub.toml" "$HUB_LOG_FILE" || exit 3
+		log "N=$N: the hub serves after $START_ATTEMPTS start(s)"
+	else
+		start_hub "$D/hub.toml" "$HUB_LOG_FILE" || exit 3
+		START_ATTEMPTS=1
+	fi
 	hub_start_s=$(fdiv $(( $(now_ms) - t0 )) 1000)
 	log "N=$N: hub up in ${hub_start_s}s (config, 2N policies), VmRSS $(rss_kb "$HUB_PID") kB, VmLck $(awk '/^VmLck:/ { print $2 }' "/proc/$HUB_PID/status") kB (--memory-lock $MEMORY_LOCK)"
 
 	# --- init ---
+	e0=$(etcd_at)
 	c0=$(cpu_ns "$HUB_PID")
 	start_loadgen "$N" "$D"
 	wait_sync 0 $(((120 + N / 50) * TF)) || complete=false
@@ -445,6 +636,7 @@ for N in "${NS[@]}"; do
 	init_wall=$(fdiv $(( ${init_end:-$(now_ms)} - lg_start )) 1000)
 	init_cpu=$(fdiv $((c1 - c0)) 1000000000)
 	init_msgs=$(pf '.sent + .received')
+	e1=$(etcd_at)
 	log "N=$N: init: ${init_wall}s wall, hub ${init_cpu} CPU-s, $(pf .inits) inits"
 
 	# --- idle: the hub's CPU with nothing but hellos ---
@@ -464,6 +656,7 @@ for N in "${NS[@]}"; do
 		sleep 1
 	fi
 	rot_cpu=0; rot_wall=0; rot_user=0; rot_sys=0
+	e2=$(etcd_at)
 	m0=$(pf '.sent + .received')
 	# At least 10,000 measured rotations (at most 50 rounds, ~1.5 s each at
 	# small N): UML counts CPU time in 10 ms ticks, and a 200-node round
@@ -484,6 +677,7 @@ for N in "${NS[@]}"; do
 		log "N=$N: round $r: $(( ${t1:-$(now_ms)} - t0 )) ms wall, hub $(( (c1 - c0) / 1000000 )) ms CPU"
 	done
 	m1=$(pf '.sent + .received')
+	e3=$(etcd_at)
 	if [ "$SYSCALLS" = 1 ]; then
 		kill -INT "$ST_PID"; wait "$ST_PID" 2>/dev/null
 		log "N=$N: the hub's system calls during $R rounds of $N rotations (strace -c; CPU figures of this run are not comparable):"
@@ -543,7 +737,7 @@ for N in "${NS[@]}"; do
 	kill "$HUB_PID"; wait "$HUB_PID" 2>/dev/null
 	t0=$(now_ms)
 	log "N=$N: restarting the hub at $(date -u +%H:%M:%S.%N)"
-	ip netns exec hub env ROTOR_LOG="$HUB_LOG" "${HUB_WRAP[@]}" "$ROTOR" hub --config "$D/hub.toml" >>"$W/hub-$N.log" 2>&1 &
+	ip netns exec hub env ROTOR_LOG="$HUB_LOG" "${HUB_WRAP[@]}" "$ROTOR" hub --config "$D/hub.toml" >>"$HUB_LOG_FILE" 2>&1 &
 	HUB_PID=$!
 	restart_s=null
 	restart_cpu_s=null
@@ -579,12 +773,12 @@ PY
 		restart_s=$(fdiv $(( $(now_ms) - t0 )) 1000)
 		restart_cpu_s=$(fdiv "$(cpu_ns "$HUB_PID")" 1000000000)
 	elif ! kill -0 "$HUB_PID" 2>/dev/null; then
-		log "the restarted hub died:"; tail -5 "$W/hub-$N.log" >&2
+		log "the restarted hub died:"; tail -5 "$HUB_LOG_FILE" >&2
 	fi
 	[ "$restart_s" = null ] && complete=false
 	log "N=$N: restarted hub answers after ${restart_s}s, having used ${restart_cpu_s} CPU-s"
 	# With --hub-log info: where the restart's time went.
-	grep -E "configuration read|state read|state loaded|hub starting|guard in place|reconcile pass|kernel state adopted|reconciled|serving" "$W/hub-$N.log" | tail -n 9 >&2
+	grep -E "configuration read|state read|state loaded|hub starting|guard in place|reconcile pass|kernel state adopted|reconciled|serving" "$HUB_LOG_FILE" | tail -n 9 >&2
 	t0=$(now_ms)
 	rot_before=$(pf .rotations)
 	hub_rotate "$SOCK" || complete=false
@@ -593,6 +787,21 @@ PY
 	restart_inits=$(( $(pf .inits) - inits_before ))
 	[ "$restart_inits" = 0 ] || complete=false
 	log "N=$N: after the restart every node rotated in ${resync_s}s; inits during the restart: $restart_inits"
+	e4=$(etcd_at)
+	etcd_fig=null
+	if [ "$KIND" = etcd ]; then
+		etcd_fig=$(jq -nc --argjson init "$(etcd_delta "$e0" "$e1")" --argjson rounds "$(etcd_delta "$e2" "$e3")" \
+			--argjson restart "$(etcd_delta "$e3" "$e4")" --argjson after "$e4" --argjson r "$R" --argjson n "$N" '
+			def per(x; d): if x == null then null else x / d end;
+			{init: $init, restart: $restart, after: {db_bytes: ([$after.members[].db_bytes // empty] | max), revision: $after.revision},
+			 rounds: ($rounds + {
+				txn_per_round: per($rounds.txn; $r), txn_per_rotation: per($rounds.txn; $r * $n),
+				put_per_round: per($rounds.put; $r), put_per_rotation: per($rounds.put; $r * $n),
+				revisions_per_round: per($rounds.revisions; $r), proposals_per_round: per($rounds.proposals; $r),
+				cpu_s_per_round: per($rounds.cpu_s; $r), cpu_us_per_rotation: per($rounds.cpu_s; $r * $n / 1e6)})}')
+		log "N=$N: etcd over the $R measured rounds: $(jq -c .rounds <<<"$etcd_fig")"
+		log "N=$N: etcd during the init: $(jq -c .init <<<"$etcd_fig"); during the restart: $(jq -c .restart <<<"$etcd_fig")"
+	fi
 	rss_per_node=$(fdiv $(((rss - BASE_RSS) * 1024)) "$N")
 	st=$(ip netns exec hub "$ROTOR" status --socket "$SOCK" --json)
 	hub_drops=$(jq -c '.drops' <<<"$st")
@@ -612,6 +821,8 @@ PY
 	stop_all
 	lg_summary=$(jq -c . "$W/loadgen.json" 2>/dev/null || echo null)
 	ip netns del hub; ip netns del load
+	# The next run's keys and state get the room.
+	rm -rf "$D" "$STATE_HOSTFS/n$N" "$STATE_TMPFS/n$N"
 
 	# --- the kernel floor, same boot ---
 	ip netns add floor
@@ -633,7 +844,7 @@ PY
 		restart_inits rotations rot_cpu_s rot_wall_s rate hub_us user_share sa_ops_s msgs \
 		msgs_per_s msgs_per_cpu_s rss hwm rss_per_node hub_drops hub_kernel_errors rcv_hub \
 		rcv_load snd_drops lg_drops control_drops hub_in_sync hub_at_gen hub_resends hub_inits \
-		floor_us ip_us fl lg_summary; do
+		floor_us ip_us fl lg_summary etcd_fig; do
 		[ -n "${!v}" ] || { printf -v "$v" null; complete=false; RC=1; }
 	done
 
@@ -654,8 +865,8 @@ PY
 		--argjson hub_in_sync "$hub_in_sync" --argjson hub_at_gen "$hub_at_gen" \
 		--argjson hub_resends "$hub_resends" --argjson hub_inits "$hub_inits" \
 		--argjson floor_us "$floor_us" --argjson ip_us "$ip_us" --argjson floor "$fl" \
-		--argjson loadgen "$lg_summary" --arg hello "$HELLO" --arg hub_log "$HUB_LOG" \
-		--argjson profile "$PROFILE" --arg addressing "$ADDRESSING" --arg state_fs "$STATE_FS" --argjson ratchet_every "$RATCHET_EVERY" '{
+		--argjson loadgen "$lg_summary" --argjson etcd "$etcd_fig" --argjson start_attempts "$START_ATTEMPTS" --arg lease_ttl "$LEASE_TTL" --arg hello "$HELLO" --arg hub_log "$HUB_LOG" \
+		--argjson profile "$PROFILE" --arg addressing "$ADDRESSING" --arg state_fs "$KIND" --argjson ratchet_every "$RATCHET_EVERY" '{
 		n: $n, complete: $complete,
 		rotations_per_hub_cpu_s: $rate,
 		kernel_floor_us_per_rotation: $floor_us,
@@ -678,8 +889,10 @@ PY
 		        softnet: $snd_drops, loadgen: $lg_drops},
 		hub_kernel_errors: $hub_kernel_errors, hub_in_sync: $hub_in_sync, hub_at_generation: $hub_at_gen,
 		hub_resends: $hub_resends, hub_inits: $hub_inits,
+		etcd: $etcd, hub_start_attempts: $start_attempts, lease_ttl: (if $lease_ttl == "" then null else $lease_ttl end),
 		floor: $floor, loadgen: $loadgen, hello_interval: $hello, hub_log: $hub_log, addressing: $addressing, state_fs: $state_fs, ratchet_every: $ratchet_every, profiled: ($profile == 1)
 		}' | sed 's/^/BENCH-JSON /'
+done
 done
 if [ "$PROFILE" = 1 ]; then
 	log "callgrind output: $PROF/callgrind.out.hub.* (one part per control request: the parts after the warm-up rotation's are the measured rounds; callgrind_annotate them)"

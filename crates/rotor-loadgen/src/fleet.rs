@@ -28,6 +28,7 @@ use rotor_xfrm::{Op, OpResult, Ownership, Xfrm};
 use serde_json::json;
 
 use crate::addr::AddrMap;
+use crate::silence::Silences;
 use crate::udp::{MultiSocket, Outgoing, RecvBatch};
 
 /// Makes SIGTERM/SIGINT end [`Fleet::run`] after its current turn (it then
@@ -66,6 +67,12 @@ pub struct FleetConfig {
     pub duration: Option<Duration>,
     /// No progress lines on stderr.
     pub quiet: bool,
+    /// A node counts as waiting for the hub once a datagram it sent has
+    /// gone unanswered this long ([`Silences`]).
+    pub silence_ms: u64,
+    /// When this file's modification time changes, the ended-wait figures
+    /// start over (a caller marks the start of an outage it measures).
+    pub mark_file: Option<PathBuf>,
 }
 
 /// What the fleet counts.
@@ -122,6 +129,11 @@ pub struct Fleet {
     origin: Instant,
     own: Ownership,
     xfrm: Option<Xfrm>,
+    silences: Silences,
+    /// Nodes waiting for the hub at the last report.
+    waiting: usize,
+    /// The mark file's modification time last seen.
+    mark: Option<SystemTime>,
 }
 
 fn unix_ms() -> u64 {
@@ -173,6 +185,7 @@ impl Fleet {
                 in_sync: false,
             });
         }
+        let silences = Silences::new(slots.len(), cfg.silence_ms);
         Ok(Fleet {
             cfg,
             slots,
@@ -185,6 +198,9 @@ impl Fleet {
             origin,
             own,
             xfrm: None,
+            silences,
+            waiting: 0,
+            mark: None,
         })
     }
 
@@ -237,16 +253,22 @@ impl Fleet {
         }
     }
 
-    /// Executes node `i`'s actions; returns whether it dropped a datagram.
-    fn drain(&mut self, i: usize) -> bool {
+    /// Executes node `i`'s actions at `now`; returns whether it dropped a
+    /// datagram.
+    fn drain(&mut self, i: usize, now: Time) -> bool {
         let mut dropped = false;
         while let Some(a) = self.slots[i].node.poll_action() {
             match a {
-                Action::Send { datagram, .. } => self.out.push(Outgoing {
-                    from: self.addr(i),
-                    to: self.cfg.hub,
-                    data: wire::frame(&datagram),
-                }),
+                Action::Send { datagram, .. } => {
+                    if self.slots[i].initialised {
+                        self.silences.sent(i, now.0);
+                    }
+                    self.out.push(Outgoing {
+                        from: self.addr(i),
+                        to: self.cfg.hub,
+                        data: wire::frame(&datagram),
+                    });
+                }
                 Action::Event(e) => match e {
                     Event::Rotated { .. } => {
                         self.stats.rotations += 1;
@@ -323,7 +345,7 @@ impl Fleet {
             self.stats.started += 1;
             self.slots[i].started = true;
             self.slots[i].node.handle_timeout(now);
-            self.drain(i);
+            self.drain(i, now.mono);
         }
     }
 
@@ -339,7 +361,7 @@ impl Fleet {
             }
             self.slots[i].armed = None;
             self.slots[i].node.handle_timeout(now);
-            self.drain(i);
+            self.drain(i, now.mono);
         }
     }
 
@@ -378,10 +400,17 @@ impl Fleet {
             .ok()
             .filter(|d| d.header.kind == MsgType::Ack)
             .map(|d| d.header.spi);
+        let seen = self.slots[i].node.last_seen();
         self.slots[i]
             .node
             .handle_datagram(now, SocketAddr::V4(from), data);
-        let dropped = self.drain(i);
+        let dropped = self.drain(i, now.mono);
+        // Heard: the node took an authenticated message (its last-seen
+        // moved; within the same millisecond, it dropped nothing).
+        let after = self.slots[i].node.last_seen();
+        if after != seen || (!dropped && after == Some(now.mono)) {
+            self.silences.heard(i, now);
+        }
         if !dropped && ack_spi.is_some() && ack_spi == self.slots[i].node.tx_spi() {
             self.set_in_sync(i, true);
         }
@@ -445,9 +474,10 @@ impl Fleet {
         self.out.clear();
     }
 
-    /// The progress snapshot as JSON.
+    /// The progress snapshot as JSON (`silence` as of the last report).
     pub fn progress_json(&self) -> serde_json::Value {
         let s = &self.stats;
+        let waiting = self.waiting;
         json!({
             "count": self.slots.len(),
             "elapsed_ms": self.origin.elapsed().as_millis() as u64,
@@ -465,10 +495,25 @@ impl Fleet {
             "kernel_errors": s.kernel_errors,
             "kernel_batches": s.kernel_batches,
             "all_in_sync_unix_ms": s.all_in_sync_unix_ms,
+            "silence": self.silences.json(waiting),
         })
     }
 
-    fn report(&self) {
+    /// Starts the ended-wait figures over when the mark file was touched.
+    fn check_mark(&mut self) {
+        let Some(path) = &self.cfg.mark_file else {
+            return;
+        };
+        let m = std::fs::metadata(path).and_then(|m| m.modified()).ok();
+        if m.is_some() && m != self.mark {
+            self.mark = m;
+            self.silences.restart();
+        }
+    }
+
+    fn report(&mut self) {
+        self.check_mark();
+        self.waiting = self.silences.observe(self.now().0);
         let v = self.progress_json();
         if let Some(path) = &self.cfg.progress_file {
             let tmp = path.with_extension("tmp");
@@ -482,7 +527,7 @@ impl Fleet {
         if !self.cfg.quiet {
             let s = &self.stats;
             eprintln!(
-                "rotor-loadgen: t={:.1}s started={} in_sync={}/{} inits={} rotations={} sent={} received={} drops={}",
+                "rotor-loadgen: t={:.1}s started={} in_sync={}/{} inits={} rotations={} sent={} received={} drops={} waiting={}",
                 self.origin.elapsed().as_secs_f64(),
                 s.started,
                 s.in_sync,
@@ -491,7 +536,8 @@ impl Fleet {
                 s.rotations,
                 s.sent,
                 s.received,
-                s.drops.values().sum::<u64>()
+                s.drops.values().sum::<u64>(),
+                self.waiting
             );
         }
     }

@@ -9,6 +9,8 @@
 //!   batched netlink write and with `ip -batch`, timed in CPU seconds.
 //! * [`addr`]: which address node `i` has (sequential or scattered).
 //! * [`flood`]: junk for a hub's control port as fast as one process sends.
+//! * [`silence`]: how long the nodes wait for their hub (a failover's
+//!   outage as the nodes see it).
 //! * [`udp`]: the wildcard socket with `IP_PKTINFO` and batched I/O.
 //!
 //! `scripts/bench.sh` puts them together inside User-Mode Linux;
@@ -21,4 +23,5 @@ pub mod fleet;
 pub mod flood;
 pub mod floor;
 pub mod setup;
+pub mod silence;
 pub mod udp;

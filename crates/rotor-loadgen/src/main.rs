@@ -157,6 +157,16 @@ struct RunArgs {
     /// No progress lines on stderr.
     #[arg(long)]
     quiet: bool,
+    /// A node counts as waiting for the hub once a datagram it sent has
+    /// gone unanswered this long (the progress JSON's `silence`).
+    #[arg(long, default_value = "1s", value_parser = parse_duration)]
+    silence: Duration,
+    /// When this file's modification time changes, the progress JSON's
+    /// ended-wait figures (`silence.waits`, `wait_max_ms`,
+    /// `last_wait_end_unix_ms`, `waiting_peak`) start over at the next
+    /// progress period: touch it just before an outage you measure.
+    #[arg(long)]
+    mark_file: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -271,6 +281,8 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         progress_file: a.progress_file,
         duration: a.duration,
         quiet: a.quiet,
+        silence_ms: a.silence.as_millis() as u64,
+        mark_file: a.mark_file,
     };
     let mut fleet = Fleet::new(cfg, nodes)?;
     install_stop_handlers().context("catching SIGTERM and SIGINT")?;
