@@ -264,6 +264,17 @@ fn revoke(t: &EtcdTarget, lease: i64) {
     });
 }
 
+/// "hub-a", alone, leads `t` within 3 s, and opens the records under
+/// `key` with its fence: its election (held for its lease), its fence, its
+/// store.
+fn sole_leader(t: &EtcdTarget, key: &ClusterKey) -> (Election, Fence, EtcdStore) {
+    let mut a = contender(t, "hub-a");
+    let fa = won_within(&mut a, Duration::from_secs(3)).expect("alone, a leads");
+    let (mut sa, _) = EtcdStore::open(t, key).unwrap();
+    sa.set_fence(fa.clone());
+    (a, fa, sa)
+}
+
 fn put_one(s: &mut EtcdStore, name: &str, v: &[u8]) -> Result<(), EtcdError> {
     let mut b = s.batch()?;
     b.put(name, v)?;
@@ -314,10 +325,7 @@ fn a_crashed_leader_is_replaced_after_its_lease_runs_out_and_steps_down_first() 
     let etcd = Etcd::start();
     let t = etcd.target("rotor/e2");
     let key = key(5);
-    let mut a = contender(&t, "hub-a");
-    let fa = won_within(&mut a, Duration::from_secs(3)).expect("alone, a leads");
-    let (mut sa, _) = EtcdStore::open(&t, &key).unwrap();
-    sa.set_fence(fa.clone());
+    let (a, fa, mut sa) = sole_leader(&t, &key);
     put_one(&mut sa, "n1", b"from-a-1").expect("the leader writes");
     let mut b = contender(&t, "hub-b");
     // A crash: no more keep-alives, the lease is not revoked.
@@ -361,10 +369,7 @@ fn a_crashed_leader_is_replaced_after_its_lease_runs_out_and_steps_down_first() 
 fn a_restart_revoking_its_previous_lease_leads_at_once() {
     let etcd = Etcd::start();
     let t = etcd.target("rotor/e4");
-    let mut a = contender(&t, "hub-a");
-    let fa = won_within(&mut a, Duration::from_secs(3)).expect("a leads");
-    let (mut sa, _) = EtcdStore::open(&t, &key(7)).unwrap();
-    sa.set_fence(fa.clone());
+    let (a, fa, mut sa) = sole_leader(&t, &key(7));
     put_one(&mut sa, "n1", b"one").unwrap();
     let old = a.lease();
     a.abandon();
@@ -394,10 +399,7 @@ fn a_restart_revoking_its_previous_lease_leads_at_once() {
 fn etcd_refuses_a_write_with_a_stale_token() {
     let etcd = Etcd::start();
     let t = etcd.target("rotor/e3");
-    let mut a = contender(&t, "hub-a");
-    let fa = won_within(&mut a, Duration::from_secs(3)).expect("a leads");
-    let (mut sa, _) = EtcdStore::open(&t, &key(6)).unwrap();
-    sa.set_fence(fa.clone());
+    let (a, fa, mut sa) = sole_leader(&t, &key(6));
     put_one(&mut sa, "n1", b"one").unwrap();
     let mut b = contender(&t, "hub-b");
     // The lease killed in etcd: the key goes at once, b campaigns on its

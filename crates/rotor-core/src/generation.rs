@@ -81,16 +81,7 @@ impl Generation {
             ctl_h2n,
             ctl_n2h,
         } = generation_keys(&secret, node, number, spi, bits);
-        let g = Generation {
-            number,
-            spi,
-            secret,
-            ctl_h2n,
-            ctl_n2h,
-            tx_counter: 0,
-            rx_window: ReplayWindow::default(),
-            out_missing: false,
-        };
+        let g = Generation::with_control_keys(number, spi, secret, ctl_h2n, ctl_n2h);
         let esp = EspKeys {
             h2n: esp_h2n,
             n2h: esp_n2h,
@@ -103,6 +94,17 @@ impl Generation {
     /// [`Generation::esp_keys`]), counters and window fresh.
     pub fn restored(number: u64, spi: u32, secret: Secret32, node: &str) -> Self {
         let (ctl_h2n, ctl_n2h) = generation_control_keys(&secret, node, number, spi);
+        Generation::with_control_keys(number, spi, secret, ctl_h2n, ctl_n2h)
+    }
+
+    /// A generation with its control keys, counters and window fresh.
+    fn with_control_keys(
+        number: u64,
+        spi: u32,
+        secret: Secret32,
+        ctl_h2n: ControlKey,
+        ctl_n2h: ControlKey,
+    ) -> Self {
         Generation {
             number,
             spi,
