@@ -20,6 +20,7 @@
 #    node; no node re-initialises
 . "$(dirname "$0")/daemon-lib.sh"
 . "$(dirname "$0")/etcd-lib.sh"
+. "$(dirname "$0")/ha-lib.sh"
 trap 'etcd_cleanup; cleanup' EXIT
 N=2
 PREFIX=rotor/f1
@@ -36,49 +37,16 @@ BOUND_MS=$((TTL_S * 1000 + 3000))
 # A node's patience (hello_interval x retries, 7 s) must outlast the
 # takeover, or it falls back to init.
 RETRIES=14
-SVC=$(outer 0)
+ha_pair_up $N $PREFIX $TTL_S $RETRIES
 
-topo_up $N
-ip -n hub addr flush dev veth0
-ip netns add hubb
-ip link add veth0 netns hubb type veth peer name pb netns lan
-ip -n lan link set pb master br0 up
-ip -n hubb link set lo up
-ip -n hubb link set veth0 up
-for ns in hub hubb; do ip netns exec $ns sysctl -qw net.ipv4.ip_nonlocal_bind=1; done
-etcd_up || { fail "the etcd cluster became healthy within ${ETCD_UP_TIMEOUT}s"; etcd_log_tail 20; exit 1; }
-etcd_attach hub 10.99.0.20 || { fail "hub A joins the etcd bridge"; exit 1; }
-etcd_attach hubb 10.99.0.21 || { fail "hub B joins the etcd bridge"; exit 1; }
-configs $N 1s 500ms $RETRIES
-(umask 077; "$ROTOR" genkey >"$WORK/cluster.key")
-sed -i "s|^state_dir = .*|state = \"etcd://$(etcd_endpoints | sed 's|http://||g')/$PREFIX\"\nstate_key_file = \"$WORK/cluster.key\"\nservice_address = \"$SVC/24\"\nservice_interface = \"veth0\"\nlease_ttl = \"${TTL_S}s\"|" "$WORK/hub.toml"
-sed "s|^socket = .*|socket = \"$WORK/hubb.sock\"|" "$WORK/hub.toml" >"$WORK/hubb.toml"
-
-status_of() { ip netns exec "$1" "$ROTOR" status --socket "$2" --json 2>/dev/null; }
-# field_of SOCKET_NS SOCKET PEER FIELD
-field_of() {
-	status_of "$1" "$2" | python3 -c "import json,sys; d=json.load(sys.stdin); print(next(p['$4'] for p in d['peers'] if p['name']=='$3'))"
-}
-node_inits() { status_of "n$1" "$WORK/n$1.sock" | python3 -c "import json,sys; print(json.load(sys.stdin)['peers'][0]['inits'])"; }
-has_svc() { ip -n "$1" -4 addr show dev veth0 | grep -q "inet $SVC/"; }
-no_svc() { ! has_svc "$1"; }
-# sas_with NS I: SAs in NS's kernel to and from node I (both directions)
-sas_with() {
-	local out inb
-	out=$(ip -n "$1" xfrm state | grep -c "^src $SVC dst $(outer "$2")\$")
-	inb=$(ip -n "$1" xfrm state | grep -c "^src $(outer "$2") dst $SVC\$")
-	echo "$out out, $inb in"
-	[ "$out" -ge 1 ] && [ "$inb" -ge 1 ]
-}
-sas_of() { ip -n "$1" xfrm state | grep -c '^src'; }
+no_svc() { ! ha_has_svc "$1"; }
 leader_val() { ectl get "$PREFIX/leader" --print-value-only 2>/dev/null | head -n1; }
-wait_ms() { local d=$(($(etcd_ms) + $1)); shift; until "$@"; do [ "$(etcd_ms)" -lt "$d" ] || return 1; sleep 0.05; done; }
 
 start_hub || { tail -n 20 "$WORK/hub.log"; exit 1; }
 A_PID=$HUB_PID
 for i in $(seq 1 $N); do start_node "$i"; done
 check "1: every node initialised and A sends to each" wait_all_sending $N 20
-check "1: A holds the service address" has_svc hub
+check "1: A holds the service address" ha_has_svc hub
 ip netns exec hubb "$ROTOR" hub --config "$WORK/hubb.toml" >>"$WORK/hubb.log" 2>&1 &
 B_PID=$!
 PIDS+=("$B_PID")
@@ -86,7 +54,7 @@ waiting() { grep -q "standby: waiting to lead" "$WORK/hubb.log"; }
 check "1: B waits as the standby" wait_ms 15000 waiting
 sleep 1
 check "1: the standby B holds no service address" no_svc hubb
-check "1: the standby B installed nothing (SAs: $(sas_of hubb))" test "$(sas_of hubb)" = 0
+check "1: the standby B installed nothing (SAs: $(ha_sas_of hubb))" test "$(ha_sas_of hubb)" = 0
 check "1: the standby B serves no control socket" test ! -S "$WORK/hubb.sock"
 echo "  leader key: $(leader_val)"
 sleep 2
@@ -120,25 +88,19 @@ leads_b() { [ "$(leader_val)" != "" ] && grep -q 'INFO serving' "$WORK/hubb.log"
 check "2: B leads and serves" wait_ms 10000 leads_b
 t_serve=$(($(etcd_ms) - t0))
 # Taken in its first step, once its SAs are in.
-check "2: B holds the service address" wait_ms 5000 has_svc hubb
-b_sending() {
-	status_of hubb "$WORK/hubb.sock" | python3 -c "
-import json,sys
-d=json.load(sys.stdin)
-sys.exit(0 if sum(1 for p in d['peers'] if p['tx_spi'] and p['generation']>=1)==$N else 1)"
-}
-check "2: B sends to every node" wait_ms 10000 b_sending
+check "2: B holds the service address" wait_ms 5000 ha_has_svc hubb
+check "2: B sends to every node" wait_ms 10000 ha_sending hubb "$WORK/hubb.sock" $N
 # Rotations go on under B, from the generations A left in etcd.
 sleep 2
-gen_after=$(field_of hubb "$WORK/hubb.sock" n1 generation)
+gen_after=$(ha_field hubb "$WORK/hubb.sock" n1 generation)
 check "2: n1's generations went on under B ($gen_before -> $gen_after)" test "$gen_after" -gt "$gen_before"
-hub_inits_after="$(field_of hubb "$WORK/hubb.sock" n1 inits) $(field_of hubb "$WORK/hubb.sock" n2 inits)"
+hub_inits_after="$(ha_field hubb "$WORK/hubb.sock" n1 inits) $(ha_field hubb "$WORK/hubb.sock" n2 inits)"
 node_inits_after="$(node_inits 1) $(node_inits 2)"
 check "2: no node re-initialised, hub records (inits $hub_inits_before -> $hub_inits_after)" test "$hub_inits_before" = "$hub_inits_after"
 check "2: no node re-initialised, nodes (inits $node_inits_before -> $node_inits_after)" test "$node_inits_before" = "$node_inits_after"
 for ns in hub hubb; do
 	for i in $(seq 1 $N); do
-		check "2: $ns's kernel holds the SAs of n$i ($(sas_with $ns $i))" sas_with $ns $i
+		check "2: $ns's kernel holds the SAs of n$i ($(ha_sas_with $ns $i))" ha_sas_with $ns $i
 	done
 done
 for j in "${PROBE_PIDS[@]}"; do wait "$j" 2>/dev/null; done
@@ -160,7 +122,7 @@ PIDS+=("$A2")
 waiting_a() { grep -q "standby: waiting to lead" "$WORK/hub-again.log"; }
 check "3: A restarted waits as the standby" wait_ms 15000 waiting_a
 check "3: A gave up the service address it had left" no_svc hub
-check "3: B still leads" b_sending
+check "3: B still leads" ha_sending hubb "$WORK/hubb.sock" $N
 check "3: B is still running" kill -0 "$B_PID"
 A_PID=$A2
 
@@ -175,17 +137,11 @@ wait "$B_PID" 2>/dev/null
 b_rc=$?
 check "4: B exits with status 75 (stepped down; rc $b_rc)" test "$b_rc" = 75
 check "4: B gave up the service address" no_svc hubb
-a_serves() { status_of hub "$WORK/hub.sock" >/dev/null; }
+a_serves() { ha_status hub "$WORK/hub.sock" >/dev/null; }
 check "4: A leads and serves" wait_ms 10000 a_serves
 t_a=$(($(etcd_ms) - t1))
-check "4: A holds the service address" wait_ms 5000 has_svc hub
-a_sending() {
-	status_of hub "$WORK/hub.sock" | python3 -c "
-import json,sys
-d=json.load(sys.stdin)
-sys.exit(0 if sum(1 for p in d['peers'] if p['tx_spi'] and p['generation']>=1)==$N else 1)"
-}
-check "4: A sends to every node" wait_ms 10000 a_sending
+check "4: A holds the service address" wait_ms 5000 ha_has_svc hub
+check "4: A sends to every node" wait_ms 10000 ha_sending hub "$WORK/hub.sock" $N
 # B's step-down is logged before A's lead (one clock: the same UML).
 stamp() { grep -m1 "$2" "$1" | cut -d' ' -f1; }
 b_down=$(stamp "$WORK/hubb.log" "stepping down")

@@ -28,6 +28,7 @@
 #    no node re-initialises
 . "$(dirname "$0")/daemon-lib.sh"
 . "$(dirname "$0")/etcd-lib.sh"
+. "$(dirname "$0")/ha-lib.sh"
 trap 'etcd_cleanup; cleanup' EXIT
 N=2
 PREFIX=rotor/f2
@@ -37,25 +38,7 @@ RATE=100
 # revokes the lease and does not wait for it.
 TTL_S=6
 RETRIES=14
-SVC=$(outer 0)
-
-topo_up $N
-ip -n hub addr flush dev veth0
-ip netns add hubb
-ip link add veth0 netns hubb type veth peer name pb netns lan
-ip -n lan link set pb master br0 up
-ip -n hubb link set lo up
-ip -n hubb link set veth0 up
-# For the probe receivers only (ready before their hub holds the address):
-# the hubs bind the service address with IP_FREEBIND themselves.
-for ns in hub hubb; do ip netns exec $ns sysctl -qw net.ipv4.ip_nonlocal_bind=1; done
-etcd_up || { fail "the etcd cluster became healthy within ${ETCD_UP_TIMEOUT}s"; etcd_log_tail 20; exit 1; }
-etcd_attach hub 10.99.0.20 || { fail "hub A joins the etcd bridge"; exit 1; }
-etcd_attach hubb 10.99.0.21 || { fail "hub B joins the etcd bridge"; exit 1; }
-configs $N 1s 500ms $RETRIES
-(umask 077; "$ROTOR" genkey >"$WORK/cluster.key")
-sed -i "s|^state_dir = .*|state = \"etcd://$(etcd_endpoints | sed 's|http://||g')/$PREFIX\"\nstate_key_file = \"$WORK/cluster.key\"\nservice_address = \"$SVC/24\"\nservice_interface = \"veth0\"\nlease_ttl = \"${TTL_S}s\"|" "$WORK/hub.toml"
-sed "s|^socket = .*|socket = \"$WORK/hubb.sock\"|" "$WORK/hub.toml" >"$WORK/hubb.toml"
+ha_pair_up $N $PREFIX $TTL_S $RETRIES
 
 declare -A NS=([A]=hub [B]=hubb) SOCK=([A]="$WORK/hub.sock" [B]="$WORK/hubb.sock") CONF=([A]="$WORK/hub.toml" [B]="$WORK/hubb.toml")
 declare -A PID=() LOG=() RUNS=([A]=0 [B]=0)
@@ -69,32 +52,19 @@ start_hub_x() {
 	PID[$x]=$!
 	PIDS+=("${PID[$x]}")
 }
-status_x() { ip netns exec "${NS[$1]}" "$ROTOR" status --socket "${SOCK[$1]}" --json 2>/dev/null; }
+status_x() { ha_status "${NS[$1]}" "${SOCK[$1]}"; }
 # field_x X PEER FIELD
-field_x() { status_x "$1" | python3 -c "import json,sys; d=json.load(sys.stdin); print(next(p['$3'] for p in d['peers'] if p['name']=='$2'))"; }
-sending_x() {
-	status_x "$1" | python3 -c "
-import json,sys
-d=json.load(sys.stdin)
-sys.exit(0 if sum(1 for p in d['peers'] if p['tx_spi'] and p['generation']>=1)==$N else 1)"
-}
-node_inits() { ip netns exec "n$1" "$ROTOR" status --socket "$WORK/n$1.sock" --json 2>/dev/null | python3 -c "import json,sys; print(json.load(sys.stdin)['peers'][0]['inits'])"; }
+field_x() { ha_field "${NS[$1]}" "${SOCK[$1]}" "$2" "$3"; }
+sending_x() { ha_sending "${NS[$1]}" "${SOCK[$1]}" $N; }
 inits_all() { echo "$(field_x "$1" n1 inits) $(field_x "$1" n2 inits) / $(node_inits 1) $(node_inits 2)"; }
-has_svc() { ip -n "${NS[$1]}" -4 addr show dev veth0 | grep -q "inet $SVC/"; }
+has_svc() { ha_has_svc "${NS[$1]}"; }
 no_svc() { ! has_svc "$1"; }
-sas_with() {
-	local out inb
-	out=$(ip -n "${NS[$1]}" xfrm state | grep -c "^src $SVC dst $(outer "$2")\$")
-	inb=$(ip -n "${NS[$1]}" xfrm state | grep -c "^src $(outer "$2") dst $SVC\$")
-	echo "$out out, $inb in"
-	[ "$out" -ge 1 ] && [ "$inb" -ge 1 ]
-}
-sas_of() { ip -n "${NS[$1]}" xfrm state | grep -c '^src'; }
+sas_with() { ha_sas_with "${NS[$1]}" "$2"; }
+sas_of() { ha_sas_of "${NS[$1]}"; }
 logged() { grep -q "$2" "${LOG[$1]}"; }
 waiting_x() { logged "$1" "standby: waiting to lead"; }
 serving_x() { logged "$1" "INFO serving"; }
 exited_x() { ! kill -0 "${PID[$1]}" 2>/dev/null; }
-wait_ms() { local d=$(($(etcd_ms) + $1)); shift; until "$@"; do [ "$(etcd_ms)" -lt "$d" ] || return 1; sleep 0.05; done; }
 # stamp FILE PATTERN: the first matching line's time (RFC 3339: sorts as text)
 stamp() { grep -m1 "$2" "$1" | cut -d' ' -f1; }
 
