@@ -233,6 +233,77 @@ fn no_etcd_at_the_address_is_an_error_naming_the_cluster() {
     );
 }
 
+impl Etcd {
+    /// Sends etcd `signal` (`STOP`, `CONT`): a frozen member keeps its
+    /// connections open and answers nothing, as a hung host does.
+    fn signal(&self, signal: &str) {
+        let ok = Command::new("kill")
+            .args([&format!("-{signal}"), &self.child.id().to_string()])
+            .status()
+            .is_ok_and(|s| s.success());
+        assert!(ok, "kill -{signal} etcd");
+    }
+}
+
+#[test]
+fn a_burst_waits_out_a_frozen_etcd_and_fails_only_when_it_stays_frozen_for_the_stall() {
+    let etcd = Etcd::start();
+    let t = etcd.target("rotor/t5");
+    let (mut s, _) = EtcdStore::open(&t, &key(5)).unwrap();
+    let burst = |s: &mut EtcdStore, round: u32| {
+        let mut b = s.batch().unwrap();
+        for i in 0..1000usize {
+            let name = format!("node-{i:04}");
+            b.put(&name, &record(&name, round, 300)).unwrap();
+        }
+        b.commit()
+    };
+    burst(&mut s, 1).expect("a burst to a live etcd");
+
+    // Frozen for 3.5 s, longer than a request's own timeout (2 s): the
+    // transactions time out, are sent again, and go through once it thaws.
+    etcd.signal("STOP");
+    let thaw = std::thread::scope(|sc| {
+        sc.spawn(|| {
+            std::thread::sleep(Duration::from_millis(3500));
+            etcd.signal("CONT");
+        });
+        let started = Instant::now();
+        let r = burst(&mut s, 2);
+        (r, started.elapsed())
+    });
+    assert!(thaw.0.is_ok(), "{:?}", thaw.0);
+    assert!(thaw.1 >= Duration::from_millis(3500), "{:?}", thaw.1);
+
+    // Frozen for good: the burst fails once nothing was acknowledged for
+    // the stall (5 s), saying so, and the store takes no more writes.
+    etcd.signal("STOP");
+    let started = Instant::now();
+    let e = burst(&mut s, 3).expect_err("etcd answers nothing");
+    let took = started.elapsed();
+    etcd.signal("CONT");
+    let msg = e.to_string();
+    assert!(
+        msg.contains("cannot write the records: etcd acknowledged no write for 5s (0 of 8 transactions acknowledged"),
+        "{msg}"
+    );
+    assert!(
+        took >= Duration::from_secs(5) && took < Duration::from_secs(8),
+        "{took:?}"
+    );
+    assert!(
+        matches!(s.batch(), Err(EtcdError::Failed { .. })),
+        "the store refuses after a failed write"
+    );
+
+    // What etcd holds is round 2's, whole: a reopen reads it.
+    drop(s);
+    let (_, mut loaded) = EtcdStore::open(&t, &key(5)).unwrap();
+    let got = all(&mut loaded);
+    assert_eq!(got.len(), 1000);
+    assert_eq!(got["node-0007"], record("node-0007", 2, 300));
+}
+
 // --- Leader election and fencing -------------------------------------------
 
 use rotor::state::etcd::{Election, Fence};

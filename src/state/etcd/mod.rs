@@ -11,15 +11,17 @@
 //! A burst's records are sealed on the caller's thread (plaintext never
 //! leaves it) and written in as few requests as etcd allows: transactions
 //! of at most [`MAX_TXN_OPS`] puts (etcd's default `--max-txn-ops`) and
-//! [`MAX_TXN_BYTES`] (under its default 1.5 MiB request limit), sent
-//! together and all acknowledged before [`EtcdBatch::commit`] returns. Each
-//! record is written whole or not at all; a burst split over several
-//! transactions is not atomic as a whole, which costs nothing: records are
-//! per node, and no datagram of the burst leaves before every transaction
-//! is acknowledged. A request that fails is retried (another member, a new
-//! leader) until [`WRITE_DEADLINE`]; after that the store refuses further
-//! work ([`EtcdError::Failed`]), as the file store does after a failed
-//! sync: what reached etcd is known only to a reopen.
+//! [`MAX_TXN_BYTES`] (under its default 1.5 MiB request limit), a few in
+//! flight at a time, all acknowledged before [`EtcdBatch::commit`] returns
+//! ([`burst`]). Each record is written whole or not at all; a burst split
+//! over several transactions is not atomic as a whole, which costs
+//! nothing: records are per node, and no datagram of the burst leaves
+//! before every transaction is acknowledged. A transaction that fails is
+//! sent again (another member, a new leader); the burst fails only when
+//! etcd acknowledged none of its transactions for [`burst::STALL`], however
+//! long the whole takes. After that the store refuses further work
+//! ([`EtcdError::Failed`]), as the file store does after a failed sync:
+//! what reached etcd is known only to a reopen.
 //!
 //! # Reads
 //! [`EtcdStore::open`] reads every record under the prefix in pages of
@@ -36,6 +38,7 @@
 //! refuses a commit ([`EtcdError::Fenced`]) when etcd found it otherwise or
 //! the fence's own clock ran out: the burst's datagrams never leave then.
 
+mod burst;
 pub mod lead;
 pub mod seal;
 pub mod target;
@@ -67,9 +70,10 @@ pub const MAX_TXN_BYTES: usize = 1 << 20;
 pub const PAGE: i64 = 1000;
 /// How long one request may take (connection included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long a burst's writes (or one page read) may take, retries
-/// included, before the store gives up.
-pub const WRITE_DEADLINE: Duration = Duration::from_secs(5);
+/// How long one read (a page of records) or one removal may take, retries
+/// included, before the store gives up. A burst's record writes have a
+/// deadline on progress instead ([`burst`]).
+pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
 /// A record key (node name) is 1 to this many bytes, as in the file store.
 const MAX_KEY: usize = 255;
 
@@ -262,7 +266,7 @@ impl EtcdStore {
         let p = prefix.clone();
         let (changed, revision, keys) = self
             .worker
-            .call(WRITE_DEADLINE, move |mut c: Client| {
+            .call(CALL_DEADLINE, move |mut c: Client| {
                 let p = p.clone();
                 async move {
                     let (changed, revision) = warm::read_changed(&mut c, &p, since).await?;
@@ -284,7 +288,7 @@ impl EtcdStore {
             let p = prefix.clone();
             let live = self
                 .worker
-                .call(WRITE_DEADLINE, move |mut c: Client| {
+                .call(CALL_DEADLINE, move |mut c: Client| {
                     let p = p.clone();
                     async move { warm::keys_at(&mut c, &p, revision).await }
                 })
@@ -360,7 +364,7 @@ impl EtcdStore {
     fn load(&self) -> Result<(Vec<Stored>, i64), EtcdError> {
         let prefix = self.prefix.clone().into_bytes();
         self.worker
-            .call(WRITE_DEADLINE, move |mut c: Client| {
+            .call(CALL_DEADLINE, move |mut c: Client| {
                 let p = prefix.clone();
                 async move { warm::read_changed(&mut c, &p, 0).await }
             })
@@ -440,7 +444,7 @@ impl EtcdStore {
     pub fn purge(self) -> Result<i64, EtcdError> {
         self.check_usable()?;
         let prefix = self.prefix.clone();
-        let r = self.worker.call(WRITE_DEADLINE, move |mut c: Client| {
+        let r = self.worker.call(CALL_DEADLINE, move |mut c: Client| {
             let prefix = prefix.clone();
             async move {
                 c.delete(prefix, Some(DeleteOptions::new().with_prefix()))
@@ -543,8 +547,18 @@ impl EtcdBatch<'_> {
                 .map(|f| Compare::create_revision(f.key(), CompareOp::Equal, f.token()))
                 .collect(),
         );
-        let r = self.store.worker.call(WRITE_DEADLINE, move |c: Client| {
-            send_all(c, Arc::clone(&txns), Arc::clone(&when))
+        let n = txns.len();
+        let fence = self.store.fence.clone();
+        let r = self.store.worker.run(move |c: Client| {
+            let send = move |i: usize| {
+                let mut c = c.clone();
+                let txn = Txn::new().when(when.as_slice()).and_then(txns[i].clone());
+                async move { c.txn(txn).await.map(|r: TxnResponse| r.succeeded()) }
+            };
+            // The fence's own clock may run out in a long burst: what is
+            // still unsent then is not sent.
+            let leading = move || fence.as_ref().is_none_or(|f| f.check().is_ok());
+            burst::send_burst(n, burst::IN_FLIGHT, burst::STALL, send, leading)
         });
         match r {
             Ok(true) => {
@@ -558,6 +572,7 @@ impl EtcdBatch<'_> {
             }
             Ok(false) => {
                 self.store.failed = true;
+                self.store.check_fence()?;
                 let why = match &self.store.fence {
                     Some(f) => format!(
                         "{} no longer holds this hub's token {} (another hub leads, or none)",
@@ -581,32 +596,6 @@ impl EtcdBatch<'_> {
             }
         }
     }
-}
-
-/// Sends every transaction at once (they pipeline over the client's
-/// connections), each under the conditions `when`, and waits for all; the
-/// first error fails the lot. `Ok(false)`: a condition failed in at least
-/// one (its puts were not applied).
-async fn send_all(
-    c: Client,
-    txns: Arc<Vec<Vec<TxnOp>>>,
-    when: Arc<Vec<Compare>>,
-) -> Result<bool, etcd_client::Error> {
-    let mut set = tokio::task::JoinSet::new();
-    for ops in txns.iter() {
-        let mut c = c.clone();
-        let txn = Txn::new().when(when.as_slice()).and_then(ops.clone());
-        set.spawn(async move { c.txn(txn).await.map(|r: TxnResponse| r.succeeded()) });
-    }
-    let mut all = true;
-    while let Some(done) = set.join_next().await {
-        match done {
-            Ok(Ok(ok)) => all &= ok,
-            Ok(Err(e)) => return Err(e),
-            Err(e) => return Err(etcd_client::Error::IoError(std::io::Error::other(e))),
-        }
-    }
-    Ok(all)
 }
 
 #[cfg(test)]

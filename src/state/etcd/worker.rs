@@ -22,6 +22,21 @@ pub enum CallError {
     /// No answer within the deadline.
     #[error("no answer within {0:?}")]
     Timeout(Duration),
+    /// A burst of writes in which etcd acknowledged nothing for `stall`.
+    #[error(
+        "etcd acknowledged no write for {stall:?} ({acked} of {total} transactions acknowledged{})",
+        last_error.as_deref().map(|e| format!("; last error: {e}")).unwrap_or_default()
+    )]
+    Stalled {
+        /// How long without an acknowledgement.
+        stall: Duration,
+        /// Transactions acknowledged before.
+        acked: usize,
+        /// Transactions in the burst.
+        total: usize,
+        /// The last error a send got, if any.
+        last_error: Option<String>,
+    },
     /// The client thread is gone (it panicked or could not start).
     #[error("the etcd client thread is gone")]
     Gone,
@@ -114,6 +129,25 @@ impl Worker {
 }
 
 impl Worker {
+    /// Runs `op` once on the client thread, with no deadline or retry of
+    /// its own (`op` brings both), and blocks until it ends.
+    pub fn run<T, F, Fut>(&self, op: F) -> Result<T, CallError>
+    where
+        T: Send + 'static,
+        F: FnOnce(Client) -> Fut + Send + 'static,
+        Fut: Future<Output = Result<T, CallError>> + Send + 'static,
+    {
+        let (tx, rx) = std_mpsc::sync_channel::<Result<T, CallError>>(1);
+        let job: Job = Box::new(move |client: Client| {
+            Box::pin(async move {
+                let _ = tx.send(op(client).await);
+            })
+        });
+        let jobs = self.jobs.as_ref().ok_or(CallError::Gone)?;
+        jobs.send(job).map_err(|_| CallError::Gone)?;
+        rx.recv().map_err(|_| CallError::Gone)?
+    }
+
     /// Starts `task` on the client thread, in the background: it runs
     /// beside the calls until it ends or the worker is dropped.
     pub fn spawn<F, Fut>(&self, task: F) -> Result<(), CallError>
