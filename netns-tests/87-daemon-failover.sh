@@ -8,12 +8,16 @@
 # ip_nonlocal_bind, so it is ready before B holds the address).
 #  1 A starts alone and leads: it holds the service address; B starts and
 #    waits: no address, no SA, no policy, no control socket
-#  2 kill -9 of A under traffic: B takes over (leader key, service address,
-#    both nodes' SAs in B's kernel, B sends to every node); no node
-#    re-initialises (inits on the hub's records and on each node); the
-#    probe outage of each stream stays within the bound below
-#  3 A started again (a service manager's restart): it gives up the address
-#    it left behind and waits as the standby; B keeps leading
+#  2 A's host dies under traffic: its link to the nodes' LAN goes down and
+#    its process is killed (-9), so nothing of A receives or answers. B
+#    takes over (leader key, service address, both nodes' SAs in B's
+#    kernel, B sends to every node); no node re-initialises (inits on the
+#    hub's records and on each node); the probe outage of each stream
+#    stays within the bound below
+#  3 A's host comes back (link up, its kernel still holding the address
+#    and the SAs, as after a frozen VM resumes) and a service manager
+#    starts A again: it gives up the address it left behind and waits as
+#    the standby; B keeps leading
 #  4 B cut off from etcd (its etcd link down; the nodes' LAN stays): B
 #    steps down on its own clock (exit 75, the address given up) before A
 #    leads; A takes over with the kernel objects it kept and serves every
@@ -30,9 +34,8 @@ TTL_S=2
 # etcd finds it expired within its 500 ms check, then B campaigns, completes
 # its warm copy of the records, installs the clear-text guard (~1.5 s of
 # iptables-legacy processes in UML) and every SA and policy, then takes and
-# announces the address: TTL + 3 s in all here. A's host stays up (only its
-# process is killed): its kernel keeps receiving for the address with its
-# SAs until B's announcement, so the outage may well be none.
+# announces the address: TTL + 3 s in all here. Every packet sent to the
+# address from A's death until the nodes heard B's announcement is lost.
 BOUND_MS=$((TTL_S * 1000 + 3000))
 # A node's patience (hello_interval x retries, 7 s) must outlast the
 # takeover, or it falls back to init.
@@ -81,9 +84,10 @@ for i in $(seq 1 $N); do
 	PROBE_PIDS+=($!)
 done
 sleep 3
+ip -n hub link set veth0 down
 kill -9 "$A_PID"
 t0=$(etcd_ms)
-echo "  A killed with -9 under traffic"
+echo "  A's host died under traffic (link down, process killed with -9)"
 leads_b() { [ "$(leader_val)" != "" ] && grep -q 'INFO serving' "$WORK/hubb.log" && test -S "$WORK/hubb.sock"; }
 check "2: B leads and serves" wait_ms 10000 leads_b
 t_serve=$(($(etcd_ms) - t0))
@@ -113,9 +117,11 @@ report() {
 	return $bad
 }
 check "2: at most one outage per stream, each within ${BOUND_MS} ms (lease TTL ${TTL_S} s + 3 s)" report
-echo "  takeover: A killed -> B serving after ${t_serve} ms"
+echo "  takeover: A's host died -> B serving after ${t_serve} ms"
 
-# 3: A restarted as a service manager would: it gives up what it left.
+# 3: A's host back, A restarted as a service manager would: it gives up
+# what it left.
+ip -n hub link set veth0 up
 ip netns exec hub "$ROTOR" hub --config "$WORK/hub.toml" >>"$WORK/hub-again.log" 2>&1 &
 A2=$!
 PIDS+=("$A2")

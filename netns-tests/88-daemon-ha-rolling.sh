@@ -5,8 +5,11 @@
 # on the nodes' LAN, neither holding another address there. Two nodes
 # rotate every second and stream 100 probe packets/s each to the service
 # address (ESP with the node->hub SA); a receiver listens on it in each
-# hub's namespace; the nodes' bridge ports are captured for the whole
-# restart.
+# hub's namespace. The other way, each hub's namespace sends one stream to
+# each node, both hubs the same sequence numbers at the same times (probe.py
+# send --start-at): whichever holds the service address sends (the other
+# has no route), so a node's receiver sees one stream across the
+# hand-overs. The nodes' bridge ports are captured for the whole restart.
 #  1 A leads, B waits (a warm copy: it read the records and follows them)
 #  2 the rolling restart under traffic, each hub stopped with SIGTERM and
 #    started again as a service manager would:
@@ -19,7 +22,10 @@
 #      objects it kept, compared and completed before it takes the address);
 #      B started again waits
 #    checked: every probe packet arrives at one hub or the other (0 lost;
-#    each outage reported with the step it fell in), no node re-initialises,
+#    each outage reported with the step it fell in); hub to node, at most
+#    one outage per hand-over, each within DOWN_BOUND_MS (below: the new
+#    leader cannot send on the SAs the old one sent on, so each node's
+#    traffic waits for its first re-key); no node re-initialises,
 #    no probe packet in clear on the wire, the old leader gave the address
 #    up only after the new one marked itself serving, the new leader's
 #    kernel holds every node's SAs
@@ -38,6 +44,12 @@ RATE=100
 # revokes the lease and does not wait for it.
 TTL_S=6
 RETRIES=14
+# Hub to node after a hand-over: the old leader sends until it gives the
+# address up, once the new one serves; the new one sends once it re-keyed
+# the node (one control round trip, started in its first step, often done
+# before the address moves). A bound for a round trip through a loaded UML,
+# not a target.
+DOWN_BOUND_MS=1000
 ha_pair_up $N $PREFIX $TTL_S $RETRIES
 
 declare -A NS=([A]=hub [B]=hubb) SOCK=([A]="$WORK/hub.sock" [B]="$WORK/hubb.sock") CONF=([A]="$WORK/hub.toml" [B]="$WORK/hubb.toml")
@@ -91,8 +103,12 @@ for i in $(seq 1 $N); do
 		BG+=($!)
 	done
 done
+for i in $(seq 1 $N); do
+	ip netns exec "n$i" $PROBE recv --bind "$(outer "$i"):$((5500 + i))" --duration $((DUR + 5)) --sent-file "$WORK/down-sent-A-$i" --ready-file "$WORK/ready-n$i" >"$WORK/down-$i.json" &
+	BG+=($!)
+done
 for _ in $(seq 1 100); do
-	[ "$(ls "$WORK"/ready-* 2>/dev/null | wc -l)" -ge $((2 * N)) ] && break
+	[ "$(ls "$WORK"/ready-* 2>/dev/null | wc -l)" -ge $((3 * N)) ] && break
 	sleep 0.1
 done
 for i in $(seq 1 $N); do
@@ -135,6 +151,13 @@ T_STREAM=$(etcd_ms)
 for i in $(seq 1 $N); do
 	(ip netns exec "n$i" $PROBE send --to "$SVC:$((5000 + i))" --rate $RATE --duration $DUR --stop-file "$WORK/stop" >"$WORK/sent-$i.tmp" && mv "$WORK/sent-$i.tmp" "$WORK/sent-$i") &
 	BG+=($!)
+done
+T_DOWN=$(python3 -c 'import time; print(f"{time.time() + 0.5:.3f}")')
+for i in $(seq 1 $N); do
+	for x in A B; do
+		(ip netns exec "${NS[$x]}" $PROBE send --to "$(outer "$i"):$((5500 + i))" --rate $RATE --duration $DUR --stop-file "$WORK/stop" --start-at "$T_DOWN" >"$WORK/down-sent-$x-$i.tmp" && mv "$WORK/down-sent-$x-$i.tmp" "$WORK/down-sent-$x-$i") &
+		BG+=($!)
+	done
 done
 STEPS=""
 mark() { STEPS+="$1@$(($(etcd_ms) - T_STREAM)) "; }
@@ -196,6 +219,14 @@ report() {
 	return $bad
 }
 check "2: every probe packet arrived at one hub or the other" report
+report_down() {
+	local i bad=0
+	for i in $(seq 1 $N); do
+		$PROBE outages --rate $RATE --bound $DOWN_BOUND_MS --max-runs 2 --at --label "n$i down (from A or B)" "$WORK/down-$i.json" || bad=1
+	done
+	return $bad
+}
+check "2: hub to node, at most one outage per hand-over, each within ${DOWN_BOUND_MS} ms" report_down
 for i in $(seq 1 $N); do
 	check "2: n$i's port: ESP on the wire, no probe packet in clear ($(cat "$WORK/wire-$i.json" | cut -c1-120))" python3 -c "
 import json; d=json.load(open('$WORK/wire-$i.json')); raise SystemExit(0 if d['esp'] > 1000 and d['plain_probe'] == 0 else 1)"

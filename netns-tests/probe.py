@@ -2,12 +2,17 @@
 """Sequence-numbered UDP probe stream, to prove that no data packet is lost.
 
   probe.py send --to ADDR:PORT --rate 200 --duration 30 [--stop-file F]
+                [--start-at UNIX_TIME]
   probe.py recv --bind ADDR:PORT --duration 35 --sent-file SENT_FILE
   probe.py outages --rate 200 --label "n1 up" [--bound MS] [--max-runs K]
                    [--all-received] [--at] RECV_JSON [RECV_JSON...]
 
 The sender prints one JSON line {"sent": N, "start": T} (T: the wall-clock
-time of packet 0). The receiver stops after the duration and prints
+time of packet 0). With --start-at, packet K leaves at UNIX_TIME + K/rate on
+the wall clock: senders on several hosts of one clock (two hubs that hand a
+service address over) then send the same sequence numbers at the same times,
+and a receiver sees one stream from whichever can send; a send that fails
+(no route: the host does not hold the address) is skipped. The receiver stops after the duration and prints
 {"received": R, "missing": [...], "duplicates": D, "start": T} where
 missing lists every sequence number below the highest one it saw (or below
 "sent" from --sent-file) that did not arrive.
@@ -46,6 +51,9 @@ def send(a):
     n = int(a.rate * a.duration)
     start = time.monotonic()
     wall = time.time()
+    if a.start_at is not None:
+        start += a.start_at - wall
+        wall = a.start_at
     sent = 0
     for seq in range(n):
         # At most one check per 10 packets: a stat per packet would slow
@@ -162,6 +170,7 @@ def main():
     ps.add_argument("--rate", type=float, default=200)
     ps.add_argument("--duration", type=float, default=30)
     ps.add_argument("--stop-file", help="stop early once this file exists (--duration is then a cap)")
+    ps.add_argument("--start-at", type=float, help="wall-clock time (s since the epoch) of packet 0")
     pr = sub.add_parser("recv")
     pr.add_argument("--bind", required=True)
     pr.add_argument("--duration", type=float, default=35)

@@ -12,7 +12,7 @@
 //! leaves it) and written in as few requests as etcd allows: transactions
 //! of at most [`MAX_TXN_OPS`] puts (etcd's default `--max-txn-ops`) and
 //! [`MAX_TXN_BYTES`] (under its default 1.5 MiB request limit), a few in
-//! flight at a time, all acknowledged before [`EtcdBatch::commit`] returns
+//! flight at a time (as many as etcd acknowledges quickly), all acknowledged before [`EtcdBatch::commit`] returns
 //! ([`burst`]). Each record is written whole or not at all; a burst split
 //! over several transactions is not atomic as a whole, which costs
 //! nothing: records are per node, and no datagram of the burst leaves
@@ -175,6 +175,8 @@ pub struct EtcdStore {
     fence: Option<Fence>,
     /// A standby's copy of the records, until it is taken.
     warm: Option<Arc<Mutex<warm::WarmCopy>>>,
+    /// How many transactions of a burst may be in flight.
+    window: Arc<burst::Window>,
 }
 
 /// What completing a warm copy took ([`EtcdStore::take_warm`]).
@@ -320,6 +322,7 @@ impl EtcdStore {
             last: CommitStats::default(),
             fence: None,
             warm: None,
+            window: Arc::new(burst::Window::new(burst::IN_FLIGHT)),
         })
     }
 
@@ -549,6 +552,7 @@ impl EtcdBatch<'_> {
         );
         let n = txns.len();
         let fence = self.store.fence.clone();
+        let window = Arc::clone(&self.store.window);
         let r = self.store.worker.run(move |c: Client| {
             let send = move |i: usize| {
                 let mut c = c.clone();
@@ -558,7 +562,7 @@ impl EtcdBatch<'_> {
             // The fence's own clock may run out in a long burst: what is
             // still unsent then is not sent.
             let leading = move || fence.as_ref().is_none_or(|f| f.check().is_ok());
-            burst::send_burst(n, burst::IN_FLIGHT, burst::STALL, send, leading)
+            burst::send_burst(n, window, burst::STALL, send, leading)
         });
         match r {
             Ok(true) => {
