@@ -350,9 +350,9 @@ takeover_n() { # N
 	e0=$(etcd_counters)
 
 	# 1: A leads, the fleet initialises under it. A fresh hub writes every
-	# node's record before it serves; when etcd takes longer than the
-	# hub's write deadline it exits, and is started again (as its service
-	# manager would), up to 5 times.
+	# node's record before it serves; when etcd leaves it without an
+	# acknowledgement for 5 s it exits, and is started again (as its
+	# service manager would), up to 5 times.
 	local starts=0
 	while [ "$starts" -lt 5 ]; do
 		starts=$((starts + 1))

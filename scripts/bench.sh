@@ -102,8 +102,7 @@
 #
 # --etcd-members 1 runs a single etcd member instead of three (no raft
 # replication: a third of etcd's CPU on UML's one CPU, where three members
-# could not absorb a 10,000-node init within the hub's 5 s write deadline
-# on a loaded host).
+# take 35 s over a 10,000-node init).
 #
 # --retries K: the nodes' retries (`rotor-loadgen run --retries`; default
 # 3, 10 with --takeover).
@@ -521,8 +520,8 @@ start_hub() { # CONFIG LOGFILE
 
 # start_hub_serving CONFIG LOGFILE: start_hub, then until the hub answers
 # a control request. A hub that exits before (a fresh hub on etcd writes
-# every node's record before it serves; on UML etcd can take longer than
-# the hub's 5 s write deadline) is started again, as its service manager
+# every node's record before it serves; one that etcd leaves without an
+# acknowledgement for 5 s stops) is started again, as its service manager
 # would, up to 5 times; each transaction etcd took stays. Attempt K logs
 # to LOGFILE with -tryK before .log; sets START_ATTEMPTS and HUB_LOG_FILE
 # (the serving attempt's log).
