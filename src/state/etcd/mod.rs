@@ -12,11 +12,11 @@
 //! leaves it) and written in as few requests as etcd allows: transactions
 //! of at most [`MAX_TXN_OPS`] puts (etcd's default `--max-txn-ops`) and
 //! [`MAX_TXN_BYTES`] (under its default 1.5 MiB request limit), a few in
-//! flight at a time (as many as etcd acknowledges quickly), all acknowledged before [`EtcdBatch::commit`] returns
-//! ([`burst`]). Each record is written whole or not at all; a burst split
-//! over several transactions is not atomic as a whole, which costs
-//! nothing: records are per node, and no datagram of the burst leaves
-//! before every transaction is acknowledged. A transaction that fails is
+//! flight at a time (as many as etcd acknowledges quickly, [`burst`]), all
+//! acknowledged before [`EtcdBatch::commit`] returns. Each record is
+//! written whole or not at all; a burst split over several transactions is
+//! not atomic as a whole, which costs nothing: records are per node, and no
+//! datagram of the burst leaves before every transaction is acknowledged. A transaction that fails is
 //! sent again (another member, a new leader); the burst fails only when
 //! etcd acknowledged none of its transactions for [`burst::STALL`], however
 //! long the whole takes. After that the store refuses further work

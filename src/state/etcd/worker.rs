@@ -116,15 +116,7 @@ impl Worker {
         F: Fn(Client) -> Fut + Send + 'static,
         Fut: Future<Output = Result<T, etcd_client::Error>> + Send + 'static,
     {
-        let (tx, rx) = std_mpsc::sync_channel::<Result<T, CallError>>(1);
-        let job: Job = Box::new(move |client: Client| {
-            Box::pin(async move {
-                let _ = tx.send(retry(client, deadline, op).await);
-            })
-        });
-        let jobs = self.jobs.as_ref().ok_or(CallError::Gone)?;
-        jobs.send(job).map_err(|_| CallError::Gone)?;
-        rx.recv().map_err(|_| CallError::Gone)?
+        self.run(move |client: Client| retry(client, deadline, op))
     }
 }
 
