@@ -297,12 +297,23 @@ fn a_burst_waits_out_a_frozen_etcd_and_fails_only_when_it_stays_frozen_for_the_s
         "the store refuses after a failed write"
     );
 
-    // What etcd holds is round 2's, whole: a reopen reads it.
+    // What reached etcd is known only to a reopen: requests already in
+    // the frozen member's socket may be applied once it thaws, though the
+    // client gave up on them. Every record is whole: round 2's, or the
+    // failed round 3's.
     drop(s);
     let (_, mut loaded) = EtcdStore::open(&t, &key(5)).unwrap();
     let got = all(&mut loaded);
     assert_eq!(got.len(), 1000);
-    assert_eq!(got["node-0007"], record("node-0007", 2, 300));
+    let mut third = 0;
+    for (name, v) in &got {
+        if *v == record(name, 3, 300) {
+            third += 1;
+        } else {
+            assert_eq!(*v, record(name, 2, 300), "{name}");
+        }
+    }
+    println!("after the failed burst: {third} of 1000 records are its own");
 }
 
 // --- Leader election and fencing -------------------------------------------
