@@ -369,7 +369,12 @@ takeover_n() { # N
 	[ -n "$ttl_s" ] && ttl_s=$(fdiv "$ttl_s" 1000)
 	c0=$(cpu_ns "$A")
 	start_loadgen "$n" "$D"
+	# A long init is watched from the host: A's log and the load
+	# generator's progress copied out every 30 s while it lasts.
+	(while sleep 30; do cp "$W/tk-$n-A.log" "$W/progress.json" "$TK_LOGS/" 2>/dev/null; done) &
+	local mirror=$!
 	wait_sync 0 $((120 + n / 50)) || complete=false
+	kill "$mirror" 2>/dev/null
 	init_end=$(pf '.all_in_sync_unix_ms // empty')
 	lg_start=$(jq -r '.unix_ms - .elapsed_ms' "$W/progress.json")
 	init_wall=$(fdiv $((${init_end:-$(now_ms)} - lg_start)) 1000)
