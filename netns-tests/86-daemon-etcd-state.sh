@@ -18,7 +18,7 @@ PREFIX=rotor/e1
 topo_up $N
 etcd_up || { fail "the etcd cluster became healthy within ${ETCD_UP_TIMEOUT}s"; etcd_log_tail 20; exit 1; }
 echo "  etcd: boot to healthy ${ETCD_BOOT_MS} ms"
-etcd_attach hub 10.99.0.20 || { fail "the hub's namespace joins the etcd bridge"; exit 1; }
+etcd_attach hub 10.199.0.20 || { fail "the hub's namespace joins the etcd bridge"; exit 1; }
 configs $N 1s 500ms 5
 (umask 077; "$ROTOR" genkey >"$WORK/cluster.key")
 # lease_ttl 6 s: part 3 kills etcd's leader, and the hub keeps its lead

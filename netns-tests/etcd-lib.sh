@@ -6,9 +6,12 @@
 #   . "$(dirname "$0")/etcd-lib.sh"
 #
 # Topology: namespace etcdnet holds bridge br0 (no address of its own);
-# member I (1..3) runs in namespace etcd<I>, 10.99.0.1<I>/24 on its device
+# member I (1..3) runs in namespace etcd<I>, 10.199.0.1<I>/24 on its device
 # eth0, clients on port 2379, peers on 2380. The test's own etcdctl runs in
-# namespace etcdc (10.99.0.10). Other namespaces (hubs) join with etcd_attach.
+# namespace etcdc (10.199.0.10). Other namespaces (hubs) join with etcd_attach.
+# The subnet lies outside 10.64.0.0/10, where scripts/bench.sh puts its
+# nodes: a hub joined to this bridge would route a node address inside it
+# to the bridge, and that node would never hear its hub.
 # Data directories live in a tmpfs (/dev/shm), logs in $ETCD_WORK under /tmp
 # (kept when ETCD_KEEP=1, for a post-mortem).
 #
@@ -25,7 +28,7 @@
 #   etcd_kill I             SIGKILL member I and wait for it
 #   etcd_running I          status 0 if member I's process is alive
 #   etcd_attach NS ADDR     give namespace NS (existing) a device etcd0 on the
-#                           bridge with ADDR/24 (10.99.0.x, not .10-.13)
+#                           bridge with ADDR/24 (10.199.0.x, not .10-.13)
 #   etcd_cut NS             cut NS off the bridge (its port down): member
 #                           namespaces etcd<I> or attached ones
 #   etcd_heal NS            undo etcd_cut
@@ -63,7 +66,7 @@ command -v etcdctl >/dev/null || { echo "FAIL: etcdctl not found (apt-get instal
 ETCD_WORK=$(mktemp -d /tmp/etcd-rig.XXXXXX) || { echo "FAIL: cannot create a directory in /tmp"; exit 1; }
 ETCD_DATA=$(mktemp -d /dev/shm/etcd-rig.XXXXXX) || { echo "FAIL: cannot create a directory in /dev/shm"; exit 1; }
 
-etcd_addr() { echo "10.99.0.1$1"; }
+etcd_addr() { echo "10.199.0.1$1"; }
 etcd_endpoints() {
 	local i out="" sep=""
 	[ $# -gt 0 ] || set -- "${ETCD_MEMBERS[@]}"
@@ -100,7 +103,7 @@ etcd_net_up() {
 	done
 	ip -n etcdnet link add br0 type bridge || return 1
 	ip -n etcdnet link set br0 up || return 1
-	etcd_attach etcdc 10.99.0.10 || return 1
+	etcd_attach etcdc 10.199.0.10 || return 1
 	for i in "${ETCD_MEMBERS[@]}"; do
 		etcd_attach "etcd$i" "$(etcd_addr "$i")" || return 1
 	done
@@ -192,7 +195,7 @@ etcd_leader() {
 		$1 == "\"Endpoint\"" { gsub(/"/, "", $2); ep[id] = $2 }
 		END {
 			for (l in leader) if (leader[l] == n && (l in ep)) {
-				split(ep[l], a, ".")         # http://10.99.0.1I:2379
+				split(ep[l], a, ".")         # http://10.199.0.1I:2379
 				split(a[4], b, ":")
 				print substr(b[1], 2); exit 0
 			}

@@ -4,7 +4,7 @@
 #
 # ha_pair_up N PREFIX TTL_S RETRIES: the topology of N nodes with hub A in
 # namespace `hub` and hub B in `hubb`, both on the nodes' LAN bridge and on
-# the etcd bridge (10.99.0.20 and .21), the three etcd members healthy, and
+# the etcd bridge (10.199.0.20 and .21), the three etcd members healthy, and
 # the hubs' configs $WORK/hub.toml and $WORK/hubb.toml: state in etcd under
 # PREFIX, service address $SVC/24 on veth0, lease_ttl TTL_S; the nodes
 # patient for RETRIES hellos of 500 ms. Sets SVC. Exits on a failed step.
@@ -22,8 +22,8 @@ ha_pair_up() {
 	# address): the hubs bind the service address with IP_FREEBIND.
 	for ns in hub hubb; do ip netns exec $ns sysctl -qw net.ipv4.ip_nonlocal_bind=1; done
 	etcd_up || { fail "the etcd cluster became healthy within ${ETCD_UP_TIMEOUT}s"; etcd_log_tail 20; exit 1; }
-	etcd_attach hub 10.99.0.20 || { fail "hub A joins the etcd bridge"; exit 1; }
-	etcd_attach hubb 10.99.0.21 || { fail "hub B joins the etcd bridge"; exit 1; }
+	etcd_attach hub 10.199.0.20 || { fail "hub A joins the etcd bridge"; exit 1; }
+	etcd_attach hubb 10.199.0.21 || { fail "hub B joins the etcd bridge"; exit 1; }
 	configs "$n" 1s 500ms "$retries"
 	(umask 077; "$ROTOR" genkey >"$WORK/cluster.key")
 	sed -i "s|^state_dir = .*|state = \"etcd://$(etcd_endpoints | sed 's|http://||g')/$prefix\"\nstate_key_file = \"$WORK/cluster.key\"\nservice_address = \"$SVC/24\"\nservice_interface = \"veth0\"\nlease_ttl = \"${ttl_s}s\"|" "$WORK/hub.toml"

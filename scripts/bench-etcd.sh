@@ -1,6 +1,6 @@
 # shellcheck shell=bash
 # scripts/bench.sh's etcd, sourced by it inside UML (not run by hand):
-# netns-tests/etcd-lib.sh's three members (namespaces etcd1..3, 10.99.0.11-13,
+# netns-tests/etcd-lib.sh's three members (namespaces etcd1..3, 10.199.0.11-13,
 # the test's etcdctl and curl in namespace etcdc), the hubs' configuration
 # for them, and what etcd itself counts.
 #

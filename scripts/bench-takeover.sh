@@ -12,7 +12,7 @@
 # (arping -U). (With the service address as an interface's only address,
 # giving it up would make the kernel flush every route through that
 # interface, the route to the nodes included.) Both join the etcd bridge
-# (10.99.0.20, .21) and share one prefix, rotor/takeover-nN; the same
+# (10.199.0.20, .21) and share one prefix, rotor/takeover-nN; the same
 # configuration but the control socket (hub.sock, hubb.sock).
 #
 #  1 A starts and leads (a start that exits before serving is made again,
@@ -99,7 +99,7 @@ topology_ha() { # N DIR
 		sed 's/ DEV$/ br0/' "$2/addresses.batch" | ip -n load -batch - || return 1
 		log "N=$n: $n addresses in $(($(now_ms) - t0)) ms"
 	fi
-	etcd_attach hub 10.99.0.20 && etcd_attach hubb 10.99.0.21
+	etcd_attach hub 10.199.0.20 && etcd_attach hubb 10.199.0.21
 }
 
 # log_ms FILE REGEX: the time (Unix ms) of the first line of FILE matching

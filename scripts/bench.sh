@@ -608,7 +608,7 @@ for N in "${NS[@]}"; do
 	log "N=$N: keys and config in $(( $(now_ms) - t0 )) ms"
 	topology "$N" "$D" || { log "topology failed"; exit 3; }
 	if [ "$KIND" = etcd ]; then
-		etcd_attach hub 10.99.0.20 || { log "the hub's namespace did not join the etcd bridge"; exit 3; }
+		etcd_attach hub 10.199.0.20 || { log "the hub's namespace did not join the etcd bridge"; exit 3; }
 	fi
 	etcd_at() { if [ "$KIND" = etcd ]; then etcd_counters; else echo null; fi; }
 	SOCK=$D/hub.sock
