@@ -70,9 +70,10 @@ pub const MAX_TXN_BYTES: usize = 1 << 20;
 pub const PAGE: i64 = 1000;
 /// How long one request may take (connection included).
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(2);
-/// How long one read (a page of records) or one removal may take, retries
-/// included, before the store gives up. A burst's record writes have a
-/// deadline on progress instead ([`burst`]).
+/// How long one request (a count, a removal) may take, retries included,
+/// before the store gives up; a read of many pages, or a burst of writes,
+/// fails only when nothing of it answered for this long ([`burst`],
+/// [`warm`]).
 pub const CALL_DEADLINE: Duration = Duration::from_secs(5);
 /// A record key (node name) is 1 to this many bytes, as in the file store.
 const MAX_KEY: usize = 255;
@@ -266,17 +267,20 @@ impl EtcdStore {
         };
         let prefix = self.prefix.clone().into_bytes();
         let p = prefix.clone();
-        let (changed, revision, keys) = self
+        let (changed, revision) =
+            self.worker
+                .run(move |c: Client| async move {
+                    warm::read_changed(&c, &p, since, CALL_DEADLINE).await
+                })
+                .map_err(self.req("read the records changed since the warm copy"))?;
+        let p = prefix.clone();
+        let keys = self
             .worker
             .call(CALL_DEADLINE, move |mut c: Client| {
                 let p = p.clone();
-                async move {
-                    let (changed, revision) = warm::read_changed(&mut c, &p, since).await?;
-                    let keys = warm::count(&mut c, &p, revision).await?;
-                    Ok((changed, revision, keys))
-                }
+                async move { warm::count(&mut c, &p, revision).await }
             })
-            .map_err(self.req("read the records changed since the warm copy"))?;
+            .map_err(self.req("count the records"))?;
         let mut stats = WarmStats {
             since,
             revision,
@@ -290,9 +294,8 @@ impl EtcdStore {
             let p = prefix.clone();
             let live = self
                 .worker
-                .call(CALL_DEADLINE, move |mut c: Client| {
-                    let p = p.clone();
-                    async move { warm::keys_at(&mut c, &p, revision).await }
+                .run(move |c: Client| async move {
+                    warm::keys_at(&c, &p, revision, CALL_DEADLINE).await
                 })
                 .map_err(self.req("list the record keys"))?;
             let live: std::collections::HashSet<Vec<u8>> = live.into_iter().collect();
@@ -367,9 +370,8 @@ impl EtcdStore {
     fn load(&self) -> Result<(Vec<Stored>, i64), EtcdError> {
         let prefix = self.prefix.clone().into_bytes();
         self.worker
-            .call(CALL_DEADLINE, move |mut c: Client| {
-                let p = prefix.clone();
-                async move { warm::read_changed(&mut c, &p, 0).await }
+            .run(move |c: Client| async move {
+                warm::read_changed(&c, &prefix, 0, CALL_DEADLINE).await
             })
             .map_err(self.req("read the records"))
     }

@@ -25,11 +25,15 @@
 //! reads more.
 
 use std::collections::HashMap;
+use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use etcd_client::{Client, EventType, GetOptions, SortOrder, SortTarget, WatchOptions};
 
+use tokio::time::Instant;
+
+use super::worker::CallError;
 use super::{PAGE, Stored, prefix_end};
 
 /// The copy, shared between the watch task and the store.
@@ -97,7 +101,7 @@ pub(super) async fn follow(mut c: Client, prefix: Vec<u8>, copy: Arc<Mutex<WarmC
         }
         if compacted {
             // The history after the copy's revision is gone: read it all.
-            if let Ok((all, revision)) = read_changed(&mut c, &prefix, 0).await {
+            if let Ok((all, revision)) = read_changed(&c, &prefix, 0, super::CALL_DEADLINE).await {
                 let mut g = lock(&copy);
                 if g.taken {
                     return;
@@ -112,16 +116,21 @@ pub(super) async fn follow(mut c: Client, prefix: Vec<u8>, copy: Arc<Mutex<WarmC
 
 /// Every (key, sealed value) under `prefix` modified after revision
 /// `after` (0: every one), read in pages at one revision, which it
-/// returns. Pages after the first ask for that revision.
+/// returns. Pages after the first ask for that revision. A page that fails
+/// is asked again; the read fails only when no page answered for `stall`
+/// (100,000 records are 100 pages: a deadline on the whole read would fail
+/// a slow but working cluster).
 pub(super) async fn read_changed(
-    c: &mut Client,
+    c: &Client,
     prefix: &[u8],
     after: i64,
-) -> Result<(Vec<Stored>, i64), etcd_client::Error> {
+    stall: Duration,
+) -> Result<(Vec<Stored>, i64), CallError> {
     let end = prefix_end(prefix);
     let mut all = Vec::new();
     let mut from = prefix.to_vec();
     let mut revision = 0;
+    let mut progress = Instant::now();
     loop {
         let mut o = GetOptions::new()
             .with_range(end.clone())
@@ -133,7 +142,11 @@ pub(super) async fn read_changed(
         if revision > 0 {
             o = o.with_revision(revision);
         }
-        let mut resp = c.get(from.clone(), Some(o)).await?;
+        let mut resp = patiently(&mut progress, stall, || {
+            let (mut c, from, o) = (c.clone(), from.clone(), o.clone());
+            async move { c.get(from, Some(o)).await }
+        })
+        .await?;
         if revision == 0 {
             revision = resp.header().map_or(0, |h| h.revision());
         }
@@ -151,6 +164,37 @@ pub(super) async fn read_changed(
     Ok((all, revision))
 }
 
+/// Runs `ask` (one page's request) until it answers, again after each
+/// failure (50 ms, doubling up to 500 ms); fails once nothing answered
+/// for `stall` since `progress`, which an answer moves to now.
+async fn patiently<T, F, Fut>(
+    progress: &mut Instant,
+    stall: Duration,
+    mut ask: F,
+) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut pause = Duration::from_millis(50);
+    loop {
+        let left = (*progress + stall).saturating_duration_since(Instant::now());
+        let err = match tokio::time::timeout(left, ask()).await {
+            Ok(Ok(v)) => {
+                *progress = Instant::now();
+                return Ok(v);
+            }
+            Ok(Err(e)) => CallError::Etcd(e),
+            Err(_) => CallError::Timeout(stall),
+        };
+        if Instant::now() + pause >= *progress + stall {
+            return Err(err);
+        }
+        tokio::time::sleep(pause).await;
+        pause = (pause * 2).min(Duration::from_millis(500));
+    }
+}
+
 /// How many keys are under `prefix` at `revision`.
 pub(super) async fn count(
     c: &mut Client,
@@ -164,15 +208,18 @@ pub(super) async fn count(
     Ok(c.get(prefix.to_vec(), Some(o)).await?.count())
 }
 
-/// Every key under `prefix` at `revision` (no values), in pages.
+/// Every key under `prefix` at `revision` (no values), in pages, each
+/// asked again after a failure, as in [`read_changed`].
 pub(super) async fn keys_at(
-    c: &mut Client,
+    c: &Client,
     prefix: &[u8],
     revision: i64,
-) -> Result<Vec<Vec<u8>>, etcd_client::Error> {
+    stall: Duration,
+) -> Result<Vec<Vec<u8>>, CallError> {
     let end = prefix_end(prefix);
     let mut all = Vec::new();
     let mut from = prefix.to_vec();
+    let mut progress = Instant::now();
     loop {
         let o = GetOptions::new()
             .with_range(end.clone())
@@ -180,7 +227,11 @@ pub(super) async fn keys_at(
             .with_keys_only()
             .with_sort(SortTarget::Key, SortOrder::Ascend)
             .with_revision(revision);
-        let mut resp = c.get(from.clone(), Some(o)).await?;
+        let mut resp = patiently(&mut progress, stall, || {
+            let (mut c, from, o) = (c.clone(), from.clone(), o.clone());
+            async move { c.get(from, Some(o)).await }
+        })
+        .await?;
         let more = resp.more();
         let kvs = resp.take_kvs();
         let Some(last) = kvs.last() else { break };
@@ -192,4 +243,55 @@ pub(super) async fn keys_at(
         }
     }
     Ok(all)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten pages of 1 s each under a 2 s stall: the read takes 10 s and
+    /// succeeds, each answer moving the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_of_many_slow_pages_succeeds_while_each_answers() {
+        let start = Instant::now();
+        let mut progress = Instant::now();
+        for _ in 0..10 {
+            let r = patiently(&mut progress, Duration::from_secs(2), || async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, etcd_client::Error>(())
+            })
+            .await;
+            assert!(r.is_ok(), "{r:?}");
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    /// A page that fails is asked again; one that never answers fails the
+    /// read once the stall has passed since the last answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_page_is_asked_again_until_the_stall() {
+        let mut progress = Instant::now();
+        let mut tries = 0;
+        let r = patiently(&mut progress, Duration::from_secs(2), || {
+            tries += 1;
+            let k = tries;
+            async move {
+                if k < 4 {
+                    Err(etcd_client::Error::InvalidArgs("no leader".into()))
+                } else {
+                    Ok(k)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.ok(), Some(4));
+        let start = Instant::now();
+        let r: Result<(), CallError> = patiently(&mut progress, Duration::from_secs(2), || async {
+            Err(etcd_client::Error::InvalidArgs("no leader".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(CallError::Etcd(_))), "{r:?}");
+        let took = start.elapsed();
+        assert!(took <= Duration::from_secs(2), "{took:?}");
+    }
 }
