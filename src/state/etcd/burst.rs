@@ -29,7 +29,7 @@ use std::time::Duration;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
 
-use super::worker::CallError;
+use super::worker::{CallError, FIRST_PAUSE, MAX_PAUSE};
 
 /// Most transactions in flight at once.
 pub const IN_FLIGHT: usize = 8;
@@ -39,10 +39,6 @@ pub const TARGET: Duration = Duration::from_millis(250);
 /// How long a burst may go without etcd acknowledging any of its
 /// transactions before the store gives up.
 pub const STALL: Duration = Duration::from_secs(5);
-/// The first pause before a transaction is sent again; it doubles on each
-/// failure up to [`MAX_PAUSE`].
-const FIRST_PAUSE: Duration = Duration::from_millis(50);
-const MAX_PAUSE: Duration = Duration::from_millis(500);
 
 /// How many transactions may be in flight, kept across bursts (one per
 /// store): 1 to its maximum, starting at 1.

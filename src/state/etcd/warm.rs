@@ -25,7 +25,6 @@
 //! reads more.
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -33,7 +32,7 @@ use etcd_client::{Client, EventType, GetOptions, SortOrder, SortTarget, WatchOpt
 
 use tokio::time::Instant;
 
-use super::worker::CallError;
+use super::worker::{CallError, patiently};
 use super::{PAGE, Stored, prefix_end};
 
 /// The copy, shared between the watch task and the store.
@@ -164,37 +163,6 @@ pub(super) async fn read_changed(
     Ok((all, revision))
 }
 
-/// Runs `ask` (one page's request) until it answers, again after each
-/// failure (50 ms, doubling up to 500 ms); fails once nothing answered
-/// for `stall` since `progress`, which an answer moves to now.
-async fn patiently<T, F, Fut>(
-    progress: &mut Instant,
-    stall: Duration,
-    mut ask: F,
-) -> Result<T, CallError>
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T, etcd_client::Error>>,
-{
-    let mut pause = Duration::from_millis(50);
-    loop {
-        let left = (*progress + stall).saturating_duration_since(Instant::now());
-        let err = match tokio::time::timeout(left, ask()).await {
-            Ok(Ok(v)) => {
-                *progress = Instant::now();
-                return Ok(v);
-            }
-            Ok(Err(e)) => CallError::Etcd(e),
-            Err(_) => CallError::Timeout(stall),
-        };
-        if Instant::now() + pause >= *progress + stall {
-            return Err(err);
-        }
-        tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
-    }
-}
-
 /// How many keys are under `prefix` at `revision`.
 pub(super) async fn count(
     c: &mut Client,
@@ -243,55 +211,4 @@ pub(super) async fn keys_at(
         }
     }
     Ok(all)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    /// Ten pages of 1 s each under a 2 s stall: the read takes 10 s and
-    /// succeeds, each answer moving the deadline.
-    #[tokio::test(start_paused = true)]
-    async fn a_read_of_many_slow_pages_succeeds_while_each_answers() {
-        let start = Instant::now();
-        let mut progress = Instant::now();
-        for _ in 0..10 {
-            let r = patiently(&mut progress, Duration::from_secs(2), || async {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                Ok::<_, etcd_client::Error>(())
-            })
-            .await;
-            assert!(r.is_ok(), "{r:?}");
-        }
-        assert_eq!(start.elapsed(), Duration::from_secs(10));
-    }
-
-    /// A page that fails is asked again; one that never answers fails the
-    /// read once the stall has passed since the last answer.
-    #[tokio::test(start_paused = true)]
-    async fn a_failing_page_is_asked_again_until_the_stall() {
-        let mut progress = Instant::now();
-        let mut tries = 0;
-        let r = patiently(&mut progress, Duration::from_secs(2), || {
-            tries += 1;
-            let k = tries;
-            async move {
-                if k < 4 {
-                    Err(etcd_client::Error::InvalidArgs("no leader".into()))
-                } else {
-                    Ok(k)
-                }
-            }
-        })
-        .await;
-        assert_eq!(r.ok(), Some(4));
-        let start = Instant::now();
-        let r: Result<(), CallError> = patiently(&mut progress, Duration::from_secs(2), || async {
-            Err(etcd_client::Error::InvalidArgs("no leader".into()))
-        })
-        .await;
-        assert!(matches!(r, Err(CallError::Etcd(_))), "{r:?}");
-        let took = start.elapsed();
-        assert!(took <= Duration::from_secs(2), "{took:?}");
-    }
 }

@@ -8,10 +8,11 @@ use std::future::Future;
 use std::pin::Pin;
 use std::sync::mpsc as std_mpsc;
 use std::thread::JoinHandle;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use etcd_client::{Client, ConnectOptions};
 use tokio::sync::mpsc;
+use tokio::time::Instant;
 
 /// Why a call did not complete.
 #[derive(Debug, thiserror::Error)]
@@ -157,25 +158,52 @@ impl Worker {
     }
 }
 
+/// The first pause before a failed request is sent again; it doubles on
+/// each failure up to [`MAX_PAUSE`].
+pub(super) const FIRST_PAUSE: Duration = Duration::from_millis(50);
+/// The longest pause between two sends of one request.
+pub(super) const MAX_PAUSE: Duration = Duration::from_millis(500);
+
+/// [`patiently`] with `deadline` counted from the call.
 async fn retry<T, F, Fut>(client: Client, deadline: Duration, op: F) -> Result<T, CallError>
 where
     F: Fn(Client) -> Fut,
     Fut: Future<Output = Result<T, etcd_client::Error>>,
 {
-    let end = Instant::now() + deadline;
-    let mut pause = Duration::from_millis(50);
+    let mut since = Instant::now();
+    patiently(&mut since, deadline, move || op(client.clone())).await
+}
+
+/// Runs `ask` (one request: a call, a page of a read) until it answers,
+/// again after each failure (pauses from [`FIRST_PAUSE`] doubling up to
+/// [`MAX_PAUSE`]); fails once nothing answered for `stall` since
+/// `progress`, which an answer moves to now. A read of many pages passes
+/// one `progress` to each page, so it fails only when it stops moving.
+pub(super) async fn patiently<T, F, Fut>(
+    progress: &mut Instant,
+    stall: Duration,
+    mut ask: F,
+) -> Result<T, CallError>
+where
+    F: FnMut() -> Fut,
+    Fut: Future<Output = Result<T, etcd_client::Error>>,
+{
+    let mut pause = FIRST_PAUSE;
     loop {
-        let left = end.saturating_duration_since(Instant::now());
-        let err = match tokio::time::timeout(left, op(client.clone())).await {
-            Ok(Ok(v)) => return Ok(v),
+        let left = (*progress + stall).saturating_duration_since(Instant::now());
+        let err = match tokio::time::timeout(left, ask()).await {
+            Ok(Ok(v)) => {
+                *progress = Instant::now();
+                return Ok(v);
+            }
             Ok(Err(e)) => CallError::Etcd(e),
-            Err(_) => CallError::Timeout(deadline),
+            Err(_) => CallError::Timeout(stall),
         };
-        if Instant::now() + pause >= end {
+        if Instant::now() + pause >= *progress + stall {
             return Err(err);
         }
         tokio::time::sleep(pause).await;
-        pause = (pause * 2).min(Duration::from_millis(500));
+        pause = (pause * 2).min(MAX_PAUSE);
     }
 }
 
@@ -186,5 +214,56 @@ impl Drop for Worker {
         if let Some(t) = self.thread.take() {
             let _ = t.join();
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Ten pages of 1 s each under a 2 s stall: the read takes 10 s and
+    /// succeeds, each answer moving the deadline.
+    #[tokio::test(start_paused = true)]
+    async fn a_read_of_many_slow_pages_succeeds_while_each_answers() {
+        let start = Instant::now();
+        let mut progress = Instant::now();
+        for _ in 0..10 {
+            let r = patiently(&mut progress, Duration::from_secs(2), || async {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                Ok::<_, etcd_client::Error>(())
+            })
+            .await;
+            assert!(r.is_ok(), "{r:?}");
+        }
+        assert_eq!(start.elapsed(), Duration::from_secs(10));
+    }
+
+    /// A page that fails is asked again; one that never answers fails the
+    /// read once the stall has passed since the last answer.
+    #[tokio::test(start_paused = true)]
+    async fn a_failing_page_is_asked_again_until_the_stall() {
+        let mut progress = Instant::now();
+        let mut tries = 0;
+        let r = patiently(&mut progress, Duration::from_secs(2), || {
+            tries += 1;
+            let k = tries;
+            async move {
+                if k < 4 {
+                    Err(etcd_client::Error::InvalidArgs("no leader".into()))
+                } else {
+                    Ok(k)
+                }
+            }
+        })
+        .await;
+        assert_eq!(r.ok(), Some(4));
+        let start = Instant::now();
+        let r: Result<(), CallError> = patiently(&mut progress, Duration::from_secs(2), || async {
+            Err(etcd_client::Error::InvalidArgs("no leader".into()))
+        })
+        .await;
+        assert!(matches!(r, Err(CallError::Etcd(_))), "{r:?}");
+        let took = start.elapsed();
+        assert!(took <= Duration::from_secs(2), "{took:?}");
     }
 }
