@@ -18,8 +18,10 @@ use std::time::{Duration, Instant};
 
 use rotor::config::{HubConfig, HubPeer, NodeConfig, PeerMode};
 use rotor::control::{self, Request, Status};
+use rotor::daemon::event_loop::BeforeFirstSend;
 use rotor::daemon::notify::Notifier;
 use rotor::daemon::persist::Persist;
+use rotor::daemon::repairs::Repairs;
 use rotor::daemon::{self, KernelExec, Lifecycle, Role};
 use rotor::peer_kernel::PeerKernel;
 use rotor::store::Store;
@@ -59,6 +61,7 @@ impl Daemon {
             store,
             None,
             Notifier::default(),
+            None,
         )
     }
 
@@ -81,6 +84,7 @@ impl Daemon {
             store,
             Some(metrics),
             Notifier::default(),
+            None,
         )
     }
 
@@ -95,9 +99,15 @@ impl Daemon {
         store: Option<Store>,
         notify: Notifier,
     ) -> Daemon {
-        Self::start_full(role, peers, udp_at, socket, kernel, store, None, notify)
+        Self::start_full(
+            role, peers, udp_at, socket, kernel, store, None, notify, None,
+        )
     }
 
+    /// A daemon serving metrics on `metrics` if given, with the service
+    /// manager's notifications going where `notify` says; with `lead`, a
+    /// hub that leads: the hook run before its first datagram, and its
+    /// held repairs.
     #[allow(clippy::too_many_arguments)]
     fn start_full<R: Role + Send + 'static>(
         role: R,
@@ -108,7 +118,9 @@ impl Daemon {
         store: Option<Store>,
         metrics: Option<std::net::TcpListener>,
         notify: Notifier,
+        lead: Option<(BeforeFirstSend, Repairs)>,
     ) -> Daemon {
+        let (before_first_send, repairs) = lead.unzip();
         let udp = UdpSocket::bind(udp_at).expect("bind UDP");
         udp.set_nonblocking(true).unwrap();
         let _ = std::fs::remove_file(&socket);
@@ -142,7 +154,8 @@ impl Daemon {
                     guard: None,
                     guard_pending: None,
                     first_pass_deferred: false,
-                    before_first_send: None,
+                    before_first_send,
+                    repairs,
                 };
                 daemon::serve(
                     role,
@@ -284,6 +297,15 @@ fn hub_config(net: &Net, nodes: usize, addr_of: impl Fn(usize) -> IpAddr) -> Hub
     }
 }
 
+/// A hub of one node that rotates no node on its own within a test.
+fn slow_hub_config(net: &Net) -> HubConfig {
+    let slow = Duration::from_secs(600);
+    let mut c = hub_config(net, 1, |i| net.node_ip(i));
+    c.rotate_interval = slow;
+    c.nodes[0].rotate_interval = slow;
+    c
+}
+
 fn node_config(net: &Net, i: usize, hub: SocketAddr) -> NodeConfig {
     NodeConfig {
         name: format!("n{i}"),
@@ -318,6 +340,32 @@ fn start_hub_on(net: &Net, cfg: HubConfig, kernel: ModelKernel) -> Daemon {
     let (role, peers, _) = daemon::hub_parts(cfg, Ownership::default(), Some(&mut loaded)).unwrap();
     let at = SocketAddr::new(net.hub_ip(), net.port);
     Daemon::start(role, peers, at, socket, kernel, Some(store))
+}
+
+/// A hub on `kernel` that leads: `hook` runs where a leader takes its
+/// service address, and its start holds its repairs (marker `marker`).
+fn start_hub_leading(
+    net: &Net,
+    cfg: HubConfig,
+    kernel: ModelKernel,
+    hook: BeforeFirstSend,
+    marker: PathBuf,
+) -> Daemon {
+    let socket = cfg.socket.clone();
+    let (store, mut loaded) = Store::open(&cfg.state_dir, "hub").unwrap();
+    let (role, peers, _) = daemon::hub_parts(cfg, Ownership::default(), Some(&mut loaded)).unwrap();
+    let at = SocketAddr::new(net.hub_ip(), net.port);
+    Daemon::start_full(
+        role,
+        peers,
+        at,
+        socket,
+        kernel,
+        Some(store),
+        None,
+        Notifier::default(),
+        Some((hook, Repairs::new(marker))),
+    )
 }
 
 fn start_node(net: &Net, cfg: NodeConfig) -> Daemon {
@@ -856,13 +904,7 @@ fn a_stopped_daemon_leaves_its_kernel_state_and_a_restart_resumes_without_reinit
 fn a_restart_that_serves_first_still_repairs_what_went_missing_while_stopped() {
     let _g = serial();
     let net = Net::new(38);
-    let slow = Duration::from_secs(600);
-    let cfg = |net: &Net| {
-        let mut c = hub_config(net, 1, |i| net.node_ip(i));
-        c.rotate_interval = slow;
-        c.nodes[0].rotate_interval = slow;
-        c
-    };
+    let cfg = slow_hub_config;
     let hub = start_hub(&net, cfg(&net));
     let node = start_node(
         &net,
@@ -1295,4 +1337,134 @@ fn the_service_manager_hears_ready_reloads_watchdog_pings_and_stopping() {
         next_notification(&manager, &mut pings, wait).as_deref(),
         Some("STOPPING=1")
     );
+}
+
+/// Bytes in the files of `dir`: what the file store has written.
+fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.filter_map(Result::ok)
+                .filter_map(|e| e.metadata().ok())
+                .map(|m| m.len())
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
+/// What a leader's kernel and store held when it took its service address.
+#[derive(Debug)]
+struct AtAddress {
+    store_bytes: u64,
+    sas: usize,
+    outbound_blocked: bool,
+    marker: bool,
+}
+
+fn rotate_node(hub: &Daemon, name: &str) {
+    control::call(
+        &hub.socket,
+        &Request::Rotate {
+            node: Some(name.into()),
+            all: false,
+        },
+    )
+    .expect("rotate");
+}
+
+/// A leader on a host whose kernel lacks its SAs (a standby taking over)
+/// takes its address once the SAs are re-installed and before any record
+/// of the repair is written; it then rotates the node and records it, and
+/// removes its marker. A later start on that kernel that finds a marker
+/// left behind rotates every node, though nothing is missing.
+#[test]
+fn a_takeover_serves_before_recording_its_repairs_and_settles_them_after() {
+    let _g = serial();
+    let net = Net::new(42);
+    // Every rotation seen is the test's or the repair's.
+    let cfg = slow_hub_config;
+    let hub_at = SocketAddr::new(net.hub_ip(), net.port);
+    let ips = [net.hub_ip(), net.node_ip(0)];
+    let hub = start_hub(&net, cfg(&net));
+    let node = start_node(&net, node_config(&net, 0, hub_at));
+    wait_for("the node in sync", Duration::from_secs(10), || {
+        hub.status().peers[0].state == "in_sync"
+    });
+    rotate_node(&hub, "n0");
+    wait_for("the rotation confirmed", Duration::from_secs(10), || {
+        let row = hub.status().peers[0].clone();
+        row.generation == 2 && row.state == "in_sync"
+    });
+    let before = hub.status().peers[0].clone();
+    let (prev, latest) = (before.rx_spis[0], before.rx_spis[1]);
+    assert_eq!(before.tx_spi, Some(prev));
+    hub.stop().unwrap();
+    let written = dir_bytes(&net.state_dir());
+
+    let fresh = ModelKernel::new(Ownership::default());
+    let marker = net.dir.path().join("hub.repairing");
+    let seen: Arc<Mutex<Option<AtAddress>>> = Arc::default();
+    let hook: BeforeFirstSend = {
+        let (seen, k, m, dir) = (
+            Arc::clone(&seen),
+            fresh.clone(),
+            marker.clone(),
+            net.state_dir(),
+        );
+        Box::new(move || {
+            *seen.lock().unwrap() = Some(AtAddress {
+                store_bytes: dir_bytes(&dir),
+                sas: k.sa_count(),
+                outbound_blocked: k.outbound().iter().all(|(_, p)| p.block),
+                marker: m.exists(),
+            });
+            Ok(())
+        })
+    };
+    let hub = start_hub_leading(&net, cfg(&net), fresh.clone(), hook, marker.clone());
+    wait_for("the repair settled", Duration::from_secs(10), || {
+        !marker.exists() && hub.status().peers[0].tx_spi == Some(latest)
+    });
+    let at = seen.lock().unwrap().take().expect("the hook ran");
+    assert_eq!(
+        at.store_bytes, written,
+        "no record written before the address: {at:?}"
+    );
+    assert_eq!(
+        at.sas, 3,
+        "both inbound SAs and the unused outbound one re-installed: {at:?}"
+    );
+    assert!(
+        at.outbound_blocked,
+        "the SA sent on is not re-added: {at:?}"
+    );
+    assert!(at.marker, "the marker was durable before the re-installs");
+    assert!(dir_bytes(&net.state_dir()) > written, "the settle recorded");
+    wait_kernels_agree(&hub, &node, ips, Duration::from_secs(5)).unwrap();
+    let after = hub.status().peers[0].clone();
+    assert_eq!(after.generation, 3, "one rotation: the repair's");
+    assert_eq!(after.inits, before.inits);
+    assert_eq!(node_row(&node).inits, 1, "the node never re-initialised");
+    hub.stop().unwrap();
+
+    // A marker left on this kernel (a crash before the settle ended): the
+    // next start rotates the node though its SAs are all there.
+    std::fs::write(&marker, b"left behind\n").unwrap();
+    let sas = fresh.sa_count();
+    let hub = start_hub_leading(
+        &net,
+        cfg(&net),
+        fresh.clone(),
+        Box::new(|| Ok(())),
+        marker.clone(),
+    );
+    wait_for("the forced rotation", Duration::from_secs(10), || {
+        let row = hub.status().peers[0].clone();
+        !marker.exists() && row.generation == 4 && row.state == "in_sync"
+    });
+    assert!(sas >= 4, "the kernel kept the SAs: {sas}");
+    wait_kernels_agree(&hub, &node, ips, Duration::from_secs(5)).unwrap();
+    assert_eq!(hub.status().peers[0].inits, before.inits);
+    assert_eq!(node_row(&node).inits, 1);
+    node.stop().unwrap();
+    hub.stop().unwrap();
 }

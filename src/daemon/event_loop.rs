@@ -38,6 +38,7 @@ use super::log::{self, Logbook};
 use super::notify::Notifier;
 use super::persist::Persist;
 use super::reconcile;
+use super::repairs::{Repairs, SETTLE_PER_TURN};
 use super::role::Role;
 use super::route_watch::RouteWatch;
 use crate::control::{self, ReloadReply, StatusHead};
@@ -117,6 +118,10 @@ pub struct Lifecycle {
     /// taking over takes its service address there, once the SAs the
     /// start re-installs are in and before its answers rotate any node.
     pub before_first_send: Option<BeforeFirstSend>,
+    /// A leader's start holds its repairs and settles them from the loop
+    /// ([`super::repairs`]); `None`: repairs are recorded before the
+    /// kernel changes they cause, as always.
+    pub repairs: Option<Repairs>,
 }
 
 /// See [`Lifecycle::before_first_send`]; the error stops the daemon.
@@ -211,6 +216,14 @@ pub async fn run<R: Role, K: Kernel>(
             due
         };
         let due = earliest(due, book.due(kernel.errors()));
+        // Held repairs settle a slice per turn until none is left.
+        let due = earliest(
+            due,
+            life.repairs
+                .as_ref()
+                .filter(|r| r.pending())
+                .map(|_| clock.mono()),
+        );
         let due = earliest(due, life.notify.next_ping());
         let wake = due.map(|t| clock.instant(t));
         let mut full_burst = false;
@@ -292,7 +305,20 @@ pub async fn run<R: Role, K: Kernel>(
                 Err(_) => break,
             }
         }
+        if let Some(r) = life.repairs.as_mut() {
+            // A reload rebuilds the role: everything held is settled first.
+            let limit = if life.reloads.is_empty() {
+                SETTLE_PER_TURN
+            } else {
+                usize::MAX
+            };
+            r.settle_some(role, now, limit);
+        }
         execute(role, kernel, udp, now, life, &mut actions, &mut book).await?;
+        // This turn's records are written: the marker may go.
+        if life.repairs.as_mut().is_some_and(Repairs::finish_if_done) {
+            life.repairs = None;
+        }
         // Only once every action is executed does the kernel show what the
         // machine believes: the pass compares the two.
         if let Some(t) = dump_in {

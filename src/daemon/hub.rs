@@ -196,6 +196,16 @@ impl Role for HubRole {
         self.hub.for_each_retiring(|p, spi| f(p.0 as usize, spi));
     }
 
+    fn hold_repairs(&mut self, on: bool) {
+        self.hub.hold_repairs(on);
+    }
+
+    fn settle_repair(&mut self, now: Now, index: usize, force: bool) {
+        if let Ok(i) = u32::try_from(index) {
+            self.hub.settle_repair(now, PeerId(i), force);
+        }
+    }
+
     fn kernel_lost(&mut self, now: Now, index: usize, lost: &[(SaDir, u32)]) {
         if let Ok(i) = u32::try_from(index) {
             self.hub.kernel_lost(now, PeerId(i), lost);

@@ -44,6 +44,7 @@ pub mod peer_warn;
 pub mod persist;
 pub mod reconcile;
 pub mod reload;
+pub mod repairs;
 pub mod retry;
 pub mod role;
 pub mod route_watch;
@@ -158,6 +159,14 @@ pub async fn serve<R: Role, K: Kernel>(
         undo_guard(&mut life);
         return Err(e).context("writing the state");
     }
+    // Before any SA is re-installed: the marker is what makes a held
+    // repair safe for a restart on this kernel to adopt.
+    if let Some(r) = life.repairs.as_mut()
+        && let Err(e) = r.mark()
+    {
+        undo_guard(&mut life);
+        return Err(e);
+    }
     life.first_pass_deferred = life.before_first_send.is_none() && kernel_kept(&role, &mut kernel);
     if life.first_pass_deferred {
         start_guard(&mut life, &kernel.guard_selectors())?;
@@ -167,7 +176,13 @@ pub async fn serve<R: Role, K: Kernel>(
     } else {
         // Last before the first policy: every check that can fail is behind.
         install_guard(&mut life, &kernel.guard_selectors())?;
-        first_pass(&mut role, &mut kernel, &mut life, &clock)?;
+        role.hold_repairs(life.repairs.is_some());
+        let r = first_pass(&mut role, &mut kernel, &mut life, &clock);
+        role.hold_repairs(false);
+        r?;
+    }
+    if let Some(r) = life.repairs.as_mut() {
+        r.take_held(&mut role);
     }
     finish_start(&mut role, &mut kernel, &mut life)?;
     info!("serving");
@@ -706,6 +721,7 @@ fn open_xfrm(own: Ownership) -> anyhow::Result<(Xfrm, Lifecycle, Monitor)> {
         guard_pending: None,
         first_pass_deferred: false,
         before_first_send: None,
+        repairs: None,
     };
     Ok((xfrm, life, monitor))
 }
@@ -839,6 +855,11 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
         .as_ref()
         .filter(|_| service.is_some())
         .map(lead::Lead::before_first_send);
+    // A leader serves before it records its repairs (a standby's kernel
+    // holds none of the SAs).
+    life.repairs = lead
+        .as_ref()
+        .map(|_| repairs::Repairs::new(socket.with_extension("repairing")));
     let r = run_role(role, xfrm, peers, sockets, life, &socket).await;
     match (lead, &r) {
         // The loop has stopped: nothing more leaves this hub.

@@ -83,4 +83,14 @@ pub trait Role {
     /// The kernel lacks these SAs of peer `index`: the machine repairs what
     /// it safely can (its actions follow).
     fn kernel_lost(&mut self, now: Now, index: usize, lost: &[(SaDir, u32)]);
+    /// While `on`, repairs rotate nobody at once (a hub's
+    /// [`rotor_core::Hub::hold_repairs`]; see [`super::repairs`]). A node
+    /// role has nothing to hold.
+    fn hold_repairs(&mut self, on: bool) {
+        let _ = on;
+    }
+    /// Settles peer `index`'s held repair ([`rotor_core::Hub::settle_repair`]).
+    fn settle_repair(&mut self, now: Now, index: usize, force: bool) {
+        let _ = (now, index, force);
+    }
 }

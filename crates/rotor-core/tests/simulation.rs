@@ -1747,6 +1747,35 @@ fn node_kernel_flush_is_repaired_through_a_rotation() {
     }
 }
 
+/// Every SA of the hub's kernel is gone (a flush, or another host's
+/// kernel): what was in flight goes with it, and node 0's outage starts.
+fn wipe_hub_sas(s: &mut Sim) {
+    let k = s.kernels.get_mut(&Host::Hub).unwrap();
+    for key in k.sas.keys() {
+        s.flushed.insert((Host::Hub, key.0, key.1, key.2));
+    }
+    k.sas.clear();
+    s.crash_in_flight(None);
+    s.outage[0] = Some((s.now, 0));
+}
+
+/// Executes the hub's repair actions: the SAs it installed and the
+/// outbound SPIs it set; a datagram (a rotation's key) fails with `why`.
+#[allow(clippy::type_complexity)]
+fn run_repair(s: &mut Sim, why: &str) -> (Vec<(SaDir, u32)>, Vec<Option<u32>>) {
+    let (mut installs, mut outbound) = (Vec::new(), Vec::new());
+    while let Some(a) = s.hub.poll_action() {
+        match &a {
+            Action::InstallSa { dir, spi, .. } => installs.push((*dir, *spi)),
+            Action::SetOutbound { spi, .. } => outbound.push(*spi),
+            Action::Send { .. } => panic!("{why}"),
+            _ => {}
+        }
+        s.execute(Host::Hub, a);
+    }
+    (installs, outbound)
+}
+
 /// The hub's outbound SA in use is lost while a rotation is unconfirmed:
 /// the hub re-installs both inbound SAs and the latest outbound SA (never
 /// used), not the outbound one in use; it blocks outbound and rotates at the
@@ -1767,26 +1796,10 @@ fn lost_outbound_sa_blocks_until_the_next_proof_rotates() {
     assert_eq!(st.state, PeerState::AwaitingConfirm);
     let (prev, latest) = (st.rx_spis[0], st.rx_spis[1]);
     assert_eq!(st.tx_spi, Some(prev));
-    let k = s.kernels.get_mut(&Host::Hub).unwrap();
-    for key in k.sas.keys() {
-        s.flushed.insert((Host::Hub, key.0, key.1, key.2));
-    }
-    k.sas.clear();
-    s.crash_in_flight(None);
-    s.outage[0] = Some((s.now, 0));
+    wipe_hub_sas(&mut s);
     let view = s.hub.kernel_view(PeerId(0)).unwrap();
     s.hub.kernel_lost(s.clock(), PeerId(0), &view.sas);
-    let mut installs = Vec::new();
-    let mut outbound = Vec::new();
-    while let Some(a) = s.hub.poll_action() {
-        match &a {
-            Action::InstallSa { dir, spi, .. } => installs.push((*dir, *spi)),
-            Action::SetOutbound { spi, .. } => outbound.push(*spi),
-            Action::Send { .. } => panic!("no rotation before the next proof"),
-            _ => {}
-        }
-        s.execute(Host::Hub, a);
-    }
+    let (installs, outbound) = run_repair(&mut s, "no rotation before the next proof");
     let want = vec![(SaDir::In, latest), (SaDir::In, prev), (SaDir::Out, latest)];
     assert_eq!(installs.tap_sort(), want.tap_sort());
     assert_eq!(outbound, [None]);
@@ -1808,6 +1821,97 @@ fn lost_outbound_sa_blocks_until_the_next_proof_rotates() {
     assert_eq!(st.rx_spis[0], latest);
     s.run(s.now.plus_ms(GRACE_MS + ROTATE_MS));
     let f = s.finish("lost-outbound");
+    assert_eq!(f.data_lost_keying, 0);
+}
+
+/// A hub taking over a kernel that lacks its SAs holds its repairs: the
+/// repair's actions are the re-installs and the block alone (nothing a
+/// record must precede), and the node is rotated only when the caller
+/// settles it; traffic then flows on the re-installed generation with no
+/// init, and a second settle finds nothing owed.
+#[test]
+fn held_repairs_reinstall_first_and_rotate_when_settled() {
+    let mut s = Sim::new(43, 1, 0.0);
+    s.net.dup = 0.0;
+    s.run(Time(3_000));
+    s.converge(5_000).expect("convergence");
+    let limit = s.now.plus_ms(4 * ROTATE_MS);
+    loop {
+        let st = s.hub.status(s.now).remove(0);
+        if st.state == PeerState::InSync && st.rx_spis.len() == 2 || s.now >= limit {
+            break;
+        }
+        let t = s.now.plus_ms(1);
+        s.run(t);
+    }
+    let st = s.hub.status(s.now).remove(0);
+    assert_eq!(st.state, PeerState::InSync);
+    let (prev, latest) = (st.rx_spis[0], st.rx_spis[1]);
+    assert_eq!(st.tx_spi, Some(prev));
+    wipe_hub_sas(&mut s);
+    let mut dirty = Vec::new();
+    s.hub.take_dirty(&mut dirty);
+    let view = s.hub.kernel_view(PeerId(0)).unwrap();
+    s.hub.hold_repairs(true);
+    s.hub.kernel_lost(s.clock(), PeerId(0), &view.sas);
+    s.hub.hold_repairs(false);
+    let (installs, outbound) = run_repair(&mut s, "a held repair rotates nobody");
+    let want = vec![(SaDir::In, latest), (SaDir::In, prev), (SaDir::Out, latest)];
+    assert_eq!(installs.tap_sort(), want.tap_sort());
+    assert_eq!(outbound, [None], "blocked: the SA sent on is gone");
+    dirty.clear();
+    s.hub.take_dirty(&mut dirty);
+    assert_eq!(dirty, [PeerId(0)], "the repair is owed a record");
+    // Settling rotates the node in sync: a new generation, its key sent,
+    // outbound on the re-installed latest one.
+    s.hub.settle_repair(s.clock(), PeerId(0), false);
+    let (mut sent, mut outbound) = (0, Vec::new());
+    while let Some(a) = s.hub.poll_action() {
+        match &a {
+            Action::Send { .. } => sent += 1,
+            Action::SetOutbound { spi, .. } => outbound.push(*spi),
+            _ => {}
+        }
+        s.execute(Host::Hub, a);
+    }
+    assert_eq!(sent, 1, "the new key");
+    assert_eq!(outbound, [Some(latest)]);
+    dirty.clear();
+    s.hub.take_dirty(&mut dirty);
+    assert_eq!(dirty, [PeerId(0)]);
+    // Rotated: nothing more is owed.
+    s.hub.settle_repair(s.clock(), PeerId(0), false);
+    assert!(s.hub.poll_action().is_none());
+    dirty.clear();
+    s.hub.take_dirty(&mut dirty);
+    assert!(dirty.is_empty());
+    s.run(s.now.plus_ms(GRACE_MS + 2 * ROTATE_MS));
+    assert!(s.hub.status(s.now).iter().all(|p| p.inits == 1));
+    let f = s.finish("held-repairs");
+    assert_eq!(f.data_lost_keying, 0);
+}
+
+/// Settling with `force` rotates a node no repair marked (an earlier run's
+/// marker left which ones were settled unknown).
+#[test]
+fn a_forced_settle_rotates_a_node_in_sync() {
+    let mut s = Sim::new(44, 1, 0.0);
+    s.run(Time(3_000));
+    s.converge(5_000).expect("convergence");
+    let before = s.hub.status(s.now).remove(0).rotations;
+    s.hub.settle_repair(s.clock(), PeerId(0), false);
+    assert!(s.hub.poll_action().is_none(), "nothing owed, nothing done");
+    s.hub.settle_repair(s.clock(), PeerId(0), true);
+    let mut sent = 0;
+    while let Some(a) = s.hub.poll_action() {
+        sent += usize::from(matches!(a, Action::Send { .. }));
+        s.execute(Host::Hub, a);
+    }
+    assert_eq!(sent, 1);
+    assert_eq!(s.hub.status(s.now).remove(0).rotations, before + 1);
+    s.converge(5_000)
+        .expect("convergence after the forced rotation");
+    let f = s.finish("forced-settle");
     assert_eq!(f.data_lost_keying, 0);
 }
 

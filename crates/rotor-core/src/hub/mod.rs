@@ -174,6 +174,8 @@ struct Shared {
     rng: StdRng,
     /// Path changes move SAs in place ([`Hub::set_move_in_place`]).
     in_place: bool,
+    /// Repairs rotate nobody at once ([`Hub::hold_repairs`]).
+    hold_repairs: bool,
 }
 
 /// A hello under the previous generation that arrives this soon after the
@@ -274,6 +276,7 @@ impl Hub {
                 cookies: cookie::CookieJar::new(),
                 rng: StdRng::from_seed(rng_seed),
                 in_place: false,
+                hold_repairs: false,
             },
         };
         hub.shared.retiring_cap = hub.retiring_cap();

@@ -160,7 +160,8 @@ impl Hub {
     /// * an outbound SA the hub may have sent on is not: it is marked
     ///   missing, and if the outbound policy names it, outbound traffic is
     ///   blocked (fail closed) and the node rotated, at once if it is in
-    ///   sync, else at its next hello under the latest generation; the
+    ///   sync (unless repairs are held, [`Self::hold_repairs`]), else at
+    ///   its next hello under the latest generation; the
     ///   rotation moves the outbound policy to a generation whose outbound
     ///   SA is unused (the re-installed latest one);
     /// * lost SAs of replaced chains are forgotten (their remaining half is
@@ -181,6 +182,48 @@ impl Hub {
             return;
         };
         sh.lose(now.mono, id, n, lost, false);
+        self.compact_timers();
+    }
+
+    /// While `on`, a repair ([`Self::kernel_lost`]) changes the node's
+    /// entry (re-installs, blocks, `force_rotate`, marked dirty) but
+    /// rotates nobody at once, so its actions are the re-installs and
+    /// blocking alone: none of them needs the node's record written first
+    /// (a restart that finds the old record sees the same SAs missing and
+    /// repairs the same way; the outbound SA re-installed was never sent
+    /// on, and the record still says so).
+    ///
+    /// A hub taking over a kernel that lacks its SAs holds the repairs of
+    /// its first pass so that the re-installs go in, and node traffic
+    /// flows, before tens of thousands of records are written. Its caller
+    /// then owes every repaired node a [`Self::settle_repair`], and must
+    /// make the repairs' `force_rotate` survive a restart of the same
+    /// kernel by its own means until they are settled: a restart that
+    /// adopts the re-installed SAs sees nothing missing, so only that
+    /// keeps their fresh replay windows from outliving the repair.
+    pub fn hold_repairs(&mut self, on: bool) {
+        self.shared.hold_repairs = on;
+    }
+
+    /// Makes node `id`'s repair durable: a node still owed its rotation
+    /// (`force_rotate`) is rotated now if it is in sync, else marked dirty
+    /// so that its record, `force_rotate` set, is written with this step.
+    /// With `force`, `force_rotate` is set first (the caller cannot tell
+    /// which nodes an earlier run repaired). A node rotated since its
+    /// repair needs nothing: that rotation wrote its record.
+    pub fn settle_repair(&mut self, now: Now, id: PeerId, force: bool) {
+        let Hub { nodes, shared: sh } = self;
+        let Some(n) = nodes.get_mut(id.0 as usize) else {
+            return;
+        };
+        n.force_rotate |= force;
+        if !n.force_rotate {
+            return;
+        }
+        let rotated = n.confirmed && n.latest.is_some() && sh.rotate(now.mono, id, n);
+        if !rotated {
+            sh.mark(id, n);
+        }
         self.compact_timers();
     }
 }
@@ -267,7 +310,7 @@ impl Shared {
                 blocked,
             }));
         }
-        if !moved && blocked && n.confirmed && n.latest.is_some() {
+        if !moved && !sh.hold_repairs && blocked && n.confirmed && n.latest.is_some() {
             // The node proved it holds the latest generation: rotate now
             // rather than stay blocked until its next hello.
             sh.rotate(now, id, n);
