@@ -209,7 +209,7 @@ takeover_event() {
 	local name=$1 old=$2 sig=$3 npidf=$4 nsup=$5 nns=$6 nsock=$7 nlog=$8 osock=$9 new
 	local inits0 lg_inits0 lg_fb0 rot0 c0 t0 deadline answer=null c_answer=null quiet=null c_quiet=null
 	local old_exit=null st waited wmax peak resync=null resync_cpu=null c1 t1 inits1 lg_inits1 lg_fb1
-	local drops rcv lead taken sread serving ok=true
+	local drops rcv lead taken sread serving settled ok=true
 	inits0=$(hub_inits "$osock")
 	lg_inits0=$(pf .inits); lg_fb0=$(pf .fallbacks); rot0=$(pf .rotations)
 	# The nodes' ended waits start over at the loadgen's next progress period.
@@ -302,8 +302,9 @@ takeover_event() {
 	taken=$(log_ms "$nlog" ' INFO service address taken')
 	sread=$(log_ms "$nlog" ' INFO state read')
 	serving=$(log_ms "$nlog" ' INFO serving *$')
-	log "N=$N: $name: from the new leader's log (s after t0): leading $(since "$t0" "$lead"), address $(since "$t0" "$taken"), state read $(since "$t0" "$sread"), serving $(since "$t0" "$serving")"
-	grep -E 'waiting to lead|leading|service address|state read|state loaded|hub starting|guard in place|kernel state adopted|reconciled|serving|ERROR|WARN' "$nlog" | tail -n 14 | cut -c1-240 >&2
+	settled=$(log_ms "$nlog" ' INFO repairs settled')
+	log "N=$N: $name: from the new leader's log (s after t0): leading $(since "$t0" "$lead"), address $(since "$t0" "$taken"), state read $(since "$t0" "$sread"), serving $(since "$t0" "$serving"), repairs settled $(since "$t0" "$settled")"
+	grep -E 'waiting to lead|leading|service address|state read|state loaded|hub starting|guard in place|kernel state adopted|reconciled|serving|repairs|ERROR|WARN' "$nlog" | tail -n 14 | cut -c1-240 >&2
 	local inits_d=null lg_d=null fb_d=null
 	[ -n "$inits0" ] && [ -n "$inits1" ] && inits_d=$((inits1 - inits0))
 	[ -n "$lg_inits0" ] && [ -n "$lg_inits1" ] && lg_d=$((lg_inits1 - lg_inits0))
@@ -311,7 +312,7 @@ takeover_event() {
 	[ "$inits_d" = 0 ] && [ "$lg_d" = 0 ] && [ "$fb_d" = 0 ] || ok=false
 	log "N=$N: $name: every node in sync again after $(since "$t0" "$resync") s (the new leader's CPU since t0: $resync_cpu s); inits on the hub's records $inits_d, at the nodes $lg_d, fallbacks $fb_d"
 	jq -nc --arg event "$name" --argjson ok "$ok" \
-		--argjson lead_s "$(since "$t0" "$lead")" --argjson address_s "$(since "$t0" "$taken")" \
+		--argjson lead_s "$(since "$t0" "$lead")" --argjson address_s "$(since "$t0" "$taken")" --argjson settled_s "$(since "$t0" "$settled")" \
 		--argjson state_read_s "$(since "$t0" "$sread")" --argjson serving_s "$(since "$t0" "$serving")" \
 		--argjson answer_s "$(since "$t0" "$answer")" --argjson quiet_s "$(since "$t0" "$quiet")" \
 		--argjson old_exit_s "$(since "$t0" "$old_exit")" --argjson status_call_s "$status_s" \
@@ -321,7 +322,7 @@ takeover_event() {
 		--argjson in_sync_s "$(since "$t0" "$resync")" --argjson cpu_to_in_sync_s "$resync_cpu" \
 		--argjson hub_inits "$inits_d" --argjson inits "$lg_d" --argjson fallbacks "$fb_d" \
 		--argjson hub_drops "${drops:-null}" --argjson rcvbuf_errors "${rcv:-null}" --argjson rekeys "$rekeys" --argjson restarts "$restarts" '{
-		event: $event, complete: $ok, lead_s: $lead_s, address_s: $address_s, state_read_s: $state_read_s,
+		event: $event, complete: $ok, lead_s: $lead_s, address_s: $address_s, settled_s: $settled_s, state_read_s: $state_read_s,
 		serving_s: $serving_s, answer_s: $answer_s, status_call_s: $status_call_s, quiet_s: $quiet_s, old_leader_exit_s: $old_exit_s,
 		wait_max_s: (if $wait_max_ms == null then null else $wait_max_ms / 1000 end), waits: $waits, waiting_peak: $waiting_peak,
 		cpu_to_answer_s: $cpu_to_answer_s, cpu_to_quiet_s: $cpu_to_quiet_s,

@@ -1759,21 +1759,33 @@ fn wipe_hub_sas(s: &mut Sim) {
     s.outage[0] = Some((s.now, 0));
 }
 
-/// Executes the hub's repair actions: the SAs it installed and the
-/// outbound SPIs it set; a datagram (a rotation's key) fails with `why`.
-#[allow(clippy::type_complexity)]
-fn run_repair(s: &mut Sim, why: &str) -> (Vec<(SaDir, u32)>, Vec<Option<u32>>) {
-    let (mut installs, mut outbound) = (Vec::new(), Vec::new());
+/// What a repair did: the SAs installed, the outbound SPIs set, and how
+/// many repairs it reported.
+struct Repaired {
+    installs: Vec<(SaDir, u32)>,
+    outbound: Vec<Option<u32>>,
+    reported: usize,
+}
+
+/// Executes the hub's repair actions; a datagram (a rotation's key) fails
+/// with `why`.
+fn run_repair(s: &mut Sim, why: &str) -> Repaired {
+    let mut r = Repaired {
+        installs: Vec::new(),
+        outbound: Vec::new(),
+        reported: 0,
+    };
     while let Some(a) = s.hub.poll_action() {
         match &a {
-            Action::InstallSa { dir, spi, .. } => installs.push((*dir, *spi)),
-            Action::SetOutbound { spi, .. } => outbound.push(*spi),
+            Action::InstallSa { dir, spi, .. } => r.installs.push((*dir, *spi)),
+            Action::SetOutbound { spi, .. } => r.outbound.push(*spi),
+            Action::Event(Event::KernelRepaired { .. }) => r.reported += 1,
             Action::Send { .. } => panic!("{why}"),
             _ => {}
         }
         s.execute(Host::Hub, a);
     }
-    (installs, outbound)
+    r
 }
 
 /// The hub's outbound SA in use is lost while a rotation is unconfirmed:
@@ -1799,7 +1811,12 @@ fn lost_outbound_sa_blocks_until_the_next_proof_rotates() {
     wipe_hub_sas(&mut s);
     let view = s.hub.kernel_view(PeerId(0)).unwrap();
     s.hub.kernel_lost(s.clock(), PeerId(0), &view.sas);
-    let (installs, outbound) = run_repair(&mut s, "no rotation before the next proof");
+    let Repaired {
+        installs,
+        outbound,
+        reported,
+    } = run_repair(&mut s, "no rotation before the next proof");
+    assert_eq!(reported, 1);
     let want = vec![(SaDir::In, latest), (SaDir::In, prev), (SaDir::Out, latest)];
     assert_eq!(installs.tap_sort(), want.tap_sort());
     assert_eq!(outbound, [None]);
@@ -1855,7 +1872,12 @@ fn held_repairs_reinstall_first_and_rotate_when_settled() {
     s.hub.hold_repairs(true);
     s.hub.kernel_lost(s.clock(), PeerId(0), &view.sas);
     s.hub.hold_repairs(false);
-    let (installs, outbound) = run_repair(&mut s, "a held repair rotates nobody");
+    let Repaired {
+        installs,
+        outbound,
+        reported,
+    } = run_repair(&mut s, "a held repair rotates nobody");
+    assert_eq!(reported, 0, "the caller reports held repairs in one line");
     let want = vec![(SaDir::In, latest), (SaDir::In, prev), (SaDir::Out, latest)];
     assert_eq!(installs.tap_sort(), want.tap_sort());
     assert_eq!(outbound, [None], "blocked: the SA sent on is gone");

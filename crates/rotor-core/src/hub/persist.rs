@@ -193,6 +193,9 @@ impl Hub {
     /// repairs the same way; the outbound SA re-installed was never sent
     /// on, and the record still says so).
     ///
+    /// A held repair reports no [`Event::KernelRepaired`]: a takeover
+    /// repairs every node, and its caller reports how many at once.
+    ///
     /// A hub taking over a kernel that lacks its SAs holds the repairs of
     /// its first pass so that the re-installs go in, and node traffic
     /// flows, before tens of thousands of records are written. Its caller
@@ -303,7 +306,7 @@ impl Shared {
         }
         n.force_rotate = true;
         sh.mark(id, n);
-        if !moved {
+        if !moved && !sh.hold_repairs {
             sh.actions.push_back(Action::Event(Event::KernelRepaired {
                 peer: id,
                 reinstalled,
