@@ -227,6 +227,7 @@ pub async fn run<R: Role, K: Kernel>(
         let due = earliest(due, life.notify.next_ping());
         let wake = due.map(|t| clock.instant(t));
         let mut full_burst = false;
+        let mut read = false;
         let mut dump_in: Option<reconcile::Taken> = None;
         tokio::select! {
             _ = &mut shutdown => {
@@ -234,21 +235,11 @@ pub async fn run<R: Role, K: Kernel>(
                 return Ok(());
             }
             r = readable(udp, priority.as_ref()) => {
-                costly.clear();
-                let mut taken = 0;
+                read = true;
                 if r.is_ok() {
-                    // The nodes' own queue first, whole, then the rest.
                     let mut burst = Burst { clock, book: &mut book, costly: &mut costly, wrong_source: &mut wrong_source };
-                    if let Some(p) = priority.as_ref() {
-                        taken += burst.take(role, p, &mut batch);
-                    }
-                    taken += burst.take(role, udp, &mut batch);
+                    full_burst = burst.read(role, udp, priority.as_ref(), &mut batch) >= MAX_BURST;
                 }
-                let now = clock.now();
-                for (from, message) in costly.iter() {
-                    handle(role, &mut book, now, from, message);
-                }
-                full_burst = taken >= MAX_BURST;
             }
             _ = sleep_until(wake) => {}
             Some(t) = dumped.recv() => dump_in = Some(t),
@@ -304,6 +295,17 @@ pub async fn run<R: Role, K: Kernel>(
                 Ok(call) => answer(role, kernel, life, (wrong_source, &book), now, call),
                 Err(_) => break,
             }
+        }
+        if !read && life.repairs.as_ref().is_some_and(Repairs::pending) {
+            // Settling wakes every turn: the nodes' datagrams are read in
+            // each too, not only when the wake-up happens to be theirs.
+            let mut burst = Burst {
+                clock,
+                book: &mut book,
+                costly: &mut costly,
+                wrong_source: &mut wrong_source,
+            };
+            full_burst = burst.read(role, udp, priority.as_ref(), &mut batch) >= MAX_BURST;
         }
         if let Some(r) = life.repairs.as_mut() {
             // A reload rebuilds the role: everything held is settled first.
@@ -415,6 +417,29 @@ struct Burst<'a> {
 }
 
 impl Burst<'_> {
+    /// Reads what the nodes' queue (`priority`), whole, then `sock` have
+    /// queued, and feeds the machine the costly messages kept within their
+    /// budget. Returns how many datagrams it read.
+    fn read<R: Role>(
+        &mut self,
+        role: &mut R,
+        sock: &UdpSocket,
+        priority: Option<&UdpSocket>,
+        batch: &mut RecvBatch,
+    ) -> usize {
+        self.costly.clear();
+        let mut taken = 0;
+        if let Some(p) = priority {
+            taken += self.take(role, p, batch);
+        }
+        taken += self.take(role, sock, batch);
+        let now = self.clock.now();
+        for (from, message) in self.costly.iter() {
+            handle(role, self.book, now, from, message);
+        }
+        taken
+    }
+
     /// Reads what `sock` has queued, up to [`MAX_BURST`] datagrams, and
     /// feeds the machine all but the costly ones, which it keeps within
     /// their budget (the excess is shed). Returns how many it read.
