@@ -50,6 +50,10 @@ use crate::udp_batch::{self, RecvBatch};
 /// (hellos after `rotate --all`) is taken whole up to this, so its kernel
 /// changes go in one netlink batch and its replies in few sendmmsg calls.
 pub const MAX_BURST: usize = 1024;
+/// Longest the loop runs without letting the runtime's other tasks (the
+/// control socket's server, the metrics server) run: a control call then
+/// waits at most this plus one turn.
+pub const YIELD_EVERY_MS: u64 = 20;
 /// Costly datagrams ([`Class::Costly`]) handled per burst, after the
 /// burst's others. A flood of forgeries under nodes' init SPIs then costs
 /// the hub at most this many key derivations per burst, while a node that
@@ -199,6 +203,7 @@ pub async fn run<R: Role, K: Kernel>(
         .flatten();
     let mut steered = Steering::default();
     steered.refresh(role, udp, priority.is_some(), book.moves);
+    let mut yielded = clock.mono();
     loop {
         // The core's next timer, or a refused kernel operation's retry; an
         // early wake-up is harmless (only what is due fires).
@@ -391,8 +396,13 @@ pub async fn run<R: Role, K: Kernel>(
         book.tick(R::NAME, now.mono, kernel.errors());
         // Only a loop that turns pings: one stuck anywhere gets restarted.
         life.notify.ping_if_due(clock.mono());
-        if full_burst {
+        // A loop whose wake-ups are always ready (a full socket, repairs
+        // settling) never waits, so the runtime's other tasks (the control
+        // socket's and the metrics' servers) would run only when tokio's
+        // cooperative budget forces a wait: tens of turns apart.
+        if full_burst || clock.mono() >= yielded.plus_ms(YIELD_EVERY_MS) {
             tokio::task::yield_now().await;
+            yielded = clock.mono();
         }
     }
 }
