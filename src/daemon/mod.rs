@@ -167,24 +167,13 @@ pub async fn serve<R: Role, K: Kernel>(
         undo_guard(&mut life);
         return Err(e);
     }
-    life.first_pass_deferred = life.before_first_send.is_none() && kernel_kept(&role, &mut kernel);
-    if life.first_pass_deferred {
-        start_guard(&mut life, &kernel.guard_selectors())?;
-        info!(
-            "the kernel holds the previous run's policies: serving now, adopting them once the guard is in"
-        );
-    } else {
-        // Last before the first policy: every check that can fail is behind.
-        install_guard(&mut life, &kernel.guard_selectors())?;
-        role.hold_repairs(life.repairs.is_some());
-        let r = first_pass(&mut role, &mut kernel, &mut life, &clock);
-        role.hold_repairs(false);
-        r?;
+    if let Err(e) = start(&mut role, &mut kernel, &mut life, &clock) {
+        // Nothing was re-installed: the start's actions run in the loop.
+        if let Some(r) = life.repairs.as_mut() {
+            r.abandon();
+        }
+        return Err(e);
     }
-    if let Some(r) = life.repairs.as_mut() {
-        r.take_held(&mut role);
-    }
-    finish_start(&mut role, &mut kernel, &mut life)?;
     info!("serving");
     let (tx, mut calls) = mpsc::channel(control_server::QUEUE);
     let scrapes = life
@@ -207,6 +196,35 @@ pub async fn serve<R: Role, K: Kernel>(
         s.abort();
     }
     Ok(r?)
+}
+
+/// The start between the first records and the loop: the guard, the
+/// start-up pass (held repairs taken for settling) or its deferral, and
+/// what follows it.
+fn start<R: Role, K: Kernel>(
+    role: &mut R,
+    kernel: &mut KernelExec<K>,
+    life: &mut Lifecycle,
+    clock: &Clock,
+) -> anyhow::Result<()> {
+    life.first_pass_deferred = life.before_first_send.is_none() && kernel_kept(role, kernel);
+    if life.first_pass_deferred {
+        start_guard(life, &kernel.guard_selectors())?;
+        info!(
+            "the kernel holds the previous run's policies: serving now, adopting them once the guard is in"
+        );
+    } else {
+        // Last before the first policy: every check that can fail is behind.
+        install_guard(life, &kernel.guard_selectors())?;
+        role.hold_repairs(life.repairs.is_some());
+        let r = first_pass(role, kernel, life, clock);
+        role.hold_repairs(false);
+        r?;
+    }
+    if let Some(r) = life.repairs.as_mut() {
+        r.take_held(role);
+    }
+    finish_start(role, kernel, life)
 }
 
 /// The start-up's reconcile pass, before the daemon serves: adopts what a

@@ -1914,10 +1914,16 @@ fn held_repairs_reinstall_first_and_rotate_when_settled() {
 }
 
 /// Settling with `force` rotates a node no repair marked (an earlier run's
-/// marker left which ones were settled unknown).
+/// marker left which ones were settled unknown), and leaves a node without
+/// a chain alone.
 #[test]
 fn a_forced_settle_rotates_a_node_in_sync() {
     let mut s = Sim::new(44, 1, 0.0);
+    // No chain yet: nothing to replace, nothing to record.
+    s.hub.settle_repair(s.clock(), PeerId(0), true);
+    let mut dirty = Vec::new();
+    s.hub.take_dirty(&mut dirty);
+    assert!(dirty.is_empty() && s.hub.poll_action().is_none());
     s.run(Time(3_000));
     s.converge(5_000).expect("convergence");
     let before = s.hub.status(s.now).remove(0).rotations;

@@ -211,15 +211,16 @@ impl Hub {
     /// Makes node `id`'s repair durable: a node still owed its rotation
     /// (`force_rotate`) is rotated now if it is in sync, else marked dirty
     /// so that its record, `force_rotate` set, is written with this step.
-    /// With `force`, `force_rotate` is set first (the caller cannot tell
-    /// which nodes an earlier run repaired). A node rotated since its
-    /// repair needs nothing: that rotation wrote its record.
+    /// With `force`, `force_rotate` is set first on a node with a chain
+    /// (the caller cannot tell which nodes an earlier run repaired; a node
+    /// without one has no SA to replace). A node rotated since its repair
+    /// needs nothing: that rotation wrote its record.
     pub fn settle_repair(&mut self, now: Now, id: PeerId, force: bool) {
         let Hub { nodes, shared: sh } = self;
         let Some(n) = nodes.get_mut(id.0 as usize) else {
             return;
         };
-        n.force_rotate |= force;
+        n.force_rotate |= force && n.latest.is_some();
         if !n.force_rotate {
             return;
         }
