@@ -233,8 +233,6 @@ pub async fn run<R: Role, K: Kernel>(
         let wake = due.map(|t| clock.instant(t));
         let mut full_burst = false;
         let mut read = false;
-        // Datagrams read this turn.
-        let mut taken = 0;
         let mut dump_in: Option<reconcile::Taken> = None;
         tokio::select! {
             _ = &mut shutdown => {
@@ -245,8 +243,7 @@ pub async fn run<R: Role, K: Kernel>(
                 read = true;
                 if r.is_ok() {
                     let mut burst = Burst { clock, book: &mut book, costly: &mut costly, wrong_source: &mut wrong_source };
-                    taken = burst.read(role, udp, priority.as_ref(), &mut batch);
-                    full_burst = taken >= MAX_BURST;
+                    full_burst = burst.read(role, udp, priority.as_ref(), &mut batch) >= MAX_BURST;
                 }
             }
             _ = sleep_until(wake) => {}
@@ -313,17 +310,12 @@ pub async fn run<R: Role, K: Kernel>(
                 costly: &mut costly,
                 wrong_source: &mut wrong_source,
             };
-            taken = burst.read(role, udp, priority.as_ref(), &mut batch);
-            full_burst = taken >= MAX_BURST;
+            full_burst = burst.read(role, udp, priority.as_ref(), &mut batch) >= MAX_BURST;
         }
         if let Some(r) = life.repairs.as_mut() {
-            // The nodes that ask come first: a hello from a repaired node
-            // rotates it anyway, so the settle takes what room this turn's
-            // datagrams left, and reaches the quiet nodes once the socket
-            // is. A reload rebuilds the role: everything held is settled
-            // first.
+            // A reload rebuilds the role: everything held is settled first.
             let limit = if life.reloads.is_empty() {
-                SETTLE_PER_TURN.saturating_sub(taken)
+                SETTLE_PER_TURN
             } else {
                 usize::MAX
             };

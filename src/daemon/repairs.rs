@@ -26,10 +26,9 @@ use tracing::{info, warn};
 
 use super::role::Role;
 
-/// Most repaired nodes settled per turn of the event loop, less the
-/// datagrams the turn read: their records go in one burst of writes (at
-/// 1,024, about 2 s on three etcd members in UML), and the nodes that ask
-/// are answered first.
+/// Repaired nodes settled per turn of the event loop: their records go in
+/// one burst of writes (at 1,024, about 2 s on three etcd members in
+/// UML), and the loop answers the nodes between two.
 pub const SETTLE_PER_TURN: usize = 1024;
 
 /// The repairs a leader's start held, until each is settled.
