@@ -105,11 +105,8 @@ impl Repairs {
     /// re-installed: the marker goes, unless an earlier run left it.
     pub fn abandon(&mut self) {
         self.queue.clear();
-        if self.marked && !self.force {
-            if let Err(e) = std::fs::remove_file(&self.marker) {
-                warn!(marker = %self.marker.display(), "removing the repair marker: {e}");
-            }
-            self.marked = false;
+        if !self.force {
+            self.unmark();
         }
     }
 
@@ -133,14 +130,7 @@ impl Repairs {
         if self.pending() {
             return false;
         }
-        if self.marked {
-            if let Err(e) = std::fs::remove_file(&self.marker) {
-                // A marker left behind costs the next start on this kernel
-                // one rotation of every node, nothing worse.
-                warn!(marker = %self.marker.display(), "removing the repair marker: {e}");
-            }
-            self.marked = false;
-        }
+        self.unmark();
         if self.total > 0 {
             info!(
                 nodes = self.total,
@@ -150,6 +140,19 @@ impl Repairs {
             self.total = 0;
         }
         true
+    }
+
+    /// Removes the marker if this run holds it.
+    fn unmark(&mut self) {
+        if !self.marked {
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(&self.marker) {
+            // A marker left behind costs the next start on this kernel
+            // one rotation of every node, nothing worse.
+            warn!(marker = %self.marker.display(), "removing the repair marker: {e}");
+        }
+        self.marked = false;
     }
 }
 

@@ -307,14 +307,17 @@ impl Shared {
         }
         n.force_rotate = true;
         sh.mark(id, n);
-        if !moved && !sh.hold_repairs {
+        // A move reports itself and rotates from the message that moved
+        // the node; a held repair is counted and settled by the caller.
+        let by_caller = moved || sh.hold_repairs;
+        if !by_caller {
             sh.actions.push_back(Action::Event(Event::KernelRepaired {
                 peer: id,
                 reinstalled,
                 blocked,
             }));
         }
-        if !moved && !sh.hold_repairs && blocked && n.confirmed && n.latest.is_some() {
+        if !by_caller && blocked && n.confirmed && n.latest.is_some() {
             // The node proved it holds the latest generation: rotate now
             // rather than stay blocked until its next hello.
             sh.rotate(now, id, n);
