@@ -639,6 +639,7 @@ fn a_record_that_reaches_a_standby_unopenable_fails_the_takeover_naming_its_key(
     // Written under another cluster key while the standby waits.
     let k2 = "rotor/w3/node/n2";
     let sealed = rotor::state::etcd::Sealer::new(&key(2))
+        .unwrap()
         .seal(k2.as_bytes(), b"SECRET-two")
         .unwrap();
     let rt = tokio::runtime::Builder::new_current_thread()

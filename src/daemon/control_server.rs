@@ -2,13 +2,16 @@
 //! its own task with read and write deadlines, and talks to the loop only
 //! through a channel of [`Call`]s that the loop answers between bursts. A
 //! client that connects and never reads, or a status of 100,000 peers, costs
-//! the loop one page of rows per turn and never blocks it.
+//! the loop a few pages of rows per turn and never blocks it.
 //!
 //! A status response is streamed: the head, then the rows in pages of
-//! [`PAGE`] taken from the loop one turn at a time, written as they come.
-//! The rows are each consistent, the table as a whole is not a snapshot of
-//! one instant (a rotation may land between two pages).
+//! [`PAGE`] taken from the loop ([`Pages`]: up to [`AHEAD`] asked at once,
+//! so a turn made long by a burst of state writes still hands out several),
+//! written as they come. The rows are each consistent, the table as a whole
+//! is not a snapshot of one instant (a rotation may land between two
+//! pages).
 
+use std::collections::VecDeque;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -25,6 +28,10 @@ use crate::control::{
 
 /// Rows the loop hands out per status call.
 pub const PAGE: usize = 256;
+/// Status pages one reader has asked the loop for and not yet taken: the
+/// loop answers [`super::event_loop::CALLS_PER_TURN`] calls a turn, so a
+/// reader asking one page at a time would get one per turn.
+pub const AHEAD: usize = super::event_loop::CALLS_PER_TURN;
 /// How long a client may take to send its request line.
 pub const READ_TIMEOUT: Duration = Duration::from_secs(2);
 /// How long one write to a client may wait for it to read.
@@ -155,17 +162,63 @@ async fn serve(stream: UnixStream, calls: &mpsc::Sender<Call>, role: &'static st
     }
 }
 
+/// One status page: the head (first page only) and its rows.
+pub type Page = (Option<StatusHead>, Vec<PeerStatus>);
+
+/// Reads the status from the loop page by page, in order, keeping up to
+/// [`AHEAD`] pages asked for; ends after the first page shorter than
+/// [`PAGE`] (pages asked for past it come back empty and are dropped).
+pub struct Pages<'a> {
+    calls: &'a mpsc::Sender<Call>,
+    asked: VecDeque<oneshot::Receiver<Page>>,
+    next: usize,
+    done: bool,
+}
+
+impl<'a> Pages<'a> {
+    /// Pages from row 0, asked of the loop through `calls`.
+    pub fn new(calls: &'a mpsc::Sender<Call>) -> Pages<'a> {
+        Pages {
+            calls,
+            asked: VecDeque::with_capacity(AHEAD),
+            next: 0,
+            done: false,
+        }
+    }
+
+    /// The next page; `None` after the last one, or once the loop has
+    /// stopped.
+    pub async fn next(&mut self) -> Option<Page> {
+        if self.done {
+            return None;
+        }
+        while self.asked.len() < AHEAD {
+            let (reply, answer) = oneshot::channel();
+            let from = self.next;
+            if self.calls.send(Call::Status { from, reply }).await.is_err() {
+                self.done = true;
+                return None;
+            }
+            self.asked.push_back(answer);
+            self.next = from.saturating_add(PAGE);
+        }
+        let page = self.asked.pop_front()?.await.ok();
+        match &page {
+            Some((_, rows)) if rows.len() == PAGE => {}
+            _ => self.done = true,
+        }
+        page
+    }
+}
+
 /// Writes the status page by page; gives up (closing the connection) when
 /// the loop has stopped or the client does not read.
 async fn stream_status(w: &mut OwnedWriteHalf, calls: &mpsc::Sender<Call>) {
     let mut from = 0;
     let mut out = String::new();
+    let mut pages = Pages::new(calls);
     loop {
-        let (reply, answer) = oneshot::channel();
-        if calls.send(Call::Status { from, reply }).await.is_err() {
-            return;
-        }
-        let Ok((head, rows)) = answer.await else {
+        let Some((head, rows)) = pages.next().await else {
             return;
         };
         out.clear();
@@ -207,4 +260,94 @@ async fn write_all(w: &mut OwnedWriteHalf, buf: &[u8]) -> bool {
         tokio::time::timeout(WRITE_TIMEOUT, w.write_all(buf)).await,
         Ok(Ok(()))
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn row(i: usize) -> PeerStatus {
+        PeerStatus {
+            name: format!("n{i}"),
+            generation: 1,
+            tx_spi: None,
+            rx_spis: Vec::new(),
+            state: "in_sync".into(),
+            rotations: 0,
+            resends: 0,
+            inits: 0,
+            last_seen_ms: None,
+            kernel_retrying: 0,
+            key_age_ms: None,
+            endpoint: None,
+            nat: false,
+        }
+    }
+
+    /// A loop of `peers` rows whose turns each take 1 s and answer what is
+    /// queued, up to [`super::super::event_loop::CALLS_PER_TURN`] calls plus
+    /// the one that woke it, as the event loop does. Returns the turns it
+    /// took until the channel closed.
+    async fn slow_loop(mut calls: mpsc::Receiver<Call>, peers: usize) -> usize {
+        let mut turns = 0;
+        while let Some(first) = calls.recv().await {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            turns += 1;
+            let mut batch = vec![first];
+            while batch.len() <= super::super::event_loop::CALLS_PER_TURN {
+                match calls.try_recv() {
+                    Ok(c) => batch.push(c),
+                    Err(_) => break,
+                }
+            }
+            for call in batch {
+                if let Call::Status { from, reply } = call {
+                    let head = (from == 0).then(|| StatusHead {
+                        role: "hub".into(),
+                        drops: Default::default(),
+                        kernel_errors: 0,
+                        kernel_retrying: 0,
+                        control_received: 0,
+                        control_sent: 0,
+                    });
+                    let end = peers.min(from.saturating_add(PAGE));
+                    let _ = reply.send((head, (from..end).map(row).collect()));
+                }
+            }
+        }
+        turns
+    }
+
+    /// Every row once, in order, the head with the first page only; the
+    /// loop hands out as many pages per turn as it answers calls, not one,
+    /// and the reader stops after the short page.
+    #[tokio::test(start_paused = true)]
+    async fn pages_come_in_order_several_per_turn() {
+        for peers in [0, 1, PAGE - 1, PAGE, 10 * PAGE + 3, 40 * PAGE] {
+            let (tx, rx) = mpsc::channel(QUEUE);
+            let looping = tokio::spawn(slow_loop(rx, peers));
+            let mut pages = Pages::new(&tx);
+            let mut rows = Vec::new();
+            let mut heads = 0;
+            let mut first = true;
+            while let Some((head, page)) = pages.next().await {
+                assert_eq!(head.is_some(), first, "{peers} peers");
+                heads += usize::from(head.is_some());
+                first = false;
+                rows.extend(page.into_iter().map(|r| r.name));
+            }
+            assert!(pages.next().await.is_none());
+            drop(pages);
+            drop(tx);
+            let turns = looping.await.unwrap();
+            let want: Vec<String> = (0..peers).map(|i| format!("n{i}")).collect();
+            assert_eq!(rows, want, "{peers} peers");
+            assert_eq!(heads, 1);
+            let pages = peers / PAGE + 1;
+            assert!(
+                turns <= pages.div_ceil(super::super::event_loop::CALLS_PER_TURN) + 1,
+                "{peers} peers: {pages} pages took {turns} turns"
+            );
+        }
+    }
 }

@@ -15,11 +15,11 @@ use std::time::Duration;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinHandle;
 use tracing::warn;
 
-use super::control_server::{Call, PAGE};
+use super::control_server::{Call, PAGE, Pages};
 use crate::control::{PeerStatus, StatusHead};
 
 /// Largest request head read.
@@ -140,12 +140,10 @@ fn reply(status: &str, content_type: &str, body: &str) -> String {
 /// The exposition, from the loop's status pages; `None` if the loop has
 /// stopped.
 async fn gather(calls: &mpsc::Sender<Call>, role: &str, per_node: bool) -> Option<String> {
-    let mut from = 0;
+    let mut pages = Pages::new(calls);
     let mut exp: Option<Exposition> = None;
     loop {
-        let (reply, answer) = oneshot::channel();
-        calls.send(Call::Status { from, reply }).await.ok()?;
-        let (head, rows) = answer.await.ok()?;
+        let (head, rows) = pages.next().await?;
         if let Some(h) = head {
             exp = Some(Exposition::new(h, role, per_node));
         }
@@ -153,7 +151,6 @@ async fn gather(calls: &mpsc::Sender<Call>, role: &str, per_node: bool) -> Optio
         for r in &rows {
             e.add(r);
         }
-        from += rows.len();
         if rows.len() < PAGE {
             break;
         }

@@ -134,6 +134,15 @@ pub enum EtcdError {
         #[source]
         source: SealError,
     },
+    /// The sealer's nonce generator could not be seeded.
+    #[error("{target}: {source}")]
+    Seed {
+        /// The state URL.
+        target: String,
+        /// Why.
+        #[source]
+        source: SealError,
+    },
     /// This hub no longer leads: etcd refused the write (the leader key is
     /// gone or another hub's) or the leader lease's clock ran out. Nothing
     /// of the batch may be acted upon.
@@ -308,6 +317,10 @@ impl EtcdStore {
 
     fn connect(target: &EtcdTarget, key: &ClusterKey) -> Result<EtcdStore, EtcdError> {
         let name = target.to_string();
+        let sealer = Sealer::new(key).map_err(|source| EtcdError::Seed {
+            target: name.clone(),
+            source,
+        })?;
         let worker =
             Worker::start(target.endpoints.clone(), REQUEST_TIMEOUT).map_err(|source| {
                 EtcdError::Request {
@@ -319,7 +332,7 @@ impl EtcdStore {
         Ok(EtcdStore {
             target: name,
             prefix: target.records_prefix(),
-            sealer: Sealer::new(key),
+            sealer,
             worker,
             failed: false,
             last: CommitStats::default(),
