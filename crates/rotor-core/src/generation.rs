@@ -21,11 +21,17 @@ use crate::secret::{ControlKey, EspKey, Secret32};
 ///
 /// Reservations are block-aligned (multiples of `TX_RESERVE`), so the live
 /// reservation is a function of the counter itself and costs no memory:
-/// [`Generation::next_counter`] reports the first counter of each block,
-/// the caller marks the record dirty, and the daemon stores the record
-/// (with [`Generation::tx_reserved`], the next boundary) before the message
-/// leaves. A restart skips at most `TX_RESERVE` counters per generation;
-/// receivers accept any jump ahead.
+/// [`Generation::next_counter`] reports the first counter of each block
+/// after the first, the caller marks the record dirty, and the daemon
+/// stores the record (with [`Generation::tx_reserved`], the next boundary,
+/// never below the first) before the message leaves. The first block needs
+/// no write of its own: a generation's record is written when the
+/// generation is made, before its key leaves, so before any message under
+/// it. This is what keeps a rotation at one record write on the hub: the
+/// first message it sends under a new generation, the acknowledgement of
+/// the node's confirming hello, comes in a later step than the rotation.
+/// A restart skips at most `TX_RESERVE` counters per generation; receivers
+/// accept any jump ahead.
 pub const TX_RESERVE: u64 = 1024;
 
 /// A generation N of one node's chain.
@@ -67,7 +73,10 @@ pub struct EspKeys {
 
 impl Generation {
     /// Derives a generation's keys from its secret: the generation keeps the
-    /// control keys; the ESP keys are returned for installing the SAs.
+    /// control keys; the ESP keys are returned for installing the SAs. The
+    /// caller writes the generation's record before any message under it
+    /// leaves (it must anyway, before the generation's key leaves): that
+    /// write reserves the first block of send counters ([`TX_RESERVE`]).
     pub fn new(
         number: u64,
         spi: u32,
@@ -137,26 +146,33 @@ impl Generation {
     pub fn next_counter(&mut self) -> (u64, bool) {
         let c = self.tx_counter;
         self.tx_counter += 1;
-        (c, c.is_multiple_of(TX_RESERVE))
+        (c, c != 0 && c.is_multiple_of(TX_RESERVE))
     }
 
     /// The send-counter reservation a record written now stores: the
-    /// current counter rounded up to a multiple of [`TX_RESERVE`]. Every
-    /// counter taken so far is below it, and so is every counter taken
-    /// before the next block starts (which marks the record dirty again).
+    /// current counter rounded up to a multiple of [`TX_RESERVE`], at least
+    /// one block. Every counter taken so far is below it, and so is every
+    /// counter taken before the next block starts (which marks the record
+    /// dirty again); the record written when the generation is made covers
+    /// its first block.
     pub fn tx_reserved(&self) -> u64 {
         self.tx_counter
             .div_ceil(TX_RESERVE)
+            .max(1)
             .saturating_mul(TX_RESERVE)
     }
 
     /// Resumes sending after a restore from a record's reservation: at the
-    /// reservation, rounded up to a block boundary so that the first
-    /// counter taken starts a block (and so writes a new reservation before
-    /// it leaves) even if the record was written with another
-    /// [`TX_RESERVE`].
+    /// reservation, rounded up to a block boundary and at least the second
+    /// block's start, so that the first counter taken starts a block after
+    /// the first (and so writes a new reservation before it leaves) even if
+    /// the record was written with another [`TX_RESERVE`], or by a version
+    /// that stored 0 for a generation that had sent nothing.
     pub fn resume_tx(&mut self, reserved: u64) {
-        self.tx_counter = reserved.div_ceil(TX_RESERVE).saturating_mul(TX_RESERVE);
+        self.tx_counter = reserved
+            .div_ceil(TX_RESERVE)
+            .max(1)
+            .saturating_mul(TX_RESERVE);
     }
 }
 
@@ -168,13 +184,15 @@ mod tests {
         Generation::new(1, 0x1000, Secret32::new([1; 32]), "mn1", KeyBits::Aes128).0
     }
 
-    /// A record written whenever `next_counter` asks for it holds a
-    /// reservation above every counter taken, and a generation resumed from
-    /// it never takes one of them again.
+    /// The record written when a generation is made, then one whenever
+    /// `next_counter` asks for it, holds a reservation above every counter
+    /// taken, and a generation resumed from it never takes one of them
+    /// again. The first block costs no write beyond the one at creation.
     #[test]
     fn reservations_cover_every_counter_taken_and_resume_above_them() {
         let mut g = generation();
-        let mut stored = None;
+        // The generation's own record, written before its key leaves.
+        let mut stored = g.tx_reserved();
         let mut marks = 0;
         let n = 3 * TX_RESERVE + 17;
         for _ in 0..n {
@@ -182,19 +200,22 @@ mod tests {
             if reserve {
                 marks += 1;
                 // The daemon writes the record after the step, before sending.
-                stored = Some(g.tx_reserved());
+                stored = g.tx_reserved();
             }
-            assert!(c < stored.expect("first counter writes"), "{c}");
+            assert!(c < stored, "{c}");
         }
-        assert_eq!(marks, n.div_ceil(TX_RESERVE));
+        assert_eq!(marks, n.div_ceil(TX_RESERVE) - 1);
         let mut r = generation();
-        r.resume_tx(stored.unwrap());
+        r.resume_tx(stored);
         let (c, reserve) = r.next_counter();
         assert!(c >= n && reserve, "resumed at {c}");
         // A reservation written with another block size still resumes at a
-        // block start above it.
-        let mut r = generation();
-        r.resume_tx(5);
-        assert_eq!(r.next_counter(), (TX_RESERVE, true));
+        // block start above it, and one of 0 (a generation that had sent
+        // nothing, as an older version stored it) at a block that writes.
+        for (written, resumed) in [(5, TX_RESERVE), (0, TX_RESERVE)] {
+            let mut r = generation();
+            r.resume_tx(written);
+            assert_eq!(r.next_counter(), (resumed, true), "{written}");
+        }
     }
 }

@@ -45,9 +45,11 @@
 //!
 //! **Control counters by reservation.** `tx_reserved` is not the next send
 //! counter but a reservation above it (see [`crate::generation::TX_RESERVE`]):
-//! the first counter of every block of `TX_RESERVE` marks the record dirty,
-//! so the stored reservation is above every counter that ever left under
-//! that key, and a restored machine resumes sending at the reservation. No
+//! the record written when a generation is made reserves its first block
+//! of `TX_RESERVE` counters, and the first counter of every later block
+//! marks the record dirty, so the stored reservation is above every counter
+//! that ever left under that key, and a restored machine resumes sending
+//! at the reservation (at least one block up). No
 //! (key, counter) pair, i.e. no ChaCha20-Poly1305 (key, nonce) pair, is ever
 //! used twice. Version 1 records stored the exact next counter, which is a
 //! valid (tight) reservation: they are read as they are.
