@@ -210,7 +210,9 @@ impl Hub {
 
     /// Makes node `id`'s repair durable: a node still owed its rotation
     /// (`force_rotate`) is rotated now if it is in sync, else marked dirty
-    /// so that its record, `force_rotate` set, is written with this step.
+    /// so that its record, `force_rotate` set, is written with this step,
+    /// and sent its latest key again to ask for the proof that rotates it
+    /// (see `rotate_or_ask`).
     /// With `force`, `force_rotate` is set first on a node with a chain
     /// (the caller cannot tell which nodes an earlier run repaired; a node
     /// without one has no SA to replace). A node rotated since its repair
@@ -224,8 +226,7 @@ impl Hub {
         if !n.force_rotate {
             return;
         }
-        let rotated = n.confirmed && n.latest.is_some() && sh.rotate(now.mono, id, n);
-        if !rotated {
+        if !sh.rotate_or_ask(now.mono, id, n) {
             sh.mark(id, n);
         }
         self.compact_timers();
@@ -317,11 +318,27 @@ impl Shared {
                 blocked,
             }));
         }
-        if !by_caller && blocked && n.confirmed && n.latest.is_some() {
-            // The node proved it holds the latest generation: rotate now
-            // rather than stay blocked until its next hello.
-            sh.rotate(now, id, n);
+        if !by_caller && blocked {
+            sh.rotate_or_ask(now, id, n);
         }
+    }
+
+    /// A node owed a rotation: rotated now if it proved the latest
+    /// generation; else that generation's key is sent again, which a node
+    /// holding it answers at once with a hello under it (the proof, so the
+    /// rotation follows), and a node without it adopts. Either way the
+    /// rotation is one round trip away, not the node's next hello: a hub
+    /// restored from its records has usually not seen the confirmation,
+    /// which is written lazily. Returns whether it rotated.
+    pub(super) fn rotate_or_ask(&mut self, now: Time, id: PeerId, n: &mut NodeState) -> bool {
+        if n.latest.is_none() {
+            return false;
+        }
+        if n.confirmed {
+            return self.rotate(now, id, n);
+        }
+        self.resend(id, n);
+        false
     }
 }
 

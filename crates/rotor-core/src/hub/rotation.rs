@@ -354,7 +354,7 @@ impl Shared {
     /// Changes no durable state but the `resends` statistic, which is
     /// written lazily (with the next write; a crash may lose a few), and the
     /// send counter (written when it starts a new block).
-    fn resend(&mut self, id: PeerId, n: &mut NodeState) {
+    pub(super) fn resend(&mut self, id: PeerId, n: &mut NodeState) {
         let (Some(latest), Some(prev), Some(p)) =
             (n.latest.as_ref(), n.previous.as_mut(), n.pending.as_deref())
         else {
