@@ -1935,32 +1935,7 @@ fn held_repairs_reinstall_first_and_rotate_when_settled() {
 /// hello half a second later.
 #[test]
 fn settling_an_unconfirmed_node_asks_for_its_proof() {
-    let mut s = Sim::new(45, 1, 0.0);
-    s.net.dup = 0.0;
-    s.persist = true;
-    s.run(Time(3_000));
-    s.converge(5_000).expect("convergence");
-    // In sync after a rotation, the node just answered: its next hello is
-    // a whole interval away.
-    let limit = s.now.plus_ms(4 * ROTATE_MS);
-    loop {
-        let st = s.hub.status(s.now).remove(0);
-        let answered = s.nodes[0].last_seen() == Some(s.now);
-        if st.state == PeerState::InSync && st.rx_spis.len() == 2 && answered || s.now >= limit {
-            break;
-        }
-        let t = s.now.plus_ms(1);
-        s.run(t);
-    }
-    assert!(s.now < limit, "no answered hello in sync after a rotation");
-    s.restart_hub_from_records();
-    let st = s.hub.status(s.now).remove(0);
-    assert_eq!(
-        st.state,
-        PeerState::AwaitingConfirm,
-        "the confirmation is not written"
-    );
-    let (prev, latest) = (st.rx_spis[0], st.rx_spis[1]);
+    let (mut s, prev, latest) = restored_unconfirmed(45);
     wipe_hub_sas(&mut s);
     let view = s.hub.kernel_view(PeerId(0)).unwrap();
     s.hub.hold_repairs(true);
@@ -1987,20 +1962,7 @@ fn settling_an_unconfirmed_node_asks_for_its_proof() {
         s.execute(Host::Hub, a);
     }
     assert_eq!(sent, 1, "the latest key, again");
-    let settled = s.now;
-    let limit = s.now.plus_ms(HELLO_MS);
-    while s.hub.status(s.now)[0].tx_spi.is_none() && s.now < limit {
-        let t = s.now.plus_ms(1);
-        s.run(t);
-    }
-    let st = s.hub.status(s.now).remove(0);
-    assert_eq!(
-        st.tx_spi,
-        Some(latest),
-        "rotated onto the re-installed generation"
-    );
-    assert_ne!(st.rx_spis[0], prev);
-    let took = s.now.0 - settled.0;
+    let took = until_rotated(&mut s, prev, latest, "the settle");
     assert!(
         took <= 2 * MAX_CTRL_DELAY_MS + 10,
         "rotated {took} ms after the settle: the node's own hello, not the asked one"
@@ -2008,6 +1970,76 @@ fn settling_an_unconfirmed_node_asks_for_its_proof() {
     s.run(s.now.plus_ms(GRACE_MS + 2 * ROTATE_MS));
     assert!(s.hub.status(s.now).iter().all(|p| p.inits == 1));
     let f = s.finish("settle-asks");
+    assert_eq!(f.data_lost_keying, 0);
+}
+
+/// A hub restarted from its records, on its own kernel, right after node
+/// 0 answered a hello in sync after a rotation: the node's next hello is a
+/// whole interval away, and the hub believes its latest generation
+/// unconfirmed (the confirmation is written lazily). Returns the sim and
+/// the node's previous and latest SPIs.
+fn restored_unconfirmed(seed: u64) -> (Sim, u32, u32) {
+    let mut s = Sim::new(seed, 1, 0.0);
+    s.net.dup = 0.0;
+    s.persist = true;
+    s.run(Time(3_000));
+    s.converge(5_000).expect("convergence");
+    let limit = s.now.plus_ms(4 * ROTATE_MS);
+    loop {
+        let st = s.hub.status(s.now).remove(0);
+        let answered = s.nodes[0].last_seen() == Some(s.now);
+        if st.state == PeerState::InSync && st.rx_spis.len() == 2 && answered || s.now >= limit {
+            break;
+        }
+        let t = s.now.plus_ms(1);
+        s.run(t);
+    }
+    assert!(s.now < limit, "no answered hello in sync after a rotation");
+    s.restart_hub_from_records();
+    let st = s.hub.status(s.now).remove(0);
+    assert_eq!(
+        st.state,
+        PeerState::AwaitingConfirm,
+        "the confirmation is not written"
+    );
+    let (prev, latest) = (st.rx_spis[0], st.rx_spis[1]);
+    (s, prev, latest)
+}
+
+/// Runs until the hub sends on `latest` (the rotation after the proof);
+/// returns the milliseconds it took.
+fn until_rotated(s: &mut Sim, prev: u32, latest: u32, after: &str) -> u64 {
+    let from = s.now;
+    let limit = s.now.plus_ms(HELLO_MS);
+    while s.hub.status(s.now)[0].tx_spi != Some(latest) && s.now < limit {
+        let t = s.now.plus_ms(1);
+        s.run(t);
+    }
+    let st = s.hub.status(s.now).remove(0);
+    assert_eq!(
+        st.tx_spi,
+        Some(latest),
+        "no rotation within a hello interval of {after}"
+    );
+    assert_ne!(st.rx_spis[0], prev);
+    s.now.0 - from.0
+}
+
+/// An operator's rotation of a node the restarted hub believes
+/// unconfirmed asks for the proof (the latest key again) and rotates one
+/// round trip later, not at the node's next hello.
+#[test]
+fn rotating_an_unconfirmed_node_asks_for_its_proof() {
+    let (mut s, prev, latest) = restored_unconfirmed(46);
+    s.hub.rotate_now(s.clock(), PeerId(0)).unwrap();
+    s.after_step(Host::Hub);
+    let took = until_rotated(&mut s, prev, latest, "rotate_now");
+    assert!(
+        took <= 2 * MAX_CTRL_DELAY_MS + 10,
+        "rotated {took} ms after rotate_now: the node's own hello, not the asked one"
+    );
+    s.run(s.now.plus_ms(GRACE_MS + 2 * ROTATE_MS));
+    let f = s.finish("rotate-asks");
     assert_eq!(f.data_lost_keying, 0);
 }
 

@@ -313,6 +313,24 @@ impl Shared {
         true
     }
 
+    /// A node owed a rotation: rotated now if it proved the latest
+    /// generation; else that generation's key is sent again, which a node
+    /// holding it answers at once with a hello under it (the proof, so the
+    /// rotation follows), and a node without it adopts. Either way the
+    /// rotation is one round trip away, not the node's next hello: a hub
+    /// restored from its records has usually not seen the confirmation,
+    /// which is written lazily. Returns whether it rotated.
+    pub(super) fn rotate_or_ask(&mut self, now: Time, id: PeerId, n: &mut NodeState) -> bool {
+        if n.latest.is_none() {
+            return false;
+        }
+        if n.confirmed {
+            return self.rotate(now, id, n);
+        }
+        self.resend(id, n);
+        false
+    }
+
     /// Replaces the unconfirmed latest generation, which the node cannot
     /// derive, by a new one of the same number for the node's current
     /// `share`, and sends it under the previous generation (the hello under

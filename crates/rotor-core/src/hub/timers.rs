@@ -101,14 +101,15 @@ impl Hub {
     /// Rotates every node: those in sync [`TIMER_BATCH`] at a time from the
     /// next [`Self::handle_timeout`] on (so the caller keeps serving the
     /// control channel between parts), the others at their next hello under
-    /// the latest generation. Returns the number of nodes.
+    /// the latest generation, which their part asks for. Returns the number
+    /// of nodes.
     pub fn rotate_all(&mut self, now: Time) -> usize {
         self.shared.rotate_all = Some((0, now));
         self.nodes.len()
     }
 
     /// Rotates `id` now if it is in sync, else at its next hello under the
-    /// latest generation.
+    /// latest generation (asked for at once).
     pub fn rotate_now(&mut self, now: Now, id: PeerId) -> Result<(), UnknownNode> {
         let Hub { nodes, shared } = self;
         let n = nodes
@@ -145,11 +146,12 @@ impl Shared {
     }
 
     /// Rotates a node in sync now; marks any other to rotate at its next
-    /// hello under the latest generation.
+    /// hello under the latest generation, and asks a node with a chain for
+    /// that hello at once (`rotate_or_ask`): after a restart the hub has
+    /// seldom seen the confirmations, which are written lazily, and an
+    /// operator's rotation should not wait for the nodes' hello intervals.
     fn rotate_one(&mut self, now: Time, id: PeerId, n: &mut NodeState) {
-        if n.confirmed && n.latest.is_some() {
-            self.rotate(now, id, n);
-        } else if !n.force_rotate {
+        if !self.rotate_or_ask(now, id, n) && !n.force_rotate {
             n.force_rotate = true;
             self.mark(id, n);
         }
