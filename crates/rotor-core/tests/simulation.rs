@@ -1776,7 +1776,8 @@ struct Repaired {
     reported: usize,
 }
 
-/// Executes the hub's repair actions.
+/// Executes the hub's queued actions (a repair's, a settle's), noting
+/// what they did.
 fn run_repair(s: &mut Sim) -> Repaired {
     let mut r = Repaired {
         installs: Vec::new(),
@@ -1835,18 +1836,8 @@ fn lost_outbound_sa_blocks_until_the_next_proof_rotates() {
     assert!(!view.sas.contains(&(SaDir::Out, prev)));
     assert_eq!(view.outbound, None);
     // The node's confirming hello under `latest` rotates the hub onto it.
-    let limit = s.now.plus_ms(2 * HELLO_MS);
-    while s.hub.status(s.now)[0].tx_spi.is_none() && s.now < limit {
-        let t = s.now.plus_ms(1);
-        s.run(t);
-    }
-    let st = s.hub.status(s.now).remove(0);
-    assert_eq!(
-        st.tx_spi,
-        Some(latest),
-        "outbound moved to the re-installed generation"
-    );
-    assert_eq!(st.rx_spis[0], latest);
+    until_rotated(&mut s, prev, latest, 2 * HELLO_MS, "the repair");
+    assert_eq!(s.hub.status(s.now)[0].rx_spis[0], latest);
     s.run(s.now.plus_ms(GRACE_MS + ROTATE_MS));
     let f = s.finish("lost-outbound");
     assert_eq!(f.data_lost_keying, 0);
@@ -1900,17 +1891,9 @@ fn held_repairs_reinstall_first_and_rotate_when_settled() {
     // Settling rotates the node in sync: a new generation, its key sent,
     // outbound on the re-installed latest one.
     s.hub.settle_repair(s.clock(), PeerId(0), false);
-    let (mut sent, mut outbound) = (0, Vec::new());
-    while let Some(a) = s.hub.poll_action() {
-        match &a {
-            Action::Send { .. } => sent += 1,
-            Action::SetOutbound { spi, .. } => outbound.push(*spi),
-            _ => {}
-        }
-        s.execute(Host::Hub, a);
-    }
-    assert_eq!(sent, 1, "the new key");
-    assert_eq!(outbound, [Some(latest)]);
+    let r = run_repair(&mut s);
+    assert_eq!(r.sent, 1, "the new key");
+    assert_eq!(r.outbound, [Some(latest)]);
     dirty.clear();
     s.hub.take_dirty(&mut dirty);
     assert_eq!(dirty, [PeerId(0)]);
@@ -1948,21 +1931,14 @@ fn settling_an_unconfirmed_node_asks_for_its_proof() {
         "a held repair sends nothing"
     );
     s.hub.settle_repair(s.clock(), PeerId(0), false);
-    let mut sent = 0;
     let mut dirty = Vec::new();
     s.hub.take_dirty(&mut dirty);
     assert_eq!(dirty, [PeerId(0)], "the owed rotation is written");
     s.store(Host::Hub, &dirty);
-    while let Some(a) = s.hub.poll_action() {
-        match &a {
-            Action::Send { .. } => sent += 1,
-            Action::SetOutbound { .. } => panic!("no rotation without the proof"),
-            _ => {}
-        }
-        s.execute(Host::Hub, a);
-    }
-    assert_eq!(sent, 1, "the latest key, again");
-    let took = until_rotated(&mut s, prev, latest, "the settle");
+    let r = run_repair(&mut s);
+    assert!(r.outbound.is_empty(), "no rotation without the proof");
+    assert_eq!(r.sent, 1, "the latest key, again");
+    let took = until_rotated(&mut s, prev, latest, HELLO_MS, "the settle");
     assert!(
         took <= 2 * MAX_CTRL_DELAY_MS + 10,
         "rotated {took} ms after the settle: the node's own hello, not the asked one"
@@ -2006,11 +1982,11 @@ fn restored_unconfirmed(seed: u64) -> (Sim, u32, u32) {
     (s, prev, latest)
 }
 
-/// Runs until the hub sends on `latest` (the rotation after the proof);
-/// returns the milliseconds it took.
-fn until_rotated(s: &mut Sim, prev: u32, latest: u32, after: &str) -> u64 {
+/// Runs until the hub sends on `latest` (the rotation after the proof),
+/// at most `within_ms`; returns the milliseconds it took.
+fn until_rotated(s: &mut Sim, prev: u32, latest: u32, within_ms: u64, after: &str) -> u64 {
     let from = s.now;
-    let limit = s.now.plus_ms(HELLO_MS);
+    let limit = s.now.plus_ms(within_ms);
     while s.hub.status(s.now)[0].tx_spi != Some(latest) && s.now < limit {
         let t = s.now.plus_ms(1);
         s.run(t);
@@ -2019,7 +1995,7 @@ fn until_rotated(s: &mut Sim, prev: u32, latest: u32, after: &str) -> u64 {
     assert_eq!(
         st.tx_spi,
         Some(latest),
-        "no rotation within a hello interval of {after}"
+        "no rotation within {within_ms} ms of {after}"
     );
     assert_ne!(st.rx_spis[0], prev);
     s.now.0 - from.0
@@ -2033,7 +2009,7 @@ fn rotating_an_unconfirmed_node_asks_for_its_proof() {
     let (mut s, prev, latest) = restored_unconfirmed(46);
     s.hub.rotate_now(s.clock(), PeerId(0)).unwrap();
     s.after_step(Host::Hub);
-    let took = until_rotated(&mut s, prev, latest, "rotate_now");
+    let took = until_rotated(&mut s, prev, latest, HELLO_MS, "rotate_now");
     assert!(
         took <= 2 * MAX_CTRL_DELAY_MS + 10,
         "rotated {took} ms after rotate_now: the node's own hello, not the asked one"
@@ -2060,12 +2036,7 @@ fn a_forced_settle_rotates_a_node_in_sync() {
     s.hub.settle_repair(s.clock(), PeerId(0), false);
     assert!(s.hub.poll_action().is_none(), "nothing owed, nothing done");
     s.hub.settle_repair(s.clock(), PeerId(0), true);
-    let mut sent = 0;
-    while let Some(a) = s.hub.poll_action() {
-        sent += usize::from(matches!(a, Action::Send { .. }));
-        s.execute(Host::Hub, a);
-    }
-    assert_eq!(sent, 1);
+    assert_eq!(run_repair(&mut s).sent, 1);
     assert_eq!(s.hub.status(s.now).remove(0).rotations, before + 1);
     s.converge(5_000)
         .expect("convergence after the forced rotation");
