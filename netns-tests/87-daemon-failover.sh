@@ -57,7 +57,8 @@ waiting() { grep -q "standby: waiting to lead" "$WORK/hubb.log"; }
 check "1: B waits as the standby" wait_ms 15000 waiting
 sleep 1
 check "1: the standby B holds no service address" no_svc hubb
-check "1: the standby B installed nothing (SAs: $(ha_sas_of hubb))" test "$(ha_sas_of hubb)" = 0
+check "1: the standby B installed no SA (SAs: $(ha_sas_of hubb))" test "$(ha_sas_of hubb)" = 0
+check "1: the standby B's clear-text guard is in, its set empty ($(ha_standby_guard hubb))" ha_standby_guard hubb
 check "1: the standby B serves no control socket" test ! -S "$WORK/hubb.sock"
 echo "  leader key: $(leader_val)"
 sleep 2

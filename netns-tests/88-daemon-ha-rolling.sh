@@ -27,8 +27,10 @@
 #    leader cannot send on the SAs the old one sent on, so each node's
 #    traffic waits for its first re-key); no node re-initialises,
 #    no probe packet in clear on the wire, the old leader gave the address
-#    up only after the new one marked itself serving, the new leader's
-#    kernel holds every node's SAs
+#    up only after the new one marked itself serving and sent no ARP frame
+#    claiming it meanwhile (ha-lib.sh makes the hubs probe their
+#    neighbours every 1.5-2.5 s), the new leader's kernel holds every
+#    node's SAs
 #  3 etcd's leader member killed (-9), then (after it rejoined) a follower:
 #    A keeps the lead and keeps rotating, B stays the standby, no step-down,
 #    no node re-initialises
@@ -88,7 +90,8 @@ check "1: every node initialised and A sends to each" wait_ms 20000 sending_x A
 start_hub_x B
 check "1: B waits as the standby" wait_ms 15000 waiting_x B
 check "1: A holds the service address, B does not" eval 'has_svc A && no_svc B'
-check "1: the standby B installed nothing (SAs: $(sas_of B))" test "$(sas_of B)" = 0
+check "1: the standby B installed no SA (SAs: $(sas_of B))" test "$(sas_of B)" = 0
+check "1: the standby B's clear-text guard is in, its set empty ($(ha_standby_guard hubb))" ha_standby_guard hubb
 sleep 2
 inits0=$(inits_all A)
 
@@ -117,7 +120,8 @@ for i in $(seq 1 $N); do
 done
 # The hubs' control datagrams on the wire (from the service address, UDP
 # source port 4820), with their times, per hub port (A: p0, B: pb): which
-# hub sent to the nodes when.
+# hub sent to the nodes when; and the ARP frames whose sender is the
+# service address (arp_p0, arp_pb): which hub claimed it when.
 ip netns exec lan python3 - "$SVC" "$WORK/stop" >"$WORK/ctl.json" <<'PY' &
 import json, os, select, socket, struct, sys
 svc, stop = socket.inet_aton(sys.argv[1]), sys.argv[2]
@@ -130,20 +134,29 @@ for port in ("p0", "pb"):
     s.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMP, 1)
     s.bind((port, 0))
     socks[s] = port
-seen = {"p0": [], "pb": []}
+seen = {"p0": [], "pb": [], "arp_p0": [], "arp_pb": [], "what_p0": [], "what_pb": []}
 while not os.path.exists(stop):
     for s in select.select(list(socks), [], [], 0.2)[0]:
-        f, anc, _, _ = s.recvmsg(2048, 64)
+        f, anc, _, addr = s.recvmsg(2048, 64)
+        if addr[2] == socket.PACKET_OUTGOING:
+            continue  # the bridge's flooding to this port, not the hub's frame
         ip = f[14:]
-        if f[12:14] != b"\x08\x00" or len(ip) < 28 or ip[9] != 17 or ip[12:16] != svc:
+        if f[12:14] == b"\x08\x06" and len(ip) >= 28 and ip[14:18] == svc:
+            key = "arp_" + socks[s]
+        elif f[12:14] != b"\x08\x00" or len(ip) < 28 or ip[9] != 17 or ip[12:16] != svc:
             continue
-        l4 = ip[(ip[0] & 0x0F) * 4:]
-        if int.from_bytes(l4[0:2], "big") != 4820:
+        elif int.from_bytes(ip[(ip[0] & 0x0F) * 4:][0:2], "big") != 4820:
             continue
+        else:
+            key = socks[s]
         for level, kind, data in anc:
             if level == socket.SOL_SOCKET and kind == SO_TIMESTAMP:
                 sec, usec = struct.unpack("qq", data[:16])
-                seen[socks[s]].append(sec + usec / 1e6)
+                seen[key].append(sec + usec / 1e6)
+                if key.startswith("arp_"):
+                    # op (1 request, 2 reply), target IP, destination MAC
+                    seen["what_" + socks[s]].append(
+                        [sec + usec / 1e6, ip[7], socket.inet_ntoa(ip[24:28]), f[0:6].hex(":")])
 print(json.dumps(seen))
 PY
 BG+=($!)
@@ -256,6 +269,23 @@ check "2b: no control datagram left A between its revocation and its next lead (
 n_b=$(ctl_after pb "$b_rev")
 n_a=$(ctl_after p0 "$a_srv")
 check "2c: no control datagram left B after its revocation ($n_b); A sent $n_a once it led again" test "$n_b" = 0 -a "$n_a" -gt 0
+# The old leader holds the address for a second after the new one's mark:
+# an ARP frame from it with the service address as sender (its kernel
+# probing a node) would move that node back to it. The new one's port
+# carries its announcements from the moment it takes the address (the
+# capture's own check).
+# no_claim LABEL OLD NEW OLD_PORT NEW_PORT OLD_LOG NEW_LOG
+no_claim() {
+	local take mark gave n_old n_new
+	take=$(stamp "$7" 'service address taken')
+	mark=$(stamp "$7" 'marked serving')
+	gave=$(stamp "$6" 'service address given up')
+	n_old=$(ctl_after "arp_$4" "$mark" "$gave")
+	n_new=$(ctl_after "arp_$5" "$take" "$gave")
+	check "$1: no ARP frame claimed the service address from $2 between $3's mark and $2 giving it up ($n_old; from $3 since it took it: $n_new)" test "$n_old" = 0 -a "$n_new" -gt 0
+}
+no_claim 2b A B p0 pb "$WORK/hubA-1.log" "$WORK/hubB-2.log"
+no_claim 2c B A pb p0 "$WORK/hubB-2.log" "$WORK/hubA-2.log"
 inits2=$(inits_all A)
 check "2: no node re-initialised (hub / nodes: $inits0 -> $inits2)" test "$inits0" = "$inits2"
 

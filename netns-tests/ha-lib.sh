@@ -21,6 +21,16 @@ ha_pair_up() {
 	# For the probe receivers only (ready before their hub holds the
 	# address): the hubs bind the service address with IP_FREEBIND.
 	for ns in hub hubb; do ip netns exec $ns sysctl -qw net.ipv4.ip_nonlocal_bind=1; done
+	# The hubs re-validate their neighbour entries often (reachable for
+	# 0.5-1.5 s, probed 1 s after use): a hub that still holds the service
+	# address after its successor serves (the hand-over's linger) would
+	# then probe the nodes with the service address as sender, and move
+	# their ARP entries back to it, in nearly every hand-over, unless it
+	# holds its neighbours without probing meanwhile (service_addr.rs).
+	for ns in hub hubb; do
+		ip netns exec $ns sysctl -qw net.ipv4.neigh.veth0.base_reachable_time_ms=1000
+		ip netns exec $ns sysctl -qw net.ipv4.neigh.veth0.delay_first_probe_time=1
+	done
 	etcd_up || { fail "the etcd cluster became healthy within ${ETCD_UP_TIMEOUT}s"; etcd_log_tail 20; exit 1; }
 	etcd_attach hub 10.199.0.20 || { fail "hub A joins the etcd bridge"; exit 1; }
 	etcd_attach hubb 10.199.0.21 || { fail "hub B joins the etcd bridge"; exit 1; }
@@ -57,5 +67,15 @@ ha_sas_with() {
 }
 # ha_sas_of NS: SAs in NS's kernel
 ha_sas_of() { ip -n "$1" xfrm state | grep -c '^src'; }
+# ha_standby_guard NS: the hub's clear-text guard in NS as a standby puts it
+# in: OUTPUT and FORWARD jump to its chain, whose set is empty (it drops
+# nothing until the hub leads). Prints what it found.
+ha_standby_guard() {
+	local jumps entries
+	jumps=$(ip netns exec "$1" iptables-legacy -S 2>/dev/null | grep -cE '^-A (OUTPUT|FORWARD) -j ROTOR-GUARD-52540000$')
+	entries=$(ip netns exec "$1" ipset -terse list rotor-guard-52540000-v4 2>/dev/null | awk -F': ' '/^Number of entries/ { print $2 }')
+	echo "jumps=$jumps set_entries=${entries:-none}"
+	[ "$jumps" = 2 ] && [ "$entries" = 0 ]
+}
 # wait_ms MS CMD...: until CMD succeeds, for at most MS ms
 wait_ms() { local d=$(($(etcd_ms) + $1)); shift; until "$@"; do [ "$(etcd_ms)" -lt "$d" ] || return 1; sleep 0.05; done; }

@@ -24,7 +24,10 @@
 //! `rotor-guard-<hex>-v4`, `-v6`), so a hub and nodes on one host, each with
 //! its own reqid range, never touch each other's guard. The guard is put in
 //! before the first policy, stays when the daemon stops (its SAs and
-//! policies stay too) and is removed by `rotor purge`.
+//! policies stay too) and is removed by `rotor purge`. A standby hub puts
+//! it in while it waits, its sets empty ([`Guard::prepare`]): an empty set
+//! drops nothing, and the takeover only fills the sets, one `ipset` run
+//! instead of the iptables runs that cost seconds on a loaded host.
 //!
 //! Through `iptables`/`ip6tables` (or their `-legacy` variants) and `ipset`:
 //! the legacy xtables kernel interface is a whole-table binary replace with
@@ -153,6 +156,12 @@ pub struct Guard {
     /// Families whose objects this process created (not adopted from a
     /// previous run): a failed start removes them again.
     fresh: [bool; 2],
+    /// Families a standby put in whole ([`Guard::prepare`]), with the
+    /// set's entries as last read: the install at takeover only adds the
+    /// pairs missing from them (one `ipset` run, no iptables run).
+    prepared: [Option<HashSet<String>>; 2],
+    /// How many pairs a set created by [`Guard::prepare`] is sized for.
+    size_hint: usize,
 }
 
 /// The set entries ("src/len,dst/len") of `selectors` in `fam`, sorted and
@@ -231,6 +240,7 @@ fn run(
         .chain(args.iter().copied())
         .collect::<Vec<_>>()
         .join(" ");
+    let started = std::time::Instant::now();
     let mut child = match Command::new(program)
         .args(args)
         .stdin(if stdin.is_some() {
@@ -264,6 +274,13 @@ fn run(
         command: command.clone(),
         source,
     })?;
+    // Each run is a process start (tens of ms, far more on a loaded host):
+    // what a start or a takeover spends here shows at debug level.
+    tracing::debug!(
+        ms = started.elapsed().as_millis() as u64,
+        status = %out.status,
+        "guard: ran `{command}`"
+    );
     if out.status.success() {
         return Ok(String::from_utf8_lossy(&out.stdout).into_owned());
     }
@@ -292,6 +309,8 @@ impl Guard {
             port,
             installed: [false; 2],
             fresh: [false; 2],
+            prepared: [None, None],
+            size_hint: 0,
         })
     }
 
@@ -448,8 +467,8 @@ impl Guard {
     /// Installs (or adopts and completes) one family: the set holds at
     /// least `e` afterwards, the chain exactly its rules, and both hooks
     /// jump to it. Either all of it is in place or what this call created
-    /// is removed again.
-    fn install_family(&mut self, fam: Family, e: &[String]) -> Result<(), GuardError> {
+    /// is removed again. Returns the set's entries before the call.
+    fn install_family(&mut self, fam: Family, e: &[String]) -> Result<HashSet<String>, GuardError> {
         Self::check_len(fam, e)?;
         let set = self.set(fam);
         let (jumps, rules) = self.saved(fam)?;
@@ -465,7 +484,7 @@ impl Guard {
             .map(|x| format!("add {set} {x}\n"))
             .collect();
         if !existed {
-            let input = self.create_line(&set, fam, e.len()) + &adds;
+            let input = self.create_line(&set, fam, e.len().max(self.size_hint)) + &adds;
             run("ipset", &["-exist", "restore"], Some(&input), KERNEL_HINT)?;
         } else if !adds.is_empty() {
             run("ipset", &["-exist", "restore"], Some(&adds), KERNEL_HINT)?;
@@ -476,7 +495,7 @@ impl Guard {
             // (one iptables run less while the nodes wait; the periodic
             // check compares it in full).
             self.installed[fam.index()] = true;
-            return Ok(());
+            return Ok(have.unwrap_or_default());
         }
         let mut script = format!("*filter\n:{chain} - [0:0]\n");
         for r in self.rules(fam) {
@@ -504,7 +523,98 @@ impl Guard {
         }
         self.installed[fam.index()] = true;
         self.fresh[fam.index()] |= !existed && rules.is_none();
+        Ok(have.unwrap_or_default())
+    }
+
+    /// Adds to a family [`Guard::prepare`] put in the pairs of `e` its set
+    /// lacked when last read.
+    fn fill(
+        &mut self,
+        fam: Family,
+        e: &[String],
+        have: &HashSet<String>,
+    ) -> Result<(), GuardError> {
+        Self::check_len(fam, e)?;
+        let set = self.set(fam);
+        let adds: String = e
+            .iter()
+            .filter(|x| !have.contains(x.as_str()))
+            .map(|x| format!("add {set} {x}\n"))
+            .collect();
+        if !adds.is_empty() {
+            run("ipset", &["-exist", "restore"], Some(&adds), KERNEL_HINT)?;
+        }
         Ok(())
+    }
+
+    /// Puts the guard in ahead of time for a standby hub, for the
+    /// families of `sources` (the local sides its pairs will have): the
+    /// chain, its rules and both jumps, with a set that starts empty and
+    /// so drops nothing (a guard a previous lead on this host left is
+    /// adopted as it is, pairs included). The install at takeover then
+    /// only fills the sets. `expected` sizes a new set. On error nothing
+    /// this call created is left.
+    pub fn prepare(
+        &mut self,
+        sources: impl IntoIterator<Item = IpAddr>,
+        expected: usize,
+    ) -> Result<usize, GuardError> {
+        let mut want = [false; 2];
+        for a in sources {
+            want[Family::of(a).index()] = true;
+        }
+        self.size_hint = expected.min(MAX_ENTRIES);
+        let mut adopted = 0;
+        for fam in FAMILIES {
+            if !want[fam.index()] {
+                continue;
+            }
+            match self.install_family(fam, &[]) {
+                Ok(have) => {
+                    adopted += have.len();
+                    self.prepared[fam.index()] = Some(have);
+                }
+                Err(err) => {
+                    self.undo_fresh();
+                    return Err(err);
+                }
+            }
+        }
+        Ok(adopted)
+    }
+
+    /// A standby's periodic check of what [`Guard::prepare`] put in:
+    /// a missing jump, chain, rule or set is put back (the set empty).
+    /// Returns what was wrong (empty: nothing was done).
+    pub fn keep_prepared(&mut self) -> Result<Vec<String>, GuardError> {
+        let mut bad = Vec::new();
+        for fam in FAMILIES {
+            if self.prepared[fam.index()].is_none() {
+                continue;
+            }
+            let v = fam.number();
+            let (jumps, rules) = self.saved(fam)?;
+            let mut wrong = Vec::new();
+            for (hook, there) in ["OUTPUT", "FORWARD"].into_iter().zip(jumps) {
+                if !there {
+                    wrong.push(format!("IPv{v} {hook} has no jump to {}", self.chain()));
+                }
+            }
+            if rules != Some(self.rules(fam).len()) {
+                wrong.push(format!("IPv{v} chain {} is not whole", self.chain()));
+            }
+            if self.set_len(&self.set(fam))?.is_none() {
+                wrong.push(format!("set {} is gone", self.set(fam)));
+            }
+            if !wrong.is_empty() {
+                let fresh = self.fresh;
+                let have = self.install_family(fam, &[])?;
+                self.fresh = fresh;
+                self.prepared[fam.index()] = Some(have);
+                bad.extend(wrong);
+            }
+        }
+        Ok(bad)
     }
 
     /// Puts the guard in for `selectors` ((local, remote) pairs) before any
@@ -520,7 +630,11 @@ impl Guard {
             }
             let e = entries(selectors, fam);
             n += e.len();
-            if let Err(err) = self.install_family(fam, &e) {
+            let r = match self.prepared[fam.index()].take() {
+                Some(have) => self.fill(fam, &e, &have),
+                None => self.install_family(fam, &e).map(drop),
+            };
+            if let Err(err) = r {
                 self.undo_fresh();
                 return Err(err);
             }

@@ -150,10 +150,21 @@ impl Lead {
     /// and keeps the service address (and the kernel's SAs) until that
     /// standby serves ([`HAND_OVER_LEAD`], [`HAND_OVER_SERVE`]); then gives
     /// the address up. Make-before-break: packets that still reach this
-    /// hub meanwhile meet the SAs they were sent for.
+    /// hub meanwhile meet the SAs they were sent for. Meanwhile its kernel
+    /// probes no neighbour on the service interface
+    /// ([`service_addr::quiet_neighbours`]), so that no node's ARP entry
+    /// moves back to this hub.
     pub fn hand_over(mut self) {
         self.stopping.store(true, Ordering::SeqCst);
         let token = self.fence.token();
+        // Before the revocation, so before any successor serves: from its
+        // first rotation on, a node this host's kernel probed would be
+        // lost to it.
+        let quiet = self
+            .service
+            .as_ref()
+            .filter(|_| self.holding.load(Ordering::SeqCst))
+            .and_then(service_addr::quiet_neighbours);
         // Revoked here: nothing for the next run to revoke.
         let _ = std::fs::remove_file(&self.lease_file);
         // Logged first: the revocation lets a standby lead at once.
@@ -182,7 +193,12 @@ impl Lead {
             ),
             Err(e) => warn!("waiting for the next leader: {e}; giving up the service address"),
         }
-        // Dropped next: gives the address up.
+        if let Some(s) = self.service.take() {
+            service_addr::give_up(&s);
+        }
+        if let Some(q) = quiet {
+            q.thaw();
+        }
     }
 }
 

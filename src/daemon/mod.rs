@@ -50,6 +50,7 @@ pub mod role;
 pub mod route_watch;
 pub mod service_addr;
 pub mod shutdown;
+pub mod standby_guard;
 pub mod summary;
 
 use std::collections::{HashMap, HashSet};
@@ -364,10 +365,16 @@ fn install_guard(
         );
         return Ok(());
     };
+    let t = std::time::Instant::now();
     let pairs = g
         .install(selectors)
         .context("installing the clear-text guard (`guard`)")?;
-    info!(pairs, "clear-text guard in place: {}", g.describe());
+    info!(
+        pairs,
+        ms = millis(t.elapsed()),
+        "clear-text guard in place: {}",
+        g.describe()
+    );
     Ok(())
 }
 
@@ -804,19 +811,27 @@ pub async fn run_hub(cfg: HubConfig, path: &Path) -> anyhow::Result<()> {
     let (address, port, socket) = (cfg.address, cfg.port, cfg.socket.clone());
     let service = cfg.service.clone();
     let metrics = cfg.metrics.map(|at| (at, cfg.metrics_per_node));
-    let guard = Guard::new(cfg.guard, own, port);
+    let mut guard = Guard::new(cfg.guard, own, port);
     let fixed = reload::HubFixed::of(&cfg);
     let (store, mut loaded, lead) = match &cfg.state {
         crate::state::StateConfig::Etcd { target, key, .. } => {
             // A standby refuses a wrong cluster key now, not at takeover,
             // and keeps the records current while it waits.
             let mut s = crate::state::etcd::EtcdStore::open_standby(target, key)?;
+            let standby = guard
+                .take()
+                .map(|g| {
+                    let sources = standby_guard::sources(&cfg);
+                    standby_guard::StandbyGuard::start(g, sources, cfg.nodes.len(), RECONCILE_EVERY)
+                })
+                .transpose()?;
             let lead = lead::Lead::campaign(
                 target,
                 cfg.lease_ttl,
                 cfg.service.clone(),
                 cfg.socket.with_extension("lease"),
             )?;
+            guard = standby.map(standby_guard::StandbyGuard::take).transpose()?;
             // Completed after winning: every record the previous leader
             // wrote is in.
             let t = std::time::Instant::now();

@@ -4,7 +4,10 @@
 //! with `arping -U`, the first out before it answers;
 //! IPv6: added without duplicate address detection, the kernel's
 //! unsolicited neighbour advertisement when `ndisc_notify` is on); a hub
-//! that stops leading, or starts as a standby, removes it.
+//! that stops leading, or starts as a standby, removes it. A hub handing
+//! over keeps the address for a second after its successor serves, its
+//! neighbour entries on that interface held without probing meanwhile
+//! ([`quiet_neighbours`]).
 //!
 //! Through `ip` and `arping` like the guard's tools: two commands per
 //! takeover, nothing on any hot path.
@@ -129,5 +132,149 @@ pub fn give_up(s: &ServiceAddress) {
         // Not held (the usual case for a standby): nothing to do.
         Ok(_) => {}
         Err(e) => warn!("running ip to remove hub.service_address: {e}"),
+    }
+}
+
+/// Neighbour states [`quiet_neighbours`] freezes: the ones the kernel
+/// would validate again by probing.
+const PROBED_STATES: [&str; 4] = ["REACHABLE", "STALE", "DELAY", "PROBE"];
+
+/// The neighbour entries a hub handing over froze ([`quiet_neighbours`]);
+/// [`Quiet::thaw`] lets the kernel validate them again.
+pub struct Quiet {
+    interface: String,
+    /// (address, link-layer address) of each frozen entry.
+    entries: Vec<(String, String)>,
+}
+
+/// The entries of `ip neigh show dev ...` output in a state the kernel
+/// probes, with their link-layer addresses.
+fn probed_entries(out: &str) -> Vec<(String, String)> {
+    out.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_ascii_whitespace().collect();
+            let at = w.iter().position(|x| *x == "lladdr")?;
+            let mac = w.get(at + 1)?;
+            let addr = w.first()?;
+            PROBED_STATES
+                .contains(w.last()?)
+                .then(|| (addr.to_string(), mac.to_string()))
+        })
+        .collect()
+}
+
+/// One `ip -batch` of `neigh change` lines setting `entries` to `nud`;
+/// `-force` goes on past an entry that has gone meanwhile.
+fn set_nud(interface: &str, entries: &[(String, String)], nud: &str) -> anyhow::Result<()> {
+    let batch: String = entries
+        .iter()
+        .map(|(a, m)| format!("neigh change {a} lladdr {m} dev {interface} nud {nud}\n"))
+        .collect();
+    let mut child = Command::new("ip")
+        .args(["-force", "-batch", "-"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("running ip -batch")?;
+    if let Some(mut pipe) = child.stdin.take() {
+        use std::io::Write;
+        let _ = pipe.write_all(batch.as_bytes());
+    }
+    let out = child.wait_with_output().context("running ip -batch")?;
+    if !out.status.success() {
+        bail!("{}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+/// Keeps this host's kernel from probing its neighbours on the service
+/// interface while it still holds the address after handing over: their
+/// entries become `noarp` (valid, never probed) until [`Quiet::thaw`].
+///
+/// Why: a unicast ARP request the kernel sends to re-validate a stale
+/// entry carries the service address as its sender, and the neighbour's
+/// kernel takes a request's sender as the address's owner at once. While
+/// both hubs hold the address, that moves a node back to the old hub,
+/// whose kernel lacks the key the new leader has just given it: its
+/// traffic is lost until the new leader's next announcement. Errors are
+/// logged; the hand-over goes on.
+pub fn quiet_neighbours(s: &ServiceAddress) -> Option<Quiet> {
+    let out = match Command::new("ip")
+        .args(["neigh", "show", "dev", &s.interface])
+        .stdin(Stdio::null())
+        .output()
+    {
+        Ok(o) if o.status.success() => o,
+        Ok(o) => {
+            warn!(
+                "listing the neighbours on {}: {}; they may be probed from the service address during the hand-over",
+                s.interface,
+                String::from_utf8_lossy(&o.stderr).trim()
+            );
+            return None;
+        }
+        Err(e) => {
+            warn!("running ip to list the neighbours on {}: {e}", s.interface);
+            return None;
+        }
+    };
+    let entries = probed_entries(&String::from_utf8_lossy(&out.stdout));
+    if entries.is_empty() {
+        return None;
+    }
+    match set_nud(&s.interface, &entries, "noarp") {
+        Ok(()) => {
+            info!(
+                interface = %s.interface,
+                neighbours = entries.len(),
+                "neighbours held without probing while the address is handed over"
+            );
+            Some(Quiet {
+                interface: s.interface.clone(),
+                entries,
+            })
+        }
+        Err(e) => {
+            warn!(
+                "holding the neighbours on {} without probing: {e}; they may be probed from the service address during the hand-over",
+                s.interface
+            );
+            None
+        }
+    }
+}
+
+impl Quiet {
+    /// Sets the frozen entries back to `stale`: the kernel validates each
+    /// again the next time it is used, as it would have.
+    pub fn thaw(self) {
+        if let Err(e) = set_nud(&self.interface, &self.entries, "stale") {
+            warn!(
+                "letting the kernel probe the neighbours on {} again: {e}; `ip neigh flush dev {}` does",
+                self.interface, self.interface
+            );
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_entries_the_kernel_probes_are_frozen() {
+        let out = "10.9.0.2 lladdr 3a:7e:f8:b6:70:f3 REACHABLE\n\
+                   10.9.0.3 lladdr 4a:09:57:26:f9:e0 STALE\n\
+                   fe80::1 lladdr 4a:09:57:26:f9:e1 router DELAY\n\
+                   10.9.0.4 lladdr 4a:09:57:26:f9:e2 PROBE\n\
+                   10.9.0.5 INCOMPLETE\n\
+                   10.9.0.6 FAILED\n\
+                   10.9.0.7 lladdr 4a:09:57:26:f9:e3 PERMANENT\n\
+                   10.9.0.8 lladdr 4a:09:57:26:f9:e4 NOARP\n";
+        let got = probed_entries(out);
+        let addrs: Vec<&str> = got.iter().map(|(a, _)| a.as_str()).collect();
+        assert_eq!(addrs, ["10.9.0.2", "10.9.0.3", "fe80::1", "10.9.0.4"]);
+        assert_eq!(got[2].1, "4a:09:57:26:f9:e1");
     }
 }
