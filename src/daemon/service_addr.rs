@@ -143,32 +143,35 @@ const PROBED_STATES: [&str; 4] = ["REACHABLE", "STALE", "DELAY", "PROBE"];
 /// [`Quiet::thaw`] lets the kernel validate them again.
 pub struct Quiet {
     interface: String,
-    /// (address, link-layer address) of each frozen entry.
-    entries: Vec<(String, String)>,
+    /// Each frozen entry as `ip neigh change` names it: its address, its
+    /// link-layer address and, for an IPv6 router, `router` (a change
+    /// without it would clear the flag).
+    entries: Vec<String>,
 }
 
 /// The entries of `ip neigh show dev ...` output in a state the kernel
-/// probes, with their link-layer addresses.
-fn probed_entries(out: &str) -> Vec<(String, String)> {
+/// probes, spelt for `ip neigh change` (see [`Quiet`]).
+fn probed_entries(out: &str) -> Vec<String> {
     out.lines()
         .filter_map(|l| {
             let w: Vec<&str> = l.split_ascii_whitespace().collect();
             let at = w.iter().position(|x| *x == "lladdr")?;
             let mac = w.get(at + 1)?;
             let addr = w.first()?;
+            let router = if w.contains(&"router") { " router" } else { "" };
             PROBED_STATES
                 .contains(w.last()?)
-                .then(|| (addr.to_string(), mac.to_string()))
+                .then(|| format!("{addr} lladdr {mac}{router}"))
         })
         .collect()
 }
 
 /// One `ip -batch` of `neigh change` lines setting `entries` to `nud`;
 /// `-force` goes on past an entry that has gone meanwhile.
-fn set_nud(interface: &str, entries: &[(String, String)], nud: &str) -> anyhow::Result<()> {
+fn set_nud(interface: &str, entries: &[String], nud: &str) -> anyhow::Result<()> {
     let batch: String = entries
         .iter()
-        .map(|(a, m)| format!("neigh change {a} lladdr {m} dev {interface} nud {nud}\n"))
+        .map(|e| format!("neigh change {e} dev {interface} nud {nud}\n"))
         .collect();
     let mut child = Command::new("ip")
         .args(["-force", "-batch", "-"])
@@ -224,25 +227,22 @@ pub fn quiet_neighbours(s: &ServiceAddress) -> Option<Quiet> {
         return None;
     }
     match set_nud(&s.interface, &entries, "noarp") {
-        Ok(()) => {
-            info!(
-                interface = %s.interface,
-                neighbours = entries.len(),
-                "neighbours held without probing while the address is handed over"
-            );
-            Some(Quiet {
-                interface: s.interface.clone(),
-                entries,
-            })
-        }
-        Err(e) => {
-            warn!(
-                "holding the neighbours on {} without probing: {e}; they may be probed from the service address during the hand-over",
-                s.interface
-            );
-            None
-        }
+        Ok(()) => info!(
+            interface = %s.interface,
+            neighbours = entries.len(),
+            "neighbours held without probing while the address is handed over"
+        ),
+        // `-force` went on past the failed lines: the others are held, and
+        // all of them are let go again at the end.
+        Err(e) => warn!(
+            "holding the neighbours on {} without probing: {e}; those not held may be probed from the service address during the hand-over",
+            s.interface
+        ),
     }
+    Some(Quiet {
+        interface: s.interface.clone(),
+        entries,
+    })
 }
 
 impl Quiet {
@@ -263,7 +263,7 @@ mod tests {
     use super::*;
 
     #[test]
-    fn only_entries_the_kernel_probes_are_frozen() {
+    fn only_entries_the_kernel_probes_are_frozen_and_routers_stay_routers() {
         let out = "10.9.0.2 lladdr 3a:7e:f8:b6:70:f3 REACHABLE\n\
                    10.9.0.3 lladdr 4a:09:57:26:f9:e0 STALE\n\
                    fe80::1 lladdr 4a:09:57:26:f9:e1 router DELAY\n\
@@ -272,9 +272,14 @@ mod tests {
                    10.9.0.6 FAILED\n\
                    10.9.0.7 lladdr 4a:09:57:26:f9:e3 PERMANENT\n\
                    10.9.0.8 lladdr 4a:09:57:26:f9:e4 NOARP\n";
-        let got = probed_entries(out);
-        let addrs: Vec<&str> = got.iter().map(|(a, _)| a.as_str()).collect();
-        assert_eq!(addrs, ["10.9.0.2", "10.9.0.3", "fe80::1", "10.9.0.4"]);
-        assert_eq!(got[2].1, "4a:09:57:26:f9:e1");
+        assert_eq!(
+            probed_entries(out),
+            [
+                "10.9.0.2 lladdr 3a:7e:f8:b6:70:f3",
+                "10.9.0.3 lladdr 4a:09:57:26:f9:e0",
+                "fe80::1 lladdr 4a:09:57:26:f9:e1 router",
+                "10.9.0.4 lladdr 4a:09:57:26:f9:e2",
+            ]
+        );
     }
 }
