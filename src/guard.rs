@@ -454,6 +454,15 @@ impl Guard {
         )
     }
 
+    /// `ipset restore` lines adding to `set` the entries of `e` that `have`
+    /// lacks (all of them without `have`).
+    fn adds(set: &str, e: &[String], have: Option<&HashSet<String>>) -> String {
+        e.iter()
+            .filter(|x| have.is_none_or(|h| !h.contains(x.as_str())))
+            .map(|x| format!("add {set} {x}\n"))
+            .collect()
+    }
+
     fn check_len(fam: Family, e: &[String]) -> Result<(), GuardError> {
         if e.len() > MAX_ENTRIES {
             return Err(GuardError::TooMany {
@@ -478,11 +487,7 @@ impl Guard {
         // UML). A missing set is created with them.
         let have = self.set_entries(&set)?;
         let existed = have.is_some();
-        let adds: String = e
-            .iter()
-            .filter(|x| have.as_ref().is_none_or(|h| !h.contains(x.as_str())))
-            .map(|x| format!("add {set} {x}\n"))
-            .collect();
+        let adds = Self::adds(&set, e, have.as_ref());
         if !existed {
             let input = self.create_line(&set, fam, e.len().max(self.size_hint)) + &adds;
             run("ipset", &["-exist", "restore"], Some(&input), KERNEL_HINT)?;
@@ -528,19 +533,9 @@ impl Guard {
 
     /// Adds to a family [`Guard::prepare`] put in the pairs of `e` its set
     /// lacked when last read.
-    fn fill(
-        &mut self,
-        fam: Family,
-        e: &[String],
-        have: &HashSet<String>,
-    ) -> Result<(), GuardError> {
+    fn fill(&self, fam: Family, e: &[String], have: &HashSet<String>) -> Result<(), GuardError> {
         Self::check_len(fam, e)?;
-        let set = self.set(fam);
-        let adds: String = e
-            .iter()
-            .filter(|x| !have.contains(x.as_str()))
-            .map(|x| format!("add {set} {x}\n"))
-            .collect();
+        let adds = Self::adds(&self.set(fam), e, Some(have));
         if !adds.is_empty() {
             run("ipset", &["-exist", "restore"], Some(&adds), KERNEL_HINT)?;
         }
@@ -592,17 +587,7 @@ impl Guard {
             if self.prepared[fam.index()].is_none() {
                 continue;
             }
-            let v = fam.number();
-            let (jumps, rules) = self.saved(fam)?;
-            let mut wrong = Vec::new();
-            for (hook, there) in ["OUTPUT", "FORWARD"].into_iter().zip(jumps) {
-                if !there {
-                    wrong.push(format!("IPv{v} {hook} has no jump to {}", self.chain()));
-                }
-            }
-            if rules != Some(self.rules(fam).len()) {
-                wrong.push(format!("IPv{v} chain {} is not whole", self.chain()));
-            }
+            let mut wrong = self.chain_faults(fam)?;
             if self.set_len(&self.set(fam))?.is_none() {
                 wrong.push(format!("set {} is gone", self.set(fam)));
             }
@@ -700,6 +685,29 @@ impl Guard {
         Ok(())
     }
 
+    /// What is missing or wrong in one family's jumps and chain (one
+    /// `iptables-save`); empty when they are whole.
+    fn chain_faults(&self, fam: Family) -> Result<Vec<String>, GuardError> {
+        let v = fam.number();
+        let (jumps, rules) = self.saved(fam)?;
+        let mut bad = Vec::new();
+        for (hook, there) in ["OUTPUT", "FORWARD"].into_iter().zip(jumps) {
+            if !there {
+                bad.push(format!("IPv{v} {hook} has no jump to {}", self.chain()));
+            }
+        }
+        let want_rules = self.rules(fam).len();
+        match rules {
+            Some(n) if n == want_rules => {}
+            Some(n) => bad.push(format!(
+                "IPv{v} chain {} has {n} rules, not {want_rules}",
+                self.chain()
+            )),
+            None => bad.push(format!("IPv{v} chain {} is gone", self.chain())),
+        }
+        Ok(bad)
+    }
+
     /// What is missing or wrong in the installed guard compared with
     /// `selectors` (a jump, the chain's rules, the set or its size); empty
     /// when it is whole.
@@ -709,22 +717,7 @@ impl Guard {
             if !self.installed[fam.index()] {
                 continue;
             }
-            let v = fam.number();
-            let (jumps, rules) = self.saved(fam)?;
-            for (hook, there) in ["OUTPUT", "FORWARD"].into_iter().zip(jumps) {
-                if !there {
-                    bad.push(format!("IPv{v} {hook} has no jump to {}", self.chain()));
-                }
-            }
-            let want_rules = self.rules(fam).len();
-            match rules {
-                Some(n) if n == want_rules => {}
-                Some(n) => bad.push(format!(
-                    "IPv{v} chain {} has {n} rules, not {want_rules}",
-                    self.chain()
-                )),
-                None => bad.push(format!("IPv{v} chain {} is gone", self.chain())),
-            }
+            bad.extend(self.chain_faults(fam)?);
             let want = entries(selectors, fam).len();
             match self.set_len(&self.set(fam))? {
                 Some(n) if n == want => {}
